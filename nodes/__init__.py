@@ -1,0 +1,11 @@
+"""ComfyUI nodes of the pack: thin wrappers over samplers/, quant/ and calibration/."""
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
+
+
+def _register(module):
+    NODE_CLASS_MAPPINGS.update(module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(module.NODE_DISPLAY_NAME_MAPPINGS)
+
+
+# Each node module registers itself here, one line each.
