@@ -1,0 +1,109 @@
+"""Per-step Q-Sched coefficients: c_x scales the latent, c_eps the predicted noise (paper Eq. 4)."""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Samplers a schedule can be tuned for / applied with (kept here so validation needs no sampler import).
+SAMPLER_NAMES = ("lcm", "tcd", "euler", "euler_ancestral")
+
+
+class ScheduleError(ValueError):
+    """A coefficient schedule that cannot be used as given; the message names the problem."""
+
+
+def _coefficients(values, name):
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError) as error:
+        raise ScheduleError(f"{name} must be a list of numbers, got {values!r}") from error
+    if not values:
+        raise ScheduleError(f"{name} is empty: a schedule needs one coefficient per step")
+    for step, value in enumerate(values):
+        if not math.isfinite(value):
+            raise ScheduleError(f"{name}[{step}] = {value} is not finite")
+        if value <= 0:
+            raise ScheduleError(f"{name}[{step}] = {value} is not positive")
+    return values
+
+
+def _check_sampler_name(sampler, what):
+    if sampler is not None and sampler not in SAMPLER_NAMES:
+        raise ScheduleError(f"unknown sampler {sampler!r} ({what}); known: {', '.join(SAMPLER_NAMES)}")
+
+
+def _steps_count(steps):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ScheduleError(f"steps must be a positive integer, got {steps!r}")
+    return steps
+
+
+@dataclass(frozen=True)
+class QSchedSchedule:
+    """c_x[i], c_eps[i] for step i (0 = noisiest); `sampler` is the sampler it was tuned for, if known."""
+    c_x: tuple
+    c_eps: tuple
+    sampler: str | None = None
+    label: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "c_x", _coefficients(self.c_x, "c_x"))
+        object.__setattr__(self, "c_eps", _coefficients(self.c_eps, "c_eps"))
+        if len(self.c_x) != len(self.c_eps):
+            raise ScheduleError(f"c_x has {len(self.c_x)} values but c_eps has {len(self.c_eps)}: "
+                                "one pair per step is needed")
+        _check_sampler_name(self.sampler, "schedule.sampler")
+        object.__setattr__(self, "label", str(self.label))
+
+    @property
+    def steps(self):
+        return len(self.c_x)
+
+    @property
+    def is_identity(self):
+        return all(c == 1.0 for c in self.c_x + self.c_eps)
+
+    def check(self, steps, sampler=None):
+        """Raise ScheduleError unless this schedule fits `steps` sampling steps (and `sampler`, if given)."""
+        _check_sampler_name(sampler, "requested sampler")
+        if self.steps != _steps_count(steps):
+            raise ScheduleError(f"schedule has {self.steps} coefficient pairs but sampling runs {steps} steps")
+        return self
+
+    @classmethod
+    def identity(cls, steps):
+        return cls.constant(steps, 1.0, 1.0)
+
+    @classmethod
+    def constant(cls, steps, c_x, c_eps, **fields):
+        steps = _steps_count(steps)
+        return cls((c_x,) * steps, (c_eps,) * steps, **fields)
+
+    @classmethod
+    def linear(cls, steps, x_start, eps_start, x_end=1.0, eps_end=1.0, **fields):
+        """The paper's form: c = linspace(start, end, steps); the official search fixes end = 1."""
+        steps = _steps_count(steps)
+        return cls(tuple(np.linspace(x_start, x_end, steps).tolist()),
+                   tuple(np.linspace(eps_start, eps_end, steps).tolist()), **fields)
+
+    @classmethod
+    def from_lists(cls, c_x, c_eps, **fields):
+        return cls(tuple(c_x), tuple(c_eps), **fields)
+
+    def to_dict(self):
+        return {"c_x": list(self.c_x), "c_eps": list(self.c_eps), "sampler": self.sampler, "label": self.label}
+
+    @classmethod
+    def from_dict(cls, data):
+        if not isinstance(data, dict):
+            raise ScheduleError(f"a schedule must be a dict with c_x and c_eps, got {type(data).__name__}")
+        missing = [key for key in ("c_x", "c_eps") if key not in data]
+        if missing:
+            raise ScheduleError(f"schedule dict lacks {', '.join(missing)}")
+        unknown = sorted(set(data) - {"c_x", "c_eps", "sampler", "label"})
+        if unknown:
+            raise ScheduleError(f"schedule dict has unknown keys {', '.join(unknown)}")
+        for key in ("c_x", "c_eps"):
+            if isinstance(data[key], (str, bytes)) or not hasattr(data[key], "__iter__"):
+                raise ScheduleError(f"{key} must be a list of numbers, got {data[key]!r}")
+        return cls(tuple(data["c_x"]), tuple(data["c_eps"]), data.get("sampler"), data.get("label", ""))
