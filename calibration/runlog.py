@@ -1,0 +1,121 @@
+"""Append-only JSON-lines log of evaluated calibration candidates, so an interrupted search resumes.
+
+Line 1 is a header with the settings hash; every other line is one evaluation (a schedule, the prompt indices
+it was scored on and the per-prompt scores). Each line is written with one write, flushed and fsynced, so an
+interruption can at worst leave a partial last line, which is dropped (and cut off) when the log is reopened.
+A log written under other settings is never mixed in: it is moved aside and a fresh log is started.
+"""
+import hashlib
+import json
+import logging
+import math
+import os
+
+LOG_VERSION = 1
+log = logging.getLogger("qsched.calibration")
+
+
+class RunLogError(ValueError):
+    """A run log that cannot be used; the message names the file and the problem."""
+
+
+def settings_hash(settings):
+    """Stable hash of the JSON-able settings that decide what a score means (model, prompts, seeds, ...)."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def schedule_key(c_x, c_eps):
+    """Identity of a candidate schedule in the log (coefficients rounded so float noise cannot split it)."""
+    return json.dumps([[round(v, 6) for v in c_x], [round(v, 6) for v in c_eps]], separators=(",", ":"))
+
+
+def _encode_score(value):
+    return value if math.isfinite(value) else None  # JSON has no NaN/inf; null means "scored worst"
+
+
+def _decode_score(value):
+    return float("nan") if value is None else float(value)
+
+
+class RunLog:
+    """Open (or create) the log at `path` for `settings`; `.done` maps schedule key -> {prompt index: score}."""
+
+    def __init__(self, path, settings):
+        self.path = os.fspath(path)
+        self.settings = settings
+        self.hash = settings_hash(settings)
+        self.done = {}
+        self._file = None
+        if os.path.exists(self.path):
+            self._resume()
+        if self._file is None:
+            self._start()
+
+    def _start(self):
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        header = {"kind": "header", "version": LOG_VERSION, "settings_hash": self.hash, "settings": self.settings}
+        temporary = self.path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(header, sort_keys=True, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def _resume(self):
+        with open(self.path, "rb") as handle:
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a partial last line is an interrupted write
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        header = self._parse_header(lines[0] if lines else "")
+        if header is None or header.get("settings_hash") != self.hash:
+            self._move_aside(header)
+            return
+        for number, line in enumerate(lines[1:], start=2):
+            try:
+                entry = json.loads(line)
+                scores = {int(i): _decode_score(s) for i, s in zip(entry["prompts"], entry["scores"], strict=True)}
+                self.done.setdefault(entry["key"], {}).update(scores)
+            except (ValueError, KeyError, TypeError) as error:
+                raise RunLogError(f"run log {self.path} line {number} is corrupt ({error}); "
+                                  "delete the file to start over") from error
+        if len(complete) != len(data):
+            log.warning("run log %s: dropped a partial last line left by an interrupted write", self.path)
+            with open(self.path, "r+b") as handle:
+                handle.truncate(len(complete))
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    @staticmethod
+    def _parse_header(line):
+        try:
+            header = json.loads(line)
+        except ValueError:
+            return None
+        return header if isinstance(header, dict) and header.get("kind") == "header" else None
+
+    def _move_aside(self, header):
+        other = header.get("settings_hash") if header else "unreadable"
+        aside = f"{self.path}.{other}.old"
+        os.replace(self.path, aside)
+        log.warning("run log %s was written for other settings (%s, now %s): moved to %s, starting fresh",
+                    self.path, other, self.hash, aside)
+
+    def record(self, key, schedule_dict, prompt_indices, scores):
+        entry = {"kind": "eval", "key": key, "schedule": schedule_dict,
+                 "prompts": [int(i) for i in prompt_indices], "scores": [_encode_score(float(s)) for s in scores]}
+        self._file.write(json.dumps(entry) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done.setdefault(key, {}).update(dict(zip(entry["prompts"], map(float, scores))))
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

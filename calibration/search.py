@@ -1,0 +1,195 @@
+"""Coefficient search (paper Algorithm 1 and faster strategies) over a user-supplied objective.
+
+`evaluate(schedule, prompt_indices) -> list[float]` generates and scores one image per prompt index (higher is
+better, NaN = failed). Common random numbers: prompt index i always means the same prompt *and* the same seed,
+so every candidate is compared on identical noise. A candidate's score is the mean over prompts; a NaN on any
+prompt makes it the worst. Only candidates scored on every prompt can win, and the identity schedule always is.
+"""
+import math
+import time
+from dataclasses import dataclass, field
+
+from ..samplers.schedule import QSchedSchedule
+from .runlog import RunLog, schedule_key
+
+
+class SearchInterrupted(Exception):
+    """`should_stop` asked to stop; everything evaluated so far is in the run log."""
+
+
+class _BudgetSpent(Exception):
+    pass
+
+
+@dataclass
+class SearchResult:
+    best: QSchedSchedule
+    best_score: float
+    identity_score: float
+    trace: list            # one dict per evaluation call, in order (see _Evaluations.score)
+    images_generated: int  # images generated in this run (run-log reuse not counted)
+    images_reused: int = 0
+    strategy: str = ""
+    failures: list = field(default_factory=list)  # candidates that produced NaN / worst scores
+    ranking: list = field(default_factory=list)   # (score, schedule) of fully scored candidates, best first
+    settings_hash: str = ""
+    seconds: float = 0.0
+
+    @property
+    def improvement(self):
+        return self.best_score - self.identity_score
+
+
+class SearchSpace:
+    """Maps parameter vectors to schedules: 'paper' = (x_start, eps_start), ends fixed at 1 as in the official
+    code; 'general' = (x_start, eps_start, x_end, eps_end). Values are clipped to c_range."""
+
+    def __init__(self, kind, steps, c_range, sampler=None):
+        if kind not in ("paper", "general"):
+            raise ValueError(f"unknown search space {kind!r}; use 'paper' or 'general'")
+        low, high = (float(c) for c in c_range)
+        if not (0 < low < high) or not (low <= 1.0 <= high):
+            raise ValueError(f"c_range must satisfy 0 < c_min <= 1 <= c_max with c_min < c_max, got {c_range!r}")
+        self.kind, self.steps, self.low, self.high, self.sampler = kind, steps, low, high, sampler
+        self.dims = 2 if kind == "paper" else 4
+
+    @property
+    def identity(self):
+        return (1.0,) * self.dims
+
+    def clip(self, params):
+        return tuple(min(self.high, max(self.low, float(p))) for p in params)
+
+    def schedule(self, params):
+        params = self.clip(params)
+        x_start, eps_start = params[:2]
+        x_end, eps_end = params[2:] if self.dims == 4 else (1.0, 1.0)
+        label = f"c_x {x_start:.4g}->{x_end:.4g}, c_eps {eps_start:.4g}->{eps_end:.4g}"
+        return QSchedSchedule.linear(self.steps, x_start, eps_start, x_end, eps_end, sampler=self.sampler,
+                                     label=label)
+
+
+class _Evaluations:
+    """Cache of per-prompt scores, budget, run log, progress and stop checks: what strategies score through."""
+
+    def __init__(self, evaluate, n_prompts, budget, run_log, progress, should_stop, planned):
+        self._evaluate, self.n_prompts, self.budget = evaluate, n_prompts, budget
+        self.run_log, self._progress, self._should_stop = run_log, progress, should_stop
+        self.planned = planned
+        self.scores = {}        # key -> {prompt: score}
+        self.schedules = {}     # key -> schedule
+        self.params = {}        # key -> parameter vector (when known)
+        self.trace, self.failures = [], []
+        self.generated = self.reused = 0
+
+    @property
+    def remaining(self):
+        return math.inf if self.budget is None else self.budget - self.generated
+
+    def score(self, schedule, prompt_indices, params=None):
+        """Mean score of `schedule` over `prompt_indices` (evaluating only what is missing); -inf if any NaN."""
+        key = schedule_key(schedule.c_x, schedule.c_eps)
+        self.schedules.setdefault(key, schedule)
+        if params is not None:
+            self.params.setdefault(key, tuple(params))
+        known = self.scores.setdefault(key, {})
+        logged = self.run_log.done.get(key, {}) if self.run_log else {}
+        for index in prompt_indices:
+            if index not in known and index in logged:
+                known[index] = logged[index]
+                self.reused += 1
+        missing = [i for i in prompt_indices if i not in known]
+        if missing:
+            if len(missing) > self.remaining:
+                raise _BudgetSpent()
+            if self._should_stop is not None and self._should_stop():
+                raise SearchInterrupted("calibration interrupted; rerun with the same settings to resume")
+            values = [float(v) for v in self._evaluate(schedule, list(missing))]
+            if len(values) != len(missing):
+                raise ValueError(f"evaluate returned {len(values)} scores for {len(missing)} prompts")
+            known.update(zip(missing, values))
+            self.generated += len(missing)
+            if self.run_log is not None:
+                self.run_log.record(key, schedule.to_dict(), missing, values)
+            bad = [i for i, v in zip(missing, values) if not math.isfinite(v)]
+            if bad:
+                self.failures.append({"schedule": schedule.label or key, "prompts": bad})
+            if self._progress is not None:
+                self._progress(self.generated, max(self.planned, self.generated))
+        mean = self.mean(key, prompt_indices)
+        self.trace.append({"schedule": schedule.to_dict(), "params": self.params.get(key),
+                           "prompts": len(prompt_indices), "new_images": len(missing),
+                           "images_generated": self.generated, "score": mean,
+                           "full": len(known) == self.n_prompts, "best_full": self.best()[0]})
+        return mean
+
+    def mean(self, key, prompt_indices):
+        values = [self.scores[key][i] for i in prompt_indices]
+        if not all(math.isfinite(v) for v in values):
+            return -math.inf
+        return sum(values) / len(values)
+
+    def full(self):
+        """(score, key) of every candidate scored on all prompts, best first."""
+        everything = range(self.n_prompts)
+        done = [(self.mean(k, everything), k) for k, s in self.scores.items() if len(s) == self.n_prompts]
+        return sorted(done, key=lambda item: item[0], reverse=True)
+
+    def best(self):
+        done = self.full()
+        return done[0] if done else (-math.inf, None)
+
+
+def plan_images(strategy, steps, n_prompts, budget_images=None, **options):
+    """Images the strategy expects to generate (for progress bars); 0 if it cannot say."""
+    from .strategies import STRATEGIES
+    planner = STRATEGIES[strategy].plan
+    return planner(n_prompts, budget_images, **options) if planner else (budget_images or 0)
+
+
+def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range=(0.8, 1.2), sampler=None,
+               space=None, settings=None, run_log=None, progress=None, should_stop=None, **options):
+    """Search per-step coefficients maximising the mean of `evaluate` over `n_prompts` prompts.
+
+    strategy: a name from calibration.strategies.STRATEGIES (paper_grid, grid_general, coarse_to_fine,
+    successive_halving, bayes). budget_images caps newly generated images (the identity's n_prompts included).
+    space: 'paper' (end fixed at 1) or 'general'; strategy default if None. settings: JSON-able dict of whatever
+    decides a score's meaning (model, prompts hash, seeds, sampler, cfg, scorer); with `run_log` (a path) it keys
+    the log, so a rerun with equal settings skips done evaluations and a log of other settings is not mixed in.
+    progress(done_images, planned_images) is called after each evaluation; should_stop() -> True stops the
+    search with SearchInterrupted (what was evaluated stays in the log).
+    """
+    from .strategies import STRATEGIES
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ValueError(f"n_prompts must be a positive integer, got {n_prompts!r}")
+    if budget_images is not None and budget_images < n_prompts:
+        raise ValueError(f"budget_images={budget_images} cannot even score the identity schedule on "
+                         f"{n_prompts} prompts; give at least {n_prompts}")
+    spec = STRATEGIES[strategy]
+    search_space = SearchSpace(space or spec.space, steps, c_range, sampler)
+    log_settings = {"settings": settings or {}, "steps": steps, "n_prompts": n_prompts, "sampler": sampler}
+    log_file = RunLog(run_log, log_settings) if run_log is not None else None
+    planned = plan_images(strategy, steps, n_prompts, budget_images, space=search_space.kind, **options)
+    evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned)
+    started = time.monotonic()
+    all_prompts = list(range(n_prompts))
+    try:
+        identity_score = evaluations.score(search_space.schedule(search_space.identity), all_prompts,
+                                           search_space.identity)
+        try:
+            spec.function(evaluations, search_space, **options)
+        except _BudgetSpent:
+            pass
+    finally:
+        if log_file is not None:
+            log_file.close()
+    ranking = evaluations.full()
+    best_score, best_key = ranking[0]
+    return SearchResult(
+        best=evaluations.schedules[best_key], best_score=best_score, identity_score=identity_score,
+        trace=evaluations.trace, images_generated=evaluations.generated, images_reused=evaluations.reused,
+        strategy=strategy, failures=evaluations.failures,
+        ranking=[(score, evaluations.schedules[key]) for score, key in ranking],
+        settings_hash=log_file.hash if log_file else "", seconds=time.monotonic() - started)

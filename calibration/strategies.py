@@ -1,0 +1,184 @@
+"""Search strategies. Each takes the evaluation cache (`ev.score(schedule, prompts, params)`) and the search
+space, spends images until done or the budget runs out, and leaves the winner to run_search (best mean over all
+prompts among fully scored candidates). `plan(n_prompts, budget, **options)` returns the expected image count.
+"""
+import math
+import warnings
+from collections import namedtuple
+from itertools import product
+
+import numpy as np
+
+Strategy = namedtuple("Strategy", "function space plan")
+DEFAULT_GRID_POINTS = {"paper": 10, "general": 5}   # official default 10 x 10 starts; 5^4 for start+end
+
+
+def _grid(space, points):
+    axis = np.linspace(space.low, space.high, points).tolist()
+    return [tuple(p) for p in product(axis, repeat=space.dims)]
+
+
+def _budget_points(n_prompts, budget, dims, cost=None):
+    """Largest grid size per dimension whose images (identity included) fit in the budget."""
+    cost = cost or (lambda points: (points ** dims + 1) * n_prompts)
+    points = 1
+    while cost(points + 1) <= budget:
+        points += 1
+    return max(points, 2)
+
+
+def _grid_points(space_kind, n_prompts, budget, grid_points, cost=None):
+    if grid_points is not None:
+        if grid_points < 2:
+            raise ValueError(f"grid_points must be at least 2, got {grid_points}")
+        return grid_points
+    dims = 2 if space_kind == "paper" else 4
+    if budget is None:
+        return DEFAULT_GRID_POINTS[space_kind]
+    return _budget_points(n_prompts, budget, dims, cost)
+
+
+# --- exhaustive grids (paper Algorithm 1) -------------------------------------------------------------------
+
+def grid_search(ev, space, grid_points=None):
+    """Algorithm 1: every start (and, in the general space, end) value on a grid over c_range, all prompts."""
+    points = _grid_points(space.kind, ev.n_prompts, ev.budget, grid_points)
+    prompts = list(range(ev.n_prompts))
+    for params in _grid(space, points):
+        ev.score(space.schedule(params), prompts, params)
+
+
+def _plan_grid(kind):
+    def plan(n_prompts, budget, grid_points=None, **_):
+        points = _grid_points(kind, n_prompts, budget, grid_points)
+        return ((points ** (2 if kind == "paper" else 4)) + 1) * n_prompts
+    return plan
+
+
+# --- successive halving over prompts ----------------------------------------------------------------------
+
+def _rungs(n_prompts, eta, min_prompts):
+    """Prompt counts per rung, smallest first, ending with all prompts: 20 prompts, eta 3 -> 1, 3, 7, 20."""
+    sizes = [n_prompts]
+    while True:
+        smaller = math.ceil(sizes[-1] / eta)
+        if smaller < max(1, min_prompts) or smaller == sizes[-1]:
+            return sizes[::-1]
+        sizes.append(smaller)
+
+
+def _race_cost(candidates, n_prompts, eta, min_prompts):
+    images, previous = 0, 0
+    for size in _rungs(n_prompts, eta, min_prompts):
+        images += candidates * (size - previous)
+        previous, candidates = size, max(1, math.ceil(candidates / eta))
+    return images
+
+
+def race(ev, space, candidates, eta=3, min_prompts=1):
+    """Successive halving: score all candidates on the first few prompts (the same prompts and seeds for all),
+    keep the best 1/eta, give them more prompts, until the survivors are scored on every prompt."""
+    survivors = list(dict.fromkeys(space.clip(c) for c in candidates))
+    for size in _rungs(ev.n_prompts, eta, min_prompts):
+        prompts = list(range(size))
+        scored = [(ev.score(space.schedule(c), prompts, c), c) for c in survivors]
+        scored.sort(key=lambda item: item[0], reverse=True)
+        survivors = [c for _, c in scored[:max(1, math.ceil(len(scored) / eta))]]
+
+
+def successive_halving(ev, space, grid_points=None, eta=3, min_prompts=1):
+    """The paper's grid (plus identity), raced over prompts instead of scoring every candidate on all."""
+    cost = lambda points: ev.n_prompts + _race_cost(points ** space.dims + 1, ev.n_prompts, eta, min_prompts)
+    points = _grid_points(space.kind, ev.n_prompts, ev.budget, grid_points, cost)
+    race(ev, space, [space.identity] + _grid(space, points), eta, min_prompts)
+
+
+def _plan_halving(n_prompts, budget, grid_points=None, eta=3, min_prompts=1, space=None, **_):
+    kind = space or "paper"
+    dims = 2 if kind == "paper" else 4
+    cost = lambda points: n_prompts + _race_cost(points ** dims + 1, n_prompts, eta, min_prompts)
+    return cost(_grid_points(kind, n_prompts, budget, grid_points, cost))
+
+
+# --- coarse to fine ---------------------------------------------------------------------------------------
+
+def coarse_to_fine(ev, space, levels=4, eta=3, min_prompts=2):
+    """3 points per dimension over the whole range, then around the best so far with half the spacing, each
+    level raced over prompts. After 4 levels on [0.8, 1.2] the spacing is 0.025 (a 10-point grid has 0.044)."""
+    center = tuple((space.low + space.high) / 2 for _ in range(space.dims))
+    span = (space.high - space.low) / 2
+    for _ in range(levels):
+        offsets = product((-span, 0.0, span), repeat=space.dims)
+        candidates = [tuple(c + o for c, o in zip(center, offset)) for offset in offsets]
+        best_key = ev.best()[1]
+        if best_key is not None and ev.params.get(best_key) is not None:
+            candidates.append(ev.params[best_key])   # the incumbent competes on the same prompts
+        race(ev, space, candidates, eta, min_prompts)
+        best_key = ev.best()[1]
+        center = ev.params.get(best_key) or center
+        span /= 2
+
+
+def _plan_coarse(n_prompts, budget, levels=4, eta=3, min_prompts=2, space=None, **_):
+    dims = 2 if (space or "paper") == "paper" else 4
+    per_level = _race_cost(3 ** dims, n_prompts, eta, min_prompts)
+    total = n_prompts + levels * per_level
+    return min(total, budget) if budget else total
+
+
+# --- Bayesian optimisation ----------------------------------------------------------------------------------
+
+def bayes(ev, space, n_init=5, iterations=10, seed=0, pool=4096):
+    """Gaussian-process expected improvement on the mean score, every candidate scored on all prompts."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    rng = np.random.default_rng(seed)
+    width = space.high - space.low
+    to_unit = lambda p: (np.asarray(p) - space.low) / width
+    from_unit = lambda u: tuple((space.low + np.asarray(u) * width).tolist())
+    prompts = list(range(ev.n_prompts))
+    # Latin hypercube start: every dimension's range covered once per point.
+    strata = np.stack([rng.permutation(n_init) for _ in range(space.dims)], axis=1)
+    for row in (strata + rng.random((n_init, space.dims))) / n_init:
+        ev.score(space.schedule(from_unit(row)), prompts, from_unit(row))
+    kernel = ConstantKernel(1.0) * Matern(length_scale=[0.3] * space.dims, nu=2.5) + WhiteKernel(1e-4)
+    for _ in range(iterations):
+        done = [(ev.params[k], s) for s, k in ev.full() if ev.params.get(k) is not None]
+        inputs = np.array([to_unit(p) for p, _ in done])
+        scores = np.array([s for _, s in done])
+        finite = np.isfinite(scores)
+        floor = scores[finite].min() - (np.ptp(scores[finite]) + 1e-6) if finite.any() else 0.0
+        scores = np.where(finite, scores, floor)   # failed candidates: worse than anything that worked
+        scale = scores.std() or 1.0
+        targets = (scores - scores.mean()) / scale
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = GaussianProcessRegressor(kernel, normalize_y=False, random_state=seed).fit(inputs, targets)
+        best_unit = inputs[np.argmax(targets)]
+        local = np.clip(best_unit + rng.normal(0, 0.05, (pool // 4, space.dims)), 0, 1)
+        options = np.concatenate([rng.random((pool, space.dims)), local])
+        mean, std = model.predict(options, return_std=True)
+        improvement = mean - targets.max()
+        z = improvement / np.maximum(std, 1e-9)
+        expected = improvement * _normal_cdf(z) + std * np.exp(-z ** 2 / 2) / math.sqrt(2 * math.pi)
+        choice = from_unit(options[int(np.argmax(expected))])
+        ev.score(space.schedule(choice), prompts, choice)
+
+
+def _normal_cdf(z):
+    return 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+
+
+def _plan_bayes(n_prompts, budget, n_init=5, iterations=10, **_):
+    total = (1 + n_init + iterations) * n_prompts
+    return min(total, budget) if budget else total
+
+
+STRATEGIES = {
+    "paper_grid": Strategy(grid_search, "paper", _plan_grid("paper")),
+    "grid_general": Strategy(grid_search, "general", _plan_grid("general")),
+    "successive_halving": Strategy(successive_halving, "paper", _plan_halving),
+    "coarse_to_fine": Strategy(coarse_to_fine, "paper", _plan_coarse),
+    "bayes": Strategy(bayes, "paper", _plan_bayes),
+}
