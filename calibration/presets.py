@@ -1,0 +1,228 @@
+"""Q-Sched presets: a calibrated schedule plus what it was calibrated for, as versioned JSON files.
+
+Names never leave the preset folder (path separators, '..', leading dots and control characters are refused).
+Files are written atomically (temp file + os.replace). A corrupt, truncated or foreign file gives a PresetError
+naming the file and the problem; a preset calibrated for another model loads only on request, with a warning.
+"""
+import datetime
+import json
+import logging
+import math
+import os
+import re
+
+from ..samplers.schedule import QSchedSchedule, ScheduleError
+
+FORMAT = "qsched-preset"
+SCHEMA_VERSION = 1
+EXTENSION = ".json"
+MAX_BYTES = 1 << 20
+log = logging.getLogger("qsched.presets")
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED_PRESETS = os.path.join(_ROOT, "presets")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.+()\-]{0,127}$")
+
+
+def _pack_version():
+    try:
+        with open(os.path.join(_ROOT, "pyproject.toml"), encoding="utf-8") as handle:
+            match = re.search(r'^version\s*=\s*"([^"]+)"', handle.read(), re.MULTILINE)
+        return match.group(1) if match else "unknown"
+    except OSError:
+        return "unknown"
+
+
+PACK_VERSION = _pack_version()
+
+# field -> (types, required); nested dicts are checked below.
+_FIELDS = {
+    "format": (str, True), "version": (int, True), "example": (bool, False), "notes": (str, False),
+    "model": (dict, True), "quant": ((str, type(None)), False), "sampler": (str, True), "steps": (int, True),
+    "c_x": (list, True), "c_eps": (list, True), "scorer": (dict, False), "prompts_hash": ((str, type(None)), False),
+    "n_prompts": ((int, type(None)), False), "seed": ((int, type(None)), False), "cfg": ((int, float, type(None)), False),
+    "scores": (dict, False), "search": (dict, False), "created": (str, False), "pack_version": (str, False),
+}
+
+
+class PresetError(ValueError):
+    """A preset that cannot be read, written or used; the message names the preset and the problem."""
+
+
+class PresetModelMismatch(PresetError):
+    """The preset was calibrated for another model (content hash differs)."""
+
+
+def check_name(name):
+    """Return the bare preset name (without .json) or raise PresetError: names never leave the folder."""
+    if not isinstance(name, str):
+        raise PresetError(f"preset name must be a string, got {type(name).__name__}")
+    bare = name[: -len(EXTENSION)] if name.endswith(EXTENSION) else name
+    if "/" in bare or "\\" in bare or ".." in bare or (os.sep in bare) or (os.altsep and os.altsep in bare):
+        raise PresetError(f"preset name {name!r} contains a path separator or '..': names must stay inside the "
+                          "preset folder")
+    if not _NAME.match(bare):
+        raise PresetError(f"preset name {name!r} is not allowed: use 1-128 letters, digits, spaces and _ . + ( ) -, "
+                          "starting with a letter or digit")
+    return bare
+
+
+def preset_path(folder, name):
+    """Path of preset `name` inside `folder`; refuses names that would point anywhere else."""
+    bare = check_name(name)
+    folder = os.path.abspath(folder)
+    path = os.path.join(folder, bare + EXTENSION)
+    if os.path.dirname(os.path.abspath(path)) != folder:
+        raise PresetError(f"preset name {name!r} resolves outside the preset folder")
+    return path
+
+
+def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=None, sampler=None, scorer=None,
+                scorer_k=None, prompts_hash=None, n_prompts=None, seed=None, cfg=None, identity_score=None,
+                best_score=None, search=None, notes="", example=False):
+    """Build a preset dict (schema version 1) for `schedule`; `sampler` defaults to the schedule's."""
+    sampler = sampler or schedule.sampler
+    preset = {
+        "format": FORMAT, "version": SCHEMA_VERSION, "example": bool(example), "notes": notes,
+        "model": {"name": model_name, "sha256": model_hash, "family": family},
+        "quant": quant, "sampler": sampler, "steps": schedule.steps,
+        "c_x": list(schedule.c_x), "c_eps": list(schedule.c_eps),
+        "scorer": {"name": scorer, "k": scorer_k}, "prompts_hash": prompts_hash, "n_prompts": n_prompts,
+        "seed": seed, "cfg": cfg,
+        "scores": {"identity": identity_score, "best": best_score},
+        "search": search or {},
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "pack_version": PACK_VERSION,
+    }
+    validate(preset)
+    return preset
+
+
+def validate(data, where="preset"):
+    """Raise PresetError unless `data` is a well-formed preset of a schema version this pack reads."""
+    if not isinstance(data, dict):
+        raise PresetError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != FORMAT:
+        raise PresetError(f"{where}: not a Q-Sched preset (format is {data.get('format')!r}, expected {FORMAT!r})")
+    if data.get("version") != SCHEMA_VERSION:
+        raise PresetError(f"{where}: schema version {data.get('version')!r} is not supported (this pack reads "
+                          f"version {SCHEMA_VERSION}; update the pack)")
+    for key, (types, required) in _FIELDS.items():
+        if key not in data:
+            if required:
+                raise PresetError(f"{where}: missing field {key!r}")
+            continue
+        value = data[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+            raise PresetError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise PresetError(f"{where}: unknown fields {', '.join(unknown)}")
+    if not isinstance(data["model"].get("name"), str) or not data["model"]["name"]:
+        raise PresetError(f"{where}: model.name must be a non-empty string")
+    for key in ("identity", "best"):
+        score = data.get("scores", {}).get(key)
+        if score is not None and (not isinstance(score, (int, float)) or not math.isfinite(score)):
+            raise PresetError(f"{where}: scores.{key} must be a finite number or null, got {score!r}")
+    try:
+        schedule = schedule_of(data)
+    except ScheduleError as error:
+        raise PresetError(f"{where}: {error}") from error
+    if schedule.steps != data["steps"]:
+        raise PresetError(f"{where}: steps is {data['steps']} but c_x/c_eps have {schedule.steps} values")
+    return data
+
+
+def _as_tuple(types):
+    return types if isinstance(types, tuple) else (types,)
+
+
+def schedule_of(data):
+    """The preset's QSchedSchedule, carrying the sampler it was tuned for and a label naming the model."""
+    quant = f" {data['quant']}" if data.get("quant") else ""
+    label = f"{data['model']['name']}{quant} {data['sampler']} {data['steps']} steps"
+    return QSchedSchedule.from_lists(data["c_x"], data["c_eps"], sampler=data["sampler"], label=label)
+
+
+def read_preset_file(path):
+    """Read and validate one preset file; PresetError names the file and what is wrong with it."""
+    where = f"preset {os.path.basename(path)}"
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_BYTES:
+            raise PresetError(f"{where}: {size} bytes is too large for a preset")
+        with open(path, "r", encoding="utf-8") as handle:
+            text = handle.read()
+    except FileNotFoundError as error:
+        raise PresetError(f"{where}: no such preset in {os.path.dirname(path)}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise PresetError(f"{where}: cannot be read ({error})") from error
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        truncated = " (the file looks truncated)" if text.strip() and text.strip()[-1] != "}" else ""
+        raise PresetError(f"{where}: not valid JSON{truncated}: {error}") from error
+    return validate(data, where)
+
+
+def load_preset(folder, name, model_hash=None, allow_model_mismatch=False):
+    """Load preset `name` from `folder`. If `model_hash` is given and the preset records another one, raise
+    PresetModelMismatch unless allow_model_mismatch, in which case log a warning and load it anyway."""
+    data = read_preset_file(preset_path(folder, name))
+    check_model(data, model_hash, allow_model_mismatch, name)
+    return data
+
+
+def check_model(data, model_hash, allow_model_mismatch=False, name="preset"):
+    recorded = data["model"].get("sha256")
+    if model_hash is None or recorded is None or recorded == model_hash:
+        return
+    message = (f"preset {name!r} was calibrated for model {data['model']['name']!r} (hash {recorded[:12]}) but the "
+               f"loaded model's hash is {model_hash[:12]}")
+    if not allow_model_mismatch:
+        raise PresetModelMismatch(message + "; enable 'allow model mismatch' to use it anyway")
+    log.warning("%s; using it anyway as requested", message)
+
+
+def save_preset(folder, name, preset):
+    """Validate and write `preset` as `folder/name.json` atomically; returns the path."""
+    path = preset_path(folder, name)
+    validate(preset, f"preset {name!r}")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(preset, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return path
+
+
+def summary(data):
+    """The fields a preset list shows."""
+    return {"model": data["model"]["name"], "model_sha256": data["model"].get("sha256"),
+            "family": data["model"].get("family"), "quant": data.get("quant"), "sampler": data["sampler"],
+            "steps": data["steps"], "example": data.get("example", False), "scores": data.get("scores", {}),
+            "created": data.get("created"), "c_x": data["c_x"], "c_eps": data["c_eps"]}
+
+
+def list_presets(folder):
+    """Every *.json in `folder`, sorted by name: {'name', 'valid', 'error', 'summary'} (error/summary None)."""
+    if not os.path.isdir(folder):
+        return []
+    entries = []
+    for file_name in sorted(os.listdir(folder)):
+        if not file_name.endswith(EXTENSION) or file_name.startswith("."):
+            continue
+        name = file_name[: -len(EXTENSION)]
+        try:
+            data = read_preset_file(preset_path(folder, name))
+            entries.append({"name": name, "valid": True, "error": None, "summary": summary(data)})
+        except PresetError as error:
+            entries.append({"name": name, "valid": False, "error": str(error), "summary": None})
+    return entries
