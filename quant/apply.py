@@ -1,0 +1,127 @@
+"""quantize_module: quantize the Linear/Conv layers of any nn.Module in place, per a layer policy."""
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from .backends import get_backend
+from .policy import DEFAULT_POLICY, LayerDecision, LayerPolicy
+from .spec import QuantSpec
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    name: str
+    kind: str
+    spec: str | None  # None: kept in high precision
+    backend: str | None
+    reason: str
+
+
+@dataclass
+class QuantReport:
+    spec: str
+    backend: str
+    bytes_before: int
+    bytes_after: int = 0
+    layers: list = field(default_factory=list)
+
+    @property
+    def quantized(self):
+        return sum(layer.spec is not None for layer in self.layers)
+
+    @property
+    def kept(self):
+        return sum(layer.spec is None for layer in self.layers)
+
+    @property
+    def ratio(self):
+        return self.bytes_after / self.bytes_before if self.bytes_before else 1.0
+
+    def by_backend(self):
+        return Counter(layer.backend for layer in self.layers if layer.backend)
+
+    def summary(self):
+        how = ", ".join(f"{count} {name}" for name, count in sorted(self.by_backend().items()))
+        kept = Counter(layer.reason for layer in self.layers if layer.spec is None)
+        kept_text = ", ".join(f"{count} {reason}" for reason, count in sorted(kept.items())) or "none"
+        return (f"{self.spec} via {self.backend}: {self.quantized} layers quantized ({how or 'none'}), "
+                f"{self.kept} kept in high precision ({kept_text}); "
+                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({self.ratio:.3f}x)")
+
+    def to_dict(self):
+        return {"spec": self.spec, "backend": self.backend, "bytes_before": self.bytes_before,
+                "bytes_after": self.bytes_after, "quantized": self.quantized, "kept": self.kept,
+                "layers": [layer.__dict__ for layer in self.layers]}
+
+
+def tensor_bytes(tensor):
+    """Real storage of a tensor, also of tensor subclasses that hold their data in inner tensors."""
+    if hasattr(tensor, "__tensor_flatten__") and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = tensor.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(tensor, name)) for name in names)
+    extra = sum(tensor_bytes(getattr(tensor, name)) for name in ("SCB", "quant_state_absmax")
+                if isinstance(getattr(tensor, name, None), torch.Tensor))
+    return tensor.numel() * tensor.element_size() + extra
+
+
+def module_bytes(module):
+    seen, total = set(), 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            total += tensor_bytes(tensor)
+    return total
+
+
+def _kind(layer):
+    torch_class = next((base for base in type(layer).__mro__ if base.__module__.startswith("torch.nn")), type(layer))
+    return torch_class.__name__
+
+
+def _fit_groups(module, decision):
+    """Per-group weights need the group size to divide the layer's input columns; others go per channel."""
+    spec = decision.spec
+    if spec is None or not spec.group_size:
+        return decision
+    weight = module.get_submodule(decision.name).weight
+    columns = weight[0].numel()
+    if columns % spec.group_size == 0:
+        return decision
+    per_channel = QuantSpec(spec.w_bits, spec.a_bits, act_granularity=spec.act_granularity)
+    return LayerDecision(decision.name, per_channel, f"{decision.reason}; {columns} columns not divisible by "
+                                                     f"group {spec.group_size}: per channel")
+
+
+def quantize_module(module, spec, policy=None, backend="simulate", device=None):
+    """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
+    policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
+    device: where the fp8 backend will run (checked up front); None skips that check."""
+    spec = QuantSpec.parse(spec)
+    if policy is None:
+        policy = DEFAULT_POLICY
+    elif isinstance(policy, str):
+        policy = LayerPolicy.parse(policy)
+    quantizer = get_backend(backend)
+    quantizer.check(spec, device)
+    decisions = [_fit_groups(module, decision) for decision in policy.plan(module, spec)]
+    for decision in decisions:
+        if decision.spec is not None and decision.spec != spec and not decision.spec.weight_only:
+            quantizer.check(decision.spec, device)
+    report = QuantReport(spec.name, quantizer.name, module_bytes(module))
+    for decision in decisions:
+        layer = module.get_submodule(decision.name)
+        kind = _kind(layer)
+        if decision.spec is None:
+            report.layers.append(LayerReport(decision.name, kind, None, None, decision.reason))
+            continue
+        try:
+            new_layer, how = quantizer.quantize(layer, decision.spec)
+        except (ValueError, RuntimeError) as error:
+            raise type(error)(f"layer {decision.name!r}: {error}") from error
+        if new_layer is not layer:
+            parent_name, _, child = decision.name.rpartition(".")
+            setattr(module.get_submodule(parent_name) if parent_name else module, child, new_layer)
+        report.layers.append(LayerReport(decision.name, kind, decision.spec.name, how, decision.reason))
+    report.bytes_after = module_bytes(module)
+    return report

@@ -1,0 +1,136 @@
+"""Backends turn one layer + spec into a quantized layer, and say honestly what they did.
+
+simulate      any bit width, CPU/GPU: packed int8 / int4 storage, quantize-dequantize numerics.
+fp8           W8A8 / W4A8 linears through torch._scaled_mm (FP8 e4m3 activations); convs -> simulate weight-only.
+bitsandbytes  W8A8 linears as LLM.int8 (Linear8bitLt, threshold 0), W4A16 as NF4 (Linear4bit); convs -> simulate.
+torchao       W8A8 (int8 dynamic activations), W8A16 / W4A16 weight-only linears; convs -> simulate.
+bitsandbytes and torchao are imported only when chosen."""
+import importlib
+
+import torch
+from torch import nn
+
+from . import fp8
+from .layers import PackedWeightMixin, SimulatedConv, SimulatedLinear, quantized_class
+
+
+class BackendError(ValueError):
+    pass
+
+
+def _simulate(layer, spec, how="simulate"):
+    if not isinstance(layer, PackedWeightMixin):
+        mixin = SimulatedLinear if isinstance(layer, nn.Linear) else SimulatedConv
+        layer.__class__ = quantized_class(mixin, type(layer))
+    layer.quantize_(spec)
+    return layer, how
+
+
+class SimulateBackend:
+    name = "simulate"
+
+    def check(self, spec, device=None):
+        pass
+
+    def quantize(self, layer, spec):
+        return _simulate(layer, spec)
+
+
+class Fp8Backend:
+    name = "fp8"
+
+    def check(self, spec, device=None):
+        fp8.check_spec(spec)
+        if device is not None and not fp8.fp8_supported(device):
+            raise BackendError(f"the fp8 backend needs a GPU with FP8 tensor cores (sm >= 8.9) or the CPU, not {device}")
+
+    def quantize(self, layer, spec):
+        if isinstance(layer, nn.Linear) and not spec.weight_only:
+            if isinstance(layer, PackedWeightMixin) and not isinstance(layer, fp8.Fp8Linear):
+                raise BackendError("this layer class cannot take the fp8 backend")
+            if not isinstance(layer, fp8.Fp8Linear):
+                layer.__class__ = quantized_class(fp8.Fp8Linear, type(layer))
+            layer.quantize_(spec)
+            return layer, "fp8"
+        kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+        return _simulate(layer, spec.with_activations(16), f"simulate weight-only ({kind} fallback)")
+
+
+def _import(package, backend):
+    try:
+        return importlib.import_module(package)
+    except ImportError as error:
+        raise BackendError(f"backend {backend!r} needs the package {package!r}, which is not installed "
+                           f"({error}); use backend 'simulate' or 'fp8'") from error
+
+
+class BitsAndBytesBackend:
+    name = "bitsandbytes"
+
+    def check(self, spec, device=None):
+        if spec.name not in ("W8A8", "W4A16"):
+            raise BackendError(f"bitsandbytes does W8A8 (LLM.int8) and W4A16 (NF4) only, not {spec}; "
+                               "it has no W4A8 (its 4-bit linears compute in 16 bit)")
+        self.bnb = _import("bitsandbytes", self.name)
+
+    def quantize(self, layer, spec):
+        if not isinstance(layer, nn.Linear) or type(layer).__name__.startswith(("Linear8bitLt", "Linear4bit")):
+            return _simulate(layer, spec, "simulate (conv fallback)")
+        if spec.weight_only and spec.w_bits != 4 or not spec.weight_only and spec.w_bits != 8:
+            return _simulate(layer, spec, "simulate (no bitsandbytes equivalent)")
+        bnb_nn = self.bnb.nn
+        device = layer.weight.device
+        has_bias = layer.bias is not None
+        if spec.w_bits == 8:
+            new = bnb_nn.Linear8bitLt(layer.in_features, layer.out_features, bias=has_bias,
+                                      has_fp16_weights=False, threshold=0.0)
+            new.weight = bnb_nn.Int8Params(layer.weight.data.to(torch.float16).cpu(), requires_grad=False,
+                                           has_fp16_weights=False)
+            how = "bitsandbytes Linear8bitLt (int8 activations)"
+        else:
+            new = bnb_nn.Linear4bit(layer.in_features, layer.out_features, bias=has_bias,
+                                    compute_dtype=layer.weight.dtype, quant_type="nf4")
+            new.weight = bnb_nn.Params4bit(layer.weight.data.cpu(), requires_grad=False, quant_type="nf4")
+            how = "bitsandbytes Linear4bit NF4 (16-bit compute)"
+        if has_bias:
+            new.bias = nn.Parameter(layer.bias.data.clone(), requires_grad=False)
+        return new.to(device), how
+
+
+class TorchAOBackend:
+    name = "torchao"
+
+    def check(self, spec, device=None):
+        if spec.name not in ("W8A8", "W8A16", "W4A16-g128", "W4A16-g64", "W4A16-g32"):
+            raise BackendError(f"torchao here does W8A8 (int8 dynamic), W8A16 and W4A16-g<32|64|128> only, not {spec}; "
+                               "its W4A8 config is a CPU-only prototype")
+        self.torchao = _import("torchao", self.name)
+        self.quantization = importlib.import_module("torchao.quantization")
+
+    def config(self, spec):
+        q = self.quantization
+        if spec.name == "W8A8":
+            return q.Int8DynamicActivationInt8WeightConfig(), "torchao int8 dynamic-activation int8-weight"
+        if spec.w_bits == 8:
+            return q.Int8WeightOnlyConfig(), "torchao int8 weight-only"
+        return q.Int4WeightOnlyConfig(group_size=spec.group_size), "torchao int4 weight-only"
+
+    def quantize(self, layer, spec):
+        if not isinstance(layer, nn.Linear):
+            return _simulate(layer, spec, "simulate (conv fallback)")
+        if spec.name not in ("W8A8", "W8A16") and not spec.name.startswith("W4A16"):
+            return _simulate(layer, spec, "simulate (no torchao equivalent)")
+        config, how = self.config(spec)
+        wrapper = nn.Sequential(layer)
+        self.quantization.quantize_(wrapper, config)
+        return wrapper[0], how
+
+
+BACKENDS = {"simulate": SimulateBackend, "fp8": Fp8Backend, "bitsandbytes": BitsAndBytesBackend,
+            "torchao": TorchAOBackend}
+
+
+def get_backend(name):
+    if name not in BACKENDS:
+        raise BackendError(f"unknown quantization backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return BACKENDS[name]()

@@ -1,0 +1,78 @@
+"""fp8 backend: W8A8 / W4A8 linears through torch._scaled_mm with row-wise scales (Hopper/Ada fast path).
+
+Activations are quantized dynamically per token to float8 e4m3 (one scale per row): "A8" here means FP8,
+not INT8. W8 weights are stored as e4m3 with one scale per output channel; W4 weights as packed int4 codes
+(two per byte) that are exact in e4m3 (|code| <= 7), so the GEMM is the same FP8 GEMM with half the weight
+memory. Per-group weights and bit widths other than W8/W4 with A8 are refused (row-wise scales only)."""
+import torch
+
+from . import numerics
+from .layers import PackedWeightMixin
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = torch.finfo(E4M3).max
+
+
+def fp8_supported(device):
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 9)
+    return device.type == "cpu"
+
+
+def check_spec(spec):
+    if spec.a_bits != 8 or spec.w_bits not in (4, 8) or spec.group_size or spec.act_granularity != "token":
+        raise ValueError(f"the fp8 backend does W8A8 and W4A8 with per-channel weights and per-token "
+                         f"activations only, not {spec}; use backend 'simulate' for it")
+
+
+class Fp8Linear(PackedWeightMixin):
+    def packed_layout(self, spec):
+        if spec.packed_int4:
+            return super().packed_layout(spec)
+        return E4M3, (self.out_features, self.in_features), (self.out_features, 1)
+
+    def quantize_(self, spec):
+        check_spec(spec)
+        if spec.packed_int4:
+            return super().quantize_(spec)
+        w = self.weight.detach().float()
+        scale = (w.abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+        self.set_quantized_(spec, (w / scale).to(E4M3), scale)
+
+    def codes(self, packed=None):
+        packed = self.weight if packed is None else packed
+        if self.quant_spec.packed_int4:
+            return super().codes(packed)
+        return packed.to(E4M3)
+
+    def requantize(self, weight):
+        if self.quant_spec.packed_int4:
+            return super().requantize(weight)
+        scale = self.weight_scale.to(weight.device)
+        return (weight.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
+
+    def fp8_weight(self, device):
+        codes = self.codes(self.weight.to(device))
+        return codes.to(torch.bfloat16).to(E4M3) if self.quant_spec.packed_int4 else codes
+
+    def forward(self, x):
+        if self.quant_spec is None:
+            return super().forward(x)
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] % 16 or self.in_features % 16 or self.out_features % 16:
+            weight = self.dequantize(dtype=x.dtype, device=x.device)  # _scaled_mm needs multiples of 16
+            bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+            return torch.nn.functional.linear(self.quantize_input(x, -1), weight, bias)
+        scale_a = (rows.abs().amax(dim=1, keepdim=True).float() / E4M3_MAX).clamp(min=1e-12)
+        x8 = (rows.float() / scale_a).to(E4M3)
+        scale_b = self.weight_scale.to(x.device).reshape(1, -1)
+        bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+        out = torch._scaled_mm(x8, self.fp8_weight(x.device).t(), scale_a=scale_a, scale_b=scale_b,
+                               bias=bias, out_dtype=x.dtype)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def quantize_input(self, x, channel_dim):
+        xf = x.float()
+        scale = (xf.abs().amax(dim=channel_dim, keepdim=True) / E4M3_MAX).clamp(min=1e-12)
+        return ((xf / scale).to(E4M3).float() * scale).to(x.dtype)

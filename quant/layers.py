@@ -1,0 +1,124 @@
+"""Layers whose weight is stored packed (int8 codes, or two int4 codes per byte) plus float32 scales.
+
+`PackedWeightMixin` is combined with a Linear or Conv class (plain torch here, comfy.ops classes in
+nodes/loaders.py). The quantized weight keeps the name `.weight` (so state dicts, LoRA keys and offloading
+see the layer as usual); `weight_scale` holds the scales; the original float shape comes from the layer's
+own attributes (in/out features, kernel size)."""
+import torch
+from torch import nn
+
+from . import numerics
+from .spec import QuantSpec
+
+
+class PackedWeightMixin:
+    quant_spec = None  # QuantSpec once quantized
+
+    def float_weight_shape(self):
+        if isinstance(self, nn.Linear):
+            return (self.out_features, self.in_features)
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def _matrix_columns(self):
+        shape = self.float_weight_shape()
+        return int(torch.Size(shape[1:]).numel())
+
+    def packed_layout(self, spec):
+        """(dtype, shape) of the stored weight and the scale shape for `spec`; used to validate caches."""
+        rows, cols = self.float_weight_shape()[0], self._matrix_columns()
+        groups = cols // spec.group_size if spec.group_size else 1
+        if spec.packed_int4:
+            return torch.uint8, (rows, (cols + 1) // 2), (rows, groups)
+        return torch.int8, (rows, cols), (rows, groups)
+
+    def quantize_(self, spec):
+        spec = QuantSpec.parse(spec)
+        if self.quant_spec is not None:
+            raise ValueError(f"layer is already quantized ({self.quant_spec})")
+        if not self.weight.dtype.is_floating_point:
+            raise ValueError(f"cannot quantize a {self.weight.dtype} weight")
+        rows = self.weight.shape[0]
+        codes, scale = numerics.quantize_weight(self.weight.reshape(rows, -1), spec.w_bits, spec.group_size)
+        self.set_quantized_(spec, numerics.pack_int4(codes) if spec.packed_int4 else codes, scale)
+
+    def set_quantized_(self, spec, packed, scale):
+        dtype, shape, scale_shape = self.packed_layout(spec)
+        if packed.dtype != dtype or tuple(packed.shape) != shape or tuple(scale.shape) != scale_shape:
+            raise ValueError(f"quantized tensors {packed.dtype}{tuple(packed.shape)} / scales {tuple(scale.shape)} "
+                             f"do not match {spec} for a weight of shape {self.float_weight_shape()}")
+        self.quant_spec = spec
+        self.weight = nn.Parameter(packed, requires_grad=False)
+        if "weight_scale" in self._buffers:
+            del self._buffers["weight_scale"]
+        self.register_buffer("weight_scale", scale.to(torch.float32))
+
+    def codes(self, packed=None):
+        packed = self.weight if packed is None else packed
+        if self.quant_spec.packed_int4:
+            return numerics.unpack_int4(packed.to(torch.uint8), self._matrix_columns())
+        return packed.to(torch.int8)
+
+    def dequantize(self, packed=None, dtype=torch.float32, device=None):
+        """Float weight of the original shape from the stored codes (or from `packed`, same layout)."""
+        packed = self.weight if packed is None else packed
+        device = packed.device if device is None else device
+        codes = self.codes(packed.to(device))
+        matrix = numerics.dequantize_weight(codes, self.weight_scale.to(device), dtype)
+        return matrix.reshape(self.float_weight_shape())
+
+    def requantize(self, weight):
+        """Stored-layout codes for a float weight on the existing scales (LoRA merges keep scales fixed,
+        so that restoring the backed-up codes restores the layer exactly)."""
+        rows = weight.shape[0]
+        codes = numerics.requantize_weight(weight.reshape(rows, -1), self.weight_scale, self.quant_spec.w_bits)
+        return numerics.pack_int4(codes) if self.quant_spec.packed_int4 else codes
+
+    def quantize_input(self, x, channel_dim):
+        spec = self.quant_spec
+        if spec is None or spec.weight_only:
+            return x
+        return numerics.fake_quantize_activation(x, spec.a_bits, spec.act_granularity, channel_dim)
+
+    def extra_repr(self):
+        base = super().extra_repr()
+        return f"{base}, quant={self.quant_spec}" if self.quant_spec else base
+
+
+class SimulatedLinear(PackedWeightMixin):
+    """simulate backend: dequantize the packed weight, fake-quantize the input per token, float matmul."""
+
+    def forward(self, x):
+        if self.quant_spec is None:
+            return super().forward(x)
+        weight = self.dequantize(dtype=x.dtype, device=x.device)
+        bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+        return nn.functional.linear(self.quantize_input(x, -1), weight, bias)
+
+
+class SimulatedConv(PackedWeightMixin):
+    """simulate backend for Conv1d/2d/3d: activations quantized per pixel (over channels) or per tensor."""
+
+    def forward(self, x):
+        if self.quant_spec is None:
+            return super().forward(x)
+        weight = self.dequantize(dtype=x.dtype, device=x.device)
+        bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+        return self._conv_forward(self.quantize_input(x, 1), weight, bias)
+
+
+_CLASSES = {}
+
+
+def quantized_class(mixin, layer_class):
+    """`mixin` placed in front of the layer's own class, created once per pair."""
+    key = (mixin, layer_class)
+    if key not in _CLASSES:
+        _CLASSES[key] = type(f"{mixin.__name__}_{layer_class.__name__}", (mixin, layer_class), {})
+    return _CLASSES[key]
+
+
+QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_quantizable(module):
+    return isinstance(module, QUANTIZABLE) or isinstance(module, PackedWeightMixin)

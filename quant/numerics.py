@@ -1,0 +1,63 @@
+"""Pure quantization arithmetic: symmetric integer codes, int4 packing, dynamic activation fake-quant."""
+import torch
+
+
+def qmax(bits):
+    return 2 ** (bits - 1) - 1
+
+
+def quantize_weight(weight, bits, group_size=None):
+    """Symmetric codes s = amax / qmax per output row (or per group of `group_size` input columns).
+    `weight` is 2-D [out, in]; returns (int8 codes [out, in], float32 scales [out, 1 or in/group])."""
+    w = weight.detach().float()
+    rows, cols = w.shape
+    if group_size:
+        if cols % group_size:
+            raise ValueError(f"input size {cols} is not a multiple of the group size {group_size}")
+        w = w.reshape(rows, cols // group_size, group_size)
+    else:
+        w = w.reshape(rows, 1, cols)
+    scale = (w.abs().amax(dim=-1, keepdim=True) / qmax(bits)).clamp(min=torch.finfo(torch.float32).tiny)
+    codes = torch.round(w / scale).clamp(-qmax(bits), qmax(bits)).to(torch.int8)
+    return codes.reshape(rows, cols), scale.squeeze(-1)
+
+
+def requantize_weight(weight, scale, bits):
+    """Codes of `weight` on an existing grid (used to merge LoRA deltas without moving the scales)."""
+    w = weight.detach().float()
+    rows, cols = w.shape
+    grouped = w.reshape(rows, scale.shape[1], -1)
+    codes = torch.round(grouped / scale.to(w.device, torch.float32).unsqueeze(-1)).clamp(-qmax(bits), qmax(bits))
+    return codes.to(torch.int8).reshape(rows, cols)
+
+
+def dequantize_weight(codes, scale, dtype=torch.float32):
+    rows, cols = codes.shape
+    grouped = codes.to(dtype).reshape(rows, scale.shape[1], -1) * scale.to(codes.device, dtype).unsqueeze(-1)
+    return grouped.reshape(rows, cols)
+
+
+def pack_int4(codes):
+    """Two signed 4-bit codes per byte along the last dim (an odd last dim is zero-padded)."""
+    if codes.shape[-1] % 2:
+        codes = torch.nn.functional.pad(codes, (0, 1))
+    nibbles = (codes.to(torch.int16) + 8).to(torch.uint8)
+    return nibbles[..., 0::2] | (nibbles[..., 1::2] << 4)
+
+
+def unpack_int4(packed, columns):
+    low = (packed & 0x0F).to(torch.int8) - 8
+    high = (packed >> 4).to(torch.int8) - 8
+    return torch.stack((low, high), dim=-1).reshape(*packed.shape[:-1], -1)[..., :columns]
+
+
+def fake_quantize_activation(x, bits, granularity="token", channel_dim=-1):
+    """Dynamic symmetric quantize-dequantize: one scale per token (per pixel for convs: the channel
+    dim is reduced) or one per tensor. Computed in float32, returned in x's dtype."""
+    xf = x.float()
+    if granularity == "token":
+        amax = xf.abs().amax(dim=channel_dim, keepdim=True)
+    else:
+        amax = xf.abs().amax()
+    scale = amax.clamp(min=1e-12) / qmax(bits)
+    return (torch.round(xf / scale).clamp(-qmax(bits), qmax(bits)) * scale).to(x.dtype)

@@ -1,0 +1,92 @@
+"""Which layers get quantized, and how: sensitive layers stay in high precision, adaLN modulation
+linears (M = 1) are weight-only, user overrides by name pattern win."""
+import fnmatch
+from dataclasses import dataclass, field
+
+from .layers import is_quantizable
+from .spec import QuantSpec, QuantSpecError
+
+# Names as ComfyUI builds them (UNet, Flux, MMDiT) and as diffusers does; matched with fnmatch
+# against the layer name without a leading "diffusion_model." / "model.diffusion_model.".
+DEFAULT_KEEP = (
+    # UNet (SD1.5/SDXL): conv_in, time/label embeddings, output head
+    "input_blocks.0.0", "time_embed.*", "label_emb.*", "out.*",
+    "conv_in", "conv_out", "time_embedding.*", "add_embedding.*",
+    # Flux / MMDiT: patch and text embeddings, time/vector/guidance embeddings, final layer
+    "img_in", "txt_in", "time_in.*", "vector_in.*", "guidance_in.*", "final_layer.*",
+    "x_embedder*", "t_embedder.*", "y_embedder.*", "context_embedder", "time_text_embed.*", "norm_out.*", "proj_out",
+)
+DEFAULT_WEIGHT_ONLY = (
+    "*.img_mod.lin", "*.txt_mod.lin", "*.modulation.lin", "*.adaLN_modulation.*",
+    "*.norm1.linear", "*.norm1_context.linear", "*.norm.linear",
+)
+KEEP = "keep"
+_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
+
+
+def _bare(name):
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix):]
+    return name
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    name: str
+    spec: QuantSpec | None  # None: kept in high precision
+    reason: str
+
+
+@dataclass(frozen=True)
+class LayerPolicy:
+    """overrides: (pattern, "keep" | spec text) pairs, the first matching one wins over the defaults.
+    keep_first_last: also keep the first and last quantizable layer in registration order (for models
+    whose names the defaults do not know, e.g. a plain nn.Sequential)."""
+    keep: tuple = DEFAULT_KEEP
+    weight_only: tuple = DEFAULT_WEIGHT_ONLY
+    overrides: tuple = field(default=())
+    keep_first_last: bool = True
+
+    @classmethod
+    def parse(cls, text, **defaults):
+        """'pattern=keep, pattern=W8A8, first_last=off' (commas, semicolons or new lines between rules)."""
+        overrides, options = [], dict(defaults)
+        for rule in filter(None, (r.strip() for r in str(text or "").replace(";", ",").replace("\n", ",").split(","))):
+            pattern, sep, action = (part.strip() for part in rule.partition("="))
+            if not sep or not pattern or not action:
+                raise QuantSpecError(f"layer policy rule {rule!r} is not 'pattern=keep' or 'pattern=<spec>'")
+            if pattern == "first_last":
+                if action.lower() not in ("on", "off"):
+                    raise QuantSpecError(f"first_last must be 'on' or 'off', got {action!r}")
+                options["keep_first_last"] = action.lower() == "on"
+            elif action.lower() == KEEP:
+                overrides.append((pattern, KEEP))
+            else:
+                overrides.append((pattern, QuantSpec.parse(action).name))
+        return cls(overrides=tuple(overrides), **options)
+
+    def decide(self, name, spec, is_first_or_last=False):
+        spec = QuantSpec.parse(spec)
+        bare = _bare(name)
+        for pattern, action in self.overrides:
+            if fnmatch.fnmatchcase(bare, pattern):
+                if action == KEEP:
+                    return LayerDecision(name, None, f"override {pattern}")
+                return LayerDecision(name, QuantSpec.parse(action), f"override {pattern}")
+        if any(fnmatch.fnmatchcase(bare, pattern) for pattern in self.keep):
+            return LayerDecision(name, None, "sensitive layer")
+        if self.keep_first_last and is_first_or_last:
+            return LayerDecision(name, None, "first/last layer")
+        if not spec.weight_only and any(fnmatch.fnmatchcase(bare, p) for p in self.weight_only):
+            return LayerDecision(name, spec.with_activations(16), "modulation: weight-only")
+        return LayerDecision(name, spec, "default")
+
+    def plan(self, module, spec):
+        """A decision for every quantizable layer of `module`, in registration order."""
+        names = [name for name, layer in module.named_modules() if name and is_quantizable(layer)]
+        ends = {names[0], names[-1]} if names else set()
+        return [self.decide(name, spec, name in ends) for name in names]
+
+
+DEFAULT_POLICY = LayerPolicy()
