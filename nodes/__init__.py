@@ -9,3 +9,4 @@ def _register(module):
 
 
 # Each node module registers itself here, one line each.
+from . import routes  # noqa: E402,F401  /qsched/* server routes for web/ (only inside a running ComfyUI)

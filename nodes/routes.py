@@ -1,0 +1,137 @@
+"""Read-only server routes for the web extension: the preset list and one preset, as JSON.
+
+Served by ComfyUI's PromptServer under /qsched/... (and /api/qsched/...). They only read the preset
+folder(s) through calibration.presets, and refuse any name that could leave them.
+"""
+import logging
+import math
+import os
+
+from aiohttp import web
+
+PREFIX = "/qsched"
+PRESET_FOLDER_NAME = "qsched_presets"
+
+log = logging.getLogger("comfyui_qsched.routes")
+
+
+class RefusedName(ValueError):
+    pass
+
+
+def check_preset_name(name):
+    """The name itself, or RefusedName saying why it could leave the preset folder."""
+    if not name or not name.strip():
+        raise RefusedName("empty preset name")
+    if "\x00" in name:
+        raise RefusedName("preset name contains a NUL byte")
+    for sep in {"/", "\\", os.sep, os.altsep} - {None}:
+        if sep in name:
+            raise RefusedName(f"preset name {name!r} contains a path separator {sep!r}")
+    if ".." in name:
+        raise RefusedName(f"preset name {name!r} contains '..'")
+    if os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        raise RefusedName(f"preset name {name!r} is an absolute path")
+    return name
+
+
+def _finite_or_none(value):
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def summarize(preset):
+    """What the Load Q-Sched Preset node shows, from a preset dict or calibration.presets.summary()."""
+    model = preset.get("model")
+    model = model if isinstance(model, dict) else {"name": model, "family": preset.get("family")}
+    scorer = preset.get("scorer") if isinstance(preset.get("scorer"), dict) else {}
+    scores = preset.get("scores") or {}
+    return {
+        "model": model.get("name"), "family": model.get("family"), "quant": preset.get("quant"),
+        "sampler": preset.get("sampler"), "steps": preset.get("steps"),
+        "c_x": [_finite_or_none(v) for v in preset.get("c_x", [])],
+        "c_eps": [_finite_or_none(v) for v in preset.get("c_eps", [])],
+        "scorer": scorer.get("name"), "k": _finite_or_none(scorer.get("k")),
+        "identity_score": _finite_or_none(scores.get("identity")), "best_score": _finite_or_none(scores.get("best")),
+        "example": bool(preset.get("example")), "created": preset.get("created"),
+    }
+
+
+def _entry_json(entry):
+    """One entry of calibration.presets.list_presets() as JSON: name, valid, reason, summary."""
+    valid = bool(entry.get("valid"))
+    summary = entry.get("summary") if valid else None
+    return {"name": entry.get("name"), "valid": valid, "reason": None if valid else str(entry.get("error")),
+            "summary": summarize(summary) if summary is not None else None}
+
+
+def default_preset_folders():
+    """The user's preset folder(s) registered with ComfyUI, then the examples shipped in the pack."""
+    import folder_paths  # ComfyUI's; only reached inside a running ComfyUI
+
+    from ..calibration.presets import SHIPPED_PRESETS
+
+    try:
+        folders = list(folder_paths.get_folder_paths(PRESET_FOLDER_NAME))
+    except KeyError:
+        folders = []
+    return folders + [SHIPPED_PRESETS] * (SHIPPED_PRESETS not in folders)
+
+
+def add_routes(routes, preset_folders=default_preset_folders):
+    """Add the /qsched routes to an aiohttp RouteTableDef; `preset_folders()` -> folders to read."""
+    from ..calibration import presets as preset_store
+
+    @routes.get(PREFIX + "/presets")
+    async def list_presets(request):
+        entries, seen = [], set()
+        for folder in preset_folders():
+            if not os.path.isdir(folder):
+                continue
+            for entry in preset_store.list_presets(folder):
+                row = _entry_json(entry)
+                if row["name"] not in seen:  # the first folder wins, as ComfyUI's file lists do
+                    seen.add(row["name"])
+                    entries.append(row)
+        return web.json_response({"presets": entries})
+
+    @routes.get(PREFIX + "/presets/{name}")
+    async def get_preset(request):
+        raw = request.match_info["name"]
+        try:
+            name = check_preset_name(raw)
+        except RefusedName as e:
+            return web.json_response({"error": str(e)}, status=400)
+        for folder in preset_folders():
+            try:
+                path = preset_store.preset_path(folder, name)
+            except preset_store.PresetError as e:
+                return web.json_response({"error": str(e)}, status=400)
+            if not os.path.isfile(path):
+                continue
+            try:
+                preset = preset_store.load_preset(folder, name)
+            except preset_store.PresetError as e:
+                return web.json_response({"name": name, "valid": False, "reason": str(e)}, status=422)
+            return web.json_response({"name": name, "valid": True, "summary": summarize(preset), "preset": preset})
+        return web.json_response({"error": f"no preset named {name!r}"}, status=404)
+
+    return routes
+
+
+def _register_on_comfyui_server():
+    try:
+        from server import PromptServer
+    except ImportError:  # outside ComfyUI (tests, CLI)
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None:
+        return False
+    try:
+        add_routes(instance.routes)
+    except Exception:  # the nodes still load; the web extension then says the preset list is unavailable
+        log.exception("Q-Sched: could not add the /qsched server routes")
+        return False
+    return True
+
+
+_register_on_comfyui_server()
