@@ -140,11 +140,10 @@ class _Evaluations:
         return done[0] if done else (-math.inf, None)
 
 
-def plan_images(strategy, steps, n_prompts, budget_images=None, **options):
-    """Images the strategy expects to generate (for progress bars); 0 if it cannot say."""
+def plan_images(strategy, space, n_prompts, budget_images=None, **options):
+    """Images the strategy expects to generate (an upper bound when candidates coincide), for progress bars."""
     from .strategies import STRATEGIES
-    planner = STRATEGIES[strategy].plan
-    return planner(n_prompts, budget_images, **options) if planner else (budget_images or 0)
+    return STRATEGIES[strategy].plan(space, n_prompts, budget_images, **options)
 
 
 def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range=(0.8, 1.2), sampler=None,
@@ -171,7 +170,7 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     search_space = SearchSpace(space or spec.space, steps, c_range, sampler)
     log_settings = {"settings": settings or {}, "steps": steps, "n_prompts": n_prompts, "sampler": sampler}
     log_file = RunLog(run_log, log_settings) if run_log is not None else None
-    planned = plan_images(strategy, steps, n_prompts, budget_images, space=search_space.kind, **options)
+    planned = plan_images(strategy, search_space, n_prompts, budget_images, **options)
     evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned)
     started = time.monotonic()
     all_prompts = list(range(n_prompts))

@@ -18,41 +18,43 @@ def _grid(space, points):
     return [tuple(p) for p in product(axis, repeat=space.dims)]
 
 
-def _budget_points(n_prompts, budget, dims, cost=None):
+def _grid_size(space, points):
+    """Candidates of a grid plus the identity (which an odd grid over a symmetric range already contains)."""
+    has_identity = any(abs(v - 1.0) < 1e-9 for v in np.linspace(space.low, space.high, points))
+    return points ** space.dims + (0 if has_identity else 1)
+
+
+def _budget_points(space, n_prompts, budget, cost=None):
     """Largest grid size per dimension whose images (identity included) fit in the budget."""
-    cost = cost or (lambda points: (points ** dims + 1) * n_prompts)
+    cost = cost or (lambda points: _grid_size(space, points) * n_prompts)
     points = 1
     while cost(points + 1) <= budget:
         points += 1
     return max(points, 2)
 
 
-def _grid_points(space_kind, n_prompts, budget, grid_points, cost=None):
+def _grid_points(space, n_prompts, budget, grid_points, cost=None):
     if grid_points is not None:
         if grid_points < 2:
             raise ValueError(f"grid_points must be at least 2, got {grid_points}")
         return grid_points
-    dims = 2 if space_kind == "paper" else 4
     if budget is None:
-        return DEFAULT_GRID_POINTS[space_kind]
-    return _budget_points(n_prompts, budget, dims, cost)
+        return DEFAULT_GRID_POINTS[space.kind]
+    return _budget_points(space, n_prompts, budget, cost)
 
 
 # --- exhaustive grids (paper Algorithm 1) -------------------------------------------------------------------
 
 def grid_search(ev, space, grid_points=None):
     """Algorithm 1: every start (and, in the general space, end) value on a grid over c_range, all prompts."""
-    points = _grid_points(space.kind, ev.n_prompts, ev.budget, grid_points)
+    points = _grid_points(space, ev.n_prompts, ev.budget, grid_points)
     prompts = list(range(ev.n_prompts))
     for params in _grid(space, points):
         ev.score(space.schedule(params), prompts, params)
 
 
-def _plan_grid(kind):
-    def plan(n_prompts, budget, grid_points=None, **_):
-        points = _grid_points(kind, n_prompts, budget, grid_points)
-        return ((points ** (2 if kind == "paper" else 4)) + 1) * n_prompts
-    return plan
+def _plan_grid(space, n_prompts, budget, grid_points=None, **_):
+    return _grid_size(space, _grid_points(space, n_prompts, budget, grid_points)) * n_prompts
 
 
 # --- successive halving over prompts ----------------------------------------------------------------------
@@ -88,16 +90,23 @@ def race(ev, space, candidates, eta=3, min_prompts=1):
 
 def successive_halving(ev, space, grid_points=None, eta=3, min_prompts=1):
     """The paper's grid (plus identity), raced over prompts instead of scoring every candidate on all."""
-    cost = lambda points: ev.n_prompts + _race_cost(points ** space.dims + 1, ev.n_prompts, eta, min_prompts)
-    points = _grid_points(space.kind, ev.n_prompts, ev.budget, grid_points, cost)
-    race(ev, space, [space.identity] + _grid(space, points), eta, min_prompts)
+    race(ev, space, [space.identity] + _grid(space, _halving_points(space, ev.n_prompts, ev.budget, grid_points,
+                                                                   eta, min_prompts)), eta, min_prompts)
 
 
-def _plan_halving(n_prompts, budget, grid_points=None, eta=3, min_prompts=1, space=None, **_):
-    kind = space or "paper"
-    dims = 2 if kind == "paper" else 4
-    cost = lambda points: n_prompts + _race_cost(points ** dims + 1, n_prompts, eta, min_prompts)
-    return cost(_grid_points(kind, n_prompts, budget, grid_points, cost))
+def _halving_cost(space, n_prompts, points, eta, min_prompts):
+    # Upper bound: the identity races too but was already scored on every prompt before the strategy ran.
+    return n_prompts + _race_cost(points ** space.dims + 1, n_prompts, eta, min_prompts)
+
+
+def _halving_points(space, n_prompts, budget, grid_points, eta, min_prompts):
+    cost = lambda points: _halving_cost(space, n_prompts, points, eta, min_prompts)
+    return _grid_points(space, n_prompts, budget, grid_points, cost)
+
+
+def _plan_halving(space, n_prompts, budget, grid_points=None, eta=3, min_prompts=1, **_):
+    points = _halving_points(space, n_prompts, budget, grid_points, eta, min_prompts)
+    return _halving_cost(space, n_prompts, points, eta, min_prompts)
 
 
 # --- coarse to fine ---------------------------------------------------------------------------------------
@@ -119,9 +128,8 @@ def coarse_to_fine(ev, space, levels=4, eta=3, min_prompts=2):
         span /= 2
 
 
-def _plan_coarse(n_prompts, budget, levels=4, eta=3, min_prompts=2, space=None, **_):
-    dims = 2 if (space or "paper") == "paper" else 4
-    per_level = _race_cost(3 ** dims, n_prompts, eta, min_prompts)
+def _plan_coarse(space, n_prompts, budget, levels=4, eta=3, min_prompts=2, **_):
+    per_level = _race_cost(3 ** space.dims, n_prompts, eta, min_prompts)
     total = n_prompts + levels * per_level
     return min(total, budget) if budget else total
 
@@ -167,17 +175,18 @@ def bayes(ev, space, n_init=5, iterations=10, seed=0, pool=4096):
 
 
 def _normal_cdf(z):
-    return 0.5 * (1 + np.vectorize(math.erf)(z / math.sqrt(2)))
+    from scipy.special import ndtr
+    return ndtr(z)
 
 
-def _plan_bayes(n_prompts, budget, n_init=5, iterations=10, **_):
+def _plan_bayes(space, n_prompts, budget, n_init=5, iterations=10, **_):
     total = (1 + n_init + iterations) * n_prompts
     return min(total, budget) if budget else total
 
 
 STRATEGIES = {
-    "paper_grid": Strategy(grid_search, "paper", _plan_grid("paper")),
-    "grid_general": Strategy(grid_search, "general", _plan_grid("general")),
+    "paper_grid": Strategy(grid_search, "paper", _plan_grid),
+    "grid_general": Strategy(grid_search, "general", _plan_grid),
     "successive_halving": Strategy(successive_halving, "paper", _plan_halving),
     "coarse_to_fine": Strategy(coarse_to_fine, "paper", _plan_coarse),
     "bayes": Strategy(bayes, "paper", _plan_bayes),

@@ -1,0 +1,125 @@
+"""Presets: schema round trip, safe names, and every kind of bad file."""
+import json
+import logging
+import os
+
+import pytest
+
+from comfyui_qsched.calibration import presets as P
+from comfyui_qsched.samplers import QSchedSchedule, ScheduleError
+
+SCHEDULE = QSchedSchedule.from_lists([0.9, 0.95, 1.0, 1.05], [1.1, 1.05, 1.0, 0.97], sampler="lcm")
+
+
+def make(**overrides):
+    fields = dict(model_name="tiny-sd15", model_hash="ab" * 32, family="sd15", quant="W4A8", scorer="jaq-clip",
+                  scorer_k=2.0, prompts_hash="cafe", n_prompts=20, seed=7, cfg=1.5, identity_score=0.41,
+                  best_score=0.47, search={"strategy": "coarse_to_fine", "images": 240})
+    fields.update(overrides)
+    return P.make_preset(SCHEDULE, **fields)
+
+
+def test_round_trip_keeps_every_field_and_the_schedule(tmp_path):
+    preset = make()
+    path = P.save_preset(tmp_path, "tiny lcm", preset)
+    assert path == os.path.join(tmp_path, "tiny lcm.json")
+    loaded = P.load_preset(tmp_path, "tiny lcm")
+    assert loaded == json.loads(json.dumps(preset))
+    schedule = P.schedule_of(loaded)
+    assert (schedule.c_x, schedule.c_eps, schedule.sampler) == (SCHEDULE.c_x, SCHEDULE.c_eps, "lcm")
+    for key in ("model", "quant", "sampler", "steps", "scorer", "prompts_hash", "seed", "scores", "created",
+                "pack_version", "version"):
+        assert key in loaded
+    assert loaded["pack_version"] == P.PACK_VERSION != "unknown"
+    assert os.listdir(tmp_path) == ["tiny lcm.json"]                   # no temp file left behind
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "a\\b", "..", ".hidden", "", "x" * 200, "nul\x00", "/abs"])
+def test_names_never_leave_the_folder(tmp_path, name):
+    with pytest.raises(P.PresetError, match="preset name"):
+        P.save_preset(tmp_path, name, make())
+    with pytest.raises(P.PresetError, match="preset name"):
+        P.load_preset(tmp_path, name)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"format": "qsched-preset", "version": 1, "mod', "truncated"),
+    ("\x00\x01binary", "not valid JSON"),
+    ('{"format": "comfy-workflow", "nodes": []}', "not a Q-Sched preset"),
+    ("[1, 2]", "expected a JSON object"),
+])
+def test_corrupt_truncated_and_foreign_files_give_clear_errors(tmp_path, content, message):
+    (tmp_path / "bad.json").write_text(content)
+    with pytest.raises(P.PresetError, match=message):
+        P.load_preset(tmp_path, "bad")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(version=99), "schema version 99"),
+    (lambda d: d.pop("c_eps"), "missing field 'c_eps'"),
+    (lambda d: d.update(c_x=[1.0, 1.0]), "c_x has 2 values but c_eps has 4"),
+    (lambda d: d.update(steps=8), "steps is 8"),
+    (lambda d: d.update(sampler="dpmpp_2m"), "unknown sampler"),
+    (lambda d: d.update(c_x=[1.0, -1.0, 1.0, 1.0]), "not positive"),
+    (lambda d: d.update(steps=True), "'steps' has the wrong type"),
+    (lambda d: d.update(extra=1), "unknown fields extra"),
+    (lambda d: d["scores"].update(best=float("inf")), "scores.best"),
+])
+def test_invalid_fields_are_named(tmp_path, change, message):
+    data = make()
+    change(data)
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(P.PresetError, match=message):
+        P.load_preset(tmp_path, "p")
+    with pytest.raises(P.PresetError, match=message):
+        P.save_preset(tmp_path, "q", data)
+    assert not (tmp_path / "q.json").exists()
+
+
+def test_missing_preset_is_a_preset_error(tmp_path):
+    with pytest.raises(P.PresetError, match="no such preset"):
+        P.load_preset(tmp_path, "nothing")
+
+
+def test_model_hash_mismatch_refuses_or_warns_on_request(tmp_path, caplog):
+    P.save_preset(tmp_path, "p", make())
+    assert P.load_preset(tmp_path, "p", model_hash="ab" * 32)["model"]["name"] == "tiny-sd15"
+    with pytest.raises(P.PresetModelMismatch, match="calibrated for model 'tiny-sd15'"):
+        P.load_preset(tmp_path, "p", model_hash="cd" * 32)
+    with caplog.at_level(logging.WARNING, logger="qsched.presets"):
+        assert P.load_preset(tmp_path, "p", model_hash="cd" * 32, allow_model_mismatch=True)
+    assert "using it anyway" in caplog.text
+
+
+def test_list_presets_reports_valid_and_invalid_entries(tmp_path):
+    P.save_preset(tmp_path, "good", make())
+    (tmp_path / "broken.json").write_text("{")
+    (tmp_path / "readme.txt").write_text("ignored")
+    entries = P.list_presets(tmp_path)
+    assert [e["name"] for e in entries] == ["broken", "good"]
+    broken, good = entries
+    assert not broken["valid"] and "not valid JSON" in broken["error"] and broken["summary"] is None
+    assert good["valid"] and good["error"] is None
+    assert good["summary"]["sampler"] == "lcm" and good["summary"]["steps"] == 4
+    assert P.list_presets(tmp_path / "missing") == []
+
+
+def test_failed_write_keeps_the_old_preset(tmp_path, monkeypatch):
+    P.save_preset(tmp_path, "p", make(best_score=0.5))
+    monkeypatch.setattr(P.json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        P.save_preset(tmp_path, "p", make(best_score=0.9))
+    assert P.load_preset(tmp_path, "p")["scores"]["best"] == 0.5
+    assert os.listdir(tmp_path) == ["p.json"]
+
+
+def test_shipped_presets_are_valid_examples():
+    entries = P.list_presets(P.SHIPPED_PRESETS)
+    assert entries and all(e["valid"] and e["summary"]["example"] for e in entries), entries
+
+
+def test_a_preset_schedule_refuses_another_step_count():
+    schedule = P.schedule_of(make())
+    with pytest.raises(ScheduleError, match="4 coefficient pairs but sampling runs 8"):
+        schedule.check(8, "lcm")
