@@ -3,7 +3,7 @@
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { checkSchedule, expandList, identity, linspace, parseList } from "./lib/curves.js";
-import { drawCurves, drawSurface } from "./lib/plot.js";
+import { drawCurves, drawSurface, surfacePoints } from "./lib/plot.js";
 
 const CURVE_NODES = new Set(["QSchedCoefficients", "QSchedKSampler", "QSchedSampler", "QSchedLoadPreset"]);
 const PRESET_NODE = "QSchedLoadPreset";
@@ -174,18 +174,6 @@ function chain(object, method, after) {
 }
 
 // ---- calibration progress and score surface ----
-
-function surfacePoints(trace) {
-  const cells = new Map();
-  for (const t of trace ?? []) {
-    const x = Number(t.x_start ?? t.c_x?.[0]), y = Number(t.eps_start ?? t.c_eps?.[0]);
-    const score = t.score == null ? NaN : Number(t.score);
-    if (!Number.isFinite(x) || !Number.isFinite(y)) continue;
-    const key = `${x},${y}`, old = cells.get(key);
-    if (!old || !Number.isFinite(old.score) || score > old.score) cells.set(key, { x, y, score });
-  }
-  return [...cells.values()];
-}
 
 function showCalibration(node, panel) {
   const c = node.qschedCalibration;

@@ -63,6 +63,19 @@ function heat(t) {
   return `rgb(${r},${g},${b})`;
 }
 
+// Calibration trace entries -> one point per (c_x start, c_eps start) cell, keeping the best score there.
+export function surfacePoints(trace) {
+  const cells = new Map();
+  for (const t of trace ?? []) {
+    const x = Number(t.x_start ?? t.c_x?.[0]), y = Number(t.eps_start ?? t.c_eps?.[0]);
+    const score = t.score == null ? NaN : Number(t.score);
+    if (!Number.isFinite(x) || !Number.isFinite(y)) continue;
+    const key = `${x},${y}`, old = cells.get(key);
+    if (!old || !Number.isFinite(old.score) || score > old.score) cells.set(key, { x, y, score });
+  }
+  return [...cells.values()];
+}
+
 // Candidates as points {x, y, score}: colour = score; the best ringed; NaN scores drawn as grey crosses.
 export function drawSurface(canvas, points, labels = { x: "c_x start", y: "c_eps start" }) {
   const { ctx, w, h } = prepare(canvas);
