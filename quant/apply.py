@@ -93,10 +93,31 @@ def _fit_groups(module, decision):
                                                      f"group {spec.group_size}: per channel")
 
 
-def quantize_module(module, spec, policy=None, backend="simulate", device=None):
+def _check_stored(module, decisions, quantizer, stored):
+    """Stored tensors (from a cache) must cover exactly the planned layers, each with its spec and layout."""
+    planned = {d.name for d in decisions if d.spec is not None}
+    if set(stored) != planned:
+        missing, extra = sorted(planned - set(stored)), sorted(set(stored) - planned)
+        raise ValueError(f"stored layers do not match the plan (missing {missing[:3]}, unexpected {extra[:3]})")
+    for decision in decisions:
+        if decision.spec is None:
+            continue
+        layer = module.get_submodule(decision.name)
+        spec = quantizer.effective_spec(layer, decision.spec)
+        stored_spec, packed, scale = stored[decision.name]
+        dtype, shape, scale_shape = quantizer.layout(layer, spec)
+        if stored_spec != spec.name or packed.dtype != dtype or tuple(packed.shape) != shape \
+                or tuple(scale.shape) != scale_shape:
+            raise ValueError(f"layer {decision.name!r}: stored {stored_spec} {packed.dtype}{tuple(packed.shape)} "
+                             f"does not match {spec.name} {dtype}{shape}")
+
+
+def quantize_module(module, spec, policy=None, backend="simulate", device=None, stored=None):
     """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
     policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
-    device: where the fp8 backend will run (checked up front); None skips that check."""
+    device: where the fp8 backend will run (checked up front); None skips that check.
+    stored: {layer name: (spec name, packed weight, scales)} already quantized (a cache), used instead of
+    quantizing; checked against the plan before any layer changes."""
     spec = QuantSpec.parse(spec)
     if policy is None:
         policy = DEFAULT_POLICY
@@ -108,6 +129,10 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None):
     for decision in decisions:
         if decision.spec is not None and decision.spec != spec and not decision.spec.weight_only:
             quantizer.check(decision.spec, device)
+    if stored is not None:
+        if not getattr(quantizer, "cacheable", False):
+            raise ValueError(f"backend {quantizer.name!r} cannot take stored quantized weights")
+        _check_stored(module, decisions, quantizer, stored)
     report = QuantReport(spec.name, quantizer.name, module_bytes(module))
     for decision in decisions:
         layer = module.get_submodule(decision.name)
@@ -116,7 +141,8 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None):
             report.layers.append(LayerReport(decision.name, kind, None, None, decision.reason))
             continue
         try:
-            new_layer, how = quantizer.quantize(layer, decision.spec)
+            tensors = None if stored is None else stored[decision.name][1:]
+            new_layer, how = quantizer.quantize(layer, decision.spec, tensors)
         except (ValueError, RuntimeError) as error:
             raise type(error)(f"layer {decision.name!r}: {error}") from error
         if new_layer is not layer:

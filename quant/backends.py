@@ -11,49 +11,76 @@ import torch
 from torch import nn
 
 from . import fp8
-from .layers import PackedWeightMixin, SimulatedConv, SimulatedLinear, quantized_class
+from .layers import PackedWeightMixin, SimulatedConv, SimulatedLinear, integer_layout, quantized_class
 
 
 class BackendError(ValueError):
     pass
 
 
-def _simulate(layer, spec, how="simulate"):
+def _install(layer, spec, tensors):
+    """Quantize the layer's float weight, or take already quantized (packed, scale) tensors from a cache."""
+    if tensors is None:
+        layer.quantize_(spec)
+    else:
+        layer.set_quantized_(spec, *tensors)
+
+
+def _simulated_mixin(layer):
+    return SimulatedLinear if isinstance(layer, nn.Linear) else SimulatedConv
+
+
+def _simulate(layer, spec, how="simulate", tensors=None):
     if not isinstance(layer, PackedWeightMixin):
-        mixin = SimulatedLinear if isinstance(layer, nn.Linear) else SimulatedConv
-        layer.__class__ = quantized_class(mixin, type(layer))
-    layer.quantize_(spec)
+        layer.__class__ = quantized_class(_simulated_mixin(layer), type(layer))
+    _install(layer, spec, tensors)
     return layer, how
 
 
 class SimulateBackend:
     name = "simulate"
+    cacheable = True
 
     def check(self, spec, device=None):
         pass
 
-    def quantize(self, layer, spec):
-        return _simulate(layer, spec)
+    def effective_spec(self, layer, spec):
+        return spec
+
+    def layout(self, layer, spec):
+        return layer.packed_layout(spec) if isinstance(layer, PackedWeightMixin) else integer_layout(layer, spec)
+
+    def quantize(self, layer, spec, tensors=None):
+        return _simulate(layer, spec, tensors=tensors)
 
 
 class Fp8Backend:
     name = "fp8"
+    cacheable = True
 
     def check(self, spec, device=None):
         fp8.check_spec(spec)
         if device is not None and not fp8.fp8_supported(device):
             raise BackendError(f"the fp8 backend needs a GPU with FP8 tensor cores (sm >= 8.9) or the CPU, not {device}")
 
-    def quantize(self, layer, spec):
+    def effective_spec(self, layer, spec):
+        return spec if isinstance(layer, nn.Linear) and not spec.weight_only else spec.with_activations(16)
+
+    def layout(self, layer, spec):
+        if isinstance(layer, nn.Linear) and not spec.weight_only:
+            return fp8.fp8_layout(layer, spec)
+        return SimulateBackend().layout(layer, spec)
+
+    def quantize(self, layer, spec, tensors=None):
         if isinstance(layer, nn.Linear) and not spec.weight_only:
             if isinstance(layer, PackedWeightMixin) and not isinstance(layer, fp8.Fp8Linear):
                 raise BackendError("this layer class cannot take the fp8 backend")
             if not isinstance(layer, fp8.Fp8Linear):
                 layer.__class__ = quantized_class(fp8.Fp8Linear, type(layer))
-            layer.quantize_(spec)
+            _install(layer, spec, tensors)
             return layer, "fp8"
         kind = "linear" if isinstance(layer, nn.Linear) else "conv"
-        return _simulate(layer, spec.with_activations(16), f"simulate weight-only ({kind} fallback)")
+        return _simulate(layer, spec.with_activations(16), f"simulate weight-only ({kind} fallback)", tensors)
 
 
 def _import(package, backend):
@@ -66,6 +93,7 @@ def _import(package, backend):
 
 class BitsAndBytesBackend:
     name = "bitsandbytes"
+    cacheable = False
 
     def check(self, spec, device=None):
         if spec.name not in ("W8A8", "W4A16"):
@@ -73,7 +101,7 @@ class BitsAndBytesBackend:
                                "it has no W4A8 (its 4-bit linears compute in 16 bit)")
         self.bnb = _import("bitsandbytes", self.name)
 
-    def quantize(self, layer, spec):
+    def quantize(self, layer, spec, tensors=None):
         if not isinstance(layer, nn.Linear) or type(layer).__name__.startswith(("Linear8bitLt", "Linear4bit")):
             return _simulate(layer, spec, "simulate (conv fallback)")
         if spec.weight_only and spec.w_bits != 4 or not spec.weight_only and spec.w_bits != 8:
@@ -99,6 +127,7 @@ class BitsAndBytesBackend:
 
 class TorchAOBackend:
     name = "torchao"
+    cacheable = False
 
     def check(self, spec, device=None):
         if spec.name not in ("W8A8", "W8A16", "W4A16-g128", "W4A16-g64", "W4A16-g32"):
@@ -115,7 +144,7 @@ class TorchAOBackend:
             return q.Int8WeightOnlyConfig(), "torchao int8 weight-only"
         return q.Int4WeightOnlyConfig(group_size=spec.group_size), "torchao int4 weight-only"
 
-    def quantize(self, layer, spec):
+    def quantize(self, layer, spec, tensors=None):
         if not isinstance(layer, nn.Linear):
             return _simulate(layer, spec, "simulate (conv fallback)")
         if spec.name not in ("W8A8", "W8A16") and not spec.name.startswith("W4A16"):

@@ -7,7 +7,7 @@ memory. Per-group weights and bit widths other than W8/W4 with A8 are refused (r
 import torch
 
 from . import numerics
-from .layers import PackedWeightMixin
+from .layers import PackedWeightMixin, integer_layout
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max
@@ -26,11 +26,15 @@ def check_spec(spec):
                          f"activations only, not {spec}; use backend 'simulate' for it")
 
 
+def fp8_layout(layer, spec):
+    if spec.packed_int4:
+        return integer_layout(layer, spec)
+    return E4M3, (layer.out_features, layer.in_features), (layer.out_features, 1)
+
+
 class Fp8Linear(PackedWeightMixin):
     def packed_layout(self, spec):
-        if spec.packed_int4:
-            return super().packed_layout(spec)
-        return E4M3, (self.out_features, self.in_features), (self.out_features, 1)
+        return fp8_layout(self, spec)
 
     def quantize_(self, spec):
         check_spec(spec)

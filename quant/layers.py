@@ -11,25 +11,33 @@ from . import numerics
 from .spec import QuantSpec
 
 
+def float_weight_shape(layer):
+    if isinstance(layer, nn.Linear):
+        return (layer.out_features, layer.in_features)
+    return (layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size)
+
+
+def integer_layout(layer, spec):
+    """(dtype, shape) of the stored weight and the scale shape for `spec`; used to validate caches."""
+    shape = float_weight_shape(layer)
+    rows, cols = shape[0], int(torch.Size(shape[1:]).numel())
+    groups = cols // spec.group_size if spec.group_size else 1
+    if spec.packed_int4:
+        return torch.uint8, (rows, (cols + 1) // 2), (rows, groups)
+    return torch.int8, (rows, cols), (rows, groups)
+
+
 class PackedWeightMixin:
     quant_spec = None  # QuantSpec once quantized
 
     def float_weight_shape(self):
-        if isinstance(self, nn.Linear):
-            return (self.out_features, self.in_features)
-        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        return float_weight_shape(self)
 
     def _matrix_columns(self):
-        shape = self.float_weight_shape()
-        return int(torch.Size(shape[1:]).numel())
+        return int(torch.Size(self.float_weight_shape()[1:]).numel())
 
     def packed_layout(self, spec):
-        """(dtype, shape) of the stored weight and the scale shape for `spec`; used to validate caches."""
-        rows, cols = self.float_weight_shape()[0], self._matrix_columns()
-        groups = cols // spec.group_size if spec.group_size else 1
-        if spec.packed_int4:
-            return torch.uint8, (rows, (cols + 1) // 2), (rows, groups)
-        return torch.int8, (rows, cols), (rows, groups)
+        return integer_layout(self, spec)
 
     def quantize_(self, spec):
         spec = QuantSpec.parse(spec)

@@ -1,0 +1,129 @@
+"""Cache of quantized weights in safetensors, keyed by the source file's content hash + spec + policy + backend.
+
+Per quantized layer it stores `<layer>.weight` (packed codes), `<layer>.weight_scale` and `<layer>.comfy_quant`
+(a uint8 tensor holding JSON, the per-layer metadata convention of newer ComfyUI checkpoints; the format names
+are this pack's own, `qsched_int8` / `qsched_int4_packed` / `qsched_fp8_e4m3`, which ComfyUI itself does not
+decode). Files are written atomically; a file whose header or tensors do not match is reported and rebuilt."""
+import hashlib
+import json
+import logging
+import os
+import tempfile
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .apply import quantize_module
+from .backends import get_backend
+from .layers import PackedWeightMixin
+from .policy import DEFAULT_POLICY, LayerPolicy
+from .spec import QuantSpec
+
+FORMAT_VERSION = "1"
+_HASHES = {}
+
+
+class CacheError(ValueError):
+    pass
+
+
+def file_sha256(path):
+    """Content hash of a file, remembered per (path, size, mtime) for this process."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _policy(policy):
+    return LayerPolicy.parse(policy) if isinstance(policy, str) else (policy or DEFAULT_POLICY)
+
+
+def cache_identity(source_sha256, spec, policy, backend):
+    return {"qsched_format": FORMAT_VERSION, "source_sha256": source_sha256, "spec": QuantSpec.parse(spec).name,
+            "policy": repr(_policy(policy)), "backend": backend}
+
+
+def cache_path(cache_dir, source_path, identity):
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    stem = os.path.splitext(os.path.basename(source_path))[0]
+    return os.path.join(cache_dir, f"{stem}.{identity['spec']}.{identity['backend']}.{key}.safetensors")
+
+
+def _layer_format(layer):
+    if layer.weight.dtype == torch.uint8:
+        return "qsched_int4_packed"
+    return "qsched_int8" if layer.weight.dtype == torch.int8 else "qsched_fp8_e4m3"
+
+
+def save_cache(path, module, identity):
+    tensors = {}
+    for name, layer in module.named_modules():
+        if isinstance(layer, PackedWeightMixin) and layer.quant_spec is not None:
+            spec = layer.quant_spec
+            info = {"format": _layer_format(layer), "spec": spec.name, "w_bits": spec.w_bits, "a_bits": spec.a_bits,
+                    "group_size": spec.group_size, "activations": spec.act_granularity}
+            tensors[f"{name}.weight"] = layer.weight.detach().cpu().contiguous()
+            tensors[f"{name}.weight_scale"] = layer.weight_scale.detach().cpu().contiguous()
+            tensors[f"{name}.comfy_quant"] = torch.tensor(list(json.dumps(info).encode()), dtype=torch.uint8)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temporary, metadata=identity)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def read_cache(path, identity):
+    """{layer: (spec name, packed, scales)} from a cache file, after checking its header against `identity`."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            wrong = sorted(k for k, v in identity.items() if metadata.get(k) != v)
+            if wrong:
+                raise CacheError(f"cache file {path} was made for another {', '.join(wrong)}")
+            stored = {}
+            for key in handle.keys():
+                if key.endswith(".comfy_quant"):
+                    name = key[: -len(".comfy_quant")]
+                    info = json.loads(bytes(handle.get_tensor(key).tolist()).decode())
+                    stored[name] = (info["spec"], handle.get_tensor(f"{name}.weight"),
+                                    handle.get_tensor(f"{name}.weight_scale"))
+    except CacheError:
+        raise
+    except Exception as error:  # a truncated or foreign file: safetensors/JSON errors of many kinds
+        raise CacheError(f"cache file {path} is unreadable: {error}") from error
+    if not stored:
+        raise CacheError(f"cache file {path} holds no quantized layers")
+    return stored
+
+
+def quantize_cached(module, spec, source_path, cache_dir, policy=None, backend="simulate", device=None):
+    """quantize_module, reusing (or writing) a cache of the quantized weights in `cache_dir`.
+    Returns (report, status) with status 'hit', 'written' or 'rebuilt (<why>)'."""
+    quantizer = get_backend(backend)
+    if not quantizer.cacheable:
+        return quantize_module(module, spec, policy, backend, device), f"not cached (backend {backend})"
+    identity = cache_identity(file_sha256(source_path), spec, policy, backend)
+    path = cache_path(cache_dir, source_path, identity)
+    status = "written"
+    if os.path.exists(path):
+        try:
+            stored = read_cache(path, identity)
+            return quantize_module(module, spec, _policy(policy), backend, device, stored=stored), "hit"
+        except ValueError as error:
+            logging.warning("Q-Sched: rebuilding quantized cache: %s", error)
+            status = f"rebuilt ({error})"
+    report = quantize_module(module, spec, _policy(policy), backend, device)
+    save_cache(path, module, identity)
+    return report, status
