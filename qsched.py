@@ -20,6 +20,9 @@ if PACKAGE not in sys.modules:
 
 # command -> "module:function" inside the pack; each function takes the remaining argv.
 COMMANDS = {
+    "demo": "testbed.digits.demo:main",
+    "train-digits": "testbed.digits.train:main",
+    "digits-experiment": "testbed.digits.experiment:main",
 }
 
 
