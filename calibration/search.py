@@ -26,7 +26,7 @@ class SearchResult:
     best: QSchedSchedule
     best_score: float
     identity_score: float
-    trace: list            # one dict per evaluation call, in order (see _Evaluations.score)
+    trace: list            # per score request: schedule, prompts, score (on those prompts), full_score, best_full
     images_generated: int  # images generated in this run (run-log reuse not counted)
     images_reused: int = 0
     strategy: str = ""
@@ -117,10 +117,12 @@ class _Evaluations:
             if self._progress is not None:
                 self._progress(self.generated, max(self.planned, self.generated))
         mean = self.mean(key, prompt_indices)
+        full = len(known) == self.n_prompts
         self.trace.append({"schedule": schedule.to_dict(), "params": self.params.get(key),
                            "prompts": len(prompt_indices), "new_images": len(missing),
-                           "images_generated": self.generated, "score": mean,
-                           "full": len(known) == self.n_prompts, "best_full": self.best()[0]})
+                           "images_generated": self.generated, "score": mean, "full": full,
+                           "full_score": self.mean(key, range(self.n_prompts)) if full else None,
+                           "best_full": self.best()[0]})
         return mean
 
     def mean(self, key, prompt_indices):
