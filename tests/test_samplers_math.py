@@ -1,0 +1,213 @@
+"""With coefficients != 1 each sampler equals the paper's formulas computed by hand (float64), one model call per
+step whatever the coefficients, and bad input fails with a clear error before the first model call."""
+import math
+
+import pytest
+import torch
+
+from comfyui_qsched.samplers import (SAMPLERS, EPSSampling, FlowSampling, NonFiniteLatentError, QSchedSchedule,
+                                     ScheduleError)
+from comfyui_qsched.samplers.sigmas import few_step_sigmas
+from test_samplers_toys import Recorder, ToyModel, initial_noise
+
+SCHEDULE = QSchedSchedule.from_lists([1.012, 0.997, 0.982, 0.967], [0.955, 1.003, 1.051, 1.099])
+
+
+def _noises(steps, seed=9):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(initial_noise().shape, generator=g) for _ in range(steps)]
+
+
+def _run(name, flow, sigmas, schedule, noises, **options):
+    ms = FlowSampling() if flow else EPSSampling()
+    model, recorder, draws = ToyModel(ms, flow=flow), Recorder(), iter(noises)
+    out = SAMPLERS[name].function(model, initial_noise() * sigmas[0], sigmas, callback=recorder, disable=True,
+                                  schedule=schedule, noise_sampler=lambda s, sn: next(draws), **options)
+    return out, recorder, model
+
+
+def _hand(name, flow, sigmas, schedule, noises, gamma=0.5, eta=1.0, s_noise=1.0):
+    """The reference formulas, step by step in float64, with the toy's prediction (eps or v) written out."""
+    toy = ToyModel(None, flow=flow)
+    table = EPSSampling().sigmas.double()
+    x = (initial_noise() * sigmas[0]).double()
+    sig = [float(s) for s in sigmas]
+    for i in range(len(sig) - 1):
+        s, sn, c_x, c_eps, z = sig[i], sig[i + 1], schedule.c_x[i], schedule.c_eps[i], noises[i].double()
+        if flow:
+            pred = toy.prediction(x.float(), s).double()
+        else:
+            pred = toy.prediction((x / math.sqrt(1 + s * s)).float(), s).double()
+        if name == "tcd":  # Eq. 4 in the VP parametrisation of diffusers' TCDScheduler
+            abar = lambda sigma: 1.0 / (1.0 + sigma * sigma)  # noqa: E731
+            x_vp = x * math.sqrt(abar(s))
+            x0 = (c_x * x_vp - math.sqrt(1 - abar(s)) * c_eps * pred) / math.sqrt(abar(s))
+            t_next = int((table - sn).abs().argmin()) if sn > 0 else 0
+            a_s = abar(float(table[math.floor((1 - gamma) * t_next)]))
+            x_s = math.sqrt(a_s) * x0 + math.sqrt(1 - a_s) * c_eps * pred
+            if sn == 0:
+                x = x_s  # diffusers' last step: the VP latent at timestep 0
+            else:
+                x_prev = math.sqrt(abar(sn) / a_s) * x_s + math.sqrt(1 - abar(sn) / a_s) * z
+                x = x_prev / math.sqrt(abar(sn))
+            continue
+        x_q, pred_q = c_x * x, c_eps * pred
+        denoised_q = x_q - s * pred_q
+        if name == "euler":
+            x = x_q + (sn - s) * pred_q
+        elif name == "lcm":
+            x = denoised_q if sn == 0 else (sn * z + (1 - sn) * denoised_q if flow else denoised_q + sn * z)
+        elif name == "euler_ancestral" and not flow:
+            up = min(sn, eta * math.sqrt(sn ** 2 * (s ** 2 - sn ** 2) / s ** 2))
+            down = math.sqrt(sn ** 2 - up ** 2)
+            x = denoised_q if down == 0 else x_q + (down - s) * pred_q + s_noise * up * z
+        elif name == "euler_ancestral":  # rectified-flow variant
+            if sn == 0:
+                x = denoised_q
+            else:
+                down = sn * (1 + (sn / s - 1) * eta)
+                renoise = math.sqrt(sn ** 2 - down ** 2 * (1 - sn) ** 2 / (1 - down) ** 2)
+                x = (1 - sn) / (1 - down) * (x_q + (down - s) * pred_q) + s_noise * renoise * z
+    return x
+
+
+CASES = [("euler", False), ("euler", True), ("euler_ancestral", False), ("euler_ancestral", True), ("lcm", False),
+         ("lcm", True), ("tcd", False)]
+
+
+@pytest.mark.parametrize("name,flow", CASES, ids=[f"{n}-{'flow' if f else 'eps'}" for n, f in CASES])
+def test_coefficients_follow_the_reference_formulas(name, flow):
+    sigmas = few_step_sigmas("trailing" if flow else "lcm", (FlowSampling() if flow else EPSSampling()).sigmas, 4)
+    noises = _noises(4)
+    options = {"gamma": 0.5} if name == "tcd" else {"eta": 0.8, "s_noise": 0.9} if name == "euler_ancestral" else {}
+    ours, _, model = _run(name, flow, sigmas, SCHEDULE, noises, **options)
+    expected = _hand(name, flow, sigmas, SCHEDULE, noises, **options)
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
+    identity, _, _ = _run(name, flow, sigmas, QSchedSchedule.identity(4), noises, **options)
+    assert (ours - identity).abs().max() > 1e-3  # the coefficients do change the result
+    assert model.calls == 4
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_ancestral", "lcm", "tcd"])
+def test_callback_reports_the_qsched_denoised_estimate(name):
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 4)
+    _, recorder, _ = _run(name, False, sigmas, SCHEDULE, _noises(4))
+    toy = ToyModel(EPSSampling())
+    for i, step in enumerate(recorder.steps):
+        x, s = step["x"], step["sigma"]
+        assert step["i"] == i and torch.equal(s, sigmas[i]) and torch.equal(step["sigma_hat"], sigmas[i])
+        expected = SCHEDULE.c_eps[i] * toy(x, s.reshape(1)) + (SCHEDULE.c_x[i] - SCHEDULE.c_eps[i]) * x
+        torch.testing.assert_close(step["denoised"], expected)
+
+
+@pytest.mark.parametrize("name", ["euler", "euler_ancestral", "lcm", "tcd"])
+@pytest.mark.parametrize("steps", [1, 2, 4, 8])
+def test_exactly_one_model_call_per_step(name, steps):
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, steps)
+    for schedule in (None, QSchedSchedule.identity(steps), QSchedSchedule.constant(steps, 0.9, 1.1),
+                     QSchedSchedule.linear(steps, 1.1, 0.85)):
+        model = ToyModel(EPSSampling())
+        SAMPLERS[name].function(model, initial_noise() * sigmas[0], sigmas, extra_args={"seed": 1}, disable=True,
+                                schedule=schedule)
+        assert model.calls == steps
+
+
+def test_same_seed_same_result_and_schedule_none_is_identity():
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 4)
+    for spec in SAMPLERS.values():
+        runs = [spec.function(ToyModel(EPSSampling()), initial_noise() * sigmas[0], sigmas, extra_args={"seed": 4},
+                              disable=True, schedule=schedule) for schedule in (None, QSchedSchedule.identity(4))]
+        assert torch.equal(runs[0], runs[1])
+
+
+def test_model_sampling_is_found_on_the_wrapped_model_or_given():
+    sigmas = few_step_sigmas("flow", FlowSampling().sigmas, 4)
+    x, noises = initial_noise(), _noises(4)
+    found, _, _ = _run("lcm", True, sigmas, SCHEDULE, noises)
+    draws = iter(noises)
+    bare = ToyModel(None, flow=True)
+    given = SAMPLERS["lcm"].function(bare, x * sigmas[0], sigmas, disable=True, schedule=SCHEDULE,
+                                     model_sampling=FlowSampling(), noise_sampler=lambda s, sn: next(draws))
+    assert torch.equal(found, given)
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_schedule_length_mismatch_fails_before_sampling(name):
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 4)
+    model = ToyModel(EPSSampling())
+    with pytest.raises(ScheduleError, match="3 coefficient pairs but sampling runs 4 steps"):
+        SAMPLERS[name].function(model, initial_noise(), sigmas, disable=True, schedule=QSchedSchedule.identity(3))
+    assert model.calls == 0
+
+
+def test_tcd_refuses_flow_models_before_sampling():
+    model = ToyModel(FlowSampling(), flow=True)
+    with pytest.raises(ValueError, match="EPS .* only; this is a flow model"):
+        SAMPLERS["tcd"].function(model, initial_noise(), few_step_sigmas("flow", FlowSampling().sigmas, 4))
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"schedule": {"c_x": [1] * 4}}, "must be a QSchedSchedule"),
+    ({"s_churn": 1.0}, "unknown option.*s_churn"),
+])
+def test_bad_arguments_are_named(kwargs, message):
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 4)
+    model = ToyModel(EPSSampling())
+    with pytest.raises((ScheduleError, TypeError), match=message):
+        SAMPLERS["euler"].function(model, initial_noise(), sigmas, disable=True, **kwargs)
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("sigmas,message", [
+    (torch.tensor([1.0]), "at least 2 sigmas"),
+    (torch.tensor([[1.0, 0.0]]), "1-D"),
+    (torch.tensor([1.0, float("nan"), 0.0]), "finite and non-negative"),
+    (torch.tensor([1.0, -0.5, 0.0]), "finite and non-negative"),
+])
+def test_bad_sigmas_are_refused(sigmas, message):
+    with pytest.raises(ValueError, match=message):
+        SAMPLERS["lcm"].function(ToyModel(EPSSampling()), initial_noise(), sigmas, disable=True)
+
+
+@pytest.mark.parametrize("options,message", [({"gamma": 1.5}, r"gamma must be in \[0, 1\]"),
+                                             ({"gamma": 0.2, "eta": 0.4}, "disagree")])
+def test_tcd_gamma_is_checked(options, message):
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 4)
+    with pytest.raises(ValueError, match=message):
+        SAMPLERS["tcd"].function(ToyModel(EPSSampling()), initial_noise(), sigmas, disable=True, **options)
+
+
+def test_tcd_eta_is_an_alias_of_gamma():
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 4)
+    runs = [SAMPLERS["tcd"].function(ToyModel(EPSSampling()), initial_noise() * sigmas[0], sigmas, disable=True,
+                                     extra_args={"seed": 2}, **opt) for opt in ({"gamma": 0.6}, {"eta": 0.6})]
+    assert torch.equal(runs[0], runs[1])
+
+
+class _NaNAfter(ToyModel):
+    def __init__(self, good_calls):
+        super().__init__(EPSSampling())
+        self.good_calls = good_calls
+
+    def __call__(self, x, sigma, **extra_args):
+        out = super().__call__(x, sigma, **extra_args)
+        return out if self.calls <= self.good_calls else out * float("nan")
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_nan_latent_stops_with_the_step_named(name):
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 4)
+    model = _NaNAfter(good_calls=1)
+    with pytest.raises(NonFiniteLatentError, match="step 2 of 4") as caught:
+        SAMPLERS[name].function(model, initial_noise() * sigmas[0], sigmas, extra_args={"seed": 0}, disable=True)
+    assert caught.value.step == 1 and model.calls == 2
+
+
+def test_samplers_spec_lists_the_agreed_names():
+    assert set(SAMPLERS) == {"lcm", "tcd", "euler", "euler_ancestral"}
+    assert [name for name, spec in SAMPLERS.items() if not spec.flow_ok] == ["tcd"]
+    for name, spec in SAMPLERS.items():
+        assert spec.name == name and callable(spec.function)
