@@ -99,3 +99,13 @@ def test_flow_detection_and_tcd_refusal_on_comfyui_classes(comfy):
     with pytest.raises(ValueError, match="flow model"):
         SAMPLERS["tcd"].function(model, initial_noise(), sigmas, disable=True)
     assert model.calls == 0
+
+
+def test_plain_torch_tables_equal_comfyuis(comfy):
+    from comfyui_qsched.samplers.model_sampling import discrete_sigma_table, flow_sigma_table
+    _, model_sampling = comfy
+    assert torch.equal(discrete_sigma_table(), _comfy_model_sampling(model_sampling, False).sigmas)
+    flow = _comfy_model_sampling(model_sampling, True)
+    assert torch.equal(flow_sigma_table(1.0), flow.sigmas)
+    flow.set_parameters(shift=3.0)
+    torch.testing.assert_close(flow_sigma_table(3.0), flow.sigmas, rtol=1e-6, atol=0)

@@ -211,3 +211,33 @@ def test_samplers_spec_lists_the_agreed_names():
     assert [name for name, spec in SAMPLERS.items() if not spec.flow_ok] == ["tcd"]
     for name, spec in SAMPLERS.items():
         assert spec.name == name and callable(spec.function)
+
+
+def _comfyui_tcd_rule(sigmas, noises, gamma):
+    """The update rule of the published ComfyUI-TCD node (JettHu), written out in float64: VP x_s from the
+    alphas_cumprod table at s = floor((1 - gamma) t), the last s forced to 0, then back to the VE latent."""
+    toy = ToyModel(None)
+    table = EPSSampling().sigmas.double()
+    alphas_cumprod = 1.0 / (1.0 + table ** 2)
+    timesteps = [int((table - float(s)).abs().argmin()) for s in sigmas]
+    alpha_s = [float(alphas_cumprod[math.floor((1 - gamma) * t)]) for t in timesteps[:-1]] + [float(alphas_cumprod[0])]
+    x = (initial_noise() * sigmas[0]).double()
+    for i in range(len(sigmas) - 1):
+        s, sn = float(sigmas[i]), float(sigmas[i + 1])
+        eps = toy.prediction((x / math.sqrt(1 + s * s)).float(), s).double()
+        denoised = x - s * eps
+        x_s = math.sqrt(alpha_s[i + 1]) * denoised + math.sqrt(1 - alpha_s[i + 1]) * eps
+        if gamma > 0 and sn > 0:
+            x = x_s / math.sqrt(alpha_s[i + 1]) + noises[i].double() * math.sqrt(sn ** 2 + 1 - 1 / alpha_s[i + 1])
+        else:
+            x = x_s * math.sqrt(sn ** 2 + 1)
+    return x
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("steps", [1, 4, 8])
+def test_tcd_with_identity_schedule_follows_the_comfyui_tcd_node(gamma, steps):
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, steps)
+    noises = _noises(steps)
+    ours, _, _ = _run("tcd", False, sigmas, QSchedSchedule.identity(steps), noises, gamma=gamma)
+    torch.testing.assert_close(ours.double(), _comfyui_tcd_rule(sigmas, noises, gamma), rtol=1e-5, atol=1e-5)
