@@ -34,8 +34,9 @@ function loadPresets(force = false) {
 }
 
 function selectedPreset(node) {
-  const name = value(node, "preset", "preset_name", "name");
-  if (!name) return { error: "no preset selected" };
+  const file = value(node, "preset");
+  if (!file) return { error: "no preset selected" };
+  const name = String(file).replace(/\.json$/, "");
   const entry = presets.byName.get(name);
   if (!entry) {
     if (presets.loaded && !presets.pending) {  // maybe saved after the list was read: read it again once
@@ -93,7 +94,10 @@ function scheduleOf(node, depth = 0) {
       const source = upstreamNode(node, "schedule");
       if (source) {
         const { schedule, note } = scheduleOf(source, depth + 1);
-        return { schedule, note: note || `from ${source.title}` };
+        const steps = value(node, "steps");
+        const warning = steps != null && Number(steps) !== schedule.c_x.length
+          ? `schedule has ${schedule.c_x.length} steps but steps is ${steps}: sampling will refuse it` : null;
+        return { schedule, note: note || `from ${source.title}`, warning };
       }
       const steps = Number(value(node, "steps")) || 4;
       return { schedule: identity(steps), note: "no schedule: identity (all 1)" };
@@ -128,7 +132,7 @@ function addPanel(node, height) {
 function show(panel, state, text) {
   panel.root.dataset.state = state;
   panel.info.textContent = text;
-  panel.info.style.color = state === "invalid" || state === "error" ? "#ff6b6b" : "";
+  panel.info.style.color = { invalid: "#ff6b6b", error: "#ff6b6b", warning: "#ffb74d" }[state] ?? "";
 }
 
 // Redraw only when what is plotted (or the panel's size) changed; called on every canvas frame.
@@ -145,12 +149,13 @@ function refreshCurve(node, panel) {
     delete panel.root.dataset.cX; delete panel.root.dataset.cEps;
     return;
   }
-  const { schedule, note } = result;
+  const { schedule, note, warning } = result;
   panel.root.dataset.cX = schedule.c_x.map((v) => fmt(v)).join(",");
   panel.root.dataset.cEps = schedule.c_eps.map((v) => fmt(v)).join(",");
   const lines = [`${schedule.c_x.length} steps${note ? ` · ${note}` : ""}`];
   if (node.comfyClass === PRESET_NODE) lines.unshift(...presetLines(selectedPreset(node).summary));
-  show(panel, "ok", lines.join("\n"));
+  if (warning) lines.push(`⚠ ${warning}`);
+  show(panel, warning ? "warning" : "ok", lines.join("\n"));
   drawCurves(panel.canvas, schedule);
 }
 
@@ -160,7 +165,8 @@ function presetLines(s) {
   return [
     `model: ${s.model ?? "?"}${s.family ? ` (${s.family})` : ""}${s.example ? " · example" : ""}`,
     `${s.quant ?? "?"} · ${s.sampler ?? "?"} · ${s.steps ?? "?"} steps`,
-    `score identity ${fmt(s.identity_score)} → best ${fmt(s.best_score)}${gain}`,
+    Number.isFinite(s.best_score) ? `${s.scorer ?? "score"}: identity ${fmt(s.identity_score)} → best ${fmt(s.best_score)}${gain}`
+      : "scores: not recorded",
   ];
 }
 
@@ -178,15 +184,17 @@ function chain(object, method, after) {
 function showCalibration(node, panel) {
   const c = node.qschedCalibration;
   if (!c) { show(panel, "idle", "calibration: not run yet"); return; }
-  const lines = [`candidates ${c.done ?? 0} / ${c.budget ?? "?"}`
-    + (Number.isFinite(c.best_score) ? ` · best ${fmt(c.best_score)}` : "")
-    + (Number.isFinite(c.identity_score) ? ` (identity ${fmt(c.identity_score)})` : "")];
-  if (c.finished) lines.push(c.error ? `stopped: ${c.error}` : "finished");
+  const points = c.trace ?? [];
+  const scores = points.map((p) => p.score).filter(Number.isFinite);
+  const best = Number.isFinite(c.best_score) ? c.best_score : scores.length ? Math.max(...scores) : NaN;
+  const lines = [`candidates ${points.length} · images ${c.done ?? 0} / ${c.budget ?? "?"}`,
+    `best ${fmt(best)}` + (Number.isFinite(c.identity_score) ? ` · identity ${fmt(c.identity_score)}` : "")];
+  if (c.finished) lines.push(`finished${c.preset ? ` · preset ${c.preset}` : ""}`);
   show(panel, c.finished ? "finished" : "running", lines.join("\n"));
-  panel.root.dataset.done = String(c.done ?? 0);
-  const points = surfacePoints(c.trace);
-  panel.root.dataset.points = String(points.length);
-  drawSurface(panel.canvas, points);
+  const cells = surfacePoints(points);
+  Object.assign(panel.root.dataset, { candidates: String(points.length), done: String(c.done ?? 0),
+    points: String(cells.length), best: fmt(best) });
+  drawSurface(panel.canvas, cells);
 }
 
 function updateCalibration(nodeId, patch) {

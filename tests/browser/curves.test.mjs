@@ -31,7 +31,7 @@ test("checkSchedule refuses non-positive and non-finite coefficients", () => {
   assert.throws(() => checkSchedule({ c_x: [1, 1], c_eps: [NaN, 1] }), /c_eps\[0\] = NaN/);
 });
 
-test("surfacePoints keeps the best score per start cell and reads both trace forms", async () => {
+test("surfacePoints keeps the best score per start cell, full-prompt scores first, both trace forms", async () => {
   const { surfacePoints } = await import("../../web/lib/plot.js");
   const points = surfacePoints([
     { x_start: 0.9, eps_start: 1.1, score: 0.2 },
@@ -39,6 +39,10 @@ test("surfacePoints keeps the best score per start cell and reads both trace for
     { c_x: [1.1, 1.0], c_eps: [0.8, 1.0], score: null },
     { c_x: [1.1, 1.0], c_eps: [0.8, 1.0], score: 0.1 },
     { score: 0.5 },
+    { c_x: [1.2, 1.0], c_eps: [1.2, 1.0], score: 0.9, full: false },
+    { c_x: [1.2, 1.0], c_eps: [1.2, 1.0], score: 0.4, full: true },
+    { c_x: [1.2, 1.0], c_eps: [1.2, 1.0], score: 0.95, full: false },
   ]);
-  assert.deepEqual(points, [{ x: 0.9, y: 1.1, score: 0.3 }, { x: 1.1, y: 0.8, score: 0.1 }]);
+  assert.deepEqual(points, [{ x: 0.9, y: 1.1, score: 0.3 }, { x: 1.1, y: 0.8, score: 0.1 },
+    { x: 1.2, y: 1.2, score: 0.4 }]);
 });

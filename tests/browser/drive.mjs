@@ -1,7 +1,9 @@
 // Drives the real ComfyUI frontend in Debian's Chromium for tests/test_browser_*.py.
 // usage: node drive.mjs <config.json>; prints one JSON object (the report) on the last line of stdout.
 // config: {url, workflow (path of a UI-format workflow), screenshot (png path), chromium, queue (bool),
-//          timeout_ms, panel_classes ([node classes that must carry the Q-Sched panel])}
+//          timeout_ms, prepare (body of an async JS function run in the page after the workflow is loaded;
+//          its return value lands in report.prepared), settings ({id: value} posted before the page opens),
+//          thumbnail (jpg path: the graph's nodes, cropped, after loading), require_types (node classes to wait for)}
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -26,20 +28,34 @@ try {
   page.on("pageerror", (e) => report.page_errors.push(String(e?.stack ?? e)));
   page.on("response", (r) => { if (r.status() >= 400) report.console_errors.push(`HTTP ${r.status()} ${r.url()}`); });
 
+  const settings = { "Comfy.TutorialCompleted": true, "Comfy.Minimap.Visible": false, ...(config.settings ?? {}) };
+  for (const [id, v] of Object.entries(settings)) {
+    await fetch(`${config.url}/api/settings/${encodeURIComponent(id)}`, { method: "POST", body: JSON.stringify(v) });
+  }
   await page.goto(config.url, { waitUntil: "domcontentloaded" });
-  await page.waitForFunction(() => window.comfyAPI?.app?.app?.graph && document.querySelector("canvas"));
-  // Extensions load asynchronously after the graph exists: wait for ours.
-  await page.waitForFunction(() => window.comfyAPI.app.app.extensionManager?.extensions?.some?.((e) => e.name === "comfyui-qsched.widgets")
-    ?? window.comfyAPI.app.app.extensions?.some((e) => e.name === "comfyui-qsched.widgets"));
+  // Ready when the graph exists, node definitions are registered (ours included) and our extension loaded.
+  await page.waitForFunction((types) => {
+    const app = window.comfyAPI?.app?.app;
+    const registered = window.LiteGraph?.registered_node_types ?? {};
+    return app?.graph && types.every((t) => t in registered)
+      && (app.extensions ?? []).some((e) => e.name === "comfyui-qsched.widgets");
+  }, config.require_types ?? ["KSampler"]);
   step("extension loaded");
 
-  const workflow = JSON.parse(readFileSync(config.workflow, "utf8"));
+  const workflow = config.workflow ? JSON.parse(readFileSync(config.workflow, "utf8")) : undefined;
   await page.evaluate(async (wf) => {
     await window.comfyAPI.app.app.loadGraphData(wf);
   }, workflow);
+  if (config.prepare) {
+    report.prepared = await page.evaluate(`(async () => { const app = window.comfyAPI.app.app; ${config.prepare} })()`);
+  }
   // Let the panels draw (they redraw on canvas frames) and the preset list arrive.
   await page.waitForTimeout(1500);
-  await page.evaluate(() => { const app = window.comfyAPI.app.app; app.canvas.ds.offset = [10, 10]; app.graph.setDirtyCanvas(true, true); });
+  await page.evaluate(async () => {
+    const app = window.comfyAPI.app.app;
+    await app.extensionManager?.command?.execute?.("Comfy.Canvas.FitView");
+    app.graph.setDirtyCanvas(true, true);
+  });
   await page.waitForTimeout(500);
 
   report.nodes = await page.evaluate(() => {
@@ -58,6 +74,19 @@ try {
   });
   step("workflow loaded", { nodes: report.nodes.length });
   if (config.before_screenshot) await page.screenshot({ path: config.before_screenshot });
+  if (config.thumbnail) {
+    const clip = await page.evaluate(() => {
+      const app = window.comfyAPI.app.app, { ds } = app.canvas, box = app.canvas.canvas.getBoundingClientRect();
+      const title = window.LiteGraph.NODE_TITLE_HEIGHT ?? 30, pad = 12;
+      const nodes = app.graph._nodes;
+      const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - title));
+      const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+      const sx = (x) => box.left + (x + ds.offset[0]) * ds.scale, sy = (y) => box.top + (y + ds.offset[1]) * ds.scale;
+      const left = Math.max(box.left, sx(x0) - pad), top = Math.max(box.top, sy(y0) - pad);
+      return { x: left, y: top, width: Math.min(box.right, sx(x1) + pad) - left, height: Math.min(box.bottom, sy(y1) + pad) - top };
+    });
+    await page.screenshot({ path: config.thumbnail, type: "jpeg", quality: 80, clip });
+  }
 
   if (config.queue) {
     await page.evaluate(() => {

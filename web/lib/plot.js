@@ -41,8 +41,8 @@ export function drawCurves(canvas, schedule) {
   ctx.textAlign = "right";
   ctx.fillText(hi.toFixed(2), left - 3, top + 8);
   ctx.fillText(lo.toFixed(2), left - 3, bottom);
-  ctx.textAlign = "center";
-  ctx.fillText("step", (left + right) / 2, h - 3);
+  ctx.textAlign = "left";
+  ctx.fillText(`step 1..${steps}`, left, h - 3);
 
   for (const key of ["c_x", "c_eps"]) {
     ctx.strokeStyle = ctx.fillStyle = COLORS[key];
@@ -52,9 +52,9 @@ export function drawCurves(canvas, schedule) {
     ctx.stroke();
     schedule[key].forEach((v, i) => { ctx.beginPath(); ctx.arc(px(i), py(v), 2.5, 0, 2 * Math.PI); ctx.fill(); });
   }
-  ctx.textAlign = "left";
-  ctx.fillStyle = COLORS.c_x; ctx.fillText("c_x", left + 4, top + 8);
-  ctx.fillStyle = COLORS.c_eps; ctx.fillText("c_eps", left + 26, top + 8);
+  ctx.textAlign = "right";
+  ctx.fillStyle = COLORS.c_eps; ctx.fillText("c_eps", right, h - 3);
+  ctx.fillStyle = COLORS.c_x; ctx.fillText("c_x", right - 32, h - 3);
 }
 
 function heat(t) {
@@ -63,17 +63,20 @@ function heat(t) {
   return `rgb(${r},${g},${b})`;
 }
 
-// Calibration trace entries -> one point per (c_x start, c_eps start) cell, keeping the best score there.
+// Calibration trace entries -> one point per (c_x start, c_eps start) cell: a score on all prompts
+// ("full") beats one on a subset (successive halving); otherwise the best score there wins.
 export function surfacePoints(trace) {
   const cells = new Map();
   for (const t of trace ?? []) {
     const x = Number(t.x_start ?? t.c_x?.[0]), y = Number(t.eps_start ?? t.c_eps?.[0]);
-    const score = t.score == null ? NaN : Number(t.score);
     if (!Number.isFinite(x) || !Number.isFinite(y)) continue;
+    const point = { x, y, score: t.score == null ? NaN : Number(t.score), full: t.full !== false };
     const key = `${x},${y}`, old = cells.get(key);
-    if (!old || !Number.isFinite(old.score) || score > old.score) cells.set(key, { x, y, score });
+    const better = !old || (point.full && !old.full)
+      || (point.full === old.full && (!Number.isFinite(old.score) || point.score > old.score));
+    if (better) cells.set(key, point);
   }
-  return [...cells.values()];
+  return [...cells.values()].map(({ x, y, score }) => ({ x, y, score }));
 }
 
 // Candidates as points {x, y, score}: colour = score; the best ringed; NaN scores drawn as grey crosses.
@@ -81,8 +84,14 @@ export function drawSurface(canvas, points, labels = { x: "c_x start", y: "c_eps
   const { ctx, w, h } = prepare(canvas);
   if (!points.length) return;
   const finite = points.filter((p) => Number.isFinite(p.score));
-  const [xlo, xhi] = range(points.map((p) => p.x), 0.05);
-  const [ylo, yhi] = range(points.map((p) => p.y), 0.05);
+  // Pad each axis by half a grid cell so the edge cells are drawn whole.
+  const padded = (values) => {
+    const distinct = [...new Set(values)].sort((a, b) => a - b);
+    const [lo, hi] = range(distinct, 0.05), half = distinct.length > 1 ? (hi - lo) / (distinct.length - 1) / 2 : 0;
+    return [lo - half, hi + half];
+  };
+  const [xlo, xhi] = padded(points.map((p) => p.x));
+  const [ylo, yhi] = padded(points.map((p) => p.y));
   const [slo, shi] = finite.length ? range(finite.map((p) => p.score), 1e-6) : [0, 1];
   const left = 30, right = w - 8, top = 8, bottom = h - 16;
   const px = (v) => left + ((right - left) * (v - xlo)) / (xhi - xlo);

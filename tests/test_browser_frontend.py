@@ -1,0 +1,213 @@
+"""The web extension in the real ComfyUI frontend (comfyui-frontend-package) in headless Chromium.
+
+Starts ComfyUI on CPU with the pack and the tiny fixtures (tests/comfy_fixtures.py), opens it in Debian's
+Chromium driven by playwright-core (tests/browser/drive.mjs), loads workflows, checks what the extension shows,
+queues a workflow and waits for the saved image to appear on its node.
+
+Needs COMFYUI_DIR, /usr/bin/chromium (`apt-get install -y chromium`; or env QSCHED_CHROMIUM) and playwright-core
+(`npm ci --prefix tests/browser`); skips naming what is missing. Screenshots go to artifacts/browser/; with
+QSCHED_UPDATE_DOCS=1 they also refresh docs/*.png and the example workflows' thumbnails (example_workflows/*.jpg).
+"""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from comfy_fixtures import REPO_ROOT, comfy_models, comfy_server, comfyui_dir, load_example_workflow  # noqa: F401
+from comfyui_qsched.calibration import presets as preset_store
+from comfyui_qsched.samplers import QSchedSchedule
+
+BROWSER_DIR = os.path.join(REPO_ROOT, "tests", "browser")
+DRIVER = os.path.join(BROWSER_DIR, "drive.mjs")
+ARTIFACTS = os.path.join(REPO_ROOT, "artifacts", "browser")
+EXAMPLES = os.path.join(REPO_ROOT, "example_workflows")
+UPDATE_DOCS = os.environ.get("QSCHED_UPDATE_DOCS") == "1"
+OUR_NODES = ("QSchedCoefficients", "QSchedKSampler", "QSchedSampler", "QSchedLoadPreset", "QSchedCalibrate")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Paths of node and chromium, or skip saying what to install."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("browser tests need Node.js (`node` on PATH)")
+    chromium = os.environ.get("QSCHED_CHROMIUM", "/usr/bin/chromium")
+    if not os.access(chromium, os.X_OK):
+        pytest.skip(f"browser tests need Chromium at {chromium}: apt-get install -y chromium (or set QSCHED_CHROMIUM)")
+    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")):
+        pytest.skip("browser tests need playwright-core: npm ci --prefix tests/browser")
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    return {"node": node, "chromium": chromium}
+
+
+def drive(browser, server, name, timeout_s=240, **config):
+    """Run drive.mjs with `config`; returns its report (fails with the driver's error and the server log)."""
+    config = {"url": server.url, "chromium": browser["chromium"], "timeout_ms": timeout_s * 1000,
+              "screenshot": os.path.join(ARTIFACTS, f"{name}.png"), **config}
+    config_path = os.path.join(ARTIFACTS, f"{name}.config.json")
+    with open(config_path, "w") as f:
+        json.dump(config, f)
+    result = subprocess.run([browser["node"], DRIVER, config_path], cwd=BROWSER_DIR, capture_output=True,
+                            text=True, timeout=timeout_s + 120)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and lines, f"driver failed ({result.returncode}):\n{result.stderr[-4000:]}"
+    report = json.loads(lines[-1])
+    with open(os.path.join(ARTIFACTS, f"{name}.report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    assert report["ok"], f"{report.get('error')}\nsteps: {report['steps']}\nserver log:\n{server.log_tail(3000)}"
+    ours = [e for e in report["console_errors"] + report["page_errors"]
+            if "qsched" in e.lower() or "/extensions/" in e]
+    assert not ours, f"errors from the pack's extension: {ours}"
+    return report
+
+
+def panels(nodes):
+    return {n["type"]: n["panel"] for n in nodes if n["panel"] is not None}
+
+
+def floats(csv):
+    return [float(v) for v in csv.split(",")]
+
+
+def _preset(best, identity):
+    schedule = QSchedSchedule.linear(4, 1.1, 0.9)
+    return preset_store.make_preset(schedule, model_name="tiny-sd15", family="SD15", quant="W4A8", sampler="lcm",
+                                    scorer="jaq", scorer_k=1.0, identity_score=identity, best_score=best)
+
+
+@pytest.fixture(scope="module")
+def user_presets(comfy_server):
+    """A valid and a truncated preset in the server's user preset folder (what Load Q-Sched Preset lists)."""
+    folder = os.path.join(comfy_server.user_dir, "qsched_presets")
+    preset_store.save_preset(folder, "browser-good", _preset(best=0.32, identity=0.25))
+    text = json.dumps(_preset(best=0.3, identity=0.2))
+    with open(os.path.join(folder, "browser-truncated.json"), "w") as f:
+        f.write(text[: len(text) // 2])
+    return folder
+
+
+BUILD_GRAPH = """
+const LG = window.LiteGraph;
+const add = (type, pos) => { const n = LG.createNode(type); n.pos = pos; app.graph.add(n); return n; };
+const set = (n, name, v) => { const w = n.widgets.find((w) => w.name === name); w.value = v; w.callback?.(v); };
+const frame = () => new Promise((r) => { app.graph.setDirtyCanvas(true, true); setTimeout(r, 400); });
+const coefficients = add("QSchedCoefficients", [40, 40]);
+const sampler = add("QSchedKSampler", [420, 40]);
+coefficients.connect(0, sampler, sampler.inputs.findIndex((i) => i.name === "schedule"));
+set(coefficients, "steps", 5); set(coefficients, "c_x_start", 1.2); set(coefficients, "c_eps_start", 0.9);
+set(sampler, "steps", 5);
+const good = add("QSchedLoadPreset", [40, 480]);
+set(good, "preset", "browser-good.json");
+const bad = add("QSchedLoadPreset", [420, 480]);
+set(bad, "preset", "browser-truncated.json");
+await frame(); await frame();
+const read = (n) => ({ state: n.qschedPanel.root.dataset.state, text: n.qschedPanel.info.textContent,
+                       c_x: n.qschedPanel.root.dataset.cX ?? null });
+const seen = { linspace: read(sampler), preset: read(good), invalid: read(bad) };
+set(sampler, "steps", 4); await frame();
+seen.mismatch = read(sampler);
+set(coefficients, "steps", 4); set(coefficients, "mode", "list");
+set(coefficients, "c_x_list", "1.3, 1.2, 1.1, 1"); set(coefficients, "c_eps_list", "1"); await frame();
+seen.list = read(sampler);
+set(coefficients, "c_x_list", "1.3, oops"); await frame();
+seen.bad_list = read(coefficients);
+set(coefficients, "c_x_list", "1.3, 1.2, 1.1, 1"); await frame();
+return seen;
+"""
+
+
+def test_panels_follow_inputs_and_show_presets(browser, comfy_server, user_presets):
+    report = drive(browser, comfy_server, "panels", prepare=BUILD_GRAPH, require_types=list(OUR_NODES),
+                   workflow=os.path.join(BROWSER_DIR, "empty_workflow.json"))
+    seen = report["prepared"]
+    # The sampler plots the schedule of the Coefficients node it is linked to, and follows its widgets.
+    assert seen["linspace"]["state"] == "ok", seen["linspace"]
+    assert floats(seen["linspace"]["c_x"]) == pytest.approx([1.2, 1.15, 1.1, 1.05, 1.0], abs=1e-3)
+    assert seen["mismatch"]["state"] == "warning" and "5 steps but steps is 4" in seen["mismatch"]["text"]
+    assert floats(seen["list"]["c_x"]) == pytest.approx([1.3, 1.2, 1.1, 1.0], abs=1e-3)
+    assert seen["bad_list"]["state"] == "error" and '"oops"' in seen["bad_list"]["text"]
+    # Preset metadata before running; the truncated preset is shown as invalid, with the reason.
+    preset = seen["preset"]
+    assert preset["state"] == "ok"
+    for expected in ("tiny-sd15", "W4A8", "lcm", "4 steps", "0.250", "0.320", "+28.0%"):
+        assert expected in preset["text"], (expected, preset["text"])
+    assert floats(preset["c_x"]) == pytest.approx([1.1, 1.0667, 1.0333, 1.0], abs=1e-3)
+    assert seen["invalid"]["state"] == "invalid" and "not valid JSON" in seen["invalid"]["text"]
+    # Every Q-Sched node on the page got its panel, visible.
+    assert {n["type"] for n in report["nodes"] if n["panel"] and n["panel"]["visible"]} >= \
+        {"QSchedCoefficients", "QSchedKSampler", "QSchedLoadPreset"}
+
+
+CALIBRATION_EVENTS = """
+const { api } = window.comfyAPI.api;
+const node = LiteGraph.createNode("QSchedCalibrate"); node.pos = [40, 40]; app.graph.add(node);
+const id = String(node.id);
+const frame = () => new Promise((r) => { app.graph.setDirtyCanvas(true, true); setTimeout(r, 200); });
+const read = () => ({ ...node.qschedPanel.root.dataset, text: node.qschedPanel.info.textContent });
+const seen = { before: read() };
+// What ComfyUI and nodes/calibrate.py send while it runs: the progress bar and one event per candidate.
+api.dispatchCustomEvent("progress", { value: 8, max: 24, node: id, prompt_id: "p" });
+api.dispatchCustomEvent("qsched.calibration", { node: id, point: { c_x: [1, 1], c_eps: [1, 1], score: 0.20, prompts: 4 } });
+api.dispatchCustomEvent("qsched.calibration", { node: id, point: { c_x: [1.1, 1], c_eps: [0.9, 1], score: 0.26, prompts: 4 } });
+await frame();
+seen.running = read();
+const trace = [];
+for (const x of [0.9, 1.0, 1.1]) for (const e of [0.9, 1.0, 1.1])
+  trace.push({ c_x: [x, 1], c_eps: [e, 1], score: 0.2 + 0.1 * x - 0.05 * Math.abs(e - 1), full: true });
+node.onExecuted({ qsched_calibration: [{ trace, best: { c_x: [1.1, 1], c_eps: [1, 1] }, best_score: 0.31,
+                                          identity_score: 0.3, preset: "tiny-calibrated" }] });
+await frame();
+seen.finished = read();
+const ctx = node.qschedPanel.canvas.getContext("2d");
+const { width, height } = node.qschedPanel.canvas;
+const pixels = ctx.getImageData(0, 0, width, height).data;
+let painted = 0; for (let i = 3; i < pixels.length; i += 4) painted += pixels[i] > 0;
+seen.painted_fraction = painted / (width * height);
+return seen;
+"""
+
+
+def test_calibrate_panel_shows_progress_and_score_surface(browser, comfy_server):
+    report = drive(browser, comfy_server, "calibration_panel", prepare=CALIBRATION_EVENTS,
+                   require_types=["QSchedCalibrate"], workflow=os.path.join(BROWSER_DIR, "empty_workflow.json"))
+    seen = report["prepared"]
+    assert seen["before"]["state"] == "idle"
+    running = seen["running"]
+    assert running["state"] == "running" and running["candidates"] == "2" and running["done"] == "8"
+    assert "images 8 / 24" in running["text"] and "best 0.260" in running["text"]
+    finished = seen["finished"]
+    assert finished["state"] == "finished" and finished["points"] == "9"
+    assert "best 0.310" in finished["text"] and "identity 0.300" in finished["text"]
+    assert "tiny-calibrated" in finished["text"]
+    assert seen["painted_fraction"] > 0.3  # the 3 x 3 surface fills most of the plot
+
+
+@pytest.mark.parametrize("name", ["qsched_txt2img"])
+def test_example_workflow_renders_runs_and_shows_its_image(browser, comfy_server, name):
+    if not os.path.isfile(os.path.join(EXAMPLES, f"{name}.json")):
+        pytest.skip(f"example_workflows/{name}.json is not in the tree yet")
+    workflow = os.path.join(EXAMPLES, f"{name}.json")
+    thumbnail = os.path.join(ARTIFACTS, f"{name}.jpg")
+    report = drive(browser, comfy_server, name, workflow=workflow, queue=True, thumbnail=thumbnail,
+                   require_types=list(OUR_NODES))
+    types = {n["type"] for n in report["nodes"]}
+    ours = [n for n in report["nodes"] if n["type"] in OUR_NODES]
+    assert ours, f"no Q-Sched node in {name}: {sorted(types)}"
+    for n in report["nodes"]:
+        assert not n["has_errors"], f"node {n['id']} ({n['type']}) failed to load in the frontend"
+    for n in ours:
+        assert n["panel"] is not None and n["panel"]["visible"], f"{n['type']} has no visible Q-Sched panel"
+        if n["type"] != "QSchedCalibrate":
+            assert n["panel"]["state"] in ("ok", "warning"), n["panel"]
+            assert n["panel"]["c_x"] and n["panel"]["c_eps"]
+    assert report["execution_errors"] == [], report["execution_errors"]
+    shown = report["shown_images"]
+    assert shown and shown[0]["width"] > 0 and "type=output" in shown[0]["src"]
+    screenshot = os.path.join(ARTIFACTS, f"{name}.png")
+    assert os.path.getsize(screenshot) > 10_000 and os.path.getsize(thumbnail) > 2_000
+    if UPDATE_DOCS:
+        os.makedirs(os.path.join(REPO_ROOT, "docs"), exist_ok=True)
+        shutil.copyfile(screenshot, os.path.join(REPO_ROOT, "docs", f"{name}.png"))
+        shutil.copyfile(thumbnail, os.path.join(EXAMPLES, f"{name}.jpg"))
