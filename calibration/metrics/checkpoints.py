@@ -12,6 +12,7 @@ format, no Python pickle) and only their tensors are kept. Every other .pt/.bin 
 """
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 
@@ -76,7 +77,9 @@ def _read_tensors(path):
         except Exception as error:
             raise ScorerError(f"Cannot read {path} as safetensors ({error}); the file may be truncated.") from error
     if _is_torchscript_archive(path):
-        return {k: v for k, v in torch.jit.load(path, map_location="cpu").state_dict().items()}, True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; OpenAI's files use it
+            return dict(torch.jit.load(path, map_location="cpu").state_dict()), True
     try:
         return torch.load(path, map_location="cpu", weights_only=True), False
     except Exception as error:

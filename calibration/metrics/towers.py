@@ -101,18 +101,21 @@ def build_towers(weights: ScorerWeights, architecture="auto", quick_gelu=None):
         from transformers import CLIPModel
         model = CLIPModel.from_pretrained(weights.path, local_files_only=True, torch_dtype=torch.float32)
         return HFClipTowers(model, os.path.basename(weights.path.rstrip("/")))
-    state_dict = {k: v for k, v in weights.state_dict.items() if k not in ("input_resolution", "context_length",
-                                                                           "vocab_size")}
+    not_weights = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # OpenAI/TorchScript extras
+    state_dict = {k: v for k, v in weights.state_dict.items() if k.rsplit(".", 1)[-1] not in not_weights}
     if quick_gelu is None:
         lowered = os.path.basename(weights.path).lower()
         quick_gelu = weights.from_openai_archive or "openai" in lowered or "quickgelu" in lowered
     name, config = _model_config(state_dict, weights, architecture)
     model = CLIP(**config, quick_gelu=bool(quick_gelu))
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    hint = "Pass the right open_clip architecture name or a config JSON."
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ScorerError(f"{weights.path} does not fit the {name} architecture: {str(error)[:300]} {hint}") from error
     if missing or unexpected:
-        raise ScorerError(
-            f"{weights.path} does not fit the {name} architecture: missing {sorted(missing)[:4]}, "
-            f"unexpected {sorted(unexpected)[:4]}. Pass the right open_clip architecture name or a config JSON.")
+        raise ScorerError(f"{weights.path} does not fit the {name} architecture: missing {sorted(missing)[:4]}, "
+                          f"unexpected {sorted(unexpected)[:4]}. {hint}")
     return OpenClipTowers(model.float(), name)
 
 
