@@ -6,6 +6,7 @@ from . import k_qsched
 from .k_qsched import NonFiniteLatentError, default_noise_sampler
 from .model_sampling import EPSSampling, FlowSampling, is_flow
 from .schedule import SAMPLER_NAMES, QSchedSchedule, ScheduleError
+from .sigmas import SCHEDULES as SIGMA_SCHEDULES, few_step_sigmas
 
 
 @dataclass(frozen=True)
@@ -28,4 +29,4 @@ SAMPLERS = {spec.name: spec for spec in (
 assert tuple(SAMPLERS) == SAMPLER_NAMES
 
 __all__ = ["QSchedSchedule", "ScheduleError", "SAMPLERS", "SAMPLER_NAMES", "SamplerSpec", "NonFiniteLatentError",
-           "default_noise_sampler", "EPSSampling", "FlowSampling", "is_flow"]
+           "default_noise_sampler", "EPSSampling", "FlowSampling", "is_flow", "SIGMA_SCHEDULES", "few_step_sigmas"]

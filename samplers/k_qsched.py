@@ -5,6 +5,10 @@ scaled after the model call: x' = c_x x, eps' = c_eps (x - D) / sigma, so D' = x
 sees the unscaled x and fresh noise is never scaled. A coefficient of exactly 1 skips its multiplication, so with
 an identity schedule every sampler performs the same float operations, in the same order, as ComfyUI's own
 sample_euler / sample_euler_ancestral(_RF) / sample_lcm, and the results are bit-identical.
+
+Callbacks get ComfyUI's dict (x, i, sigma, sigma_hat, denoised) with denoised = D', the estimate the step uses,
+so previews show what the coefficients do. The latent is checked after every step: NaN/inf raises
+NonFiniteLatentError naming the step instead of returning a black image.
 """
 import math
 
@@ -180,14 +184,20 @@ TCD_DEFAULT_GAMMA = 0.3  # diffusers' and ComfyUI-TCD's default; the paper evalu
 
 
 def sigma_table(model_sampling):
-    """The model's discrete sigmas (ComfyUI's model_sampling.sigmas, 1000 entries for SD-family models).
+    """The model's full discrete sigma table (1000 entries for SD-family models), which TCD indexes by timestep.
 
-    Fallback when the object has none: the SD1.5/SDXL scaled-linear table (beta 0.00085..0.012), which is also
-    what ComfyUI's ModelSamplingDiscrete builds by default."""
+    Taken from `model_sampling.sigmas` when that covers every training timestep. A thinned table (ComfyUI's
+    LCM ModelSamplingDiscreteDistilled keeps 50 of the 1000) is rebuilt from the object's linear_start/linear_end
+    betas; with neither, the SD1.5/SDXL scaled-linear table (beta 0.00085..0.012) is used, which is also what
+    ComfyUI's ModelSamplingDiscrete builds by default."""
     table = getattr(model_sampling, "sigmas", None)
-    if not isinstance(table, torch.Tensor) or table.ndim != 1 or len(table) < 2:
-        return discrete_sigma_table()
-    return table.detach().float().cpu()
+    if isinstance(table, torch.Tensor) and table.ndim == 1 and len(table) > 1 \
+            and len(table) == getattr(model_sampling, "num_timesteps", len(table)):
+        return table.detach().float().cpu()
+    if hasattr(model_sampling, "linear_start") and hasattr(model_sampling, "linear_end"):
+        return discrete_sigma_table(model_sampling.linear_start, model_sampling.linear_end,
+                                    getattr(model_sampling, "num_timesteps", 1000))
+    return discrete_sigma_table()
 
 
 def tcd_sigma_s(table, sigma_next, gamma):

@@ -109,3 +109,20 @@ def test_plain_torch_tables_equal_comfyuis(comfy):
     assert torch.equal(flow_sigma_table(1.0), flow.sigmas)
     flow.set_parameters(shift=3.0)
     torch.testing.assert_close(flow_sigma_table(3.0), flow.sigmas, rtol=1e-6, atol=0)
+
+
+def test_tcd_on_comfyuis_lcm_distilled_sampling_uses_the_full_table(comfy):
+    # ModelSamplingDiscreteDistilled (ComfyUI's "lcm" model sampling) keeps only 50 of the 1000 sigmas.
+    _, model_sampling = comfy
+    if COMFYUI_DIR not in sys.path:
+        sys.path.insert(0, COMFYUI_DIR)
+    from comfy_extras.nodes_model_advanced import ModelSamplingDiscreteDistilled
+
+    class Distilled(ModelSamplingDiscreteDistilled, model_sampling.EPS):
+        pass
+    distilled, full = Distilled(), _comfy_model_sampling(model_sampling, False)
+    assert len(distilled.sigmas) == 50
+    sigmas = few_step_sigmas("lcm", full.sigmas, 4)
+    runs = [SAMPLERS["tcd"].function(ToyModel(ms), initial_noise() * sigmas[0], sigmas, extra_args={"seed": 1},
+                                     disable=True, gamma=0.3) for ms in (distilled, full)]
+    assert torch.equal(runs[0], runs[1])

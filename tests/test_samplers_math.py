@@ -241,3 +241,16 @@ def test_tcd_with_identity_schedule_follows_the_comfyui_tcd_node(gamma, steps):
     noises = _noises(steps)
     ours, _, _ = _run("tcd", False, sigmas, QSchedSchedule.identity(steps), noises, gamma=gamma)
     torch.testing.assert_close(ours.double(), _comfyui_tcd_rule(sigmas, noises, gamma), rtol=1e-5, atol=1e-5)
+
+
+def test_tcd_sigma_table_fallbacks():
+    from types import SimpleNamespace
+    from comfyui_qsched.samplers.k_qsched import sigma_table
+    from comfyui_qsched.samplers.model_sampling import discrete_sigma_table
+    full = discrete_sigma_table()
+    assert torch.equal(sigma_table(EPSSampling()), full)
+    assert torch.equal(sigma_table(None), full)
+    thinned = SimpleNamespace(sigmas=full[19::20], num_timesteps=1000, linear_start=0.00085, linear_end=0.012)
+    assert torch.equal(sigma_table(thinned), full)
+    other = SimpleNamespace(sigmas=full[19::20], num_timesteps=1000, linear_start=0.0001, linear_end=0.02)
+    assert torch.equal(sigma_table(other), discrete_sigma_table(0.0001, 0.02))
