@@ -76,21 +76,29 @@ function upstreamNode(node, inputName) {
   return slot >= 0 && node.inputs[slot].link != null ? node.getInputNode(slot) : null;
 }
 
-// -> { schedule, note } or throws with the reason the curve cannot be drawn.
+const withState = (error, state) => Object.assign(error, { state });
+
+// -> { schedule, note, warning } or throws with the reason the curve cannot be drawn (error.state says how bad).
 function scheduleOf(node, depth = 0) {
   if (depth > 8) throw new Error("schedule input loops");
-  switch (node.comfyClass) {
+  switch (node.comfyClass ?? node.type) {
     case "QSchedCoefficients":
       return { schedule: coefficientsSchedule(node), note: "" };
     case PRESET_NODE: {
       const p = selectedPreset(node);
-      if (p.error) throw new Error(p.error);
+      if (p.error) throw withState(new Error(p.error), p.invalid ? "invalid" : "error");
       return { schedule: { c_x: p.summary.c_x, c_eps: p.summary.c_eps }, note: `preset ${p.name}` };
     }
     case CALIBRATE_NODE:
       if (node.qschedBest) return { schedule: node.qschedBest, note: "calibrated" };
-      throw new Error("not calibrated yet: run the graph");
-    default: {
+      throw withState(new Error("not calibrated yet: the curve shows once Q-Sched Calibrate has run"), "pending");
+    case "Reroute": {
+      const source = node.inputs?.[0]?.link != null ? node.getInputNode(0) : null;
+      if (!source) throw new Error("schedule input comes from an unconnected reroute");
+      return scheduleOf(source, depth + 1);
+    }
+    case "QSchedKSampler":
+    case "QSchedSampler": {
       const source = upstreamNode(node, "schedule");
       if (source) {
         const { schedule, note } = scheduleOf(source, depth + 1);
@@ -102,6 +110,8 @@ function scheduleOf(node, depth = 0) {
       const steps = Number(value(node, "steps")) || 4;
       return { schedule: identity(steps), note: "no schedule: identity (all 1)" };
     }
+    default:
+      throw withState(new Error(`schedule from ${node.title}: not known before the graph runs`), "pending");
   }
 }
 
@@ -137,14 +147,14 @@ function show(panel, state, text) {
 
 // Redraw only when what is plotted (or the panel's size) changed; called on every canvas frame.
 function refreshCurve(node, panel) {
-  let result, error;
-  try { result = scheduleOf(node); } catch (e) { error = e.message; }
+  let result, error, errorState;
+  try { result = scheduleOf(node); } catch (e) { error = e.message; errorState = e.state ?? "error"; }
   const size = `${panel.canvas.clientWidth}x${panel.canvas.clientHeight}`;
   const signature = JSON.stringify([result, error, size, node.comfyClass === PRESET_NODE && selectedPreset(node)]);
   if (signature === panel.signature) return;
   panel.signature = signature;
   if (error) {
-    show(panel, node.comfyClass === PRESET_NODE && selectedPreset(node).invalid ? "invalid" : "error", error);
+    show(panel, errorState, error);
     panel.canvas.getContext("2d").clearRect(0, 0, panel.canvas.width, panel.canvas.height);
     delete panel.root.dataset.cX; delete panel.root.dataset.cEps;
     return;
@@ -203,6 +213,7 @@ function updateCalibration(nodeId, patch) {
   const c = (node.qschedCalibration = { ...(node.qschedCalibration ?? {}), ...patch });
   if (patch.point) c.trace = [...(c.trace ?? []), patch.point];
   if (patch.best?.c_x) node.qschedBest = { c_x: patch.best.c_x, c_eps: patch.best.c_eps };
+  if (patch.finished && patch.preset) loadPresets(true);  // the preset it saved shows up on Load Q-Sched Preset
   showCalibration(node, node.qschedPanel);
   node.setDirtyCanvas(true, true);
 }
