@@ -1,0 +1,244 @@
+"""Q-Sched Calibrate: search c_x / c_eps for a (quantized) MODEL by generating the calibration prompts with
+each candidate schedule and scoring them (JAQ by default); writes a preset and returns the best schedule and a
+plot. Each prompt's text conditioning is encoded once; every candidate uses prompt i with seed + i (common
+random numbers). Progress goes to ComfyUI's bar (images done / planned); an interrupt stops at the next
+candidate and the run log (<user dir>/qsched_runs) lets a rerun with the same settings skip what was done."""
+import contextlib
+import logging
+import math
+import os
+
+import torch
+
+import comfy.model_management
+import comfy.utils
+import folder_paths
+
+from ..calibration.pipeline import OBJECTIVES, calibration_settings, make_evaluate
+from ..calibration.plot import plot_result
+from ..calibration.presets import check_name, make_preset, save_preset
+from ..calibration.prompts import parse_prompts, prompt_seed, prompts_hash
+from ..calibration.runlog import settings_hash
+from ..calibration.search import plan_images, run_search, SearchSpace
+from ..calibration.strategies import STRATEGIES
+from ..samplers.schedule import SAMPLER_NAMES
+from .presets import model_hash, user_preset_folder
+
+log = logging.getLogger("qsched.calibration")
+EVENT = "qsched.calibration"
+
+
+def _scheduler_names():
+    from .sampling import SCHEDULERS
+    return list(SCHEDULERS)
+
+
+@contextlib.contextmanager
+def _quiet_step_progress():
+    """The sampler's per-step progress bar would overwrite the node's candidates-done bar: mute it meanwhile."""
+    hook, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, None
+    try:
+        yield
+    finally:
+        comfy.utils.PROGRESS_BAR_HOOK = hook
+
+
+def run_folder():
+    return os.path.join(folder_paths.get_user_directory(), "qsched_runs")
+
+
+class TextConditioning:
+    """Encodes each calibration prompt once (the search reuses it for every candidate)."""
+
+    def __init__(self, clip):
+        self.clip, self.cache = clip, {}
+
+    def __call__(self, text):
+        if text not in self.cache:
+            self.cache[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+        return self.cache[text]
+
+
+def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
+                   negative_prompt=""):
+    """generate(schedule, prompt_index) -> IMAGE [1, H, W, C]: prompt i always with seed + i."""
+    from .sampling import sample_with_schedule
+    encode = TextConditioning(clip)
+    channels = model.get_model_object("latent_format").latent_channels
+
+    def generate(schedule, index):
+        latent = {"samples": torch.zeros([1, channels, height // 8, width // 8])}
+        with _quiet_step_progress():
+            out = sample_with_schedule(model, prompt_seed(seed, index), steps, cfg, sampler_name, scheduler,
+                                       encode(prompts[index]), encode(negative_prompt), latent, schedule,
+                                       disable_pbar=True)
+        image = vae.decode(out["samples"])
+        return image.reshape(-1, *image.shape[-3:])[:1].float()
+
+    return generate
+
+
+def describe_model(model):
+    config = getattr(model.model, "model_config", None)
+    return type(config).__name__ if config is not None else type(model.model).__name__
+
+
+def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
+              prompts, width, height, objective="jaq", c_range=(0.8, 1.2), model_name="", quant=None,
+              preset_name="", preset_folder=None, runs_folder=None, progress=None, should_stop=None,
+              on_candidate=None, scorer_name=None, scorer_k=None):
+    """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path)."""
+    prompts = list(prompts)
+    fingerprint = model_hash(model)
+    family = describe_model(model)
+    model_name = model_name or f"{family}-{fingerprint[:8]}"
+    scorer_name = scorer_name or (scorer.describe() if hasattr(scorer, "describe") else type(scorer).__name__)
+    scorer_k = scorer_k if scorer_k is not None else getattr(getattr(scorer, "options", None), "k", None)
+    settings = calibration_settings(model_hash=fingerprint, sampler=sampler_name, scheduler=scheduler, steps=steps,
+                                    cfg=cfg, width=width, height=height, seed=seed, prompts_hash=prompts_hash(prompts),
+                                    scorer=f"{scorer_name}:{scorer_k}", objective=objective, quant=quant)
+    runs_folder = runs_folder or run_folder()
+    log_path = os.path.join(runs_folder, f"{settings_hash(settings)}.jsonl")
+    failures = []
+    evaluate = make_evaluate(make_generator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
+                                            steps=steps, cfg=cfg, seed=seed, width=width, height=height,
+                                            prompts=prompts), scorer, prompts, objective, failures)
+    if on_candidate is not None:
+        evaluate = _reporting(evaluate, on_candidate)
+    result = run_search(evaluate, steps, len(prompts), strategy, budget_images=budget_images or None,
+                        c_range=c_range, sampler=sampler_name, settings=settings, run_log=log_path,
+                        progress=progress, should_stop=should_stop)
+    for failure in failures:
+        log.warning("calibration candidate %s failed on prompt %d: %s (scored worst)", failure["schedule"],
+                    failure["prompt"], failure["reason"])
+    name = check_name(preset_name or f"{model_name}-{quant or 'fp'}-{sampler_name}-{steps}steps")
+    preset = make_preset(result.best, model_name=model_name, model_hash=fingerprint, family=family, quant=quant,
+                         sampler=sampler_name, scorer=scorer_name, scorer_k=scorer_k,
+                         prompts_hash=prompts_hash(prompts), n_prompts=len(prompts), seed=seed, cfg=cfg,
+                         identity_score=_finite(result.identity_score), best_score=_finite(result.best_score),
+                         search={"strategy": strategy, "objective": objective, "c_range": list(c_range),
+                                 "scheduler": scheduler, "width": width, "height": height,
+                                 "images_generated": result.images_generated, "images_reused": result.images_reused,
+                                 "failed_images": len(failures), "run_log": os.path.basename(log_path)})
+    path = save_preset(preset_folder or user_preset_folder(), name, preset)
+    log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), preset %s", result.best_score,
+             result.identity_score, result.best.label, path)
+    return result, preset, path
+
+
+def _finite(value):
+    return float(value) if math.isfinite(value) else None
+
+
+def _reporting(evaluate, on_candidate):
+    def wrapped(schedule, prompt_indices):
+        scores = evaluate(schedule, prompt_indices)
+        on_candidate(schedule, prompt_indices, scores)
+        return scores
+    return wrapped
+
+
+def trace_points(result):
+    """JSON-safe trace for the web panel: c_x, c_eps, score (null if failed), prompts, full."""
+    return [{"c_x": t["schedule"]["c_x"], "c_eps": t["schedule"]["c_eps"],
+             "score": _finite(t["full_score"] if t["full"] else t["score"]), "prompts": t["prompts"],
+             "full": t["full"], "images": t["images_generated"]} for t in result.trace]
+
+
+class QSchedCalibrate:
+    CATEGORY = "sampling/qsched"
+    RETURN_TYPES = ("QSCHED_SCHEDULE", "IMAGE", "STRING")
+    RETURN_NAMES = ("schedule", "plot", "preset_name")
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    DESCRIPTION = ("Find Q-Sched coefficients for this model: every candidate schedule generates the calibration "
+                   "prompts (prompt i with seed + i) and is scored by the scorer; the best (never worse than "
+                   "identity on these prompts) is saved as a preset. Resumes an interrupted run with the same settings.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",), "clip": ("CLIP",), "vae": ("VAE",), "scorer": ("QSCHED_SCORER",),
+                "sampler_name": (list(SAMPLER_NAMES), {"default": "lcm"}),
+                "scheduler": (_scheduler_names(), {"default": "lcm_original"}),
+                "steps": ("INT", {"default": 4, "min": 1, "max": 50}),
+                "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1}),
+                "strategy": (list(STRATEGIES), {"default": "coarse_to_fine", "tooltip":
+                             "paper_grid = the official search (10 x 10 starts, ends fixed at 1)"}),
+                "budget_images": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip":
+                                  "most images to generate; 0 = the strategy's default"}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF}),
+                "prompts": ("STRING", {"multiline": True, "default": "", "tooltip":
+                            "one prompt per line; empty = the pack's 20 calibration prompts"}),
+            },
+            "optional": {
+                "n_prompts": ("INT", {"default": 0, "min": 0, "max": 10_000, "tooltip": "use the first N; 0 = all"}),
+                "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8}),
+                "objective": (list(OBJECTIVES), {"default": "jaq"}),
+                "c_min": ("FLOAT", {"default": 0.8, "min": 0.05, "max": 1.0, "step": 0.01}),
+                "c_max": ("FLOAT", {"default": 1.2, "min": 1.0, "max": 3.0, "step": 0.01}),
+                "model_name": ("STRING", {"default": "", "tooltip": "recorded in the preset"}),
+                "quant": ("STRING", {"default": "", "tooltip": "quantization recorded in the preset, e.g. W4A8"}),
+                "preset_name": ("STRING", {"default": "", "tooltip": "empty = <model>-<quant>-<sampler>-<steps>steps"}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def run(self, model, clip, vae, scorer, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
+            prompts, n_prompts=0, width=512, height=512, objective="jaq", c_min=0.8, c_max=1.2, model_name="",
+            quant="", preset_name="", unique_id=None):
+        prompt_list = parse_prompts(prompts)
+        if n_prompts:
+            prompt_list = prompt_list[:n_prompts]
+        c_range = (c_min, c_max)
+        planned = plan_images(strategy, SearchSpace(STRATEGIES[strategy].space, steps, c_range), len(prompt_list),
+                              budget_images or None)
+        bar = comfy.utils.ProgressBar(planned, node_id=unique_id)
+        send = _sender(unique_id)
+
+        def progress(done, total):
+            bar.update_absolute(done, total)
+
+        def should_stop():
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            return False
+
+        def on_candidate(schedule, indices, scores):
+            finite = [s for s in scores if math.isfinite(s)]
+            send({"point": {"c_x": list(schedule.c_x), "c_eps": list(schedule.c_eps),
+                            "score": sum(finite) / len(finite) if len(finite) == len(scores) else None,
+                            "prompts": len(indices)}})
+
+        result, preset, path = calibrate(
+            model, clip, vae, scorer, sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg,
+            strategy=strategy, budget_images=budget_images, seed=seed, prompts=prompt_list, width=width,
+            height=height, objective=objective, c_range=c_range, model_name=model_name, quant=quant or None,
+            preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate)
+        name = os.path.splitext(os.path.basename(path))[0]
+        summary = {"best": {"c_x": list(result.best.c_x), "c_eps": list(result.best.c_eps)},
+                   "best_score": _finite(result.best_score), "identity_score": _finite(result.identity_score),
+                   "images_generated": result.images_generated, "images_reused": result.images_reused,
+                   "failures": len(result.failures), "preset": name, "strategy": strategy,
+                   "trace": trace_points(result)}
+        send({**summary, "trace": None, "finished": True})
+        return {"ui": {"qsched_calibration": [summary]}, "result": (result.best, plot_result(result), name)}
+
+
+def _sender(unique_id):
+    """PromptServer.send_sync for the web panel (a no-op outside a server)."""
+    try:
+        from server import PromptServer
+        server = PromptServer.instance
+    except (ImportError, AttributeError):
+        return lambda data: None
+
+    def send(data):
+        server.send_sync(EVENT, {"node": unique_id, **{k: v for k, v in data.items() if v is not None}},
+                         server.client_id)
+    return send
+
+
+NODE_CLASS_MAPPINGS = {"QSchedCalibrate": QSchedCalibrate}
+NODE_DISPLAY_NAME_MAPPINGS = {"QSchedCalibrate": "Q-Sched Calibrate"}

@@ -1,0 +1,71 @@
+"""Load Q-Sched Preset: a dropdown of the preset folders -> the calibrated QSCHED_SCHEDULE (carrying the
+sampler and step count it was tuned for), plus that sampler name and step count to wire into a sampler node."""
+import logging
+import os
+
+import folder_paths
+
+from ..calibration.pipeline import model_fingerprint
+from ..calibration.presets import SHIPPED_PRESETS, PresetError, check_model, check_name, read_preset_file, schedule_of
+
+PRESET_FOLDER_NAME = "qsched_presets"
+log = logging.getLogger("qsched.presets")
+
+
+def user_preset_folder():
+    """Where calibrations are saved: <ComfyUI user dir>/qsched_presets (outside the pack, survives updates)."""
+    return os.path.join(folder_paths.get_user_directory(), PRESET_FOLDER_NAME)
+
+
+def register_preset_folders():
+    folder_paths.add_model_folder_path(PRESET_FOLDER_NAME, user_preset_folder(), is_default=True)
+    folder_paths.add_model_folder_path(PRESET_FOLDER_NAME, SHIPPED_PRESETS)
+    folder_paths.folder_names_and_paths[PRESET_FOLDER_NAME][1].add(".json")
+
+
+def preset_names():
+    register_preset_folders()   # the user directory can change after import (tests, --user-directory)
+    return [name for name in folder_paths.get_filename_list(PRESET_FOLDER_NAME) if name.endswith(".json")]
+
+
+def model_hash(model):
+    """Content fingerprint of a ComfyUI MODEL's diffusion weights (quantized storage included)."""
+    return model_fingerprint(model.model.state_dict())
+
+
+register_preset_folders()
+
+
+class QSchedLoadPreset:
+    CATEGORY = "loaders/qsched"
+    RETURN_TYPES = ("QSCHED_SCHEDULE", "STRING", "INT")
+    RETURN_NAMES = ("schedule", "sampler_name", "steps")
+    FUNCTION = "load"
+    DESCRIPTION = ("A calibrated Q-Sched preset from <user dir>/qsched_presets (and the pack's examples). The "
+                   "schedule only samples with the sampler and step count it was calibrated for. Connect the model "
+                   "to check that the preset was calibrated for it.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"preset": (preset_names(), {"tooltip": "saved by Q-Sched Calibrate"})},
+                "optional": {"model": ("MODEL", {"tooltip": "checked against the model hash in the preset"}),
+                             "allow_model_mismatch": ("BOOLEAN", {"default": False, "tooltip":
+                                                      "use a preset calibrated for another model (warns)"})}}
+
+    def load(self, preset, model=None, allow_model_mismatch=False):
+        name = check_name(preset)
+        register_preset_folders()
+        path = folder_paths.get_full_path(PRESET_FOLDER_NAME, name + ".json")
+        if path is None:
+            raise PresetError(f"preset {preset!r} is not in the preset folders "
+                              f"({', '.join(folder_paths.get_folder_paths(PRESET_FOLDER_NAME))})")
+        data = read_preset_file(path)
+        if model is not None:
+            check_model(data, model_hash(model), allow_model_mismatch, name)
+        if data.get("example"):
+            log.warning("preset %r is a shipped example, not calibrated for your model: run Q-Sched Calibrate", name)
+        return (schedule_of(data), data["sampler"], data["steps"])
+
+
+NODE_CLASS_MAPPINGS = {"QSchedLoadPreset": QSchedLoadPreset}
+NODE_DISPLAY_NAME_MAPPINGS = {"QSchedLoadPreset": "Load Q-Sched Preset"}

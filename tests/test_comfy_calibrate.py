@@ -1,0 +1,129 @@
+"""Q-Sched Calibrate and Load Q-Sched Preset inside real ComfyUI, on the harness's tiny SD1.5 checkpoint and a
+tiny random open_clip scorer: calibrate -> preset on disk -> loader -> sampling; resume; interrupt.
+
+Needs COMFYUI_DIR.
+"""
+import json
+import os
+
+import pytest
+import torch
+
+from comfy_fixtures import SD15_CHECKPOINT, comfy_models, comfyui_dir  # noqa: F401
+from test_metrics_fixtures import save_open_clip, tiny_vit_clip
+
+SETTINGS = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, strategy="paper_grid",
+                budget_images=30, seed=3, prompts="a red cube on a table\na green field under a blue sky\na cat",
+                width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def stack(comfyui_dir, comfy_models, tmp_path_factory):  # noqa: F811
+    import comfy.sd
+    import folder_paths
+
+    user = tmp_path_factory.mktemp("user")
+    folder_paths.set_user_directory(str(user))
+    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.nodes import calibrate, presets, sampling
+
+    model, clip, vae = comfy.sd.load_checkpoint_guess_config(comfy_models.path("checkpoints", SD15_CHECKPOINT))[:3]
+    scorer_file = save_open_clip(tiny_vit_clip(seed=5), tmp_path_factory.mktemp("scorer") / "tiny_clip.safetensors")
+    scorer = load_scorer(scorer_file, architecture="auto", device="cpu")
+    return dict(model=model, clip=clip, vae=vae, scorer=scorer, user=user, calibrate=calibrate,
+                presets=presets, sampling=sampling)
+
+
+def _run(stack, **changes):
+    node = stack["calibrate"].QSchedCalibrate()
+    kwargs = {**SETTINGS, **changes}
+    return node.run(stack["model"], stack["clip"], stack["vae"], stack["scorer"], **kwargs)
+
+
+def test_calibration_writes_a_preset_the_loader_applies(stack):
+    output = _run(stack, preset_name="tiny-calibration")
+    schedule, plot, name = output["result"]
+    summary = output["ui"]["qsched_calibration"][0]
+    assert name == "tiny-calibration"
+    assert plot.shape == (1, 384, 768, 3) and plot.min() >= 0 and plot.max() <= 1
+    assert summary["images_generated"] == 9 * 3           # 3 x 3 starts (identity included) x 3 prompts
+    assert summary["best_score"] >= summary["identity_score"]
+    json.dumps(output["ui"])                                # the web panel gets strict JSON
+
+    preset_file = stack["user"] / "qsched_presets" / "tiny-calibration.json"
+    preset = json.loads(preset_file.read_text())
+    assert preset["c_x"] == list(schedule.c_x) and preset["sampler"] == "lcm" and preset["steps"] == 2
+    assert preset["n_prompts"] == 3 and preset["seed"] == 3 and preset["model"]["sha256"]
+    assert preset["scores"]["best"] == pytest.approx(summary["best_score"])
+    assert len(os.listdir(stack["user"] / "qsched_runs")) == 1
+
+    loader = stack["presets"].QSchedLoadPreset()
+    assert "tiny-calibration.json" in loader.INPUT_TYPES()["required"]["preset"][0]
+    loaded, sampler_name, steps = loader.load("tiny-calibration.json", model=stack["model"])
+    assert (loaded.c_x, loaded.c_eps, loaded.sampler) == (schedule.c_x, schedule.c_eps, "lcm")
+    assert (sampler_name, steps) == ("lcm", 2)
+
+    import nodes
+    positive = nodes.CLIPTextEncode().encode(stack["clip"], "a red cube")[0]
+    latent = {"samples": torch.zeros(1, 4, 8, 8)}
+    sample = stack["sampling"].sample_with_schedule
+    applied = sample(stack["model"], 1, 2, 1.0, "lcm", "lcm_original", positive, positive, latent, loaded,
+                     disable_pbar=True)["samples"]
+    plain = sample(stack["model"], 1, 2, 1.0, "lcm", "lcm_original", positive, positive, latent, None,
+                   disable_pbar=True)["samples"]
+    assert torch.isfinite(applied).all()
+    assert loaded.is_identity or not torch.equal(applied, plain)
+    from comfyui_qsched.samplers import ScheduleError
+    with pytest.raises(ScheduleError, match="2 coefficient pairs but sampling runs 4"):
+        sample(stack["model"], 1, 4, 1.0, "lcm", "lcm_original", positive, positive, latent, loaded,
+               disable_pbar=True)
+
+
+def test_rerun_with_same_settings_resumes_from_the_log_and_other_seed_does_not(stack):
+    first = _run(stack, preset_name="resume-a")["ui"]["qsched_calibration"][0]
+    again = _run(stack, preset_name="resume-a")["ui"]["qsched_calibration"][0]
+    assert again["images_generated"] == 0 and again["images_reused"] >= first["images_generated"]
+    assert again["best"] == first["best"]
+    other = _run(stack, preset_name="resume-b", seed=4)["ui"]["qsched_calibration"][0]
+    assert other["images_generated"] == 27 and other["images_reused"] == 0
+
+
+def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack):
+    import comfy.model_management as mm
+
+    calls = []
+    real = stack["scorer"].score
+
+    class InterruptingScorer:
+        def describe(self):
+            return stack["scorer"].describe()
+
+        def score(self, images, prompts):
+            calls.append(len(prompts))
+            if len(calls) == 4:
+                mm.interrupt_current_processing(True)
+            return real(images, prompts)
+
+    stack_interrupting = {**stack, "scorer": InterruptingScorer()}
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            _run(stack_interrupting, seed=11, preset_name="interrupted")
+    finally:
+        mm.interrupt_current_processing(False)
+    assert not (stack["user"] / "qsched_presets" / "interrupted.json").exists()
+    resumed = _run(stack_interrupting, seed=11, preset_name="interrupted")["ui"]["qsched_calibration"][0]
+    assert resumed["images_reused"] == 4 * 3 and resumed["images_generated"] == 5 * 3
+
+
+def test_loader_refuses_a_preset_for_another_model_unless_asked(stack):
+    from comfyui_qsched.calibration.presets import PresetModelMismatch, load_preset, save_preset
+    folder = stack["user"] / "qsched_presets"
+    _run(stack, preset_name="for-mismatch")
+    data = load_preset(folder, "for-mismatch")
+    data["model"]["sha256"] = "0" * 64
+    save_preset(folder, "other-model", data)
+    loader = stack["presets"].QSchedLoadPreset()
+    with pytest.raises(PresetModelMismatch, match="calibrated for model"):
+        loader.load("other-model.json", model=stack["model"])
+    assert loader.load("other-model.json", model=stack["model"], allow_model_mismatch=True)[2] == 2
+    assert loader.load("other-model.json")[1] == "lcm"            # no model connected: nothing to compare
