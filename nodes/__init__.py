@@ -11,3 +11,4 @@ def _register(module):
 # Each node module registers itself here, one line each.
 from . import routes  # noqa: E402,F401  /qsched/* server routes for web/ (only inside a running ComfyUI)
 from . import calibrate, presets; _register(calibrate); _register(presets)  # noqa: E402,E702
+from . import sampling; _register(sampling)  # noqa: E402,E702

@@ -1,0 +1,203 @@
+"""Q-Sched sampling nodes inside ComfyUI (in-process), against ComfyUI's own KSampler on tiny real models.
+
+Needs COMFYUI_DIR; the models are the harness's random-initialised SD1.5 checkpoint and SD3 flow model.
+"""
+import pytest
+import torch
+
+from comfy_fixtures import CLIP_L, SD3_UNET, SD15_CHECKPOINT, comfy_models, comfyui_dir  # noqa: F401
+
+SEED = 7
+
+
+@pytest.fixture(scope="module")
+def comfy(comfyui_dir):  # noqa: F811
+    """ComfyUI's modules and our node module, imported in this process."""
+    import comfy.sample
+    import comfy.sd
+    import nodes
+    from comfyui_qsched.nodes import sampling
+    from comfyui_qsched.samplers import QSchedSchedule, ScheduleError
+    return type("Comfy", (), dict(sd=comfy.sd, nodes=nodes, sampling=sampling, QSchedSchedule=QSchedSchedule,
+                                  ScheduleError=ScheduleError))
+
+
+def _encode(nodes, clip, text):
+    return nodes.CLIPTextEncode().encode(clip, text)[0]
+
+
+@pytest.fixture(scope="module")
+def sd15(comfy, comfy_models):  # noqa: F811
+    model, clip, vae = comfy.sd.load_checkpoint_guess_config(comfy_models.path("checkpoints", SD15_CHECKPOINT))[:3]
+    return dict(model=model, positive=_encode(comfy.nodes, clip, "a red cube"),
+                negative=_encode(comfy.nodes, clip, "blurry"),
+                latent=comfy.nodes.EmptyLatentImage().generate(64, 64, 1)[0])
+
+
+@pytest.fixture(scope="module")
+def sd3(comfy, comfy_models):  # noqa: F811
+    model = comfy.sd.load_diffusion_model(comfy_models.path("unet", SD3_UNET))
+    clip = comfy.sd.load_clip([comfy_models.path("clip", CLIP_L)], clip_type=comfy.sd.CLIPType.SD3)
+    return dict(model=model, positive=_encode(comfy.nodes, clip, "a red cube"),
+                negative=_encode(comfy.nodes, clip, "blurry"),
+                latent={"samples": torch.zeros(1, 16, 8, 8)})
+
+
+def _native(comfy, m, sampler, scheduler, steps=3, cfg=2.0, denoise=1.0):
+    return comfy.nodes.common_ksampler(m["model"], SEED, steps, cfg, sampler, scheduler, m["positive"], m["negative"],
+                                       m["latent"], denoise=denoise)[0]["samples"]
+
+
+def _qsched(comfy, m, sampler, scheduler, schedule=None, steps=3, cfg=2.0, denoise=1.0):
+    return comfy.sampling.sample_with_schedule(m["model"], SEED, steps, cfg, sampler, scheduler, m["positive"],
+                                               m["negative"], m["latent"], schedule, denoise=denoise,
+                                               disable_pbar=True)["samples"]
+
+
+@pytest.mark.parametrize("sampler,scheduler", [("lcm", "sgm_uniform"), ("euler", "normal"),
+                                               ("euler_ancestral", "normal")])
+def test_identity_schedule_equals_native_ksampler_bit_for_bit_on_sd15(comfy, sd15, sampler, scheduler):
+    native = _native(comfy, sd15, sampler, scheduler)
+    ours = _qsched(comfy, sd15, sampler, scheduler, comfy.QSchedSchedule.identity(3))
+    assert torch.isfinite(native).all() and native.abs().max() > 0
+    assert torch.equal(ours, native), f"max |diff| = {(ours - native).abs().max()}"
+
+
+def test_no_schedule_means_identity_and_denoise_follows_ksampler(comfy, sd15):
+    assert torch.equal(_qsched(comfy, sd15, "euler", "normal", None, denoise=0.6),
+                       _native(comfy, sd15, "euler", "normal", denoise=0.6))
+
+
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+def test_identity_schedule_equals_native_ksampler_on_flow_model(comfy, sd3, sampler):
+    native = _native(comfy, sd3, sampler, "simple")
+    ours = _qsched(comfy, sd3, sampler, "simple", comfy.QSchedSchedule.identity(3))
+    assert torch.equal(ours, native), f"max |diff| = {(ours - native).abs().max()}"
+
+
+@pytest.mark.parametrize("model_name,sampler,scheduler", [("sd15", "lcm", "lcm_original"),
+                                                          ("sd15", "euler", "normal"),
+                                                          ("sd3", "euler", "flow_shift1")])
+def test_coefficients_change_the_result(comfy, sd15, sd3, model_name, sampler, scheduler):
+    m = {"sd15": sd15, "sd3": sd3}[model_name]
+    identity = _qsched(comfy, m, sampler, scheduler, None)
+    for c_x, c_eps in ((1.05, 1.0), (1.0, 0.9)):
+        scaled = _qsched(comfy, m, sampler, scheduler, comfy.QSchedSchedule.constant(3, c_x, c_eps))
+        assert torch.isfinite(scaled).all()
+        assert (scaled - identity).abs().max() > 1e-3, (c_x, c_eps)
+
+
+def test_one_euler_step_applies_eq4_to_comfyuis_denoised(comfy, sd15):
+    """x_next = c_x x + (sigma_next - sigma) c_eps (x - D) / sigma, with D the CFG-combined denoised that
+    ComfyUI itself computed (read through a post-CFG hook)."""
+    import comfy.samplers as comfy_samplers
+    captured = []
+    model = sd15["model"].clone()
+    model.set_model_sampler_post_cfg_function(lambda args: captured.append(args["denoised"]) or args["denoised"])
+    guider = comfy_samplers.CFGGuider(model)
+    guider.set_conds(sd15["positive"], sd15["negative"])
+    guider.set_cfg(2.0)
+    sigmas = comfy.sampling.scheduler_sigmas(model, "normal", 4)[1:3]  # one step between two non-zero sigmas
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    c_x, c_eps = 1.1, 0.9
+    sampler = comfy.sampling.qsched_sampler("euler", comfy.QSchedSchedule.from_lists([c_x], [c_eps]))
+    out = guider.sample(noise, torch.zeros_like(noise), sampler, sigmas, disable_pbar=True, seed=0)
+    sigma, sigma_next = float(sigmas[0]), float(sigmas[1])
+    x = noise * sigma  # EPS noise scaling of an all-zero latent
+    expected = c_x * x + (sigma_next - sigma) * c_eps * (x - captured[0]) / sigma
+    assert len(captured) == 1
+    torch.testing.assert_close(out, model.model.process_latent_out(expected), rtol=1e-5, atol=1e-4)
+
+
+def test_qsched_sampler_node_in_sampler_custom_equals_native_euler(comfy, sd15):
+    import comfy_extras.nodes_custom_sampler as custom
+    sigmas = comfy.sampling.scheduler_sigmas(sd15["model"], "normal", 3)
+
+    def run(sampler):
+        return custom.SamplerCustom().sample(sd15["model"], True, SEED, 2.0, sd15["positive"], sd15["negative"],
+                                              sampler, sigmas, sd15["latent"])[0]["samples"]
+    ours = comfy.sampling.QSchedSampler().get_sampler("euler", comfy.QSchedSchedule.identity(3))[0]
+    native = custom.KSamplerSelect().get_sampler("euler")[0]
+    assert torch.equal(run(ours), run(native))
+
+
+def test_tcd_runs_on_sd15_and_gamma_matters(comfy, sd15):
+    node = comfy.sampling.QSchedKSampler()
+
+    def run(gamma):
+        return node.sample(sd15["model"], SEED, 3, 1.0, "tcd", "lcm_original", sd15["positive"], sd15["negative"],
+                           sd15["latent"], tcd_gamma=gamma)[0]["samples"]
+    a, b = run(0.0), run(0.5)
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    assert (a - b).abs().max() > 1e-3
+
+
+def _counting(model):
+    """A clone of `model` that counts its forward calls."""
+    calls = []
+    clone = model.clone()
+    clone.set_model_unet_function_wrapper(lambda apply, args: calls.append(1) or apply(args["input"],
+                                                                                        args["timestep"],
+                                                                                        **args["c"]))
+    return clone, calls
+
+
+@pytest.mark.parametrize("case,match", [
+    ("schedule_length", "schedule has 4 coefficient pairs but sampling runs 3 steps"),
+    ("unknown_sampler", "unknown Q-Sched sampler 'dpmpp_9m'"),
+    ("unknown_scheduler", "unknown scheduler 'fastest'"),
+    ("tcd_on_flow", "'tcd' works on EPS"),
+    ("flow_scheduler_on_eps", "'flow_shift1' is for flow models"),
+])
+def test_bad_input_is_refused_before_any_model_call(comfy, sd15, sd3, case, match):
+    m = dict(sd3 if case == "tcd_on_flow" else sd15)
+    m["model"], calls = _counting(m["model"])
+    sampler, scheduler, schedule = "euler", "normal", None
+    if case == "schedule_length":
+        schedule = comfy.QSchedSchedule.identity(4)
+    elif case == "unknown_sampler":
+        sampler = "dpmpp_9m"
+    elif case == "unknown_scheduler":
+        scheduler = "fastest"
+    elif case == "tcd_on_flow":
+        sampler, scheduler = "tcd", "simple"
+    elif case == "flow_scheduler_on_eps":
+        scheduler = "flow_shift1"
+    with pytest.raises(ValueError, match=match):
+        _qsched(comfy, m, sampler, scheduler, schedule)
+    assert calls == []
+
+
+def test_counting_wrapper_does_count(comfy, sd15):
+    m = dict(sd15)
+    m["model"], calls = _counting(m["model"])
+    _qsched(comfy, m, "euler", "normal", None, steps=2, cfg=1.0)
+    assert len(calls) == 2
+
+
+def test_few_step_sigmas_read_the_models_table(comfy, sd15, sd3):
+    node = comfy.sampling.QSchedFewStepSigmas()
+    table = sd15["model"].get_model_object("model_sampling").sigmas
+    lcm = node.get_sigmas(sd15["model"], "lcm_original", 4)[0]
+    torch.testing.assert_close(lcm, torch.cat([table[[999, 759, 499, 259]].float(), torch.zeros(1)]))
+    trailing = node.get_sigmas(sd15["model"], "turbo_trailing", 4)[0]
+    torch.testing.assert_close(trailing, torch.cat([table[[999, 749, 499, 249]].float(), torch.zeros(1)]))
+    flow = node.get_sigmas(sd3["model"], "flow_shift1", 4)[0]
+    torch.testing.assert_close(flow, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
+    assert len(node.get_sigmas(sd15["model"], "lcm_original", 2, denoise=0.5)[0]) == 3
+
+
+def test_coefficients_node_builds_and_validates(comfy):
+    node, S = comfy.sampling.QSchedCoefficients, comfy.QSchedSchedule
+    linear = node().build(4, "linspace", 1.2, 0.8, 1.0, 1.0, "", "")[0]
+    assert linear == S.linear(4, 1.2, 0.8)
+    assert linear.c_x[0] == pytest.approx(1.2) and linear.c_x[-1] == pytest.approx(1.0)
+    listed = node().build(3, "list", 1, 1, 1, 1, "1.1, 1.0,0.95", "0.9,1,1", "lcm")[0]
+    assert listed.c_x == (1.1, 1.0, 0.95) and listed.c_eps == (0.9, 1.0, 1.0) and listed.sampler == "lcm"
+    assert node.VALIDATE_INPUTS(3, "list", "1.1, 1.0,0.95", "0.9,1,1") is True
+    assert "c_eps_list has 2 values but steps is 3" in node.VALIDATE_INPUTS(3, "list", "1,1,1", "1,1")
+    assert "entry 2 ('abc') is not a number" in node.VALIDATE_INPUTS(3, "list", "1,abc,1", "1,1,1")
+    assert "not positive" in node.VALIDATE_INPUTS(2, "list", "1,0", "1,1")
+    assert "not finite" in node.VALIDATE_INPUTS(2, "list", "1,nan", "1,1")
+    with pytest.raises(comfy.ScheduleError, match="c_x_list has 1 values but steps is 2"):
+        node().build(2, "list", 1, 1, 1, 1, "1", "1,1")
