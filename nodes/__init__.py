@@ -10,5 +10,7 @@ def _register(module):
 
 # Each node module registers itself here, one line each.
 from . import routes  # noqa: E402,F401  /qsched/* server routes for web/ (only inside a running ComfyUI)
-from . import calibrate, presets; _register(calibrate); _register(presets)  # noqa: E402,E702
 from . import sampling; _register(sampling)  # noqa: E402,E702
+from . import calibrate, presets; _register(calibrate); _register(presets)  # noqa: E402,E702
+from . import loaders; _register(loaders)  # noqa: E402,E702
+from . import scoring; _register(scoring)  # noqa: E402,E702

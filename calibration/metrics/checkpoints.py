@@ -24,6 +24,7 @@ WHERE_TO_PUT = (
     "a transformers CLIPModel folder (openai/clip-vit-large-patch14 with config.json), or for the preference variant "
     "HPS_v2.1_compressed.pt (xswu/HPSv2 on Hugging Face)."
 )
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 OPEN_CLIP_KEYS = ("token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight")
 
 
@@ -45,8 +46,10 @@ def read_scorer_weights(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ScorerError(f"Scorer weights not found: {path}. {WHERE_TO_PUT}")
-    if os.path.isdir(path):
-        return _read_folder(path)
+    folder = os.path.dirname(path)
+    if os.path.isdir(path) or (os.path.basename(path) in HF_WEIGHT_FILES
+                               and os.path.isfile(os.path.join(folder, "config.json"))):
+        return _read_folder(path if os.path.isdir(path) else folder)  # a transformers folder, picked by its file
     state_dict, from_archive = _read_tensors(path)
     state_dict = _unwrap(state_dict, path)
     _check_open_clip_layout(state_dict, path)

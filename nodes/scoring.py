@@ -1,0 +1,140 @@
+"""JAQ scoring nodes: a scorer loader (weights from models/qsched_scorers only, cached) and JAQ Score."""
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import comfy.model_management
+import folder_paths
+
+from ..calibration.metrics import CLIP_IQA_PAIRS, CLIP_SCORE_CONVENTIONS, ScorerError, load_scorer
+from ..calibration.metrics.checkpoints import WHERE_TO_PUT
+
+SCORER_FOLDER = "qsched_scorers"
+SCORER_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
+
+folder_paths.add_model_folder_path(SCORER_FOLDER, os.path.join(folder_paths.models_dir, SCORER_FOLDER))
+folder_paths.folder_names_and_paths[SCORER_FOLDER][1].update(SCORER_EXTENSIONS)
+
+_CACHE = {}  # settings + file stamp -> scorer; one entry, so switching scorers frees the previous one
+
+
+def _scorer_files():
+    return folder_paths.get_filename_list(SCORER_FOLDER)
+
+
+def _resolve(name):
+    path = folder_paths.get_full_path(SCORER_FOLDER, name) if name else None
+    if path is None:
+        raise ScorerError(f"Scorer file {name!r} is not in models/{SCORER_FOLDER}. {WHERE_TO_PUT}")
+    return path
+
+
+def _stamp(path):
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
+class QSchedScorerLoader:
+    DESCRIPTION = ("Loads a JAQ scorer (CLIPScore + k * CLIP-IQA, or CLIPScore + k * HPSv2) from files in "
+                   f"models/{SCORER_FOLDER}; nothing is downloaded. The model stays loaded across runs until an "
+                   "input or the file changes.")
+    CATEGORY = "loaders/qsched"
+    RETURN_TYPES = ("QSCHED_SCORER",)
+    RETURN_NAMES = ("scorer",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = _scorer_files()
+        return {"required": {
+            "checkpoint": (files, {"tooltip": "CLIP checkpoint (variant clip) or HPS v2/v2.1 file (variant "
+                                              f"preference), from models/{SCORER_FOLDER}."}),
+            "variant": (["clip", "preference"], {"tooltip": "clip: TC = CLIPScore, IQ = CLIP-IQA. preference: "
+                                                            "IQ = HPSv2 (checkpoint), TC = CLIPScore (alignment_checkpoint)."}),
+            "k": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 1000.0, "step": 0.1,
+                            "tooltip": "JAQ weight; 2 in the paper (Eq. 5) and the official code."}),
+            "tc_transform": (["identity", "log"], {"tooltip": "identity: the paper's TC + k*IQ; log: the official "
+                                                              "code's log(CLIPScore) + k*IQ."}),
+            "k_weights": (["iq", "tc"], {"tooltip": "Which term k multiplies: iq (paper Eq. 5) or tc (the paper's "
+                                                    "Table 3 values: HPSv2 + 2 * AQ-Map)."}),
+            "clip_score_convention": (sorted(CLIP_SCORE_CONVENTIONS), {"tooltip": "torchmetrics: 100*max(cos,0); "
+                                      "hessel: 2.5*max(cos,0) with 'A photo depicts ' before the prompt."}),
+            "iqa_prompt_pair": (list(CLIP_IQA_PAIRS), {"tooltip": "CLIP-IQA antonym pair; quality = "
+                                                                  "'Good photo.' / 'Bad photo.'"}),
+        }, "optional": {
+            "alignment_checkpoint": (["none"] + files, {"tooltip": "CLIP checkpoint for TC in the preference variant."}),
+            "quick_gelu": (["auto", "quickgelu", "gelu"], {"tooltip": "Activation of open_clip-layout files. auto: "
+                           "QuickGELU for OpenAI files (TorchScript .pt or 'openai' in the name), else GELU."}),
+            "device": (["auto", "cpu"], {"tooltip": "auto: ComfyUI's torch device (GPU when present)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, checkpoint, alignment_checkpoint="none", **kwargs):
+        stamps = [_stamp(_resolve(name)) for name in (checkpoint, alignment_checkpoint) if name and name != "none"]
+        return str(stamps)
+
+    def load(self, checkpoint, variant, k, tc_transform, k_weights, clip_score_convention, iqa_prompt_pair,
+             alignment_checkpoint="none", quick_gelu="auto", device="auto"):
+        path = _resolve(checkpoint)
+        tc_path = _resolve(alignment_checkpoint) if alignment_checkpoint not in (None, "none") else None
+        torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
+        settings = dict(variant=variant, tc_checkpoint=tc_path, k=k, tc_transform=tc_transform, k_weights=k_weights,
+                        clip_score_convention=clip_score_convention, iqa_pairs=(iqa_prompt_pair,),
+                        quick_gelu={"auto": None, "quickgelu": True, "gelu": False}[quick_gelu], device=torch_device)
+        key = (path, _stamp(path), tc_path, tc_path and _stamp(tc_path), repr(sorted(settings.items(), key=str)))
+        if key not in _CACHE:
+            _CACHE.clear()
+            _CACHE[key] = load_scorer(path, **settings)
+        return (_CACHE[key],)
+
+
+class QSchedJAQScore:
+    DESCRIPTION = ("Scores images with a JAQ scorer: mean JAQ and its components as FLOATs, per-image scores as "
+                   "JSON, and optionally the images with their scores written on them.")
+    CATEGORY = "qsched/scoring"
+    RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "STRING", "IMAGE")
+    RETURN_NAMES = ("jaq", "tc", "iq", "scores_json", "annotated")
+    OUTPUT_TOOLTIPS = ("Mean JAQ over the batch.", "Mean alignment term (CLIPScore).",
+                       "Mean quality term (CLIP-IQA or HPSv2).", "Per-image scores and the formula, JSON.",
+                       "The images, with their scores written on them when annotate is on.")
+    FUNCTION = "score"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "images": ("IMAGE",),
+            "scorer": ("QSCHED_SCORER",),
+            "prompts": ("STRING", {"multiline": True, "default": "",
+                                   "tooltip": "One line for the whole batch, or one line per image."}),
+        }, "optional": {
+            "annotate": ("BOOLEAN", {"default": False, "tooltip": "Write each image's scores on it."}),
+        }}
+
+    def score(self, images, scorer, prompts, annotate=False):
+        lines = [line.strip() for line in prompts.splitlines() if line.strip()]
+        result = scorer.score(images, lines)
+        means = [float(values.mean()) for values in (result.jaq, result.tc, result.iq)]
+        annotated = _annotate(images, result.rows()) if annotate else images
+        summary = f"{scorer.formula}\nmean JAQ {means[0]:.4f} (TC {means[1]:.4f}, IQ {means[2]:.4f})"
+        return {"ui": {"text": [summary]}, "result": (*means, result.to_json(), annotated)}
+
+
+def _annotate(images, rows):
+    out = []
+    for image, row in zip(images, rows):
+        pil = Image.fromarray(np.clip(image[..., :3].cpu().numpy() * 255.0, 0, 255).astype(np.uint8))
+        draw = ImageDraw.Draw(pil)
+        font = ImageFont.load_default(size=max(10, pil.height // 24))
+        text = f"JAQ {row['jaq']:.3f}  TC {row['tc']:.3f}  IQ {row['iq']:.3f}"
+        box = draw.textbbox((4, 4), text, font=font)
+        draw.rectangle((box[0] - 3, box[1] - 3, box[2] + 3, box[3] + 3), fill=(0, 0, 0))
+        draw.text((4, 4), text, fill=(255, 255, 255), font=font)
+        out.append(torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0))
+    return torch.stack(out).to(images.device)
+
+
+NODE_CLASS_MAPPINGS = {"QSchedScorerLoader": QSchedScorerLoader, "QSchedJAQScore": QSchedJAQScore}
+NODE_DISPLAY_NAME_MAPPINGS = {"QSchedScorerLoader": "Load JAQ Scorer (Q-Sched)", "QSchedJAQScore": "JAQ Score (Q-Sched)"}

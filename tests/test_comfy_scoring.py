@@ -1,0 +1,109 @@
+"""JAQ Score and Load JAQ Scorer inside real ComfyUI (needs COMFYUI_DIR): the example workflow on the harness's
+tiny SD1.5 checkpoint with a tiny random CLIP scorer in models/qsched_scorers, plus the nodes in-process."""
+import json
+import os
+
+import pytest
+import torch
+
+from comfy_fixtures import (PromptFailed, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
+                            load_example_workflow, register_model_folder, ui_workflow_to_prompt)
+from test_metrics_fixtures import comfy_images, save_open_clip, tiny_vit_clip
+
+TINY_SCORER = "qsched_tiny_scorer_clip.safetensors"
+
+
+def _build_scorers(folder):
+    save_open_clip(tiny_vit_clip(seed=21), os.path.join(folder, TINY_SCORER))
+
+
+register_model_folder("qsched_scorers", _build_scorers)
+
+
+def _example_graph(server, prompt_text=None):
+    graph = ui_workflow_to_prompt(load_example_workflow("jaq_score_batch"), server.object_info())
+    by_type = {node["class_type"]: node for node in graph.values()}
+    by_type["QSchedScorerLoader"]["inputs"]["checkpoint"] = TINY_SCORER
+    by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64, batch_size=2)
+    by_type["KSampler"]["inputs"].update(steps=1, seed=1)
+    if prompt_text is not None:
+        by_type["QSchedJAQScore"]["inputs"]["prompts"] = prompt_text
+    return graph
+
+
+def _texts(history, graph, title_type="PreviewAny"):
+    return {node_id: history["outputs"][node_id]["text"][0] for node_id, node in graph.items()
+            if node["class_type"] == title_type and node_id in history["outputs"]}
+
+
+def test_example_workflow_scores_a_generated_batch(comfy_server):  # noqa: F811
+    assert TINY_SCORER in comfy_server.object_info("QSchedScorerLoader")["input"]["required"]["checkpoint"][0]
+    graph = _example_graph(comfy_server)
+    history = comfy_server.run(graph, timeout=300)
+    texts = _texts(history, graph)
+    scores = json.loads(next(t for t in texts.values() if t.lstrip().startswith("{")))
+    mean_jaq = float(next(t for t in texts.values() if not t.lstrip().startswith("{")))
+    assert len(scores["images"]) == 2 and scores["formula"].startswith("CLIPScore[torchmetrics] + 2 * CLIP-IQA")
+    per_image = [row["jaq"] for row in scores["images"]]
+    assert mean_jaq == pytest.approx(sum(per_image) / 2, abs=1e-5)
+    for row in scores["images"]:
+        assert row["jaq"] == pytest.approx(row["tc"] + 2 * row["iq"], abs=1e-4)
+    assert len(comfy_server.output_images(history)) == 2  # the annotated images
+
+
+def test_prompt_count_mismatch_fails_with_a_clear_message(comfy_server):  # noqa: F811
+    graph = _example_graph(comfy_server, prompt_text="one\ntwo\nthree")
+    with pytest.raises(PromptFailed) as failure:
+        comfy_server.run(graph, timeout=300)
+    assert "3 prompts for 2 images" in json.dumps(failure.value.args[0] if failure.value.args else str(failure.value))
+
+
+@pytest.fixture
+def scoring_nodes(comfyui_dir, tmp_path):  # noqa: F811
+    import folder_paths
+    from comfyui_qsched.nodes import scoring
+    folder_paths.add_model_folder_path(scoring.SCORER_FOLDER, str(tmp_path))
+    folder_paths.filename_list_cache.pop(scoring.SCORER_FOLDER, None)
+    save_open_clip(tiny_vit_clip(seed=22), tmp_path / "inproc.safetensors")
+    yield scoring, tmp_path
+    folder_paths.folder_names_and_paths[scoring.SCORER_FOLDER][0].remove(str(tmp_path))
+
+
+SETTINGS = dict(variant="clip", k=2.0, tc_transform="identity", k_weights="iq", clip_score_convention="torchmetrics",
+                iqa_prompt_pair="quality", device="cpu")
+
+
+def test_loader_caches_the_scorer_until_an_input_or_the_file_changes(scoring_nodes):
+    scoring, folder = scoring_nodes
+    loader = scoring.QSchedScorerLoader()
+    assert "inproc.safetensors" in scoring.QSchedScorerLoader.INPUT_TYPES()["required"]["checkpoint"][0]
+    first = loader.load("inproc.safetensors", **SETTINGS)[0]
+    assert scoring.QSchedScorerLoader().load("inproc.safetensors", **SETTINGS)[0] is first
+    assert loader.load("inproc.safetensors", **{**SETTINGS, "k": 3.0})[0] is not first
+    changed_before = scoring.QSchedScorerLoader.IS_CHANGED("inproc.safetensors")
+    again = loader.load("inproc.safetensors", **SETTINGS)[0]
+    os.utime(folder / "inproc.safetensors", ns=(1, 1))
+    assert scoring.QSchedScorerLoader.IS_CHANGED("inproc.safetensors") != changed_before
+    assert loader.load("inproc.safetensors", **SETTINGS)[0] is not again
+    from comfyui_qsched.calibration.metrics import ScorerError
+    with pytest.raises(ScorerError, match="qsched_scorers"):
+        loader.load("missing.safetensors", **SETTINGS)
+
+
+def test_score_node_outputs_floats_json_and_annotated_images(scoring_nodes):
+    scoring, _ = scoring_nodes
+    scorer = scoring.QSchedScorerLoader().load("inproc.safetensors", **SETTINGS)[0]
+    images = comfy_images(2, 96, 128, seed=9)
+    output = scoring.QSchedJAQScore().score(images, scorer, "a red bus\n\na cat\n", annotate=True)
+    jaq, tc, iq, scores_json, annotated = output["result"]
+    assert all(isinstance(v, float) for v in (jaq, tc, iq))
+    rows = json.loads(scores_json)["images"]
+    assert [row["prompt"] for row in rows] == ["a red bus", "a cat"]  # blank lines ignored, one per image
+    direct = scorer.score(images, ["a red bus", "a cat"])
+    assert jaq == pytest.approx(float(direct.jaq.mean()), abs=1e-6)
+    assert annotated.shape == images.shape
+    assert (annotated[:, :12, :60] - images[:, :12, :60]).abs().max() > 0.1  # text drawn top-left
+    torch.testing.assert_close(annotated[:, 60:], images[:, 60:], atol=1 / 255, rtol=0)
+    plain = scoring.QSchedJAQScore().score(images, scorer, "a red bus")["result"][4]
+    assert plain is images
+    assert "mean JAQ" in output["ui"]["text"][0]
