@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from comfy_fixtures import REPO_ROOT, comfy_models, comfy_server, comfyui_dir, load_example_workflow  # noqa: F401
+from comfy_fixtures import REPO_ROOT, SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir, load_example_workflow  # noqa: F401
 from comfyui_qsched.calibration import presets as preset_store
 from comfyui_qsched.samplers import QSchedSchedule
 
@@ -61,6 +61,10 @@ def drive(browser, server, name, timeout_s=240, **config):
             if "qsched" in e.lower() or "/extensions/" in e]
     assert not ours, f"errors from the pack's extension: {ours}"
     return report
+
+
+def panels(nodes):
+    return {n["type"]: n["panel"] for n in nodes if n["panel"] is not None}
 
 
 def keep_for_docs(*files):
@@ -190,6 +194,47 @@ def test_calibrate_panel_shows_progress_and_score_surface(browser, comfy_server)
     assert "tiny-calibrated" in finished["text"]
     assert seen["painted_fraction"] > 0.3  # the 3 x 3 surface fills most of the plot
     keep_for_docs(("calibration_panel.png", "docs/web_calibration_panel.png"))
+
+
+TXT2IMG_GRAPH = """
+const LG = window.LiteGraph;
+const add = (type, pos, values = {}) => {
+  const n = LG.createNode(type); n.pos = pos; app.graph.add(n);
+  for (const [name, v] of Object.entries(values)) n.widgets.find((w) => w.name === name).value = v;
+  return n;
+};
+const link = (a, out, b, input) => a.connect(out, b, b.inputs.findIndex((i) => i.name === input));
+const checkpoint = add("CheckpointLoaderSimple", [20, 40], { ckpt_name: "%(checkpoint)s" });
+const positive = add("CLIPTextEncode", [330, 20], { text: "a lighthouse on a cliff at dusk" });
+const negative = add("CLIPTextEncode", [330, 250], { text: "" });
+const latent = add("EmptyLatentImage", [330, 480], { width: 64, height: 64 });
+const coefficients = add("QSchedCoefficients", [20, 300], { steps: 2, c_x_start: 1.1, c_eps_start: 0.95 });
+const sampler = add("QSchedKSampler", [790, 20], { steps: 2, sampler_name: "lcm", scheduler: "lcm_original" });
+const decode = add("VAEDecode", [1130, 20]);
+const save = add("SaveImage", [1130, 130], { filename_prefix: "qsched_browser" });
+link(checkpoint, 1, positive, "clip"); link(checkpoint, 1, negative, "clip");
+link(checkpoint, 0, sampler, "model"); link(positive, 0, sampler, "positive"); link(negative, 0, sampler, "negative");
+link(latent, 0, sampler, "latent_image"); link(coefficients, 0, sampler, "schedule");
+link(sampler, 0, decode, "samples"); link(checkpoint, 2, decode, "vae"); link(decode, 0, save, "images");
+return app.graph._nodes.length;
+""" % {"checkpoint": SD15_CHECKPOINT}
+
+
+def test_qsched_graph_runs_in_the_browser_and_shows_its_image(browser, comfy_server):
+    """Build checkpoint -> Q-Sched Coefficients -> Q-Sched KSampler -> SaveImage on the page, press queue."""
+    report = drive(browser, comfy_server, "qsched_graph_run", prepare=TXT2IMG_GRAPH, queue=True,
+                   require_types=list(OUR_NODES), workflow=os.path.join(BROWSER_DIR, "empty_workflow.json"))
+    assert report["prepared"] == 8
+    sampler = panels(report["nodes"])["QSchedKSampler"]
+    assert sampler["state"] == "ok" and floats(sampler["c_x"]) == pytest.approx([1.1, 1.0], abs=1e-3)
+    assert report["execution_errors"] == [], report["execution_errors"]
+    [saved] = [d for d in report["executed"] if d["output"].get("images")]
+    image = saved["output"]["images"][0]
+    assert image["type"] == "output" and image["filename"].startswith("qsched_browser")
+    shown = report["shown_images"]
+    assert shown and shown[0]["width"] == 64 and image["filename"] in shown[0]["src"]
+    assert os.path.isfile(os.path.join(comfy_server.output_dir, image["subfolder"], image["filename"]))
+    keep_for_docs(("qsched_graph_run.png", "docs/web_qsched_graph_run.png"))
 
 
 EXAMPLE_NAMES = sorted(f[:-5] for f in os.listdir(EXAMPLES) if f.endswith(".json")) if os.path.isdir(EXAMPLES) else []
