@@ -9,11 +9,21 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import SD15_CHECKPOINT, comfy_models, comfyui_dir  # noqa: F401
+from comfy_fixtures import (SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
+                            load_example_workflow, register_model_folder, ui_workflow_to_prompt)
 from test_metrics_fixtures import save_open_clip, tiny_vit_clip
 
+TINY_SCORER = "qsched_tiny_calibration_clip.safetensors"
+
+
+def _build_scorer(folder):
+    save_open_clip(tiny_vit_clip(seed=5), os.path.join(folder, TINY_SCORER))
+
+
+register_model_folder("qsched_scorers", _build_scorer)
+
 SETTINGS = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, strategy="paper_grid",
-                budget_images=30, seed=3, prompts="a red cube on a table\na green field under a blue sky\na cat",
+                budget_images=10, seed=3, prompts="a red cube on a table\na green field under a blue sky",
                 width=64, height=64)
 
 
@@ -46,14 +56,14 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
     summary = output["ui"]["qsched_calibration"][0]
     assert name == "tiny-calibration"
     assert plot.shape == (1, 384, 768, 3) and plot.min() >= 0 and plot.max() <= 1
-    assert summary["images_generated"] == 9 * 3           # 3 x 3 starts (identity included) x 3 prompts
+    assert summary["images_generated"] == 5 * 2           # 2 x 2 starts + identity, 2 prompts
     assert summary["best_score"] >= summary["identity_score"]
     json.dumps(output["ui"])                                # the web panel gets strict JSON
 
     preset_file = stack["user"] / "qsched_presets" / "tiny-calibration.json"
     preset = json.loads(preset_file.read_text())
     assert preset["c_x"] == list(schedule.c_x) and preset["sampler"] == "lcm" and preset["steps"] == 2
-    assert preset["n_prompts"] == 3 and preset["seed"] == 3 and preset["model"]["sha256"]
+    assert preset["n_prompts"] == 2 and preset["seed"] == 3 and preset["model"]["sha256"]
     assert preset["scores"]["best"] == pytest.approx(summary["best_score"])
     assert len(os.listdir(stack["user"] / "qsched_runs")) == 1
 
@@ -85,7 +95,7 @@ def test_rerun_with_same_settings_resumes_from_the_log_and_other_seed_does_not(s
     assert again["images_generated"] == 0 and again["images_reused"] >= first["images_generated"]
     assert again["best"] == first["best"]
     other = _run(stack, preset_name="resume-b", seed=4)["ui"]["qsched_calibration"][0]
-    assert other["images_generated"] == 27 and other["images_reused"] == 0
+    assert other["images_generated"] == 10 and other["images_reused"] == 0
 
 
 def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack):
@@ -100,7 +110,7 @@ def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack):
 
         def score(self, images, prompts):
             calls.append(len(prompts))
-            if len(calls) == 4:
+            if len(calls) == 3:
                 mm.interrupt_current_processing(True)
             return real(images, prompts)
 
@@ -112,7 +122,7 @@ def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack):
         mm.interrupt_current_processing(False)
     assert not (stack["user"] / "qsched_presets" / "interrupted.json").exists()
     resumed = _run(stack_interrupting, seed=11, preset_name="interrupted")["ui"]["qsched_calibration"][0]
-    assert resumed["images_reused"] == 4 * 3 and resumed["images_generated"] == 5 * 3
+    assert resumed["images_reused"] == 3 * 2 and resumed["images_generated"] == 2 * 2
 
 
 def test_loader_refuses_a_preset_for_another_model_unless_asked(stack):
@@ -127,3 +137,41 @@ def test_loader_refuses_a_preset_for_another_model_unless_asked(stack):
         loader.load("other-model.json", model=stack["model"])
     assert loader.load("other-model.json", model=stack["model"], allow_model_mismatch=True)[2] == 2
     assert loader.load("other-model.json")[1] == "lcm"            # no model connected: nothing to compare
+
+
+def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(comfy_server):  # noqa: F811
+    info = comfy_server.object_info()
+    graph = ui_workflow_to_prompt(load_example_workflow("calibrate_preset"), info)
+    by_type = {node["class_type"]: node for node in graph.values()}
+    assert "QSchedLoadPreset" not in by_type                     # muted in the example: reuse comes later
+    by_type["QSchedQuantizedCheckpointLoader"]["inputs"]["ckpt_name"] = SD15_CHECKPOINT
+    by_type["QSchedScorerLoader"]["inputs"].update(checkpoint=TINY_SCORER, device="cpu")
+    by_type["QSchedCalibrate"]["inputs"].update(steps=2, budget_images=10, width=64, height=64,
+                                                 prompts="a red cube\na blue sphere", preset_name="server-preset")
+    by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
+    by_type["QSchedKSampler"]["inputs"]["steps"] = 2
+    history = comfy_server.run(graph, timeout=600)
+    calibrate_id = next(k for k, v in graph.items() if v["class_type"] == "QSchedCalibrate")
+    summary = history["outputs"][calibrate_id]["qsched_calibration"][0]
+    assert summary["preset"] == "server-preset" and summary["images_generated"] == 10
+    assert len(comfy_server.output_images(history)) == 1
+    preset = json.loads(open(os.path.join(comfy_server.user_dir, "qsched_presets", "server-preset.json")).read())
+    assert preset["quant"] == "W4A8" and preset["c_x"] == summary["best"]["c_x"]
+
+    presets = comfy_server.object_info("QSchedLoadPreset")["input"]["required"]["preset"][0]
+    assert "server-preset.json" in presets                     # the dropdown refreshes from the folder
+    reuse = {
+        "1": {"class_type": "QSchedQuantizedCheckpointLoader", "inputs": {
+            "ckpt_name": SD15_CHECKPOINT, "quantization": "W4A8", "backend": "simulate", "layer_policy": "",
+            "cache": "off"}},
+        "2": {"class_type": "QSchedLoadPreset", "inputs": {"preset": "server-preset.json", "model": ["1", 0]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a lighthouse"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "QSchedKSampler", "inputs": {
+            "model": ["1", 0], "seed": 1, "steps": ["2", 2], "cfg": 1.0, "sampler_name": "lcm",
+            "scheduler": "lcm_original", "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "denoise": 1.0, "schedule": ["2", 0]}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "reuse"}},
+    }
+    assert len(comfy_server.output_images(comfy_server.run(reuse, timeout=300))) == 1
