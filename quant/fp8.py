@@ -56,23 +56,19 @@ class Fp8Linear(PackedWeightMixin):
         scale = self.weight_scale.to(weight.device)
         return (weight.float() / scale).clamp(-E4M3_MAX, E4M3_MAX).to(E4M3)
 
-    def fp8_weight(self, device):
-        codes = self.codes(self.weight.to(device))
+    def fp8_weight(self, packed):
+        codes = self.codes(packed)
         return codes.to(torch.bfloat16).to(E4M3) if self.quant_spec.packed_int4 else codes
 
-    def forward(self, x):
-        if self.quant_spec is None:
-            return super().forward(x)
+    def quantized_forward(self, x, packed, bias):
         rows = x.reshape(-1, x.shape[-1])
         if rows.shape[0] % 16 or self.in_features % 16 or self.out_features % 16:
-            weight = self.dequantize(dtype=x.dtype, device=x.device)  # _scaled_mm needs multiples of 16
-            bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+            weight = self.dequantize(packed, dtype=x.dtype, device=x.device)  # _scaled_mm needs multiples of 16
             return torch.nn.functional.linear(self.quantize_input(x, -1), weight, bias)
         scale_a = (rows.abs().amax(dim=1, keepdim=True).float() / E4M3_MAX).clamp(min=1e-12)
         x8 = (rows.float() / scale_a).to(E4M3)
         scale_b = self.weight_scale.to(x.device).reshape(1, -1)
-        bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
-        out = torch._scaled_mm(x8, self.fp8_weight(x.device).t(), scale_a=scale_a, scale_b=scale_b,
+        out = torch._scaled_mm(x8, self.fp8_weight(packed).t(), scale_a=scale_a, scale_b=scale_b,
                                bias=bias, out_dtype=x.dtype)
         return out.reshape(*x.shape[:-1], self.out_features)
 

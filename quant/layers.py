@@ -87,6 +87,42 @@ class PackedWeightMixin:
             return x
         return numerics.fake_quantize_activation(x, spec.a_bits, spec.act_granularity, channel_dim)
 
+    def forward(self, x, *args, **kwargs):
+        if self.quant_spec is None:
+            return super().forward(x, *args, **kwargs)
+        return self.forward_comfy_cast_weights(x)
+
+    def forward_comfy_cast_weights(self, x, *args, **kwargs):
+        """Weight and bias moved to the input's device (offloaded layers), with the per-call weight functions
+        of ComfyUI's ModelPatcher (LoRA in low-VRAM mode) applied to the stored weight; plain torch layers
+        have none. ComfyUI's own cast would value-cast the codes without their scales."""
+        if self.quant_spec is None:
+            return super().forward_comfy_cast_weights(x, *args, **kwargs)
+        packed = self.weight.to(x.device, non_blocking=True)
+        for function in getattr(self, "weight_function", ()):
+            packed = function(packed)
+        bias = None if self.bias is None else self.bias.to(x.device, x.dtype, non_blocking=True)
+        for function in getattr(self, "bias_function", ()):
+            bias = function(bias)
+        return self.quantized_forward(x, packed, bias)
+
+    # ComfyUI's weight patching protocol (LoRA, LowVramPatch): it hands over the stored weight value-cast
+    # to float32 (exact for int8 codes, packed int4 bytes and e4m3), gets a float weight back, patches it,
+    # and stores it again through set_weight.
+    def convert_weight(self, weight, inplace=False, **kwargs):
+        if self.quant_spec is None:
+            return weight
+        return self.dequantize(weight.to(self.weight.dtype), dtype=weight.dtype)
+
+    def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
+        packed = self.requantize(weight).to(self.weight.dtype)
+        if return_weight:
+            return packed
+        if inplace_update:
+            self.weight.data.copy_(packed)
+        else:
+            self.weight = nn.Parameter(packed.to(self.weight.device), requires_grad=False)
+
     def extra_repr(self):
         base = super().extra_repr()
         return f"{base}, quant={self.quant_spec}" if self.quant_spec else base
@@ -95,22 +131,16 @@ class PackedWeightMixin:
 class SimulatedLinear(PackedWeightMixin):
     """simulate backend: dequantize the packed weight, fake-quantize the input per token, float matmul."""
 
-    def forward(self, x):
-        if self.quant_spec is None:
-            return super().forward(x)
-        weight = self.dequantize(dtype=x.dtype, device=x.device)
-        bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+    def quantized_forward(self, x, packed, bias):
+        weight = self.dequantize(packed, dtype=x.dtype, device=x.device)
         return nn.functional.linear(self.quantize_input(x, -1), weight, bias)
 
 
 class SimulatedConv(PackedWeightMixin):
     """simulate backend for Conv1d/2d/3d: activations quantized per pixel (over channels) or per tensor."""
 
-    def forward(self, x):
-        if self.quant_spec is None:
-            return super().forward(x)
-        weight = self.dequantize(dtype=x.dtype, device=x.device)
-        bias = None if self.bias is None else self.bias.to(x.device, x.dtype)
+    def quantized_forward(self, x, packed, bias):
+        weight = self.dequantize(packed, dtype=x.dtype, device=x.device)
         return self._conv_forward(self.quantize_input(x, 1), weight, bias)
 
 

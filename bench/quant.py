@@ -1,0 +1,252 @@
+"""GPU benchmark of the quantized backbones: SDXL UNet (1024x1024 -> 128x128 latent) and FLUX.1-schnell DiT
+(1024x1024), random-initialised from ComfyUI's own model classes, batch 1, each config against BF16:
+weight memory ratio, peak GPU memory, one denoising step's latency (median after warm-up, eager and
+torch.compile per block), output relative L2 vs BF16.
+
+    COMFYUI_DIR=/work/comfyui python3 bench/quant.py --models sdxl,flux [--tiny] [--out bench/results/x.md]
+
+--tiny builds small models of the same classes (a CPU smoke test of this script, not a measurement)."""
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.environ.get("COMFYUI_DIR", os.path.join(ROOT, ".device", "comfyui")))
+import qsched  # noqa: E402,F401
+import comfy.cli_args  # noqa: E402
+
+comfy.cli_args.args.cpu = not torch.cuda.is_available()
+import comfy.ops  # noqa: E402
+from comfy.ldm.flux.model import Flux  # noqa: E402
+from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
+
+from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
+
+SDXL = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
+            num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320,
+            num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4],
+            transformer_depth_middle=10, use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
+            transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False,
+            use_temporal_resblock=False)
+FLUX_SCHNELL = dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
+                    mlp_ratio=4.0, num_heads=24, depth=19, depth_single_blocks=38, axes_dim=[16, 56, 56],
+                    theta=10000, patch_size=2, qkv_bias=True, guidance_embed=False)
+TINY = {"sdxl": dict(SDXL, model_channels=64, transformer_depth=[0, 0, 1, 1, 1, 1], transformer_depth_middle=1,
+                     transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1], context_dim=64, adm_in_channels=64,
+                     num_head_channels=32),
+        "flux": dict(FLUX_SCHNELL, hidden_size=128, num_heads=2, depth=1, depth_single_blocks=2, context_in_dim=64,
+                     vec_in_dim=32, axes_dim=[16, 24, 24])}
+
+# (spec, backend, also compiled); bf16 first: the reference for every other row.
+CONFIGS = [("bf16", None, True), ("W8A8", "fp8", True), ("W4A8", "fp8", True),
+           ("W8A8", "simulate", False), ("W6A8", "simulate", False), ("W4A8", "simulate", False),
+           ("W4A6", "simulate", False), ("W4A5", "simulate", False), ("W4A4", "simulate", False),
+           ("W4A8-g128", "simulate", False),
+           ("W8A8", "torchao", True), ("W8A8", "bitsandbytes", False), ("W4A16", "bitsandbytes", False)]
+
+
+def build(name, device, tiny):
+    config = (TINY if tiny else {"sdxl": SDXL, "flux": FLUX_SCHNELL})[name]
+    ops, dtype = comfy.ops.disable_weight_init, torch.bfloat16
+    with torch.device(device):
+        model = UNetModel(**config, dtype=dtype, device=device, operations=ops) if name == "sdxl" else \
+            Flux(**config, dtype=dtype, device=device, operations=ops)
+    return model.eval().requires_grad_(False)
+
+
+def init_weights_(model, seed):
+    """Same values for the same seed and device: every config starts from the identical BF16 model."""
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if not tensor.dtype.is_floating_point:
+            continue
+        if tensor.ndim >= 2:
+            fan_in = tensor[0].numel()
+            values = torch.randn(tensor.shape, generator=generator, device=tensor.device) / fan_in ** 0.5
+        elif name.endswith(("scale", "norm.weight")) or ".norm" in name and name.endswith("weight"):
+            values = torch.ones(tensor.shape, device=tensor.device)
+        else:
+            values = 0.02 * torch.randn(tensor.shape, generator=generator, device=tensor.device)
+        tensor.copy_(values)
+
+
+def inputs(name, device, tiny, seed=1):
+    g = torch.Generator(device=device).manual_seed(seed)
+    bf16 = dict(device=device, dtype=torch.bfloat16, generator=g)
+    side = 16 if tiny else 128
+    if name == "sdxl":
+        context_dim, adm = (64, 64) if tiny else (2048, 2816)
+        return dict(x=torch.randn(1, 4, side, side, **bf16), timesteps=torch.tensor([500.0], device=device),
+                    context=torch.randn(1, 77, context_dim, **bf16), y=torch.randn(1, adm, **bf16))
+    context_dim, vec = (64, 32) if tiny else (4096, 768)
+    return dict(x=torch.randn(1, 16, side, side, **bf16), timestep=torch.tensor([0.5], device=device),
+                context=torch.randn(1, 256, context_dim, **bf16), y=torch.randn(1, vec, **bf16))
+
+
+COMPILED_BLOCKS = ("BasicTransformerBlock", "DoubleStreamBlock", "SingleStreamBlock")
+
+
+def compile_blocks(model, names=COMPILED_BLOCKS):
+    """Regional compilation of the transformer blocks, where the linears are (identical blocks share code;
+    SDXL's ResBlocks stay eager: their many shapes would cost minutes of compiling per config)."""
+    for module in model.modules():
+        if type(module).__name__ in names:
+            module.compile()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(model, batch, device, repeats):
+    times = []
+    for index in range(repeats + 2):  # two warm-ups
+        sync(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model(**batch)
+        sync(device)
+        if index >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3, out
+
+
+def run_config(name, spec, backend, compiled, device, tiny, repeats, reference, no_compile=False):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    model = build(name, device, tiny)
+    init_weights_(model, seed=0)
+    bf16_bytes = module_bytes(model)
+    row = {"model": name, "config": "bf16" if backend is None else f"{spec} {backend}"}
+    start = time.perf_counter()
+    if backend is not None:
+        report = quantize_module(model, spec, backend=backend, device=device)
+        row["layers"] = f"{report.quantized}q/{report.kept}k"
+        row["how"] = ", ".join(f"{n} {how}" for how, n in sorted(report.by_backend().items()))
+    row["quantize_s"] = time.perf_counter() - start
+    row["weight_ratio"] = module_bytes(model) / bf16_bytes
+    row["weight_gib"] = module_bytes(model) / 2 ** 30
+    batch = inputs(name, device, tiny)
+    slow_eager = backend == "torchao"  # torchao int8 dynamic must be compiled; eager is measured once
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    row["eager_ms"], out = time_step(model, batch, device, 1 if slow_eager else repeats)
+    if device.type == "cuda":
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    out = out.float()
+    if reference is not None:
+        row["rel_l2"] = float((out - reference).norm() / reference.norm())
+    row["finite"] = bool(torch.isfinite(out).all())
+    if compiled and not no_compile:
+        compile_blocks(model)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model(**batch)
+        row["compile_s"] = time.perf_counter() - start
+        row["compiled_ms"], compiled_out = time_step(model, batch, device, repeats)
+        if reference is not None:
+            row["rel_l2_compiled"] = float((compiled_out.float() - reference).norm() / reference.norm())
+    del model
+    if compiled and not no_compile:
+        torch._dynamo.reset()
+    return row, out
+
+
+def bench_model(name, device, tiny, repeats, deadline, configs, no_compile=False, log_path=None):
+    rows, reference = [], None
+    for spec, backend, compiled in configs:
+        if time.time() > deadline:
+            rows.append({"model": name, "config": f"{spec} {backend}", "error": "skipped: time budget"})
+            continue
+        try:
+            row, out = run_config(name, spec, backend, compiled, device, tiny, repeats, reference, no_compile)
+            if backend is None:
+                reference = out
+        except Exception as error:  # one failing backend must not lose the others' numbers
+            traceback.print_exc()
+            row = {"model": name, "config": f"{spec} {backend}", "error": f"{type(error).__name__}: {error}"[:160]}
+        print("ROW", row, flush=True)
+        if log_path:
+            with open(log_path, "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+        rows.append(row)
+    base = next((r for r in rows if r["config"] == "bf16" and "error" not in r), {})
+    for row in rows:
+        for key in ("eager_ms", "compiled_ms"):
+            if key in row and key in base:
+                row[key.replace("_ms", "_ratio")] = row[key] / base[key]
+    return rows
+
+
+def _cell(row, key, fmt):
+    return fmt.format(row[key]) if key in row else "-"
+
+
+def table(rows, device_name):
+    lines = [f"Device: {device_name}; torch {torch.__version__}; batch 1, one backbone forward (no CFG) per step; "
+             f"compiled = torch.compile of {', '.join(COMPILED_BLOCKS)} modules.", "",
+             "| model | config | weight GiB | weight ratio | peak GiB | eager ms | eager ratio | compiled ms "
+             "| compiled ratio | rel L2 vs bf16 | layers | how |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['config']} | error: {r['error']} |||||||||| ")
+            continue
+        l2 = _cell(r, "rel_l2", "{:.4f}") + ("" if "rel_l2_compiled" not in r else f" ({r['rel_l2_compiled']:.4f} compiled)")
+        lines.append(f"| {r['model']} | {r['config']} | {r['weight_gib']:.2f} | {r['weight_ratio']:.3f} | "
+                     f"{_cell(r, 'peak_gib', '{:.2f}')} | {_cell(r, 'eager_ms', '{:.1f}')} | "
+                     f"{_cell(r, 'eager_ratio', '{:.2f}')} | {_cell(r, 'compiled_ms', '{:.1f}')} | "
+                     f"{_cell(r, 'compiled_ratio', '{:.2f}')} | {l2} | {r.get('layers', '-')} | {r.get('how', '-')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="sdxl,flux")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--budget-s", default="540", help="seconds per model after which no new config starts: "
+                        "one number, or one per model ('230,330')")
+    parser.add_argument("--log", default="", help="append each row as JSON to this file as it is measured")
+    parser.add_argument("--only", default="", help="comma-separated config names ('bf16', 'W8A8 fp8', ...)")
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--out", default="")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch._dynamo.config.cache_size_limit = 64
+    torch.backends.cuda.matmul.allow_tf32 = True
+    if device.type == "cuda":
+        print(torch.cuda.get_device_name(), torch.__version__, flush=True)
+    configs = CONFIGS
+    if args.only:
+        wanted = {c.strip() for c in args.only.split(",")}
+        configs = [c for c in CONFIGS if ("bf16" if c[1] is None else f"{c[0]} {c[1]}") in wanted or c[1] is None]
+    models = args.models.split(",")
+    budgets = [float(b) for b in args.budget_s.split(",")]
+    budgets += budgets[-1:] * (len(models) - len(budgets))
+    rows = []
+    for name, budget in zip(models, budgets):
+        rows += bench_model(name, device, args.tiny, args.repeats, time.time() + budget, configs, args.no_compile,
+                            args.log)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test, not a measurement)"
+    text = table(rows, device_name)
+    print(text)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as handle:
+            handle.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Quantized loaders in real ComfyUI (COMFYUI_DIR): tiny SD1.5 fixture, LoRA through ComfyUI's LoraLoader,
+low-VRAM (per-call weight casting + LowVramPatch), the cache, bad files, and a whole workflow on the server."""
+import os
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from comfy_fixtures import CLIP_L, SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir  # noqa: F401
+
+LORA = "qsched_tiny_sd15_lora.safetensors"
+
+
+@pytest.fixture(scope="module")
+def env(comfyui_dir, comfy_models):  # noqa: F811
+    import comfy.model_management
+    import folder_paths
+    import nodes
+    for name, path in comfy_models.folders.items():
+        folder_paths.add_model_folder_path(name, path)
+    folder_paths.add_model_folder_path("diffusion_models", comfy_models.folder("clip"))  # a file that is no backbone
+    from comfyui_qsched.nodes import loaders
+    return {"nodes": nodes, "loaders": loaders, "mm": comfy.model_management, "models": comfy_models}
+
+
+def build_lora(env, patcher, seed=5):
+    """Rank-4 LoRA on every attention/feed-forward linear of the tiny UNet, in kohya key format."""
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in patcher.model.diffusion_model.named_modules():
+        if name.endswith(("to_q", "to_k", "to_v", "to_out.0", "ff.net.2")):
+            out_features, in_features = module.out_features, module.in_features
+            key = "lora_unet_" + name.replace(".", "_")
+            tensors[f"{key}.lora_down.weight"] = torch.randn(4, in_features, generator=generator) / in_features ** 0.5
+            tensors[f"{key}.lora_up.weight"] = torch.randn(out_features, 4, generator=generator) * 0.2
+            tensors[f"{key}.alpha"] = torch.tensor(4.0)
+    path = env["models"].path("loras", LORA)
+    save_file(tensors, path)
+    return LORA
+
+
+def load(env, quantization="W8A8", backend="simulate", policy="", cache="off"):
+    if quantization is None:
+        return env["nodes"].CheckpointLoaderSimple().load_checkpoint(SD15_CHECKPOINT)[0]
+    loader = env["loaders"].QSchedQuantizedCheckpointLoader()
+    return loader.load(SD15_CHECKPOINT, quantization, backend, policy, cache)
+
+
+def denoise(env, patcher, lowvram_bytes=0):
+    """One model call through ComfyUI's loading path (patches applied as ComfyUI applies them)."""
+    torch.manual_seed(0)
+    x, context = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 768)
+    env["mm"].unload_all_models()
+    if lowvram_bytes:
+        patcher.load(torch.device("cpu"), lowvram_model_memory=lowvram_bytes, force_patch_weights=False)
+    else:
+        env["mm"].load_models_gpu([patcher])
+    with torch.no_grad():
+        out = patcher.model.apply_model(x, torch.tensor([1.0]), c_crossattn=context)
+    patcher.unpatch_model()
+    return out
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_loader_quantizes_the_backbone_and_reports_it(env):
+    reference = load(env, None)
+    model, clip, vae, summary = load(env, "W4A8")
+    assert "layers quantized" in summary and "MiB ->" in summary
+    assert clip is not None and vae is not None
+    assert model.model_size() < 0.45 * reference.model_size()
+    backbone = model.model.diffusion_model
+    assert backbone.input_blocks[1][1].transformer_blocks[0].attn1.to_q.weight.dtype == torch.uint8
+    assert backbone.input_blocks[0][0].weight.is_floating_point()  # conv_in kept
+    import comfy.ops
+    assert isinstance(backbone.input_blocks[1][1].transformer_blocks[0].attn1.to_q, comfy.ops.CastWeightBiasOp)
+    errors = {spec: rel(denoise(env, load(env, spec)[0]), denoise(env, reference)) for spec in ("W8A8", "W4A4")}
+    assert errors["W8A8"] < 0.05 and errors["W8A8"] < errors["W4A4"], errors
+
+
+@pytest.mark.parametrize("lowvram", [False, True])
+def test_lora_applies_on_dequantized_weights(env, lowvram):
+    nodes = env["nodes"]
+    reference = load(env, None)
+    quantized = load(env, "W8A8")[0]
+    lora = build_lora(env, reference)
+    budget = 1 if lowvram else 0  # 1 byte: every layer stays "offloaded" and casts per call (LowVramPatch)
+    ref_lora = nodes.LoraLoaderModelOnly().load_lora_model_only(reference, lora, 1.0)[0]
+    q_lora = nodes.LoraLoaderModelOnly().load_lora_model_only(quantized, lora, 1.0)[0]
+    codes_before = quantized.model.diffusion_model.middle_block[1].transformer_blocks[0].attn2.to_q.weight.clone()
+    plain, with_lora = denoise(env, quantized, budget), denoise(env, q_lora, budget)
+    float_plain, float_lora = denoise(env, reference), denoise(env, ref_lora)
+    lora_effect = rel(float_lora, float_plain)
+    assert lora_effect > 0.05, "the test LoRA must change the output noticeably"
+    assert rel(with_lora, plain) > 0.5 * lora_effect
+    assert rel(with_lora, float_lora) < 0.05  # quantized + LoRA ~ float + LoRA
+    after = quantized.model.diffusion_model.middle_block[1].transformer_blocks[0].attn2.to_q.weight
+    assert after.dtype == torch.int8 and torch.equal(after, codes_before)  # unpatched: codes restored
+    assert rel(denoise(env, quantized, budget), plain) == 0.0
+
+
+def test_lowvram_matches_full_load(env):
+    model = load(env, "W4A8")[0]
+    assert rel(denoise(env, model, lowvram_bytes=1), denoise(env, model)) < 1e-6
+
+
+def test_cache_round_trip_through_the_node(env, tmp_path):
+    import folder_paths
+    folder_paths.folder_names_and_paths[env["loaders"].CACHE_FOLDER] = ([str(tmp_path)], set())
+    first = load(env, "W4A8", cache="on")
+    second = load(env, "W4A8", cache="on")
+    assert first[3].endswith("cache written") and second[3].endswith("cache hit")
+    assert rel(denoise(env, second[0]), denoise(env, first[0])) == 0.0
+    assert len(os.listdir(tmp_path)) == 1
+
+
+def test_bad_files_and_backends_are_named(env):
+    loader = env["loaders"].QSchedQuantizedDiffusionModelLoader()
+    with pytest.raises(ValueError, match=f"{CLIP_L}: not a diffusion backbone"):
+        loader.load(CLIP_L, "W8A8", "simulate", "", "off")
+    with pytest.raises(ValueError, match="bitsandbytes does W8A8"):
+        load(env, "W4A8", backend="bitsandbytes")
+    with pytest.raises(ValueError, match="first_last must be"):
+        load(env, "W8A8", policy="first_last=maybe")
+
+
+def test_quantized_workflow_with_lora_runs_on_the_server(comfy_server, env):  # noqa: F811
+    build_lora(env, load(env, None))
+    graph = {
+        "1": {"class_type": "QSchedQuantizedCheckpointLoader", "inputs": {
+            "ckpt_name": SD15_CHECKPOINT, "quantization": "W4A8", "backend": "simulate", "layer_policy": "",
+            "cache": "off"}},
+        "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1], "lora_name": LORA,
+                                                     "strength_model": 1.0, "strength_clip": 1.0}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["2", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["2", 0], "seed": 1, "steps": 2, "cfg": 2.0, "sampler_name": "lcm", "scheduler": "normal",
+            "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+        "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "qsched_quant"}},
+    }
+    images = comfy_server.output_images(comfy_server.run(graph, timeout=300))
+    assert len(images) == 1 and os.path.isfile(images[0])
+    assert "Q-Sched quantized qsched_tiny_sd15.safetensors: W4A8 via simulate" in comfy_server.log()
