@@ -455,10 +455,13 @@ class ComfyServer:
     def interrupt(self):
         self.post("/interrupt")
 
-    def output_images(self, history):
-        """Paths of the images a finished prompt saved (type "output"), in node-id order."""
+    def output_images(self, history, node_id=None):
+        """Paths of the images a finished prompt saved (type "output"), in node-id order, or one node's."""
         paths = []
-        for node_id in sorted(history.get("outputs", {}), key=str):
+        node_ids = sorted(history.get("outputs", {}), key=str) if node_id is None else [str(node_id)]
+        for node_id in node_ids:
+            if node_id not in history.get("outputs", {}):
+                continue
             for image in history["outputs"][node_id].get("images", []):
                 if image.get("type") == "output":
                     paths.append(os.path.join(self.output_dir, image.get("subfolder", ""), image["filename"]))
