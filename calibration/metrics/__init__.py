@@ -6,8 +6,8 @@
     result.jaq, result.tc, result.iq                       # per-image float tensors
 """
 from .checkpoints import ScorerError, read_scorer_weights
-from .jaq import JAQOptions, JAQScorer, ScoreResult, load_scorer
+from .jaq import JAQOptions, JAQScorer, ScoreResult, clip_scorer, load_scorer
 from .scores import CLIP_IQA_PAIRS, CLIP_SCORE_CONVENTIONS
 
-__all__ = ["load_scorer", "JAQScorer", "JAQOptions", "ScoreResult", "ScorerError", "read_scorer_weights",
+__all__ = ["load_scorer", "clip_scorer", "JAQScorer", "JAQOptions", "ScoreResult", "ScorerError", "read_scorer_weights",
            "CLIP_IQA_PAIRS", "CLIP_SCORE_CONVENTIONS"]

@@ -164,12 +164,17 @@ def load_scorer(checkpoint, variant="clip", tc_checkpoint=None, k=2.0, tc_transf
         return build_towers(read_scorer_weights(path), arch, gelu).to(device=device, dtype=dtype)
 
     if variant == "clip":
-        towers = towers_for(checkpoint, architecture, quick_gelu)
-        tc_metric = CLIPScore(towers, clip_score_convention)
-        iq_metric = CLIPIQA(towers, iqa_pairs, iqa_logit_scale)
-    else:
-        if tc_checkpoint is None:
-            raise ScorerError("The preference variant needs a CLIP checkpoint for the alignment term (tc_checkpoint).")
-        iq_metric = HPSv2(towers_for(checkpoint, architecture, quick_gelu))  # "auto" finds ViT-H-14 by shapes
-        tc_metric = CLIPScore(towers_for(tc_checkpoint, "auto", None), clip_score_convention)
+        return clip_scorer(towers_for(checkpoint, architecture, quick_gelu), options, clip_score_convention,
+                           iqa_pairs, iqa_logit_scale, batch_size, label=str(checkpoint))
+    if tc_checkpoint is None:
+        raise ScorerError("The preference variant needs a CLIP checkpoint for the alignment term (tc_checkpoint).")
+    iq_metric = HPSv2(towers_for(checkpoint, architecture, quick_gelu))  # "auto" finds ViT-H-14 by shapes
+    tc_metric = CLIPScore(towers_for(tc_checkpoint, "auto", None), clip_score_convention)
     return JAQScorer(tc_metric, iq_metric, options, variant, batch_size, label=str(checkpoint))
+
+
+def clip_scorer(towers, options=JAQOptions(), clip_score_convention="torchmetrics", iqa_pairs=("quality",),
+                iqa_logit_scale="model", batch_size=16, label=""):
+    """The CLIP variant on towers already built (ClipTowers), e.g. for benchmarks."""
+    return JAQScorer(CLIPScore(towers, clip_score_convention), CLIPIQA(towers, iqa_pairs, iqa_logit_scale), options,
+                     "clip", batch_size, label)
