@@ -68,7 +68,7 @@ def test_no_schedule_means_identity_and_denoise_follows_ksampler(comfy, sd15):
                        _native(comfy, sd15, "euler", "normal", denoise=0.6))
 
 
-@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral"])
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "lcm"])
 def test_identity_schedule_equals_native_ksampler_on_flow_model(comfy, sd3, sampler):
     native = _native(comfy, sd3, sampler, "simple")
     ours = _qsched(comfy, sd3, sampler, "simple", comfy.QSchedSchedule.identity(3))
@@ -166,6 +166,22 @@ def test_bad_input_is_refused_before_any_model_call(comfy, sd15, sd3, case, matc
     with pytest.raises(ValueError, match=match):
         _qsched(comfy, m, sampler, scheduler, schedule)
     assert calls == []
+
+
+def test_nan_in_the_latent_stops_with_the_step_named(comfy, sd15):
+    from comfyui_qsched.samplers import NonFiniteLatentError
+    m = dict(sd15)
+    calls = []
+
+    def nan_on_second_call(apply, args):
+        calls.append(1)
+        out = apply(args["input"], args["timestep"], **args["c"])
+        return out * float("nan") if len(calls) == 2 else out
+    m["model"] = sd15["model"].clone()
+    m["model"].set_model_unet_function_wrapper(nan_on_second_call)
+    with pytest.raises(NonFiniteLatentError, match="step 2 of 3"):
+        _qsched(comfy, m, "euler", "normal", None, cfg=1.0)
+    assert len(calls) == 2
 
 
 def test_counting_wrapper_does_count(comfy, sd15):
