@@ -1,0 +1,66 @@
+"""`python -m qsched train-digits [--device cuda] [--only metrics|models] [--out DIR]`: retrain the shipped
+digits weights (metrics first, then teacher and student), then measure the generators with the fresh metrics.
+
+Shipped run (seed 0; one H100, torch 2.11; compare a rerun with these numbers, which are also in each file's
+metadata and in weights/TRAINING.json): see TRAINING.json next to the weights.
+"""
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from . import train_metrics, train_models
+from .data import load_digits_tensors
+from .diffusion import EpsDenoiser, LCMDenoiser
+from .generate import generate
+from .networks import DigitsUNet
+from .scoring import DigitsScorer, FeatureFID
+from .weights import WEIGHTS_DIR, load_weights
+
+
+@torch.no_grad()
+def measure_generators(folder, device, count=2000, seed=1234):
+    """FID (classifier features, `count` samples vs the 1,797 real digits), TC and IQ of teacher and student."""
+    scorer = DigitsScorer.load(folder)
+    fid = FeatureFID(scorer)
+    labels = torch.arange(count) % 10
+    report = {"samples": count, "real": {}}
+    real, real_labels = load_digits_tensors()
+    scores = scorer.score_tensors(real, real_labels)
+    report["real"] = {"tc": round(scores.tc.mean().item(), 4), "iq": round(scores.iq.mean().item(), 4)}
+    teacher_unet, _ = load_weights(DigitsUNet, "teacher", folder)
+    student_unet, _ = load_weights(DigitsUNet, "student_lcm", folder)
+    runs = {"teacher_euler50_cfg2": (EpsDenoiser(teacher_unet, guidance=train_models.GUIDANCE), 50, "euler")}
+    runs.update({f"student_lcm{s}": (LCMDenoiser(student_unet), s, "lcm") for s in (1, 2, 4, 8)})
+    for name, (denoiser, steps, sampler) in runs.items():
+        x = generate(denoiser.to(device), labels, steps, seed, sampler=sampler, batch_size=1000)
+        s = scorer.score_tensors(x, labels)
+        report[name] = {"fid": round(fid(x), 3), "tc": round(s.tc.mean().item(), 4), "iq": round(s.iq.mean().item(), 4)}
+        print(name, report[name], flush=True)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m qsched train-digits")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", choices=("metrics", "models", "student", "measure"))
+    parser.add_argument("--out", default=WEIGHTS_DIR)
+    parser.add_argument("--quick", action="store_true", help="a few iterations only (smoke test, useless weights)")
+    args = parser.parse_args(argv)
+    common = ["--device", args.device, "--out", args.out]
+    start = time.time()
+    if args.only in (None, "metrics"):
+        train_metrics.main(common + (["--iters", "20"] if args.quick else []))
+    if args.only in (None, "models", "student"):
+        train_models.main(common + (["--teacher-iters", "40", "--student-iters", "40"] if args.quick else [])
+                          + (["--student-only"] if args.only == "student" else []))
+    report = measure_generators(args.out, args.device, count=200 if args.quick else 2000)
+    report["total_seconds"] = round(time.time() - start, 1)
+    path = os.path.join(args.out, "TRAINING.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print("measured:", json.dumps(report), flush=True)
+    return 0
