@@ -175,3 +175,41 @@ def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(com
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "reuse"}},
     }
     assert len(comfy_server.output_images(comfy_server.run(reuse, timeout=300))) == 1
+
+
+def test_headless_command_runs_the_same_calibration(comfyui_dir, comfy_models, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+    scorer = save_open_clip(tiny_vit_clip(seed=5), tmp_path / "clip.safetensors")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\n")
+    command = [sys.executable, "-m", "qsched", "calibrate", "--comfyui", comfyui_dir,
+               "--checkpoint", comfy_models.path("checkpoints", SD15_CHECKPOINT), "--scorer", str(scorer),
+               "--steps", "2", "--strategy", "successive_halving", "--budget", "16", "--prompts-file", str(prompts),
+               "--width", "64", "--height", "64", "--preset-folder", str(tmp_path / "presets"),
+               "--runs-folder", str(tmp_path / "runs"), "--preset-name", "headless", "--plot", str(tmp_path / "p.png")]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["preset"] == str(tmp_path / "presets" / "headless.json")
+    assert 0 < report["images_generated"] <= 16 and report["best_score"] >= report["identity_score"]
+    assert (tmp_path / "p.png").exists()
+    again = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
+    assert json.loads(again.stdout[again.stdout.index("{"):])["images_generated"] == 0   # resumed from the log
+
+
+def test_text_conditioning_is_encoded_once_per_prompt(stack):
+    encoded = []
+
+    class CountingClip:
+        def tokenize(self, text):
+            return stack["clip"].tokenize(text)
+
+        def encode_from_tokens_scheduled(self, tokens):
+            encoded.append(1)
+            return stack["clip"].encode_from_tokens_scheduled(tokens)
+
+    summary = _run({**stack, "clip": CountingClip()}, seed=21, preset_name="encode-once")["ui"]["qsched_calibration"][0]
+    assert summary["images_generated"] == 10
+    assert len(encoded) == 2 + 1                                   # two prompts and the empty negative
