@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 
 import torch
 
@@ -92,6 +93,9 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     fingerprint = model_hash(model)
     family = describe_model(model)
     model_name = model_name or f"{family}-{fingerprint[:8]}"
+    # A bad name must fail before the search, not after an hour of it.
+    name = check_name(preset_name) if preset_name else safe_preset_name(
+        f"{model_name}-{quant or 'fp'}-{sampler_name}-{steps}steps")
     scorer_name = scorer_name or (scorer.describe() if hasattr(scorer, "describe") else type(scorer).__name__)
     scorer_k = scorer_k if scorer_k is not None else getattr(getattr(scorer, "options", None), "k", None)
     settings = calibration_settings(model_hash=fingerprint, sampler=sampler_name, scheduler=scheduler, steps=steps,
@@ -111,7 +115,6 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     for failure in failures:
         log.warning("calibration candidate %s failed on prompt %d: %s (scored worst)", failure["schedule"],
                     failure["prompt"], failure["reason"])
-    name = check_name(preset_name or f"{model_name}-{quant or 'fp'}-{sampler_name}-{steps}steps")
     preset = make_preset(result.best, model_name=model_name, model_hash=fingerprint, family=family, quant=quant,
                          sampler=sampler_name, scorer=scorer_name, scorer_k=scorer_k,
                          prompts_hash=prompts_hash(prompts), n_prompts=len(prompts), seed=seed, cfg=cfg,
@@ -124,6 +127,12 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), preset %s", result.best_score,
              result.identity_score, result.best.label, path)
     return result, preset, path
+
+
+def safe_preset_name(text):
+    """A valid preset name made from free text (model names may contain '/', ':' or '..')."""
+    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9 _.+()\-]", "_", text)).strip(" ._")[:128]
+    return check_name(text or "calibration")
 
 
 def _finite(value):

@@ -213,3 +213,18 @@ def test_text_conditioning_is_encoded_once_per_prompt(stack):
     summary = _run({**stack, "clip": CountingClip()}, seed=21, preset_name="encode-once")["ui"]["qsched_calibration"][0]
     assert summary["images_generated"] == 10
     assert len(encoded) == 2 + 1                                   # two prompts and the empty negative
+
+
+def test_a_bad_preset_name_fails_before_any_image(stack):
+    from comfyui_qsched.calibration.presets import PresetError
+
+    class NoScoring:
+        def describe(self):
+            return "none"
+
+        def score(self, images, prompts):
+            raise AssertionError("no image should be scored with a refused preset name")
+
+    with pytest.raises(PresetError, match="path separator"):
+        _run({**stack, "scorer": NoScoring()}, preset_name="../outside")
+    assert stack["calibrate"].safe_preset_name("sd/v1..5: W4A8") == "sd_v1.5_ W4A8"
