@@ -15,7 +15,8 @@ import subprocess
 
 import pytest
 
-from comfy_fixtures import REPO_ROOT, SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir, load_example_workflow  # noqa: F401
+from comfy_fixtures import (REPO_ROOT, SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
+                            register_model_folder)
 from comfyui_qsched.calibration import presets as preset_store
 from comfyui_qsched.samplers import QSchedSchedule
 
@@ -24,6 +25,15 @@ DRIVER = os.path.join(BROWSER_DIR, "drive.mjs")
 ARTIFACTS = os.path.join(REPO_ROOT, "artifacts", "browser")
 EXAMPLES = os.path.join(REPO_ROOT, "example_workflows")
 UPDATE_DOCS = os.environ.get("QSCHED_UPDATE_DOCS") == "1"
+SCORER_FILE = "qsched_browser_clip.safetensors"
+
+
+def _write_tiny_scorer(folder):
+    from test_metrics_fixtures import save_open_clip, tiny_vit_clip
+    save_open_clip(tiny_vit_clip(seed=7), os.path.join(folder, SCORER_FILE))
+
+
+register_model_folder("qsched_scorers", _write_tiny_scorer)
 OUR_NODES = ("QSchedCoefficients", "QSchedKSampler", "QSchedSampler", "QSchedLoadPreset", "QSchedCalibrate")
 
 
@@ -108,9 +118,9 @@ const sampler = add("QSchedKSampler", [420, 40]);
 coefficients.connect(0, sampler, sampler.inputs.findIndex((i) => i.name === "schedule"));
 set(coefficients, "steps", 5); set(coefficients, "c_x_start", 1.2); set(coefficients, "c_eps_start", 0.9);
 set(sampler, "steps", 5);
-const good = add("QSchedLoadPreset", [40, 480]);
+const good = add("QSchedLoadPreset", [40, 560]);
 set(good, "preset", "browser-good.json");
-const bad = add("QSchedLoadPreset", [420, 480]);
+const bad = add("QSchedLoadPreset", [420, 560]);
 set(bad, "preset", "browser-truncated.json");
 await frame(); await frame();
 const read = (n) => ({ state: n.qschedPanel.root.dataset.state, text: n.qschedPanel.info.textContent,
@@ -237,6 +247,49 @@ def test_qsched_graph_runs_in_the_browser_and_shows_its_image(browser, comfy_ser
     keep_for_docs(("qsched_graph_run.png", "docs/web_qsched_graph_run.png"))
 
 
+CALIBRATION_GRAPH = """
+const LG = window.LiteGraph;
+const add = (type, pos, values = {}) => {
+  const n = LG.createNode(type); n.pos = pos; app.graph.add(n);
+  for (const [name, v] of Object.entries(values)) n.widgets.find((w) => w.name === name).value = v;
+  return n;
+};
+const link = (a, out, b, input) => a.connect(out, b, b.inputs.findIndex((i) => i.name === input));
+const checkpoint = add("CheckpointLoaderSimple", [20, 40], { ckpt_name: "%(checkpoint)s" });
+const scorer = add("QSchedScorerLoader", [20, 260]);
+scorer.widgets.find((w) => w.type === "combo" || Array.isArray(w.options?.values)).value = "%(scorer)s";
+const calibrate = add("QSchedCalibrate", [380, 20], {
+  sampler_name: "lcm", scheduler: "lcm_original", steps: 2, strategy: "paper_grid", budget_images: 18, seed: 3,
+  prompts: "a red cube on a table\\na green field under a blue sky", width: 64, height: 64,
+  preset_name: "browser-calibration" });
+const preview = add("PreviewImage", [840, 20]);
+link(checkpoint, 0, calibrate, "model"); link(checkpoint, 1, calibrate, "clip"); link(checkpoint, 2, calibrate, "vae");
+link(scorer, 0, calibrate, "scorer"); link(calibrate, 1, preview, "images");
+const loader = add("QSchedLoadPreset", [1000, 300]);
+return app.graph._nodes.length;
+""" % {"checkpoint": SD15_CHECKPOINT, "scorer": SCORER_FILE}
+
+
+def test_real_calibration_shows_progress_and_surface_in_the_browser(browser, comfy_server):
+    """A 3 x 3 paper grid on two prompts with the tiny checkpoint and a tiny random CLIP scorer, queued from
+    the page: the Calibrate panel ends with the candidates, best vs identity and the 9-cell score surface,
+    and Load Q-Sched Preset then lists the preset it wrote."""
+    if "QSchedScorerLoader" not in comfy_server.object_info():
+        pytest.skip("the scorer loader node (nodes/scoring.py) is not in the pack yet")
+    report = drive(browser, comfy_server, "calibration_run", prepare=CALIBRATION_GRAPH, queue=True,
+                   expect_saved_image=False, done="executed.some((d) => d.output?.qsched_calibration)",
+                   require_types=list(OUR_NODES), workflow=os.path.join(BROWSER_DIR, "empty_workflow.json"))
+    assert report["execution_errors"] == [], report["execution_errors"]
+    [summary] = [d["output"]["qsched_calibration"][0] for d in report["executed"] if "qsched_calibration" in d["output"]]
+    assert summary["preset"] == "browser-calibration" and summary["images_generated"] == 18
+    [panel] = [n for n in report["nodes_after"] if n["type"] == "QSchedCalibrate"]
+    assert panel["state"] == "finished", panel
+    assert f"best {summary['best_score']:.3f}" in panel["text"] and "identity" in panel["text"]
+    assert f"candidates {len(summary['trace'])}" in panel["text"] and "images 18 / 18" in panel["text"]
+    assert os.path.isfile(os.path.join(comfy_server.user_dir, "qsched_presets", "browser-calibration.json"))
+    keep_for_docs(("calibration_run.png", "docs/web_calibration_run.png"))
+
+
 EXAMPLE_NAMES = sorted(f[:-5] for f in os.listdir(EXAMPLES) if f.endswith(".json")) if os.path.isdir(EXAMPLES) else []
 RUN_ON_TINY_FIXTURES = ["qsched_txt2img"]  # examples whose models the harness provides: queued end to end
 
@@ -261,12 +314,25 @@ def test_example_workflow_loads_with_the_extension(browser, comfy_server, name):
     keep_for_docs((f"{name}.jpg", f"example_workflows/{name}.jpg"))
 
 
+# The examples name real checkpoints and 512 px: point them at the tiny fixture and 64 px, as a user would
+# pick their own model in the dropdown, and keep everything else as the example has it.
+FIT_TO_FIXTURES = """
+let swapped = 0;
+for (const n of app.graph._nodes) for (const w of n.widgets ?? []) {
+  if (w.name === "ckpt_name") { w.value = "%(checkpoint)s"; swapped++; }
+  if (n.type === "EmptyLatentImage" && (w.name === "width" || w.name === "height")) w.value = 64;
+}
+return swapped;
+""" % {"checkpoint": SD15_CHECKPOINT}
+
+
 @pytest.mark.parametrize("name", RUN_ON_TINY_FIXTURES)
 def test_example_workflow_runs_and_shows_its_image(browser, comfy_server, name):
     if name not in EXAMPLE_NAMES:
         pytest.skip(f"example_workflows/{name}.json is not in the tree yet")
     report = drive(browser, comfy_server, name, workflow=os.path.join(EXAMPLES, f"{name}.json"), queue=True,
-                   require_types=list(OUR_NODES))
+                   prepare=FIT_TO_FIXTURES, require_types=list(OUR_NODES))
+    assert report["prepared"] >= 1, "the example loads no checkpoint the fixtures could stand in for"
     ours = check_rendered(report, name)
     assert ours, f"no Q-Sched node in {name}"
     for n in ours:

@@ -134,8 +134,10 @@ function addPanel(node, height) {
     serialize: false, hideOnZoom: false, getMinHeight: () => height, getMaxHeight: () => height * 2,
   });
   w.serialize = false;
-  const [width] = node.size;
-  node.setSize([Math.max(width, 260), node.computeSize()[1]]);
+  const fit = () => node.setSize([Math.max(node.size[0], 260), Math.max(node.size[1], node.computeSize()[1])]);
+  fit();
+  // A saved workflow restores its own (smaller) node size after nodeCreated: grow so the panel stays inside.
+  chain(node, "onConfigure", () => requestAnimationFrame(fit));
   return { root, info, canvas, signature: null };
 }
 
@@ -246,7 +248,7 @@ app.registerExtension({
       chain(node, "onDrawForeground", function () { refreshCurve(this, panel); });
       if (node.comfyClass === PRESET_NODE) loadPresets();
     } else if (node.comfyClass === CALIBRATE_NODE) {
-      const panel = (node.qschedPanel = addPanel(node, 130));
+      const panel = (node.qschedPanel = addPanel(node, 170));
       showCalibration(node, panel);
       chain(node, "onExecuted", function (output) {
         // ui output of the node: {qsched_calibration: [{trace, best, best_score, identity_score, ...}]}

@@ -3,7 +3,8 @@
 // config: {url, workflow (path of a UI-format workflow), screenshot (png path), chromium, queue (bool),
 //          timeout_ms, prepare (body of an async JS function run in the page after the workflow is loaded;
 //          its return value lands in report.prepared), settings ({id: value} posted before the page opens),
-//          thumbnail (jpg path: the graph's nodes, cropped, after loading), require_types (node classes to wait for)}
+//          thumbnail (jpg path: the graph's nodes, cropped, after loading), require_types (node classes to wait for),
+//          done (JS expression over `executed` that ends a queued run), expect_saved_image (default true)}
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -63,7 +64,7 @@ try {
     return app.graph._nodes.map((n) => {
       const panel = n.qschedPanel?.root;
       return {
-        id: n.id, type: n.comfyClass, title: n.title,
+        id: n.id, type: n.comfyClass ?? n.type, title: n.title,
         widgets: (n.widgets ?? []).map((w) => w.name),
         has_errors: Boolean(n.has_errors),
         panel: panel ? { state: panel.dataset.state, text: panel.querySelector(".qsched-info")?.textContent ?? "",
@@ -94,15 +95,26 @@ try {
       window.__qsched = { executed: [], errors: [] };
       api.addEventListener("executed", ({ detail }) => window.__qsched.executed.push(detail));
       api.addEventListener("execution_error", ({ detail }) => window.__qsched.errors.push(detail));
+      // A prompt the server rejects (400 with node_errors) never runs: record it instead of waiting.
+      const queuePrompt = api.queuePrompt.bind(api);
+      api.queuePrompt = async (...args) => {
+        try { return await queuePrompt(...args); } catch (e) {
+          window.__qsched.errors.push({ rejected: String(e?.message ?? e), response: e?.response ?? null });
+          throw e;
+        }
+      };
     });
     await page.evaluate(() => window.comfyAPI.app.app.queuePrompt(0, 1));
     step("queued");
-    await page.waitForFunction(() => window.__qsched.errors.length > 0
-      || window.__qsched.executed.some((d) => d.output?.images?.some((i) => i.type === "output")));
+    // Done on an execution error, or when config.done (a JS expression over `executed`, the list of
+    // "executed" events) holds; by default when an image was saved.
+    const done = config.done ?? 'executed.some((d) => d.output?.images?.some((i) => i.type === "output"))';
+    await page.waitForFunction(`(() => { const executed = window.__qsched.executed;
+      return window.__qsched.errors.length > 0 || (${done}); })()`);
     report.execution_errors = await page.evaluate(() => window.__qsched.errors);
     report.executed = await page.evaluate(() => window.__qsched.executed);
     step("executed", { errors: report.execution_errors.length });
-    if (!report.execution_errors.length) {
+    if (!report.execution_errors.length && config.expect_saved_image !== false) {
       // The saved image must be shown on the node: an <img> from /view that loaded.
       const handle = await page.waitForFunction(() => {
         const app = window.comfyAPI.app.app;

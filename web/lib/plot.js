@@ -80,7 +80,7 @@ export function surfacePoints(trace) {
 }
 
 // Candidates as points {x, y, score}: colour = score; the best ringed; NaN scores drawn as grey crosses.
-export function drawSurface(canvas, points, labels = { x: "c_x start", y: "c_eps start" }) {
+export function drawSurface(canvas, points, labels = { x: "c_x[0]", y: "c_eps[0]" }) {
   const { ctx, w, h } = prepare(canvas);
   if (!points.length) return;
   const finite = points.filter((p) => Number.isFinite(p.score));
@@ -88,10 +88,10 @@ export function drawSurface(canvas, points, labels = { x: "c_x start", y: "c_eps
   const padded = (values) => {
     const distinct = [...new Set(values)].sort((a, b) => a - b);
     const [lo, hi] = range(distinct, 0.05), half = distinct.length > 1 ? (hi - lo) / (distinct.length - 1) / 2 : 0;
-    return [lo - half, hi + half];
+    return [lo - half, hi + half, Math.min(...distinct), Math.max(...distinct)];
   };
-  const [xlo, xhi] = padded(points.map((p) => p.x));
-  const [ylo, yhi] = padded(points.map((p) => p.y));
+  const [xlo, xhi, xmin, xmax] = padded(points.map((p) => p.x));
+  const [ylo, yhi, ymin, ymax] = padded(points.map((p) => p.y));
   const [slo, shi] = finite.length ? range(finite.map((p) => p.score), 1e-6) : [0, 1];
   const left = 30, right = w - 8, top = 8, bottom = h - 16;
   const px = (v) => left + ((right - left) * (v - xlo)) / (xhi - xlo);
@@ -118,7 +118,7 @@ export function drawSurface(canvas, points, labels = { x: "c_x start", y: "c_eps
   }
   ctx.fillStyle = COLORS.text;
   ctx.textAlign = "center";
-  ctx.fillText(`${labels.x} ${xlo.toFixed(2)}..${xhi.toFixed(2)}`, (left + right) / 2, h - 4);
+  ctx.fillText(`${labels.x} ${xmin.toFixed(2)}..${xmax.toFixed(2)}`, (left + right) / 2, h - 4);
   ctx.save(); ctx.translate(10, (top + bottom) / 2); ctx.rotate(-Math.PI / 2);
-  ctx.fillText(`${labels.y} ${ylo.toFixed(2)}..${yhi.toFixed(2)}`, 0, 0); ctx.restore();
+  ctx.fillText(`${labels.y} ${ymin.toFixed(2)}..${ymax.toFixed(2)}`, 0, 0); ctx.restore();
 }
