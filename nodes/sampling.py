@@ -8,6 +8,7 @@ import logging
 
 import comfy.sample
 import comfy.samplers
+import comfy.utils
 import latent_preview
 import torch
 
@@ -188,7 +189,8 @@ class QSchedKSampler:
                denoise=1.0, schedule=None, tcd_gamma=TCD_GAMMA_DEFAULT):
         return (sample_with_schedule(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                      latent_image, schedule, denoise=denoise,
-                                     sampler_options=sampler_options(sampler_name, tcd_gamma)),)
+                                     sampler_options=sampler_options(sampler_name, tcd_gamma),
+                                     disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED),)
 
 
 class QSchedSampler:

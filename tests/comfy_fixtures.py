@@ -3,7 +3,8 @@
 Every ComfyUI integration test of the pack uses this module; tests that need ComfyUI skip with a reason
 unless env COMFYUI_DIR points at a ComfyUI checkout.
 
-Pytest fixtures (this module is a pytest plugin, `-p comfy_fixtures` in pyproject.toml, so tests just name them):
+Pytest fixtures (this module is a pytest plugin, `-p comfy_fixtures` in pyproject.toml: tests just name them as
+arguments; do not import them, one session-wide instance each):
 - `comfyui_dir`: the checkout path, put on sys.path so `import comfy...` works in-process.
 - `comfy_models`: a `ModelFiles` with tiny model files in ComfyUI's folder layout, built once per session:
     checkpoints/qsched_tiny_sd15.safetensors  SD1.5 layout (UNet 320 channels, CLIP-L, TAESD embedded)
@@ -572,15 +573,15 @@ def pytest_collect_directory(path, parent):
     return None
 
 
-@pytest.fixture(scope="session")
-def comfyui_dir():
+@pytest.fixture(scope="session", name="comfyui_dir")
+def _comfyui_dir_fixture():
     path = import_comfyui()
     torch.set_num_threads(torch_threads_for_tests())
     return path
 
 
-@pytest.fixture(scope="session")
-def comfy_models(comfyui_dir):
+@pytest.fixture(scope="session", name="comfy_models")
+def _comfy_models_fixture(comfyui_dir):
     # ~600 MB of random weights: removed at the end of the session rather than kept by pytest's tmp_path.
     root = tempfile.mkdtemp(prefix="qsched_models_")
     try:
@@ -589,8 +590,8 @@ def comfy_models(comfyui_dir):
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def comfy_server(comfyui_dir, comfy_models):
+@pytest.fixture(scope="session", name="comfy_server")
+def _comfy_server_fixture(comfyui_dir, comfy_models):
     # A short base path: ComfyUI's sqlite URL and sockets do not like very long temp paths.
     base_dir = tempfile.mkdtemp(prefix="qsched_comfy_")
     server = ComfyServer(comfyui_dir, comfy_models.build(), base_dir)
@@ -603,3 +604,9 @@ def comfy_server(comfyui_dir, comfy_models):
         if os.path.islink(link):
             os.unlink(link)  # never let the cleanup walk into the repository
         shutil.rmtree(base_dir, ignore_errors=True)
+
+
+# Test modules written before this was a plugin import the fixture names; a fixture object imported into a
+# module would be registered again for that module (its own "session" instance: one more server and model
+# set per module). These placeholders keep such imports working while pytest uses the plugin's fixtures.
+comfyui_dir = comfy_models = comfy_server = "pytest fixture from the comfy_fixtures plugin: request it by name"

@@ -3,8 +3,7 @@ import os
 
 import pytest
 
-from comfy_fixtures import (PromptRejected, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
-                            ui_workflow_to_prompt)
+from comfy_fixtures import PromptRejected, ui_workflow_to_prompt
 
 OBJECT_INFO = {
     "KSampler": {"input": {"required": {

@@ -5,13 +5,13 @@ Needs COMFYUI_DIR; the models are the harness's random-initialised SD1.5 checkpo
 import pytest
 import torch
 
-from comfy_fixtures import CLIP_L, SD3_UNET, SD15_CHECKPOINT, comfy_models, comfyui_dir  # noqa: F401
+from comfy_fixtures import CLIP_L, SD3_UNET, SD15_CHECKPOINT
 
 SEED = 7
 
 
 @pytest.fixture(scope="module")
-def comfy(comfyui_dir):  # noqa: F811
+def comfy(comfyui_dir):
     """ComfyUI's modules and our node module, imported in this process."""
     import comfy.sample
     import comfy.sd
@@ -27,7 +27,7 @@ def _encode(nodes, clip, text):
 
 
 @pytest.fixture(scope="module")
-def sd15(comfy, comfy_models):  # noqa: F811
+def sd15(comfy, comfy_models):
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(comfy_models.path("checkpoints", SD15_CHECKPOINT))[:3]
     return dict(model=model, positive=_encode(comfy.nodes, clip, "a red cube"),
                 negative=_encode(comfy.nodes, clip, "blurry"),
@@ -35,7 +35,7 @@ def sd15(comfy, comfy_models):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def sd3(comfy, comfy_models):  # noqa: F811
+def sd3(comfy, comfy_models):
     model = comfy.sd.load_diffusion_model(comfy_models.path("unet", SD3_UNET))
     clip = comfy.sd.load_clip([comfy_models.path("clip", CLIP_L)], clip_type=comfy.sd.CLIPType.SD3)
     return dict(model=model, positive=_encode(comfy.nodes, clip, "a red cube"),
@@ -184,11 +184,12 @@ def test_nan_in_the_latent_stops_with_the_step_named(comfy, sd15):
     assert len(calls) == 2
 
 
-def test_counting_wrapper_does_count(comfy, sd15):
+@pytest.mark.parametrize("sampler", ["lcm", "tcd", "euler", "euler_ancestral"])
+def test_coefficients_cost_no_extra_model_call(comfy, sd15, sampler):
     m = dict(sd15)
     m["model"], calls = _counting(m["model"])
-    _qsched(comfy, m, "euler", "normal", None, steps=2, cfg=1.0)
-    assert len(calls) == 2
+    _qsched(comfy, m, sampler, "normal", comfy.QSchedSchedule.constant(2, 1.1, 0.9), steps=2, cfg=2.0)
+    assert len(calls) == 2  # one (CFG-batched) call per step, as the native samplers
 
 
 def test_few_step_sigmas_read_the_models_table(comfy, sd15, sd3):
