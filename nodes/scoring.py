@@ -68,6 +68,8 @@ class QSchedScorerLoader:
             "quick_gelu": (["auto", "quickgelu", "gelu"], {"tooltip": "Activation of open_clip-layout files. auto: "
                            "QuickGELU for OpenAI files (TorchScript .pt or 'openai' in the name), else GELU."}),
             "device": (["auto", "cpu"], {"tooltip": "auto: ComfyUI's torch device (GPU when present)."}),
+            "precision": (["fp32", "fp16"], {"tooltip": "fp16 is ~2-5x faster on GPU (ViT-L/14: 0.7 vs 3.7 ms per "
+                                                        "image on an H100); fp32 is what the parity tests check."}),
         }}
 
     @classmethod
@@ -76,13 +78,14 @@ class QSchedScorerLoader:
         return str(stamps)
 
     def load(self, checkpoint, variant, k, tc_transform, k_weights, clip_score_convention, iqa_prompt_pair,
-             alignment_checkpoint="none", quick_gelu="auto", device="auto"):
+             alignment_checkpoint="none", quick_gelu="auto", device="auto", precision="fp32"):
         path = _resolve(checkpoint)
         tc_path = _resolve(alignment_checkpoint) if alignment_checkpoint not in (None, "none") else None
         torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
         settings = dict(variant=variant, tc_checkpoint=tc_path, k=k, tc_transform=tc_transform, k_weights=k_weights,
                         clip_score_convention=clip_score_convention, iqa_pairs=(iqa_prompt_pair,),
-                        quick_gelu={"auto": None, "quickgelu": True, "gelu": False}[quick_gelu], device=torch_device)
+                        quick_gelu={"auto": None, "quickgelu": True, "gelu": False}[quick_gelu], device=torch_device,
+                        dtype=torch.float16 if precision == "fp16" else torch.float32)
         key = (path, _stamp(path), tc_path, tc_path and _stamp(tc_path), repr(sorted(settings.items(), key=str)))
         if key not in _CACHE:
             _CACHE.clear()

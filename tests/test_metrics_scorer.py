@@ -83,6 +83,8 @@ def test_hf_and_open_clip_layouts_of_the_same_weights_agree(vit, tmp_path):
     a = load_scorer(path, device="cpu").score(images, PROMPTS)
     b = load_scorer(folder, device="cpu").score(images, PROMPTS)
     torch.testing.assert_close(a.jaq, b.jaq, atol=1e-4, rtol=0)
+    picked_by_file = read_scorer_weights(tmp_path / "hf" / "model.safetensors")  # what the node's dropdown lists
+    assert picked_by_file.layout == "hf_clip" and picked_by_file.path == str(tmp_path / "hf")
 
 
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-L-14", "ViT-H-14", "RN50"])
