@@ -71,7 +71,7 @@ def init_weights_(model, seed):
         if tensor.ndim >= 2:
             fan_in = tensor[0].numel()
             values = torch.randn(tensor.shape, generator=generator, device=tensor.device) / fan_in ** 0.5
-        elif name.endswith(("scale", "norm.weight")) or ".norm" in name and name.endswith("weight"):
+        elif name.endswith(("scale", ".weight")):  # norm gains
             values = torch.ones(tensor.shape, device=tensor.device)
         else:
             values = 0.02 * torch.randn(tensor.shape, generator=generator, device=tensor.device)
@@ -99,7 +99,7 @@ def compile_blocks(model, names=COMPILED_BLOCKS):
     SDXL's ResBlocks stay eager: their many shapes would cost minutes of compiling per config)."""
     for module in model.modules():
         if type(module).__name__ in names:
-            module.compile()
+            module.compile(dynamic=False)
 
 
 def sync(device):
@@ -180,20 +180,15 @@ def bench_model(name, device, tiny, repeats, deadline, configs, no_compile=False
             with open(log_path, "a") as handle:
                 handle.write(json.dumps(row) + "\n")
         rows.append(row)
-    base = next((r for r in rows if r["config"] == "bf16" and "error" not in r), {})
-    for row in rows:
-        for key in ("eager_ms", "compiled_ms"):
-            if key in row and key in base:
-                row[key.replace("_ms", "_ratio")] = row[key] / base[key]
-    return rows
+    return _with_ratios(rows)
 
 
 def _cell(row, key, fmt):
     return fmt.format(row[key]) if key in row else "-"
 
 
-def table(rows, device_name):
-    lines = [f"Device: {device_name}; torch {torch.__version__}; batch 1, one backbone forward (no CFG) per step; "
+def table(rows, device_name, torch_version=torch.__version__):
+    lines = [f"Device: {device_name}; torch {torch_version}; batch 1, one backbone forward (no CFG) per step; "
              f"compiled = torch.compile of {', '.join(COMPILED_BLOCKS)} modules.", "",
              "| model | config | weight GiB | weight ratio | peak GiB | eager ms | eager ratio | compiled ms "
              "| compiled ratio | rel L2 vs bf16 | layers | how |",
@@ -221,7 +216,14 @@ def main(argv=None):
     parser.add_argument("--only", default="", help="comma-separated config names ('bf16', 'W8A8 fp8', ...)")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--out", default="")
+    parser.add_argument("--from-log", default="", help="only render the table of a --log file (and its device name)")
+    parser.add_argument("--device-name", default="NVIDIA H100 80GB HBM3")
+    parser.add_argument("--torch-version", default="2.11.0+cu130")
     args = parser.parse_args(argv)
+    if args.from_log:
+        with open(args.from_log) as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
+        return _write(table(_with_ratios(rows), args.device_name, args.torch_version), args.out)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch._dynamo.config.cache_size_limit = 64
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -239,11 +241,24 @@ def main(argv=None):
         rows += bench_model(name, device, args.tiny, args.repeats, time.time() + budget, configs, args.no_compile,
                             args.log)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU (smoke test, not a measurement)"
-    text = table(rows, device_name)
+    return _write(table(rows, device_name), args.out)
+
+
+def _with_ratios(rows):
+    for name in {row["model"] for row in rows}:
+        base = next((r for r in rows if r["model"] == name and r["config"] == "bf16" and "error" not in r), {})
+        for row in (r for r in rows if r["model"] == name):
+            for key in ("eager_ms", "compiled_ms"):
+                if key in row and key in base:
+                    row[key.replace("_ms", "_ratio")] = row[key] / base[key]
+    return rows
+
+
+def _write(text, path):
     print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as handle:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as handle:
             handle.write(text + "\n")
     return 0
 

@@ -52,9 +52,9 @@ def quantize_patcher(patcher, source_path, quantization, backend, layer_policy, 
     backbone = patcher.model.diffusion_model
     if cache == "on":
         report, status = quantize_cached(backbone, spec, source_path, folder_paths.get_folder_paths(CACHE_FOLDER)[0],
-                                         policy, backend, device)
+                                         policy, backend, device, compute_device=device)
     else:
-        report, status = quantize_module(backbone, spec, policy, backend, device), "off"
+        report, status = quantize_module(backbone, spec, policy, backend, device, compute_device=device), "off"
     if report.quantized == 0:
         raise ValueError(f"{name}: no Linear/Conv layer of this backbone was quantized "
                          f"({type(backbone).__name__}, {report.kept} kept by the layer policy)")

@@ -112,12 +112,13 @@ def _check_stored(module, decisions, quantizer, stored):
                              f"does not match {spec.name} {dtype}{shape}")
 
 
-def quantize_module(module, spec, policy=None, backend="simulate", device=None, stored=None):
+def quantize_module(module, spec, policy=None, backend="simulate", device=None, stored=None, compute_device=None):
     """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
     policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
     device: where the fp8 backend will run (checked up front); None skips that check.
     stored: {layer name: (spec name, packed weight, scales)} already quantized (a cache), used instead of
-    quantizing; checked against the plan before any layer changes."""
+    quantizing; checked against the plan before any layer changes.
+    compute_device: where the weights are quantized (e.g. the GPU for a model resident on the CPU)."""
     spec = QuantSpec.parse(spec)
     if policy is None:
         policy = DEFAULT_POLICY
@@ -142,7 +143,7 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
             continue
         try:
             tensors = None if stored is None else stored[decision.name][1:]
-            new_layer, how = quantizer.quantize(layer, decision.spec, tensors)
+            new_layer, how = quantizer.quantize(layer, decision.spec, tensors, compute_device)
         except (ValueError, RuntimeError) as error:
             raise type(error)(f"layer {decision.name!r}: {error}") from error
         if new_layer is not layer:

@@ -18,10 +18,10 @@ class BackendError(ValueError):
     pass
 
 
-def _install(layer, spec, tensors):
+def _install(layer, spec, tensors, compute_device=None):
     """Quantize the layer's float weight, or take already quantized (packed, scale) tensors from a cache."""
     if tensors is None:
-        layer.quantize_(spec)
+        layer.quantize_(spec, compute_device)
     else:
         layer.set_quantized_(spec, *tensors)
 
@@ -30,10 +30,10 @@ def _simulated_mixin(layer):
     return SimulatedLinear if isinstance(layer, nn.Linear) else SimulatedConv
 
 
-def _simulate(layer, spec, how="simulate", tensors=None):
+def _simulate(layer, spec, how="simulate", tensors=None, compute_device=None):
     if not isinstance(layer, PackedWeightMixin):
         layer.__class__ = quantized_class(_simulated_mixin(layer), type(layer))
-    _install(layer, spec, tensors)
+    _install(layer, spec, tensors, compute_device)
     return layer, how
 
 
@@ -50,8 +50,8 @@ class SimulateBackend:
     def layout(self, layer, spec):
         return layer.packed_layout(spec) if isinstance(layer, PackedWeightMixin) else integer_layout(layer, spec)
 
-    def quantize(self, layer, spec, tensors=None):
-        return _simulate(layer, spec, tensors=tensors)
+    def quantize(self, layer, spec, tensors=None, compute_device=None):
+        return _simulate(layer, spec, tensors=tensors, compute_device=compute_device)
 
 
 class Fp8Backend:
@@ -71,16 +71,17 @@ class Fp8Backend:
             return fp8.fp8_layout(layer, spec)
         return SimulateBackend().layout(layer, spec)
 
-    def quantize(self, layer, spec, tensors=None):
+    def quantize(self, layer, spec, tensors=None, compute_device=None):
         if isinstance(layer, nn.Linear) and not spec.weight_only:
             if isinstance(layer, PackedWeightMixin) and not isinstance(layer, fp8.Fp8Linear):
                 raise BackendError("this layer class cannot take the fp8 backend")
             if not isinstance(layer, fp8.Fp8Linear):
                 layer.__class__ = quantized_class(fp8.Fp8Linear, type(layer))
-            _install(layer, spec, tensors)
+            _install(layer, spec, tensors, compute_device)
             return layer, "fp8"
         kind = "linear" if isinstance(layer, nn.Linear) else "conv"
-        return _simulate(layer, spec.with_activations(16), f"simulate weight-only ({kind} fallback)", tensors)
+        return _simulate(layer, spec.with_activations(16), f"simulate weight-only ({kind} fallback)", tensors,
+                         compute_device)
 
 
 def _import(package, backend):
@@ -101,11 +102,11 @@ class BitsAndBytesBackend:
                                "it has no W4A8 (its 4-bit linears compute in 16 bit)")
         self.bnb = _import("bitsandbytes", self.name)
 
-    def quantize(self, layer, spec, tensors=None):
+    def quantize(self, layer, spec, tensors=None, compute_device=None):
         if not isinstance(layer, nn.Linear) or type(layer).__name__.startswith(("Linear8bitLt", "Linear4bit")):
-            return _simulate(layer, spec, "simulate (conv fallback)")
+            return _simulate(layer, spec, "simulate (conv fallback)", compute_device=compute_device)
         if spec.weight_only and spec.w_bits != 4 or not spec.weight_only and spec.w_bits != 8:
-            return _simulate(layer, spec, "simulate (no bitsandbytes equivalent)")
+            return _simulate(layer, spec, "simulate (no bitsandbytes equivalent)", compute_device=compute_device)
         bnb_nn = self.bnb.nn
         device = layer.weight.device
         has_bias = layer.bias is not None
@@ -144,11 +145,11 @@ class TorchAOBackend:
             return q.Int8WeightOnlyConfig(), "torchao int8 weight-only"
         return q.Int4WeightOnlyConfig(group_size=spec.group_size), "torchao int4 weight-only"
 
-    def quantize(self, layer, spec, tensors=None):
+    def quantize(self, layer, spec, tensors=None, compute_device=None):
         if not isinstance(layer, nn.Linear):
-            return _simulate(layer, spec, "simulate (conv fallback)")
+            return _simulate(layer, spec, "simulate (conv fallback)", compute_device=compute_device)
         if spec.name not in ("W8A8", "W8A16") and not spec.name.startswith("W4A16"):
-            return _simulate(layer, spec, "simulate (no torchao equivalent)")
+            return _simulate(layer, spec, "simulate (no torchao equivalent)", compute_device=compute_device)
         config, how = self.config(spec)
         wrapper = nn.Sequential(layer)
         self.quantization.quantize_(wrapper, config)

@@ -108,12 +108,14 @@ def read_cache(path, identity):
     return stored
 
 
-def quantize_cached(module, spec, source_path, cache_dir, policy=None, backend="simulate", device=None):
+def quantize_cached(module, spec, source_path, cache_dir, policy=None, backend="simulate", device=None,
+                    compute_device=None):
     """quantize_module, reusing (or writing) a cache of the quantized weights in `cache_dir`.
     Returns (report, status) with status 'hit', 'written' or 'rebuilt (<why>)'."""
     quantizer = get_backend(backend)
     if not quantizer.cacheable:
-        return quantize_module(module, spec, policy, backend, device), f"not cached (backend {backend})"
+        return quantize_module(module, spec, policy, backend, device, compute_device=compute_device), \
+            f"not cached (backend {backend})"
     identity = cache_identity(file_sha256(source_path), spec, policy, backend)
     path = cache_path(cache_dir, source_path, identity)
     status = "written"
@@ -124,6 +126,6 @@ def quantize_cached(module, spec, source_path, cache_dir, policy=None, backend="
         except ValueError as error:
             logging.warning("Q-Sched: rebuilding quantized cache: %s", error)
             status = f"rebuilt ({error})"
-    report = quantize_module(module, spec, _policy(policy), backend, device)
+    report = quantize_module(module, spec, _policy(policy), backend, device, compute_device=compute_device)
     save_cache(path, module, identity)
     return report, status

@@ -36,13 +36,13 @@ class Fp8Linear(PackedWeightMixin):
     def packed_layout(self, spec):
         return fp8_layout(self, spec)
 
-    def quantize_(self, spec):
+    def quantize_(self, spec, compute_device=None):
         check_spec(spec)
         if spec.packed_int4:
-            return super().quantize_(spec)
-        w = self.weight.detach().float()
+            return super().quantize_(spec, compute_device)
+        home, w = self.weight.device, self.weight.detach().to(compute_device or self.weight.device).float()
         scale = (w.abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-        self.set_quantized_(spec, (w / scale).to(E4M3), scale)
+        self.set_quantized_(spec, (w / scale).to(E4M3).to(home), scale.to(home))
 
     def codes(self, packed=None):
         packed = self.weight if packed is None else packed

@@ -39,15 +39,17 @@ class PackedWeightMixin:
     def packed_layout(self, spec):
         return integer_layout(self, spec)
 
-    def quantize_(self, spec):
+    def quantize_(self, spec, compute_device=None):
+        """compute_device: where to do the arithmetic (a GPU for big CPU-resident models); results stay put."""
         spec = QuantSpec.parse(spec)
         if self.quant_spec is not None:
             raise ValueError(f"layer is already quantized ({self.quant_spec})")
         if not self.weight.dtype.is_floating_point:
             raise ValueError(f"cannot quantize a {self.weight.dtype} weight")
-        rows = self.weight.shape[0]
-        codes, scale = numerics.quantize_weight(self.weight.reshape(rows, -1), spec.w_bits, spec.group_size)
-        self.set_quantized_(spec, numerics.pack_int4(codes) if spec.packed_int4 else codes, scale)
+        home, weight = self.weight.device, self.weight.detach().to(compute_device or self.weight.device)
+        codes, scale = numerics.quantize_weight(weight.reshape(weight.shape[0], -1), spec.w_bits, spec.group_size)
+        packed = numerics.pack_int4(codes) if spec.packed_int4 else codes
+        self.set_quantized_(spec, packed.to(home), scale.to(home))
 
     def set_quantized_(self, spec, packed, scale):
         dtype, shape, scale_shape = self.packed_layout(spec)

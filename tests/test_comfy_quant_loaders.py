@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_fixtures import CLIP_L, SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir  # noqa: F401
+from comfy_fixtures import (CLIP_L, SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
+                            load_example_workflow, ui_workflow_to_prompt)
 
 LORA = "qsched_tiny_sd15_lora.safetensors"
 
@@ -145,3 +146,15 @@ def test_quantized_workflow_with_lora_runs_on_the_server(comfy_server, env):  # 
     images = comfy_server.output_images(comfy_server.run(graph, timeout=300))
     assert len(images) == 1 and os.path.isfile(images[0])
     assert "Q-Sched quantized qsched_tiny_sd15.safetensors: W4A8 via simulate" in comfy_server.log()
+
+
+def test_example_workflow_runs_on_the_tiny_checkpoint(comfy_server):  # noqa: F811
+    prompt = ui_workflow_to_prompt(load_example_workflow("quantized_qsched_txt2img"), comfy_server.object_info())
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "QSchedQuantizedCheckpointLoader":
+            inputs["ckpt_name"] = SD15_CHECKPOINT
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+    images = comfy_server.output_images(comfy_server.run(prompt, timeout=300))
+    assert len(images) == 1 and os.path.isfile(images[0])
