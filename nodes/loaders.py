@@ -16,6 +16,7 @@ import folder_paths
 from ..quant import BACKENDS, LayerPolicy, QuantSpec, quantize_module
 from ..quant.cache import quantize_cached
 from ..quant.fp8 import fp8_supported
+from ..quant.source import check_source
 
 CACHE_FOLDER = "qsched_quant_cache"
 SPECS = ["W8A8", "W4A8", "W4A8-g128", "W6A8", "W4A6", "W4A5", "W4A4", "W8A16", "W4A16", "W4A16-g128"]
@@ -83,6 +84,7 @@ class QSchedQuantizedDiffusionModelLoader:
 
     def load(self, unet_name, quantization, backend, layer_policy, cache):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
+        check_source(path)
         try:
             patcher = comfy.sd.load_diffusion_model(path)
         except RuntimeError as error:
@@ -103,6 +105,7 @@ class QSchedQuantizedCheckpointLoader:
 
     def load(self, ckpt_name, quantization, backend, layer_policy, cache):
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        check_source(path)
         try:
             patcher, clip, vae = comfy.sd.load_checkpoint_guess_config(
                 path, output_vae=True, output_clip=True, embedding_directory=folder_paths.get_folder_paths("embeddings"))[:3]

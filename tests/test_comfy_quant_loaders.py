@@ -54,6 +54,10 @@ def denoise(env, patcher, lowvram_bytes=0):
     env["mm"].unload_all_models()
     if lowvram_bytes:
         patcher.load(torch.device("cpu"), lowvram_model_memory=lowvram_bytes, force_patch_weights=False)
+        layers = list(patcher.model.diffusion_model.modules())
+        assert any(getattr(layer, "comfy_cast_weights", False) for layer in layers)
+        if patcher.patches:  # LoRA in low-VRAM mode: applied per call through LowVramPatch weight functions
+            assert any(len(getattr(layer, "weight_function", ())) for layer in layers)
     else:
         env["mm"].load_models_gpu([patcher])
     with torch.no_grad():
@@ -125,6 +129,11 @@ def test_bad_files_and_backends_are_named(env):
         load(env, "W4A8", backend="bitsandbytes")
     with pytest.raises(ValueError, match="first_last must be"):
         load(env, "W8A8", policy="first_last=maybe")
+    already = env["models"].path("diffusion_models", "already_quantized.safetensors")
+    save_file({"blocks.0.weight": torch.zeros(4, 4, dtype=torch.int8),
+               "blocks.0.comfy_quant": torch.zeros(2, dtype=torch.uint8)}, already)
+    with pytest.raises(ValueError, match="already_quantized.safetensors is already quantized"):
+        loader.load("already_quantized.safetensors", "W8A8", "simulate", "", "off")
 
 
 def test_quantized_workflow_with_lora_runs_on_the_server(comfy_server, env):  # noqa: F811
