@@ -32,6 +32,12 @@ class FixedNoise:
         self.initial = torch.randn(count, 1, SIZE, SIZE, generator=g).to(device)
         self.fresh = torch.randn(max(steps - 1, 1), count, 1, SIZE, SIZE, generator=g).to(device)
 
+    def subset(self, rows):
+        """The noise of these sample rows only (calibration evaluates a few pairs at a time)."""
+        part = object.__new__(FixedNoise)
+        part.initial, part.fresh = self.initial[rows], self.fresh[:, rows]
+        return part
+
     def sampler_for(self, rows, scale=None):
         """A noise_sampler(sigma, sigma_next) returning this batch's step noise in call order, times `scale`."""
         calls = iter(range(self.fresh.shape[0]))

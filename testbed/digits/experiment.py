@@ -1,0 +1,172 @@
+"""The digits experiment: the distilled few-step model in FP32 vs naive W8A8 / W4A8 / W4A4 vs W4A8 and W4A4 with
+Q-Sched coefficients, at 2, 4 and 8 LCM steps, through the pack's own code paths: samplers.SAMPLERS['lcm'],
+quant.quantize_module (simulate backend) and calibration.search.run_search with the testbed's JAQ as objective.
+
+`python -m qsched digits-experiment [--samples 700 --seeds 0,1,2 --steps 2,4,8 ...]` writes a JSON of every cell
+(written after each one, so a long run can be read while it goes) and the markdown table.
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import time
+
+import torch
+
+from ...calibration.search import run_search
+from ...quant import QuantSpec, quantize_module
+from ...samplers import NonFiniteLatentError, QSchedSchedule
+from .diffusion import LCMDenoiser
+from .generate import FixedNoise, check_steps, generate
+from .networks import DigitsUNet
+from .scoring import DigitsScorer, FeatureFID
+from .weights import load_weights
+
+SUPPORTED_BITS = ("FP32", "W8A8", "W6A8", "W4A8", "W4A6", "W4A4")
+CALIBRATION_PAIRS = 20       # class/noise pairs: classes 0-9 x 2 noises, as the paper's 20 prompts
+CALIBRATION_SEED = 4242      # never used for evaluation (eval seeds draw whole batches from 0, 1, 2)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def check_bits(bits):
+    name = str(bits).upper()
+    if name not in SUPPORTED_BITS:
+        raise ValueError(f"unsupported bit width {bits!r} for the digits testbed; supported: {', '.join(SUPPORTED_BITS)}")
+    return name
+
+
+def load_testbed(folder=None):
+    """(student UNet, DigitsScorer) from the shipped weights; WeightsError naming --retrain if unusable."""
+    kwargs = {} if folder is None else {"folder": folder}
+    unet, _ = load_weights(DigitsUNet, "student_lcm", **kwargs)
+    return unet, DigitsScorer.load(folder)
+
+
+def quantized_student(unet, bits):
+    """An LCMDenoiser over a copy of `unet`, quantized with the pack's quantizer (simulate backend) unless FP32."""
+    unet = copy.deepcopy(unet)
+    report = None
+    if check_bits(bits) != "FP32":
+        report = quantize_module(unet, QuantSpec.parse(bits), backend="simulate")
+    return LCMDenoiser(unet).eval(), report
+
+
+class Calibration:
+    """The search's objective: mean JAQ per class/noise pair of the quantized model under a schedule."""
+
+    def __init__(self, denoiser, steps, scorer, pairs=CALIBRATION_PAIRS, seed=CALIBRATION_SEED):
+        self.denoiser, self.steps, self.scorer = denoiser, check_steps(steps), scorer
+        self.labels = torch.arange(pairs) % 10
+        self.noise = FixedNoise(pairs, steps, seed)
+
+    def __call__(self, schedule, prompt_indices):
+        rows = torch.tensor(prompt_indices)
+        try:
+            x = generate(self.denoiser, self.labels[rows], self.steps, 0, schedule=schedule,
+                         noise=self.noise.subset(rows))
+        except NonFiniteLatentError:
+            return [math.nan] * len(prompt_indices)
+        return self.scorer.score_tensors(x, self.labels[rows]).jaq.tolist()
+
+
+def search_schedule(denoiser, steps, scorer, strategy="successive_halving", budget_images=None, **options):
+    calibration = Calibration(denoiser, steps, scorer)
+    return run_search(calibration, steps, CALIBRATION_PAIRS, strategy, budget_images=budget_images,
+                      sampler="lcm", **options)
+
+
+def evaluate_cell(denoiser, steps, schedule, scorer, fid, seed, count):
+    """FID / TC / IQ / JAQ of `count` samples (classes balanced) at one noise seed."""
+    labels = torch.arange(count) % 10
+    try:
+        x = generate(denoiser, labels, steps, seed, schedule=schedule)
+    except NonFiniteLatentError as error:
+        return {"fid": math.nan, "tc": math.nan, "iq": math.nan, "jaq": math.nan, "error": str(error)}
+    s = scorer.score_tensors(x, labels)
+    return {"fid": fid(x), "tc": s.tc.mean().item(), "iq": s.iq.mean().item(), "jaq": s.jaq.mean().item()}
+
+
+def _mean_std(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
+
+
+def markdown_table(results):
+    """One row per method, one column group per step count: FID, TC, IQ as mean +- std over seeds."""
+    steps_list = sorted({c["steps"] for c in results["cells"]})
+    methods = list(dict.fromkeys(c["method"] for c in results["cells"]))
+    head = "| method | " + " | ".join(f"{s}-step FID ↓ | {s}-step TC ↑ | {s}-step IQ ↑" for s in steps_list) + " |"
+    lines = [head, "|" + "---|" * (1 + 3 * len(steps_list))]
+    for method in methods:
+        row = [method]
+        for steps in steps_list:
+            cell = next((c for c in results["cells"] if c["method"] == method and c["steps"] == steps), None)
+            for key, digits in (("fid", 2), ("tc", 3), ("iq", 3)):
+                if cell is None:
+                    row.append("—")
+                    continue
+                mean, std = _mean_std([r[key] for r in cell["per_seed"]])
+                row.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _write_json(path, results):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=1)
+    os.replace(tmp, path)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m qsched digits-experiment")
+    parser.add_argument("--steps", default="4,2,8")
+    parser.add_argument("--bits", default="W8A8,W4A8,W4A4", help="naive quantized rows")
+    parser.add_argument("--qsched-bits", default="W4A8,W4A4", help="rows with searched Q-Sched coefficients")
+    parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--strategy", default="successive_halving")
+    parser.add_argument("--grid-points", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
+    naive_bits = [check_bits(b) for b in args.bits.split(",") if b]
+    qsched_bits = [check_bits(b) for b in args.qsched_bits.split(",") if b]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    unet, scorer = load_testbed()
+    fid = FeatureFID(scorer)
+    results = {"samples_per_seed": args.samples, "seeds": seeds, "real_count": fid.real_count,
+               "strategy": args.strategy, "grid_points": args.grid_points, "calibration_pairs": CALIBRATION_PAIRS,
+               "cells": [], "searches": []}
+    models = {bits: quantized_student(unet, bits) for bits in ["FP32"] + naive_bits + qsched_bits}
+    for bits, (_, report) in models.items():
+        if report is not None:
+            results.setdefault("quant", {})[bits] = {"bytes_before": report.bytes_before,
+                                                     "bytes_after": report.bytes_after}
+    for steps in steps_list:
+        plan = [("FP32", "FP32", QSchedSchedule.identity(steps))]
+        plan += [(f"{b} naive", b, QSchedSchedule.identity(steps)) for b in naive_bits]
+        for bits in qsched_bits:
+            start = time.time()
+            result = search_schedule(models[bits][0], steps, scorer, args.strategy, grid_points=args.grid_points)
+            results["searches"].append({"bits": bits, "steps": steps, "best": result.best.to_dict(),
+                                        "best_score": result.best_score, "identity_score": result.identity_score,
+                                        "images_generated": result.images_generated,
+                                        "seconds": round(time.time() - start, 1)})
+            print(f"search {bits} {steps} steps: {result.best.label} JAQ {result.best_score:.4f} "
+                  f"(identity {result.identity_score:.4f}, {result.images_generated} images)", flush=True)
+            plan.append((f"{bits} + Q-Sched", bits, result.best))
+        for method, bits, schedule in plan:
+            start = time.time()
+            per_seed = [evaluate_cell(models[bits][0], steps, schedule, scorer, fid, seed, args.samples)
+                        for seed in seeds]
+            results["cells"].append({"method": method, "bits": bits, "steps": steps, "schedule": schedule.to_dict(),
+                                     "per_seed": per_seed, "seconds": round(time.time() - start, 1)})
+            _write_json(args.out, results)
+            print(f"{steps} steps {method}: " + ", ".join(
+                f"{k} {_mean_std([r[k] for r in per_seed])[0]:.4f}" for k in ("fid", "tc", "iq", "jaq")), flush=True)
+    print(markdown_table(results))
+    return 0

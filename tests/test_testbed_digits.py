@@ -1,0 +1,139 @@
+"""Digits testbed: the shipped weights load and reproduce their recorded metrics, bad input is refused clearly,
+and a reduced experiment shows the robust facts (naive W4A4 is worse than FP; the search never returns a schedule
+worse than identity on its calibration set)."""
+import math
+import os
+import shutil
+
+import pytest
+import torch
+
+from comfyui_qsched.samplers import QSchedSchedule
+from comfyui_qsched.testbed.digits import data, experiment, generate, weights
+from comfyui_qsched.testbed.digits.degrade import KINDS, degrade
+from comfyui_qsched.testbed.digits.networks import DigitsCNN, DigitsUNet
+from comfyui_qsched.testbed.digits.scoring import DigitsScorer, FeatureFID, frechet_distance, gaussian_stats
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: OpenMP barriers stall on a busy 2-core machine
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def testbed():
+    return experiment.load_testbed()
+
+
+def test_shipped_classifier_reproduces_its_recorded_accuracy():
+    classifier, record = weights.load_weights(DigitsCNN, "classifier")
+    images, labels = data.load_digits_tensors()
+    _, test_idx = data.train_test_split(len(labels), seed=0)
+    with torch.no_grad():
+        accuracy = (classifier(images[test_idx]).argmax(1) == labels[test_idx]).float().mean().item()
+    assert record["classifier"]["test_count"] == len(test_idx)
+    assert accuracy == pytest.approx(record["classifier"]["test_accuracy"], abs=0.003)
+    assert accuracy > 0.95
+
+
+def test_critic_scores_real_digits_above_degraded_ones(testbed):
+    _, scorer = testbed
+    images, labels = data.load_digits_tensors()
+    x = images[:200]
+    g = torch.Generator().manual_seed(0)
+    real = scorer.score_tensors(x, labels[:200]).iq.mean()
+    for k, kind in enumerate(KINDS):
+        worse = degrade(x, torch.ones(200), torch.full((200,), k), g)
+        assert scorer.score_tensors(worse, labels[:200]).iq.mean() < real - 0.2, kind
+
+
+def test_scorer_interface_matches_tensor_path(testbed):
+    _, scorer = testbed
+    images, labels = data.load_digits_tensors()
+    direct = scorer.score_tensors(images[:6], labels[:6])
+    via_comfy = scorer.score(data.to_comfy_image(images[:6]), [data.class_prompt(i) for i in labels[:6]])
+    assert torch.allclose(direct.jaq, via_comfy.jaq, atol=1e-4)
+    assert torch.allclose(direct.jaq, direct.tc + 2 * direct.iq)
+    with pytest.raises(ValueError, match="exactly one digit"):
+        scorer.score(data.to_comfy_image(images[:1]), ["a cat"])
+
+
+def test_frechet_distance_is_zero_on_itself_and_grows_with_a_shift():
+    f = torch.randn(400, 5, generator=torch.Generator().manual_seed(0)).double()
+    stats = gaussian_stats(f)
+    assert frechet_distance(stats, stats) == pytest.approx(0.0, abs=1e-6)
+    shifted = gaussian_stats(f + 1.0)
+    assert frechet_distance(stats, shifted) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_missing_and_corrupt_weights_name_retrain(tmp_path):
+    with pytest.raises(weights.WeightsError, match="--retrain"):
+        weights.load_weights(DigitsUNet, "student_lcm", folder=str(tmp_path))
+    folder = tmp_path / "w"
+    shutil.copytree(weights.WEIGHTS_DIR, folder)
+    path = folder / "student_lcm.safetensors"
+    os.chmod(path, 0o644)
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    with pytest.raises(weights.WeightsError, match="corrupt.*--retrain"):
+        weights.load_weights(DigitsUNet, "student_lcm", folder=str(folder))
+    (folder / "MANIFEST.json").unlink()
+    path.write_bytes(bytes(blob[:1000]))  # truncated, and no manifest to catch it
+    with pytest.raises(weights.WeightsError, match="cannot be loaded.*--retrain"):
+        weights.load_weights(DigitsUNet, "student_lcm", folder=str(folder))
+
+
+def test_unsupported_steps_and_bits_are_refused(testbed):
+    unet, _ = testbed
+    for steps in (0, 9, 50):
+        with pytest.raises(ValueError, match="1-8 LCM steps"):
+            generate.check_steps(steps)
+    for bits in ("W3A3", "FP8", "int4"):
+        with pytest.raises(ValueError, match="unsupported bit width"):
+            experiment.quantized_student(unet, bits)
+    from comfyui_qsched.testbed.digits import demo
+    assert demo.main(["--steps", "12"]) == 2
+    assert demo.main(["--bits", "W2A2"]) == 2
+
+
+def test_naive_w4a4_is_measurably_worse_than_full_precision(testbed):
+    unet, scorer = testbed
+    fid = FeatureFID(scorer)
+    fp, _ = experiment.quantized_student(unet, "FP32")
+    w4a4, report = experiment.quantized_student(unet, "W4A4")
+    assert report.bytes_after < report.bytes_before / 3
+    identity = QSchedSchedule.identity(2)
+    cells = {name: experiment.evaluate_cell(model, 2, identity, scorer, fid, seed=7, count=200)
+             for name, model in (("fp", fp), ("w4a4", w4a4))}
+    assert cells["fp"]["tc"] > 0.9
+    assert cells["w4a4"]["jaq"] < cells["fp"]["jaq"] - 0.1
+    assert cells["w4a4"]["fid"] > cells["fp"]["fid"]
+
+
+def test_search_never_returns_worse_than_identity_on_its_calibration_set(testbed):
+    unet, scorer = testbed
+    w4a4, _ = experiment.quantized_student(unet, "W4A4")
+    result = experiment.search_schedule(w4a4, 2, scorer, "paper_grid", grid_points=3)
+    assert result.best_score >= result.identity_score
+    calibration = experiment.Calibration(w4a4, 2, scorer)
+    pairs = list(range(experiment.CALIBRATION_PAIRS))
+    rescored_best = sum(calibration(result.best, pairs)) / len(pairs)
+    rescored_identity = sum(calibration(QSchedSchedule.identity(2), pairs)) / len(pairs)
+    assert rescored_best == pytest.approx(result.best_score, abs=1e-5)  # fixed noise: scores are reproducible
+    assert rescored_identity == pytest.approx(result.identity_score, abs=1e-5)
+    assert math.isfinite(result.best_score)
+
+
+def test_demo_runs_end_to_end_on_reduced_settings(tmp_path, capsys):
+    from comfyui_qsched.testbed.digits import demo
+    out = tmp_path / "demo"
+    assert demo.main(["--steps", "2", "--samples", "40", "--grid-points", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "W4A4 + Q-Sched" in printed and "FP32" in printed
+    from PIL import Image
+    assert Image.open(out / "digits_grid.png").size[0] > 600
+    assert Image.open(out / "search_surface.png").size == (768, 384)
