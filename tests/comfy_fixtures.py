@@ -505,17 +505,23 @@ def ui_workflow_to_prompt(ui_workflow, object_info):
 
     Widget values are matched to the node's widget inputs in /object_info order (one extra value after
     seed-like INT widgets: the frontend's control_after_generate). Linked inputs take the link instead;
-    Reroute chains and PrimitiveNode values are resolved; notes and muted/bypassed nodes are dropped.
+    Reroute chains, bypassed nodes (mode 4: pass-through) and PrimitiveNode values are resolved; notes and
+    muted nodes (mode 2) are dropped, with the inputs they fed.
     """
     nodes = {node["id"]: node for node in ui_workflow["nodes"]}
     links = {link[0]: link for link in ui_workflow.get("links", [])}  # id, from, from_slot, to, to_slot, type
 
     def source(link_id):
-        """The (node, slot) a link really comes from, following Reroutes; PrimitiveNode -> ("value", v)."""
+        """The (node, slot) a link really comes from, following Reroutes and bypassed nodes (their input of the
+        output's type); PrimitiveNode -> ("value", v); None when it comes from a muted node."""
         _, from_id, from_slot = links[link_id][:3]
         node = nodes[from_id]
-        if node["type"] == "Reroute":
-            upstream = node["inputs"][0].get("link")
+        if node.get("mode", 0) == 2:
+            return None
+        if node["type"] == "Reroute" or node.get("mode", 0) == 4:
+            wanted = None if node["type"] == "Reroute" else node["outputs"][from_slot]["type"]
+            upstream = next((entry.get("link") for entry in node.get("inputs", [])
+                             if entry.get("link") is not None and wanted in (None, entry.get("type"))), None)
             return source(upstream) if upstream is not None else None
         if node["type"] == "PrimitiveNode":
             return ("value", node["widgets_values"][0])

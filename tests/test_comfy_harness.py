@@ -17,9 +17,10 @@ OBJECT_INFO = {
 }
 
 
-def _node(node_id, node_type, inputs=(), widgets=None, mode=0):
+def _node(node_id, node_type, inputs=(), widgets=None, mode=0, outputs=()):
     return {"id": node_id, "type": node_type, "mode": mode, "widgets_values": widgets or [],
-            "inputs": [{"name": name, "type": "X", "link": link} for name, link in inputs]}
+            "inputs": [{"name": name, "type": "X", "link": link} for name, link in inputs],
+            "outputs": [{"name": kind, "type": kind, "links": []} for kind in outputs]}
 
 
 def test_ui_workflow_to_prompt_maps_widgets_links_and_seed_control():
@@ -45,6 +46,27 @@ def test_ui_workflow_to_prompt_maps_widgets_links_and_seed_control():
     assert prompt["4"]["inputs"] == {
         "model": ["1", 0], "seed": 42, "steps": 3, "cfg": 2.5, "sampler_name": "lcm", "scheduler": "normal",
         "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["1", 2], "denoise": 0.75}
+
+
+def test_ui_workflow_to_prompt_passes_through_bypassed_nodes_and_drops_muted_ones():
+    patch = _node(2, "Patch", [("clip", 1), ("model", 5)], widgets=[0.5], mode=4, outputs=["MODEL", "CLIP"])
+    patch["inputs"][0]["type"], patch["inputs"][1]["type"] = "CLIP", "MODEL"
+    workflow = {
+        "nodes": [
+            _node(1, "Loader", widgets=["a.safetensors"]),
+            patch,  # bypassed: its CLIP output is the CLIP it receives
+            _node(3, "Encode", [("clip", 2)], widgets=["after bypass"]),
+            _node(4, "Encode", [("clip", 3)], widgets=["muted"], mode=2, outputs=["CONDITIONING"]),
+            _node(5, "Sink", [("conditioning", 4)]),
+        ],
+        "links": [[1, 1, 1, 2, 0, "CLIP"], [2, 2, 1, 3, 0, "CLIP"], [3, 1, 1, 4, 0, "CLIP"],
+                  [4, 4, 0, 5, 0, "CONDITIONING"], [5, 1, 0, 2, 1, "MODEL"]],
+    }
+    info = dict(OBJECT_INFO, Sink={"input": {"required": {"conditioning": ["CONDITIONING"]}}})
+    prompt = ui_workflow_to_prompt(workflow, info)
+    assert set(prompt) == {"1", "3", "5"}
+    assert prompt["3"]["inputs"] == {"text": "after bypass", "clip": ["1", 1]}
+    assert prompt["5"]["inputs"] == {}
 
 
 def test_ui_workflow_to_prompt_names_unknown_node_types():
