@@ -20,6 +20,7 @@ from ...samplers import NonFiniteLatentError, QSchedSchedule
 from .diffusion import LCMDenoiser
 from .generate import FixedNoise, check_steps, generate
 from .networks import DigitsUNet
+from .ptqd import calibrate_ptqd
 from .scoring import DigitsScorer, FeatureFID
 from .weights import load_weights
 
@@ -76,11 +77,11 @@ def search_schedule(denoiser, steps, scorer, strategy="successive_halving", budg
                       sampler="lcm", **options)
 
 
-def evaluate_cell(denoiser, steps, schedule, scorer, fid, seed, count):
+def evaluate_cell(denoiser, steps, schedule, scorer, fid, seed, count, noise_scale=None):
     """FID / TC / IQ / JAQ of `count` samples (classes balanced) at one noise seed."""
     labels = torch.arange(count) % 10
     try:
-        x = generate(denoiser, labels, steps, seed, schedule=schedule)
+        x = generate(denoiser, labels, steps, seed, schedule=schedule, noise_scale=noise_scale)
     except NonFiniteLatentError as error:
         return {"fid": math.nan, "tc": math.nan, "iq": math.nan, "jaq": math.nan, "error": str(error)}
     s = scorer.score_tensors(x, labels)
@@ -124,10 +125,13 @@ def main(argv=None):
     parser.add_argument("--steps", default="4,2,8")
     parser.add_argument("--bits", default="W8A8,W4A8,W4A4", help="naive quantized rows")
     parser.add_argument("--qsched-bits", default="W4A8,W4A4", help="rows with searched Q-Sched coefficients")
+    parser.add_argument("--ptqd-bits", default="W4A8,W4A4", help="rows with the PTQD-style correction (FP calibration)")
+    parser.add_argument("--no-fp", action="store_true", help="leave out the FP32 row (e.g. a PTQD-only run)")
     parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--strategy", default="successive_halving")
     parser.add_argument("--grid-points", type=int, default=9)
+    parser.add_argument("--c-range", default="0.8,1.2", help="search range of the start coefficients")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
     args = parser.parse_args(argv)
@@ -135,35 +139,44 @@ def main(argv=None):
     steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
     naive_bits = [check_bits(b) for b in args.bits.split(",") if b]
     qsched_bits = [check_bits(b) for b in args.qsched_bits.split(",") if b]
+    ptqd_bits = [check_bits(b) for b in args.ptqd_bits.split(",") if b]
     seeds = [int(s) for s in args.seeds.split(",")]
+    c_range = tuple(float(c) for c in args.c_range.split(","))
     unet, scorer = load_testbed()
     fid = FeatureFID(scorer)
     results = {"samples_per_seed": args.samples, "seeds": seeds, "real_count": fid.real_count,
-               "strategy": args.strategy, "grid_points": args.grid_points, "calibration_pairs": CALIBRATION_PAIRS,
+               "strategy": args.strategy, "grid_points": args.grid_points, "c_range": c_range,
+               "calibration_pairs": CALIBRATION_PAIRS,
                "cells": [], "searches": []}
-    models = {bits: quantized_student(unet, bits) for bits in ["FP32"] + naive_bits + qsched_bits}
+    models = {bits: quantized_student(unet, bits) for bits in ["FP32"] + naive_bits + qsched_bits + ptqd_bits}
     for bits, (_, report) in models.items():
         if report is not None:
             results.setdefault("quant", {})[bits] = {"bytes_before": report.bytes_before,
                                                      "bytes_after": report.bytes_after}
     for steps in steps_list:
-        plan = [("FP32", "FP32", QSchedSchedule.identity(steps))]
-        plan += [(f"{b} naive", b, QSchedSchedule.identity(steps)) for b in naive_bits]
+        identity = QSchedSchedule.identity(steps)
+        plan = [] if args.no_fp else [("FP32", models["FP32"][0], identity, None)]
+        plan += [(f"{b} naive", models[b][0], identity, None) for b in naive_bits]
         for bits in qsched_bits:
             start = time.time()
-            result = search_schedule(models[bits][0], steps, scorer, args.strategy, grid_points=args.grid_points)
+            result = search_schedule(models[bits][0], steps, scorer, args.strategy, grid_points=args.grid_points,
+                                     c_range=c_range)
             results["searches"].append({"bits": bits, "steps": steps, "best": result.best.to_dict(),
                                         "best_score": result.best_score, "identity_score": result.identity_score,
                                         "images_generated": result.images_generated,
                                         "seconds": round(time.time() - start, 1)})
             print(f"search {bits} {steps} steps: {result.best.label} JAQ {result.best_score:.4f} "
                   f"(identity {result.identity_score:.4f}, {result.images_generated} images)", flush=True)
-            plan.append((f"{bits} + Q-Sched", bits, result.best))
-        for method, bits, schedule in plan:
+            label = "" if c_range == (0.8, 1.2) else f" [{c_range[0]:g}, {c_range[1]:g}]"
+            plan.append((f"{bits} + Q-Sched{label}", models[bits][0], result.best, None))
+        for bits in ptqd_bits:
+            corrected = calibrate_ptqd(models["FP32"][0], models[bits][0], steps)
+            plan.append((f"{bits} + PTQD", corrected, identity, corrected.noise_scale))
+        for method, denoiser, schedule, noise_scale in plan:
             start = time.time()
-            per_seed = [evaluate_cell(models[bits][0], steps, schedule, scorer, fid, seed, args.samples)
+            per_seed = [evaluate_cell(denoiser, steps, schedule, scorer, fid, seed, args.samples, noise_scale)
                         for seed in seeds]
-            results["cells"].append({"method": method, "bits": bits, "steps": steps, "schedule": schedule.to_dict(),
+            results["cells"].append({"method": method, "steps": steps, "schedule": schedule.to_dict(),
                                      "per_seed": per_seed, "seconds": round(time.time() - start, 1)})
             _write_json(args.out, results)
             print(f"{steps} steps {method}: " + ", ".join(

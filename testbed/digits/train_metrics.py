@@ -1,8 +1,7 @@
 """Train the testbed's metric networks on the real digits: the classifier (TC, FID features) and the quality
 critic (IQ). Seeded; `python -m qsched train-digits --only metrics [--device cuda]`.
 
-Reference run (seed 0, the shipped weights; compare a rerun with these):
-REFERENCE = filled in below after the shipped run
+Reference run (seed 0, the shipped weights; compare a rerun with REFERENCE below): one H100, torch 2.11, 40 s.
 """
 import argparse
 import time
@@ -15,7 +14,14 @@ from .degrade import KINDS, degrade
 from .networks import DigitsCNN
 from .weights import WEIGHTS_DIR, save_weights
 
-REFERENCE = {}
+REFERENCE = {  # what the shipped run reached (also in the files' metadata)
+    "seed": 0, "iters": 3000,
+    "classifier": {"test_accuracy": 0.9972, "test_count": 359},
+    "critic": {"real": 0.9796, "noise@0.5": 0.4829, "noise@1.0": 0.0653, "blur@0.5": 0.5073, "blur@1.0": 0.0817,
+               "washout@0.5": 0.4946, "washout@1.0": 0.0331, "ghost@0.5": 0.4667, "ghost@1.0": 0.2965,
+               "speckle@0.5": 0.4765, "speckle@1.0": 0.1695, "blotches@0.5": 0.4601, "blotches@1.0": 0.1718,
+               "saturate@0.5": 0.4885, "saturate@1.0": 0.1145},
+}
 
 
 def _jitter(x, g):

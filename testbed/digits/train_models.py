@@ -4,7 +4,7 @@ the teacher's guided DDIM step over LCM's skip of 20 timesteps gives x_prev, and
 pulled towards the EMA target's output at x_prev. Everything in ComfyUI's VE latents (diffusion.py).
 Seeded; `python -m qsched train-digits --only models [--device cuda]`.
 
-Reference run (seed 0, the shipped weights): see REFERENCE below and the files' metadata.
+Reference run (the shipped weights; compare a rerun with REFERENCE below and train.py's measurements).
 """
 import argparse
 import copy
@@ -19,7 +19,11 @@ from .networks import DigitsUNet
 from .weights import WEIGHTS_DIR, load_weights, save_weights
 
 GUIDANCE = 2.0  # the classifier-free guidance scale the student bakes in (LCM's guided distillation)
-REFERENCE = {}
+REFERENCE = {  # what the shipped run reached on one H100 (torch 2.11); also in the files' metadata
+    "teacher": {"seed": 0, "iters": 16000, "batch": 256, "final_loss": 0.0153, "seconds": 259.6},
+    "student_lcm": {"seed": 1, "iters": 1500, "batch": 1024, "guidance": GUIDANCE, "final_loss": 0.0064,
+                    "seconds": 55.0},
+}
 
 
 @torch.no_grad()

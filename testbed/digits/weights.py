@@ -8,7 +8,7 @@ import torch
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 MANIFEST = "MANIFEST.json"
-RETRAIN_HINT = ("retrain them with `python -m qsched train-digits` (about 3 minutes on one GPU) "
+RETRAIN_HINT = ("retrain them with `python -m qsched train-digits` (about 6 minutes on one H100 GPU; many hours on a CPU) "
                 "or run `python -m qsched demo --retrain`")
 
 
