@@ -1,8 +1,10 @@
 """`python -m qsched train-digits [--device cuda] [--only metrics|models] [--out DIR]`: retrain the shipped
 digits weights (metrics first, then teacher and student), then measure the generators with the fresh metrics.
 
-Shipped run (seed 0; one H100, torch 2.11; compare a rerun with these numbers, which are also in each file's
-metadata and in weights/TRAINING.json): see TRAINING.json next to the weights.
+Shipped run: metrics and teacher on one H100 (torch 2.11; 40 s and 260 s), student with `--only student` (55 s);
+the generators then measured on the CPU (`--only measure`, 2,000 samples), written to weights/TRAINING.json:
+teacher (Euler 50, CFG 2) FID 0.705 / TC 0.964 / IQ 0.980; LCM student 1/2/4/8 steps FID 0.968 / 0.554 / 0.635 /
+0.623, TC 0.957-0.958, IQ 0.851 / 0.947 / 0.959 / 0.966. Compare a rerun with these (and each file's metadata).
 """
 import argparse
 import json

@@ -1,0 +1,1 @@
+"""Testbeds: small real models on which the pack's claims are measured (plain torch, no ComfyUI)."""
