@@ -3,7 +3,7 @@ Q-Sched coefficients, at 2, 4 and 8 LCM steps, through the pack's own code paths
 quant.quantize_module (simulate backend) and calibration.search.run_search with the testbed's JAQ as objective.
 
 `python -m qsched digits-experiment [--samples 700 --seeds 0,1,2 --steps 2,4,8 ...]` writes a JSON of every cell
-(written after each one, so a long run can be read while it goes) and the markdown table.
+(written after each one, so a long run can be read while it goes), then prints report.tables of it.
 """
 import argparse
 import copy
@@ -21,6 +21,7 @@ from .diffusion import LCMDenoiser
 from .generate import FixedNoise, check_steps, generate
 from .networks import DigitsUNet
 from .ptqd import calibrate_ptqd
+from .report import mean_std, tables
 from .scoring import DigitsScorer, FeatureFID
 from .weights import load_weights
 
@@ -86,31 +87,6 @@ def evaluate_cell(denoiser, steps, schedule, scorer, fid, seed, count, noise_sca
         return {"fid": math.nan, "tc": math.nan, "iq": math.nan, "jaq": math.nan, "error": str(error)}
     s = scorer.score_tensors(x, labels)
     return {"fid": fid(x), "tc": s.tc.mean().item(), "iq": s.iq.mean().item(), "jaq": s.jaq.mean().item()}
-
-
-def _mean_std(values):
-    t = torch.tensor(values, dtype=torch.float64)
-    return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
-
-
-def markdown_table(results):
-    """One row per method, one column group per step count: FID, TC, IQ as mean +- std over seeds."""
-    steps_list = sorted({c["steps"] for c in results["cells"]})
-    methods = list(dict.fromkeys(c["method"] for c in results["cells"]))
-    head = "| method | " + " | ".join(f"{s}-step FID ↓ | {s}-step TC ↑ | {s}-step IQ ↑" for s in steps_list) + " |"
-    lines = [head, "|" + "---|" * (1 + 3 * len(steps_list))]
-    for method in methods:
-        row = [method]
-        for steps in steps_list:
-            cell = next((c for c in results["cells"] if c["method"] == method and c["steps"] == steps), None)
-            for key, digits in (("fid", 2), ("tc", 3), ("iq", 3)):
-                if cell is None:
-                    row.append("—")
-                    continue
-                mean, std = _mean_std([r[key] for r in cell["per_seed"]])
-                row.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
 
 
 def _write_json(path, results):
@@ -180,6 +156,6 @@ def main(argv=None):
                                      "per_seed": per_seed, "seconds": round(time.time() - start, 1)})
             _write_json(args.out, results)
             print(f"{steps} steps {method}: " + ", ".join(
-                f"{k} {_mean_std([r[k] for r in per_seed])[0]:.4f}" for k in ("fid", "tc", "iq", "jaq")), flush=True)
-    print(markdown_table(results))
+                f"{k} {mean_std([r[k] for r in per_seed])[0]:.4f}" for k in ("fid", "tc", "iq", "jaq")), flush=True)
+    print(tables([args.out]))
     return 0

@@ -6,7 +6,7 @@ import sys
 import torch
 
 
-def _mean_std(values):
+def mean_std(values):
     t = torch.tensor(values, dtype=torch.float64)
     return t.mean().item(), (t.std().item() if len(values) > 1 else 0.0)
 
@@ -19,7 +19,7 @@ def tables(paths):
     for steps in sorted({c["steps"] for c in cells}):
         lines += [f"\n**{steps} steps**\n", "| method | FID ↓ | TC ↑ | IQ ↑ | JAQ ↑ |", "|---|---|---|---|---|"]
         for c in sorted((c for c in cells if c["steps"] == steps), key=lambda c: _order(c["method"])):
-            stats = [_mean_std([r[k] for r in c["per_seed"]]) for k in ("fid", "tc", "iq", "jaq")]
+            stats = [mean_std([r[k] for r in c["per_seed"]]) for k in ("fid", "tc", "iq", "jaq")]
             lines.append(f"| {c['method']} | " + " | ".join(f"{m:.3f} ± {s:.3f}" for m, s in stats) + " |")
     lines += ["\n**Searched coefficients** (linear from start to 1; calibration JAQ on 20 class/noise pairs)\n",
               "| bits | steps | range | c_x start | c_eps start | JAQ best | JAQ identity | images |",
