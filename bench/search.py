@@ -94,7 +94,7 @@ def table(title, rows, grid, note):
     return "\n".join(lines) + "\n"
 
 
-def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64):
+def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64, quant="W4A8"):
     """The tiny real ComfyUI pipeline as an `evaluate`, memoised across strategies."""
     import tempfile
     sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -114,7 +114,8 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64):
     checkpoint = os.path.join(work, "tiny_sd15.safetensors")
     comfy_fixtures.build_sd15_checkpoint(checkpoint, seed=0)
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(checkpoint)[:3]
-    quantize_module(model.model.diffusion_model, QuantSpec.parse("W4A8"))
+    if quant:
+        quantize_module(model.model.diffusion_model, QuantSpec.parse(quant))
     scorer = load_scorer(save_open_clip(tiny_vit_clip(seed=5), os.path.join(work, "clip.safetensors")), device="cpu")
     prompts = list(DEFAULT_PROMPTS[:n_prompts])
     generate = make_generator(model, clip, vae, sampler_name="lcm", scheduler="lcm_original", steps=steps, cfg=1.0,
@@ -122,11 +123,15 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64):
     evaluate = make_evaluate(generate, scorer, prompts)
     cache = {}
 
+    started = time.monotonic()
+
     def memoised(schedule, indices):
         key = (schedule.c_x, schedule.c_eps)
         missing = [i for i in indices if (key, i) not in cache]
         if missing:
             cache.update({(key, i): s for i, s in zip(missing, evaluate(schedule, missing))})
+            if len(cache) // 50 != (len(cache) - len(missing)) // 50:
+                print(f"  {len(cache)} distinct images, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         return [cache[(key, i)] for i in indices]
 
     return memoised, steps, n_prompts, cache
@@ -136,6 +141,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"))
     parser.add_argument("--prompts", type=int, default=6, help="prompts for the real pipeline")
+    parser.add_argument("--quant", default="W4A8", help="quantization of the real pipeline's UNet ('' = none)")
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "search.md"))
     args = parser.parse_args(argv)
     sections = ["## Calibration search: images to reach the paper grid's best\n",
@@ -146,11 +152,11 @@ def main(argv=None):
                           rows, grid, "Deterministic; each call costs nothing, so only image counts matter."))
     print(sections[-1])
     if args.comfyui:
-        evaluate, steps, n_prompts, cache = real_pipeline(args.comfyui, args.prompts)
+        evaluate, steps, n_prompts, cache = real_pipeline(args.comfyui, args.prompts, quant=args.quant)
         started = time.monotonic()
         rows, grid = compare(evaluate, steps, n_prompts)
         elapsed = time.monotonic() - started
-        note = (f"Random tiny SD1.5 (UNet 320 channels, 1 level), W4A8 simulated, LCM {steps} steps, 64x64, "
+        note = (f"Random tiny SD1.5 (UNet 320 channels, 1 level), {args.quant or 'not quantized'}, LCM {steps} steps, 64x64, "
                 f"{n_prompts} calibration prompts with their own seeds, tiny random CLIP JAQ scorer (CPU). "
                 f"{len(cache)} distinct images in {elapsed:.0f} s for all strategies together. Random weights: the "
                 "score surface is nearly flat, so 1% of the best is an easy target here; the synthetic table is "
