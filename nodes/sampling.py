@@ -4,7 +4,6 @@ The sampler math lives in samplers/; this module only wires it into ComfyUI: the
 by comfy.samplers.KSAMPLER (so CFG, previews, progress and interrupts work as with native samplers) and the
 all-in-one KSampler repeats what ComfyUI's common_ksampler does, with our sampler and sigma schedules.
 """
-import logging
 
 import comfy.sample
 import comfy.samplers
@@ -50,16 +49,12 @@ def check_sampler_fits_model(sampler_name, model):
 
 
 def resolve_schedule(schedule, steps, sampler_name):
-    """None -> identity; otherwise the schedule checked against the step count (ScheduleError if it does not fit)."""
+    """None -> identity; otherwise the schedule checked against the step count and the sampler it was tuned for."""
     if schedule is None:
         return QSchedSchedule.identity(steps)
     if not isinstance(schedule, QSchedSchedule):
         raise ScheduleError(f"schedule must be a {SCHEDULE_TYPE}, got {type(schedule).__name__}")
-    schedule.check(steps, sampler=sampler_name)
-    if schedule.sampler is not None and schedule.sampler != sampler_name:
-        logging.warning("Q-Sched: schedule %r was tuned for %s but runs with %s", schedule.label,
-                        schedule.sampler, sampler_name)
-    return schedule
+    return schedule.check(steps, sampler=sampler_name)
 
 
 def sampler_options(sampler_name, tcd_gamma=TCD_GAMMA_DEFAULT):

@@ -68,6 +68,10 @@ class QSchedSchedule:
         _check_sampler_name(sampler, "requested sampler")
         if self.steps != _steps_count(steps):
             raise ScheduleError(f"schedule has {self.steps} coefficient pairs but sampling runs {steps} steps")
+        if sampler is not None and self.sampler is not None and self.sampler != sampler:
+            name = f" {self.label!r}" if self.label else ""
+            raise ScheduleError(f"schedule{name} was tuned for the {self.sampler} sampler but sampling uses "
+                                f"{sampler}; use {self.sampler} or calibrate a schedule for {sampler}")
         return self
 
     @classmethod

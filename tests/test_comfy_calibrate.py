@@ -87,6 +87,9 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
     with pytest.raises(ScheduleError, match="2 coefficient pairs but sampling runs 4"):
         sample(stack["model"], 1, 4, 1.0, "lcm", "lcm_original", positive, positive, latent, loaded,
                disable_pbar=True)
+    with pytest.raises(ScheduleError, match="tuned for the lcm sampler but sampling uses euler"):
+        sample(stack["model"], 1, 2, 1.0, "euler", "lcm_original", positive, positive, latent, loaded,
+               disable_pbar=True)
 
 
 def test_rerun_with_same_settings_resumes_from_the_log_and_other_seed_does_not(stack):

@@ -65,6 +65,8 @@ def test_check_accepts_matching_steps_and_known_samplers():
     (lambda: QSchedSchedule.linear(4, 0.9, float("nan")), r"c_eps\[0\] = nan is not finite"),
     (lambda: QSchedSchedule.identity(4).check(6), "4 coefficient pairs but sampling runs 6 steps"),
     (lambda: QSchedSchedule.identity(4).check(4, sampler="heun"), "unknown sampler 'heun'"),
+    (lambda: QSchedSchedule.constant(2, 1.0, 1.0, sampler="lcm").check(2, sampler="euler"),
+     "tuned for the lcm sampler but sampling uses euler"),
     (lambda: QSchedSchedule.from_dict([1, 2]), "must be a dict"),
     (lambda: QSchedSchedule.from_dict({"c_x": [1]}), "lacks c_eps"),
     (lambda: QSchedSchedule.from_dict({"c_x": [1], "c_eps": [1], "cx": 2}), "unknown keys cx"),
