@@ -29,8 +29,17 @@ def preset_names():
 
 
 def model_hash(model):
-    """Content fingerprint of a ComfyUI MODEL's diffusion weights (quantized storage included)."""
-    return model_fingerprint(model.model.state_dict())
+    """Content fingerprint of a ComfyUI MODEL's diffusion weights as loaded (quantized storage included).
+
+    Only `diffusion_model.*` counts, and weights that ComfyUI has patched in place (LoRA) are read from the
+    patcher's backups, so the hash does not depend on which patches happen to be applied at the moment
+    (ModelSamplingDiscrete swaps `model_sampling` buffers in place, for one)."""
+    weights = {}
+    for name, tensor in model.model.state_dict().items():
+        if name.startswith("diffusion_model."):
+            backup = model.backup.get(name)
+            weights[name] = tensor if backup is None else backup.weight
+    return model_fingerprint(weights)
 
 
 register_preset_folders()

@@ -231,3 +231,22 @@ def test_a_bad_preset_name_fails_before_any_image(stack):
     with pytest.raises(PresetError, match="path separator"):
         _run({**stack, "scorer": NoScoring()}, preset_name="../outside")
     assert stack["calibrate"].safe_preset_name("sd/v1..5: W4A8") == "sd_v1.5_ W4A8"
+
+
+def test_model_hash_ignores_patches_applied_in_place(stack):
+    """A preset's model hash must not change with ModelSamplingDiscrete or a LoRA patched into the weights."""
+    import comfy.model_management
+    import comfy_extras.nodes_model_advanced as advanced
+
+    model_hash = stack["presets"].model_hash
+    plain = model_hash(stack["model"])
+    lcm = advanced.ModelSamplingDiscrete().patch(stack["model"], "lcm", False)[0]
+    key = next(k for k in lcm.model.state_dict() if k.startswith("diffusion_model.") and k.endswith(".weight"))
+    lcm.add_patches({key: ("diff", (torch.ones_like(lcm.model.state_dict()[key]),))}, 0.5)
+    comfy.model_management.load_models_gpu([lcm])
+    try:
+        assert not torch.equal(lcm.model.state_dict()[key], stack["model"].backup[key].weight)  # patched in place
+        assert model_hash(lcm) == plain
+    finally:
+        lcm.unpatch_model()
+    assert model_hash(stack["model"]) == plain
