@@ -206,7 +206,8 @@ def test_calibrate_panel_shows_progress_and_score_surface(browser, comfy_server)
     keep_for_docs(("calibration_panel.png", "docs/web_calibration_panel.png"))
 
 
-TXT2IMG_GRAPH = """
+# Page-side helpers for building a graph: add(type, pos, widget values) and link(from, slot, to, input).
+GRAPH_HELPERS = """
 const LG = window.LiteGraph;
 const add = (type, pos, values = {}) => {
   const n = LG.createNode(type); n.pos = pos; app.graph.add(n);
@@ -214,6 +215,9 @@ const add = (type, pos, values = {}) => {
   return n;
 };
 const link = (a, out, b, input) => a.connect(out, b, b.inputs.findIndex((i) => i.name === input));
+"""
+
+TXT2IMG_GRAPH = GRAPH_HELPERS + """
 const checkpoint = add("CheckpointLoaderSimple", [20, 40], { ckpt_name: "%(checkpoint)s" });
 const positive = add("CLIPTextEncode", [330, 20], { text: "a lighthouse on a cliff at dusk" });
 const negative = add("CLIPTextEncode", [330, 250], { text: "" });
@@ -247,14 +251,7 @@ def test_qsched_graph_runs_in_the_browser_and_shows_its_image(browser, comfy_ser
     keep_for_docs(("qsched_graph_run.png", "docs/web_qsched_graph_run.png"))
 
 
-CALIBRATION_GRAPH = """
-const LG = window.LiteGraph;
-const add = (type, pos, values = {}) => {
-  const n = LG.createNode(type); n.pos = pos; app.graph.add(n);
-  for (const [name, v] of Object.entries(values)) n.widgets.find((w) => w.name === name).value = v;
-  return n;
-};
-const link = (a, out, b, input) => a.connect(out, b, b.inputs.findIndex((i) => i.name === input));
+CALIBRATION_GRAPH = GRAPH_HELPERS + """
 const checkpoint = add("CheckpointLoaderSimple", [20, 40], { ckpt_name: "%(checkpoint)s" });
 const scorer = add("QSchedScorerLoader", [20, 260]);
 scorer.widgets.find((w) => w.type === "combo" || Array.isArray(w.options?.values)).value = "%(scorer)s";
