@@ -31,9 +31,9 @@ def _scale(values, low_pixel, high_pixel):
 def _surface(draw, box, points, best, identity_score):
     left, top, right, bottom = box
     draw.rectangle(box, outline=AXES)
-    draw.text((left, bottom + 4), "c_x start", fill=TEXT)
-    draw.text((left, top - 14), "c_eps start  (colour: mean score)", fill=TEXT)
     if not points:
+        draw.text((left, bottom + 4), "c_x start", fill=TEXT)
+        draw.text((left, top - 14), "c_eps start", fill=TEXT)
         return
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     px, py = _scale(xs + [1.0], left + 10, right - 10), _scale(ys + [1.0], bottom - 10, top + 10)
@@ -55,18 +55,20 @@ def _surface(draw, box, points, best, identity_score):
     if best is not None:
         bx, by = px(best[0]), py(best[1])
         draw.ellipse((bx - 11, by - 11, bx + 11, by + 11), outline=(255, 80, 80), width=3)
-    draw.text((left + 4, bottom - 14), f"{min(xs):.3f} .. {max(xs):.3f}", fill=AXES)
-    draw.text((right - 120, top + 2), f"score {low:.4g} .. {high:.4g}", fill=AXES)
+    draw.text((left, bottom + 4), f"c_x start {min(xs):.3f} .. {max(xs):.3f}", fill=TEXT)
+    draw.text((left, top - 14), f"c_eps start {min(ys):.3f} .. {max(ys):.3f}; colour: mean score "
+              f"{low:.4g} .. {high:.4g}", fill=TEXT)
 
 
 def _trace(draw, box, curve, identity_score):
     left, top, right, bottom = box
     draw.rectangle(box, outline=AXES)
-    draw.text((left, bottom + 4), "images generated", fill=TEXT)
     draw.text((left, top - 14), "best score so far (dashed: identity)", fill=TEXT)
     curve = [(n, s) for n, s in curve if math.isfinite(s)]
     if not curve:
+        draw.text((left, bottom + 4), "images generated", fill=TEXT)
         return
+    draw.text((left, bottom + 4), f"images generated: {curve[-1][0]}, best {curve[-1][1]:.4g}", fill=TEXT)
     values = [s for _, s in curve] + ([identity_score] if math.isfinite(identity_score) else [])
     px = _scale([0] + [n for n, _ in curve], left + 6, right - 6)
     py = _scale(values, bottom - 8, top + 8)
@@ -76,7 +78,6 @@ def _trace(draw, box, curve, identity_score):
             draw.line((x, y, x + 4, y), fill=AXES)
     draw.line([(px(n), py(s)) for n, s in curve] if len(curve) > 1 else [(px(0), py(curve[0][1])),
               (px(curve[0][0]), py(curve[0][1]))], fill=(250, 200, 60), width=2)
-    draw.text((right - 150, bottom - 14), f"{curve[-1][0]} images, best {curve[-1][1]:.4g}", fill=TEXT)
 
 
 def plot_result(result):
