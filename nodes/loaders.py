@@ -74,7 +74,10 @@ def _load_error(name, error):
 class QSchedQuantizedDiffusionModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"unet_name": (folder_paths.get_filename_list("diffusion_models"),), **quant_inputs()}}
+        files = folder_paths.get_filename_list("diffusion_models")
+        return {"required": {"unet_name": (files, {"tooltip": "Your FP16/BF16 diffusion model file (models/"
+                                                              "diffusion_models); it stays unchanged on disk."}),
+                             **quant_inputs()}}
 
     RETURN_TYPES = ("MODEL", "STRING")
     RETURN_NAMES = ("model", "summary")
@@ -95,7 +98,10 @@ class QSchedQuantizedDiffusionModelLoader:
 class QSchedQuantizedCheckpointLoader:
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"ckpt_name": (folder_paths.get_filename_list("checkpoints"),), **quant_inputs()}}
+        files = folder_paths.get_filename_list("checkpoints")
+        return {"required": {"ckpt_name": (files, {"tooltip": "Your checkpoint (models/checkpoints); only its "
+                                                              "diffusion model is quantized."}),
+                             **quant_inputs()}}
 
     RETURN_TYPES = ("MODEL", "CLIP", "VAE", "STRING")
     RETURN_NAMES = ("model", "clip", "vae", "summary")

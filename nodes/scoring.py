@@ -108,8 +108,8 @@ class QSchedJAQScore:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "images": ("IMAGE",),
-            "scorer": ("QSCHED_SCORER",),
+            "images": ("IMAGE", {"tooltip": "The images to score (a batch gives one score per image)."}),
+            "scorer": ("QSCHED_SCORER", {"tooltip": "From Load JAQ Scorer (Q-Sched)."}),
             "prompts": ("STRING", {"multiline": True, "default": "",
                                    "tooltip": "One line for the whole batch, or one line per image."}),
         }, "optional": {
