@@ -24,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import qsched  # noqa: E402,F401
 
+from comfyui_qsched.atomic_files import write_text_atomic  # noqa: E402
 from comfyui_qsched.calibration.search import run_search  # noqa: E402
 
 # (row label, strategy, options); the first row is the reference grid.
@@ -163,10 +164,7 @@ def main(argv=None):
                 "the discriminating one.")
         sections.append(table("Tiny real ComfyUI pipeline", rows, grid, note))
         print(sections[-1])
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".tmp", "w") as handle:
-        handle.write("\n".join(sections))
-    os.replace(args.out + ".tmp", args.out)
+    write_text_atomic(args.out, "\n".join(sections))
     print(f"wrote {args.out}")
 
 

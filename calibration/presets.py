@@ -11,6 +11,7 @@ import math
 import os
 import re
 
+from ..atomic_files import write_text_atomic
 from ..samplers.schedule import QSchedSchedule, ScheduleError
 
 FORMAT = "qsched-preset"
@@ -188,19 +189,7 @@ def save_preset(folder, name, preset):
     """Validate and write `preset` as `folder/name.json` atomically; returns the path."""
     path = preset_path(folder, name)
     validate(preset, f"preset {name!r}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(preset, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return write_text_atomic(path, json.dumps(preset, indent=2) + "\n")
 
 
 def summary(data):

@@ -11,6 +11,8 @@ import logging
 import math
 import os
 
+from ..atomic_files import write_text_atomic
+
 LOG_VERSION = 1
 log = logging.getLogger("qsched.calibration")
 
@@ -53,14 +55,8 @@ class RunLog:
             self._start()
 
     def _start(self):
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         header = {"kind": "header", "version": LOG_VERSION, "settings_hash": self.hash, "settings": self.settings}
-        temporary = self.path + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(header, sort_keys=True, default=str) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path)
+        write_text_atomic(self.path, json.dumps(header, sort_keys=True, default=str) + "\n")
         self._file = open(self.path, "a", encoding="utf-8")
 
     def _resume(self):

@@ -8,12 +8,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..atomic_files import write_atomic
 from .apply import quantize_module
 from .backends import get_backend
 from .layers import PackedWeightMixin
@@ -72,16 +72,7 @@ def save_cache(path, module, identity):
             tensors[f"{name}.weight"] = layer.weight.detach().cpu().contiguous()
             tensors[f"{name}.weight_scale"] = layer.weight_scale.detach().cpu().contiguous()
             tensors[f"{name}.comfy_quant"] = torch.tensor(list(json.dumps(info).encode()), dtype=torch.uint8)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temporary, metadata=identity)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    write_atomic(path, lambda temporary: save_file(tensors, temporary, metadata=identity))
 
 
 def read_cache(path, identity):

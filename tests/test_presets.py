@@ -107,7 +107,8 @@ def test_list_presets_reports_valid_and_invalid_entries(tmp_path):
 
 def test_failed_write_keeps_the_old_preset(tmp_path, monkeypatch):
     P.save_preset(tmp_path, "p", make(best_score=0.5))
-    monkeypatch.setattr(P.json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    import comfyui_qsched.atomic_files as atomic_files
+    monkeypatch.setattr(atomic_files.os, "fsync", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         P.save_preset(tmp_path, "p", make(best_score=0.9))
     assert P.load_preset(tmp_path, "p")["scores"]["best"] == 0.5

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from ...atomic_files import write_text_atomic
 from ...calibration.search import run_search
 from ...quant import QuantSpec, quantize_module
 from ...samplers import NonFiniteLatentError, QSchedSchedule
@@ -90,10 +91,7 @@ def evaluate_cell(denoiser, steps, schedule, scorer, fid, seed, count, noise_sca
 
 
 def _write_json(path, results):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(results, f, indent=1)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(results, indent=1))
 
 
 def main(argv=None):

@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ...atomic_files import write_text_atomic
 from . import train_metrics, train_models
 from .data import load_digits_tensors
 from .diffusion import EpsDenoiser, LCMDenoiser
@@ -60,9 +61,6 @@ def main(argv=None):
                           + (["--student-only"] if args.only == "student" else []))
     report = measure_generators(args.out, args.device, count=200 if args.quick else 2000)
     report["total_seconds"] = round(time.time() - start, 1)
-    path = os.path.join(args.out, "TRAINING.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(path + ".tmp", path)
+    write_text_atomic(os.path.join(args.out, "TRAINING.json"), json.dumps(report, indent=1))
     print("measured:", json.dumps(report), flush=True)
     return 0

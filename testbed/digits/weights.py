@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 
-import torch
+from ...atomic_files import write_atomic, write_text_atomic
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 MANIFEST = "MANIFEST.json"
@@ -40,15 +40,10 @@ def save_weights(module, name, record, folder=WEIGHTS_DIR):
     path = os.path.join(folder, f"{name}.safetensors")
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
     metadata = {"config": json.dumps(module.config), "record": json.dumps(record)}
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    write_atomic(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
     manifest = _read_manifest(folder)
     manifest[name] = _sha256(path)
-    tmp = os.path.join(folder, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(folder, MANIFEST))
+    write_text_atomic(os.path.join(folder, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True))
     return path
 
 
