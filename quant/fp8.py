@@ -6,7 +6,6 @@ not INT8. W8 weights are stored as e4m3 with one scale per output channel; W4 we
 memory. Per-group weights and bit widths other than W8/W4 with A8 are refused (row-wise scales only)."""
 import torch
 
-from . import numerics
 from .layers import PackedWeightMixin, integer_layout
 
 E4M3 = torch.float8_e4m3fn

@@ -15,8 +15,7 @@ import subprocess
 
 import pytest
 
-from comfy_fixtures import (REPO_ROOT, SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
-                            register_model_folder)
+from comfy_fixtures import REPO_ROOT, SD15_CHECKPOINT, register_model_folder
 from comfyui_qsched.calibration import presets as preset_store
 from comfyui_qsched.samplers import QSchedSchedule
 

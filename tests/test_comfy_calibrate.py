@@ -9,8 +9,7 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import (SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
-                            load_example_workflow, register_model_folder, ui_workflow_to_prompt)
+from comfy_fixtures import SD15_CHECKPOINT, load_example_workflow, register_model_folder, ui_workflow_to_prompt
 from test_metrics_fixtures import save_open_clip, tiny_vit_clip
 
 TINY_SCORER = "qsched_tiny_calibration_clip.safetensors"
@@ -28,7 +27,7 @@ SETTINGS = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, 
 
 
 @pytest.fixture(scope="module")
-def stack(comfyui_dir, comfy_models, tmp_path_factory):  # noqa: F811
+def stack(comfyui_dir, comfy_models, tmp_path_factory):
     import comfy.sd
     import folder_paths
 
@@ -142,7 +141,7 @@ def test_loader_refuses_a_preset_for_another_model_unless_asked(stack):
     assert loader.load("other-model.json")[1] == "lcm"            # no model connected: nothing to compare
 
 
-def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(comfy_server):  # noqa: F811
+def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(comfy_server):
     info = comfy_server.object_info()
     graph = ui_workflow_to_prompt(load_example_workflow("calibrate_preset"), info)
     by_type = {node["class_type"]: node for node in graph.values()}
@@ -180,7 +179,7 @@ def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(com
     assert len(comfy_server.output_images(comfy_server.run(reuse, timeout=300))) == 1
 
 
-def test_headless_command_runs_the_same_calibration(comfyui_dir, comfy_models, tmp_path):  # noqa: F811
+def test_headless_command_runs_the_same_calibration(comfyui_dir, comfy_models, tmp_path):
     import subprocess
     import sys
     scorer = save_open_clip(tiny_vit_clip(seed=5), tmp_path / "clip.safetensors")

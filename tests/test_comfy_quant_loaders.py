@@ -6,14 +6,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_fixtures import (CLIP_L, SD15_CHECKPOINT, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
-                            load_example_workflow, ui_workflow_to_prompt)
+from comfy_fixtures import CLIP_L, SD15_CHECKPOINT, load_example_workflow, ui_workflow_to_prompt
 
 LORA = "qsched_tiny_sd15_lora.safetensors"
 
 
 @pytest.fixture(scope="module")
-def env(comfyui_dir, comfy_models):  # noqa: F811
+def env(comfyui_dir, comfy_models):
     import comfy.model_management
     import folder_paths
     import nodes
@@ -136,7 +135,7 @@ def test_bad_files_and_backends_are_named(env):
         loader.load("already_quantized.safetensors", "W8A8", "simulate", "", "off")
 
 
-def test_quantized_workflow_with_lora_runs_on_the_server(comfy_server, env):  # noqa: F811
+def test_quantized_workflow_with_lora_runs_on_the_server(comfy_server, env):
     build_lora(env, load(env, None))
     graph = {
         "1": {"class_type": "QSchedQuantizedCheckpointLoader", "inputs": {
@@ -157,7 +156,7 @@ def test_quantized_workflow_with_lora_runs_on_the_server(comfy_server, env):  # 
     assert "Q-Sched quantized qsched_tiny_sd15.safetensors: W4A8 via simulate" in comfy_server.log()
 
 
-def test_example_workflow_runs_on_the_tiny_checkpoint(comfy_server):  # noqa: F811
+def test_example_workflow_runs_on_the_tiny_checkpoint(comfy_server):
     prompt = ui_workflow_to_prompt(load_example_workflow("quantized_qsched_txt2img"), comfy_server.object_info())
     for node in prompt.values():
         inputs = node["inputs"]

@@ -6,8 +6,7 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import (PromptFailed, comfy_models, comfy_server, comfyui_dir,  # noqa: F401
-                            load_example_workflow, register_model_folder, ui_workflow_to_prompt)
+from comfy_fixtures import PromptFailed, load_example_workflow, register_model_folder, ui_workflow_to_prompt
 from test_metrics_fixtures import comfy_images, save_open_clip, tiny_vit_clip
 
 TINY_SCORER = "qsched_tiny_scorer_clip.safetensors"
@@ -36,7 +35,7 @@ def _texts(history, graph, title_type="PreviewAny"):
             if node["class_type"] == title_type and node_id in history["outputs"]}
 
 
-def test_example_workflow_scores_a_generated_batch(comfy_server):  # noqa: F811
+def test_example_workflow_scores_a_generated_batch(comfy_server):
     assert TINY_SCORER in comfy_server.object_info("QSchedScorerLoader")["input"]["required"]["checkpoint"][0]
     graph = _example_graph(comfy_server)
     history = comfy_server.run(graph, timeout=300)
@@ -51,7 +50,7 @@ def test_example_workflow_scores_a_generated_batch(comfy_server):  # noqa: F811
     assert len(comfy_server.output_images(history)) == 2  # the annotated images
 
 
-def test_prompt_count_mismatch_fails_with_a_clear_message(comfy_server):  # noqa: F811
+def test_prompt_count_mismatch_fails_with_a_clear_message(comfy_server):
     graph = _example_graph(comfy_server, prompt_text="one\ntwo\nthree")
     with pytest.raises(PromptFailed) as failure:
         comfy_server.run(graph, timeout=300)
@@ -59,7 +58,7 @@ def test_prompt_count_mismatch_fails_with_a_clear_message(comfy_server):  # noqa
 
 
 @pytest.fixture
-def scoring_nodes(comfyui_dir, tmp_path):  # noqa: F811
+def scoring_nodes(comfyui_dir, tmp_path):
     import folder_paths
     from comfyui_qsched.nodes import scoring
     folder_paths.add_model_folder_path(scoring.SCORER_FOLDER, str(tmp_path))

@@ -6,8 +6,6 @@ import urllib.request
 
 import pytest
 
-from comfy_fixtures import comfy_models, comfy_server, comfyui_dir  # noqa: F401
-
 
 def _get(server, path):
     try:

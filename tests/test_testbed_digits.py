@@ -12,7 +12,7 @@ from comfyui_qsched.samplers import QSchedSchedule
 from comfyui_qsched.testbed.digits import data, experiment, generate, weights
 from comfyui_qsched.testbed.digits.degrade import KINDS, degrade
 from comfyui_qsched.testbed.digits.networks import DigitsCNN, DigitsUNet
-from comfyui_qsched.testbed.digits.scoring import DigitsScorer, FeatureFID, frechet_distance, gaussian_stats
+from comfyui_qsched.testbed.digits.scoring import FeatureFID, frechet_distance, gaussian_stats
 
 
 @pytest.fixture(scope="module", autouse=True)
