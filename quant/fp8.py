@@ -60,16 +60,19 @@ class Fp8Linear(PackedWeightMixin):
         return codes.to(torch.bfloat16).to(E4M3) if self.quant_spec.packed_int4 else codes
 
     def quantized_forward(self, x, packed, bias):
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] % 16 or self.in_features % 16 or self.out_features % 16:
+        if self.in_features % 16 or self.out_features % 16:
             weight = self.dequantize(packed, dtype=x.dtype, device=x.device)  # _scaled_mm needs multiples of 16
             return torch.nn.functional.linear(self.quantize_input(x, -1), weight, bias)
+        rows = x.reshape(-1, x.shape[-1])
+        count = rows.shape[0]
+        if count % 16:  # e.g. 77 text tokens: zero rows quantize to zero and are cut off again
+            rows = torch.nn.functional.pad(rows, (0, 0, 0, 16 - count % 16))
         scale_a = (rows.abs().amax(dim=1, keepdim=True).float() / E4M3_MAX).clamp(min=1e-12)
         x8 = (rows.float() / scale_a).to(E4M3)
         scale_b = self.weight_scale.to(x.device).reshape(1, -1)
         out = torch._scaled_mm(x8, self.fp8_weight(packed).t(), scale_a=scale_a, scale_b=scale_b,
                                bias=bias, out_dtype=x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
+        return out[:count].reshape(*x.shape[:-1], self.out_features)
 
     def quantize_input(self, x, channel_dim):
         xf = x.float()

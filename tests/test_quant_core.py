@@ -172,3 +172,19 @@ def test_fp8_backend_matches_fp8_numerics_on_cpu():
         assert report.by_backend()["fp8"] == 3
         assert relative_error(model(x), reference) < bound
     assert model[5].weight.dtype == torch.uint8  # W4A8: int4 codes packed, cast to e4m3 for the GEMM
+
+
+def test_fp8_linear_runs_odd_token_counts_through_the_fp8_gemm(monkeypatch):
+    """77 text tokens are padded to 80 rows for torch._scaled_mm, and the padding never reaches the output."""
+    from comfyui_qsched.quant.fp8 import Fp8Linear
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    quantize_module(net, "W8A8", backend="fp8", policy="first_last=off")
+    assert isinstance(net[0], Fp8Linear)
+    calls, real_scaled_mm = [], torch._scaled_mm
+    monkeypatch.setattr(torch, "_scaled_mm", lambda a, *args, **kw: calls.append(a.shape) or real_scaled_mm(a, *args, **kw))
+    x = torch.randn(1, 77, 64)
+    out = net(x)
+    assert calls == [(80, 64)] and out.shape == (1, 77, 32)
+    row_by_row = torch.cat([net(x[:, i:i + 16]) for i in range(0, 77, 16)], dim=1)
+    assert torch.allclose(out, row_by_row, atol=1e-6)  # per-token scales: each row independent of the others
