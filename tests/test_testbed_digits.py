@@ -137,3 +137,20 @@ def test_demo_runs_end_to_end_on_reduced_settings(tmp_path, capsys):
     from PIL import Image
     assert Image.open(out / "digits_grid.png").size[0] > 600
     assert Image.open(out / "search_surface.png").size == (768, 384)
+
+
+def test_compare_folders_sees_identical_weights_as_identical_and_a_change_as_a_change(tmp_path):
+    from comfyui_qsched.testbed.digits.train import compare_folders
+    folder = tmp_path / "w"
+    shutil.copytree(weights.WEIGHTS_DIR, folder)
+    same = compare_folders(weights.WEIGHTS_DIR, str(folder), "cpu", seeds=2, count=20)
+    assert same["shipped"] == same["other"]
+    student, record = weights.load_weights(DigitsUNet, "student_lcm", folder=str(folder))
+    with torch.no_grad():
+        for parameter in student.parameters():
+            parameter.mul_(1.1)
+    os.chmod(folder, 0o755)
+    weights.save_weights(student, "student_lcm", record, folder=str(folder))
+    changed = compare_folders(weights.WEIGHTS_DIR, str(folder), "cpu", seeds=2, count=20)
+    assert changed["shipped"]["teacher_euler50_cfg2"] == changed["other"]["teacher_euler50_cfg2"]
+    assert changed["shipped"]["student_lcm4"]["fid"] != changed["other"]["student_lcm4"]["fid"]

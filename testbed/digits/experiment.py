@@ -108,6 +108,8 @@ def main(argv=None):
     parser.add_argument("--c-range", default="0.8,1.2", help="search range of the start coefficients")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
     parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    parser.add_argument("--weights", default=None, help="weights folder (default: the shipped weights), e.g. a "
+                        "retrain's --out, to check that the conclusions hold on it")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
@@ -116,7 +118,7 @@ def main(argv=None):
     ptqd_bits = [check_bits(b) for b in args.ptqd_bits.split(",") if b]
     seeds = [int(s) for s in args.seeds.split(",")]
     c_range = tuple(float(c) for c in args.c_range.split(","))
-    unet, scorer = load_testbed()
+    unet, scorer = load_testbed(args.weights)
     fid = FeatureFID(scorer)
     results = {"samples_per_seed": args.samples, "seeds": seeds, "real_count": fid.real_count,
                "strategy": args.strategy, "grid_points": args.grid_points, "c_range": c_range,

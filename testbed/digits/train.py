@@ -4,7 +4,8 @@ digits weights (metrics first, then teacher and student), then measure the gener
 Shipped run: metrics and teacher on one H100 (torch 2.11; 40 s and 260 s), student with `--only student` (55 s);
 the generators then measured on the CPU (`--only measure`, 2,000 samples), written to weights/TRAINING.json:
 teacher (Euler 50, CFG 2) FID 0.705 / TC 0.964 / IQ 0.980; LCM student 1/2/4/8 steps FID 0.968 / 0.554 / 0.635 /
-0.623, TC 0.957-0.958, IQ 0.851 / 0.947 / 0.959 / 0.966. Compare a rerun with these (and each file's metadata).
+0.623, TC 0.957-0.958, IQ 0.851 / 0.947 / 0.959 / 0.966. Compare a rerun with the shipped weights over several
+sampling seeds with `--compare DIR` (testbed/digits/RESULTS.md reports one rerun on an H100).
 """
 import argparse
 import json
@@ -45,13 +46,33 @@ def measure_generators(folder, device, count=2000, seed=1234):
     return report
 
 
+def compare_folders(shipped, other, device, seeds, count=2000):
+    """Mean and spread over `seeds` sampling seeds of each generator's FID / TC / IQ, for two weights folders."""
+    result = {}
+    for label, folder in (("shipped", shipped), ("other", other)):
+        runs = [measure_generators(folder, device, count, seed=1234 + index) for index in range(seeds)]
+        result[label] = {name: {metric: [round(min(r[name][metric] for r in runs), 4),
+                                         round(sum(r[name][metric] for r in runs) / seeds, 4),
+                                         round(max(r[name][metric] for r in runs), 4)]
+                                for metric in runs[0][name]}
+                         for name in runs[0] if name not in ("samples", "real")}
+    result["format"] = f"[min, mean, max] over {seeds} sampling seeds of {count} samples each"
+    return result
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m qsched train-digits")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", choices=("metrics", "models", "student", "measure"))
     parser.add_argument("--out", default=WEIGHTS_DIR)
     parser.add_argument("--quick", action="store_true", help="a few iterations only (smoke test, useless weights)")
+    parser.add_argument("--compare", metavar="DIR", help="train nothing: measure the weights in DIR and the shipped "
+                        "ones over --seeds sampling seeds and print both (is a retrain within sampling noise?)")
+    parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.compare:
+        print(json.dumps(compare_folders(WEIGHTS_DIR, args.compare, args.device, args.seeds), indent=1))
+        return 0
     common = ["--device", args.device, "--out", args.out]
     start = time.time()
     if args.only in (None, "metrics"):
