@@ -6,6 +6,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import comfy.model_management
+import comfy.model_patcher
 import folder_paths
 
 from ..calibration.metrics import CLIP_IQA_PAIRS, CLIP_SCORE_CONVENTIONS, ScorerError, load_scorer
@@ -67,7 +68,9 @@ class QSchedScorerLoader:
             "alignment_checkpoint": (["none"] + files, {"tooltip": "CLIP checkpoint for TC in the preference variant."}),
             "quick_gelu": (["auto", "quickgelu", "gelu"], {"tooltip": "Activation of open_clip-layout files. auto: "
                            "QuickGELU for OpenAI files (TorchScript .pt or 'openai' in the name), else GELU."}),
-            "device": (["auto", "cpu"], {"tooltip": "auto: ComfyUI's torch device (GPU when present)."}),
+            "device": (["auto", "cpu"], {"tooltip": "auto: ComfyUI's device (GPU when present), loaded and offloaded "
+                                                    "by ComfyUI's memory manager like its other models; cpu: "
+                                                    "stays on the CPU."}),
             "precision": (["fp32", "fp16"], {"tooltip": "fp16 is ~2-5x faster on GPU (ViT-L/14: 0.7 vs 3.7 ms per "
                                                         "image on an H100); fp32 is what the parity tests check."}),
         }}
@@ -81,16 +84,43 @@ class QSchedScorerLoader:
              alignment_checkpoint="none", quick_gelu="auto", device="auto", precision="fp32"):
         path = _resolve(checkpoint)
         tc_path = _resolve(alignment_checkpoint) if alignment_checkpoint not in (None, "none") else None
-        torch_device = comfy.model_management.get_torch_device() if device == "auto" else torch.device("cpu")
+        managed = device == "auto"
+        torch_device = comfy.model_management.text_encoder_offload_device() if managed else torch.device("cpu")
         settings = dict(variant=variant, tc_checkpoint=tc_path, k=k, tc_transform=tc_transform, k_weights=k_weights,
                         clip_score_convention=clip_score_convention, iqa_pairs=(iqa_prompt_pair,),
                         quick_gelu={"auto": None, "quickgelu": True, "gelu": False}[quick_gelu], device=torch_device,
                         dtype=torch.float16 if precision == "fp16" else torch.float32)
-        key = (path, _stamp(path), tc_path, tc_path and _stamp(tc_path), repr(sorted(settings.items(), key=str)))
+        key = (path, _stamp(path), tc_path, tc_path and _stamp(tc_path), repr(sorted(settings.items(), key=str)),
+               managed)
         if key not in _CACHE:
             _CACHE.clear()
-            _CACHE[key] = load_scorer(path, **settings)
+            scorer = load_scorer(path, **settings)
+            _CACHE[key] = ManagedScorer(scorer) if managed else scorer
         return (_CACHE[key],)
+
+
+class ManagedScorer:
+    """A scorer whose models ComfyUI's memory manager loads onto the GPU for each scoring call and offloads
+    (or evicts, to make room for the diffusion model) like any other model. Everything else is the scorer's."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+        towers = {id(m.towers): m.towers for m in (scorer.tc_metric, scorer.iq_metric)}
+        holder = torch.nn.Module()  # the towers' read-only `device` property cannot take ModelPatcher's assignment
+        holder.towers = torch.nn.ModuleList(towers.values())
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            holder, load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.text_encoder_offload_device())
+
+    def score(self, images, prompts):
+        # plain torch modules cannot be partially loaded (no comfy cast weights): always the whole scorer
+        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        return self.scorer.score(images, prompts)
+
+    def __getattr__(self, name):
+        if name == "scorer":  # not set yet (copy, unpickling): no delegation loop
+            raise AttributeError(name)
+        return getattr(self.scorer, name)
 
 
 class QSchedJAQScore:

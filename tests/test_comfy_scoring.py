@@ -106,3 +106,20 @@ def test_score_node_outputs_floats_json_and_annotated_images(scoring_nodes):
     plain = scoring.QSchedJAQScore().score(images, scorer, "a red bus")["result"][4]
     assert plain is images
     assert "mean JAQ" in output["ui"]["text"][0]
+
+
+def test_auto_device_scorer_is_loaded_through_comfyui_memory_manager(scoring_nodes):
+    import comfy.model_management
+    scoring, _ = scoring_nodes
+    images = comfy_images(2, 64, 64, seed=3)
+    plain = scoring.QSchedScorerLoader().load("inproc.safetensors", **SETTINGS)[0]
+    expected = plain.score(images, ["a red bus"])
+    managed = scoring.QSchedScorerLoader().load("inproc.safetensors", **{**SETTINGS, "device": "auto"})[0]
+    assert not any(loaded.model is managed.patcher for loaded in comfy.model_management.current_loaded_models)
+    result = managed.score(images, ["a red bus"])
+    assert any(loaded.model is managed.patcher for loaded in comfy.model_management.current_loaded_models)
+    torch.testing.assert_close(result.jaq, expected.jaq)
+    assert managed.formula == plain.formula and managed.describe() == plain.describe()
+    output = scoring.QSchedJAQScore().score(images, managed, "a red bus")["result"]
+    assert output[0] == pytest.approx(float(expected.jaq.mean()), abs=1e-6)
+    comfy.model_management.unload_all_models()

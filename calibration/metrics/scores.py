@@ -52,7 +52,8 @@ class TextFeatureCache:
             tokens = self.towers.tokenize(missing).to(self.towers.device)
             features = _normalize(self.towers.encode_text(tokens).float())
             self.cache.update(zip(missing, features))
-        return torch.stack([self.cache[p] for p in prompts])
+        device = self.towers.device  # the towers may have moved since a prompt was cached (ComfyUI offloading)
+        return torch.stack([self.cache[p].to(device) for p in prompts])
 
 
 class CLIPScore:
@@ -88,7 +89,7 @@ class CLIPIQA:
         self.anchors = anchors  # [2P, D]: positive, negative, positive, ...
 
     def per_pair(self, image_features):
-        logits = self.logit_scale * _normalize(image_features) @ self.anchors.t()
+        logits = self.logit_scale * _normalize(image_features) @ self.anchors.to(image_features.device).t()
         return logits.view(logits.shape[0], -1, 2).softmax(-1)[..., 0]  # [B, P]
 
     def __call__(self, image_features, prompts=None):
