@@ -112,23 +112,27 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def timed_forward(model, batch, device):
+    """(seconds, output) of one forward, synchronised on both sides."""
+    sync(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model(**batch)
+    sync(device)
+    return time.perf_counter() - start, out
+
+
 def time_step(model, batch, device, repeats):
     times = []
     for index in range(repeats + 2):  # two warm-ups
-        sync(device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model(**batch)
-        sync(device)
+        seconds, out = timed_forward(model, batch, device)
         if index >= 2:
-            times.append(time.perf_counter() - start)
+            times.append(seconds)
     return statistics.median(times) * 1e3, out
 
 
-def run_config(name, spec, backend, compiled, device, tiny, repeats, reference, no_compile=False):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+def build_config(name, spec, backend, device, tiny):
+    """The seeded BF16 model, quantized with `backend` unless None; (model, row with its size and layer report)."""
     model = build(name, device, tiny)
     init_weights_(model, seed=0)
     bf16_bytes = module_bytes(model)
@@ -141,6 +145,14 @@ def run_config(name, spec, backend, compiled, device, tiny, repeats, reference, 
     row["quantize_s"] = time.perf_counter() - start
     row["weight_ratio"] = module_bytes(model) / bf16_bytes
     row["weight_gib"] = module_bytes(model) / 2 ** 30
+    return model, row
+
+
+def run_config(name, spec, backend, compiled, device, tiny, repeats, reference, no_compile=False):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    model, row = build_config(name, spec, backend, device, tiny)
     batch = inputs(name, device, tiny)
     slow_eager = backend == "torchao"  # torchao int8 dynamic must be compiled; eager is measured once
     if device.type == "cuda":
@@ -154,10 +166,7 @@ def run_config(name, spec, backend, compiled, device, tiny, repeats, reference, 
     row["finite"] = bool(torch.isfinite(out).all())
     if compiled and not no_compile:
         model = compile_model(name, model)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            model(**batch)
-        row["compile_s"] = time.perf_counter() - start
+        row["compile_s"] = timed_forward(model, batch, device)[0]
         row["compiled_ms"], compiled_out = time_step(model, batch, device, repeats)
         if reference is not None:
             row["rel_l2_compiled"] = float((compiled_out.float() - reference).norm() / reference.norm())

@@ -18,26 +18,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quant as bench  # noqa: E402  (bench/quant.py: model builders, inputs, compile scopes)
 
-from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
-
 
 def build_config(model_name, config, device, tiny):
-    model = bench.build(model_name, device, tiny)
-    bench.init_weights_(model, seed=0)
-    bf16_bytes = module_bytes(model)
-    if config != "bf16":
-        spec, backend = config.split()
-        quantize_module(model, spec, backend=backend, device=device)
-    return model, module_bytes(model) / bf16_bytes
-
-
-def timed(fn, batch, device):
-    bench.sync(device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        out = fn(**batch)
-    bench.sync(device)
-    return time.perf_counter() - start, out
+    """(model, weight ratio to BF16) for a config name: 'bf16' or '<spec> <backend>'."""
+    spec, backend = ("bf16", None) if config == "bf16" else config.split()
+    model, row = bench.build_config(model_name, spec, backend, device, tiny)
+    return model, row["weight_ratio"]
 
 
 def wait_for(path):
@@ -56,6 +42,9 @@ def main(argv=None):
     parser.add_argument("--log", default="")
     parser.add_argument("--no-compile", action="store_true", help="time eager only (backends that need no compile)")
     args = parser.parse_args(argv)
+    if not args.no_compile and bench.COMPILE_SCOPE[args.model] != "whole model":
+        raise SystemExit(f"{args.model} compiles block by block, which replaces the eager blocks: time it with "
+                         "--no-compile, or compiled with bench/quant.py")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch._dynamo.config.cache_size_limit = 64
     batch = bench.inputs(args.model, device, args.tiny)
@@ -65,34 +54,34 @@ def main(argv=None):
         rows[config] = {"model": args.model, "config": config, "weight_ratio": weight_ratio}
         if args.no_compile:
             runs[(config, "eager")] = model
-            rows[config]["out"] = timed(model, batch, device)[1].float()
+            rows[config]["out"] = bench.timed_forward(model, batch, device)[1].float()
             print("built", config, flush=True)
             continue
         compiled = bench.compile_model(args.model, model)
-        seconds, out = timed(compiled, batch, device)
+        seconds, out = bench.timed_forward(compiled, batch, device)
         rows[config]["compile_s"] = seconds
-        runs[(config, "eager")] = model if compiled is not model else None
+        runs[(config, "eager")] = model
         runs[(config, "compiled")] = compiled
         rows[config]["out"] = out.float()
         print("compiled", config, f"{seconds:.0f} s", flush=True)
-    if any(model is None for model in runs.values()):
-        raise SystemExit("eager timing needs a whole-model compile scope (the compiled blocks replace the eager ones)")
     wait_for(args.wait_for)
     for key, fn in runs.items():
         deadline = time.perf_counter() + args.warmup_s
         while time.perf_counter() < deadline:
-            timed(fn, batch, device)
+            bench.timed_forward(fn, batch, device)
     times = {key: [] for key in runs}
     for _ in range(args.rounds):
         for key, fn in runs.items():
-            times[key].append(timed(fn, batch, device)[0] * 1e3)
+            times[key].append(bench.timed_forward(fn, batch, device)[0] * 1e3)
     reference = rows[args.configs.split(",")[0]]
     for config, row in rows.items():
         for mode in ("eager",) if args.no_compile else ("eager", "compiled"):
             row[f"{mode}_ms"] = statistics.median(times[(config, mode)])
             row[f"{mode}_ratio"] = row[f"{mode}_ms"] / reference[f"{mode}_ms"]
             row[f"{mode}_spread_ms"] = [min(times[(config, mode)]), max(times[(config, mode)])]
-        row["rel_l2"] = float((row["out"] - reference["out"]).norm() / reference["out"].norm())
+        # the outputs kept are the compiled ones unless --no-compile
+        row["rel_l2" if args.no_compile else "rel_l2_compiled"] = float(
+            (row["out"] - reference["out"]).norm() / reference["out"].norm())
     for row in rows.values():
         del row["out"]
         print("ROW", json.dumps(row), flush=True)
