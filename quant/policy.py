@@ -1,5 +1,6 @@
-"""Which layers get quantized, and how: sensitive layers stay in high precision, adaLN modulation
-linears (M = 1) are weight-only, user overrides by name pattern win."""
+"""Which layers get quantized, and how: sensitive layers stay in high precision, linears that see one row per
+sample (adaLN modulation, UNet ResBlock time-embedding projections) are weight-only, user overrides by name
+pattern win."""
 import fnmatch
 from dataclasses import dataclass, field
 
@@ -16,9 +17,11 @@ DEFAULT_KEEP = (
     "img_in", "txt_in", "time_in.*", "vector_in.*", "guidance_in.*", "final_layer.*",
     "x_embedder*", "t_embedder.*", "y_embedder.*", "context_embedder", "time_text_embed.*", "norm_out.*", "proj_out",
 )
+# One row per sample: quantizing it per token buys nothing, and torchao's compiled int8 GEMM refuses < 17 rows.
 DEFAULT_WEIGHT_ONLY = (
     "*.img_mod.lin", "*.txt_mod.lin", "*.modulation.lin", "*.adaLN_modulation.*",
     "*.norm1.linear", "*.norm1_context.linear", "*.norm.linear",
+    "*.emb_layers.*", "*.time_emb_proj",
 )
 KEEP = "keep"
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -79,7 +82,7 @@ class LayerPolicy:
         if self.keep_first_last and is_first_or_last:
             return LayerDecision(name, None, "first/last layer")
         if not spec.weight_only and any(fnmatch.fnmatchcase(bare, p) for p in self.weight_only):
-            return LayerDecision(name, spec.with_activations(16), "modulation: weight-only")
+            return LayerDecision(name, spec.with_activations(16), "one row per sample: weight-only")
         return LayerDecision(name, spec, "default")
 
     def plan(self, module, spec):

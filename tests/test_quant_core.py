@@ -129,7 +129,7 @@ def test_policy_defaults_and_overrides_by_name():
     report = quantize_module(model, "W4A8", policy=policy)
     decided = {layer.name: (layer.spec, layer.reason) for layer in report.layers}
     assert decided["img_in"][0] is None and decided["time_in.0"][0] is None and decided["final_layer.linear"][0] is None
-    assert decided["double_blocks.0.img_mod.lin"][0] == "W4A16"  # modulation: weight-only
+    assert decided["double_blocks.0.img_mod.lin"][0] == "W4A16"  # one row per sample: weight-only
     assert decided["double_blocks.0.qkv"][0] == "W4A8"
     assert decided["double_blocks.0.proj"][0] == "W8A8"
     assert decided["double_blocks.1.qkv"] == (None, "override double_blocks.1.*")
