@@ -41,6 +41,9 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--log", default="")
     parser.add_argument("--no-compile", action="store_true", help="time eager only (backends that need no compile)")
+    parser.add_argument("--mode", default=None, choices=("reduce-overhead", "max-autotune-no-cudagraphs"),
+                        help="torch.compile mode (default: its default)")
+    parser.add_argument("--profile", action="store_true", help="after timing, a kernel profile of each timed model")
     args = parser.parse_args(argv)
     if not args.no_compile and bench.COMPILE_SCOPE[args.model] != "whole model":
         raise SystemExit(f"{args.model} compiles block by block, which replaces the eager blocks: time it with "
@@ -57,7 +60,8 @@ def main(argv=None):
             rows[config]["out"] = bench.timed_forward(model, batch, device)[1].float()
             print("built", config, flush=True)
             continue
-        compiled = bench.compile_model(args.model, model)
+        compiled = bench.compile_model(args.model, model, args.mode)
+        rows[config]["compile_mode"] = args.mode or "default"
         seconds, out = bench.timed_forward(compiled, batch, device)
         rows[config]["compile_s"] = seconds
         runs[(config, "eager")] = model
@@ -82,6 +86,14 @@ def main(argv=None):
         # the outputs kept are the compiled ones unless --no-compile
         row["rel_l2" if args.no_compile else "rel_l2_compiled"] = float(
             (row["out"] - reference["out"]).norm() / reference["out"].norm())
+    if args.profile:
+        from quant_profile import kernel_profile
+        for (config, mode), fn in runs.items():
+            record = {"config": config, "mode": mode, **kernel_profile(fn, batch)}
+            print("PROFILE", json.dumps(record), flush=True)
+            if args.log:
+                with open(args.log, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
     for row in rows.values():
         del row["out"]
         print("ROW", json.dumps(row), flush=True)
