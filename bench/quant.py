@@ -133,6 +133,18 @@ def time_step(model, batch, device, repeats):
     return statistics.median(times) * 1e3, out
 
 
+def split_config(config):
+    """A config name as the scripts take it: 'bf16' -> ('bf16', None), 'W8A8 fp8' -> ('W8A8', 'fp8')."""
+    return ("bf16", None) if config == "bf16" else tuple(config.split())
+
+
+def append_jsonl(path, record):
+    """Append `record` as one JSON line to `path` (nothing without a path), so rows outlive a run killed later."""
+    if path:
+        with open(path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
 def build_config(name, spec, backend, device, tiny):
     """The seeded BF16 model, quantized with `backend` unless None; (model, row with its size and layer report)."""
     model = build(name, device, tiny)
@@ -192,9 +204,7 @@ def bench_model(name, device, tiny, repeats, deadline, configs, no_compile=False
             traceback.print_exc()
             row = {"model": name, "config": f"{spec} {backend}", "error": f"{type(error).__name__}: {error}"[:160]}
         print("ROW", row, flush=True)
-        if log_path:
-            with open(log_path, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        append_jsonl(log_path, row)
         rows.append(row)
     return _with_ratios(rows)
 

@@ -21,8 +21,7 @@ import quant as bench  # noqa: E402  (bench/quant.py: model builders, inputs, co
 
 def build_config(model_name, config, device, tiny):
     """(model, weight ratio to BF16) for a config name: 'bf16' or '<spec> <backend>'."""
-    spec, backend = ("bf16", None) if config == "bf16" else config.split()
-    model, row = bench.build_config(model_name, spec, backend, device, tiny)
+    model, row = bench.build_config(model_name, *bench.split_config(config), device, tiny)
     return model, row["weight_ratio"]
 
 
@@ -91,15 +90,11 @@ def main(argv=None):
         for (config, mode), fn in runs.items():
             record = {"config": config, "mode": mode, **kernel_profile(fn, batch)}
             print("PROFILE", json.dumps(record), flush=True)
-            if args.log:
-                with open(args.log, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
+            bench.append_jsonl(args.log, record)
     for row in rows.values():
         del row["out"]
         print("ROW", json.dumps(row), flush=True)
-        if args.log:
-            with open(args.log, "a") as handle:
-                handle.write(json.dumps(row) + "\n")
+        bench.append_jsonl(args.log, row)
     return 0
 
 

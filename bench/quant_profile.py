@@ -164,13 +164,11 @@ def main(argv=None):
 
     def log(record):
         print(json.dumps(record), flush=True)
-        if args.log:
-            with open(args.log, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+        bench.append_jsonl(args.log, record)
 
     batch = bench.inputs(args.model, device, tiny=False)
     for config in args.configs.split(","):
-        spec, backend = ("bf16", None) if config == "bf16" else config.split()
+        spec, backend = bench.split_config(config)
         model = bench.build_config(args.model, spec, backend, device, tiny=False)[0]
         if backend is None and not args.no_gemm:
             shapes = linear_shapes(model, batch)
