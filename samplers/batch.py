@@ -1,0 +1,70 @@
+"""Several calibration images in one sampling batch: a schedule per sample and a noise stream per sample.
+
+Each sample gets what it would get alone at batch 1: its own schedule's coefficients and the fresh noise that
+`default_noise_sampler` would draw for it from its own seed. So a batched image equals its batch-1 twin up to
+float rounding (batched matmuls may round differently), and calibration can batch candidates and prompts freely.
+"""
+import torch
+
+from .schedule import QSchedSchedule, ScheduleError
+
+
+class ScheduleBatch:
+    """One QSchedSchedule per sample of the batch; the samplers apply sample b's coefficients to sample b."""
+
+    def __init__(self, schedules):
+        self.schedules = tuple(schedules)
+        if not self.schedules:
+            raise ScheduleError("a schedule batch needs at least one schedule")
+        for schedule in self.schedules:
+            if not isinstance(schedule, QSchedSchedule):
+                raise ScheduleError(f"a schedule batch holds QSchedSchedule objects, got {type(schedule).__name__}")
+        steps = {schedule.steps for schedule in self.schedules}
+        if len(steps) != 1:
+            raise ScheduleError(f"the schedules of one batch have different step counts: {sorted(steps)}")
+
+    def __len__(self):
+        return len(self.schedules)
+
+    @property
+    def steps(self):
+        return self.schedules[0].steps
+
+    @property
+    def is_identity(self):
+        return all(schedule.is_identity for schedule in self.schedules)
+
+    def check(self, steps, sampler=None):
+        for schedule in self.schedules:
+            schedule.check(steps, sampler=sampler)
+        return self
+
+    def coefficients(self, step, like):
+        """(c_x, c_eps) of `step` as [B, 1, ...] tensors in `like`'s dtype and device, broadcasting over it."""
+        shape = (len(self),) + (1,) * (like.ndim - 1)
+        as_tensor = lambda values: torch.tensor(values, dtype=like.dtype, device=like.device).reshape(shape)
+        return (as_tensor([s.c_x[step] for s in self.schedules]),
+                as_tensor([s.c_eps[step] for s in self.schedules]))
+
+
+def one_schedule(schedules):
+    """The schedule to sample a batch with: the schedule itself when every sample has the same one (the
+    batch-1 arithmetic, skipped multiplications included), else a ScheduleBatch."""
+    schedules = tuple(schedules)
+    first = schedules[0]
+    same = all((s.c_x, s.c_eps) == (first.c_x, first.c_eps) for s in schedules)
+    return first if same else ScheduleBatch(schedules)
+
+
+def seeded_noise_sampler(x, seeds):
+    """A noise sampler drawing, for sample b, what default_noise_sampler(x[b:b+1], seeds[b]) would draw."""
+    if len(seeds) != x.shape[0]:
+        raise ValueError(f"{len(seeds)} noise seeds for a batch of {x.shape[0]}")
+    generators = [torch.Generator(device=x.device).manual_seed(int(seed)) for seed in seeds]
+    shape = (1,) + tuple(x.shape[1:])
+
+    def draw(sigma, sigma_next):
+        return torch.cat([torch.randn(shape, dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)
+                          for generator in generators])
+
+    return draw
