@@ -35,6 +35,8 @@ def parser():
     p.add_argument("--preset-name", default="")
     p.add_argument("--preset-folder", default=None, help="default: <ComfyUI user dir>/qsched_presets")
     p.add_argument("--runs-folder", default=None, help="default: <ComfyUI user dir>/qsched_runs")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="most images per model call (fewer when free memory is short); 1 = one at a time")
     p.add_argument("--plot", default=None, help="also save the plot as this PNG")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
     return p
@@ -79,7 +81,7 @@ def main(argv):
         width=args.width, height=args.height, objective=args.objective, c_range=(args.c_min, args.c_max),
         model_name=args.model_name or os.path.splitext(os.path.basename(args.checkpoint))[0], quant=args.quant,
         preset_name=args.preset_name, preset_folder=args.preset_folder, runs_folder=args.runs_folder,
-        progress=progress, scorer_k=args.scorer_k)
+        progress=progress, scorer_k=args.scorer_k, batch_size=args.batch_size)
     print(file=sys.stderr)
     if args.plot:
         from PIL import Image

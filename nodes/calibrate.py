@@ -3,7 +3,6 @@ each candidate schedule and scoring them (JAQ by default); writes a preset and r
 plot. Each prompt's text conditioning is encoded once; every candidate uses prompt i with seed + i (common
 random numbers). Progress goes to ComfyUI's bar (images done / planned); an interrupt stops at the next
 candidate and the run log (<user dir>/qsched_runs) lets a rerun with the same settings skip what was done."""
-import contextlib
 import logging
 import math
 import os
@@ -15,10 +14,11 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ..comfy_adapter.calibration import make_generator
 from ..calibration.pipeline import OBJECTIVES, calibration_settings, make_evaluate
 from ..calibration.plot import plot_result
 from ..calibration.presets import check_name, make_preset, save_preset
-from ..calibration.prompts import parse_prompts, prompt_seed, prompts_hash
+from ..calibration.prompts import parse_prompts, prompts_hash
 from ..calibration.runlog import settings_hash
 from ..calibration.search import plan_images, run_search, SearchSpace
 from ..calibration.strategies import STRATEGIES
@@ -34,49 +34,8 @@ def _scheduler_names():
     return list(SCHEDULERS)
 
 
-@contextlib.contextmanager
-def _quiet_step_progress():
-    """The sampler's per-step progress bar would overwrite the node's candidates-done bar: mute it meanwhile."""
-    hook, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, None
-    try:
-        yield
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = hook
-
-
 def run_folder():
     return os.path.join(folder_paths.get_user_directory(), "qsched_runs")
-
-
-class TextConditioning:
-    """Encodes each calibration prompt once (the search reuses it for every candidate)."""
-
-    def __init__(self, clip):
-        self.clip, self.cache = clip, {}
-
-    def __call__(self, text):
-        if text not in self.cache:
-            self.cache[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
-        return self.cache[text]
-
-
-def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
-                   negative_prompt=""):
-    """generate(schedule, prompt_index) -> IMAGE [1, H, W, C]: prompt i always with seed + i."""
-    from .sampling import sample_with_schedule
-    encode = TextConditioning(clip)
-    channels = model.get_model_object("latent_format").latent_channels
-
-    def generate(schedule, index):
-        latent = {"samples": torch.zeros([1, channels, height // 8, width // 8])}
-        with _quiet_step_progress():
-            out = sample_with_schedule(model, prompt_seed(seed, index), steps, cfg, sampler_name, scheduler,
-                                       encode(prompts[index]), encode(negative_prompt), latent, schedule,
-                                       disable_pbar=True)
-        image = vae.decode(out["samples"])
-        return image.reshape(-1, *image.shape[-3:])[:1].float()
-
-    return generate
 
 
 def describe_model(model):
@@ -87,7 +46,7 @@ def describe_model(model):
 def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
               prompts, width, height, objective="jaq", c_range=(0.8, 1.2), model_name="", quant=None,
               preset_name="", preset_folder=None, runs_folder=None, progress=None, should_stop=None,
-              on_candidate=None, scorer_name=None, scorer_k=None):
+              on_candidate=None, scorer_name=None, scorer_k=None, batch_size=1):
     """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path)."""
     prompts = list(prompts)
     fingerprint = model_hash(model)
@@ -106,12 +65,12 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     failures = []
     evaluate = make_evaluate(make_generator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
                                             steps=steps, cfg=cfg, seed=seed, width=width, height=height,
-                                            prompts=prompts), scorer, prompts, objective, failures)
+                                            prompts=prompts, max_batch=batch_size), scorer, prompts, objective, failures)
     if on_candidate is not None:
         evaluate = _reporting(evaluate, on_candidate)
     result = run_search(evaluate, steps, len(prompts), strategy, budget_images=budget_images or None,
                         c_range=c_range, sampler=sampler_name, settings=settings, run_log=log_path,
-                        progress=progress, should_stop=should_stop)
+                        progress=progress, should_stop=should_stop, batch_images=batch_size)
     for failure in failures:
         log.warning("calibration candidate %s failed on prompt %d: %s (scored worst)", failure["schedule"],
                     failure["prompt"], failure["reason"])
@@ -144,6 +103,14 @@ def _reporting(evaluate, on_candidate):
         scores = evaluate(schedule, prompt_indices)
         on_candidate(schedule, prompt_indices, scores)
         return scores
+
+    def many(requests):
+        results = evaluate.many(requests)
+        for (schedule, prompt_indices), scores in zip(requests, results):
+            on_candidate(schedule, prompt_indices, scores)
+        return results
+
+    wrapped.many = many
     return wrapped
 
 
@@ -204,13 +171,16 @@ class QSchedCalibrate:
                 "model_name": ("STRING", {"default": "", "tooltip": "recorded in the preset"}),
                 "quant": ("STRING", {"default": "", "tooltip": "quantization recorded in the preset, e.g. W4A8"}),
                 "preset_name": ("STRING", {"default": "", "tooltip": "empty = <model>-<quant>-<sampler>-<steps>steps"}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip":
+                               "most images per model call (prompts and candidates share a batch, each with its "
+                               "own noise); fewer when ComfyUI's free memory is short. 1 = one image at a time"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def run(self, model, clip, vae, scorer, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
             prompts, n_prompts=0, width=512, height=512, objective="jaq", c_min=0.8, c_max=1.2, model_name="",
-            quant="", preset_name="", unique_id=None):
+            quant="", preset_name="", batch_size=16, unique_id=None):
         prompt_list = parse_prompts(prompts)
         if n_prompts:
             prompt_list = prompt_list[:n_prompts]
@@ -237,7 +207,8 @@ class QSchedCalibrate:
             model, clip, vae, scorer, sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg,
             strategy=strategy, budget_images=budget_images, seed=seed, prompts=prompt_list, width=width,
             height=height, objective=objective, c_range=c_range, model_name=model_name, quant=quant or None,
-            preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate)
+            preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate,
+            batch_size=batch_size)
         name = os.path.splitext(os.path.basename(path))[0]
         summary = {"best": {"c_x": list(result.best.c_x), "c_eps": list(result.best.c_eps)},
                    "best_score": _finite(result.best_score), "identity_score": _finite(result.identity_score),
