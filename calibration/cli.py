@@ -64,8 +64,10 @@ def main(argv):
     prompts = prompts[: args.n_prompts] if args.n_prompts else prompts
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(args.checkpoint)[:3]
     if args.quant:
+        from ..nodes.quant_ops import with_comfy_patching
         from ..quant import QuantSpec, quantize_module
         report = quantize_module(model.model.diffusion_model, QuantSpec.parse(args.quant))
+        with_comfy_patching(model.model.diffusion_model)
         print(f"quantized {args.quant}: {report}", file=sys.stderr)
     scorer = load_scorer(args.scorer, k=args.scorer_k)
     started = time.monotonic()
