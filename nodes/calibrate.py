@@ -114,11 +114,14 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
                       height=height, prompts=prompts)
     evaluate = make_evaluate(make_generator(model, clip, vae, **generation), scorer, prompts, objective, failures)
     search_evaluate = lambda schedule, indices: evaluate(schedule, [search_pairs[i] for i in indices])
+    check_images = len(held_out) * (4 if reference_model is not None else 2)   # winner and identity (x2 with FP)
+    search_progress = None if progress is None else lambda done, total: progress(done, total + check_images)
     if on_candidate is not None:
         search_evaluate = _reporting(search_evaluate, on_candidate)
     result = run_search(search_evaluate, steps, len(search_pairs), strategy, budget_images=budget_images or None,
                         c_range=c_range, sampler=sampler_name, settings=settings, run_log=log_path,
-                        progress=progress, should_stop=should_stop, strata=[prompts[i] for i in search_pairs])
+                        progress=search_progress, should_stop=should_stop,
+                        strata=[prompts[i] for i in search_pairs])
     evaluate_fp = None
     if reference_model is not None:
         evaluate_fp = make_evaluate(make_generator(reference_model, clip, vae, **generation), scorer, prompts,
