@@ -10,6 +10,7 @@ the headless command or the testbed.
 import math
 from dataclasses import dataclass, field
 
+from .noise_aware import stratified_order
 from .paired import CONFIDENCE, POWER, paired_difference, pairs_needed, resolvable_difference
 from .runlog import schedule_key
 
@@ -18,18 +19,22 @@ YES, NO, NOT_SIGNIFICANT = "yes", "no", "not significant"
 VERDICTS = (YES, NO, NOT_SIGNIFICANT)
 
 
-def split_pairs(n_pairs, fraction=HOLDOUT_FRACTION):
-    """(search, held_out) pair indices: round(fraction * n) pairs (at least 1, at most n - 1) spread evenly over the
-    list are kept out of the search. 20 pairs, 0.25 -> held out 2, 6, 10, 14, 18."""
+def split_pairs(n_pairs, fraction=HOLDOUT_FRACTION, strata=None):
+    """(search, held_out) pair indices: round(fraction * n) pairs (at least 1, at most n - 1) are kept out of the
+    search, the last ones in an order round-robin over strata (prompts or classes), so every stratum loses its
+    share: 20 distinct prompts -> pairs 15-19 held out; 40 pairs of 10 classes listed 0-9, 0-9, ... -> the last
+    copy of every class."""
     if isinstance(n_pairs, bool) or not isinstance(n_pairs, int) or n_pairs < 2:
         raise ValueError(f"a held-out check needs at least 2 prompt/seed pairs (one to search on, one to check "
                          f"on), got {n_pairs!r}; give more prompts")
     if not 0 < fraction < 1:
         raise ValueError(f"holdout fraction must be between 0 and 1 (exclusive), got {fraction!r}")
+    if strata is not None and len(strata) != n_pairs:
+        raise ValueError(f"strata must give one label per pair ({n_pairs}), got {len(strata)}")
     count = min(n_pairs - 1, max(1, round(n_pairs * fraction)))
-    held_out = sorted({int((j + 0.5) * n_pairs / count) for j in range(count)})
-    search = [i for i in range(n_pairs) if i not in set(held_out)]
-    return search, held_out
+    order = stratified_order(range(n_pairs) if strata is None else strata)
+    held_out = sorted(order[n_pairs - count:])
+    return sorted(order[:n_pairs - count]), held_out
 
 
 def verdict_of(difference):

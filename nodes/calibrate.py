@@ -94,7 +94,7 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     verdict (report: calibration.heldout.TrustReport); with `reference_model` (the full-precision model) the
     same coefficients are checked on it too (FP control)."""
     prompts = list(prompts)
-    search_pairs, held_out = split_pairs(len(prompts), holdout)
+    search_pairs, held_out = split_pairs(len(prompts), holdout, strata=prompts)
     fingerprint = model_hash(model)
     family = describe_model(model)
     model_name = model_name or f"{family}-{fingerprint[:8]}"
@@ -261,7 +261,7 @@ class QSchedCalibrate:
         if n_prompts:
             prompt_list = prompt_list[:n_prompts]
         c_range = (c_min, c_max)
-        search_pairs, held_out = split_pairs(len(prompt_list), holdout)
+        search_pairs, held_out = split_pairs(len(prompt_list), holdout, strata=prompt_list)
         planned = plan_images(strategy, SearchSpace(STRATEGIES[strategy].space, steps, c_range), len(search_pairs),
                               budget_images or None) + len(held_out) * (4 if reference_model is not None else 2)
         bar = comfy.utils.ProgressBar(planned, node_id=unique_id)

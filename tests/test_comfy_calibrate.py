@@ -21,7 +21,7 @@ def _build_scorer(folder):
 
 register_model_folder("qsched_scorers", _build_scorer)
 
-# Three prompt/seed pairs: pair 1 is held out of the search (calibration.heldout.split_pairs), 0 and 2 are searched.
+# Three prompt/seed pairs: pair 2 is held out of the search (calibration.heldout.split_pairs), 0 and 1 are searched.
 SETTINGS = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, strategy="paper_grid",
                 budget_images=10, seed=3, prompts="a red cube on a table\na blue sphere on the grass\n"
                 "a green field under a blue sky", width=64, height=64)
@@ -293,7 +293,7 @@ def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_re
         **SETTINGS, "prompts": "\n".join(prompts), "budget_images": 20, "seed": 31, "preset_name": "fp-control",
         "quant": "W4A8", "reference_model": stack["model"]})
     summary = output["ui"]["qsched_calibration"][0]
-    held_out = {prompts[1], prompts[4]}                                  # split_pairs(6) keeps out pairs 1 and 4
+    held_out = {prompts[4], prompts[5]}                                  # split_pairs(6) keeps out pairs 4 and 5
     search_calls, check_calls = scorer.calls[:-4], scorer.calls[-4:]
     assert summary["images_generated"] == sum(map(len, search_calls)) == 5 * 4   # 2 x 2 starts + identity
     assert all(held_out.isdisjoint(call) for call in search_calls)

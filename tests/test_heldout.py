@@ -41,10 +41,15 @@ def test_resolvable_difference_has_the_stated_power():
     assert resolvable_difference(1.0, 1) == math.inf
 
 
-def test_split_pairs_keeps_a_spread_out_quarter():
+def test_split_pairs_keeps_a_quarter_out_balanced_over_strata():
     search, held_out = H.split_pairs(20)
-    assert held_out == [2, 6, 10, 14, 18] and sorted(search + held_out) == list(range(20))
+    assert held_out == [15, 16, 17, 18, 19] and search == list(range(15))
     assert H.split_pairs(2) == ([0], [1])
+    classes = [i % 10 for i in range(40)]                     # 10 classes, 4 pairs each
+    search, held_out = H.split_pairs(40, strata=classes)
+    assert sorted(classes[i] for i in held_out) == list(range(10)) and len(search) == 30
+    grouped = [i // 4 for i in range(40)]                     # the same, listed class by class
+    assert sorted(grouped[i] for i in H.split_pairs(40, strata=grouped)[1]) == list(range(10))
     assert len(H.split_pairs(100, 0.1)[1]) == 10
     with pytest.raises(ValueError, match="at least 2 prompt/seed pairs"):
         H.split_pairs(1)
