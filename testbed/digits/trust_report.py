@@ -1,6 +1,7 @@
 """Markdown tables of a `digits-trust` JSON (testbed/digits/trust.py): picks and images per strategy, held-out
 verdicts with the FP control, rank correlation and calibration-seed stability.
-`python -m comfyui_qsched.testbed.digits.trust_report results_trust.json` (after `import qsched`)."""
+`python -m comfyui_qsched.testbed.digits.trust_report results_trust*.json` (after `import qsched`; several files
+of one configuration are merged)."""
 import json
 import math
 import sys
@@ -109,6 +110,15 @@ def trust_tables(results):
                         "**Rank correlation and calibration-seed stability**", stability_table(results)])
 
 
+def merge(runs):
+    """One result from several runs of the same configuration (e.g. one per bit width, run side by side)."""
+    keys = ("pairs", "holdout", "grid_points", "c_range", "truth_pairs", "fid_samples", "eval_seeds")
+    for run in runs[1:]:
+        different = [k for k in keys if run.get(k) != runs[0].get(k)]
+        if different:
+            raise ValueError(f"cannot merge trust runs with different {', '.join(different)}")
+    return {**runs[0], "settings": [s for run in runs for s in run["settings"]]}
+
+
 if __name__ == "__main__":
-    for path in sys.argv[1:]:
-        print(trust_tables(json.load(open(path))))
+    print(trust_tables(merge([json.load(open(path)) for path in sys.argv[1:]])))
