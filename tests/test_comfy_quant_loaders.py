@@ -6,11 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfy_fixtures import CLIP_L, SD15_CHECKPOINT, TEST_DEVICE, load_example_workflow, ui_workflow_to_prompt
+from comfy_fixtures import CLIP_L, SD15_CHECKPOINT, load_example_workflow, ui_workflow_to_prompt
 
 LORA = "qsched_tiny_sd15_lora.safetensors"
-# fp8 needs torch._scaled_mm on an Ada/Hopper GPU: it joins the LoRA cases on the GPU run (QSCHED_TEST_DEVICE=cuda).
-LORA_BACKENDS = ["simulate", "fp8"] if TEST_DEVICE == "cuda" else ["simulate"]
+LORA_BACKENDS = ["simulate", "fp8"]  # fp8: torch._scaled_mm on CPU here, on Ada/Hopper in the GPU run
 
 
 @pytest.fixture(scope="module")
