@@ -12,7 +12,8 @@ import time
 
 from ..safe_files import UnsafeFileError, read_regular_file
 from ..samplers.schedule import SAMPLER_NAMES
-from .strategies import STRATEGIES
+from .heldout import HOLDOUT_FRACTION, format_report
+from .strategies import DEFAULT_STRATEGY, STRATEGIES
 
 MAX_PROMPTS_FILE_BYTES = 16 << 20
 
@@ -32,8 +33,8 @@ def _integer(minimum, maximum=None, multiple_of=1):
     return parse
 
 
-def _number(minimum=None, above=None):
-    """An argparse type: a finite float, at least `minimum` or greater than `above`."""
+def _number(minimum=None, above=None, below=None):
+    """An argparse type: a finite float, at least `minimum` or greater than `above` (and less than `below`)."""
     def parse(text):
         try:
             value = float(text)
@@ -41,8 +42,10 @@ def _number(minimum=None, above=None):
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if (minimum is not None and value < minimum) or (above is not None and value <= above):
+        if ((minimum is not None and value < minimum) or (above is not None and value <= above)
+                or (below is not None and value >= below)):
             bound = f">= {minimum}" if minimum is not None else f"> {above}"
+            bound += f" and < {below}" if below is not None else ""
             raise argparse.ArgumentTypeError(f"{value} is out of range: give a number {bound}")
         return value
     return parse
@@ -68,7 +71,7 @@ def parser():
     p.add_argument("--scheduler", default="lcm_original")
     p.add_argument("--steps", type=_integer(1, 1000), default=4)
     p.add_argument("--cfg", type=_number(minimum=0.0), default=1.0)
-    p.add_argument("--strategy", default="coarse_to_fine", choices=tuple(STRATEGIES))
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=tuple(STRATEGIES))
     p.add_argument("--budget", type=_integer(0), default=0, help="most images to generate (0 = strategy default)")
     p.add_argument("--seed", type=_integer(0, 2**64 - 1), default=0)
     p.add_argument("--prompts-file", default=None, help="one prompt per line (default: the pack's 20 prompts)")
@@ -84,6 +87,10 @@ def parser():
     p.add_argument("--runs-folder", default=None, help="default: <ComfyUI user dir>/qsched_runs")
     p.add_argument("--plot", default=None, help="also save the plot as this PNG")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
+    p.add_argument("--holdout", type=_number(above=0.0, below=1.0), default=HOLDOUT_FRACTION,
+                   help="share of the prompt/seed pairs kept out of the search for the held-out verdict")
+    p.add_argument("--fp-control", action="store_true", help="with --quant: also apply the winner to the "
+                   "unquantized model (loaded a second time) and say whether the gain is quantization-specific")
     return p
 
 
@@ -118,6 +125,8 @@ def main(argv):
     args = parser().parse_args(argv)
     if not args.c_min < args.c_max:
         raise SystemExit(f"--c-min {args.c_min} must be below --c-max {args.c_max}")
+    if args.fp_control and not args.quant:
+        raise SystemExit("--fp-control compares the quantized model with the full-precision one: give --quant too")
     prompts = read_prompts(args.prompts_file, args.n_prompts)
     _import_comfyui(args.comfyui, args.gpu)
     import comfy.sd
@@ -126,9 +135,12 @@ def main(argv):
     from ..nodes.calibrate import calibrate
 
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(args.checkpoint)[:3]
+    reference = comfy.sd.load_checkpoint_guess_config(args.checkpoint)[0] if args.fp_control else None
     if args.quant:
+        from ..nodes.quant_ops import with_comfy_patching
         from ..quant import QuantSpec, quantize_module
         report = quantize_module(model.model.diffusion_model, QuantSpec.parse(args.quant))
+        with_comfy_patching(model.model.diffusion_model)
         print(f"quantized {args.quant}: {report}", file=sys.stderr)
     scorer = load_scorer(args.scorer, k=args.scorer_k)
     started = time.monotonic()
@@ -136,14 +148,15 @@ def main(argv):
     def progress(done, total):
         print(f"\r{done}/{total} images, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
 
-    result, preset, path = calibrate(
+    result, preset, path, report = calibrate(
         model, clip, vae, scorer, sampler_name=args.sampler, scheduler=args.scheduler, steps=args.steps,
         cfg=args.cfg, strategy=args.strategy, budget_images=args.budget, seed=args.seed, prompts=prompts,
         width=args.width, height=args.height, objective=args.objective, c_range=(args.c_min, args.c_max),
         model_name=args.model_name or os.path.splitext(os.path.basename(args.checkpoint))[0], quant=args.quant,
         preset_name=args.preset_name, preset_folder=args.preset_folder, runs_folder=args.runs_folder,
-        progress=progress, scorer_k=args.scorer_k)
+        progress=progress, scorer_k=args.scorer_k, holdout=args.holdout, reference_model=reference)
     print(file=sys.stderr)
+    print(format_report(report, result), file=sys.stderr)
     if args.plot:
         from PIL import Image
         from .plot import plot_result
@@ -151,5 +164,6 @@ def main(argv):
     print(json.dumps({"preset": path, "best": result.best.to_dict(), "best_score": result.best_score,
                       "identity_score": result.identity_score, "images_generated": result.images_generated,
                       "images_reused": result.images_reused, "failures": len(result.failures),
+                      "better_than_identity": report.heldout.verdict, **report.to_dict(),
                       "seconds": round(time.monotonic() - started, 1)}, indent=2))
     return 0

@@ -17,6 +17,7 @@ import re
 from ..atomic_files import write_text_atomic
 from ..safe_files import JSONDocumentError, UnsafeFileError, non_finite_path, parse_json, read_regular_file
 from ..samplers.schedule import QSchedSchedule, ScheduleError
+from .heldout import VERDICTS
 
 FORMAT = "qsched-preset"
 SCHEMA_VERSION = 1
@@ -96,8 +97,9 @@ def preset_path(folder, name):
 
 def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=None, sampler=None, scorer=None,
                 scorer_k=None, prompts_hash=None, n_prompts=None, seed=None, cfg=None, identity_score=None,
-                best_score=None, search=None, notes="", example=False):
-    """Build a preset dict (schema version 1) for `schedule`; `sampler` defaults to the schedule's."""
+                best_score=None, search=None, notes="", example=False, checks=None):
+    """Build a preset dict (schema version 1) for `schedule`; `sampler` defaults to the schedule's. checks: the
+    held-out verdict (and FP control) from calibration.heldout.TrustReport.to_dict(), kept under `scores`."""
     sampler = sampler or schedule.sampler
     preset = {
         "format": FORMAT, "version": SCHEMA_VERSION, "example": bool(example), "notes": notes,
@@ -106,7 +108,7 @@ def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=Non
         "c_x": list(schedule.c_x), "c_eps": list(schedule.c_eps),
         "scorer": {"name": scorer, "k": scorer_k}, "prompts_hash": prompts_hash, "n_prompts": n_prompts,
         "seed": seed, "cfg": cfg,
-        "scores": {"identity": identity_score, "best": best_score},
+        "scores": {"identity": identity_score, "best": best_score, **(checks or {})},
         "search": search or {},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pack_version": PACK_VERSION,
@@ -148,6 +150,7 @@ def validate(data, where="preset"):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not math.isfinite(value)):
             raise PresetError(f"{where}: {field_name} must be a finite number or null, got {value!r}")
+    _validate_checks(data.get("scores", {}), where)
     try:
         schedule = schedule_of(data)
     except ScheduleError as error:
@@ -158,6 +161,22 @@ def validate(data, where="preset"):
     if bad is not None:
         raise PresetError(f"{where}: {bad} is not a finite number (JSON has no NaN or infinity)")
     return data
+
+
+def _validate_checks(scores, where):
+    """The optional held-out verdict and FP control under `scores` (older presets have neither)."""
+    for key in ("heldout", "fp_control"):
+        if key not in scores or scores[key] is None:
+            continue
+        check = scores[key]
+        if not isinstance(check, dict) or check.get("verdict") not in VERDICTS:
+            raise PresetError(f"{where}: scores.{key} must be an object whose verdict is one of "
+                              f"{', '.join(map(repr, VERDICTS))}")
+        for name in ("difference", "fp_gain", "gap"):
+            interval = check.get(name, {}).get("ci") if isinstance(check.get(name), dict) else None
+            if name in check and not (isinstance(interval, list) and len(interval) == 2 and all(
+                    v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in interval)):
+                raise PresetError(f"{where}: scores.{key}.{name}.ci must be two finite numbers or nulls")
 
 
 def _as_tuple(types):

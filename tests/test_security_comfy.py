@@ -86,7 +86,7 @@ def test_the_server_answers_and_lists_good_presets_while_hostile_files_sit_in_th
 # --- the calibration node --------------------------------------------------------------------------------
 
 SETTINGS = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, strategy="paper_grid",
-                seed=3, prompts="a red cube on a table", width=64, height=64)
+                seed=3, prompts="a red cube on a table\na green field under a blue sky", width=64, height=64)
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,7 @@ def test_any_budget_plans_a_bounded_number_of_images(strategy, budget, n_prompts
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(strategy=st.sampled_from(["paper_grid", "grid_general", "successive_halving"]),
+@given(strategy=st.sampled_from(["paper_grid", "grid_general", "successive_halving", "racing", "halving_floor"]),
        budget=st.sampled_from([10 ** 9, 10 ** 18, 10 ** 30]), n_prompts=st.integers(1, 3))
 def test_a_huge_budget_starts_searching_at_once_in_bounded_memory(strategy, budget, n_prompts):
     evaluated = []
