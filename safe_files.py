@@ -42,6 +42,9 @@ def read_regular_file(path, max_bytes, folder=None):
     Raises UnsafeFileError for anything else; OSError (e.g. FileNotFoundError) passes through."""
     if folder is not None and not is_inside(folder, path):
         raise UnsafeFileError("is a link leading outside its folder; only files inside the folder are read")
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):   # not even opened; fstat below covers a swap between here and the open
+        raise UnsafeFileError(f"is {kind_of(mode)}, not a regular file")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     descriptor = os.open(path, flags)   # non-blocking: opening a FIFO does not wait for a writer
     with open(descriptor, "rb", closefd=True) as handle:

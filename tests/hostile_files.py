@@ -3,6 +3,7 @@ the preset or scorer folder. Each maker creates `folder/name` and returns what a
 import json
 import os
 import socket
+import threading
 
 DEEP = 100_000   # far past Python's recursion limit
 
@@ -106,3 +107,32 @@ def valid_preset_text(**changes):
               "search": {}, "created": "2026-01-01T00:00:00+00:00", "pack_version": "0.1.0"}
     preset.update(changes)
     return json.dumps(preset)
+
+
+class FifoFeeder:
+    """A reader that opens a FIFO blocks until a writer comes: be that writer, until stopped, so that a reader
+    which should never have opened the FIFO reads a valid preset from it (and its test fails) instead of hanging.
+    Opening a FIFO for writing while nobody reads it fails at once (ENXIO): then nothing is written."""
+
+    def __init__(self, path, text=""):
+        self.path, self.text, self.stop, self.fed = path, text, threading.Event(), False
+        self.thread = threading.Thread(target=self._feed, daemon=True)
+        self.thread.start()
+
+    def _feed(self):
+        while not self.stop.wait(0.01):
+            try:
+                descriptor = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            self.fed = True
+            try:
+                os.write(descriptor, self.text.encode())
+            except OSError:   # the reader went away
+                pass
+            finally:
+                os.close(descriptor)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()

@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import pytest
@@ -182,32 +181,6 @@ def test_documents_that_would_crash_a_reader_are_named(tmp_path, text, message):
 
 # --- files of every type in the folder ---------------------------------------------------------------------
 
-class FifoFeeder:
-    """A reader that opens a FIFO blocks until a writer comes: be that writer, until stopped, so that a reader
-    which should never have opened the FIFO reads a valid preset from it (and its test fails) instead of hanging.
-    Opening a FIFO for writing while nobody reads it fails at once (ENXIO): then nothing is written."""
-
-    def __init__(self, path, text):
-        self.path, self.text, self.stop = path, text, threading.Event()
-        self.thread = threading.Thread(target=self._feed, daemon=True)
-        self.thread.start()
-
-    def _feed(self):
-        while not self.stop.wait(0.01):
-            try:
-                descriptor = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:
-                continue
-            try:
-                os.write(descriptor, self.text.encode())
-            finally:
-                os.close(descriptor)
-
-    def close(self):
-        self.stop.set()
-        self.thread.join()
-
-
 @SETTINGS
 @given(kinds=st.lists(st.sampled_from(sorted(hostile.NEVER_READ) + sorted(hostile.REFUSED_CONTENT) + ["outside"]),
                       min_size=1, max_size=5, unique=True))
@@ -226,7 +199,7 @@ def test_the_list_reads_only_regular_files_inside_the_folder(kinds):
             elif kind in hostile.NEVER_READ:
                 hostile.NEVER_READ[kind](folder, name)
                 if kind == "fifo":
-                    feeders.append(FifoFeeder(os.path.join(folder, name), hostile.valid_preset_text()))
+                    feeders.append(hostile.FifoFeeder(os.path.join(folder, name), hostile.valid_preset_text()))
             else:
                 hostile.REFUSED_CONTENT[kind](folder, name)
         before = hostile.snapshot(base)
@@ -235,6 +208,7 @@ def test_the_list_reads_only_regular_files_inside_the_folder(kinds):
         finally:
             for feeder in feeders:
                 feeder.close()
+        assert not any(feeder.fed for feeder in feeders), "the FIFO was opened for reading"
         assert entries["good"]["valid"]
         for kind in kinds:
             entry = entries.get(kind)
@@ -256,13 +230,14 @@ def test_loading_a_hostile_entry_by_name_is_a_preset_error(tmp_path, kind):
         hostile.make_link_outside(str(folder), "x.json", str(tmp_path / "secret.json"))
     else:
         hostile.NEVER_READ[kind](str(folder), "x.json")
-    feeder = FifoFeeder(str(folder / "x.json"), hostile.valid_preset_text()) if kind == "fifo" else None
+    feeder = hostile.FifoFeeder(str(folder / "x.json"), hostile.valid_preset_text()) if kind == "fifo" else None
     try:
         with pytest.raises(P.PresetError, match="preset x.json"):
             P.load_preset(folder, "x")
     finally:
         if feeder:
             feeder.close()
+    assert not (feeder and feeder.fed), "the FIFO was opened for reading"
 
 
 def test_a_link_to_a_preset_inside_the_folder_is_read(tmp_path):

@@ -263,12 +263,18 @@ def test_a_pickle_with_a_reduce_payload_in_a_plain_pt_or_hf_bin_runs_nothing(tmp
 # --- files that are not regular, JSON next to the weights ----------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory-named-pt", "socket"])
-def test_a_scorer_path_that_is_not_a_regular_file_is_refused(tmp_path, kind):
+def test_a_scorer_path_that_is_not_a_regular_file_is_refused_unopened(tmp_path, kind):
     name = "clip.pt"
     {"fifo": hostile.make_fifo, "dev-zero": hostile.make_dev_zero_link, "socket": hostile.make_socket,
      "directory-named-pt": lambda folder, n: os.mkdir(os.path.join(folder, n))}[kind](str(tmp_path), name)
-    with pytest.raises(ScorerError):
-        read_scorer_weights(tmp_path / name)
+    feeder = hostile.FifoFeeder(str(tmp_path / name), "PK\x03\x04 not a zip") if kind == "fifo" else None
+    try:
+        with pytest.raises(ScorerError):
+            read_scorer_weights(tmp_path / name)
+    finally:
+        if feeder:
+            feeder.close()
+    assert not (feeder and feeder.fed), "the FIFO was opened for reading (a reader without a writer hangs there)"
 
 
 @pytest.fixture(scope="module")
