@@ -85,7 +85,7 @@ def parser():
     p.add_argument("--preset-name", default="")
     p.add_argument("--preset-folder", default=None, help="default: <ComfyUI user dir>/qsched_presets")
     p.add_argument("--runs-folder", default=None, help="default: <ComfyUI user dir>/qsched_runs")
-    p.add_argument("--batch-size", type=int, default=16,
+    p.add_argument("--batch-size", type=_integer(1, 1024), default=16,
                    help="most images per model call (fewer when free memory is short); 1 = one at a time")
     p.add_argument("--plot", default=None, help="also save the plot as this PNG")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")

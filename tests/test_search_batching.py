@@ -11,7 +11,8 @@ from comfyui_qsched.samplers import NonFiniteLatentError
 from test_search import PROMPTS, STEPS, Bowl
 
 STRATEGY_OPTIONS = {"paper_grid": {"grid_points": 5}, "grid_general": {"grid_points": 3},
-                    "successive_halving": {}, "coarse_to_fine": {}, "bayes": {"iterations": 3}}
+                    "successive_halving": {}, "coarse_to_fine": {}, "bayes": {"iterations": 3},
+                    "racing": {"grid_points": 5}, "halving_floor": {"grid_points": 5}, "coarse_to_fine_racing": {}}
 
 
 class BatchedBowl(Bowl):
@@ -30,7 +31,8 @@ def _search(strategy, batch_images, tmp_path=None, **kwargs):
     bowl = BatchedBowl()
     log = None if tmp_path is None else tmp_path / f"{strategy}-{batch_images}.jsonl"
     result = run_search(bowl, STEPS, PROMPTS, strategy, batch_images=batch_images, run_log=log,
-                        settings={"seed": 1}, **STRATEGY_OPTIONS[strategy], **kwargs)
+                        settings={"seed": 1}, strata=[i % 7 for i in range(PROMPTS)],
+                        **STRATEGY_OPTIONS[strategy], **kwargs)
     return result, bowl, log
 
 
