@@ -89,6 +89,7 @@ def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, see
                    negative_prompt="", max_batch=1, sampler_options=None):
     """generate(items) -> IMAGE [N, H, W, C] for items [(schedule, prompt_index)], at most `max_batch` samples
     (and what free memory allows) per model call. Raises NonFiniteLatentError if a latent of a batch fails."""
+    from ..nodes.comfy_compat import make_noise_sampler
     from ..nodes.sampling import check_sampler_fits_model, resolve_schedule, scheduler_sigmas
 
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -103,7 +104,7 @@ def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, see
         latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([len(seeds), *latent_shape]))
         noise = torch.cat([comfy.sample.prepare_noise(latent[:1], s) for s in seeds])
         schedule = one_schedule(resolve_schedule(s, steps, sampler_name) for s in schedules)
-        sampler = comfy.samplers.KSAMPLER(_with_seeds(SAMPLERS[sampler_name].function, seeds),
+        sampler = comfy.samplers.KSAMPLER(_with_seeds(SAMPLERS[sampler_name].function, seeds, make_noise_sampler),
                                           extra_options={"schedule": schedule, **(sampler_options or {})})
         samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, encode(negative_prompt),
                                              latent, callback=_interrupt_check, disable_pbar=True, seed=seeds[0])
@@ -131,10 +132,11 @@ def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, see
     return generate
 
 
-def _with_seeds(function, seeds):
-    """The sampler function with sample b's fresh noise drawn from its own seed (what it draws at batch 1)."""
+def _with_seeds(function, seeds, make_noise_sampler):
+    """The sampler function with sample b's fresh noise drawn from its own seed, by ComfyUI's noise sampler (what
+    the sampler draws for it at batch 1)."""
     def sample(model, x, sigmas, **options):
-        return function(model, x, sigmas, noise_sampler=seeded_noise_sampler(x, seeds), **options)
+        return function(model, x, sigmas, noise_sampler=seeded_noise_sampler(x, seeds, make_noise_sampler), **options)
     return sample
 
 

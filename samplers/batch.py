@@ -1,7 +1,7 @@
 """Several calibration images in one sampling batch: a schedule per sample and a noise stream per sample.
 
 Each sample gets what it would get alone at batch 1: its own schedule's coefficients and the fresh noise that
-`default_noise_sampler` would draw for it from its own seed. So a batched image equals its batch-1 twin up to
+the noise sampler (the plain-torch `default_noise_sampler`, or the host's) would draw for it from its own seed. So a batched image equals its batch-1 twin up to
 float rounding (batched matmuls may round differently), and calibration can batch candidates and prompts freely.
 """
 import torch
@@ -56,15 +56,16 @@ def one_schedule(schedules):
     return first if same else ScheduleBatch(schedules)
 
 
-def seeded_noise_sampler(x, seeds):
-    """A noise sampler drawing, for sample b, what default_noise_sampler(x[b:b+1], seeds[b]) would draw."""
+def seeded_noise_sampler(x, seeds, make_noise_sampler=None):
+    """A noise sampler drawing, for sample b, what make_noise_sampler(x[b:b+1], seed=seeds[b]) draws at batch 1
+    (default: the samplers' plain-torch default_noise_sampler; in ComfyUI pass ComfyUI's own)."""
+    from .k_qsched import default_noise_sampler
     if len(seeds) != x.shape[0]:
         raise ValueError(f"{len(seeds)} noise seeds for a batch of {x.shape[0]}")
-    generators = [torch.Generator(device=x.device).manual_seed(int(seed)) for seed in seeds]
-    shape = (1,) + tuple(x.shape[1:])
+    make_noise_sampler = make_noise_sampler or default_noise_sampler
+    samplers = [make_noise_sampler(x[b:b + 1], seed=int(seed)) for b, seed in enumerate(seeds)]
 
     def draw(sigma, sigma_next):
-        return torch.cat([torch.randn(shape, dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)
-                          for generator in generators])
+        return torch.cat([sampler(sigma, sigma_next) for sampler in samplers])
 
     return draw
