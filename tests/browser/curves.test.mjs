@@ -2,7 +2,9 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { readFileSync } from "node:fs";
-import { checkSchedule, identity, linearSchedule, linspace, listSchedule, parseCoefficients } from "../../web/lib/curves.js";
+import {
+  checkSchedule, identity, linearSchedule, linspace, listSchedule, parseCoefficients,
+} from "../../web/lib/curves.js";
 import { pyFloatRepr, pyStrRepr } from "../../web/lib/pytext.js";
 
 // The cases the node's grammar is checked against too (tests/test_coefficient_text.py).
@@ -36,7 +38,8 @@ for (const c of VECTORS) {
 
 test("parseCoefficients names the list and the entry", () => {
   assert.deepEqual(parseCoefficients("2, 3", "c_x_list"), [2, 3]);
-  assert.throws(() => parseCoefficients("1.1, abc", "c_eps_list"), /^Error: c_eps_list: entry 2 \('abc'\) is not a number$/);
+  assert.throws(() => parseCoefficients("1.1, abc", "c_eps_list"),
+    /^Error: c_eps_list: entry 2 \('abc'\) is not a number$/);
 });
 
 test("linearSchedule is linspace from start to end and refuses what the node refuses", () => {
@@ -53,8 +56,8 @@ test("checkSchedule refuses non-positive and non-finite coefficients in the node
 
 test("pyFloatRepr writes floats as Python's repr does", () => {
   // Expected strings from CPython 3.11: repr(float(x)).
-  const cases = [[1, "1.0"], [0.1, "0.1"], [1e16, "1e+16"], [1e15, "1000000000000000.0"], [123456789.125, "123456789.125"],
-    [1e-5, "1e-05"], [0.0001, "0.0001"], [1.5e-7, "1.5e-07"], [2 ** 70, "1.1805916207174113e+21"], [-0, "-0.0"],
+  const cases = [[1, "1.0"], [0.1, "0.1"], [1e16, "1e+16"], [1e15, "1000000000000000.0"],
+    [123456789.125, "123456789.125"], [1e-5, "1e-05"], [0.0001, "0.0001"], [1.5e-7, "1.5e-07"], [2 ** 70, "1.1805916207174113e+21"], [-0, "-0.0"],
     [1 / 3, "0.3333333333333333"], [5e-324, "5e-324"], [1.7976931348623157e308, "1.7976931348623157e+308"]];
   for (const [value, text] of cases) assert.equal(pyFloatRepr(value), text, String(value));
 });

@@ -36,8 +36,9 @@ export function sourceOf(node, inputName) {
       if (!host) {
         const instances = instancesOf(graph);
         if (instances.length !== 1) {
-          throw new Error(`${inputName} comes in through subgraph input ${graph.inputNode.slots?.[link.origin_slot]?.name ?? link.origin_slot}`
-            + ` of ${instances.length} subgraph nodes: open one of them to see its curve`);
+          const input = graph.inputNode.slots?.[link.origin_slot]?.name ?? link.origin_slot;
+          throw new Error(`${inputName} comes in through subgraph input ${input} of ${instances.length} subgraph nodes:`
+            + " open one of them to see its curve");
         }
         host = instances[0];
       }

@@ -7,7 +7,8 @@ const EDGE_SPACE = new RegExp(`^[${SPACE}]+|[${SPACE}]+$`, "g");
 const DECIMAL_DIGIT = /\p{Nd}/u;
 const DIGITS = "[0-9](?:_?[0-9])*";
 // float()'s grammar once its Unicode digits are mapped to ASCII (Python docs, "floatvalue").
-const FLOAT_TEXT = new RegExp(`^[+-]?(?:(?:(?:${DIGITS})?\\.${DIGITS}|${DIGITS}\\.?)(?:e[+-]?${DIGITS})?|inf|infinity|nan)$`, "i");
+const NUMBER = `(?:(?:${DIGITS})?\\.${DIGITS}|${DIGITS}\\.?)(?:e[+-]?${DIGITS})?`;
+const FLOAT_TEXT = new RegExp(`^[+-]?(?:${NUMBER}|inf|infinity|nan)$`, "i");
 const NOT_PRINTABLE = /[\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Zl}\p{Zp}\p{Zs}]/u;
 
 export function pyStrip(text) {
