@@ -25,9 +25,9 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = not torch.cuda.is_available()
 import comfy.ops  # noqa: E402
-from comfy.ldm.flux.model import Flux  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
+from comfyui_qsched.nodes.comfy_compat import flux_model  # noqa: E402
 from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 
 SDXL = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
@@ -58,7 +58,7 @@ def build(name, device, tiny):
     ops, dtype = comfy.ops.disable_weight_init, torch.bfloat16
     with torch.device(device):
         model = UNetModel(**config, dtype=dtype, device=device, operations=ops) if name == "sdxl" else \
-            Flux(**config, dtype=dtype, device=device, operations=ops)
+            flux_model(**config, dtype=dtype, device=device, operations=ops)
     return model.eval().requires_grad_(False)
 
 
