@@ -6,7 +6,8 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import PromptFailed, load_example_workflow, register_model_folder, ui_workflow_to_prompt
+from comfy_fixtures import (SD15_CHECKPOINT, PromptFailed, load_example_workflow, register_model_folder,
+                            ui_workflow_to_prompt)
 from test_metrics_fixtures import comfy_images, save_open_clip, tiny_vit_clip
 
 TINY_SCORER = "qsched_tiny_scorer_clip.safetensors"
@@ -22,6 +23,7 @@ register_model_folder("qsched_scorers", _build_scorers)
 def _example_graph(server, prompt_text=None):
     graph = ui_workflow_to_prompt(load_example_workflow("jaq_score_batch"), server.object_info())
     by_type = {node["class_type"]: node for node in graph.values()}
+    by_type["CheckpointLoaderSimple"]["inputs"]["ckpt_name"] = SD15_CHECKPOINT  # the example names a real SD1.5 file
     by_type["QSchedScorerLoader"]["inputs"]["checkpoint"] = TINY_SCORER
     by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64, batch_size=2)
     by_type["KSampler"]["inputs"].update(steps=1, seed=1)
