@@ -6,10 +6,13 @@ not INT8. W8 weights are stored as e4m3 with one scale per output channel; W4 we
 memory. Per-group weights and bit widths other than W8/W4 with A8 are refused (row-wise scales only)."""
 import torch
 
+from . import kernels
 from .layers import PackedWeightMixin, integer_layout
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = torch.finfo(E4M3).max
+# cuBLAS' fast FP8 accumulation (Hopper): see bench/results/peers_h200.md for its speed and error.
+FAST_ACCUMULATION = False
 
 
 def fp8_supported(device):
@@ -65,13 +68,21 @@ class Fp8Linear(PackedWeightMixin):
             return torch.nn.functional.linear(self.quantize_input(x, -1), weight, bias)
         rows = x.reshape(-1, x.shape[-1])
         count = rows.shape[0]
-        if count % 16:  # e.g. 77 text tokens: zero rows quantize to zero and are cut off again
-            rows = torch.nn.functional.pad(rows, (0, 0, 0, 16 - count % 16))
-        scale_a = (rows.abs().amax(dim=1, keepdim=True).float() / E4M3_MAX).clamp(min=1e-12)
-        x8 = (rows.float() / scale_a).to(E4M3)
+        padded = -(-count // 16) * 16  # e.g. 77 text tokens: zero rows quantize to zero and are cut off again
         scale_b = self.weight_scale.to(x.device).reshape(1, -1)
-        out = torch._scaled_mm(x8, self.fp8_weight(packed).t(), scale_a=scale_a, scale_b=scale_b,
-                               bias=bias, out_dtype=x.dtype)
+        if kernels.runs_triton(rows) and self.in_features <= kernels.triton_kernels.MAX_ROW:
+            rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+            x8, scale_a = kernels.triton_kernels.quantize_rows_fp8(rows, padded)  # one launch, padding included
+            weight = packed if not self.quant_spec.packed_int4 else \
+                kernels.triton_kernels.int4_to_fp8(packed, self.out_features, self.in_features)
+        else:
+            if padded != count:
+                rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - count))
+            scale_a = (rows.abs().amax(dim=1, keepdim=True).float() / E4M3_MAX).clamp(min=1e-12)
+            x8 = (rows.float() / scale_a).to(E4M3)
+            weight = self.fp8_weight(packed)
+        out = torch._scaled_mm(x8, weight.t(), scale_a=scale_a, scale_b=scale_b, bias=bias, out_dtype=x.dtype,
+                               use_fast_accum=FAST_ACCUMULATION and x.is_cuda)
         return out[:count].reshape(*x.shape[:-1], self.out_features)
 
     def quantize_input(self, x, channel_dim):
