@@ -7,7 +7,8 @@ state dict of one random-initialised BF16 model, built from ComfyUI's own classe
     comfy fp8_fast  weight_dtype "fp8_e4m3fn_fast": FP8 matmuls with unit scales (activations clamped and cast)
     comfy int8      ComfyUI 0.33+: this pack's W8A8 exported as comfy_quant int8_tensorwise (quant/export.py),
                     loaded by plain ComfyUI: comfy-kitchen's int8_linear
-    <spec> <backend> this pack: the BF16 load, then quant.quantize_module as the Q-Sched loaders do
+    <spec> <backend> this pack: the BF16 load, then quant.quantize_module and ComfyUI's patching protocol, as the
+                    Q-Sched loaders do
 Every config is timed eager in interleaved rounds (median, min-max) against the others, and, with --compile, with
 torch.compile (FLUX: each block, as bench/quant.py); rel. L2 of the output against BF16's, weight bytes.
 
@@ -34,6 +35,7 @@ import quant as bench  # noqa: E402  (bench/quant.py: ComfyUI model configs, see
 
 import comfy.sd  # noqa: E402
 
+from comfyui_qsched.nodes.quant_ops import with_comfy_patching  # noqa: E402
 from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 from comfyui_qsched.quant.export import comfy_int8_state_dict  # noqa: E402
 
@@ -99,6 +101,7 @@ def build_config(config, state, device):
         spec, backend = config.split()
         model = comfy_load(state, torch.bfloat16).to(device)
         report = quantize_module(model, spec, backend=backend, device=device)
+        with_comfy_patching(model)  # as the Q-Sched loaders do
         row["how"] = ", ".join(f"{n} {how}" for how, n in sorted(report.by_backend().items()))
         row["layers"] = f"{report.quantized}q/{report.kept}k"
     row["load_s"] = time.perf_counter() - start

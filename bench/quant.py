@@ -25,9 +25,9 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = not torch.cuda.is_available()
 import comfy.ops  # noqa: E402
-from comfy.ldm.flux.model import Flux, FluxParams  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
+from comfyui_qsched.nodes.comfy_compat import flux_model  # noqa: E402
 from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 
 SDXL = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
@@ -56,15 +56,12 @@ CONFIGS = [("bf16", None, True), ("W8A8", "fp8", True), ("W4A8", "fp8", True),
 def build(name, device, tiny, flux_blocks=None):
     """flux_blocks: (double, single) block counts instead of the configured ones."""
     config = dict((TINY if tiny else {"sdxl": SDXL, "flux": FLUX_SCHNELL})[name])
-    if name == "flux":
-        if flux_blocks:
-            config.update(depth=flux_blocks[0], depth_single_blocks=flux_blocks[1])
-        if "txt_ids_dims" in getattr(FluxParams, "__dataclass_fields__", {}):
-            config["txt_ids_dims"] = []  # ComfyUI 0.33+ asks for it; FLUX.1 has no text position ids
+    if name == "flux" and flux_blocks:
+        config.update(depth=flux_blocks[0], depth_single_blocks=flux_blocks[1])
     ops, dtype = comfy.ops.disable_weight_init, torch.bfloat16
     with torch.device(device):
         model = UNetModel(**config, dtype=dtype, device=device, operations=ops) if name == "sdxl" else \
-            Flux(**config, dtype=dtype, device=device, operations=ops)
+            flux_model(**config, dtype=dtype, device=device, operations=ops)
     return model.eval().requires_grad_(False)
 
 

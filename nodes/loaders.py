@@ -1,9 +1,9 @@
 """Loaders that quantize the diffusion backbone at load time and return a normal ComfyUI MODEL.
 
 The user's BF16/FP16 file is read as usual; Linear/Conv layers of the backbone are then quantized in place
-(quant/), their classes extended with packed-weight behaviour on top of ComfyUI's own ops classes, so the
-ModelPatcher still sees comfy.ops layers: offloading / --lowvram move the packed weights, and LoRA patches go
-through convert_weight/set_weight: a LoRA is applied on the dequantized weight and requantized onto the
+(quant/), their classes extended with packed-weight behaviour on top of ComfyUI's own ops classes, plus
+ComfyUI's weight patching protocol (quant_ops.py), so the ModelPatcher still sees comfy.ops layers: offloading /
+--lowvram move the packed weights, and a LoRA is applied on the dequantized weight and requantized onto the
 layer's existing scales (at load in normal mode, per call in low-VRAM mode); unpatching restores the codes.
 Text encoders and VAE are untouched."""
 import logging
@@ -17,6 +17,7 @@ from ..quant import BACKENDS, LayerPolicy, QuantSpec, quantize_module
 from ..quant.cache import quantize_cached
 from ..quant.fp8 import fp8_supported
 from ..quant.source import check_source
+from .quant_ops import with_comfy_patching
 
 CACHE_FOLDER = "qsched_quant_cache"
 SPECS = ["W8A8", "W4A8", "W4A8-g128", "W6A8", "W4A6", "W4A5", "W4A4", "W8A16", "W4A16", "W4A16-g128"]
@@ -59,6 +60,7 @@ def quantize_patcher(patcher, source_path, quantization, backend, layer_policy, 
     if report.quantized == 0:
         raise ValueError(f"{name}: no Linear/Conv layer of this backbone was quantized "
                          f"({type(backbone).__name__}, {report.kept} kept by the layer policy)")
+    with_comfy_patching(backbone)
     patcher.size = 0
     patcher.model_size()  # ComfyUI's memory planning must see the packed size
     summary = f"Q-Sched quantized {name}: {report.summary()}; cache {status}"

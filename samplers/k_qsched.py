@@ -4,7 +4,8 @@ The model returns the denoised estimate D(x, sigma). At step i the sampler state
 scaled after the model call: x' = c_x x, eps' = c_eps (x - D) / sigma, so D' = x' - sigma eps'. The model always
 sees the unscaled x and fresh noise is never scaled. A coefficient of exactly 1 skips its multiplication, so with
 an identity schedule every sampler performs the same float operations, in the same order, as ComfyUI's own
-sample_euler / sample_euler_ancestral(_RF) / sample_lcm, and the results are bit-identical.
+sample_euler / sample_euler_ancestral(_RF) / sample_lcm, and the results are bit-identical when both draw from
+the same noise sampler (inside ComfyUI the nodes pass the host's own as `make_noise_sampler`).
 
 Callbacks get ComfyUI's dict (x, i, sigma, sigma_hat, denoised) with denoised = D', the estimate the step uses,
 so previews show what the coefficients do. The latent is checked after every step: NaN/inf raises
@@ -29,7 +30,10 @@ class NonFiniteLatentError(FloatingPointError):
 
 
 def default_noise_sampler(x, seed=None):
-    """Same draws as ComfyUI's default_noise_sampler: one generator seeded once, randn of x's shape per call."""
+    """The plain-torch noise sampler, used when no other is given: one generator seeded once with `seed`, a randn
+    of x's shape per call (the draws of a diffusers scheduler stepping with that seeded generator). Inside
+    ComfyUI the nodes pass ComfyUI's own `default_noise_sampler` as `make_noise_sampler` instead, so identity
+    schedules draw exactly what the host's native samplers draw (its seeding differs between versions)."""
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device)
@@ -66,8 +70,8 @@ def qsched_denoised(x, denoised, c_x, c_eps):
 class _Run:
     """What every sampler validates and resolves before its first model call."""
 
-    def __init__(self, name, model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options,
-                 flow_ok=True):
+    def __init__(self, name, model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
+                 options, flow_ok=True):
         if options:
             raise TypeError(f"sampler {name!r} got unknown option(s): {', '.join(sorted(options))}")
         if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
@@ -90,7 +94,8 @@ class _Run:
         self.model_sampling = EPSSampling() if model_sampling is None else model_sampling
         self.noise_sampler = noise_sampler
         if noise_sampler is None:
-            self.noise_sampler = default_noise_sampler(x, seed=self.extra_args.get("seed", None))
+            make_noise_sampler = default_noise_sampler if make_noise_sampler is None else make_noise_sampler
+            self.noise_sampler = make_noise_sampler(x, seed=self.extra_args.get("seed", None))
         self.s_in = x.new_ones([x.shape[0]])
 
     def coefficients(self, i):
@@ -104,9 +109,10 @@ class _Run:
 
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None, noise_sampler=None,
-                 model_sampling=None, **options):
+                 make_noise_sampler=None, model_sampling=None, **options):
     """Euler steps x_next = x' + (sigma_next - sigma) eps'; on flow models eps' is the scaled velocity."""
-    run = _Run("euler", model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options)
+    run = _Run("euler", model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
+               options)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
@@ -121,10 +127,14 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None,
-                           noise_sampler=None, model_sampling=None, eta=1.0, s_noise=1.0, **options):
+                           noise_sampler=None, make_noise_sampler=None, model_sampling=None, eta=1.0, s_noise=1.0,
+                           **options):
     """Ancestral Euler: x' + (sigma_down - sigma) eps' + s_noise sigma_up z; the RF variant on flow models."""
-    run = _Run("euler_ancestral", model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options)
+    run = _Run("euler_ancestral", model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler,
+               model_sampling, options)
     step = _ancestral_rf_step if run.flow else _ancestral_eps_step
+    if run.flow:  # a flow model whose noise_scaling scales fresh noise (noise_scale) renoises with that scale too
+        s_noise = s_noise * getattr(run.model_sampling, "noise_scale", 1.0)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
@@ -164,9 +174,10 @@ def _ancestral_rf_step(run, x, denoised, denoised_q, sigmas, i, eta, s_noise):
 
 @torch.no_grad()
 def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None, noise_sampler=None,
-               model_sampling=None, **options):
+               make_noise_sampler=None, model_sampling=None, **options):
     """LCM multistep: x_next = noise_scaling(sigma_next, z, D'); the last step returns D'."""
-    run = _Run("lcm", model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options)
+    run = _Run("lcm", model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
+               options)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
@@ -213,7 +224,7 @@ def tcd_sigma_s(table, sigma_next, gamma):
 
 @torch.no_grad()
 def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None, noise_sampler=None,
-               model_sampling=None, gamma=None, eta=None, **options):
+               make_noise_sampler=None, model_sampling=None, gamma=None, eta=None, **options):
     """TCD (Zheng et al. 2024) with Q-Sched, Eq. 4 of the paper written for the VE latent:
     x_s = D' + sigma_s eps', then x_next = x_s + sqrt(sigma_next^2 - sigma_s^2) z (gamma > 0, not the last step).
 
@@ -225,7 +236,8 @@ def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, s
     gamma = TCD_DEFAULT_GAMMA if gamma is None and eta is None else (eta if gamma is None else gamma)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"tcd: gamma must be in [0, 1], got {gamma}")
-    run = _Run("tcd", model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options, flow_ok=False)
+    run = _Run("tcd", model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
+               options, flow_ok=False)
     table = sigma_table(run.model_sampling)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)

@@ -105,6 +105,13 @@ def test_lora_applies_on_dequantized_weights(env, lowvram):
     assert rel(denoise(env, quantized, budget), plain) == 0.0
 
 
+def test_lora_per_call_in_low_vram_equals_lora_merged_at_load(env):
+    """Both requantize the LoRA-patched weight onto the layer's scales, whichever way ComfyUI hands it over."""
+    quantized = load(env, "W4A8")[0]
+    q_lora = env["nodes"].LoraLoaderModelOnly().load_lora_model_only(quantized, build_lora(env, quantized), 1.0)[0]
+    assert rel(denoise(env, q_lora, lowvram_bytes=1), denoise(env, q_lora)) == 0.0
+
+
 def test_lowvram_matches_full_load(env):
     model = load(env, "W4A8")[0]
     assert rel(denoise(env, model, lowvram_bytes=1), denoise(env, model)) < 1e-6
