@@ -16,8 +16,8 @@ torch.compile (FLUX: each block, as bench/quant.py); rel. L2 of the output again
 their torch references on the GPU). --sampler: the Q-Sched sampler's own cost per step against ComfyUI's euler.
 --profile: a kernel profile of one eager step of BF16 and of this pack's default configs.
 
-    COMFYUI_DIR=... python3 bench/peers.py --models flux,sdxl --kernels --sampler --profile --log rows.jsonl
-    python3 bench/peers.py --from-log rows.jsonl --out bench/results/peers_h200.md"""
+    COMFYUI_DIR=... python3 bench/peers.py --models flux,sdxl --compile flux --kernels --sampler --profile --log rows.jsonl
+    python3 bench/peers_table.py rows.jsonl  (the tables, as in bench/results/peers_h200.md)"""
 import argparse
 import gc
 import inspect
@@ -214,7 +214,7 @@ def compile_phase(name, models, rows, batch, device, args, log):
 # ----------------------------------------------------------------------------------------------------------
 # --sampler: the Q-Sched sampler's own cost per step
 
-def sampler_overhead(unet, batch, device, steps=4, rounds=7):
+def sampler_overhead(unet, batch, device, steps=4, rounds=15):
     """Q-Sched euler (non-identity coefficients) against ComfyUI's sample_euler on the same denoiser, and both
     with a denoiser that costs one kernel, so the difference per step is the sampler's own overhead."""
     from comfy.k_diffusion.sampling import sample_euler as comfy_euler
@@ -242,8 +242,8 @@ def sampler_overhead(unet, batch, device, steps=4, rounds=7):
             for fn in runs.values():
                 fn()
             times = {key: [] for key in runs}
-            for _ in range(rounds):
-                for key, fn in runs.items():
+            for index in range(rounds):  # alternate which sampler goes first
+                for key, fn in (list(runs.items()) if index % 2 == 0 else list(runs.items())[::-1]):
                     bench.sync(device)
                     start = time.perf_counter()
                     fn()
@@ -251,6 +251,7 @@ def sampler_overhead(unet, batch, device, steps=4, rounds=7):
                     times[key].append((time.perf_counter() - start) * 1e3 / steps)
         for key, values in times.items():
             result[f"{label}_{key}_ms_per_step"] = statistics.median(values)
+            result[f"{label}_{key}_min_ms_per_step"] = min(values)
     step = result["unet_comfy_ms_per_step"]
     result["overhead_ms_per_step"] = result["unet_qsched_ms_per_step"] - step
     result["overhead_share"] = result["overhead_ms_per_step"] / step
@@ -309,19 +310,19 @@ def kernel_table(device, log, blocks):
             def comfy_fp8_storage():
                 return torch.nn.functional.linear(x, w8.to(torch.bfloat16), b)
 
+            scale8_bf16 = scale8.to(torch.bfloat16)
             paths = {"bf16": lambda: torch.nn.functional.linear(x, w, b),
                      "comfy_fp8_storage": comfy_fp8_storage,
-                     "wo_int8_triton": lambda: tk.weight_only_linear(x, codes8, scale8, b, False, n),
-                     "wo_int4_triton": lambda: tk.weight_only_linear(x, packed4, scale4, b, True, n),
-                     "wo_int8_dequant_cublas": lambda: torch.nn.functional.linear(
-                         x, tk.dequantize(codes8, scale8, n, k, torch.bfloat16, False), b)}
+                     "wo_int8_mul_cublas": lambda: torch.nn.functional.linear(x, torch.mul(codes8, scale8_bf16), b),
+                     "wo_int4_dequant_cublas": lambda: torch.nn.functional.linear(
+                         x, tk.dequantize(packed4, scale4, n, k, torch.bfloat16, True), b)}
+            if tokens <= 16:
+                paths["wo_int8_triton_gemm"] = lambda: tk.weight_only_linear(x, codes8, scale8, b, False, n)
             if aligned:
                 paths.update({"comfy_fp8_fast": comfy_fp8_fast, "a8_fp8_torch_quant": a8_torch,
                               "act_quant_only": lambda: tk.quantize_rows_fp8(x, padded),
                               "a8_fp8": lambda: a8(False), "a8_fp8_fast_accum": lambda: a8(True),
-                              "w4a8_unpack_cublas": lambda: a8(False, lambda: tk.int4_to_fp8(packed4, n, k)),
-                              "w4a8_one_kernel": lambda: tk.w4a8_linear(*tk.quantize_rows_fp8(x, padded), packed4,
-                                                                       scale4, b, tokens, n, torch.bfloat16)})
+                              "w4a8_unpack_cublas": lambda: a8(True, lambda: tk.int4_to_fp8(packed4, n, k))})
                 try:
                     import comfy_kitchen
                     paths["ck_int8_linear"] = lambda: comfy_kitchen.int8_linear(x, codes8, scale8.reshape(-1), b,
@@ -343,14 +344,27 @@ def check_kernels(device, log):
     """The Triton kernels against the torch code they replace, on this GPU (fresh random inputs)."""
     from comfyui_qsched.quant import numerics
     from comfyui_qsched.quant.kernels import triton_kernels as tk
+    from comfyui_qsched.quant.fp8 import quantize_rows
     results = {}
-    x = torch.randn(77, 3072, device=device, dtype=torch.bfloat16) * torch.logspace(-3, 2, 77, device=device)[:, None]
-    codes, scales = tk.quantize_rows_fp8(x, 80)
-    padded = torch.nn.functional.pad(x, (0, 0, 0, 3))
-    ref_scales = (padded.abs().amax(dim=1, keepdim=True).float() / 448.0).clamp(min=1e-12)
-    ref_codes = (padded.float() / ref_scales).to(torch.float8_e4m3fn)
-    results["act_quant_codes_equal"] = bool(torch.equal(codes.view(torch.uint8), ref_codes.view(torch.uint8)))
-    results["act_quant_scales_equal"] = bool(torch.equal(scales, ref_scales))
+    for cols in (3072, 15360, 1000):
+        x = torch.randn(77, cols, device=device, dtype=torch.bfloat16) * \
+            torch.logspace(-3, 2, 77, device=device)[:, None]
+        ref_codes, ref_scales = quantize_rows(x, 80)
+        for launch in ("first", "fast"):  # the first launch compiles and checks the fast launcher, later ones use it
+            codes, scales = tk.quantize_rows_fp8(x, 80)
+            results[f"act_quant_k{cols}_{launch}_codes_equal"] = bool(torch.equal(codes.view(torch.uint8),
+                                                                                  ref_codes.view(torch.uint8)))
+            results[f"act_quant_k{cols}_{launch}_scales_equal"] = bool(torch.equal(scales, ref_scales))
+    x = torch.randn(1, 3072, device=device, dtype=torch.bfloat16)
+    for fast in (True, False):  # host microseconds per launch, one row (the GPU idles: this is launch cost)
+        tk.Launcher.fast, saved = fast, tk.Launcher.fast
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(200):
+            tk.quantize_rows_fp8(x, 16)
+        results[f"act_quant_host_us_{'fast_launch' if fast else 'triton_run'}"] = (time.perf_counter() - start) / 200 * 1e6
+        torch.cuda.synchronize()
+        tk.Launcher.fast = saved
     w = torch.randn(384, 1024, device=device)
     c8, s8 = numerics.quantize_weight(w, 8)
     c4, s4 = numerics.quantize_weight(w, 4)
@@ -359,16 +373,14 @@ def check_kernels(device, log):
     for label, (c, s, packed, int4) in {"int8": (c8, s8, c8, False), "int4": (c4, s4, p4, True)}.items():
         results[f"dequant_{label}_equal"] = bool(torch.equal(tk.dequantize(packed, s, 384, 1024, torch.bfloat16, int4),
                                                              numerics.dequantize_weight(c, s, torch.bfloat16)))
-        for rows in (1, 200, 1000):
+        for rows in (1, 16):
             xi = torch.randn(rows, 1024, device=device, dtype=torch.bfloat16)
             bias = torch.randn(384, device=device, dtype=torch.bfloat16)
             exact = xi.double() @ numerics.dequantize_weight(c, s, torch.float64).t() + bias.double()
             out = tk.weight_only_linear(xi, packed, s, bias, int4, 384)
             results[f"wo_{label}_rows{rows}_rel"] = float((out.double() - exact).norm() / exact.norm())
-    x8, xs = tk.quantize_rows_fp8(torch.randn(200, 1024, device=device, dtype=torch.bfloat16), 208)
-    exact = (x8[:200].double() @ c4.double().t()) * xs[:200].double() * s4.double().t()
-    out = tk.w4a8_linear(x8, xs, p4, s4, None, 200, 384, torch.bfloat16)
-    results["w4a8_one_kernel_rel"] = float((out.double() - exact).norm() / exact.norm())
+    results["int8_torch_mul_equal"] = bool(torch.equal(torch.mul(c8, s8.to(torch.bfloat16)),
+                                                       numerics.dequantize_weight(c8, s8, torch.bfloat16)))
     for k in (3072, 15360):  # cuBLAS' fast FP8 accumulation: its error against exact products of the same codes
         x8, xs = tk.quantize_rows_fp8(torch.randn(4352, k, device=device, dtype=torch.bfloat16), 4352)
         wk = torch.randn(3072, k, device=device)
@@ -380,44 +392,8 @@ def check_kernels(device, log):
                                    use_fast_accum=fast)
             results[f"scaled_mm_k{k}_{'fast' if fast else 'exact'}_accum_rel"] = float((out.double() - exact).norm()
                                                                                        / exact.norm())
+    results["fast_launch"] = tk.Launcher.fast
     log({"kernel_checks": results})
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Markdown from the JSON lines
-
-def _ms(row, key):
-    if key not in row:
-        return "-"
-    low, high = row[f"{key.replace('_ms', '')}_spread_ms"]
-    return f"{row[key]:.1f} [{low:.1f}-{high:.1f}]"
-
-
-def render(records, device_name):
-    rows = [dict(r) for r in records if "config" in r and "compiled" not in r]
-    for record in (r for r in records if r.get("compiled")):
-        row = next((r for r in rows if r["model"] == record["model"] and r["config"] == record["config"]), None)
-        if row is not None:
-            row.update({key: value for key, value in record.items() if key not in ("model", "config", "compiled")})
-    lines = [f"Device: {device_name}. Batch 1, one backbone forward, BF16 activations; interleaved rounds, median "
-             "[min-max]; ratios to BF16 of the same run.", "",
-             "| model | config | weights (ratio) | eager ms | eager ratio | compiled ms | compiled ratio | "
-             "rel L2 vs bf16 (compiled) | how |", "|---|---|---|---|---|---|---|---|---|"]
-    for name in dict.fromkeys(r["model"] for r in rows):
-        base = next((r for r in rows if r["model"] == name and r["config"] == "bf16" and "error" not in r), {})
-        for r in (r for r in rows if r["model"] == name):
-            if "error" in r:
-                lines.append(f"| {name} | {r['config']} | error: {r['error']} ||||||| ")
-                continue
-            weights = f"{r['weight_bytes'] / 2 ** 30:.2f} GiB ({r['weight_bytes'] / base['weight_bytes']:.3f})" \
-                if base else f"{r['weight_bytes'] / 2 ** 30:.2f} GiB"
-            ratio = {key: (f"{r[key] / base[key]:.2f}" if key in r and key in base else "-")
-                     for key in ("eager_ms", "compiled_ms")}
-            l2 = "-" if r["config"] == "bf16" else f"{r.get('rel_l2', float('nan')):.4f}" + \
-                (f" ({r['rel_l2_compiled']:.4f})" if "rel_l2_compiled" in r else "")
-            lines.append(f"| {name} | {r['config']} | {weights} | {_ms(r, 'eager_ms')} | {ratio['eager_ms']} | "
-                         f"{_ms(r, 'compiled_ms')} | {ratio['compiled_ms']} | {l2} | {r.get('how', '-')} |")
-    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -434,20 +410,8 @@ def main(argv=None):
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--log", default="")
     parser.add_argument("--budget-s", type=float, default=1e9, help="no compile starts after this many seconds")
-    parser.add_argument("--from-log", default="")
-    parser.add_argument("--device-name", default="NVIDIA H200")
-    parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     args.deadline = time.time() + args.budget_s
-    if args.from_log:
-        with open(args.from_log) as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
-        text = render(records, args.device_name)
-        print(text)
-        if args.out:
-            with open(args.out, "w") as handle:
-                handle.write(text + "\n")
-        return 0
     if not torch.cuda.is_available() and not args.tiny:
         raise SystemExit("bench/peers.py times GPU kernels: run it on a machine with a CUDA GPU (or --tiny)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

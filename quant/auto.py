@@ -16,14 +16,15 @@ from . import fp8, kitchen
 from .backends import ComfyKitchenBackend, Fp8Backend, SimulateBackend, weight_only
 
 FAST_A8_SPECS = ("W8A8", "W4A8")
-# 8-bit compute pays when the GEMM is large: below this many weight values per linear the extra activation-
-# quantization launch and pass cost more than FP8 saves (H200 kernel table in bench/results/peers_h200.md).
-A8_MIN_WEIGHT_VALUES = 1280 * 5120
+# 8-bit compute pays only on GEMMs wide in both directions: on an H200 at batch 1 every SDXL linear (at most 1280
+# wide on one side) runs faster with 16-bit compute, because the activation quantization's extra launch and pass
+# cost more than the FP8 GEMM saves, while FLUX's 3072-wide GEMMs gain (kernel table, bench/results/peers_h200.md).
+A8_MIN_FEATURES = 2048
 
 
 def a8_pays(layer):
     return (isinstance(layer, nn.Linear) and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
-            and layer.in_features * layer.out_features >= A8_MIN_WEIGHT_VALUES)
+            and min(layer.in_features, layer.out_features) >= A8_MIN_FEATURES)
 
 
 class AutoBackend:

@@ -11,8 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-E4M3_MAX = 448.0
-MAX_ROW = 16384  # the row quantizer holds one row in registers
+INV_E4M3_MAX = tl.constexpr(1.0 / 448.0)  # rounded to float32 where used, as torch rounds the Python float
 
 
 @triton.jit
@@ -20,7 +19,8 @@ def _round_e4m3(q):
     """Round fp32 (|q| <= 448) to the nearest float8 e4m3fn value, ties to even, as torch's cast does."""
     bits = q.to(tl.int32, bitcast=True)
     normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)
-    subnormal = (q + 24576.0) - 24576.0  # multiples of 2**-9 below 2**-6
+    magnitude = (tl.abs(q) + 24576.0) - 24576.0  # multiples of 2**-9 below 2**-6
+    subnormal = (magnitude.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
     return tl.where(tl.abs(q) < 0.015625, subnormal, normal)
 
 
@@ -40,16 +40,23 @@ def _to_output(x, out_ptr):
 
 @triton.jit
 def _quantize_rows_fp8_kernel(x_ptr, q_ptr, s_ptr, rows, cols, x_stride, BLOCK: tl.constexpr):
-    """One row per program: amax, scale = max(amax / 448, 1e-12), codes = e4m3(x / scale). Rows >= `rows`
-    (padding up to the GEMM's multiple of 16) get zero codes, as zero rows would."""
-    row = tl.program_id(0)
-    offsets = tl.arange(0, BLOCK)
-    inside = offsets < cols
-    x = tl.load(x_ptr + row.to(tl.int64) * x_stride + offsets, mask=inside & (row < rows), other=0.0)
-    x = x.to(tl.float32)
-    scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(x), axis=0), E4M3_MAX), 1e-12)
-    codes = _round_e4m3(tl.math.div_rn(x, scale))
-    tl.store(q_ptr + row.to(tl.int64) * cols + offsets, codes.to(tl.float8e4nv), mask=inside)
+    """One row per program, read in chunks twice (the second pass hits L2): scale = max(amax * (1/448), 1e-12),
+    codes = e4m3(x * (1 / scale)). Rows >= `rows` (padding up to the GEMM's multiple of 16) get zero codes, as
+    zero rows would."""
+    row = tl.program_id(0).to(tl.int64)
+    live = row < rows
+    amax = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, cols, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * x_stride + offsets, mask=(offsets < cols) & live, other=0.0)
+        amax = tl.maximum(amax, tl.abs(x.to(tl.float32)))
+    scale = tl.maximum(tl.max(amax, axis=0) * INV_E4M3_MAX, 1e-12)
+    inverse = tl.math.div_rn(1.0, scale)
+    for start in range(0, cols, BLOCK):
+        offsets = start + tl.arange(0, BLOCK)
+        x = tl.load(x_ptr + row * x_stride + offsets, mask=(offsets < cols) & live, other=0.0)
+        codes = _round_e4m3(x.to(tl.float32) * inverse)
+        tl.store(q_ptr + row * cols + offsets, codes.to(tl.float8e4nv), mask=offsets < cols)
     tl.store(s_ptr + row, scale)
 
 
@@ -130,54 +137,72 @@ def _weight_only_matmul_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N,
              mask=mask)
 
 
-@triton.jit
-def _w4a8_matmul_kernel(x8_ptr, xs_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, M, N, K, out_stride,
-                        HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """W4A8 in one kernel: FP8 activation codes x packed int4 weights widened to e4m3 in registers (exact),
-    FP8 tensor-core dot, row and column scales and bias in the epilogue."""
-    pid = tl.program_id(0)
-    blocks_m, blocks_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
-    group = pid // (GROUP_M * blocks_n)
-    first_m = group * GROUP_M
-    size_m = tl.minimum(blocks_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % (GROUP_M * blocks_n)) % size_m
-    pid_n = (pid % (GROUP_M * blocks_n)) // size_m
-    m_offsets = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n_offsets = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_offsets = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(x8_ptr + m_offsets[:, None].to(tl.int64) * K + k_offsets[None, :],
-                    mask=(m_offsets[:, None] < M) & (k_offsets[None, :] < K), other=0.0)
-        codes = _load_weight_codes(w_ptr, n_offsets, k0, K, N, True, BLOCK_N, BLOCK_K)
-        acc += tl.dot(a, tl.trans(codes.to(tl.float32).to(tl.float8e4nv)))
-    acc = acc * tl.load(xs_ptr + m_offsets, mask=m_offsets < M, other=0.0)[:, None]
-    acc = acc * tl.load(ws_ptr + n_offsets, mask=n_offsets < N, other=0.0)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + n_offsets, mask=n_offsets < N, other=0.0).to(tl.float32)[None, :]
-    mask = (m_offsets[:, None] < M) & (n_offsets[None, :] < N)
-    tl.store(out_ptr + m_offsets[:, None].to(tl.int64) * out_stride + n_offsets[None, :], _to_output(acc, out_ptr),
-             mask=mask)
-
-
 def _interpreted():
     import os
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _row_warps(block):
-    return 4 if block <= 2048 else 8 if block <= 8192 else 16
+def _specialization(value):
+    """What Triton specializes a launch on, per argument (16-byte aligned pointers; ints equal to 1, divisible by
+    16, or past 32 bits), plus the dtype of tensors."""
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.data_ptr() % 16 == 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        return value
+    return value == 1, value % 16 == 0, value >= 2 ** 31
+
+
+class Launcher:
+    """Launches a @triton.jit kernel through its compiled kernel's own launcher (`compiled[grid](*args)`) once a
+    specialization is compiled, skipping JITFunction.run's argument binding and cache lookup: about 30 us of host
+    time per launch on the H200 machine, which is what an eager step at batch 1 is short of. The first launch of each
+    specialization goes through Triton as usual and then through the fast path again; if the two disagree (an
+    incompatible Triton) or the fast path raises, every launcher goes back to Triton's own path."""
+    fast = True
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.compiled = {}
+
+    def __call__(self, grid, args, constexprs, outputs, **options):
+        key = (args[0].device.index, tuple(map(_specialization, args)), tuple(constexprs.values()),
+               tuple(options.items()))
+        compiled = self.compiled.get(key) if Launcher.fast else None
+        if compiled is not None:
+            compiled[grid](*args, *constexprs.values(), stream=torch.cuda.current_stream(args[0].device).cuda_stream)
+            return
+        compiled = self.kernel[grid](*args, **constexprs, **options)
+        if Launcher.fast and compiled is not None and key not in self.compiled:
+            self.compiled[key] = compiled if self._agrees(compiled, grid, args, constexprs, outputs) else None
+
+    def _agrees(self, compiled, grid, args, constexprs, outputs):
+        expected = [output.clone() for output in outputs]
+        try:
+            compiled[grid](*args, *constexprs.values(), stream=torch.cuda.current_stream(args[0].device).cuda_stream)
+            same = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(outputs, expected))
+        except Exception:  # an older or newer Triton whose compiled-kernel launcher takes other arguments
+            same = False
+        if not same:
+            Launcher.fast = False
+            for output, value in zip(outputs, expected):
+                output.copy_(value)
+        return same
+
+
+_quantize_rows = Launcher(_quantize_rows_fp8_kernel)
+_unpack_int4 = Launcher(_int4_to_fp8_kernel)
+_dequantize = Launcher(_dequantize_kernel)
+_weight_only = Launcher(_weight_only_matmul_kernel)
 
 
 def quantize_rows_fp8(rows, padded_rows):
-    """(codes [padded_rows, K] e4m3, scales [padded_rows, 1] fp32) of a contiguous 2-D activation."""
+    """(codes [padded_rows, K] e4m3, scales [padded_rows, 1] fp32) of a 2-D activation with unit column stride."""
     count, cols = rows.shape
-    block = triton.next_power_of_2(cols)
+    block = min(2048, triton.next_power_of_2(cols))
     codes = torch.empty((padded_rows, cols), device=rows.device, dtype=torch.float8_e4m3fn)
     scales = torch.empty((padded_rows, 1), device=rows.device, dtype=torch.float32)
-    _quantize_rows_fp8_kernel[(padded_rows,)](rows, codes, scales, count, cols, rows.stride(0), BLOCK=block,
-                                              num_warps=_row_warps(block))
+    _quantize_rows((padded_rows, 1, 1), (rows, codes, scales, count, cols, rows.stride(0)), {"BLOCK": block},
+                   (codes, scales), num_warps=4 if block <= 1024 else 8)
     return codes, scales
 
 
@@ -185,8 +210,7 @@ def int4_to_fp8(packed, rows, cols):
     """e4m3 [rows, cols] from packed int4 codes [rows, cols / 2] (even cols)."""
     out = torch.empty((rows, cols), device=packed.device, dtype=torch.float8_e4m3fn)
     count = packed.numel()
-    block = 2048
-    _int4_to_fp8_kernel[(triton.cdiv(count, block),)](packed, out, count, BLOCK=block, num_warps=8)
+    _unpack_int4((triton.cdiv(count, 2048), 1, 1), (packed, out, count), {"BLOCK": 2048}, (out,), num_warps=8)
     return out
 
 
@@ -195,39 +219,19 @@ def dequantize(packed, scale, rows, cols, dtype, is_int4):
     out = torch.empty((rows, cols), device=packed.device, dtype=dtype)
     groups = scale.shape[1]
     block = min(1024, triton.next_power_of_2(cols))
-    _dequantize_kernel[(rows, triton.cdiv(cols, block))](packed, scale, out, cols, (cols + 1) // 2, groups,
-                                                          cols // groups, PACKED=is_int4, BLOCK=block, num_warps=4)
+    _dequantize((rows, triton.cdiv(cols, block), 1), (packed, scale, out, cols, (cols + 1) // 2, groups, cols // groups),
+                {"PACKED": is_int4, "BLOCK": block}, (out,), num_warps=4)
     return out
 
 
-def _matmul_blocks(rows):
-    if rows <= 16:
-        return 16, 64, 256, 4, 4
-    if rows <= 64:
-        return 64, 64, 128, 4, 4
-    return 128, 128, 64, 8, 3
-
-
-def weight_only_linear(x2d, codes, scale, bias, is_int4, out_features, blocks=None):
-    """x2d [M, K] (16-bit, contiguous rows) @ dequantized weight^T + bias, per-output-channel scales [N, 1]."""
+def weight_only_linear(x2d, codes, scale, bias, is_int4, out_features):
+    """x2d [M <= 16, K] (16-bit, unit column stride) @ dequantized weight^T + bias, per-output-channel scales
+    [N, 1]: a weight-streaming GEMM for the few-row layers (adaLN modulation, batch-sized inputs)."""
     rows, cols = x2d.shape
     out = torch.empty((rows, out_features), device=x2d.device, dtype=x2d.dtype)
-    block_m, block_n, block_k, warps, stages = blocks or _matmul_blocks(rows)
-    grid = (triton.cdiv(rows, block_m), triton.cdiv(out_features, block_n))
-    _weight_only_matmul_kernel[grid](
-        x2d, codes, scale, bias if bias is not None else out, out, rows, out_features, cols, x2d.stride(0),
-        out.stride(0), HAS_BIAS=bias is not None, PACKED=is_int4, EXACT_DOT=_interpreted(), BLOCK_M=block_m,
-        BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps, num_stages=stages)
-    return out
-
-
-def w4a8_linear(x8, x_scale, packed, w_scale, bias, rows, out_features, out_dtype, blocks=(128, 128, 128, 8, 3)):
-    """FP8 codes [>= rows, K] x packed int4 weight [N, K / 2] -> [rows, N] in one kernel."""
-    cols = x8.shape[1]
-    out = torch.empty((rows, out_features), device=x8.device, dtype=out_dtype)
-    block_m, block_n, block_k, warps, stages = blocks
-    grid = (triton.cdiv(rows, block_m) * triton.cdiv(out_features, block_n),)
-    _w4a8_matmul_kernel[grid](x8, x_scale, packed, w_scale, bias if bias is not None else out, out, rows,
-                              out_features, cols, out.stride(0), HAS_BIAS=bias is not None, BLOCK_M=block_m,
-                              BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, num_warps=warps, num_stages=stages)
+    grid = (triton.cdiv(rows, 16), triton.cdiv(out_features, 64), 1)
+    _weight_only(grid, (x2d, codes, scale, bias if bias is not None else out, out, rows, out_features, cols,
+                        x2d.stride(0), out.stride(0)),
+                 {"HAS_BIAS": bias is not None, "PACKED": is_int4, "EXACT_DOT": _interpreted(), "BLOCK_M": 16,
+                  "BLOCK_N": 64, "BLOCK_K": 256}, (out,), num_warps=4, num_stages=4)
     return out
