@@ -9,6 +9,9 @@ import os
 import sys
 import time
 
+from .heldout import HOLDOUT_FRACTION, format_report
+from .strategies import DEFAULT_STRATEGY, STRATEGIES
+
 
 def parser():
     p = argparse.ArgumentParser(prog="python -m qsched calibrate", description=__doc__.splitlines()[0])
@@ -21,7 +24,7 @@ def parser():
     p.add_argument("--scheduler", default="lcm_original")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--cfg", type=float, default=1.0)
-    p.add_argument("--strategy", default="coarse_to_fine")
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY, help=f"one of {', '.join(STRATEGIES)}")
     p.add_argument("--budget", type=int, default=0, help="most images to generate (0 = strategy default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts-file", default=None, help="one prompt per line (default: the pack's 20 prompts)")
@@ -37,6 +40,10 @@ def parser():
     p.add_argument("--runs-folder", default=None, help="default: <ComfyUI user dir>/qsched_runs")
     p.add_argument("--plot", default=None, help="also save the plot as this PNG")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
+    p.add_argument("--holdout", type=float, default=HOLDOUT_FRACTION,
+                   help="share of the prompt/seed pairs kept out of the search for the held-out verdict")
+    p.add_argument("--fp-control", action="store_true", help="with --quant: also apply the winner to the "
+                   "unquantized model (loaded a second time) and say whether the gain is quantization-specific")
     return p
 
 
@@ -62,10 +69,15 @@ def main(argv):
 
     prompts = parse_prompts(open(args.prompts_file, encoding="utf-8").read() if args.prompts_file else "")
     prompts = prompts[: args.n_prompts] if args.n_prompts else prompts
+    if args.fp_control and not args.quant:
+        raise SystemExit("--fp-control compares the quantized model with the full-precision one: give --quant too")
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(args.checkpoint)[:3]
+    reference = comfy.sd.load_checkpoint_guess_config(args.checkpoint)[0] if args.fp_control else None
     if args.quant:
+        from ..nodes.quant_ops import with_comfy_patching
         from ..quant import QuantSpec, quantize_module
         report = quantize_module(model.model.diffusion_model, QuantSpec.parse(args.quant))
+        with_comfy_patching(model.model.diffusion_model)
         print(f"quantized {args.quant}: {report}", file=sys.stderr)
     scorer = load_scorer(args.scorer, k=args.scorer_k)
     started = time.monotonic()
@@ -73,14 +85,15 @@ def main(argv):
     def progress(done, total):
         print(f"\r{done}/{total} images, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
 
-    result, preset, path = calibrate(
+    result, preset, path, report = calibrate(
         model, clip, vae, scorer, sampler_name=args.sampler, scheduler=args.scheduler, steps=args.steps,
         cfg=args.cfg, strategy=args.strategy, budget_images=args.budget, seed=args.seed, prompts=prompts,
         width=args.width, height=args.height, objective=args.objective, c_range=(args.c_min, args.c_max),
         model_name=args.model_name or os.path.splitext(os.path.basename(args.checkpoint))[0], quant=args.quant,
         preset_name=args.preset_name, preset_folder=args.preset_folder, runs_folder=args.runs_folder,
-        progress=progress, scorer_k=args.scorer_k)
+        progress=progress, scorer_k=args.scorer_k, holdout=args.holdout, reference_model=reference)
     print(file=sys.stderr)
+    print(format_report(report, result), file=sys.stderr)
     if args.plot:
         from PIL import Image
         from .plot import plot_result
@@ -88,5 +101,6 @@ def main(argv):
     print(json.dumps({"preset": path, "best": result.best.to_dict(), "best_score": result.best_score,
                       "identity_score": result.identity_score, "images_generated": result.images_generated,
                       "images_reused": result.images_reused, "failures": len(result.failures),
+                      "better_than_identity": report.heldout.verdict, **report.to_dict(),
                       "seconds": round(time.monotonic() - started, 1)}, indent=2))
     return 0

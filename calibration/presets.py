@@ -13,6 +13,7 @@ import re
 
 from ..atomic_files import write_text_atomic
 from ..samplers.schedule import QSchedSchedule, ScheduleError
+from .heldout import VERDICTS
 
 FORMAT = "qsched-preset"
 SCHEMA_VERSION = 1
@@ -80,8 +81,9 @@ def preset_path(folder, name):
 
 def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=None, sampler=None, scorer=None,
                 scorer_k=None, prompts_hash=None, n_prompts=None, seed=None, cfg=None, identity_score=None,
-                best_score=None, search=None, notes="", example=False):
-    """Build a preset dict (schema version 1) for `schedule`; `sampler` defaults to the schedule's."""
+                best_score=None, search=None, notes="", example=False, checks=None):
+    """Build a preset dict (schema version 1) for `schedule`; `sampler` defaults to the schedule's. checks: the
+    held-out verdict (and FP control) from calibration.heldout.TrustReport.to_dict(), kept under `scores`."""
     sampler = sampler or schedule.sampler
     preset = {
         "format": FORMAT, "version": SCHEMA_VERSION, "example": bool(example), "notes": notes,
@@ -90,7 +92,7 @@ def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=Non
         "c_x": list(schedule.c_x), "c_eps": list(schedule.c_eps),
         "scorer": {"name": scorer, "k": scorer_k}, "prompts_hash": prompts_hash, "n_prompts": n_prompts,
         "seed": seed, "cfg": cfg,
-        "scores": {"identity": identity_score, "best": best_score},
+        "scores": {"identity": identity_score, "best": best_score, **(checks or {})},
         "search": search or {},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pack_version": PACK_VERSION,
@@ -125,6 +127,7 @@ def validate(data, where="preset"):
         score = data.get("scores", {}).get(key)
         if score is not None and (not isinstance(score, (int, float)) or not math.isfinite(score)):
             raise PresetError(f"{where}: scores.{key} must be a finite number or null, got {score!r}")
+    _validate_checks(data.get("scores", {}), where)
     try:
         schedule = schedule_of(data)
     except ScheduleError as error:
@@ -132,6 +135,22 @@ def validate(data, where="preset"):
     if schedule.steps != data["steps"]:
         raise PresetError(f"{where}: steps is {data['steps']} but c_x/c_eps have {schedule.steps} values")
     return data
+
+
+def _validate_checks(scores, where):
+    """The optional held-out verdict and FP control under `scores` (older presets have neither)."""
+    for key in ("heldout", "fp_control"):
+        if key not in scores or scores[key] is None:
+            continue
+        check = scores[key]
+        if not isinstance(check, dict) or check.get("verdict") not in VERDICTS:
+            raise PresetError(f"{where}: scores.{key} must be an object whose verdict is one of "
+                              f"{', '.join(map(repr, VERDICTS))}")
+        for name in ("difference", "fp_gain", "gap"):
+            interval = check.get(name, {}).get("ci") if isinstance(check.get(name), dict) else None
+            if name in check and not (isinstance(interval, list) and len(interval) == 2 and all(
+                    v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in interval)):
+                raise PresetError(f"{where}: scores.{key}.{name}.ci must be two finite numbers or nulls")
 
 
 def _as_tuple(types):

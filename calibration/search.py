@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..samplers.schedule import QSchedSchedule
+from .noise_aware import stratified_order
 from .runlog import RunLog, schedule_key
 
 
@@ -32,6 +33,7 @@ class SearchResult:
     strategy: str = ""
     failures: list = field(default_factory=list)  # candidates that produced NaN / worst scores
     ranking: list = field(default_factory=list)   # (score, schedule) of fully scored candidates, best first
+    per_prompt: dict = field(default_factory=dict)  # schedule key -> scores on every prompt (fully scored only)
     settings_hash: str = ""
     seconds: float = 0.0
 
@@ -76,6 +78,7 @@ class _Evaluations:
         self._evaluate, self.n_prompts, self.budget = evaluate, n_prompts, budget
         self.run_log, self._progress, self._should_stop = run_log, progress, should_stop
         self.planned = planned
+        self.order = list(range(n_prompts))   # prompt order for partial rungs (stratified when strata given)
         self.scores = {}        # key -> {prompt: score}
         self.schedules = {}     # key -> schedule
         self.params = {}        # key -> parameter vector (when known)
@@ -149,7 +152,7 @@ def plan_images(strategy, space, n_prompts, budget_images=None, **options):
 
 
 def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range=(0.8, 1.2), sampler=None,
-               space=None, settings=None, run_log=None, progress=None, should_stop=None, **options):
+               space=None, settings=None, run_log=None, progress=None, should_stop=None, strata=None, **options):
     """Search per-step coefficients maximising the mean of `evaluate` over `n_prompts` prompts.
 
     strategy: a name from calibration.strategies.STRATEGIES (paper_grid, grid_general, coarse_to_fine,
@@ -158,7 +161,8 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     decides a score's meaning (model, prompts hash, seeds, sampler, cfg, scorer); with `run_log` (a path) it keys
     the log, so a rerun with equal settings skips done evaluations and a log of other settings is not mixed in.
     progress(done_images, planned_images) is called after each evaluation; should_stop() -> True stops the
-    search with SearchInterrupted (what was evaluated stays in the log).
+    search with SearchInterrupted (what was evaluated stays in the log). strata: one label per prompt (its
+    prompt text or class); strategies that judge on part of the prompts take them round-robin over strata.
     """
     from .strategies import STRATEGIES
     if strategy not in STRATEGIES:
@@ -168,12 +172,16 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     if budget_images is not None and budget_images < n_prompts:
         raise ValueError(f"budget_images={budget_images} cannot even score the identity schedule on "
                          f"{n_prompts} prompts; give at least {n_prompts}")
+    if strata is not None and len(strata) != n_prompts:
+        raise ValueError(f"strata must give one label per prompt ({n_prompts}), got {len(strata)}")
     spec = STRATEGIES[strategy]
     search_space = SearchSpace(space or spec.space, steps, c_range, sampler)
     log_settings = {"settings": settings or {}, "steps": steps, "n_prompts": n_prompts, "sampler": sampler}
     log_file = RunLog(run_log, log_settings) if run_log is not None else None
     planned = plan_images(strategy, search_space, n_prompts, budget_images, **options)
     evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned)
+    if strata is not None:
+        evaluations.order = stratified_order(strata)
     started = time.monotonic()
     all_prompts = list(range(n_prompts))
     try:
@@ -193,4 +201,5 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
         trace=evaluations.trace, images_generated=evaluations.generated, images_reused=evaluations.reused,
         strategy=strategy, failures=evaluations.failures,
         ranking=[(score, evaluations.schedules[key]) for score, key in ranking],
+        per_prompt={key: [evaluations.scores[key][i] for i in all_prompts] for _, key in ranking},
         settings_hash=log_file.hash if log_file else "", seconds=time.monotonic() - started)

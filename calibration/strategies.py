@@ -9,6 +9,9 @@ from itertools import product
 
 import numpy as np
 
+from .noise_aware import (_plan_coarse_racing, _plan_halving_floor, _plan_racing, coarse_to_fine_racing,
+                          halving_floor, racing)
+
 Strategy = namedtuple("Strategy", "function space plan")
 DEFAULT_GRID_POINTS = {"paper": 10, "general": 5}   # official default 10 x 10 starts; 5^4 for start+end
 
@@ -184,7 +187,11 @@ def _plan_bayes(space, n_prompts, budget, n_init=5, iterations=10, **_):
     return min(total, budget) if budget else total
 
 
+DEFAULT_STRATEGY = "racing"
 STRATEGIES = {
+    "racing": Strategy(racing, "paper", _plan_racing),
+    "halving_floor": Strategy(halving_floor, "paper", _plan_halving_floor),
+    "coarse_to_fine_racing": Strategy(coarse_to_fine_racing, "paper", _plan_coarse_racing),
     "paper_grid": Strategy(grid_search, "paper", _plan_grid),
     "grid_general": Strategy(grid_search, "general", _plan_grid),
     "successive_halving": Strategy(successive_halving, "paper", _plan_halving),

@@ -15,13 +15,14 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ..calibration.heldout import HOLDOUT_FRACTION, check_winner, format_report, split_pairs
 from ..calibration.pipeline import OBJECTIVES, calibration_settings, make_evaluate
 from ..calibration.plot import plot_result
 from ..calibration.presets import check_name, make_preset, save_preset
 from ..calibration.prompts import parse_prompts, prompt_seed, prompts_hash
 from ..calibration.runlog import settings_hash
-from ..calibration.search import plan_images, run_search, SearchSpace
-from ..calibration.strategies import STRATEGIES
+from ..calibration.search import plan_images, run_search, SearchInterrupted, SearchSpace
+from ..calibration.strategies import DEFAULT_STRATEGY, STRATEGIES
 from ..samplers.schedule import SAMPLER_NAMES
 from .presets import model_hash, user_preset_folder
 
@@ -87,9 +88,13 @@ def describe_model(model):
 def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
               prompts, width, height, objective="jaq", c_range=(0.8, 1.2), model_name="", quant=None,
               preset_name="", preset_folder=None, runs_folder=None, progress=None, should_stop=None,
-              on_candidate=None, scorer_name=None, scorer_k=None):
-    """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path)."""
+              on_candidate=None, scorer_name=None, scorer_k=None, holdout=HOLDOUT_FRACTION, reference_model=None):
+    """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path, report).
+    Prompt i with seed + i is pair i; `holdout` of the pairs are kept out of the search and decide the held-out
+    verdict (report: calibration.heldout.TrustReport); with `reference_model` (the full-precision model) the
+    same coefficients are checked on it too (FP control)."""
     prompts = list(prompts)
+    search_pairs, held_out = split_pairs(len(prompts), holdout, strata=prompts)
     fingerprint = model_hash(model)
     family = describe_model(model)
     model_name = model_name or f"{family}-{fingerprint[:8]}"
@@ -101,17 +106,31 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     settings = calibration_settings(model_hash=fingerprint, sampler=sampler_name, scheduler=scheduler, steps=steps,
                                     cfg=cfg, width=width, height=height, seed=seed, prompts_hash=prompts_hash(prompts),
                                     scorer=f"{scorer_name}:{scorer_k}", objective=objective, quant=quant)
+    settings["holdout"] = holdout    # decides which pairs the search's prompt indices are
     runs_folder = runs_folder or run_folder()
     log_path = os.path.join(runs_folder, f"{settings_hash(settings)}.jsonl")
     failures = []
-    evaluate = make_evaluate(make_generator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
-                                            steps=steps, cfg=cfg, seed=seed, width=width, height=height,
-                                            prompts=prompts), scorer, prompts, objective, failures)
+    generation = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg, seed=seed, width=width,
+                      height=height, prompts=prompts)
+    evaluate = make_evaluate(make_generator(model, clip, vae, **generation), scorer, prompts, objective, failures)
+    search_evaluate = lambda schedule, indices: evaluate(schedule, [search_pairs[i] for i in indices])
+    check_images = len(held_out) * (4 if reference_model is not None else 2)   # winner and identity (x2 with FP)
+    search_progress = None if progress is None else lambda done, total: progress(done, total + check_images)
     if on_candidate is not None:
-        evaluate = _reporting(evaluate, on_candidate)
-    result = run_search(evaluate, steps, len(prompts), strategy, budget_images=budget_images or None,
+        search_evaluate = _reporting(search_evaluate, on_candidate)
+    result = run_search(search_evaluate, steps, len(search_pairs), strategy, budget_images=budget_images or None,
                         c_range=c_range, sampler=sampler_name, settings=settings, run_log=log_path,
-                        progress=progress, should_stop=should_stop)
+                        progress=search_progress, should_stop=should_stop,
+                        strata=[prompts[i] for i in search_pairs])
+    evaluate_fp = None
+    if reference_model is not None:
+        evaluate_fp = make_evaluate(make_generator(reference_model, clip, vae, **generation), scorer, prompts,
+                                    objective, failures)
+    report = check_winner(_stoppable(evaluate, should_stop), result, held_out,
+                          _stoppable(evaluate_fp, should_stop), holdout)
+    if progress is not None:
+        done = result.images_generated + report.images
+        progress(done, done)
     for failure in failures:
         log.warning("calibration candidate %s failed on prompt %d: %s (scored worst)", failure["schedule"],
                     failure["prompt"], failure["reason"])
@@ -122,11 +141,16 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
                          search={"strategy": strategy, "objective": objective, "c_range": list(c_range),
                                  "scheduler": scheduler, "width": width, "height": height,
                                  "images_generated": result.images_generated, "images_reused": result.images_reused,
-                                 "failed_images": len(failures), "run_log": os.path.basename(log_path)})
+                                 "failed_images": len(failures), "run_log": os.path.basename(log_path),
+                                 "holdout": holdout, "search_pairs": len(search_pairs),
+                                 "heldout_pairs": len(held_out), "fp_control": reference_model is not None},
+                         checks=report.to_dict())
     path = save_preset(preset_folder or user_preset_folder(), name, preset)
-    log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), preset %s", result.best_score,
-             result.identity_score, result.best.label, path)
-    return result, preset, path
+    log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), better than identity on held-out pairs: %s, "
+             "preset %s", result.best_score, result.identity_score, result.best.label, report.heldout.verdict, path)
+    for warning in report.warnings:
+        log.warning("Q-Sched calibration: %s", warning)
+    return result, preset, path, report
 
 
 def safe_preset_name(text):
@@ -137,6 +161,18 @@ def safe_preset_name(text):
 
 def _finite(value):
     return float(value) if math.isfinite(value) else None
+
+
+def _stoppable(evaluate, should_stop):
+    """The held-out and FP-control evaluations stop on an interrupt like the search does."""
+    if evaluate is None or should_stop is None:
+        return evaluate
+
+    def checked(schedule, indices):
+        if should_stop():
+            raise SearchInterrupted("calibration interrupted during the held-out check")
+        return evaluate(schedule, indices)
+    return checked
 
 
 def _reporting(evaluate, on_candidate):
@@ -156,13 +192,16 @@ def trace_points(result):
 
 class QSchedCalibrate:
     CATEGORY = "sampling/qsched"
-    RETURN_TYPES = ("QSCHED_SCHEDULE", "IMAGE", "STRING")
-    RETURN_NAMES = ("schedule", "plot", "preset_name")
+    RETURN_TYPES = ("QSCHED_SCHEDULE", "IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("schedule", "plot", "preset_name", "summary")
     FUNCTION = "run"
     OUTPUT_NODE = True
     DESCRIPTION = ("Find Q-Sched coefficients for this model: every candidate schedule generates the calibration "
                    "prompts (prompt i with seed + i) and is scored by the scorer; the best (never worse than "
-                   "identity on these prompts) is saved as a preset. Resumes an interrupted run with the same settings.")
+                   "identity on these prompts) is saved as a preset. A quarter of the prompt/seed pairs is kept "
+                   "out of the search: the summary says whether the winner beats identity there (yes / no / not "
+                   "significant, with a confidence interval) and, with the FP model connected, whether the gain is "
+                   "specific to the quantized model. Resumes an interrupted run with the same settings.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -180,8 +219,11 @@ class QSchedCalibrate:
                                   "tooltip": "Sampling steps; the preset fits only this count."}),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Classifier-free guidance scale used while calibrating."}),
-                "strategy": (list(STRATEGIES), {"default": "coarse_to_fine", "tooltip":
-                             "paper_grid = the official search (10 x 10 starts, ends fixed at 1)"}),
+                "strategy": (list(STRATEGIES), {"default": DEFAULT_STRATEGY, "tooltip":
+                             "racing = the official grid (10 x 10 starts, ends fixed at 1) raced with confidence "
+                             "intervals, never judging on fewer than 10 prompts; paper_grid = the official search, "
+                             "every candidate on every prompt; successive_halving and coarse_to_fine judge on 1-2 "
+                             "prompts first: fast, but noise can decide"}),
                 "budget_images": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip":
                                   "most images to generate; 0 = the strategy's default"}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
@@ -204,19 +246,24 @@ class QSchedCalibrate:
                 "model_name": ("STRING", {"default": "", "tooltip": "recorded in the preset"}),
                 "quant": ("STRING", {"default": "", "tooltip": "quantization recorded in the preset, e.g. W4A8"}),
                 "preset_name": ("STRING", {"default": "", "tooltip": "empty = <model>-<quant>-<sampler>-<steps>steps"}),
+                "holdout": ("FLOAT", {"default": HOLDOUT_FRACTION, "min": 0.05, "max": 0.75, "step": 0.05, "tooltip":
+                            "share of the prompt/seed pairs kept out of the search to check the winner on"}),
+                "reference_model": ("MODEL", {"tooltip": "optional full-precision model: the winner is also "
+                                    "applied to it (FP control: is the gain specific to the quantized model?)"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def run(self, model, clip, vae, scorer, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
             prompts, n_prompts=0, width=512, height=512, objective="jaq", c_min=0.8, c_max=1.2, model_name="",
-            quant="", preset_name="", unique_id=None):
+            quant="", preset_name="", holdout=HOLDOUT_FRACTION, reference_model=None, unique_id=None):
         prompt_list = parse_prompts(prompts)
         if n_prompts:
             prompt_list = prompt_list[:n_prompts]
         c_range = (c_min, c_max)
-        planned = plan_images(strategy, SearchSpace(STRATEGIES[strategy].space, steps, c_range), len(prompt_list),
-                              budget_images or None)
+        search_pairs, held_out = split_pairs(len(prompt_list), holdout, strata=prompt_list)
+        planned = plan_images(strategy, SearchSpace(STRATEGIES[strategy].space, steps, c_range), len(search_pairs),
+                              budget_images or None) + len(held_out) * (4 if reference_model is not None else 2)
         bar = comfy.utils.ProgressBar(planned, node_id=unique_id)
         send = _sender(unique_id)
 
@@ -233,19 +280,21 @@ class QSchedCalibrate:
                             "score": sum(finite) / len(finite) if len(finite) == len(scores) else None,
                             "prompts": len(indices)}})
 
-        result, preset, path = calibrate(
+        result, preset, path, report = calibrate(
             model, clip, vae, scorer, sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg,
             strategy=strategy, budget_images=budget_images, seed=seed, prompts=prompt_list, width=width,
             height=height, objective=objective, c_range=c_range, model_name=model_name, quant=quant or None,
-            preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate)
+            preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate,
+            holdout=holdout, reference_model=reference_model)
         name = os.path.splitext(os.path.basename(path))[0]
         summary = {"best": {"c_x": list(result.best.c_x), "c_eps": list(result.best.c_eps)},
                    "best_score": _finite(result.best_score), "identity_score": _finite(result.identity_score),
                    "images_generated": result.images_generated, "images_reused": result.images_reused,
                    "failures": len(result.failures), "preset": name, "strategy": strategy,
-                   "trace": trace_points(result)}
+                   **report.to_dict(), "summary": format_report(report, result), "trace": trace_points(result)}
         send({**summary, "trace": None, "finished": True})
-        return {"ui": {"qsched_calibration": [summary]}, "result": (result.best, plot_result(result), name)}
+        return {"ui": {"qsched_calibration": [summary]},
+                "result": (result.best, plot_result(result), name, summary["summary"])}
 
 
 def _sender(unique_id):

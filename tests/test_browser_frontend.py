@@ -256,7 +256,7 @@ const scorer = add("QSchedScorerLoader", [20, 260]);
 scorer.widgets.find((w) => w.type === "combo" || Array.isArray(w.options?.values)).value = "%(scorer)s";
 const calibrate = add("QSchedCalibrate", [380, 20], {
   sampler_name: "lcm", scheduler: "lcm_original", steps: 2, strategy: "paper_grid", budget_images: 18, seed: 3,
-  prompts: "a red cube on a table\\na green field under a blue sky", width: 64, height: 64,
+  prompts: "a red cube on a table\\na blue sphere on the grass\\na green field under a blue sky", width: 64, height: 64,
   preset_name: "browser-calibration" });
 const preview = add("PreviewImage", [840, 20]);
 link(checkpoint, 0, calibrate, "model"); link(checkpoint, 1, calibrate, "clip"); link(checkpoint, 2, calibrate, "vae");
@@ -267,7 +267,7 @@ return app.graph._nodes.length;
 
 
 def test_real_calibration_shows_progress_and_surface_in_the_browser(browser, comfy_server):
-    """A 3 x 3 paper grid on two prompts with the tiny checkpoint and a tiny random CLIP scorer, queued from
+    """A 3 x 3 paper grid on two search prompts (a third is held out) with the tiny checkpoint and a tiny random CLIP scorer, queued from
     the page: the Calibrate panel ends with the candidates, best vs identity and the 9-cell score surface,
     and Load Q-Sched Preset then lists the preset it wrote."""
     if "QSchedScorerLoader" not in comfy_server.object_info():
@@ -281,7 +281,8 @@ def test_real_calibration_shows_progress_and_surface_in_the_browser(browser, com
     [panel] = [n for n in report["nodes_after"] if n["type"] == "QSchedCalibrate"]
     assert panel["state"] == "finished", panel
     assert f"best {summary['best_score']:.3f}" in panel["text"] and "identity" in panel["text"]
-    assert f"candidates {len(summary['trace'])}" in panel["text"] and "images 18 / 18" in panel["text"]
+    assert f"candidates {len(summary['trace'])}" in panel["text"] and "images 20 / 20" in panel["text"]  # +2 held out
+    assert f"better than identity: {summary['heldout']['verdict']}" in panel["text"]
     assert os.path.isfile(os.path.join(comfy_server.user_dir, "qsched_presets", "browser-calibration.json"))
     keep_for_docs(("calibration_run.png", "docs/web_calibration_run.png"))
 

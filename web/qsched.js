@@ -202,6 +202,7 @@ function showCalibration(node, panel) {
   const lines = [`candidates ${points.length} · images ${c.done ?? 0} / ${c.budget ?? "?"}`,
     `best ${fmt(best)}` + (Number.isFinite(c.identity_score) ? ` · identity ${fmt(c.identity_score)}` : "")];
   if (c.finished) lines.push(`finished${c.preset ? ` · preset ${c.preset}` : ""}`);
+  if (c.heldout?.verdict) lines.push(`held-out: better than identity: ${c.heldout.verdict}`);
   show(panel, c.finished ? "finished" : "running", lines.join("\n"));
   const cells = surfacePoints(points);
   Object.assign(panel.root.dataset, { candidates: String(points.length), done: String(c.done ?? 0),
