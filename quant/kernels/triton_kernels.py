@@ -7,9 +7,14 @@ code defines the rounding (activation codes, dequantized weights); GEMM outputs 
 The Triton interpreter converts fp32 -> bf16 / fp8 by truncation and cannot dot bf16 tiles, so roundings are
 written out in integer arithmetic (exact on the GPU too: the final cast then sees a representable value) and
 the GEMM kernels take `EXACT_DOT` (fp32 operands, set under the interpreter only)."""
+import importlib
+
 import torch
-import triton
-import triton.language as tl
+
+# Triton is the optional extra `triton` (CUDA builds of torch install it); without it quant/kernels/__init__.py
+# leaves this module out and the layers run their torch code.
+triton = importlib.import_module("triton")
+tl = importlib.import_module("triton.language")
 
 INV_E4M3_MAX = tl.constexpr(1.0 / 448.0)  # rounded to float32 where used, as torch rounds the Python float
 
