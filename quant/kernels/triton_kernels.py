@@ -8,6 +8,7 @@ The Triton interpreter converts fp32 -> bf16 / fp8 by truncation and cannot dot 
 written out in integer arithmetic (exact on the GPU too: the final cast then sees a representable value) and
 the GEMM kernels take `EXACT_DOT` (fp32 operands, set under the interpreter only)."""
 import importlib
+import os
 
 import torch
 
@@ -143,7 +144,6 @@ def _weight_only_matmul_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N,
 
 
 def _interpreted():
-    import os
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -159,8 +159,9 @@ def _specialization(value):
 
 class Launcher:
     """Launches a @triton.jit kernel through its compiled kernel's own launcher (`compiled[grid](*args)`) once a
-    specialization is compiled, skipping JITFunction.run's argument binding and cache lookup: about 30 us of host
-    time per launch on the H200 machine, which is what an eager step at batch 1 is short of. The first launch of each
+    specialization is compiled, skipping JITFunction.run's argument binding and cache lookup, to cut the host time
+    an eager step at batch 1 is short of. On the H200 run it did not measurably lower the per-call host cost
+    (bench/results/peers_h200.md); it is kept because it is what was measured. The first launch of each
     specialization goes through Triton as usual and then through the fast path again; if the two disagree (an
     incompatible Triton) or the fast path raises, every launcher goes back to Triton's own path."""
     fast = True
