@@ -10,11 +10,11 @@ from test_comfy_quant_loaders import build_lora, denoise, env, load, rel  # noqa
 @pytest.fixture(scope="module")
 def dynamic_vram(env):  # noqa: F811
     import comfy.cli_args
-    import comfy.memory_management
     import comfy.model_management
     import comfy.model_patcher
     if not hasattr(comfy.model_patcher, "ModelPatcherDynamic"):
         pytest.skip("this ComfyUI has no DynamicVRAM (before 0.33)")
+    import comfy.memory_management
     import comfy_aimdo.control
     try:
         comfy_aimdo.control.init(simple_vram_headroom=None)
