@@ -106,7 +106,7 @@ def test_one_euler_step_applies_eq4_to_comfyuis_denoised(comfy, sd15):
     x = noise * sigma  # EPS noise scaling of an all-zero latent
     expected = c_x * x + (sigma_next - sigma) * c_eps * (x - captured[0].to(x.device)) / sigma
     assert len(captured) == 1
-    torch.testing.assert_close(out, model.model.process_latent_out(expected), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.cpu(), model.model.process_latent_out(expected).cpu(), rtol=1e-5, atol=1e-4)
 
 
 def test_qsched_sampler_node_in_sampler_custom_equals_native_euler(comfy, sd15):

@@ -124,5 +124,5 @@ def test_auto_device_scorer_is_loaded_through_comfyui_memory_manager(scoring_nod
     torch.testing.assert_close(result.jaq, expected.jaq, **({} if TEST_DEVICE == "cpu" else dict(rtol=1e-4, atol=0)))
     assert managed.formula == plain.formula and managed.describe() == plain.describe()
     output = scoring.QSchedJAQScore().score(images, managed, "a red bus")["result"]
-    assert output[0] == pytest.approx(float(expected.jaq.mean()), abs=1e-6)
+    assert output[0] == pytest.approx(float(result.jaq.mean()), abs=1e-6)  # the node scores with the managed scorer
     comfy.model_management.unload_all_models()
