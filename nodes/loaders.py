@@ -14,6 +14,7 @@ import comfy.sd
 import folder_paths
 
 from ..quant import BACKENDS, LayerPolicy, QuantSpec, quantize_module
+from ..quant.backends import DEFAULT_BACKEND
 from ..quant.cache import quantize_cached
 from ..quant.fp8 import fp8_supported
 from ..quant.source import check_source
@@ -31,9 +32,12 @@ def quant_inputs():
     return {
         "quantization": (SPECS, {"default": "W4A8", "tooltip": "W<weight bits>A<activation bits>; -g128: weight "
                                  "scales per group of 128 inputs; A16: weight-only."}),
-        "backend": (list(BACKENDS), {"default": "simulate", "tooltip": "simulate: packed weights, exact "
-                                     "quantize-dequantize numerics, any width. fp8: W8A8/W4A8 through FP8 matmuls "
-                                     "(Ada/Hopper GPUs). bitsandbytes / torchao: if installed."}),
+        "backend": (list(BACKENDS), {"default": DEFAULT_BACKEND, "tooltip": "auto: the fastest path this device "
+                                     "has per layer (FP8 GEMMs where 8-bit compute pays on Ada/Hopper, 8/4-bit storage "
+                                     "with 16-bit compute elsewhere, simulate on the CPU). simulate: packed weights, "
+                                     "exact quantize-dequantize numerics, any width. fp8: W8A8/W4A8 through FP8 "
+                                     "matmuls everywhere (Ada/Hopper). comfy_kitchen: W8A8 through ComfyUI's int8 "
+                                     "kernels (0.33+). bitsandbytes / torchao: if installed."}),
         "layer_policy": ("STRING", {"default": "", "multiline": True, "tooltip": "Extra rules, e.g. "
                                     "'double_blocks.0.*=keep, *.qkv=W8A8, first_last=off'. Sensitive layers "
                                     "(embeddings, first/last, norms) stay in high precision by default."}),

@@ -16,7 +16,8 @@ arguments; do not import them, one session-wide instance each):
   that name (e.g. `qsched_scorers`).
 - `comfy_server`: one headless ComfyUI (`main.py --cpu`) per session, with this pack linked under a temp
   custom_nodes folder; see `ComfyServer` for `object_info()`, `queue_prompt()`, `wait_for()`,
-  `output_images()`, `interrupt()`.
+  `output_images()`, `interrupt()`. It serves the frontend ComfyUI pins, or the one whose `static` folder env
+  QSCHED_FRONTEND_ROOT names (`--front-end-root`).
 
 Plain helpers: `require_comfyui()`, `import_comfyui()`, `ui_workflow_to_prompt(ui_workflow, object_info)`,
 `load_example_workflow(name)`.
@@ -345,6 +346,9 @@ class ComfyServer:
                    "--temp-directory", os.path.join(self.base_dir, "temp"),
                    "--extra-model-paths-config", yaml_path,
                    "--database-url", f"sqlite:///{os.path.join(self.base_dir, 'comfyui.db')}"]
+        frontend_root = os.environ.get("QSCHED_FRONTEND_ROOT")  # another frontend than the pinned one
+        if frontend_root:
+            command += ["--front-end-root", frontend_root]
         self._log_file = open(self.log_path, "wb")
         threads = str(torch_threads_for_tests())
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)

@@ -11,11 +11,10 @@ import os
 import re
 import subprocess
 
-from test_browser_frontend import ARTIFACTS, BROWSER_DIR, DRIVER, browser  # noqa: F401  (browser: a fixture)
+from test_browser_frontend import ARTIFACTS, BROWSER_DIR, DRIVER, artifact, browser, mode  # noqa: F401  (fixtures)
 from comfy_fixtures import REPO_ROOT
 
 HELP_NODE = "QSchedKSampler"
-VUE_NODES = {"Comfy.VueNodes.Enabled": True}  # .ci/run's QSCHED_FRONTEND_MODE=vue: the frontend's Nodes 2.0 mode
 DOCS_DIR = os.path.join(REPO_ROOT, "web", "docs")
 
 
@@ -83,13 +82,13 @@ def run_driver(browser, server, name, timeout_s=240, **config):  # noqa: F811  (
     return report
 
 
-def test_info_button_shows_the_nodes_help_page(browser, comfy_server):  # noqa: F811
+def test_info_button_shows_the_nodes_help_page(browser, comfy_server, mode):  # noqa: F811  (imported fixtures)
     expected = first_sentence(os.path.join(DOCS_DIR, f"{HELP_NODE}.md"))
     assert len(expected) > 40, expected
-    report = run_driver(browser, comfy_server, "help_page", require_types=[HELP_NODE],
+    report = run_driver(browser, comfy_server, artifact("help_page", mode), require_types=[HELP_NODE],
                         workflow=os.path.join(BROWSER_DIR, "empty_workflow.json"),
                         prepare=OPEN_HELP % {"node": HELP_NODE, "expected": json.dumps(expected)},
-                        settings=VUE_NODES if os.environ.get("QSCHED_FRONTEND_MODE") == "vue" else {})
+                        vue_nodes=mode == "vue")
     seen = report["prepared"]
     assert "error" not in seen, f"{seen['error']} (frontend {seen['frontend']}); the page showed: {seen['body']}"
     assert expected in seen["text"]

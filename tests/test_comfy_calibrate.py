@@ -261,7 +261,8 @@ def test_model_hash_ignores_patches_applied_in_place(stack):
     lcm.add_patches({key: ("diff", (torch.ones_like(lcm.model.state_dict()[key]),))}, 0.5)
     comfy.model_management.load_models_gpu([lcm])
     try:
-        assert not torch.equal(lcm.model.state_dict()[key], stack["model"].backup[key].weight)  # patched in place
+        patched, original = lcm.model.state_dict()[key].cpu(), stack["model"].backup[key].weight.cpu()
+        assert not torch.equal(patched, original)  # patched in place
         assert model_hash(lcm) == plain
     finally:
         lcm.unpatch_model()

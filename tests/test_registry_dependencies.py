@@ -27,7 +27,8 @@ TORCH_FAMILY = {"torch", "torchvision", "torchaudio"}
 PROVIDED_BY_COMFYUI = {"comfy", "comfy_api", "comfy_execution", "comfy_extras", "folder_paths", "latent_preview",
                        "node_helpers", "nodes", "server", "aiohttp"}
 NOT_PACK_CODE = {"tests", "bench", ".ci", ".git", "node_modules", "web", "__pycache__"}
-OPTIONAL_EXTRAS = {"bitsandbytes", "torchao"}  # quant/backends.py imports them when that backend is chosen
+# quant/ imports them when that backend is chosen (comfy-kitchen), or where they are installed (triton)
+OPTIONAL_EXTRAS = {"bitsandbytes", "torchao", "comfy-kitchen", "triton"}
 
 
 def pyproject():
