@@ -207,7 +207,7 @@ def test_headless_command_runs_the_same_calibration(comfyui_dir, comfy_models, t
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout[done.stdout.index("{"):])
-    assert report["preset"] == str(tmp_path / "presets" / "headless.json")
+    assert report["preset_path"] == str(tmp_path / "presets" / "headless.json") and report["preset"] == "headless"
     assert 0 < report["images_generated"] <= 16 and report["best_score"] >= report["identity_score"]
     assert report["better_than_identity"] == report["heldout"]["verdict"]
     assert f"better than identity: {report['better_than_identity']}" in done.stderr
@@ -246,7 +246,8 @@ def test_a_bad_preset_name_fails_before_any_image(stack):
 
     with pytest.raises(PresetError, match="path separator"):
         _run({**stack, "scorer": NoScoring()}, preset_name="../outside")
-    assert stack["calibrate"].safe_preset_name("sd/v1..5: W4A8").startswith("sd_v1.5_ W4A8-")
+    from comfyui_qsched.calibration.presets import safe_preset_name
+    assert safe_preset_name("sd/v1..5: W4A8").startswith("sd_v1.5_ W4A8-")
 
 
 def test_model_hash_ignores_patches_applied_in_place(stack):
