@@ -168,6 +168,7 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64, quant="W4A8"):
     from comfyui_qsched.calibration.pipeline import make_evaluate
     from comfyui_qsched.calibration.prompts import DEFAULT_PROMPTS
     from comfyui_qsched.nodes.calibrate import make_generator
+    from comfyui_qsched.nodes.quant_ops import with_comfy_patching
     from comfyui_qsched.quant import QuantSpec, quantize_module
 
     work = tempfile.mkdtemp(prefix="qsched_bench_")
@@ -176,6 +177,7 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64, quant="W4A8"):
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(checkpoint)[:3]
     if quant:
         quantize_module(model.model.diffusion_model, QuantSpec.parse(quant))
+        with_comfy_patching(model.model.diffusion_model)
     scorer = load_scorer(save_open_clip(tiny_vit_clip(seed=5), os.path.join(work, "clip.safetensors")), device="cpu")
     prompts = list(DEFAULT_PROMPTS[:n_prompts])
     generate = make_generator(model, clip, vae, sampler_name="lcm", scheduler="lcm_original", steps=steps, cfg=1.0,

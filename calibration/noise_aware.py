@@ -96,7 +96,7 @@ def racing(ev, space, grid_points=None, min_prompts=MIN_JUDGE_PROMPTS, growth=2,
     """The paper grid (Algorithm 1's candidates plus identity), raced with confidence intervals."""
     from .strategies import _grid, _grid_points
     points = _grid_points(space, ev.n_prompts, ev.budget, grid_points)
-    confidence_race(ev, space, [space.identity] + _grid(space, points), min_prompts, growth, confidence)
+    confidence_race(ev, space, [space.identity, *_grid(space, points)], min_prompts, growth, confidence)
 
 
 def halving_floor(ev, space, grid_points=None, eta=3, min_prompts=MIN_JUDGE_PROMPTS, keep=FINAL_TOP):
@@ -105,7 +105,7 @@ def halving_floor(ev, space, grid_points=None, eta=3, min_prompts=MIN_JUDGE_PROM
     from .strategies import _grid, _grid_points
     cost = lambda points: _halving_floor_cost(space, ev.n_prompts, points, eta, min_prompts, keep)
     points = _grid_points(space, ev.n_prompts, ev.budget, grid_points, cost)
-    floor_halving(ev, space, [space.identity] + _grid(space, points), eta, min_prompts, keep)
+    floor_halving(ev, space, [space.identity, *_grid(space, points)], eta, min_prompts, keep)
 
 
 def coarse_to_fine_racing(ev, space, levels=4, min_prompts=MIN_JUDGE_PROMPTS, growth=2, confidence=CONFIDENCE):

@@ -2,10 +2,11 @@
 space, spends images until done or the budget runs out, and leaves the winner to run_search (best mean over all
 prompts among fully scored candidates). `plan(n_prompts, budget, **options)` returns the expected image count.
 """
+import logging
 import math
 import warnings
 from collections import namedtuple
-from itertools import product
+from itertools import chain, product
 
 import numpy as np
 
@@ -14,11 +15,23 @@ from .noise_aware import (_plan_coarse_racing, _plan_halving_floor, _plan_racing
 
 Strategy = namedtuple("Strategy", "function space plan")
 DEFAULT_GRID_POINTS = {"paper": 10, "general": 5}   # official default 10 x 10 starts; 5^4 for start+end
+# A budget-sized grid stops growing here (316 x 316 starts, 17^4 start+end pairs): successive halving holds its
+# candidates in memory, and no real budget comes near it. A larger budget is still an upper bound, not a target.
+MAX_GRID_CANDIDATES = 100_000
+log = logging.getLogger("qsched.calibration")
 
 
 def _grid(space, points):
+    """The grid's candidates, generated one at a time (never the whole grid in memory)."""
     axis = np.linspace(space.low, space.high, points).tolist()
-    return [tuple(p) for p in product(axis, repeat=space.dims)]
+    return product(axis, repeat=space.dims)
+
+
+def _max_grid_points(space):
+    points = int(round(MAX_GRID_CANDIDATES ** (1 / space.dims)))
+    while points ** space.dims > MAX_GRID_CANDIDATES:
+        points -= 1
+    return points
 
 
 def _grid_size(space, points):
@@ -28,18 +41,30 @@ def _grid_size(space, points):
 
 
 def _budget_points(space, n_prompts, budget, cost=None):
-    """Largest grid size per dimension whose images (identity included) fit in the budget."""
+    """Largest grid size per dimension whose images (identity included) fit in the budget, found by bisection
+    (the cost grows with the points) and at most MAX_GRID_CANDIDATES candidates."""
     cost = cost or (lambda points: _grid_size(space, points) * n_prompts)
-    points = 1
-    while cost(points + 1) <= budget:
-        points += 1
-    return max(points, 2)
+    low, high = 1, _max_grid_points(space)
+    if cost(high) <= budget:
+        log.warning("a budget of %s images would allow a grid of more than %d candidates: using %d points per "
+                    "dimension (%d candidates)", budget, MAX_GRID_CANDIDATES, high, high ** space.dims)
+        return high
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return max(low, 2)
 
 
 def _grid_points(space, n_prompts, budget, grid_points, cost=None):
     if grid_points is not None:
         if grid_points < 2:
             raise ValueError(f"grid_points must be at least 2, got {grid_points}")
+        if grid_points > _max_grid_points(space):
+            raise ValueError(f"grid_points={grid_points} makes {grid_points ** space.dims} candidates; the most is "
+                             f"{MAX_GRID_CANDIDATES} ({_max_grid_points(space)} points per dimension)")
         return grid_points
     if budget is None:
         return DEFAULT_GRID_POINTS[space.kind]
@@ -93,8 +118,9 @@ def race(ev, space, candidates, eta=3, min_prompts=1):
 
 def successive_halving(ev, space, grid_points=None, eta=3, min_prompts=1):
     """The paper's grid (plus identity), raced over prompts instead of scoring every candidate on all."""
-    race(ev, space, [space.identity] + _grid(space, _halving_points(space, ev.n_prompts, ev.budget, grid_points,
-                                                                   eta, min_prompts)), eta, min_prompts)
+    race(ev, space, chain([space.identity], _grid(space, _halving_points(space, ev.n_prompts, ev.budget,
+                                                                         grid_points, eta, min_prompts))),
+         eta, min_prompts)
 
 
 def _halving_cost(space, n_prompts, points, eta, min_prompts):

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 
 import torch
 
@@ -18,7 +17,7 @@ import folder_paths
 from ..calibration.heldout import HOLDOUT_FRACTION, check_winner, format_report, split_pairs
 from ..calibration.pipeline import OBJECTIVES, calibration_settings, make_evaluate
 from ..calibration.plot import plot_result
-from ..calibration.presets import check_name, make_preset, save_preset
+from ..calibration.presets import check_name, make_preset, safe_preset_name, save_preset
 from ..calibration.prompts import parse_prompts, prompt_seed, prompts_hash
 from ..calibration.runlog import settings_hash
 from ..calibration.search import plan_images, run_search, SearchInterrupted, SearchSpace
@@ -105,7 +104,8 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     scorer_k = scorer_k if scorer_k is not None else getattr(getattr(scorer, "options", None), "k", None)
     settings = calibration_settings(model_hash=fingerprint, sampler=sampler_name, scheduler=scheduler, steps=steps,
                                     cfg=cfg, width=width, height=height, seed=seed, prompts_hash=prompts_hash(prompts),
-                                    scorer=f"{scorer_name}:{scorer_k}", objective=objective, quant=quant)
+                                    scorer=scorer_identity(scorer, scorer_name, scorer_k), objective=objective,
+                                    quant=quant)
     settings["holdout"] = holdout    # decides which pairs the search's prompt indices are
     runs_folder = runs_folder or run_folder()
     log_path = os.path.join(runs_folder, f"{settings_hash(settings)}.jsonl")
@@ -153,10 +153,11 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     return result, preset, path, report
 
 
-def safe_preset_name(text):
-    """A valid preset name made from free text (model names may contain '/', ':' or '..')."""
-    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9 _.+()\-]", "_", text)).strip(" ._")[:128]
-    return check_name(text or "calibration")
+def scorer_identity(scorer, scorer_name, scorer_k):
+    """What the run log knows the scorer by: its options and the content of its weights (JAQScorer.identity), not
+    its file's name; a scorer object without identity() by its description."""
+    identity = getattr(scorer, "identity", None)
+    return identity() if callable(identity) else f"{scorer_name}:{scorer_k}"
 
 
 def _finite(value):

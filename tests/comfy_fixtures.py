@@ -45,6 +45,10 @@ __all__ = ["require_comfyui", "import_comfyui", "register_model_folder", "ModelF
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_DIR_NAME = "ComfyUI-QSched"
 
+# The in-process tests run on the CPU; QSCHED_TEST_DEVICE=cuda lets ComfyUI pick the GPU instead (the GPU run of
+# the integration cases; the server tests always start `main.py --cpu`).
+TEST_DEVICE = os.environ.get("QSCHED_TEST_DEVICE", "cpu")
+
 SD15_CHECKPOINT = "qsched_tiny_sd15.safetensors"
 SD3_UNET = "qsched_tiny_sd3.safetensors"
 CLIP_L = "qsched_tiny_clip_l.safetensors"
@@ -94,7 +98,7 @@ def import_comfyui():
             sys.path.remove(path)
         sys.path.insert(0, path)
     import comfy.cli_args
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = TEST_DEVICE == "cpu"
     return path
 
 
