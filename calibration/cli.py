@@ -85,6 +85,8 @@ def parser():
     p.add_argument("--preset-name", default="")
     p.add_argument("--preset-folder", default=None, help="default: <ComfyUI user dir>/qsched_presets")
     p.add_argument("--runs-folder", default=None, help="default: <ComfyUI user dir>/qsched_runs")
+    p.add_argument("--batch-size", type=_integer(1, 1024), default=16,
+                   help="most images per model call (fewer when free memory is short); 1 = one at a time")
     p.add_argument("--plot", default=None, help="also save the plot as this PNG")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
     p.add_argument("--holdout", type=_number(above=0.0, below=1.0), default=HOLDOUT_FRACTION,
@@ -154,7 +156,8 @@ def main(argv):
         width=args.width, height=args.height, objective=args.objective, c_range=(args.c_min, args.c_max),
         model_name=args.model_name or os.path.splitext(os.path.basename(args.checkpoint))[0], quant=args.quant,
         preset_name=args.preset_name, preset_folder=args.preset_folder, runs_folder=args.runs_folder,
-        progress=progress, scorer_k=args.scorer_k, holdout=args.holdout, reference_model=reference)
+        progress=progress, scorer_k=args.scorer_k, holdout=args.holdout, reference_model=reference,
+        batch_size=args.batch_size)
     print(file=sys.stderr)
     print(format_report(report, result), file=sys.stderr)
     if args.plot:

@@ -1,7 +1,8 @@
 """Coefficient search (paper Algorithm 1 and faster strategies) over a user-supplied objective.
 
 `evaluate(schedule, prompt_indices) -> list[float]` generates and scores one image per prompt index (higher is
-better, NaN = failed). Common random numbers: prompt index i always means the same prompt *and* the same seed,
+better, NaN = failed); an `evaluate.many([(schedule, prompt_indices), ...])` lets the search generate the images
+of several candidates in one batch, with the same results as one candidate at a time. Common random numbers: prompt index i always means the same prompt *and* the same seed,
 so every candidate is compared on identical noise. A candidate's score is the mean over prompts; a NaN on any
 prompt makes it the worst. Only candidates scored on every prompt can win, and the identity schedule always is.
 """
@@ -74,8 +75,10 @@ class SearchSpace:
 class _Evaluations:
     """Cache of per-prompt scores, budget, run log, progress and stop checks: what strategies score through."""
 
-    def __init__(self, evaluate, n_prompts, budget, run_log, progress, should_stop, planned):
+    def __init__(self, evaluate, n_prompts, budget, run_log, progress, should_stop, planned, batch_images=1):
         self._evaluate, self.n_prompts, self.budget = evaluate, n_prompts, budget
+        self.batch_images = batch_images
+        self._fresh = {}        # key -> {prompt: score} generated ahead by score_many, not yet counted
         self.run_log, self._progress, self._should_stop = run_log, progress, should_stop
         self.planned = planned
         self.order = list(range(n_prompts))   # prompt order for partial rungs (stratified when strata given)
@@ -105,9 +108,10 @@ class _Evaluations:
         if missing:
             if len(missing) > self.remaining:
                 raise _BudgetSpent()
-            if self._should_stop is not None and self._should_stop():
-                raise SearchInterrupted("calibration interrupted; rerun with the same settings to resume")
-            values = [float(v) for v in self._evaluate(schedule, list(missing))]
+            values = self._take_fresh(key, missing)
+            if values is None:
+                self._check_stop()
+                values = [float(v) for v in self._evaluate(schedule, list(missing))]
             if len(values) != len(missing):
                 raise ValueError(f"evaluate returned {len(values)} scores for {len(missing)} prompts")
             known.update(zip(missing, values))
@@ -127,6 +131,69 @@ class _Evaluations:
                            "full_score": self.mean(key, range(self.n_prompts)) if full else None,
                            "best_full": self.best()[0]})
         return mean
+
+    def score_many(self, requests):
+        """[score(schedule, prompt_indices, params) for each request], with the same trace, run log, budget and
+        results, but the missing images of consecutive requests are generated together (up to batch_images per
+        evaluate.many call) when the evaluate supports it."""
+        if self.batch_images <= 1 or not hasattr(self._evaluate, "many"):
+            return [self.score(*request) for request in requests]
+        means = []
+        for chunk in self._chunks(iter(requests)):
+            self._generate_ahead(chunk)
+            means += [self.score(*request) for request in chunk]
+        return means
+
+    def _missing(self, schedule, prompt_indices):
+        key = schedule_key(schedule.c_x, schedule.c_eps)
+        known, fresh = self.scores.get(key, {}), self._fresh.get(key, {})
+        logged = self.run_log.done.get(key, {}) if self.run_log else {}
+        return [(key, i) for i in prompt_indices if i not in known and i not in logged and i not in fresh]
+
+    def _chunks(self, requests):
+        """Consecutive requests whose new images fit batch_images (a larger request alone) and the budget."""
+        chunk, pairs = [], set()
+        for request in requests:
+            new = set(self._missing(request[0], request[1])) - pairs
+            if chunk and (len(pairs) + len(new) > self.batch_images or len(pairs) + len(new) > self.remaining):
+                yield chunk
+                chunk, pairs = [], set()
+                new = set(self._missing(request[0], request[1]))
+            chunk.append(request)
+            pairs |= new
+        if chunk:
+            yield chunk
+
+    def _generate_ahead(self, chunk):
+        """Score the chunk's missing images in one evaluate.many call; score() then takes them in order."""
+        wanted = {}   # key -> (schedule, [prompt indices]) in request order
+        for schedule, prompt_indices, *_ in chunk:
+            for key, index in self._missing(schedule, prompt_indices):
+                entry = wanted.setdefault(key, (schedule, []))
+                if index not in entry[1]:
+                    entry[1].append(index)
+        total = sum(len(indices) for _, indices in wanted.values())
+        if not total or total > self.remaining:
+            return    # nothing to do, or score() stops at the request that does not fit
+        self._check_stop()
+        requests = list(wanted.values())
+        results = self._evaluate.many(requests)
+        if len(results) != len(requests):
+            raise ValueError(f"evaluate.many returned {len(results)} results for {len(requests)} requests")
+        for key, (_, indices), values in zip(wanted, requests, results):
+            if len(values) != len(indices):
+                raise ValueError(f"evaluate.many returned {len(values)} scores for {len(indices)} prompts")
+            self._fresh.setdefault(key, {}).update(zip(indices, (float(v) for v in values)))
+
+    def _take_fresh(self, key, missing):
+        fresh = self._fresh.get(key, {})
+        if not all(index in fresh for index in missing):
+            return None
+        return [fresh.pop(index) for index in missing]
+
+    def _check_stop(self):
+        if self._should_stop is not None and self._should_stop():
+            raise SearchInterrupted("calibration interrupted; rerun with the same settings to resume")
 
     def mean(self, key, prompt_indices):
         values = [self.scores[key][i] for i in prompt_indices]
@@ -152,7 +219,8 @@ def plan_images(strategy, space, n_prompts, budget_images=None, **options):
 
 
 def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range=(0.8, 1.2), sampler=None,
-               space=None, settings=None, run_log=None, progress=None, should_stop=None, strata=None, **options):
+               space=None, settings=None, run_log=None, progress=None, should_stop=None, strata=None, batch_images=1,
+               **options):
     """Search per-step coefficients maximising the mean of `evaluate` over `n_prompts` prompts.
 
     strategy: a name from calibration.strategies.STRATEGIES (paper_grid, grid_general, coarse_to_fine,
@@ -163,6 +231,8 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     progress(done_images, planned_images) is called after each evaluation; should_stop() -> True stops the
     search with SearchInterrupted (what was evaluated stays in the log). strata: one label per prompt (its
     prompt text or class); strategies that judge on part of the prompts take them round-robin over strata.
+    batch_images: up to this many images of consecutive candidates are generated in one `evaluate.many` call (if
+    evaluate has one); results, trace and run log are those of batch_images=1.
     """
     from .strategies import STRATEGIES
     if strategy not in STRATEGIES:
@@ -179,7 +249,10 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     log_settings = {"settings": settings or {}, "steps": steps, "n_prompts": n_prompts, "sampler": sampler}
     log_file = RunLog(run_log, log_settings) if run_log is not None else None
     planned = plan_images(strategy, search_space, n_prompts, budget_images, **options)
-    evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned)
+    if isinstance(batch_images, bool) or not isinstance(batch_images, int) or batch_images < 1:
+        raise ValueError(f"batch_images must be a positive integer, got {batch_images!r}")
+    evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned,
+                               batch_images)
     if strata is not None:
         evaluations.order = stratified_order(strata)
     started = time.monotonic()

@@ -1,4 +1,5 @@
-"""Search strategies. Each takes the evaluation cache (`ev.score(schedule, prompts, params)`) and the search
+"""Search strategies. Each takes the evaluation cache (`ev.score(schedule, prompts, params)`, or `ev.score_many`
+for candidates that do not depend on each other's scores, so their images can share a batch) and the search
 space, spends images until done or the budget runs out, and leaves the winner to run_search (best mean over all
 prompts among fully scored candidates). `plan(n_prompts, budget, **options)` returns the expected image count.
 """
@@ -77,8 +78,7 @@ def grid_search(ev, space, grid_points=None):
     """Algorithm 1: every start (and, in the general space, end) value on a grid over c_range, all prompts."""
     points = _grid_points(space, ev.n_prompts, ev.budget, grid_points)
     prompts = list(range(ev.n_prompts))
-    for params in _grid(space, points):
-        ev.score(space.schedule(params), prompts, params)
+    ev.score_many((space.schedule(params), prompts, params) for params in _grid(space, points))
 
 
 def _plan_grid(space, n_prompts, budget, grid_points=None, **_):
@@ -111,7 +111,7 @@ def race(ev, space, candidates, eta=3, min_prompts=1):
     survivors = list(dict.fromkeys(space.clip(c) for c in candidates))
     for size in _rungs(ev.n_prompts, eta, min_prompts):
         prompts = list(range(size))
-        scored = [(ev.score(space.schedule(c), prompts, c), c) for c in survivors]
+        scored = list(zip(ev.score_many([(space.schedule(c), prompts, c) for c in survivors]), survivors))
         scored.sort(key=lambda item: item[0], reverse=True)
         survivors = [c for _, c in scored[:max(1, math.ceil(len(scored) / eta))]]
 
@@ -177,8 +177,8 @@ def bayes(ev, space, n_init=5, iterations=10, seed=0, pool=4096):
     prompts = list(range(ev.n_prompts))
     # Latin hypercube start: every dimension's range covered once per point.
     strata = np.stack([rng.permutation(n_init) for _ in range(space.dims)], axis=1)
-    for row in (strata + rng.random((n_init, space.dims))) / n_init:
-        ev.score(space.schedule(from_unit(row)), prompts, from_unit(row))
+    starts = [from_unit(row) for row in (strata + rng.random((n_init, space.dims))) / n_init]
+    ev.score_many((space.schedule(start), prompts, start) for start in starts)
     kernel = ConstantKernel(1.0) * Matern(length_scale=[0.3] * space.dims, nu=2.5) + WhiteKernel(1e-4)
     for _ in range(iterations):
         done = [(ev.params[k], s) for s, k in ev.full() if ev.params.get(k) is not None]

@@ -3,22 +3,20 @@ each candidate schedule and scoring them (JAQ by default); writes a preset and r
 plot. Each prompt's text conditioning is encoded once; every candidate uses prompt i with seed + i (common
 random numbers). Progress goes to ComfyUI's bar (images done / planned); an interrupt stops at the next
 candidate and the run log (<user dir>/qsched_runs) lets a rerun with the same settings skip what was done."""
-import contextlib
 import logging
 import math
 import os
-
-import torch
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ..comfy_adapter.calibration import make_generator
 from ..calibration.heldout import HOLDOUT_FRACTION, check_winner, format_report, split_pairs
 from ..calibration.pipeline import OBJECTIVES, calibration_settings, make_evaluate
 from ..calibration.plot import plot_result
 from ..calibration.presets import check_name, make_preset, safe_preset_name, save_preset
-from ..calibration.prompts import parse_prompts, prompt_seed, prompts_hash
+from ..calibration.prompts import parse_prompts, prompts_hash
 from ..calibration.runlog import settings_hash
 from ..calibration.search import plan_images, run_search, SearchInterrupted, SearchSpace
 from ..calibration.strategies import DEFAULT_STRATEGY, STRATEGIES
@@ -34,49 +32,8 @@ def _scheduler_names():
     return list(SCHEDULERS)
 
 
-@contextlib.contextmanager
-def _quiet_step_progress():
-    """The sampler's per-step progress bar would overwrite the node's candidates-done bar: mute it meanwhile."""
-    hook, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, None
-    try:
-        yield
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = hook
-
-
 def run_folder():
     return os.path.join(folder_paths.get_user_directory(), "qsched_runs")
-
-
-class TextConditioning:
-    """Encodes each calibration prompt once (the search reuses it for every candidate)."""
-
-    def __init__(self, clip):
-        self.clip, self.cache = clip, {}
-
-    def __call__(self, text):
-        if text not in self.cache:
-            self.cache[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
-        return self.cache[text]
-
-
-def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
-                   negative_prompt=""):
-    """generate(schedule, prompt_index) -> IMAGE [1, H, W, C]: prompt i always with seed + i."""
-    from .sampling import sample_with_schedule
-    encode = TextConditioning(clip)
-    channels = model.get_model_object("latent_format").latent_channels
-
-    def generate(schedule, index):
-        latent = {"samples": torch.zeros([1, channels, height // 8, width // 8])}
-        with _quiet_step_progress():
-            out = sample_with_schedule(model, prompt_seed(seed, index), steps, cfg, sampler_name, scheduler,
-                                       encode(prompts[index]), encode(negative_prompt), latent, schedule,
-                                       disable_pbar=True)
-        image = vae.decode(out["samples"])
-        return image.reshape(-1, *image.shape[-3:])[:1].float()
-
-    return generate
 
 
 def describe_model(model):
@@ -87,7 +44,8 @@ def describe_model(model):
 def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
               prompts, width, height, objective="jaq", c_range=(0.8, 1.2), model_name="", quant=None,
               preset_name="", preset_folder=None, runs_folder=None, progress=None, should_stop=None,
-              on_candidate=None, scorer_name=None, scorer_k=None, holdout=HOLDOUT_FRACTION, reference_model=None):
+              on_candidate=None, scorer_name=None, scorer_k=None, holdout=HOLDOUT_FRACTION, reference_model=None,
+              batch_size=1):
     """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path, report).
     Prompt i with seed + i is pair i; `holdout` of the pairs are kept out of the search and decide the held-out
     verdict (report: calibration.heldout.TrustReport); with `reference_model` (the full-precision model) the
@@ -111,9 +69,9 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     log_path = os.path.join(runs_folder, f"{settings_hash(settings)}.jsonl")
     failures = []
     generation = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg, seed=seed, width=width,
-                      height=height, prompts=prompts)
+                      height=height, prompts=prompts, max_batch=batch_size)
     evaluate = make_evaluate(make_generator(model, clip, vae, **generation), scorer, prompts, objective, failures)
-    search_evaluate = lambda schedule, indices: evaluate(schedule, [search_pairs[i] for i in indices])
+    search_evaluate = _on_pairs(evaluate, search_pairs)
     check_images = len(held_out) * (4 if reference_model is not None else 2)   # winner and identity (x2 with FP)
     search_progress = None if progress is None else lambda done, total: progress(done, total + check_images)
     if on_candidate is not None:
@@ -121,7 +79,7 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     result = run_search(search_evaluate, steps, len(search_pairs), strategy, budget_images=budget_images or None,
                         c_range=c_range, sampler=sampler_name, settings=settings, run_log=log_path,
                         progress=search_progress, should_stop=should_stop,
-                        strata=[prompts[i] for i in search_pairs])
+                        strata=[prompts[i] for i in search_pairs], batch_images=batch_size)
     evaluate_fp = None
     if reference_model is not None:
         evaluate_fp = make_evaluate(make_generator(reference_model, clip, vae, **generation), scorer, prompts,
@@ -176,11 +134,28 @@ def _stoppable(evaluate, should_stop):
     return checked
 
 
+def _on_pairs(evaluate, pairs):
+    """The search's prompt index i is pair pairs[i] (the held-out pairs are not searched on)."""
+    def remapped(schedule, indices):
+        return evaluate(schedule, [pairs[i] for i in indices])
+
+    remapped.many = lambda requests: evaluate.many([(s, [pairs[i] for i in indices]) for s, indices in requests])
+    return remapped
+
+
 def _reporting(evaluate, on_candidate):
     def wrapped(schedule, prompt_indices):
         scores = evaluate(schedule, prompt_indices)
         on_candidate(schedule, prompt_indices, scores)
         return scores
+
+    def many(requests):
+        results = evaluate.many(requests)
+        for (schedule, prompt_indices), scores in zip(requests, results):
+            on_candidate(schedule, prompt_indices, scores)
+        return results
+
+    wrapped.many = many
     return wrapped
 
 
@@ -251,13 +226,16 @@ class QSchedCalibrate:
                             "share of the prompt/seed pairs kept out of the search to check the winner on"}),
                 "reference_model": ("MODEL", {"tooltip": "optional full-precision model: the winner is also "
                                     "applied to it (FP control: is the gain specific to the quantized model?)"}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip":
+                               "most images per model call (prompts and candidates share a batch, each with its "
+                               "own noise); fewer when ComfyUI's free memory is short. 1 = one image at a time"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def run(self, model, clip, vae, scorer, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
             prompts, n_prompts=0, width=512, height=512, objective="jaq", c_min=0.8, c_max=1.2, model_name="",
-            quant="", preset_name="", holdout=HOLDOUT_FRACTION, reference_model=None, unique_id=None):
+            quant="", preset_name="", holdout=HOLDOUT_FRACTION, reference_model=None, batch_size=16, unique_id=None):
         prompt_list = parse_prompts(prompts)
         if n_prompts:
             prompt_list = prompt_list[:n_prompts]
@@ -286,7 +264,7 @@ class QSchedCalibrate:
             strategy=strategy, budget_images=budget_images, seed=seed, prompts=prompt_list, width=width,
             height=height, objective=objective, c_range=c_range, model_name=model_name, quant=quant or None,
             preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate,
-            holdout=holdout, reference_model=reference_model)
+            holdout=holdout, reference_model=reference_model, batch_size=batch_size)
         name = os.path.splitext(os.path.basename(path))[0]
         summary = {"best": {"c_x": list(result.best.c_x), "c_eps": list(result.best.c_eps)},
                    "best_score": _finite(result.best_score), "identity_score": _finite(result.identity_score),

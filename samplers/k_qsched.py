@@ -16,6 +16,7 @@ import math
 import torch
 from tqdm.auto import trange
 
+from .batch import ScheduleBatch
 from .model_sampling import EPSSampling, discrete_sigma_table, is_flow
 from .schedule import QSchedSchedule, ScheduleError
 
@@ -57,12 +58,15 @@ def ancestral_step(sigma_from, sigma_to, eta=1.0):
 
 
 def scale(tensor, c):
+    """c * tensor; c is a float, or per-sample [B, 1, ...] coefficients of a ScheduleBatch."""
+    if isinstance(c, torch.Tensor):
+        return tensor * c
     return tensor if c == 1.0 else tensor * c
 
 
 def qsched_denoised(x, denoised, c_x, c_eps):
     """D' = x' - sigma eps' = c_eps D + (c_x - c_eps) x."""
-    if c_x == 1.0 and c_eps == 1.0:
+    if not isinstance(c_x, torch.Tensor) and c_x == 1.0 and c_eps == 1.0:
         return denoised
     return c_eps * denoised + (c_x - c_eps) * x
 
@@ -80,9 +84,14 @@ class _Run:
             raise ValueError(f"sampler {name!r}: sigmas must be finite and non-negative, got {sigmas.tolist()}")
         self.steps = len(sigmas) - 1
         schedule = QSchedSchedule.identity(self.steps) if schedule is None else schedule
-        if not isinstance(schedule, QSchedSchedule):
+        if not isinstance(schedule, (QSchedSchedule, ScheduleBatch)):
             raise ScheduleError(f"schedule must be a QSchedSchedule, got {type(schedule).__name__}")
         self.schedule = schedule.check(self.steps, sampler=name)
+        self.per_sample = None
+        if isinstance(schedule, ScheduleBatch):
+            if len(schedule) != x.shape[0]:
+                raise ScheduleError(f"{len(schedule)} schedules for a batch of {x.shape[0]} samples")
+            self.per_sample = [schedule.coefficients(i, x) for i in range(self.steps)]
         self.name = name
         self.extra_args = {} if extra_args is None else extra_args
         if model_sampling is None:
@@ -99,6 +108,8 @@ class _Run:
         self.s_in = x.new_ones([x.shape[0]])
 
     def coefficients(self, i):
+        if self.per_sample is not None:
+            return self.per_sample[i]
         return self.schedule.c_x[i], self.schedule.c_eps[i]
 
     def checked(self, x, i, sigmas):

@@ -107,7 +107,9 @@ def test_rerun_with_same_settings_resumes_from_the_log_and_other_seed_does_not(s
     assert other["images_generated"] == 10 and other["images_reused"] == 0
 
 
-def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack):
+@pytest.mark.parametrize("batch_size,interrupt_at,seed", [(1, 3, 11), (4, 2, 12)])
+def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack, batch_size, interrupt_at, seed):
+    """Scoring call 1 is the identity (2 images); then one candidate (batch 1) or two (batch 4) per call."""
     import comfy.model_management as mm
 
     calls = []
@@ -119,18 +121,19 @@ def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack):
 
         def score(self, images, prompts):
             calls.append(len(prompts))
-            if len(calls) == 3:
+            if len(calls) == interrupt_at:
                 mm.interrupt_current_processing(True)
             return real(images, prompts)
 
     stack_interrupting = {**stack, "scorer": InterruptingScorer()}
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            _run(stack_interrupting, seed=11, preset_name="interrupted")
+            _run(stack_interrupting, seed=seed, preset_name=f"interrupted-{batch_size}", batch_size=batch_size)
     finally:
         mm.interrupt_current_processing(False)
-    assert not (stack["user"] / "qsched_presets" / "interrupted.json").exists()
-    resumed = _run(stack_interrupting, seed=11, preset_name="interrupted")["ui"]["qsched_calibration"][0]
+    assert not (stack["user"] / "qsched_presets" / f"interrupted-{batch_size}.json").exists()
+    resumed = _run(stack_interrupting, seed=seed, preset_name=f"interrupted-{batch_size}",
+                   batch_size=batch_size)["ui"]["qsched_calibration"][0]
     assert resumed["images_reused"] == 3 * 2 and resumed["images_generated"] == 2 * 2
 
 
