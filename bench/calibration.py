@@ -124,7 +124,7 @@ def build_tiny(workdir):
 
 class TransformersClipTowers(torch.nn.Module):
     """A random transformers CLIPModel behind the scorer's towers interface (calibration.metrics.towers)."""
-    is_resnet = False
+    is_resnet, source = False, None   # source None: the scorer's identity hashes the weights' content
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
     def __init__(self, shapes, device, dtype):
