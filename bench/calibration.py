@@ -296,7 +296,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="sdxl,tiny")
     parser.add_argument("--batch-sizes", default="1,8,16,32", help="the first is the baseline of the speedups")
-    parser.add_argument("--strategy", default="coarse_to_fine")
+    parser.add_argument("--strategy", default=CalibrationConfig().strategy, help="default: the calibration's")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--budget", type=int, default=0, help="most images per calibration (0 = the strategy's)")
