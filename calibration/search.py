@@ -88,7 +88,7 @@ class _Evaluations:
 
     def score(self, schedule, prompt_indices, params=None):
         """Mean score of `schedule` over `prompt_indices` (evaluating only what is missing); -inf if any NaN."""
-        key = schedule_key(schedule.c_x, schedule.c_eps)
+        key = schedule_key(schedule.c_x, schedule.c_eps, schedule.offset)
         self.schedules.setdefault(key, schedule)
         if params is not None:
             self.params.setdefault(key, tuple(params))
