@@ -34,6 +34,7 @@ class SearchResult:
     ranking: list = field(default_factory=list)   # (score, schedule) of fully scored candidates, best first
     settings_hash: str = ""
     seconds: float = 0.0
+    refinement: dict = field(default_factory=dict)  # continuous per-step fit after the strategy (optimise.py)
 
     @property
     def improvement(self):
@@ -81,6 +82,7 @@ class _Evaluations:
         self.params = {}        # key -> parameter vector (when known)
         self.trace, self.failures = [], []
         self.generated = self.reused = 0
+        self.phase = "search"   # "refine" while the continuous optimiser runs (shown in the trace and plot)
 
     @property
     def remaining(self):
@@ -122,7 +124,7 @@ class _Evaluations:
                            "prompts": len(prompt_indices), "new_images": len(missing),
                            "images_generated": self.generated, "score": mean, "full": full,
                            "full_score": self.mean(key, range(self.n_prompts)) if full else None,
-                           "best_full": self.best()[0]})
+                           "best_full": self.best()[0], "phase": self.phase})
         return mean
 
     def mean(self, key, prompt_indices):
@@ -149,7 +151,7 @@ def plan_images(strategy, space, n_prompts, budget_images=None, **options):
 
 
 def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range=(0.8, 1.2), sampler=None,
-               space=None, settings=None, run_log=None, progress=None, should_stop=None, **options):
+               space=None, settings=None, run_log=None, progress=None, should_stop=None, refine=None, **options):
     """Search per-step coefficients maximising the mean of `evaluate` over `n_prompts` prompts.
 
     strategy: a name from calibration.strategies.STRATEGIES (paper_grid, grid_general, coarse_to_fine,
@@ -159,6 +161,9 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     the log, so a rerun with equal settings skips done evaluations and a log of other settings is not mixed in.
     progress(done_images, planned_images) is called after each evaluation; should_stop() -> True stops the
     search with SearchInterrupted (what was evaluated stays in the log).
+    refine: None, or a dict for optimise.refine_best: {"form": one of optimise.FORMS, "evaluations": candidates,
+    "channels": latent channels, "c_range": bounds of the free coefficients, "offset_bound": |b| bound}. It fits
+    per-step free parameters from the strategy's winner, with its own budget (evaluations x n_prompts images).
     """
     from .strategies import STRATEGIES
     if strategy not in STRATEGIES:
@@ -173,6 +178,9 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     log_settings = {"settings": settings or {}, "steps": steps, "n_prompts": n_prompts, "sampler": sampler}
     log_file = RunLog(run_log, log_settings) if run_log is not None else None
     planned = plan_images(strategy, search_space, n_prompts, budget_images, **options)
+    if refine:
+        from .optimise import planned_evaluations
+        planned += planned_evaluations(refine) * n_prompts
     evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned)
     started = time.monotonic()
     all_prompts = list(range(n_prompts))
@@ -183,6 +191,10 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
             spec.function(evaluations, search_space, **options)
         except _BudgetSpent:
             pass
+        refinement = {}
+        if refine:
+            from .optimise import refine_best
+            refinement = refine_best(evaluations, steps, sampler, refine, _BudgetSpent)
     finally:
         if log_file is not None:
             log_file.close()
@@ -193,4 +205,4 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
         trace=evaluations.trace, images_generated=evaluations.generated, images_reused=evaluations.reused,
         strategy=strategy, failures=evaluations.failures,
         ranking=[(score, evaluations.schedules[key]) for score, key in ranking],
-        settings_hash=log_file.hash if log_file else "", seconds=time.monotonic() - started)
+        settings_hash=log_file.hash if log_file else "", seconds=time.monotonic() - started, refinement=refinement)
