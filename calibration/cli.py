@@ -9,11 +9,16 @@ import os
 import sys
 import time
 
+from .optimise import FORMS
+from .pipeline import OBJECTIVES
+from .reference import DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES
+
 
 def parser():
     p = argparse.ArgumentParser(prog="python -m qsched calibrate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint .safetensors (model, CLIP and VAE)")
-    p.add_argument("--scorer", required=True, help="CLIP checkpoint for the JAQ scorer (open_clip/HF/OpenAI file)")
+    p.add_argument("--scorer", default=None, help="CLIP checkpoint for the JAQ scorer (open_clip/HF/OpenAI file); "
+                   "needed unless the objective is reference_latent or reference_image")
     p.add_argument("--scorer-k", type=float, default=2.0, help="JAQ = TC + k * IQ (default 2)")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI checkout (or COMFYUI_DIR)")
     p.add_argument("--quant", default=None, help="quantize the diffusion model first, e.g. W4A8 or W8A8")
@@ -28,7 +33,17 @@ def parser():
     p.add_argument("--n-prompts", type=int, default=0, help="use the first N prompts (0 = all)")
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--height", type=int, default=512)
-    p.add_argument("--objective", default="jaq", choices=("jaq", "tc", "iq"))
+    p.add_argument("--objective", default="jaq", choices=OBJECTIVES + REFERENCE_OBJECTIVES,
+                   help="jaq (the paper's, reference-free) or a term of it; the reference objectives compare with "
+                        "the full-precision model (--reference-model)")
+    p.add_argument("--reference-model", default=None, help="the full-precision model for the reference objectives: "
+                   "'same' = --checkpoint loaded again without --quant, or another checkpoint file")
+    p.add_argument("--reference-weight", type=float, default=DEFAULT_REFERENCE_WEIGHT,
+                   help="jaq_reference: weight of the relative latent error subtracted from JAQ")
+    p.add_argument("--refine", default="off", choices=("off",) + tuple(FORMS),
+                   help="fit per-step free coefficients (and offsets) from the grid's winner with scipy Powell")
+    p.add_argument("--refine-evaluations", type=int, default=0, help="candidates the refinement may score (0 = "
+                   "default)")
     p.add_argument("--c-min", type=float, default=0.8)
     p.add_argument("--c-max", type=float, default=1.2)
     p.add_argument("--model-name", default="")
@@ -63,11 +78,15 @@ def main(argv):
     prompts = parse_prompts(open(args.prompts_file, encoding="utf-8").read() if args.prompts_file else "")
     prompts = prompts[: args.n_prompts] if args.n_prompts else prompts
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(args.checkpoint)[:3]
+    reference_model = None
+    if args.reference_model:
+        path = args.checkpoint if args.reference_model == "same" else args.reference_model
+        reference_model = comfy.sd.load_checkpoint_guess_config(path, output_vae=False, output_clip=False)[0]
     if args.quant:
         from ..quant import QuantSpec, quantize_module
         report = quantize_module(model.model.diffusion_model, QuantSpec.parse(args.quant))
         print(f"quantized {args.quant}: {report}", file=sys.stderr)
-    scorer = load_scorer(args.scorer, k=args.scorer_k)
+    scorer = load_scorer(args.scorer, k=args.scorer_k) if args.scorer else None
     started = time.monotonic()
 
     def progress(done, total):
@@ -79,13 +98,15 @@ def main(argv):
         width=args.width, height=args.height, objective=args.objective, c_range=(args.c_min, args.c_max),
         model_name=args.model_name or os.path.splitext(os.path.basename(args.checkpoint))[0], quant=args.quant,
         preset_name=args.preset_name, preset_folder=args.preset_folder, runs_folder=args.runs_folder,
-        progress=progress, scorer_k=args.scorer_k)
+        progress=progress, scorer_k=args.scorer_k if scorer is not None else None, reference_model=reference_model,
+        reference_weight=args.reference_weight, refine=args.refine, refine_evaluations=args.refine_evaluations)
     print(file=sys.stderr)
     if args.plot:
         from PIL import Image
         from .plot import plot_result
         Image.fromarray((plot_result(result)[0].numpy() * 255).round().astype("uint8")).save(args.plot)
     print(json.dumps({"preset": path, "best": result.best.to_dict(), "best_score": result.best_score,
+                      "objective": args.objective, "refinement": preset["search"].get("refinement"),
                       "identity_score": result.identity_score, "images_generated": result.images_generated,
                       "images_reused": result.images_reused, "failures": len(result.failures),
                       "seconds": round(time.monotonic() - started, 1)}, indent=2))

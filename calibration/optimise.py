@@ -118,12 +118,35 @@ def planned_evaluations(options):
     return int(options.get("evaluations") or DEFAULT_EVALUATIONS)
 
 
-def refine_best(evaluations, steps, sampler, options, budget_spent):
-    """Refine the best fully scored candidate of a search in place (search.run_search's `refine` step).
+class OffsetsOnly:
+    """The offsets of a FreeSchedule with the coefficients held at `start`'s: the warm-up stage of refine_best."""
 
+    def __init__(self, free, start):
+        self.free, self.start = free, start
+        self.full_start = free.vector(start)
+        self.n_offsets = free.steps * free.width
+
+    def bounds(self):
+        return self.free.bounds()[:self.n_offsets]
+
+    def vector(self, schedule):
+        return self.free.vector(schedule)[:self.n_offsets]
+
+    def schedule(self, vector):
+        return self.free.schedule(np.concatenate([np.asarray(vector, dtype=float), self.full_start[self.n_offsets:]]))
+
+
+def refine_best(evaluations, steps, sampler, options, budget_spent):
+    """Refine a search's result in place (search.run_search's `refine` step), in two stages:
+
+    1. offsets only, coefficients held, from the grid's winner and from the identity (both always scored by the
+       grid): the winner of a rescaling-only search can sit in a basin that offsets leave (rescaling was its only
+       way to reduce the error), so the better of the two warmed-up starts is kept;
+    2. every free parameter of the form, from that start.
     `evaluations` is the search's cache: every candidate is scored on all prompts through it. The refinement has
-    its own budget of `options["evaluations"]` candidates; `budget_spent` is the exception the cache raises when
-    a budget runs out (it ends the refinement, keeping what was scored). Returns a summary for SearchResult."""
+    its own budget of `options["evaluations"]` candidates (a quarter per warm-up, the rest for stage 2);
+    `budget_spent` is the exception the cache raises when a budget runs out (it ends the refinement, keeping what
+    was scored). Returns a summary for SearchResult."""
     unknown = sorted(set(options) - {"form", "evaluations", "channels", "c_range", "offset_bound"})
     if unknown:
         raise ValueError(f"unknown refinement option(s): {', '.join(unknown)}")
@@ -133,20 +156,31 @@ def refine_best(evaluations, steps, sampler, options, budget_spent):
     start_score, start_key = evaluations.best()
     if start_key is None:
         return {}
-    start = evaluations.schedules[start_key]
+    grid_best = evaluations.schedules[start_key]
     prompts = list(range(evaluations.n_prompts))
+    total = planned_evaluations(options)
     budget = evaluations.budget
-    evaluations.budget = evaluations.generated + planned_evaluations(options) * evaluations.n_prompts
+    evaluations.budget = evaluations.generated + total * evaluations.n_prompts
     evaluations.phase = "refine"
     images_before = evaluations.generated
+    score = lambda schedule: evaluations.score(schedule, prompts)   # noqa: E731
+    stage_one = []
     try:
-        best, best_score, tried = refine(lambda schedule: evaluations.score(schedule, prompts), start, free,
-                                         planned_evaluations(options))
+        start = grid_best
+        if free.width:
+            starts = [grid_best] + ([] if grid_best.is_identity else [QSchedSchedule.identity(steps)])
+            for candidate in starts:
+                fitted, fitted_score, _ = refine(score, candidate, OffsetsOnly(free, candidate), max(1, total // 4))
+                stage_one.append({"start": candidate.to_dict(), "schedule": fitted.to_dict(), "score": fitted_score})
+            start = QSchedSchedule.from_dict(max(stage_one, key=lambda item: item["score"])["schedule"])
+        used = (evaluations.generated - images_before) // evaluations.n_prompts
+        refine(score, start, free, max(1, total - used))
     except budget_spent:
-        best_score, best_key = evaluations.best()
-        best, tried = evaluations.schedules[best_key], None
+        pass
     finally:
         evaluations.budget, evaluations.phase = budget, "search"
-    return {"form": free.form, "dims": free.dims, "start": start.to_dict(), "start_score": start_score,
-            "best_score": best_score, "evaluations": tried, "images": evaluations.generated - images_before,
-            "images_at_start": images_before, "c_range": list(free.c_range), "offset_bound": free.offset_bound}
+    best_score, best_key = evaluations.best()
+    return {"form": free.form, "dims": free.dims, "start": grid_best.to_dict(), "start_score": start_score,
+            "warm_ups": stage_one, "best_score": best_score,
+            "images": evaluations.generated - images_before, "images_at_start": images_before,
+            "c_range": list(free.c_range), "offset_bound": free.offset_bound}

@@ -137,7 +137,9 @@ def make_reference_evaluate(generate_latent, decode, reference, objective, score
             if reason:
                 failures.append({"schedule": schedule.label, "prompt": index, "reason": reason})
                 continue
-            scores[slot] = float(_score_one(objective, latent, image, index, reference, scorer, prompts, weight))
+            with torch.no_grad():
+                value = _score_one(objective, latent, image, index, reference, scorer, prompts, weight)
+            scores[slot] = float(value.detach())
         return scores
 
     return evaluate

@@ -15,7 +15,10 @@ import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ..calibration.optimise import DEFAULT_EVALUATIONS, FORMS as REFINE_FORMS
 from ..calibration.pipeline import OBJECTIVES, calibration_settings, make_evaluate
+from ..calibration.reference import (DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES, ReferenceError,
+                                     is_reference_objective)
 from ..calibration.plot import plot_result
 from ..calibration.presets import check_name, make_preset, save_preset
 from ..calibration.prompts import parse_prompts, prompt_seed, prompts_hash
@@ -60,11 +63,11 @@ class TextConditioning:
         return self.cache[text]
 
 
-def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
-                   negative_prompt=""):
-    """generate(schedule, prompt_index) -> IMAGE [1, H, W, C]: prompt i always with seed + i."""
+def make_latent_generator(model, clip, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
+                          negative_prompt="", encode=None):
+    """generate(schedule, prompt_index) -> the sampled LATENT tensor [1, C, h, w]: prompt i always with seed + i."""
     from .sampling import sample_with_schedule
-    encode = TextConditioning(clip)
+    encode = encode or TextConditioning(clip)
     channels = model.get_model_object("latent_format").latent_channels
 
     def generate(schedule, index):
@@ -73,10 +76,24 @@ def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, see
             out = sample_with_schedule(model, prompt_seed(seed, index), steps, cfg, sampler_name, scheduler,
                                        encode(prompts[index]), encode(negative_prompt), latent, schedule,
                                        disable_pbar=True)
-        image = vae.decode(out["samples"])
-        return image.reshape(-1, *image.shape[-3:])[:1].float()
+        return out["samples"]
 
     return generate
+
+
+def decode_image(vae, latent):
+    """IMAGE [1, H, W, C] of one sampled latent (video VAEs return extra leading dims: the first frame)."""
+    image = vae.decode(latent)
+    return image.reshape(-1, *image.shape[-3:])[:1].float()
+
+
+def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
+                   negative_prompt=""):
+    """generate(schedule, prompt_index) -> IMAGE [1, H, W, C]: prompt i always with seed + i."""
+    latent_generator = make_latent_generator(model, clip, sampler_name=sampler_name, scheduler=scheduler, steps=steps,
+                                             cfg=cfg, seed=seed, width=width, height=height, prompts=prompts,
+                                             negative_prompt=negative_prompt)
+    return lambda schedule, index: decode_image(vae, latent_generator(schedule, index))
 
 
 def describe_model(model):
@@ -87,31 +104,50 @@ def describe_model(model):
 def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
               prompts, width, height, objective="jaq", c_range=(0.8, 1.2), model_name="", quant=None,
               preset_name="", preset_folder=None, runs_folder=None, progress=None, should_stop=None,
-              on_candidate=None, scorer_name=None, scorer_k=None):
-    """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path)."""
+              on_candidate=None, scorer_name=None, scorer_k=None, reference_model=None,
+              reference_weight=DEFAULT_REFERENCE_WEIGHT, refine="off", refine_evaluations=0):
+    """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path).
+
+    objective: "jaq" (the paper's reference-free score; default), "tc", "iq", or a reference objective comparing
+    with `reference_model` (the full-precision model), see calibration.reference. refine: "off" or a form of
+    calibration.optimise.FORMS: per-step free parameters fitted from the search's winner (scipy Powell), with
+    `refine_evaluations` candidates (0 = the default)."""
     prompts = list(prompts)
+    refinement = refine_options(model, refine, refine_evaluations, c_range)
+    if scorer is None and not is_reference_objective(objective):
+        raise ReferenceError(f"objective {objective!r} needs a scorer: connect Load JAQ Scorer (Q-Sched), or "
+                             "connect the full-precision model and use a reference objective")
     fingerprint = model_hash(model)
     family = describe_model(model)
     model_name = model_name or f"{family}-{fingerprint[:8]}"
     # A bad name must fail before the search, not after an hour of it.
     name = check_name(preset_name) if preset_name else safe_preset_name(
         f"{model_name}-{quant or 'fp'}-{sampler_name}-{steps}steps")
-    scorer_name = scorer_name or (scorer.describe() if hasattr(scorer, "describe") else type(scorer).__name__)
+    scorer_name = scorer_name or ("none" if scorer is None else scorer.describe() if hasattr(scorer, "describe")
+                                  else type(scorer).__name__)
     scorer_k = scorer_k if scorer_k is not None else getattr(getattr(scorer, "options", None), "k", None)
     settings = calibration_settings(model_hash=fingerprint, sampler=sampler_name, scheduler=scheduler, steps=steps,
                                     cfg=cfg, width=width, height=height, seed=seed, prompts_hash=prompts_hash(prompts),
-                                    scorer=f"{scorer_name}:{scorer_k}", objective=objective, quant=quant)
+                                    scorer=f"{scorer_name}:{scorer_k}",
+                                    objective=objective_key(objective, reference_model, reference_weight), quant=quant)
     runs_folder = runs_folder or run_folder()
     log_path = os.path.join(runs_folder, f"{settings_hash(settings)}.jsonl")
     failures = []
-    evaluate = make_evaluate(make_generator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
-                                            steps=steps, cfg=cfg, seed=seed, width=width, height=height,
-                                            prompts=prompts), scorer, prompts, objective, failures)
+    if is_reference_objective(objective):
+        from .reference import make_objective_evaluate
+        evaluate = make_objective_evaluate(model, reference_model, clip, vae, scorer, objective=objective,
+                                           weight=reference_weight, prompts=prompts, failures=failures,
+                                           sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg,
+                                           seed=seed, width=width, height=height)
+    else:
+        evaluate = make_evaluate(make_generator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
+                                                steps=steps, cfg=cfg, seed=seed, width=width, height=height,
+                                                prompts=prompts), scorer, prompts, objective, failures)
     if on_candidate is not None:
         evaluate = _reporting(evaluate, on_candidate)
     result = run_search(evaluate, steps, len(prompts), strategy, budget_images=budget_images or None,
                         c_range=c_range, sampler=sampler_name, settings=settings, run_log=log_path,
-                        progress=progress, should_stop=should_stop)
+                        progress=progress, should_stop=should_stop, refine=refinement)
     for failure in failures:
         log.warning("calibration candidate %s failed on prompt %d: %s (scored worst)", failure["schedule"],
                     failure["prompt"], failure["reason"])
@@ -122,11 +158,47 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
                          search={"strategy": strategy, "objective": objective, "c_range": list(c_range),
                                  "scheduler": scheduler, "width": width, "height": height,
                                  "images_generated": result.images_generated, "images_reused": result.images_reused,
-                                 "failed_images": len(failures), "run_log": os.path.basename(log_path)})
+                                 "failed_images": len(failures), "run_log": os.path.basename(log_path),
+                                 **reference_record(objective, reference_model, reference_weight, result)})
     path = save_preset(preset_folder or user_preset_folder(), name, preset)
     log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), preset %s", result.best_score,
              result.identity_score, result.best.label, path)
     return result, preset, path
+
+
+def refine_options(model, refine, evaluations, c_range):
+    """run_search's `refine` dict for the node's choice ("off" -> None); free coefficients may leave the grid's
+    start range (at least 0.5-1.5), offsets get one value per latent channel in the channel form."""
+    if refine in (None, "", "off"):
+        return None
+    if refine not in REFINE_FORMS:
+        raise ValueError(f"unknown refine form {refine!r}; choose off or one of {', '.join(REFINE_FORMS)}")
+    channels = model.get_model_object("latent_format").latent_channels
+    return {"form": refine, "evaluations": int(evaluations) or DEFAULT_EVALUATIONS, "channels": channels,
+            "c_range": (min(0.5, c_range[0]), max(1.5, c_range[1]))}
+
+
+def objective_key(objective, reference_model, weight):
+    """What decides a score's meaning besides the model: the objective, and for reference objectives the FP
+    model's content hash (and the penalty weight of the combined one)."""
+    if not is_reference_objective(objective):
+        return objective
+    key = f"{objective}:ref={model_hash(reference_model)[:16] if reference_model is not None else None}"
+    return key + (f":w={float(weight):g}" if objective == "jaq_reference" else "")
+
+
+def reference_record(objective, reference_model, weight, result):
+    """The preset's record of how the schedule was found beyond the paper's search."""
+    record = {}
+    if is_reference_objective(objective) and reference_model is not None:
+        record["reference_model_sha256"] = model_hash(reference_model)
+        if objective == "jaq_reference":
+            record["reference_weight"] = float(weight)
+    if result.refinement:
+        keep = ("form", "dims", "start_score", "best_score", "images", "c_range", "offset_bound")
+        record["refinement"] = {key: _finite(value) if isinstance(value, float) else value
+                                for key, value in result.refinement.items() if key in keep}
+    return record
 
 
 def safe_preset_name(text):
@@ -171,7 +243,6 @@ class QSchedCalibrate:
                 "model": ("MODEL", {"tooltip": "The (quantized) diffusion model to calibrate for."}),
                 "clip": ("CLIP", {"tooltip": "Text encoder for the calibration prompts (encoded once each)."}),
                 "vae": ("VAE", {"tooltip": "Decodes each candidate's latents for scoring."}),
-                "scorer": ("QSCHED_SCORER", {"tooltip": "From Load JAQ Scorer (Q-Sched): what 'best' means."}),
                 "sampler_name": (list(SAMPLER_NAMES), {"default": "lcm",
                                                        "tooltip": "The Q-Sched sampler the preset is for."}),
                 "scheduler": (_scheduler_names(), {"default": "lcm_original",
@@ -190,13 +261,20 @@ class QSchedCalibrate:
                             "one prompt per line; empty = the pack's 20 calibration prompts"}),
             },
             "optional": {
+                "scorer": ("QSCHED_SCORER", {"tooltip": "From Load JAQ Scorer (Q-Sched): what 'best' means for the "
+                                             "jaq/tc/iq objectives (and reference_clip, jaq_reference); the "
+                                             "reference_latent and reference_image objectives need none."}),
                 "n_prompts": ("INT", {"default": 0, "min": 0, "max": 10_000, "tooltip": "use the first N; 0 = all"}),
                 "width": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,
                                   "tooltip": "Calibration image width."}),
                 "height": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8,
                                    "tooltip": "Calibration image height."}),
-                "objective": (list(OBJECTIVES), {"default": "jaq",
-                                                 "tooltip": "What the winner is chosen by: jaq or one term."}),
+                "objective": (list(OBJECTIVES) + list(REFERENCE_OBJECTIVES), {"default": "jaq", "tooltip":
+                              "What the winner is chosen by. jaq (the paper's reference-free score) or one of its "
+                              "terms; with reference_model connected: reference_latent / reference_image / "
+                              "reference_clip = closest to the FP model's latent / decoded image / CLIP image "
+                              "features from the same noise and prompt; jaq_reference = JAQ - reference_weight x "
+                              "the relative latent error."}),
                 "c_min": ("FLOAT", {"default": 0.8, "min": 0.05, "max": 1.0, "step": 0.01,
                                     "tooltip": "Lowest start coefficient searched."}),
                 "c_max": ("FLOAT", {"default": 1.2, "min": 1.0, "max": 3.0, "step": 0.01,
@@ -204,19 +282,35 @@ class QSchedCalibrate:
                 "model_name": ("STRING", {"default": "", "tooltip": "recorded in the preset"}),
                 "quant": ("STRING", {"default": "", "tooltip": "quantization recorded in the preset, e.g. W4A8"}),
                 "preset_name": ("STRING", {"default": "", "tooltip": "empty = <model>-<quant>-<sampler>-<steps>steps"}),
+                "reference_model": ("MODEL", {"tooltip": "The full-precision model the quantized one was made "
+                                    "from: the reference objectives compare with its outputs."}),
+                "reference_weight": ("FLOAT", {"default": DEFAULT_REFERENCE_WEIGHT, "min": 0.0, "max": 1000.0,
+                                     "step": 0.05, "tooltip": "jaq_reference: weight of the relative latent "
+                                     "error subtracted from JAQ."}),
+                "refine": (["off"] + list(REFINE_FORMS), {"default": "off", "tooltip":
+                           "After the grid: fit free per-step coefficients (and offsets on the noise prediction, "
+                           "one per step or per latent channel) with a continuous optimiser (scipy Powell) from "
+                           "the grid's winner. " + "; ".join(f"{k}: {v}" for k, v in REFINE_FORMS.items())}),
+                "refine_evaluations": ("INT", {"default": 0, "min": 0, "max": 100_000, "tooltip":
+                                       f"candidates the refinement may score, each on every prompt; 0 = "
+                                       f"{DEFAULT_EVALUATIONS}"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def run(self, model, clip, vae, scorer, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
-            prompts, n_prompts=0, width=512, height=512, objective="jaq", c_min=0.8, c_max=1.2, model_name="",
-            quant="", preset_name="", unique_id=None):
+    def run(self, model, clip, vae, scorer=None, sampler_name="lcm", scheduler="lcm_original", steps=4, cfg=1.0,
+            strategy="coarse_to_fine", budget_images=0, seed=0, prompts="", n_prompts=0, width=512, height=512,
+            objective="jaq", c_min=0.8, c_max=1.2, model_name="", quant="", preset_name="", reference_model=None,
+            reference_weight=DEFAULT_REFERENCE_WEIGHT, refine="off", refine_evaluations=0, unique_id=None):
+        # scorer is optional (reference objectives need none) but stays 4th, as callers pass it positionally
         prompt_list = parse_prompts(prompts)
         if n_prompts:
             prompt_list = prompt_list[:n_prompts]
         c_range = (c_min, c_max)
         planned = plan_images(strategy, SearchSpace(STRATEGIES[strategy].space, steps, c_range), len(prompt_list),
                               budget_images or None)
+        if refine != "off":
+            planned += (refine_evaluations or DEFAULT_EVALUATIONS) * len(prompt_list)
         bar = comfy.utils.ProgressBar(planned, node_id=unique_id)
         send = _sender(unique_id)
 
@@ -237,12 +331,16 @@ class QSchedCalibrate:
             model, clip, vae, scorer, sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg,
             strategy=strategy, budget_images=budget_images, seed=seed, prompts=prompt_list, width=width,
             height=height, objective=objective, c_range=c_range, model_name=model_name, quant=quant or None,
-            preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate)
+            preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate,
+            reference_model=reference_model, reference_weight=reference_weight, refine=refine,
+            refine_evaluations=refine_evaluations)
         name = os.path.splitext(os.path.basename(path))[0]
-        summary = {"best": {"c_x": list(result.best.c_x), "c_eps": list(result.best.c_eps)},
+        summary = {"best": {"c_x": list(result.best.c_x), "c_eps": list(result.best.c_eps),
+                            "offset": None if result.best.offset is None else [list(r) for r in result.best.offset]},
                    "best_score": _finite(result.best_score), "identity_score": _finite(result.identity_score),
                    "images_generated": result.images_generated, "images_reused": result.images_reused,
-                   "failures": len(result.failures), "preset": name, "strategy": strategy,
+                   "failures": len(result.failures), "preset": name, "strategy": strategy, "objective": objective,
+                   "refinement": reference_record(objective, None, reference_weight, result).get("refinement"),
                    "trace": trace_points(result)}
         send({**summary, "trace": None, "finished": True})
         return {"ui": {"qsched_calibration": [summary]}, "result": (result.best, plot_result(result), name)}

@@ -172,25 +172,26 @@ def test_search_with_refinement_recovers_the_exact_correction(form, per_channel,
     outputs = reference.ReferenceOutputs(lambda i: _sample(fp, None, i))
     evaluate = reference.make_reference_evaluate(lambda s, i: _sample(quantized, s, i), None, outputs,
                                                  "reference_latent")
-    refine = {"form": form, "evaluations": 1500, "channels": 4, "c_range": (0.7, 1.3)}
+    refine = {"form": form, "evaluations": 1000, "channels": 4, "c_range": (0.7, 1.3)}
     log = tmp_path / "log" if not per_channel else None       # one resume check is enough (fsync per candidate)
-    result = run_search(evaluate, STEPS, 2, "paper_grid", grid_points=5, refine=refine, run_log=log)
-    exact = _exact_schedule(per_channel)
+    result = run_search(evaluate, STEPS, 3, "paper_grid", grid_points=5, refine=refine, run_log=log)
     start = result.refinement["start_score"]
-    assert start < -1e-3 and result.best_score > start * 1e-3     # the grid alone cannot get there; this can
-    np.testing.assert_allclose(result.best.c_eps, exact.c_eps, atol=3e-3)
-    np.testing.assert_allclose(result.best.c_x, exact.c_x, atol=3e-3)
-    # on 2 prompts an offset is less well determined than the coefficients (c_x - 1 times the latent's mean
-    # can stand in for part of it), so it is checked loosely, and the fit is checked where it matters: a
-    # prompt it never saw comes out as the FP model's latent
-    np.testing.assert_allclose(np.array(result.best.offset), np.array(exact.offset), atol=2e-2)
+    assert start < -1e-3 and result.best_score > 0.01 * start    # the grid alone cannot get there; this can
+    # The fit matters where it is used: a prompt it never saw comes out (nearly) as the FP model's latent.
     held_out = _sample(fp, None, 7)
-    assert (_sample(quantized, result.best, 7) - held_out).abs().max() < 0.05 * (
-        _sample(quantized, None, 7) - held_out).abs().max()
+    assert (_sample(quantized, result.best, 7) - held_out).pow(2).mean() < 0.01 * (
+        _sample(quantized, None, 7) - held_out).pow(2).mean()
+    if not per_channel:
+        # One offset per step is well determined; with one per channel, c_x - 1 times a latent's channel mean can
+        # stand in for part of an offset on 3 prompts, so only the scalar form's parameters are compared.
+        exact = _exact_schedule(per_channel)
+        np.testing.assert_allclose(result.best.c_eps, exact.c_eps, atol=3e-3)
+        np.testing.assert_allclose(result.best.c_x, exact.c_x, atol=3e-3)
+        np.testing.assert_allclose(np.array(result.best.offset), np.array(exact.offset), atol=6e-3)
     phases = {entry["phase"] for entry in result.trace}
-    assert phases == {"search", "refine"} and result.refinement["images"] <= 1500 * 2
+    assert phases == {"search", "refine"} and result.refinement["images"] <= 1000 * 3
     if log is not None:
-        again = run_search(evaluate, STEPS, 2, "paper_grid", grid_points=5, refine=refine, run_log=log)
+        again = run_search(evaluate, STEPS, 3, "paper_grid", grid_points=5, refine=refine, run_log=log)
         assert again.images_generated == 0 and again.best == result.best   # the run log resumes the refinement
 
 
@@ -248,3 +249,22 @@ def test_ptqd_schedule_corrects_the_quantized_toy_sampler():
 def test_offset_schedules_still_refuse_other_step_counts():
     with pytest.raises(ScheduleError, match="2 coefficient pairs but sampling runs 3"):
         _exact_schedule().check(3)
+
+
+def test_the_plot_shows_the_refinement():
+    from comfyui_qsched.calibration.plot import REFINE, plot_result
+
+    def evaluate(schedule, prompts):
+        b = 0.0 if schedule.offset is None else schedule.offset[0][0]
+        return [-float(sum((c - 1.05) ** 2 for c in schedule.c_x + schedule.c_eps) + (b - 0.1) ** 2)] * len(prompts)
+
+    def refine_pixels(result):
+        image = (plot_result(result)[0] * 255).round().to(torch.uint8)
+        return int((image == torch.tensor(REFINE, dtype=torch.uint8)).all(dim=-1).sum())
+
+    plain = run_search(evaluate, 2, 2, "paper_grid", grid_points=3)
+    refined = run_search(evaluate, 2, 2, "paper_grid", grid_points=3,
+                         refine={"form": "per_step_offset", "evaluations": 60})
+    assert refine_pixels(plain) == 0
+    assert refine_pixels(refined) > 200         # the dotted start line, the refinement's curve and its values
+    assert refined.best.offset is not None and refined.best_score > plain.best_score
