@@ -25,9 +25,9 @@ import comfy.cli_args  # noqa: E402
 
 comfy.cli_args.args.cpu = not torch.cuda.is_available()
 import comfy.ops  # noqa: E402
-from comfy.ldm.flux.model import Flux  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
+from comfyui_qsched.nodes.comfy_compat import flux_model  # noqa: E402
 from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 
 SDXL = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
@@ -42,8 +42,8 @@ FLUX_SCHNELL = dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_
 TINY = {"sdxl": dict(SDXL, model_channels=64, transformer_depth=[0, 0, 1, 1, 1, 1], transformer_depth_middle=1,
                      transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1], context_dim=64, adm_in_channels=64,
                      num_head_channels=32),
-        "flux": dict(FLUX_SCHNELL, hidden_size=128, num_heads=2, depth=1, depth_single_blocks=2, context_in_dim=64,
-                     vec_in_dim=32, axes_dim=[16, 24, 24])}
+        "flux": dict(FLUX_SCHNELL, hidden_size=256, num_heads=2, depth=1, depth_single_blocks=2, context_in_dim=64,
+                     vec_in_dim=32)}  # head size 128, as ComfyUI's FLUX detection assumes
 
 # (spec, backend, also compiled); bf16 first: the reference for every other row.
 CONFIGS = [("bf16", None, True), ("W8A8", "fp8", True), ("W4A8", "fp8", True),
@@ -53,12 +53,15 @@ CONFIGS = [("bf16", None, True), ("W8A8", "fp8", True), ("W4A8", "fp8", True),
            ("W8A8", "torchao", True), ("W8A8", "bitsandbytes", False), ("W4A16", "bitsandbytes", False)]
 
 
-def build(name, device, tiny):
-    config = (TINY if tiny else {"sdxl": SDXL, "flux": FLUX_SCHNELL})[name]
+def build(name, device, tiny, flux_blocks=None):
+    """flux_blocks: (double, single) block counts instead of the configured ones."""
+    config = dict((TINY if tiny else {"sdxl": SDXL, "flux": FLUX_SCHNELL})[name])
+    if name == "flux" and flux_blocks:
+        config.update(depth=flux_blocks[0], depth_single_blocks=flux_blocks[1])
     ops, dtype = comfy.ops.disable_weight_init, torch.bfloat16
     with torch.device(device):
         model = UNetModel(**config, dtype=dtype, device=device, operations=ops) if name == "sdxl" else \
-            Flux(**config, dtype=dtype, device=device, operations=ops)
+            flux_model(**config, dtype=dtype, device=device, operations=ops)
     return model.eval().requires_grad_(False)
 
 

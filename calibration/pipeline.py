@@ -1,6 +1,6 @@
 """Glue between a generator, a scorer and the search: the `evaluate` run_search calls, failure detection,
 the settings that key the run log, and a cheap model fingerprint. No ComfyUI import: the generator is a callable
-`generate(schedule, prompt_index) -> IMAGE [1, H, W, C]` supplied by the node or the headless command."""
+`generate([(schedule, prompt_index), ...]) -> IMAGE [N, H, W, C]` supplied by the node or the headless command."""
 import hashlib
 import math
 
@@ -21,36 +21,64 @@ def image_failure(image):
     return None
 
 
+def generate_images(generate, items):
+    """[(image [H, W, C], None) or (None, failure reason)] for items [(schedule, prompt_index)], from the batch
+    generator `generate(items) -> IMAGE [N, H, W, C]`. A NaN/inf latent stops its whole batch (the sampler raises
+    NonFiniteLatentError), so a failed batch is halved until the failing samples stand alone: a bad candidate
+    costs its batch mates a rerun, never their scores."""
+    try:
+        images = generate(items)
+    except NonFiniteLatentError as error:
+        if len(items) == 1:
+            return [(None, str(error))]
+        half = len(items) // 2
+        return generate_images(generate, items[:half]) + generate_images(generate, items[half:])
+    if len(images) != len(items):
+        raise ValueError(f"the generator returned {len(images)} images for {len(items)} requests")
+    results = []
+    for image in images:
+        reason = image_failure(image)
+        results.append((None, reason) if reason else (image, None))
+    return results
+
+
 def make_evaluate(generate, scorer, prompts, objective="jaq", failures=None):
-    """`evaluate(schedule, prompt_indices) -> list[float]` for run_search: one image per prompt, scored with the
-    user's objective (an attribute of the scorer's result: 'jaq' by default, never a component by accident).
-    Failed images (NaN latent, NaN or black pixels) score NaN, which the search treats as worst; each failure
-    is appended to `failures` as a dict naming the schedule, prompt and reason."""
+    """`evaluate(schedule, prompt_indices) -> list[float]` for run_search, with `evaluate.many(requests)` scoring
+    several (schedule, prompt_indices) requests from one generator call. `generate(items) -> IMAGE [N, H, W, C]`
+    makes one image per (schedule, prompt_index) item (prompt i always with its own noise), batching as it can.
+    Images are scored with the user's objective (an attribute of the scorer's result: 'jaq' by default, never a
+    component by accident). Failed images (NaN latent, NaN or black pixels) score NaN, which the search treats as
+    worst; each failure is appended to `failures` as a dict naming the schedule, prompt and reason."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     failures = [] if failures is None else failures
 
-    def evaluate(schedule, prompt_indices):
-        scores = [math.nan] * len(prompt_indices)
-        good, images = [], []
-        for slot, index in enumerate(prompt_indices):
-            try:
-                image = generate(schedule, index)
-                reason = image_failure(image)
-            except NonFiniteLatentError as error:
-                reason = str(error)
+    def many(requests):
+        items = [(schedule, index) for schedule, indices in requests for index in indices]
+        generated = generate_images(generate, items) if items else []
+        scores = [math.nan] * len(items)
+        good = []
+        for slot, ((schedule, index), (image, reason)) in enumerate(zip(items, generated)):
             if reason:
                 failures.append({"schedule": schedule.label, "prompt": index, "reason": reason})
-                continue
-            good.append(slot)
-            images.append(image)
-        if images:
-            result = scorer.score(torch.cat(images), [prompts[prompt_indices[slot]] for slot in good])
+            else:
+                good.append(slot)
+        if good:
+            result = scorer.score(torch.stack([generated[slot][0] for slot in good]),
+                                  [prompts[items[slot][1]] for slot in good])
             values = getattr(result, objective).detach().float().cpu().tolist()
             for slot, value in zip(good, values):
                 scores[slot] = value
-        return scores
+        per_request, start = [], 0
+        for _, indices in requests:
+            per_request.append(scores[start:start + len(indices)])
+            start += len(indices)
+        return per_request
 
+    def evaluate(schedule, prompt_indices):
+        return many([(schedule, list(prompt_indices))])[0]
+
+    evaluate.many = many
     return evaluate
 
 

@@ -1,10 +1,13 @@
 """Q-Sched presets: a calibrated schedule plus what it was calibrated for, as versioned JSON files.
 
-Names never leave the preset folder (path separators, '..', leading dots and control characters are refused).
-Files are written atomically (temp file + os.replace). A corrupt, truncated or foreign file gives a PresetError
-naming the file and the problem; a preset calibrated for another model loads only on request, with a warning.
+Names never leave the preset folder (path separators, '..', leading dots and control characters are refused),
+and neither do symlinks inside it: only regular files whose real path lies in the folder are read, size-checked
+first (safe_files.py). Files are written atomically (temp file + os.replace). A corrupt, truncated, too deeply
+nested or foreign file gives a PresetError naming the file and the problem; a preset calibrated for another model
+loads only on request, with a warning.
 """
 import datetime
+import hashlib
 import json
 import logging
 import math
@@ -12,7 +15,9 @@ import os
 import re
 
 from ..atomic_files import write_text_atomic
+from ..safe_files import JSONDocumentError, UnsafeFileError, non_finite_path, parse_json, read_regular_file
 from ..samplers.schedule import QSchedSchedule, ScheduleError
+from .heldout import VERDICTS
 
 FORMAT = "qsched-preset"
 SCHEMA_VERSION = 2            # 2: optional per-step "offset" on the noise prediction
@@ -65,10 +70,22 @@ def check_name(name):
     if "/" in bare or "\\" in bare or ".." in bare or (os.sep in bare) or (os.altsep and os.altsep in bare):
         raise PresetError(f"preset name {name!r} contains a path separator or '..': names must stay inside the "
                           "preset folder")
-    if not _NAME.match(bare):
+    if not _NAME.fullmatch(bare):
         raise PresetError(f"preset name {name!r} is not allowed: use 1-128 letters, digits, spaces and _ . + ( ) -, "
                           "starting with a letter or digit")
     return bare
+
+
+def safe_preset_name(text):
+    """A valid preset name made from free text: model names may contain '/', ':' or '..', start with '(', '+' or
+    '-', be non-ASCII only or too long. When the text had to change, a short hash of all of it is appended, so two
+    different texts never end up with one name (and the second calibration never overwrites the first)."""
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9 _.+()\-]", "_", text))
+    cleaned = re.sub(r"^[^A-Za-z0-9]+", "", cleaned).rstrip(" ._")
+    if cleaned and cleaned == text and len(cleaned) <= 128 and not cleaned.endswith(EXTENSION):
+        return check_name(cleaned)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return check_name(f"{cleaned[:128 - 11].rstrip(' ._')}-{digest}" if cleaned else f"calibration-{digest}")
 
 
 def preset_path(folder, name):
@@ -83,9 +100,10 @@ def preset_path(folder, name):
 
 def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=None, sampler=None, scorer=None,
                 scorer_k=None, prompts_hash=None, n_prompts=None, seed=None, cfg=None, identity_score=None,
-                best_score=None, search=None, notes="", example=False):
+                best_score=None, search=None, notes="", example=False, checks=None):
     """Build a preset dict (schema version 2) for `schedule`; `sampler` defaults to the schedule's; the
-    schedule's per-step offset, if any, is stored as "offset" (absent when the schedule has none)."""
+    schedule's per-step offset, if any, is stored as "offset" (absent when the schedule has none). checks: the
+    held-out verdict (and FP control) from calibration.heldout.TrustReport.to_dict(), kept under `scores`."""
     sampler = sampler or schedule.sampler
     preset = {
         "format": FORMAT, "version": SCHEMA_VERSION, "example": bool(example), "notes": notes,
@@ -95,7 +113,7 @@ def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=Non
         **({"offset": [list(row) for row in schedule.offset]} if schedule.offset is not None else {}),
         "scorer": {"name": scorer, "k": scorer_k}, "prompts_hash": prompts_hash, "n_prompts": n_prompts,
         "seed": seed, "cfg": cfg,
-        "scores": {"identity": identity_score, "best": best_score},
+        "scores": {"identity": identity_score, "best": best_score, **(checks or {})},
         "search": search or {},
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "pack_version": PACK_VERSION,
@@ -128,17 +146,44 @@ def validate(data, where="preset"):
         raise PresetError(f"{where}: unknown fields {', '.join(unknown)}")
     if not isinstance(data["model"].get("name"), str) or not data["model"]["name"]:
         raise PresetError(f"{where}: model.name must be a non-empty string")
-    for key in ("identity", "best"):
-        score = data.get("scores", {}).get(key)
-        if score is not None and (not isinstance(score, (int, float)) or not math.isfinite(score)):
-            raise PresetError(f"{where}: scores.{key} must be a finite number or null, got {score!r}")
+    for key in ("sha256", "family"):
+        if not isinstance(data["model"].get(key), (str, type(None))):
+            raise PresetError(f"{where}: model.{key} must be a string or null, got {data['model'][key]!r}")
+    if not isinstance(data.get("scorer", {}).get("name"), (str, type(None))):
+        raise PresetError(f"{where}: scorer.name must be a string or null, got {data['scorer']['name']!r}")
+    for field_name, value in (("scores.identity", data.get("scores", {}).get("identity")),
+                              ("scores.best", data.get("scores", {}).get("best")),
+                              ("scorer.k", data.get("scorer", {}).get("k"))):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise PresetError(f"{where}: {field_name} must be a finite number or null, got {value!r}")
+    _validate_checks(data.get("scores", {}), where)
     try:
         schedule = schedule_of(data)
     except ScheduleError as error:
         raise PresetError(f"{where}: {error}") from error
     if schedule.steps != data["steps"]:
         raise PresetError(f"{where}: steps is {data['steps']} but c_x/c_eps have {schedule.steps} values")
+    bad = non_finite_path(data)
+    if bad is not None:
+        raise PresetError(f"{where}: {bad} is not a finite number (JSON has no NaN or infinity)")
     return data
+
+
+def _validate_checks(scores, where):
+    """The optional held-out verdict and FP control under `scores` (older presets have neither)."""
+    for key in ("heldout", "fp_control"):
+        if key not in scores or scores[key] is None:
+            continue
+        check = scores[key]
+        if not isinstance(check, dict) or check.get("verdict") not in VERDICTS:
+            raise PresetError(f"{where}: scores.{key} must be an object whose verdict is one of "
+                              f"{', '.join(map(repr, VERDICTS))}")
+        for name in ("difference", "fp_gain", "gap"):
+            interval = check.get(name, {}).get("ci") if isinstance(check.get(name), dict) else None
+            if name in check and not (isinstance(interval, list) and len(interval) == 2 and all(
+                    v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in interval)):
+                raise PresetError(f"{where}: scores.{key}.{name}.ci must be two finite numbers or nulls")
 
 
 def _as_tuple(types):
@@ -153,31 +198,31 @@ def schedule_of(data):
                                      offset=data.get("offset"))
 
 
-def read_preset_file(path):
-    """Read and validate one preset file; PresetError names the file and what is wrong with it."""
+def read_preset_file(path, folder=None):
+    """Read and validate one preset file (a regular file inside `folder`, if given, after resolving symlinks);
+    PresetError names the file and what is wrong with it."""
     where = f"preset {os.path.basename(path)}"
     try:
-        size = os.path.getsize(path)
-        if size > MAX_BYTES:
-            raise PresetError(f"{where}: {size} bytes is too large for a preset")
-        with open(path, "r", encoding="utf-8") as handle:
-            text = handle.read()
+        raw = read_regular_file(path, MAX_BYTES, folder)
     except FileNotFoundError as error:
         raise PresetError(f"{where}: no such preset in {os.path.dirname(path)}") from error
-    except (OSError, UnicodeDecodeError) as error:
+    except UnsafeFileError as error:
+        raise PresetError(f"{where}: {error}") from error
+    except OSError as error:
         raise PresetError(f"{where}: cannot be read ({error})") from error
     try:
-        data = json.loads(text)
-    except ValueError as error:
-        truncated = " (the file looks truncated)" if text.strip() and text.strip()[-1] != "}" else ""
-        raise PresetError(f"{where}: not valid JSON{truncated}: {error}") from error
+        data = parse_json(raw, allow_nan=True)   # validate() names a field holding NaN or infinity
+    except JSONDocumentError as error:
+        text = raw.decode("utf-8", "replace").strip()
+        truncated = " (the file looks truncated)" if text and text[-1] != "}" and "not valid" in str(error) else ""
+        raise PresetError(f"{where}: {error}{truncated}") from error
     return validate(data, where)
 
 
 def load_preset(folder, name, model_hash=None, allow_model_mismatch=False):
     """Load preset `name` from `folder`. If `model_hash` is given and the preset records another one, raise
     PresetModelMismatch unless allow_model_mismatch, in which case log a warning and load it anyway."""
-    data = read_preset_file(preset_path(folder, name))
+    data = read_preset_file(preset_path(folder, name), folder)
     check_model(data, model_hash, allow_model_mismatch, name)
     return data
 
@@ -210,17 +255,27 @@ def summary(data):
 
 
 def list_presets(folder):
-    """Every *.json in `folder`, sorted by name: {'name', 'valid', 'error', 'summary'} (error/summary None)."""
+    """Every *.json file in `folder`, sorted by name: {'name', 'valid', 'error', 'summary'} (error/summary None).
+    Only regular files (or links to them) are read; FIFOs, devices, sockets and folders are skipped unread."""
     if not os.path.isdir(folder):
         return []
     entries = []
-    for file_name in sorted(os.listdir(folder)):
+    with os.scandir(folder) as scan:
+        files = sorted((entry.name for entry in scan if _is_regular_file(entry)))
+    for file_name in files:
         if not file_name.endswith(EXTENSION) or file_name.startswith("."):
             continue
         name = file_name[: -len(EXTENSION)]
         try:
-            data = read_preset_file(preset_path(folder, name))
+            data = read_preset_file(preset_path(folder, name), folder)
             entries.append({"name": name, "valid": True, "error": None, "summary": summary(data)})
         except PresetError as error:
             entries.append({"name": name, "valid": False, "error": str(error), "summary": None})
     return entries
+
+
+def _is_regular_file(entry):
+    try:
+        return entry.is_file()   # follows symlinks; read_preset_file then refuses those leading outside
+    except OSError:
+        return False

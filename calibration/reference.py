@@ -80,78 +80,115 @@ def check_objective(objective, scorer=None, reference_available=False, weight=DE
 
 
 class ReferenceOutputs:
-    """FP outputs per calibration prompt, computed on first use and kept: latent, decoded image, CLIP features.
+    """FP outputs per calibration prompt, computed on first use (missing prompts in one batch) and kept: latent,
+    decoded image, CLIP features.
 
-    `sample(index) -> latent` runs the FP model with the identity schedule (same sampler, seed and prompt as the
-    candidates); `decode(latent) -> IMAGE`; `embed(images) -> [B, D]` image features."""
+    `sample(indices) -> latents [N, ...]` runs the FP model with the identity schedule (same sampler, seed and
+    prompt as the candidates); `decode(latents) -> IMAGE [N, H, W, C]`; `embed(images) -> [N, D]` features."""
 
     def __init__(self, sample, decode=None, embed=None):
         self._sample, self._decode, self._embed = sample, decode, embed
         self.latents, self.images, self.features = {}, {}, {}
 
-    def latent(self, index):
-        if index not in self.latents:
-            latent = self._sample(index)
-            if not torch.isfinite(latent).all():
-                raise ReferenceError(f"the full-precision reference produced NaN/inf for calibration prompt {index}; "
-                                     "check the reference model")
-            self.latents[index] = latent
-        return self.latents[index]
+    def _fill(self, store, indices, compute):
+        missing = list(dict.fromkeys(i for i in indices if i not in store))
+        if missing:
+            for index, value in zip(missing, compute(missing)):
+                store[index] = value
+        return torch.stack([store[i] for i in indices])
 
-    def image(self, index):
-        if index not in self.images:
-            self.images[index] = self._decode(self.latent(index))
-        return self.images[index]
+    def latent(self, indices):
+        def sample(missing):
+            latents = self._sample(missing)
+            bad = [i for i, latent in zip(missing, latents) if not torch.isfinite(latent).all()]
+            if bad:
+                raise ReferenceError(f"the full-precision reference produced NaN/inf for calibration prompt(s) "
+                                     f"{bad}; check the reference model")
+            return latents
+        return self._fill(self.latents, indices, sample)
 
-    def feature(self, index):
-        if index not in self.features:
-            self.features[index] = self._embed(self.image(index))
-        return self.features[index]
+    def image(self, indices):
+        return self._fill(self.images, indices, lambda missing: self._decode(self.latent(missing)))
+
+    def feature(self, indices):
+        return self._fill(self.features, indices, lambda missing: self._embed(self.image(missing)))
 
 
-def make_reference_evaluate(generate_latent, decode, reference, objective, scorer=None, prompts=None,
+def generate_latents(generate, items):
+    """[(latent, None) or (None, failure reason)] for items [(schedule, prompt_index)] from the batch generator
+    `generate(items) -> latents [N, ...]`; a NaN/inf latent stops its batch (NonFiniteLatentError), so a failed
+    batch is halved until the failing samples stand alone (as calibration.pipeline.generate_images does)."""
+    try:
+        latents = generate(items)
+    except NonFiniteLatentError as error:
+        if len(items) == 1:
+            return [(None, str(error))]
+        half = len(items) // 2
+        return generate_latents(generate, items[:half]) + generate_latents(generate, items[half:])
+    if len(latents) != len(items):
+        raise ValueError(f"the generator returned {len(latents)} latents for {len(items)} requests")
+    return [(latent, None) if torch.isfinite(latent).all() else (None, "non-finite latent") for latent in latents]
+
+
+def make_reference_evaluate(generate, decode, reference, objective, scorer=None, prompts=None,
                             weight=DEFAULT_REFERENCE_WEIGHT, failures=None, image_failure=None):
-    """`evaluate(schedule, prompt_indices) -> list[float]` for run_search with a reference objective.
+    """`evaluate(schedule, prompt_indices) -> list[float]` (and `evaluate.many(requests)`) for run_search with a
+    reference objective.
 
-    generate_latent(schedule, index) -> the quantized model's final latent [1, ...]; decode(latent) -> IMAGE;
-    reference: a ReferenceOutputs. A candidate whose sampling fails (NaN latent) or whose image cannot be scored
-    (`image_failure(image)` returns a reason) scores NaN, which the search treats as worst; each failure is
-    appended to `failures` as a dict naming the schedule, prompt and reason."""
+    generate(items) -> the quantized model's final latents [N, ...] for items [(schedule, prompt_index)];
+    decode(latents) -> IMAGE [N, H, W, C]; reference: a ReferenceOutputs. A candidate whose sampling fails (NaN
+    latent) or whose image cannot be scored (`image_failure(image)` returns a reason) scores NaN, which the search
+    treats as worst; each failure is appended to `failures` as a dict naming the schedule, prompt and reason."""
     if not is_reference_objective(objective):
         raise ReferenceError(f"unknown reference objective {objective!r}; choose one of "
                              f"{', '.join(REFERENCE_OBJECTIVES)}")
     failures = [] if failures is None else failures
 
-    def evaluate(schedule, prompt_indices):
-        scores = [math.nan] * len(prompt_indices)
-        for slot, index in enumerate(prompt_indices):
-            try:
-                latent = generate_latent(schedule, index)
-                reason = None if torch.isfinite(latent).all() else "non-finite latent"
-            except NonFiniteLatentError as error:
-                reason = str(error)
-            image = None
-            if reason is None and objective in NEEDS_IMAGES:
-                image = decode(latent)
-                reason = image_failure(image) if image_failure is not None else None
+    def many(requests):
+        items = [(schedule, index) for schedule, indices in requests for index in indices]
+        generated = generate_latents(generate, items) if items else []
+        good = [slot for slot, (latent, _) in enumerate(generated) if latent is not None]
+        images = None
+        if good and objective in NEEDS_IMAGES:
+            images = decode(torch.stack([generated[slot][0] for slot in good]))
+            if image_failure is not None:
+                reasons = [image_failure(image) for image in images]
+                for slot, reason in zip(good, reasons):
+                    if reason:
+                        generated[slot] = (None, reason)
+                images = images[[k for k, reason in enumerate(reasons) if not reason]]
+                good = [slot for slot, reason in zip(good, reasons) if not reason]
+        for slot, (latent, reason) in enumerate(generated):
             if reason:
-                failures.append({"schedule": schedule.label, "prompt": index, "reason": reason})
-                continue
+                failures.append({"schedule": items[slot][0].label, "prompt": items[slot][1], "reason": reason})
+        scores = [math.nan] * len(items)
+        if good:
+            latents = torch.stack([generated[slot][0] for slot in good])
             with torch.no_grad():
-                value = _score_one(objective, latent, image, index, reference, scorer, prompts, weight)
-            scores[slot] = float(value.detach())
-        return scores
+                values = _scores(objective, latents, images, [items[slot][1] for slot in good], reference, scorer,
+                                 prompts, weight)
+            for slot, value in zip(good, values.detach().float().cpu().tolist()):
+                scores[slot] = value
+        per_request, start = [], 0
+        for _, indices in requests:
+            per_request.append(scores[start:start + len(indices)])
+            start += len(indices)
+        return per_request
 
+    def evaluate(schedule, prompt_indices):
+        return many([(schedule, list(prompt_indices))])[0]
+
+    evaluate.many = many
     return evaluate
 
 
-def _score_one(objective, latent, image, index, reference, scorer, prompts, weight):
-    """One calibration prompt's score (a mean if its latent holds several samples)."""
+def _scores(objective, latents, images, indices, reference, scorer, prompts, weight):
+    """One score per sample (dim 0) of a batch of candidates' outputs for calibration prompts `indices`."""
     if objective == "reference_latent":
-        return -latent_distance(latent, reference.latent(index)).mean()
+        return -latent_distance(latents, reference.latent(indices))
     if objective == "reference_image":
-        return -image_distance(image, reference.image(index)).mean()
+        return -image_distance(images, reference.image(indices))
     if objective == "reference_clip":
-        return -feature_distance(scorer.image_features(image), reference.feature(index)).mean()
-    jaq = scorer.score(image, [prompts[index]]).jaq
-    return jaq_with_reference(jaq, latent, reference.latent(index), weight).mean()
+        return -feature_distance(scorer.image_features(images), reference.feature(indices))
+    jaq = scorer.score(images, [prompts[i] for i in indices]).jaq
+    return jaq_with_reference(jaq, latents, reference.latent(indices), weight)

@@ -6,6 +6,7 @@ interruption can at worst leave a partial last line, which is dropped (and cut o
 A log written under other settings is never mixed in: it is moved aside and a fresh log is started.
 """
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -44,6 +45,24 @@ def _decode_score(value):
     return float("nan") if value is None else float(value)
 
 
+def _set_aside(path, stem):
+    """Move `path` to `stem.old`, or `stem.2.old`, `stem.3.old`, ...: never over an earlier one. os.link fails
+    if the name is taken (os.replace would not), so two processes cannot pick the same name either."""
+    for number in itertools.count(1):
+        aside = f"{stem}.old" if number == 1 else f"{stem}.{number}.old"
+        try:
+            os.link(path, aside)
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links
+            if os.path.lexists(aside):
+                continue
+            os.rename(path, aside)
+            return aside
+        os.remove(path)
+        return aside
+
+
 class RunLog:
     """Open (or create) the log at `path` for `settings`; `.done` maps schedule key -> {prompt index: score}."""
 
@@ -77,7 +96,7 @@ class RunLog:
                 entry = json.loads(line)
                 scores = {int(i): _decode_score(s) for i, s in zip(entry["prompts"], entry["scores"], strict=True)}
                 self.done.setdefault(entry["key"], {}).update(scores)
-            except (ValueError, KeyError, TypeError) as error:
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
                 raise RunLogError(f"run log {self.path} line {number} is corrupt ({error}); "
                                   "delete the file to start over") from error
         if len(complete) != len(data):
@@ -90,14 +109,14 @@ class RunLog:
     def _parse_header(line):
         try:
             header = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return header if isinstance(header, dict) and header.get("kind") == "header" else None
 
     def _move_aside(self, header):
         other = header.get("settings_hash") if header else "unreadable"
-        aside = f"{self.path}.{other}.old"
-        os.replace(self.path, aside)
+        other = other if isinstance(other, str) and other.isalnum() and len(other) <= 64 else "unreadable"
+        aside = _set_aside(self.path, f"{self.path}.{other}")
         log.warning("run log %s was written for other settings (%s, now %s): moved to %s, starting fresh",
                     self.path, other, self.hash, aside)
 

@@ -1,7 +1,8 @@
 """Coefficient search (paper Algorithm 1 and faster strategies) over a user-supplied objective.
 
 `evaluate(schedule, prompt_indices) -> list[float]` generates and scores one image per prompt index (higher is
-better, NaN = failed). Common random numbers: prompt index i always means the same prompt *and* the same seed,
+better, NaN = failed); an `evaluate.many([(schedule, prompt_indices), ...])` lets the search generate the images
+of several candidates in one batch, with the same results as one candidate at a time. Common random numbers: prompt index i always means the same prompt *and* the same seed,
 so every candidate is compared on identical noise. A candidate's score is the mean over prompts; a NaN on any
 prompt makes it the worst. Only candidates scored on every prompt can win, and the identity schedule always is.
 """
@@ -10,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..samplers.schedule import QSchedSchedule
+from .noise_aware import stratified_order
 from .runlog import RunLog, schedule_key
 
 
@@ -32,6 +34,7 @@ class SearchResult:
     strategy: str = ""
     failures: list = field(default_factory=list)  # candidates that produced NaN / worst scores
     ranking: list = field(default_factory=list)   # (score, schedule) of fully scored candidates, best first
+    per_prompt: dict = field(default_factory=dict)  # schedule key -> scores on every prompt (fully scored only)
     settings_hash: str = ""
     seconds: float = 0.0
     refinement: dict = field(default_factory=dict)  # continuous per-step fit after the strategy (optimise.py)
@@ -73,10 +76,13 @@ class SearchSpace:
 class _Evaluations:
     """Cache of per-prompt scores, budget, run log, progress and stop checks: what strategies score through."""
 
-    def __init__(self, evaluate, n_prompts, budget, run_log, progress, should_stop, planned):
+    def __init__(self, evaluate, n_prompts, budget, run_log, progress, should_stop, planned, batch_images=1):
         self._evaluate, self.n_prompts, self.budget = evaluate, n_prompts, budget
+        self.batch_images = batch_images
+        self._fresh = {}        # key -> {prompt: score} generated ahead by score_many, not yet counted
         self.run_log, self._progress, self._should_stop = run_log, progress, should_stop
         self.planned = planned
+        self.order = list(range(n_prompts))   # prompt order for partial rungs (stratified when strata given)
         self.scores = {}        # key -> {prompt: score}
         self.schedules = {}     # key -> schedule
         self.params = {}        # key -> parameter vector (when known)
@@ -104,9 +110,10 @@ class _Evaluations:
         if missing:
             if len(missing) > self.remaining:
                 raise _BudgetSpent()
-            if self._should_stop is not None and self._should_stop():
-                raise SearchInterrupted("calibration interrupted; rerun with the same settings to resume")
-            values = [float(v) for v in self._evaluate(schedule, list(missing))]
+            values = self._take_fresh(key, missing)
+            if values is None:
+                self._check_stop()
+                values = [float(v) for v in self._evaluate(schedule, list(missing))]
             if len(values) != len(missing):
                 raise ValueError(f"evaluate returned {len(values)} scores for {len(missing)} prompts")
             known.update(zip(missing, values))
@@ -126,6 +133,69 @@ class _Evaluations:
                            "full_score": self.mean(key, range(self.n_prompts)) if full else None,
                            "best_full": self.best()[0], "phase": self.phase})
         return mean
+
+    def score_many(self, requests):
+        """[score(schedule, prompt_indices, params) for each request], with the same trace, run log, budget and
+        results, but the missing images of consecutive requests are generated together (up to batch_images per
+        evaluate.many call) when the evaluate supports it."""
+        if self.batch_images <= 1 or not hasattr(self._evaluate, "many"):
+            return [self.score(*request) for request in requests]
+        means = []
+        for chunk in self._chunks(iter(requests)):
+            self._generate_ahead(chunk)
+            means += [self.score(*request) for request in chunk]
+        return means
+
+    def _missing(self, schedule, prompt_indices):
+        key = schedule_key(schedule.c_x, schedule.c_eps, schedule.offset)
+        known, fresh = self.scores.get(key, {}), self._fresh.get(key, {})
+        logged = self.run_log.done.get(key, {}) if self.run_log else {}
+        return [(key, i) for i in prompt_indices if i not in known and i not in logged and i not in fresh]
+
+    def _chunks(self, requests):
+        """Consecutive requests whose new images fit batch_images (a larger request alone) and the budget."""
+        chunk, pairs = [], set()
+        for request in requests:
+            new = set(self._missing(request[0], request[1])) - pairs
+            if chunk and (len(pairs) + len(new) > self.batch_images or len(pairs) + len(new) > self.remaining):
+                yield chunk
+                chunk, pairs = [], set()
+                new = set(self._missing(request[0], request[1]))
+            chunk.append(request)
+            pairs |= new
+        if chunk:
+            yield chunk
+
+    def _generate_ahead(self, chunk):
+        """Score the chunk's missing images in one evaluate.many call; score() then takes them in order."""
+        wanted = {}   # key -> (schedule, [prompt indices]) in request order
+        for schedule, prompt_indices, *_ in chunk:
+            for key, index in self._missing(schedule, prompt_indices):
+                entry = wanted.setdefault(key, (schedule, []))
+                if index not in entry[1]:
+                    entry[1].append(index)
+        total = sum(len(indices) for _, indices in wanted.values())
+        if not total or total > self.remaining:
+            return    # nothing to do, or score() stops at the request that does not fit
+        self._check_stop()
+        requests = list(wanted.values())
+        results = self._evaluate.many(requests)
+        if len(results) != len(requests):
+            raise ValueError(f"evaluate.many returned {len(results)} results for {len(requests)} requests")
+        for key, (_, indices), values in zip(wanted, requests, results):
+            if len(values) != len(indices):
+                raise ValueError(f"evaluate.many returned {len(values)} scores for {len(indices)} prompts")
+            self._fresh.setdefault(key, {}).update(zip(indices, (float(v) for v in values)))
+
+    def _take_fresh(self, key, missing):
+        fresh = self._fresh.get(key, {})
+        if not all(index in fresh for index in missing):
+            return None
+        return [fresh.pop(index) for index in missing]
+
+    def _check_stop(self):
+        if self._should_stop is not None and self._should_stop():
+            raise SearchInterrupted("calibration interrupted; rerun with the same settings to resume")
 
     def mean(self, key, prompt_indices):
         values = [self.scores[key][i] for i in prompt_indices]
@@ -151,7 +221,8 @@ def plan_images(strategy, space, n_prompts, budget_images=None, **options):
 
 
 def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range=(0.8, 1.2), sampler=None,
-               space=None, settings=None, run_log=None, progress=None, should_stop=None, refine=None, **options):
+               space=None, settings=None, run_log=None, progress=None, should_stop=None, strata=None, batch_images=1,
+               refine=None, **options):
     """Search per-step coefficients maximising the mean of `evaluate` over `n_prompts` prompts.
 
     strategy: a name from calibration.strategies.STRATEGIES (paper_grid, grid_general, coarse_to_fine,
@@ -160,7 +231,10 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     decides a score's meaning (model, prompts hash, seeds, sampler, cfg, scorer); with `run_log` (a path) it keys
     the log, so a rerun with equal settings skips done evaluations and a log of other settings is not mixed in.
     progress(done_images, planned_images) is called after each evaluation; should_stop() -> True stops the
-    search with SearchInterrupted (what was evaluated stays in the log).
+    search with SearchInterrupted (what was evaluated stays in the log). strata: one label per prompt (its
+    prompt text or class); strategies that judge on part of the prompts take them round-robin over strata.
+    batch_images: up to this many images of consecutive candidates are generated in one `evaluate.many` call (if
+    evaluate has one); results, trace and run log are those of batch_images=1.
     refine: None, or a dict for optimise.refine_best: {"form": one of optimise.FORMS, "evaluations": candidates,
     "channels": latent channels, "c_range": bounds of the free coefficients, "offset_bound": |b| bound}. It fits
     per-step free parameters from the strategy's winner, with its own budget (evaluations x n_prompts images).
@@ -173,6 +247,8 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     if budget_images is not None and budget_images < n_prompts:
         raise ValueError(f"budget_images={budget_images} cannot even score the identity schedule on "
                          f"{n_prompts} prompts; give at least {n_prompts}")
+    if strata is not None and len(strata) != n_prompts:
+        raise ValueError(f"strata must give one label per prompt ({n_prompts}), got {len(strata)}")
     spec = STRATEGIES[strategy]
     search_space = SearchSpace(space or spec.space, steps, c_range, sampler)
     log_settings = {"settings": settings or {}, "steps": steps, "n_prompts": n_prompts, "sampler": sampler}
@@ -181,7 +257,12 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     if refine:
         from .optimise import planned_evaluations
         planned += planned_evaluations(refine) * n_prompts
-    evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned)
+    if isinstance(batch_images, bool) or not isinstance(batch_images, int) or batch_images < 1:
+        raise ValueError(f"batch_images must be a positive integer, got {batch_images!r}")
+    evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned,
+                               batch_images)
+    if strata is not None:
+        evaluations.order = stratified_order(strata)
     started = time.monotonic()
     all_prompts = list(range(n_prompts))
     try:
@@ -205,4 +286,5 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
         trace=evaluations.trace, images_generated=evaluations.generated, images_reused=evaluations.reused,
         strategy=strategy, failures=evaluations.failures,
         ranking=[(score, evaluations.schedules[key]) for score, key in ranking],
+        per_prompt={key: [evaluations.scores[key][i] for i in all_prompts] for _, key in ranking},
         settings_hash=log_file.hash if log_file else "", seconds=time.monotonic() - started, refinement=refinement)

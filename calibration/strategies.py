@@ -1,21 +1,38 @@
-"""Search strategies. Each takes the evaluation cache (`ev.score(schedule, prompts, params)`) and the search
+"""Search strategies. Each takes the evaluation cache (`ev.score(schedule, prompts, params)`, or `ev.score_many`
+for candidates that do not depend on each other's scores, so their images can share a batch) and the search
 space, spends images until done or the budget runs out, and leaves the winner to run_search (best mean over all
 prompts among fully scored candidates). `plan(n_prompts, budget, **options)` returns the expected image count.
 """
+import logging
 import math
 import warnings
 from collections import namedtuple
-from itertools import product
+from itertools import chain, product
 
 import numpy as np
 
+from .noise_aware import (_plan_coarse_racing, _plan_halving_floor, _plan_racing, coarse_to_fine_racing,
+                          halving_floor, racing)
+
 Strategy = namedtuple("Strategy", "function space plan")
 DEFAULT_GRID_POINTS = {"paper": 10, "general": 5}   # official default 10 x 10 starts; 5^4 for start+end
+# A budget-sized grid stops growing here (316 x 316 starts, 17^4 start+end pairs): successive halving holds its
+# candidates in memory, and no real budget comes near it. A larger budget is still an upper bound, not a target.
+MAX_GRID_CANDIDATES = 100_000
+log = logging.getLogger("qsched.calibration")
 
 
 def _grid(space, points):
+    """The grid's candidates, generated one at a time (never the whole grid in memory)."""
     axis = np.linspace(space.low, space.high, points).tolist()
-    return [tuple(p) for p in product(axis, repeat=space.dims)]
+    return product(axis, repeat=space.dims)
+
+
+def _max_grid_points(space):
+    points = int(round(MAX_GRID_CANDIDATES ** (1 / space.dims)))
+    while points ** space.dims > MAX_GRID_CANDIDATES:
+        points -= 1
+    return points
 
 
 def _grid_size(space, points):
@@ -25,18 +42,30 @@ def _grid_size(space, points):
 
 
 def _budget_points(space, n_prompts, budget, cost=None):
-    """Largest grid size per dimension whose images (identity included) fit in the budget."""
+    """Largest grid size per dimension whose images (identity included) fit in the budget, found by bisection
+    (the cost grows with the points) and at most MAX_GRID_CANDIDATES candidates."""
     cost = cost or (lambda points: _grid_size(space, points) * n_prompts)
-    points = 1
-    while cost(points + 1) <= budget:
-        points += 1
-    return max(points, 2)
+    low, high = 1, _max_grid_points(space)
+    if cost(high) <= budget:
+        log.warning("a budget of %s images would allow a grid of more than %d candidates: using %d points per "
+                    "dimension (%d candidates)", budget, MAX_GRID_CANDIDATES, high, high ** space.dims)
+        return high
+    while low < high:
+        middle = (low + high + 1) // 2
+        if cost(middle) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    return max(low, 2)
 
 
 def _grid_points(space, n_prompts, budget, grid_points, cost=None):
     if grid_points is not None:
         if grid_points < 2:
             raise ValueError(f"grid_points must be at least 2, got {grid_points}")
+        if grid_points > _max_grid_points(space):
+            raise ValueError(f"grid_points={grid_points} makes {grid_points ** space.dims} candidates; the most is "
+                             f"{MAX_GRID_CANDIDATES} ({_max_grid_points(space)} points per dimension)")
         return grid_points
     if budget is None:
         return DEFAULT_GRID_POINTS[space.kind]
@@ -49,8 +78,7 @@ def grid_search(ev, space, grid_points=None):
     """Algorithm 1: every start (and, in the general space, end) value on a grid over c_range, all prompts."""
     points = _grid_points(space, ev.n_prompts, ev.budget, grid_points)
     prompts = list(range(ev.n_prompts))
-    for params in _grid(space, points):
-        ev.score(space.schedule(params), prompts, params)
+    ev.score_many((space.schedule(params), prompts, params) for params in _grid(space, points))
 
 
 def _plan_grid(space, n_prompts, budget, grid_points=None, **_):
@@ -83,15 +111,16 @@ def race(ev, space, candidates, eta=3, min_prompts=1):
     survivors = list(dict.fromkeys(space.clip(c) for c in candidates))
     for size in _rungs(ev.n_prompts, eta, min_prompts):
         prompts = list(range(size))
-        scored = [(ev.score(space.schedule(c), prompts, c), c) for c in survivors]
+        scored = list(zip(ev.score_many([(space.schedule(c), prompts, c) for c in survivors]), survivors))
         scored.sort(key=lambda item: item[0], reverse=True)
         survivors = [c for _, c in scored[:max(1, math.ceil(len(scored) / eta))]]
 
 
 def successive_halving(ev, space, grid_points=None, eta=3, min_prompts=1):
     """The paper's grid (plus identity), raced over prompts instead of scoring every candidate on all."""
-    race(ev, space, [space.identity] + _grid(space, _halving_points(space, ev.n_prompts, ev.budget, grid_points,
-                                                                   eta, min_prompts)), eta, min_prompts)
+    race(ev, space, chain([space.identity], _grid(space, _halving_points(space, ev.n_prompts, ev.budget,
+                                                                         grid_points, eta, min_prompts))),
+         eta, min_prompts)
 
 
 def _halving_cost(space, n_prompts, points, eta, min_prompts):
@@ -148,8 +177,8 @@ def bayes(ev, space, n_init=5, iterations=10, seed=0, pool=4096):
     prompts = list(range(ev.n_prompts))
     # Latin hypercube start: every dimension's range covered once per point.
     strata = np.stack([rng.permutation(n_init) for _ in range(space.dims)], axis=1)
-    for row in (strata + rng.random((n_init, space.dims))) / n_init:
-        ev.score(space.schedule(from_unit(row)), prompts, from_unit(row))
+    starts = [from_unit(row) for row in (strata + rng.random((n_init, space.dims))) / n_init]
+    ev.score_many((space.schedule(start), prompts, start) for start in starts)
     kernel = ConstantKernel(1.0) * Matern(length_scale=[0.3] * space.dims, nu=2.5) + WhiteKernel(1e-4)
     for _ in range(iterations):
         done = [(ev.params[k], s) for s, k in ev.full() if ev.params.get(k) is not None]
@@ -184,7 +213,11 @@ def _plan_bayes(space, n_prompts, budget, n_init=5, iterations=10, **_):
     return min(total, budget) if budget else total
 
 
+DEFAULT_STRATEGY = "racing"
 STRATEGIES = {
+    "racing": Strategy(racing, "paper", _plan_racing),
+    "halving_floor": Strategy(halving_floor, "paper", _plan_halving_floor),
+    "coarse_to_fine_racing": Strategy(coarse_to_fine_racing, "paper", _plan_coarse_racing),
     "paper_grid": Strategy(grid_search, "paper", _plan_grid),
     "grid_general": Strategy(grid_search, "general", _plan_grid),
     "successive_halving": Strategy(successive_halving, "paper", _plan_halving),

@@ -3,28 +3,26 @@ each candidate schedule and scoring them (JAQ by default); writes a preset and r
 plot. Each prompt's text conditioning is encoded once; every candidate uses prompt i with seed + i (common
 random numbers). Progress goes to ComfyUI's bar (images done / planned); an interrupt stops at the next
 candidate and the run log (<user dir>/qsched_runs) lets a rerun with the same settings skip what was done."""
-import contextlib
 import logging
 import math
 import os
-import re
-
-import torch
 
 import comfy.model_management
 import comfy.utils
 import folder_paths
 
+from ..comfy_adapter.calibration import make_generator
+from ..calibration.heldout import HOLDOUT_FRACTION, check_winner, format_report, split_pairs
 from ..calibration.optimise import DEFAULT_EVALUATIONS, FORMS as REFINE_FORMS
 from ..calibration.pipeline import OBJECTIVES, calibration_settings, make_evaluate
+from ..calibration.plot import plot_result
+from ..calibration.presets import check_name, make_preset, safe_preset_name, save_preset
+from ..calibration.prompts import parse_prompts, prompts_hash
 from ..calibration.reference import (DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES, ReferenceError,
                                      is_reference_objective)
-from ..calibration.plot import plot_result
-from ..calibration.presets import check_name, make_preset, save_preset
-from ..calibration.prompts import parse_prompts, prompt_seed, prompts_hash
 from ..calibration.runlog import settings_hash
-from ..calibration.search import plan_images, run_search, SearchSpace
-from ..calibration.strategies import STRATEGIES
+from ..calibration.search import plan_images, run_search, SearchInterrupted, SearchSpace
+from ..calibration.strategies import DEFAULT_STRATEGY, STRATEGIES
 from ..samplers.schedule import SAMPLER_NAMES
 from .presets import model_hash, user_preset_folder
 
@@ -37,63 +35,8 @@ def _scheduler_names():
     return list(SCHEDULERS)
 
 
-@contextlib.contextmanager
-def _quiet_step_progress():
-    """The sampler's per-step progress bar would overwrite the node's candidates-done bar: mute it meanwhile."""
-    hook, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, None
-    try:
-        yield
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = hook
-
-
 def run_folder():
     return os.path.join(folder_paths.get_user_directory(), "qsched_runs")
-
-
-class TextConditioning:
-    """Encodes each calibration prompt once (the search reuses it for every candidate)."""
-
-    def __init__(self, clip):
-        self.clip, self.cache = clip, {}
-
-    def __call__(self, text):
-        if text not in self.cache:
-            self.cache[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
-        return self.cache[text]
-
-
-def make_latent_generator(model, clip, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
-                          negative_prompt="", encode=None):
-    """generate(schedule, prompt_index) -> the sampled LATENT tensor [1, C, h, w]: prompt i always with seed + i."""
-    from .sampling import sample_with_schedule
-    encode = encode or TextConditioning(clip)
-    channels = model.get_model_object("latent_format").latent_channels
-
-    def generate(schedule, index):
-        latent = {"samples": torch.zeros([1, channels, height // 8, width // 8])}
-        with _quiet_step_progress():
-            out = sample_with_schedule(model, prompt_seed(seed, index), steps, cfg, sampler_name, scheduler,
-                                       encode(prompts[index]), encode(negative_prompt), latent, schedule,
-                                       disable_pbar=True)
-        return out["samples"]
-
-    return generate
-
-
-def decode_image(vae, latent):
-    """IMAGE [1, H, W, C] of one sampled latent (video VAEs return extra leading dims: the first frame)."""
-    image = vae.decode(latent)
-    return image.reshape(-1, *image.shape[-3:])[:1].float()
-
-
-def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
-                   negative_prompt=""):
-    """generate(schedule, prompt_index) -> IMAGE [1, H, W, C]: prompt i always with seed + i."""
-    latent_generator = make_latent_generator(model, clip, sampler_name=sampler_name, scheduler=scheduler, steps=steps,
-                                             cfg=cfg, seed=seed, width=width, height=height, prompts=prompts,
-                                             negative_prompt=negative_prompt)
-    return lambda schedule, index: decode_image(vae, latent_generator(schedule, index))
 
 
 def describe_model(model):
@@ -104,19 +47,23 @@ def describe_model(model):
 def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, strategy, budget_images, seed,
               prompts, width, height, objective="jaq", c_range=(0.8, 1.2), model_name="", quant=None,
               preset_name="", preset_folder=None, runs_folder=None, progress=None, should_stop=None,
-              on_candidate=None, scorer_name=None, scorer_k=None, reference_model=None,
-              reference_weight=DEFAULT_REFERENCE_WEIGHT, refine="off", refine_evaluations=0):
-    """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path).
+              on_candidate=None, scorer_name=None, scorer_k=None, holdout=HOLDOUT_FRACTION, reference_model=None,
+              batch_size=1, reference_weight=DEFAULT_REFERENCE_WEIGHT, refine="off", refine_evaluations=0):
+    """The calibration behind the node and `python -m qsched calibrate`; returns (result, preset, path, report).
+    Prompt i with seed + i is pair i; `holdout` of the pairs are kept out of the search and decide the held-out
+    verdict (report: calibration.heldout.TrustReport); with `reference_model` (the full-precision model) the
+    same coefficients are checked on it too (FP control).
 
-    objective: "jaq" (the paper's reference-free score; default), "tc", "iq", or a reference objective comparing
-    with `reference_model` (the full-precision model), see calibration.reference. refine: "off" or a form of
-    calibration.optimise.FORMS: per-step free parameters fitted from the search's winner (scipy Powell), with
-    `refine_evaluations` candidates (0 = the default)."""
+    objective: "jaq" (the paper's reference-free score; default), "tc", "iq", or a reference objective that
+    compares with `reference_model`'s outputs from the same noise and prompt (calibration.reference). refine:
+    "off" or a form of calibration.optimise.FORMS: per-step free parameters fitted from the search's winner
+    (scipy Powell) with `refine_evaluations` candidates (0 = the default)."""
     prompts = list(prompts)
     refinement = refine_options(model, refine, refine_evaluations, c_range)
     if scorer is None and not is_reference_objective(objective):
         raise ReferenceError(f"objective {objective!r} needs a scorer: connect Load JAQ Scorer (Q-Sched), or "
                              "connect the full-precision model and use a reference objective")
+    search_pairs, held_out = split_pairs(len(prompts), holdout, strata=prompts)
     fingerprint = model_hash(model)
     family = describe_model(model)
     model_name = model_name or f"{family}-{fingerprint[:8]}"
@@ -128,26 +75,38 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
     scorer_k = scorer_k if scorer_k is not None else getattr(getattr(scorer, "options", None), "k", None)
     settings = calibration_settings(model_hash=fingerprint, sampler=sampler_name, scheduler=scheduler, steps=steps,
                                     cfg=cfg, width=width, height=height, seed=seed, prompts_hash=prompts_hash(prompts),
-                                    scorer=f"{scorer_name}:{scorer_k}",
+                                    scorer=scorer_identity(scorer, scorer_name, scorer_k),
                                     objective=objective_key(objective, reference_model, reference_weight), quant=quant)
+    settings["holdout"] = holdout    # decides which pairs the search's prompt indices are
     runs_folder = runs_folder or run_folder()
     log_path = os.path.join(runs_folder, f"{settings_hash(settings)}.jsonl")
     failures = []
+    generation = dict(sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg, seed=seed, width=width,
+                      height=height, prompts=prompts, max_batch=batch_size)
     if is_reference_objective(objective):
         from .reference import make_objective_evaluate
         evaluate = make_objective_evaluate(model, reference_model, clip, vae, scorer, objective=objective,
-                                           weight=reference_weight, prompts=prompts, failures=failures,
-                                           sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg,
-                                           seed=seed, width=width, height=height)
+                                           weight=reference_weight, failures=failures, **generation)
     else:
-        evaluate = make_evaluate(make_generator(model, clip, vae, sampler_name=sampler_name, scheduler=scheduler,
-                                                steps=steps, cfg=cfg, seed=seed, width=width, height=height,
-                                                prompts=prompts), scorer, prompts, objective, failures)
+        evaluate = make_evaluate(make_generator(model, clip, vae, **generation), scorer, prompts, objective, failures)
+    search_evaluate = _on_pairs(evaluate, search_pairs)
+    check_images = len(held_out) * (4 if fp_control(reference_model, objective) else 2)   # winner, identity (x2 FP)
+    search_progress = None if progress is None else lambda done, total: progress(done, total + check_images)
     if on_candidate is not None:
-        evaluate = _reporting(evaluate, on_candidate)
-    result = run_search(evaluate, steps, len(prompts), strategy, budget_images=budget_images or None,
+        search_evaluate = _reporting(search_evaluate, on_candidate)
+    result = run_search(search_evaluate, steps, len(search_pairs), strategy, budget_images=budget_images or None,
                         c_range=c_range, sampler=sampler_name, settings=settings, run_log=log_path,
-                        progress=progress, should_stop=should_stop, refine=refinement)
+                        progress=search_progress, should_stop=should_stop,
+                        strata=[prompts[i] for i in search_pairs], batch_images=batch_size, refine=refinement)
+    evaluate_fp = None
+    if fp_control(reference_model, objective):
+        evaluate_fp = make_evaluate(make_generator(reference_model, clip, vae, **generation), scorer, prompts,
+                                    objective, failures)
+    report = check_winner(_stoppable(evaluate, should_stop), result, held_out,
+                          _stoppable(evaluate_fp, should_stop), holdout)
+    if progress is not None:
+        done = result.images_generated + report.images
+        progress(done, done)
     for failure in failures:
         log.warning("calibration candidate %s failed on prompt %d: %s (scored worst)", failure["schedule"],
                     failure["prompt"], failure["reason"])
@@ -159,11 +118,22 @@ def calibrate(model, clip, vae, scorer, *, sampler_name, scheduler, steps, cfg, 
                                  "scheduler": scheduler, "width": width, "height": height,
                                  "images_generated": result.images_generated, "images_reused": result.images_reused,
                                  "failed_images": len(failures), "run_log": os.path.basename(log_path),
-                                 **reference_record(objective, reference_model, reference_weight, result)})
+                                 "holdout": holdout, "search_pairs": len(search_pairs),
+                                 "heldout_pairs": len(held_out), "fp_control": evaluate_fp is not None,
+                                 **reference_record(objective, reference_model, reference_weight, result)},
+                         checks=report.to_dict())
     path = save_preset(preset_folder or user_preset_folder(), name, preset)
-    log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), preset %s", result.best_score,
-             result.identity_score, result.best.label, path)
-    return result, preset, path
+    log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), better than identity on held-out pairs: %s, "
+             "preset %s", result.best_score, result.identity_score, result.best.label, report.heldout.verdict, path)
+    for warning in report.warnings:
+        log.warning("Q-Sched calibration: %s", warning)
+    return result, preset, path, report
+
+
+def fp_control(reference_model, objective):
+    """The FP control (the winner applied to the FP model) runs for the reference-free objectives only: with a
+    reference objective the FP model scores itself."""
+    return reference_model is not None and not is_reference_objective(objective)
 
 
 def refine_options(model, refine, evaluations, c_range):
@@ -201,14 +171,36 @@ def reference_record(objective, reference_model, weight, result):
     return record
 
 
-def safe_preset_name(text):
-    """A valid preset name made from free text (model names may contain '/', ':' or '..')."""
-    text = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9 _.+()\-]", "_", text)).strip(" ._")[:128]
-    return check_name(text or "calibration")
+def scorer_identity(scorer, scorer_name, scorer_k):
+    """What the run log knows the scorer by: its options and the content of its weights (JAQScorer.identity), not
+    its file's name; a scorer object without identity() by its description."""
+    identity = getattr(scorer, "identity", None)
+    return identity() if callable(identity) else f"{scorer_name}:{scorer_k}"
 
 
 def _finite(value):
     return float(value) if math.isfinite(value) else None
+
+
+def _stoppable(evaluate, should_stop):
+    """The held-out and FP-control evaluations stop on an interrupt like the search does."""
+    if evaluate is None or should_stop is None:
+        return evaluate
+
+    def checked(schedule, indices):
+        if should_stop():
+            raise SearchInterrupted("calibration interrupted during the held-out check")
+        return evaluate(schedule, indices)
+    return checked
+
+
+def _on_pairs(evaluate, pairs):
+    """The search's prompt index i is pair pairs[i] (the held-out pairs are not searched on)."""
+    def remapped(schedule, indices):
+        return evaluate(schedule, [pairs[i] for i in indices])
+
+    remapped.many = lambda requests: evaluate.many([(s, [pairs[i] for i in indices]) for s, indices in requests])
+    return remapped
 
 
 def _reporting(evaluate, on_candidate):
@@ -216,6 +208,14 @@ def _reporting(evaluate, on_candidate):
         scores = evaluate(schedule, prompt_indices)
         on_candidate(schedule, prompt_indices, scores)
         return scores
+
+    def many(requests):
+        results = evaluate.many(requests)
+        for (schedule, prompt_indices), scores in zip(requests, results):
+            on_candidate(schedule, prompt_indices, scores)
+        return results
+
+    wrapped.many = many
     return wrapped
 
 
@@ -228,13 +228,16 @@ def trace_points(result):
 
 class QSchedCalibrate:
     CATEGORY = "sampling/qsched"
-    RETURN_TYPES = ("QSCHED_SCHEDULE", "IMAGE", "STRING")
-    RETURN_NAMES = ("schedule", "plot", "preset_name")
+    RETURN_TYPES = ("QSCHED_SCHEDULE", "IMAGE", "STRING", "STRING")
+    RETURN_NAMES = ("schedule", "plot", "preset_name", "summary")
     FUNCTION = "run"
     OUTPUT_NODE = True
     DESCRIPTION = ("Find Q-Sched coefficients for this model: every candidate schedule generates the calibration "
                    "prompts (prompt i with seed + i) and is scored by the scorer; the best (never worse than "
-                   "identity on these prompts) is saved as a preset. Resumes an interrupted run with the same settings.")
+                   "identity on these prompts) is saved as a preset. A quarter of the prompt/seed pairs is kept "
+                   "out of the search: the summary says whether the winner beats identity there (yes / no / not "
+                   "significant, with a confidence interval) and, with the FP model connected, whether the gain is "
+                   "specific to the quantized model. Resumes an interrupted run with the same settings.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -251,8 +254,11 @@ class QSchedCalibrate:
                                   "tooltip": "Sampling steps; the preset fits only this count."}),
                 "cfg": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 30.0, "step": 0.1,
                                   "tooltip": "Classifier-free guidance scale used while calibrating."}),
-                "strategy": (list(STRATEGIES), {"default": "coarse_to_fine", "tooltip":
-                             "paper_grid = the official search (10 x 10 starts, ends fixed at 1)"}),
+                "strategy": (list(STRATEGIES), {"default": DEFAULT_STRATEGY, "tooltip":
+                             "racing = the official grid (10 x 10 starts, ends fixed at 1) raced with confidence "
+                             "intervals, never judging on fewer than 10 prompts; paper_grid = the official search, "
+                             "every candidate on every prompt; successive_halving and coarse_to_fine judge on 1-2 "
+                             "prompts first: fast, but noise can decide"}),
                 "budget_images": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip":
                                   "most images to generate; 0 = the strategy's default"}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF,
@@ -282,8 +288,15 @@ class QSchedCalibrate:
                 "model_name": ("STRING", {"default": "", "tooltip": "recorded in the preset"}),
                 "quant": ("STRING", {"default": "", "tooltip": "quantization recorded in the preset, e.g. W4A8"}),
                 "preset_name": ("STRING", {"default": "", "tooltip": "empty = <model>-<quant>-<sampler>-<steps>steps"}),
-                "reference_model": ("MODEL", {"tooltip": "The full-precision model the quantized one was made "
-                                    "from: the reference objectives compare with its outputs."}),
+                "holdout": ("FLOAT", {"default": HOLDOUT_FRACTION, "min": 0.05, "max": 0.75, "step": 0.05, "tooltip":
+                            "share of the prompt/seed pairs kept out of the search to check the winner on"}),
+                "reference_model": ("MODEL", {"tooltip": "optional full-precision model the quantized one was made "
+                                    "from: the reference objectives compare with its outputs; with jaq/tc/iq the "
+                                    "winner is also applied to it (FP control: is the gain specific to the "
+                                    "quantized model?)"}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip":
+                               "most images per model call (prompts and candidates share a batch, each with its "
+                               "own noise); fewer when ComfyUI's free memory is short. 1 = one image at a time"}),
                 "reference_weight": ("FLOAT", {"default": DEFAULT_REFERENCE_WEIGHT, "min": 0.0, "max": 1000.0,
                                      "step": 0.05, "tooltip": "jaq_reference: weight of the relative latent "
                                      "error subtracted from JAQ."}),
@@ -299,18 +312,20 @@ class QSchedCalibrate:
         }
 
     def run(self, model, clip, vae, scorer=None, sampler_name="lcm", scheduler="lcm_original", steps=4, cfg=1.0,
-            strategy="coarse_to_fine", budget_images=0, seed=0, prompts="", n_prompts=0, width=512, height=512,
-            objective="jaq", c_min=0.8, c_max=1.2, model_name="", quant="", preset_name="", reference_model=None,
-            reference_weight=DEFAULT_REFERENCE_WEIGHT, refine="off", refine_evaluations=0, unique_id=None):
+            strategy=DEFAULT_STRATEGY, budget_images=0, seed=0, prompts="", n_prompts=0, width=512, height=512,
+            objective="jaq", c_min=0.8, c_max=1.2, model_name="", quant="", preset_name="", holdout=HOLDOUT_FRACTION,
+            reference_model=None, batch_size=16, reference_weight=DEFAULT_REFERENCE_WEIGHT, refine="off",
+            refine_evaluations=0, unique_id=None):
         # scorer is optional (reference objectives need none) but stays 4th, as callers pass it positionally
         prompt_list = parse_prompts(prompts)
         if n_prompts:
             prompt_list = prompt_list[:n_prompts]
         c_range = (c_min, c_max)
-        planned = plan_images(strategy, SearchSpace(STRATEGIES[strategy].space, steps, c_range), len(prompt_list),
-                              budget_images or None)
+        search_pairs, held_out = split_pairs(len(prompt_list), holdout, strata=prompt_list)
+        planned = plan_images(strategy, SearchSpace(STRATEGIES[strategy].space, steps, c_range), len(search_pairs),
+                              budget_images or None) + len(held_out) * (4 if fp_control(reference_model, objective) else 2)
         if refine != "off":
-            planned += (refine_evaluations or DEFAULT_EVALUATIONS) * len(prompt_list)
+            planned += (refine_evaluations or DEFAULT_EVALUATIONS) * len(search_pairs)
         bar = comfy.utils.ProgressBar(planned, node_id=unique_id)
         send = _sender(unique_id)
 
@@ -327,13 +342,13 @@ class QSchedCalibrate:
                             "score": sum(finite) / len(finite) if len(finite) == len(scores) else None,
                             "prompts": len(indices)}})
 
-        result, preset, path = calibrate(
+        result, preset, path, report = calibrate(
             model, clip, vae, scorer, sampler_name=sampler_name, scheduler=scheduler, steps=steps, cfg=cfg,
             strategy=strategy, budget_images=budget_images, seed=seed, prompts=prompt_list, width=width,
             height=height, objective=objective, c_range=c_range, model_name=model_name, quant=quant or None,
             preset_name=preset_name, progress=progress, should_stop=should_stop, on_candidate=on_candidate,
-            reference_model=reference_model, reference_weight=reference_weight, refine=refine,
-            refine_evaluations=refine_evaluations)
+            holdout=holdout, reference_model=reference_model, batch_size=batch_size,
+            reference_weight=reference_weight, refine=refine, refine_evaluations=refine_evaluations)
         name = os.path.splitext(os.path.basename(path))[0]
         summary = {"best": {"c_x": list(result.best.c_x), "c_eps": list(result.best.c_eps),
                             "offset": None if result.best.offset is None else [list(r) for r in result.best.offset]},
@@ -341,9 +356,10 @@ class QSchedCalibrate:
                    "images_generated": result.images_generated, "images_reused": result.images_reused,
                    "failures": len(result.failures), "preset": name, "strategy": strategy, "objective": objective,
                    "refinement": reference_record(objective, None, reference_weight, result).get("refinement"),
-                   "trace": trace_points(result)}
+                   **report.to_dict(), "summary": format_report(report, result), "trace": trace_points(result)}
         send({**summary, "trace": None, "finished": True})
-        return {"ui": {"qsched_calibration": [summary]}, "result": (result.best, plot_result(result), name)}
+        return {"ui": {"qsched_calibration": [summary]},
+                "result": (result.best, plot_result(result), name, summary["summary"])}
 
 
 def _sender(unique_id):

@@ -1,9 +1,9 @@
 """Loaders that quantize the diffusion backbone at load time and return a normal ComfyUI MODEL.
 
 The user's BF16/FP16 file is read as usual; Linear/Conv layers of the backbone are then quantized in place
-(quant/), their classes extended with packed-weight behaviour on top of ComfyUI's own ops classes, so the
-ModelPatcher still sees comfy.ops layers: offloading / --lowvram move the packed weights, and LoRA patches go
-through convert_weight/set_weight: a LoRA is applied on the dequantized weight and requantized onto the
+(quant/), their classes extended with packed-weight behaviour on top of ComfyUI's own ops classes, plus
+ComfyUI's weight patching protocol (quant_ops.py), so the ModelPatcher still sees comfy.ops layers: offloading /
+--lowvram move the packed weights, and a LoRA is applied on the dequantized weight and requantized onto the
 layer's existing scales (at load in normal mode, per call in low-VRAM mode); unpatching restores the codes.
 Text encoders and VAE are untouched."""
 import logging
@@ -14,9 +14,11 @@ import comfy.sd
 import folder_paths
 
 from ..quant import BACKENDS, LayerPolicy, QuantSpec, quantize_module
+from ..quant.backends import DEFAULT_BACKEND
 from ..quant.cache import quantize_cached
 from ..quant.fp8 import fp8_supported
 from ..quant.source import check_source
+from .quant_ops import with_comfy_patching
 
 CACHE_FOLDER = "qsched_quant_cache"
 SPECS = ["W8A8", "W4A8", "W4A8-g128", "W6A8", "W4A6", "W4A5", "W4A4", "W8A16", "W4A16", "W4A16-g128"]
@@ -30,9 +32,12 @@ def quant_inputs():
     return {
         "quantization": (SPECS, {"default": "W4A8", "tooltip": "W<weight bits>A<activation bits>; -g128: weight "
                                  "scales per group of 128 inputs; A16: weight-only."}),
-        "backend": (list(BACKENDS), {"default": "simulate", "tooltip": "simulate: packed weights, exact "
-                                     "quantize-dequantize numerics, any width. fp8: W8A8/W4A8 through FP8 matmuls "
-                                     "(Ada/Hopper GPUs). bitsandbytes / torchao: if installed."}),
+        "backend": (list(BACKENDS), {"default": DEFAULT_BACKEND, "tooltip": "auto: the fastest path this device "
+                                     "has per layer (FP8 GEMMs where 8-bit compute pays on Ada/Hopper, 8/4-bit storage "
+                                     "with 16-bit compute elsewhere, simulate on the CPU). simulate: packed weights, "
+                                     "exact quantize-dequantize numerics, any width. fp8: W8A8/W4A8 through FP8 "
+                                     "matmuls everywhere (Ada/Hopper). comfy_kitchen: W8A8 through ComfyUI's int8 "
+                                     "kernels (0.33+). bitsandbytes / torchao: if installed."}),
         "layer_policy": ("STRING", {"default": "", "multiline": True, "tooltip": "Extra rules, e.g. "
                                     "'double_blocks.0.*=keep, *.qkv=W8A8, first_last=off'. Sensitive layers "
                                     "(embeddings, first/last, norms) stay in high precision by default."}),
@@ -59,6 +64,7 @@ def quantize_patcher(patcher, source_path, quantization, backend, layer_policy, 
     if report.quantized == 0:
         raise ValueError(f"{name}: no Linear/Conv layer of this backbone was quantized "
                          f"({type(backbone).__name__}, {report.kept} kept by the layer policy)")
+    with_comfy_patching(backbone)
     patcher.size = 0
     patcher.model_size()  # ComfyUI's memory planning must see the packed size
     summary = f"Q-Sched quantized {name}: {report.summary()}; cache {status}"

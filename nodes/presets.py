@@ -6,7 +6,8 @@ import os
 import folder_paths
 
 from ..calibration.pipeline import model_fingerprint
-from ..calibration.presets import SHIPPED_PRESETS, PresetError, check_model, check_name, read_preset_file, schedule_of
+from ..calibration.presets import (SHIPPED_PRESETS, PresetError, check_model, check_name, preset_path,
+                                   read_preset_file, schedule_of)
 
 PRESET_FOLDER_NAME = "qsched_presets"
 log = logging.getLogger("qsched.presets")
@@ -64,11 +65,13 @@ class QSchedLoadPreset:
     def load(self, preset, model=None, allow_model_mismatch=False):
         name = check_name(preset)
         register_preset_folders()
-        path = folder_paths.get_full_path(PRESET_FOLDER_NAME, name + ".json")
-        if path is None:
-            raise PresetError(f"preset {preset!r} is not in the preset folders "
-                              f"({', '.join(folder_paths.get_folder_paths(PRESET_FOLDER_NAME))})")
-        data = read_preset_file(path)
+        folders = folder_paths.get_folder_paths(PRESET_FOLDER_NAME)
+        # the first folder holding the name wins, as in ComfyUI's get_full_path; the file must really be in it
+        found = next(((folder, preset_path(folder, name)) for folder in folders
+                      if os.path.lexists(preset_path(folder, name))), None)
+        if found is None:
+            raise PresetError(f"preset {preset!r} is not in the preset folders ({', '.join(folders)})")
+        data = read_preset_file(found[1], folder=found[0])
         if model is not None:
             check_model(data, model_hash(model), allow_model_mismatch, name)
         if data.get("example"):

@@ -21,7 +21,10 @@ from ..calibration.presets import check_name, make_preset, save_preset
 from ..calibration.prompts import parse_prompts, prompt_seed, prompts_hash
 from ..calibration.ptqd import eps_from_denoised, fit_step, ptqd_schedule
 from ..samplers import SAMPLER_NAMES
-from .calibrate import TextConditioning, _quiet_step_progress, describe_model, safe_preset_name
+from ..calibration.presets import safe_preset_name
+from ..comfy_adapter.calibration import TextConditioning, quiet_step_progress
+from .calibrate import describe_model
+from .comfy_compat import make_noise_sampler
 from .presets import model_hash, user_preset_folder
 from .reference import check_reference_model
 from .sampling import SCHEDULERS, check_sampler_fits_model, sampler_options, scheduler_sigmas
@@ -46,7 +49,8 @@ class _RecordingModel:
 def _recording_sampler(function, record, options):
     def sample(model, x, sigmas, **kwargs):
         return function(_RecordingModel(model, record), x, sigmas, **kwargs)
-    return comfy.samplers.KSAMPLER(sample, extra_options={"schedule": None, **options})
+    return comfy.samplers.KSAMPLER(sample, extra_options={"schedule": None, "make_noise_sampler": make_noise_sampler,
+                                                          **options})
 
 
 def _replaying_sampler(record, out):
@@ -62,7 +66,7 @@ def _replaying_sampler(record, out):
 def _sample(model, sampler, sigmas, positive, negative, latent, seed, cfg):
     samples = comfy.sample.fix_empty_latent_channels(model, latent)
     noise = comfy.sample.prepare_noise(samples, seed, None)
-    with _quiet_step_progress():
+    with quiet_step_progress():
         return comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
                                           disable_pbar=True, seed=seed)
 

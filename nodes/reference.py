@@ -4,8 +4,8 @@ The math is in calibration/reference.py; this module only builds the ComfyUI gen
 from ..calibration.pipeline import image_failure
 from ..calibration.reference import (ReferenceError, ReferenceOutputs, check_objective, is_reference_objective,
                                      make_reference_evaluate)
-from ..samplers import is_flow
-from .calibrate import TextConditioning, decode_image, make_latent_generator
+from ..comfy_adapter.calibration import TextConditioning, make_generator
+from ..samplers import QSchedSchedule, is_flow
 
 
 def check_reference_model(model, reference_model):
@@ -21,18 +21,26 @@ def check_reference_model(model, reference_model):
                              "the full-precision version of the same model")
 
 
+def decode_images(vae, latents):
+    """IMAGE [N, H, W, C] of sampled latents [N, ...], decoded as the calibration generator decodes them."""
+    images = vae.decode(latents)
+    return images.reshape(-1, *images.shape[-3:]).float()
+
+
 def make_objective_evaluate(model, reference_model, clip, vae, scorer, *, objective, weight, prompts, failures,
-                            **generation):
-    """`evaluate(schedule, prompt_indices)` for a reference objective (see calibration.reference)."""
+                            steps, **generation):
+    """`evaluate(schedule, prompt_indices)` (with `.many`) for a reference objective (calibration.reference)."""
     if not is_reference_objective(objective):
         raise ReferenceError(f"{objective!r} is not a reference objective")
     check_objective(objective, scorer, reference_model is not None, weight)
     check_reference_model(model, reference_model)
     encode = TextConditioning(clip)       # one encoding per prompt, shared by both models (same text encoder)
-    generate = make_latent_generator(model, clip, prompts=prompts, encode=encode, **generation)
-    reference_generate = make_latent_generator(reference_model, clip, prompts=prompts, encode=encode, **generation)
-    decode = lambda latent: decode_image(vae, latent)   # noqa: E731
-    outputs = ReferenceOutputs(lambda index: reference_generate(None, index), decode,
+    generate = make_generator(model, clip, None, prompts=prompts, encode=encode, steps=steps, **generation)
+    reference_generate = make_generator(reference_model, clip, None, prompts=prompts, encode=encode, steps=steps,
+                                        **generation)
+    identity = QSchedSchedule.identity(steps)
+    decode = lambda latents: decode_images(vae, latents)   # noqa: E731
+    outputs = ReferenceOutputs(lambda indices: reference_generate([(identity, i) for i in indices]), decode,
                                getattr(scorer, "image_features", None))
     return make_reference_evaluate(generate, decode, outputs, objective, scorer, prompts, weight, failures,
                                    image_failure)

@@ -1,8 +1,11 @@
 """Read-only server routes for the web extension: the preset list and one preset, as JSON.
 
 Served by ComfyUI's PromptServer under /qsched/... (and /api/qsched/...). They only read the preset
-folder(s) through calibration.presets, and refuse any name that could leave them.
+folder(s) through calibration.presets, and refuse any name that could leave them. The reading happens on a
+worker thread, never on the server's event loop: whatever sits in the folder, the server keeps answering.
 """
+import asyncio
+import concurrent.futures
 import logging
 import math
 import os
@@ -77,43 +80,68 @@ def default_preset_folders():
     return folders + [SHIPPED_PRESETS] * (SHIPPED_PRESETS not in folders)
 
 
+_READERS = []   # one small thread pool for the routes' file reading, made on first use
+
+
+async def _off_the_event_loop(function, *args):
+    if not _READERS:
+        _READERS.append(concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="qsched-presets"))
+    return await asyncio.get_running_loop().run_in_executor(_READERS[0], function, *args)
+
+
+def list_preset_entries(preset_folders):
+    """The JSON of GET /qsched/presets: every preset of every folder, the first folder winning a name."""
+    from ..calibration import presets as preset_store
+
+    entries, seen = [], set()
+    for folder in preset_folders():
+        try:
+            listed = preset_store.list_presets(folder) if os.path.isdir(folder) else []
+        except OSError as error:  # e.g. a folder we may not list: the other folders still count
+            log.warning("Q-Sched: cannot list presets in %s: %s", folder, error)
+            continue
+        for entry in listed:
+            row = _entry_json(entry)
+            if row["name"] not in seen:  # the first folder wins, as ComfyUI's file lists do
+                seen.add(row["name"])
+                entries.append(row)
+    return {"presets": entries}
+
+
+def read_one_preset(preset_folders, raw_name):
+    """(HTTP status, JSON) of GET /qsched/presets/{name}."""
+    from ..calibration import presets as preset_store
+
+    try:
+        name = check_preset_name(raw_name)
+    except RefusedName as e:
+        return 400, {"error": str(e)}
+    for folder in preset_folders():
+        try:
+            path = preset_store.preset_path(folder, name)
+        except preset_store.PresetError as e:
+            return 400, {"error": str(e)}
+        if not os.path.lexists(path):
+            continue
+        try:
+            preset = preset_store.load_preset(folder, name)
+        except preset_store.PresetError as e:
+            return 422, {"name": name, "valid": False, "reason": str(e)}
+        return 200, {"name": name, "valid": True, "summary": summarize(preset), "preset": preset}
+    return 404, {"error": f"no preset named {name!r}"}
+
+
 def add_routes(routes, preset_folders=default_preset_folders):
     """Add the /qsched routes to an aiohttp RouteTableDef; `preset_folders()` -> folders to read."""
-    from ..calibration import presets as preset_store
 
     @routes.get(PREFIX + "/presets")
     async def list_presets(request):
-        entries, seen = [], set()
-        for folder in preset_folders():
-            if not os.path.isdir(folder):
-                continue
-            for entry in preset_store.list_presets(folder):
-                row = _entry_json(entry)
-                if row["name"] not in seen:  # the first folder wins, as ComfyUI's file lists do
-                    seen.add(row["name"])
-                    entries.append(row)
-        return web.json_response({"presets": entries})
+        return web.json_response(await _off_the_event_loop(list_preset_entries, preset_folders))
 
     @routes.get(PREFIX + "/presets/{name}")
     async def get_preset(request):
-        raw = request.match_info["name"]
-        try:
-            name = check_preset_name(raw)
-        except RefusedName as e:
-            return web.json_response({"error": str(e)}, status=400)
-        for folder in preset_folders():
-            try:
-                path = preset_store.preset_path(folder, name)
-            except preset_store.PresetError as e:
-                return web.json_response({"error": str(e)}, status=400)
-            if not os.path.isfile(path):
-                continue
-            try:
-                preset = preset_store.load_preset(folder, name)
-            except preset_store.PresetError as e:
-                return web.json_response({"name": name, "valid": False, "reason": str(e)}, status=422)
-            return web.json_response({"name": name, "valid": True, "summary": summarize(preset), "preset": preset})
-        return web.json_response({"error": f"no preset named {name!r}"}, status=404)
+        status, body = await _off_the_event_loop(read_one_preset, preset_folders, request.match_info["name"])
+        return web.json_response(body, status=status)
 
     return routes
 

@@ -14,6 +14,7 @@ import torch
 from ..samplers import SAMPLERS, QSchedSchedule, ScheduleError, is_flow
 from ..samplers.model_sampling import flow_sigma_table
 from ..samplers.sigmas import few_step_sigmas
+from .comfy_compat import make_noise_sampler
 
 SCHEDULE_TYPE = "QSCHED_SCHEDULE"
 CATEGORY = "sampling/qsched"
@@ -62,9 +63,12 @@ def sampler_options(sampler_name, tcd_gamma=TCD_GAMMA_DEFAULT):
 
 
 def qsched_sampler(sampler_name, schedule=None, options=None):
-    """A comfy SAMPLER running our sampler with `schedule` (None = identity, length checked when it runs)."""
+    """A comfy SAMPLER running our sampler with `schedule` (None = identity, length checked when it runs), drawing
+    its noise with ComfyUI's own noise sampler, as the native samplers do."""
     spec = _sampler_spec(sampler_name)
-    return comfy.samplers.KSAMPLER(spec.function, extra_options={"schedule": schedule, **(options or {})})
+    return comfy.samplers.KSAMPLER(spec.function, extra_options={"schedule": schedule,
+                                                                 "make_noise_sampler": make_noise_sampler,
+                                                                 **(options or {})})
 
 
 def few_step_scheduler_sigmas(model_sampling, scheduler, steps):

@@ -1,16 +1,20 @@
 """Backends turn one layer + spec into a quantized layer, and say honestly what they did.
 
+auto          per device and layer, the fastest of the paths below that keeps the spec (quant/auto.py).
 simulate      any bit width, CPU/GPU: packed int8 / int4 storage, quantize-dequantize numerics.
-fp8           W8A8 / W4A8 linears through torch._scaled_mm (FP8 e4m3 activations); convs -> simulate weight-only.
+fp8           W8A8 / W4A8 linears through torch._scaled_mm (FP8 e4m3 activations); convs -> weight-only.
+comfy_kitchen W8A8 linears through comfy-kitchen's int8_linear (ComfyUI 0.33+); convs -> weight-only.
 bitsandbytes  W8A8 linears as LLM.int8 (Linear8bitLt, threshold 0), W4A16 as NF4 (Linear4bit); convs -> simulate.
 torchao       W8A8 (int8 dynamic activations), W8A16 / W4A16 weight-only linears; convs -> simulate.
-bitsandbytes and torchao are imported only when chosen."""
+"weight-only" layers keep the simulate storage and compute in 16 bit (quant/fast.py: Triton kernels on CUDA).
+bitsandbytes, torchao and comfy_kitchen are imported only when chosen."""
 import importlib
 
 import torch
 from torch import nn
 
-from . import fp8
+from . import fp8, kitchen
+from .fast import FastWeightOnlyConv, FastWeightOnlyLinear
 from .layers import PackedWeightMixin, SimulatedConv, SimulatedLinear, integer_layout, quantized_class
 
 
@@ -34,6 +38,15 @@ def _simulate(layer, spec, how="simulate", tensors=None, compute_device=None):
     if not isinstance(layer, PackedWeightMixin):
         layer.__class__ = quantized_class(_simulated_mixin(layer), type(layer))
     _install(layer, spec, tensors, compute_device)
+    return layer, how
+
+
+def weight_only(layer, spec, how, tensors=None, compute_device=None):
+    """8/4-bit storage as simulate stores it, 16-bit activations; fast kernels on CUDA (quant/fast.py)."""
+    mixin = FastWeightOnlyLinear if isinstance(layer, nn.Linear) else FastWeightOnlyConv
+    if not isinstance(layer, PackedWeightMixin):
+        layer.__class__ = quantized_class(mixin, type(layer))
+    _install(layer, spec.with_activations(16), tensors, compute_device)
     return layer, how
 
 
@@ -80,8 +93,39 @@ class Fp8Backend:
             _install(layer, spec, tensors, compute_device)
             return layer, "fp8"
         kind = "linear" if isinstance(layer, nn.Linear) else "conv"
-        return _simulate(layer, spec.with_activations(16), f"simulate weight-only ({kind} fallback)", tensors,
-                         compute_device)
+        return weight_only(layer, spec, f"weight-only ({kind} fallback)", tensors, compute_device)
+
+
+class ComfyKitchenBackend:
+    name = "comfy_kitchen"
+    cacheable = True
+
+    def check(self, spec, device=None):
+        if spec.name != "W8A8":
+            raise BackendError(f"comfy_kitchen does W8A8 only (int8_linear: int8 weights, int8 activations per "
+                               f"token), not {spec}; use backend 'auto', 'fp8' or 'simulate'")
+        try:
+            kitchen.load()
+        except ImportError as error:
+            raise BackendError(f"backend 'comfy_kitchen' needs the package 'comfy_kitchen' (ComfyUI 0.33+ installs "
+                               f"it), which is not installed ({error}); use backend 'auto' or 'simulate'") from error
+
+    def effective_spec(self, layer, spec):
+        return spec if kitchen.supports(layer, spec) else spec.with_activations(16)
+
+    def layout(self, layer, spec):
+        return SimulateBackend().layout(layer, spec)
+
+    def quantize(self, layer, spec, tensors=None, compute_device=None):
+        if kitchen.supports(layer, spec):
+            if isinstance(layer, PackedWeightMixin) and not isinstance(layer, kitchen.KitchenInt8Linear):
+                raise BackendError("this layer class cannot take the comfy_kitchen backend")
+            if not isinstance(layer, kitchen.KitchenInt8Linear):
+                layer.__class__ = quantized_class(kitchen.KitchenInt8Linear, type(layer))
+            _install(layer, spec, tensors, compute_device)
+            return layer, "comfy_kitchen int8_linear"
+        kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+        return weight_only(layer, spec, f"weight-only ({kind} fallback)", tensors, compute_device)
 
 
 def _import(package, backend):
@@ -156,8 +200,14 @@ class TorchAOBackend:
         return wrapper[0], how
 
 
-BACKENDS = {"simulate": SimulateBackend, "fp8": Fp8Backend, "bitsandbytes": BitsAndBytesBackend,
-            "torchao": TorchAOBackend}
+def _auto():
+    from .auto import AutoBackend  # it builds on the classes above
+    return AutoBackend()
+
+
+BACKENDS = {"auto": _auto, "simulate": SimulateBackend, "fp8": Fp8Backend, "comfy_kitchen": ComfyKitchenBackend,
+            "bitsandbytes": BitsAndBytesBackend, "torchao": TorchAOBackend}
+DEFAULT_BACKEND = "auto"
 
 
 def get_backend(name):

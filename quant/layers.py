@@ -1,9 +1,9 @@
 """Layers whose weight is stored packed (int8 codes, or two int4 codes per byte) plus float32 scales.
 
-`PackedWeightMixin` is combined with a Linear or Conv class (plain torch here, comfy.ops classes in
-nodes/loaders.py). The quantized weight keeps the name `.weight` (so state dicts, LoRA keys and offloading
-see the layer as usual); `weight_scale` holds the scales; the original float shape comes from the layer's
-own attributes (in/out features, kernel size)."""
+`PackedWeightMixin` is put in front of the layer's own Linear or Conv class (a torch class, or a comfy.ops class
+inside ComfyUI, where nodes/quant_ops.py adds ComfyUI's weight patching protocol on top). The quantized weight
+keeps the name `.weight` (so state dicts, LoRA keys and offloading see the layer as usual); `weight_scale` holds
+the scales; the original float shape comes from the layer's own attributes (in/out features, kernel size)."""
 import torch
 from torch import nn
 
@@ -92,38 +92,8 @@ class PackedWeightMixin:
     def forward(self, x, *args, **kwargs):
         if self.quant_spec is None:
             return super().forward(x, *args, **kwargs)
-        return self.forward_comfy_cast_weights(x)
-
-    def forward_comfy_cast_weights(self, x, *args, **kwargs):
-        """Weight and bias moved to the input's device (offloaded layers), with the per-call weight functions
-        of ComfyUI's ModelPatcher (LoRA in low-VRAM mode) applied to the stored weight; plain torch layers
-        have none. ComfyUI's own cast would value-cast the codes without their scales."""
-        if self.quant_spec is None:
-            return super().forward_comfy_cast_weights(x, *args, **kwargs)
-        packed = self.weight.to(x.device, non_blocking=True)
-        for function in getattr(self, "weight_function", ()):
-            packed = function(packed)
         bias = None if self.bias is None else self.bias.to(x.device, x.dtype, non_blocking=True)
-        for function in getattr(self, "bias_function", ()):
-            bias = function(bias)
-        return self.quantized_forward(x, packed, bias)
-
-    # ComfyUI's weight patching protocol (LoRA, LowVramPatch): it hands over the stored weight value-cast
-    # to float32 (exact for int8 codes, packed int4 bytes and e4m3), gets a float weight back, patches it,
-    # and stores it again through set_weight.
-    def convert_weight(self, weight, inplace=False, **kwargs):
-        if self.quant_spec is None:
-            return weight
-        return self.dequantize(weight.to(self.weight.dtype), dtype=weight.dtype)
-
-    def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
-        packed = self.requantize(weight).to(self.weight.dtype)
-        if return_weight:
-            return packed
-        if inplace_update:
-            self.weight.data.copy_(packed)
-        else:
-            self.weight = nn.Parameter(packed.to(self.weight.device), requires_grad=False)
+        return self.quantized_forward(x, self.weight.to(x.device, non_blocking=True), bias)
 
     def extra_repr(self):
         base = super().extra_repr()

@@ -51,6 +51,10 @@ class LayerPolicy:
     overrides: tuple = field(default=())
     keep_first_last: bool = True
 
+    def __post_init__(self):
+        # layers are matched without their "diffusion_model." prefix, so a rule written with it must be too
+        object.__setattr__(self, "overrides", tuple((_bare(pattern), action) for pattern, action in self.overrides))
+
     @classmethod
     def parse(cls, text, **defaults):
         """'pattern=keep, pattern=W8A8, first_last=off' (commas, semicolons or new lines between rules)."""
@@ -86,10 +90,33 @@ class LayerPolicy:
         return LayerDecision(name, spec, "default")
 
     def plan(self, module, spec):
-        """A decision for every quantizable layer of `module`, in registration order."""
+        """A decision for every quantizable layer of `module`, in registration order. A user rule that decides
+        no layer (a typo, a pattern for another model, one shadowed by an earlier rule) is an error, not a
+        silent no-op."""
         names = [name for name, layer in module.named_modules() if name and is_quantizable(layer)]
         ends = {names[0], names[-1]} if names else set()
-        return [self.decide(name, spec, name in ends) for name in names]
+        decisions = [self.decide(name, spec, name in ends) for name in names]
+        _check_every_rule_used(self.overrides, names)
+        return decisions
+
+
+def _check_every_rule_used(overrides, names):
+    used = set()  # index of the rule deciding each layer: the first that matches, as in decide()
+    for name in names:
+        used.update(next(([i] for i, (pattern, _) in enumerate(overrides)
+                          if fnmatch.fnmatchcase(_bare(name), pattern)), []))
+    unused = [rule for i, rule in enumerate(overrides) if i not in used]
+    if not unused:
+        return
+    problems = []
+    for pattern, action in unused:
+        matched = [name for name in names if fnmatch.fnmatchcase(_bare(name), pattern)]
+        why = ("every layer it matches is decided by an earlier rule" if matched
+               else "it matches no quantizable layer of this model")
+        problems.append(f"'{pattern}={action}': {why}")
+    example = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    raise QuantSpecError(f"layer policy rule(s) without effect: {'; '.join(problems)}. Patterns are matched with "
+                         f"fnmatch against layer names such as {example or '(the model has no quantizable layers)'}")
 
 
 DEFAULT_POLICY = LayerPolicy()

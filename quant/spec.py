@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = (*range(2, 9), 16)
-_SPEC = re.compile(r"^W(\d+)A(\d+)((?:-[A-Za-z0-9]+)*)$")
+_SPEC = re.compile(r"W([0-9]{1,4})A([0-9]{1,4})((?:-[A-Z0-9]+)*)")
 
 
 class QuantSpecError(ValueError):
@@ -40,17 +40,26 @@ class QuantSpec:
         """'W<w>A<a>' plus optional '-g<N>' (weight groups of N input channels) and '-tensor'/'-token'."""
         if isinstance(text, QuantSpec):
             return text
-        match = _SPEC.match(str(text).strip().upper().replace("_", "-"))
+        match = _SPEC.fullmatch(str(text).strip().upper().replace("_", "-"))
         if not match:
             raise QuantSpecError(f"cannot parse quantization spec {text!r}; expected e.g. 'W8A8', 'W4A8-g128', 'W4A8-tensor'")
         fields = {"w_bits": int(match[1]), "a_bits": int(match[2])}
+        given = {}  # option kind -> the option text, so that a second one of a kind is refused, not last-wins
         for option in filter(None, match[3].split("-")):
-            if re.fullmatch(r"G\d+", option):
-                fields.update(weight_granularity="group", group_size=int(option[1:]))
+            if re.fullmatch(r"G[0-9]{1,9}", option):
+                kind, update = "weight group size", dict(weight_granularity="group", group_size=int(option[1:]))
             elif option in ("TENSOR", "TOKEN"):
-                fields["act_granularity"] = option.lower()
+                kind, update = "activation granularity", {"act_granularity": option.lower()}
             else:
                 raise QuantSpecError(f"unknown option {option!r} in quantization spec {text!r}")
+            if kind in given:
+                raise QuantSpecError(f"quantization spec {text!r} gives the {kind} twice ({given[kind]!r} and "
+                                     f"{option!r}); give it once")
+            given[kind] = option
+            fields.update(update)
+        if fields["a_bits"] >= 16 and "activation granularity" in given:
+            raise QuantSpecError(f"quantization spec {text!r} is weight-only (A16): it has no activation "
+                                 f"quantization for {given['activation granularity']!r} to apply to")
         return cls(**fields)
 
     @property

@@ -6,7 +6,8 @@ per-step offset b (a scalar or one value per latent channel; see schedule.py) ex
 that rescaling cannot express. The model always sees the unscaled x and fresh noise is never scaled. A
 coefficient of exactly 1 skips its multiplication and a zero offset its subtraction, so with an identity schedule
 every sampler performs the same float operations, in the same order, as ComfyUI's own sample_euler /
-sample_euler_ancestral(_RF) / sample_lcm, and the results are bit-identical.
+sample_euler_ancestral(_RF) / sample_lcm, and the results are bit-identical when both draw from the same noise
+sampler (inside ComfyUI the nodes pass the host's own as `make_noise_sampler`).
 
 Callbacks get ComfyUI's dict (x, i, sigma, sigma_hat, denoised) with denoised = D', the estimate the step uses,
 so previews show what the coefficients do. The latent is checked after every step: NaN/inf raises
@@ -17,6 +18,7 @@ import math
 import torch
 from tqdm.auto import trange
 
+from .batch import ScheduleBatch
 from .model_sampling import EPSSampling, discrete_sigma_table, is_flow
 from .schedule import QSchedSchedule, ScheduleError
 
@@ -31,7 +33,10 @@ class NonFiniteLatentError(FloatingPointError):
 
 
 def default_noise_sampler(x, seed=None):
-    """Same draws as ComfyUI's default_noise_sampler: one generator seeded once, randn of x's shape per call."""
+    """The plain-torch noise sampler, used when no other is given: one generator seeded once with `seed`, a randn
+    of x's shape per call (the draws of a diffusers scheduler stepping with that seeded generator). Inside
+    ComfyUI the nodes pass ComfyUI's own `default_noise_sampler` as `make_noise_sampler` instead, so identity
+    schedules draw exactly what the host's native samplers draw (its seeding differs between versions)."""
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device)
@@ -55,6 +60,9 @@ def ancestral_step(sigma_from, sigma_to, eta=1.0):
 
 
 def scale(tensor, c):
+    """c * tensor; c is a float, or per-sample [B, 1, ...] coefficients of a ScheduleBatch."""
+    if isinstance(c, torch.Tensor):
+        return tensor * c
     return tensor if c == 1.0 else tensor * c
 
 
@@ -62,7 +70,7 @@ def qsched_denoised(x, denoised, c_x, c_eps, sigma=None, offset=None):
     """D' = x' - sigma eps' = c_eps D + (c_x - c_eps) x + sigma b (the last term only with an offset b)."""
     if offset is not None:
         return qsched_denoised(x, denoised, c_x, c_eps) + offset * sigma
-    if c_x == 1.0 and c_eps == 1.0:
+    if not isinstance(c_x, torch.Tensor) and c_x == 1.0 and c_eps == 1.0:
         return denoised
     return c_eps * denoised + (c_x - c_eps) * x
 
@@ -74,7 +82,10 @@ def noise_prediction(x, sigma, denoised, c_eps, offset=None):
 
 
 def step_offset(schedule, i, x):
-    """The offset of step i as a tensor broadcasting over x's batch and spatial dims, or None when it is zero."""
+    """The offset of step i as a tensor broadcasting over x's batch and spatial dims (per sample for a
+    ScheduleBatch), or None when it is zero."""
+    if isinstance(schedule, ScheduleBatch):
+        return schedule.offsets(i, x)
     if schedule.offset is None or not any(schedule.offset[i]):
         return None
     values = torch.tensor(schedule.offset[i], dtype=x.dtype, device=x.device)
@@ -83,7 +94,8 @@ def step_offset(schedule, i, x):
 
 def check_offset_channels(schedule, x):
     """A per-channel offset must have one value per latent channel; refuse it before the first model call."""
-    width = schedule.offset_channels
+    schedules = schedule.schedules if isinstance(schedule, ScheduleBatch) else (schedule,)
+    width = max(s.offset_channels for s in schedules)
     if width > 1 and (x.ndim < 2 or x.shape[1] != width):
         raise ScheduleError(f"the schedule's offset has {width} values per step (one per latent channel) but the "
                             f"latent has {x.shape[1] if x.ndim > 1 else 1} channels; recalibrate for this model")
@@ -92,8 +104,8 @@ def check_offset_channels(schedule, x):
 class _Run:
     """What every sampler validates and resolves before its first model call."""
 
-    def __init__(self, name, model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options,
-                 flow_ok=True):
+    def __init__(self, name, model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
+                 options, flow_ok=True):
         if options:
             raise TypeError(f"sampler {name!r} got unknown option(s): {', '.join(sorted(options))}")
         if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
@@ -102,10 +114,15 @@ class _Run:
             raise ValueError(f"sampler {name!r}: sigmas must be finite and non-negative, got {sigmas.tolist()}")
         self.steps = len(sigmas) - 1
         schedule = QSchedSchedule.identity(self.steps) if schedule is None else schedule
-        if not isinstance(schedule, QSchedSchedule):
+        if not isinstance(schedule, (QSchedSchedule, ScheduleBatch)):
             raise ScheduleError(f"schedule must be a QSchedSchedule, got {type(schedule).__name__}")
         self.schedule = schedule.check(self.steps, sampler=name)
         check_offset_channels(self.schedule, x)
+        self.per_sample = None
+        if isinstance(schedule, ScheduleBatch):
+            if len(schedule) != x.shape[0]:
+                raise ScheduleError(f"{len(schedule)} schedules for a batch of {x.shape[0]} samples")
+            self.per_sample = [schedule.coefficients(i, x) for i in range(self.steps)]
         self.name = name
         self.extra_args = {} if extra_args is None else extra_args
         if model_sampling is None:
@@ -117,10 +134,13 @@ class _Run:
         self.model_sampling = EPSSampling() if model_sampling is None else model_sampling
         self.noise_sampler = noise_sampler
         if noise_sampler is None:
-            self.noise_sampler = default_noise_sampler(x, seed=self.extra_args.get("seed", None))
+            make_noise_sampler = default_noise_sampler if make_noise_sampler is None else make_noise_sampler
+            self.noise_sampler = make_noise_sampler(x, seed=self.extra_args.get("seed", None))
         self.s_in = x.new_ones([x.shape[0]])
 
     def coefficients(self, i):
+        if self.per_sample is not None:
+            return self.per_sample[i]
         return self.schedule.c_x[i], self.schedule.c_eps[i]
 
     def checked(self, x, i, sigmas):
@@ -131,9 +151,10 @@ class _Run:
 
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None, noise_sampler=None,
-                 model_sampling=None, **options):
+                 make_noise_sampler=None, model_sampling=None, **options):
     """Euler steps x_next = x' + (sigma_next - sigma) eps'; on flow models eps' is the scaled velocity."""
-    run = _Run("euler", model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options)
+    run = _Run("euler", model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
+               options)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
         b = step_offset(run.schedule, i, x)
@@ -149,10 +170,14 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None,
-                           noise_sampler=None, model_sampling=None, eta=1.0, s_noise=1.0, **options):
+                           noise_sampler=None, make_noise_sampler=None, model_sampling=None, eta=1.0, s_noise=1.0,
+                           **options):
     """Ancestral Euler: x' + (sigma_down - sigma) eps' + s_noise sigma_up z; the RF variant on flow models."""
-    run = _Run("euler_ancestral", model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options)
+    run = _Run("euler_ancestral", model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler,
+               model_sampling, options)
     step = _ancestral_rf_step if run.flow else _ancestral_eps_step
+    if run.flow:  # a flow model whose noise_scaling scales fresh noise (noise_scale) renoises with that scale too
+        s_noise = s_noise * getattr(run.model_sampling, "noise_scale", 1.0)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
@@ -192,9 +217,10 @@ def _ancestral_rf_step(run, x, denoised, denoised_q, sigmas, i, eta, s_noise):
 
 @torch.no_grad()
 def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None, noise_sampler=None,
-               model_sampling=None, **options):
+               make_noise_sampler=None, model_sampling=None, **options):
     """LCM multistep: x_next = noise_scaling(sigma_next, z, D'); the last step returns D'."""
-    run = _Run("lcm", model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options)
+    run = _Run("lcm", model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
+               options)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
         b = step_offset(run.schedule, i, x)
@@ -242,7 +268,7 @@ def tcd_sigma_s(table, sigma_next, gamma):
 
 @torch.no_grad()
 def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, schedule=None, noise_sampler=None,
-               model_sampling=None, gamma=None, eta=None, **options):
+               make_noise_sampler=None, model_sampling=None, gamma=None, eta=None, **options):
     """TCD (Zheng et al. 2024) with Q-Sched, Eq. 4 of the paper written for the VE latent:
     x_s = D' + sigma_s eps', then x_next = x_s + sqrt(sigma_next^2 - sigma_s^2) z (gamma > 0, not the last step).
 
@@ -254,7 +280,8 @@ def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, s
     gamma = TCD_DEFAULT_GAMMA if gamma is None and eta is None else (eta if gamma is None else gamma)
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"tcd: gamma must be in [0, 1], got {gamma}")
-    run = _Run("tcd", model, x, sigmas, extra_args, schedule, noise_sampler, model_sampling, options, flow_ok=False)
+    run = _Run("tcd", model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
+               options, flow_ok=False)
     table = sigma_table(run.model_sampling)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)

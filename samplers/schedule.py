@@ -1,6 +1,7 @@
 """Per-step Q-Sched coefficients: c_x scales the latent, c_eps the predicted noise (paper Eq. 4), and an optional
 per-step offset b on the predicted noise, eps' = c_eps * eps - b (scalar or one value per latent channel)."""
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,10 +15,18 @@ class ScheduleError(ValueError):
 
 
 def _coefficients(values, name):
+    if isinstance(values, (str, bytes)):
+        raise ScheduleError(f"{name} must be a list of numbers, got the text {values!r}")
     try:
-        values = tuple(float(v) for v in values)
-    except (TypeError, ValueError) as error:
+        values = tuple(values)
+    except TypeError as error:
         raise ScheduleError(f"{name} must be a list of numbers, got {values!r}") from error
+    for step, value in enumerate(values):
+        # float("1.1") or float(True) would quietly turn text and booleans into coefficients
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise ScheduleError(f"{name} must be a list of numbers, but {name}[{step}] = {value!r} is a "
+                                f"{type(value).__name__}")
+    values = tuple(float(v) for v in values)
     if not values:
         raise ScheduleError(f"{name} is empty: a schedule needs one coefficient per step")
     for step, value in enumerate(values):

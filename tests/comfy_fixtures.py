@@ -16,7 +16,8 @@ arguments; do not import them, one session-wide instance each):
   that name (e.g. `qsched_scorers`).
 - `comfy_server`: one headless ComfyUI (`main.py --cpu`) per session, with this pack linked under a temp
   custom_nodes folder; see `ComfyServer` for `object_info()`, `queue_prompt()`, `wait_for()`,
-  `output_images()`, `interrupt()`.
+  `output_images()`, `interrupt()`. It serves the frontend ComfyUI pins, or the one whose `static` folder env
+  QSCHED_FRONTEND_ROOT names (`--front-end-root`).
 
 Plain helpers: `require_comfyui()`, `import_comfyui()`, `ui_workflow_to_prompt(ui_workflow, object_info)`,
 `load_example_workflow(name)`.
@@ -44,6 +45,10 @@ __all__ = ["require_comfyui", "import_comfyui", "register_model_folder", "ModelF
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_DIR_NAME = "ComfyUI-QSched"
+
+# The in-process tests run on the CPU; QSCHED_TEST_DEVICE=cuda lets ComfyUI pick the GPU instead (the GPU run of
+# the integration cases; the server tests always start `main.py --cpu`).
+TEST_DEVICE = os.environ.get("QSCHED_TEST_DEVICE", "cpu")
 
 SD15_CHECKPOINT = "qsched_tiny_sd15.safetensors"
 SD3_UNET = "qsched_tiny_sd3.safetensors"
@@ -94,7 +99,7 @@ def import_comfyui():
             sys.path.remove(path)
         sys.path.insert(0, path)
     import comfy.cli_args
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = TEST_DEVICE == "cpu"
     return path
 
 
@@ -341,6 +346,9 @@ class ComfyServer:
                    "--temp-directory", os.path.join(self.base_dir, "temp"),
                    "--extra-model-paths-config", yaml_path,
                    "--database-url", f"sqlite:///{os.path.join(self.base_dir, 'comfyui.db')}"]
+        frontend_root = os.environ.get("QSCHED_FRONTEND_ROOT")  # another frontend than the pinned one
+        if frontend_root:
+            command += ["--front-end-root", frontend_root]
         self._log_file = open(self.log_path, "wb")
         threads = str(torch_threads_for_tests())
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)

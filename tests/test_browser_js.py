@@ -1,5 +1,7 @@
 """Unit tests of the web extension's pure JavaScript (web/lib/), run with Node's built-in test runner."""
+import json
 import os
+import re
 import shutil
 import subprocess
 
@@ -16,3 +18,8 @@ def test_web_lib_units():
                             text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert "# fail 0" in result.stdout
+    # One test per shared coefficient-text case (tests/coefficient_text_vectors.json) ran, besides the others.
+    with open(os.path.join(os.path.dirname(BROWSER_TESTS), "coefficient_text_vectors.json"), encoding="utf-8") as f:
+        cases = json.load(f)["cases"]
+    ran = re.findall(r"^ok \d+ - coefficient text as the node reads it: ", result.stdout, re.MULTILINE)
+    assert len(ran) == len(cases), (len(ran), len(cases))

@@ -21,9 +21,10 @@ def _build_scorer(folder):
 
 register_model_folder("qsched_scorers", _build_scorer)
 
+# Three prompt/seed pairs: pair 2 is held out of the search (calibration.heldout.split_pairs), 0 and 1 are searched.
 SETTINGS = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, strategy="paper_grid",
-                budget_images=10, seed=3, prompts="a red cube on a table\na green field under a blue sky",
-                width=64, height=64)
+                budget_images=10, seed=3, prompts="a red cube on a table\na blue sphere on the grass\n"
+                "a green field under a blue sky", width=64, height=64)
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +52,25 @@ def _run(stack, **changes):
 
 def test_calibration_writes_a_preset_the_loader_applies(stack):
     output = _run(stack, preset_name="tiny-calibration")
-    schedule, plot, name = output["result"]
+    schedule, plot, name, text = output["result"]
     summary = output["ui"]["qsched_calibration"][0]
     assert name == "tiny-calibration"
     assert plot.shape == (1, 384, 768, 3) and plot.min() >= 0 and plot.max() <= 1
-    assert summary["images_generated"] == 5 * 2           # 2 x 2 starts + identity, 2 prompts
+    assert summary["images_generated"] == 5 * 2           # 2 x 2 starts + identity, 2 search prompts
     assert summary["best_score"] >= summary["identity_score"]
+    verdict = summary["heldout"]["verdict"]
+    assert verdict in ("yes", "no", "not significant") and f"better than identity: {verdict}" in text
+    assert summary["heldout"]["difference"]["n"] == 1 and summary["heldout"]["warnings"]   # one held-out pair
+    assert summary["summary"] == text
     json.dumps(output["ui"])                                # the web panel gets strict JSON
 
     preset_file = stack["user"] / "qsched_presets" / "tiny-calibration.json"
     preset = json.loads(preset_file.read_text())
     assert preset["c_x"] == list(schedule.c_x) and preset["sampler"] == "lcm" and preset["steps"] == 2
-    assert preset["n_prompts"] == 2 and preset["seed"] == 3 and preset["model"]["sha256"]
+    assert preset["n_prompts"] == 3 and preset["seed"] == 3 and preset["model"]["sha256"]
     assert preset["scores"]["best"] == pytest.approx(summary["best_score"])
+    assert preset["scores"]["heldout"] == summary["heldout"] and "fp_control" not in preset["scores"]
+    assert (preset["search"]["search_pairs"], preset["search"]["heldout_pairs"]) == (2, 1)
     assert len(os.listdir(stack["user"] / "qsched_runs")) == 1
 
     loader = stack["presets"].QSchedLoadPreset()
@@ -100,7 +107,9 @@ def test_rerun_with_same_settings_resumes_from_the_log_and_other_seed_does_not(s
     assert other["images_generated"] == 10 and other["images_reused"] == 0
 
 
-def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack):
+@pytest.mark.parametrize("batch_size,interrupt_at,seed", [(1, 3, 11), (4, 2, 12)])
+def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack, batch_size, interrupt_at, seed):
+    """Scoring call 1 is the identity (2 images); then one candidate (batch 1) or two (batch 4) per call."""
     import comfy.model_management as mm
 
     calls = []
@@ -112,18 +121,19 @@ def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack):
 
         def score(self, images, prompts):
             calls.append(len(prompts))
-            if len(calls) == 3:
+            if len(calls) == interrupt_at:
                 mm.interrupt_current_processing(True)
             return real(images, prompts)
 
     stack_interrupting = {**stack, "scorer": InterruptingScorer()}
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            _run(stack_interrupting, seed=11, preset_name="interrupted")
+            _run(stack_interrupting, seed=seed, preset_name=f"interrupted-{batch_size}", batch_size=batch_size)
     finally:
         mm.interrupt_current_processing(False)
-    assert not (stack["user"] / "qsched_presets" / "interrupted.json").exists()
-    resumed = _run(stack_interrupting, seed=11, preset_name="interrupted")["ui"]["qsched_calibration"][0]
+    assert not (stack["user"] / "qsched_presets" / f"interrupted-{batch_size}.json").exists()
+    resumed = _run(stack_interrupting, seed=seed, preset_name=f"interrupted-{batch_size}",
+                   batch_size=batch_size)["ui"]["qsched_calibration"][0]
     assert resumed["images_reused"] == 3 * 2 and resumed["images_generated"] == 2 * 2
 
 
@@ -149,7 +159,8 @@ def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(com
     by_type["QSchedQuantizedCheckpointLoader"]["inputs"]["ckpt_name"] = SD15_CHECKPOINT
     by_type["QSchedScorerLoader"]["inputs"].update(checkpoint=TINY_SCORER, device="cpu")
     by_type["QSchedCalibrate"]["inputs"].update(steps=2, budget_images=10, width=64, height=64,
-                                                 prompts="a red cube\na blue sphere", preset_name="server-preset")
+                                                 prompts="a red cube\na blue sphere\na yellow cone",
+                                                 preset_name="server-preset")
     by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
     by_type["QSchedKSampler"]["inputs"]["steps"] = 2
     history = comfy_server.run(graph, timeout=600)
@@ -159,6 +170,8 @@ def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(com
     assert len(comfy_server.output_images(history)) == 1
     preset = json.loads(open(os.path.join(comfy_server.user_dir, "qsched_presets", "server-preset.json")).read())
     assert preset["quant"] == "W4A8" and preset["c_x"] == summary["best"]["c_x"]
+    assert preset["scores"]["heldout"]["verdict"] == summary["heldout"]["verdict"]
+    assert f"better than identity: {summary['heldout']['verdict']}" in summary["summary"]
 
     presets = comfy_server.object_info("QSchedLoadPreset")["input"]["required"]["preset"][0]
     assert "server-preset.json" in presets                     # the dropdown refreshes from the folder
@@ -184,7 +197,7 @@ def test_headless_command_runs_the_same_calibration(comfyui_dir, comfy_models, t
     import sys
     scorer = save_open_clip(tiny_vit_clip(seed=5), tmp_path / "clip.safetensors")
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("a red cube\na blue sphere\n")
+    prompts.write_text("a red cube\na blue sphere\na yellow cone\n")
     command = [sys.executable, "-m", "qsched", "calibrate", "--comfyui", comfyui_dir,
                "--checkpoint", comfy_models.path("checkpoints", SD15_CHECKPOINT), "--scorer", str(scorer),
                "--steps", "2", "--strategy", "successive_halving", "--budget", "16", "--prompts-file", str(prompts),
@@ -196,6 +209,10 @@ def test_headless_command_runs_the_same_calibration(comfyui_dir, comfy_models, t
     report = json.loads(done.stdout[done.stdout.index("{"):])
     assert report["preset"] == str(tmp_path / "presets" / "headless.json")
     assert 0 < report["images_generated"] <= 16 and report["best_score"] >= report["identity_score"]
+    assert report["better_than_identity"] == report["heldout"]["verdict"]
+    assert f"better than identity: {report['better_than_identity']}" in done.stderr
+    preset = json.loads((tmp_path / "presets" / "headless.json").read_text())
+    assert preset["scores"]["heldout"]["verdict"] == report["better_than_identity"]
     assert (tmp_path / "p.png").exists()
     again = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
     assert json.loads(again.stdout[again.stdout.index("{"):])["images_generated"] == 0   # resumed from the log
@@ -214,7 +231,7 @@ def test_text_conditioning_is_encoded_once_per_prompt(stack):
 
     summary = _run({**stack, "clip": CountingClip()}, seed=21, preset_name="encode-once")["ui"]["qsched_calibration"][0]
     assert summary["images_generated"] == 10
-    assert len(encoded) == 2 + 1                                   # two prompts and the empty negative
+    assert len(encoded) == 3 + 1                                   # three prompts and the empty negative
 
 
 def test_a_bad_preset_name_fails_before_any_image(stack):
@@ -229,7 +246,7 @@ def test_a_bad_preset_name_fails_before_any_image(stack):
 
     with pytest.raises(PresetError, match="path separator"):
         _run({**stack, "scorer": NoScoring()}, preset_name="../outside")
-    assert stack["calibrate"].safe_preset_name("sd/v1..5: W4A8") == "sd_v1.5_ W4A8"
+    assert stack["calibrate"].safe_preset_name("sd/v1..5: W4A8").startswith("sd_v1.5_ W4A8-")
 
 
 def test_model_hash_ignores_patches_applied_in_place(stack):
@@ -244,11 +261,54 @@ def test_model_hash_ignores_patches_applied_in_place(stack):
     lcm.add_patches({key: ("diff", (torch.ones_like(lcm.model.state_dict()[key]),))}, 0.5)
     comfy.model_management.load_models_gpu([lcm])
     try:
-        assert not torch.equal(lcm.model.state_dict()[key], stack["model"].backup[key].weight)  # patched in place
+        patched, original = lcm.model.state_dict()[key].cpu(), stack["model"].backup[key].weight.cpu()
+        assert not torch.equal(patched, original)  # patched in place
         assert model_hash(lcm) == plain
     finally:
         lcm.unpatch_model()
     assert model_hash(stack["model"]) == plain
+
+
+class BrightnessScorer:
+    """Scores an image by its mean pixel: the coefficients change it, so the winner is not the identity."""
+
+    def __init__(self):
+        self.calls = []
+
+    def describe(self):
+        return "mean-brightness"
+
+    def score(self, images, prompts):
+        from types import SimpleNamespace
+        self.calls.append(list(prompts))
+        return SimpleNamespace(jaq=images.float().mean(dim=(1, 2, 3)))
+
+
+def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_reference_model(stack, comfy_models):
+    import comfy.sd
+    from comfyui_qsched.quant import quantize_module
+
+    quantized = comfy.sd.load_checkpoint_guess_config(comfy_models.path("checkpoints", SD15_CHECKPOINT))[0]
+    quantize_module(quantized.model.diffusion_model, "W4A8")
+    prompts = [f"a {c} cube" for c in ("red", "blue", "green", "yellow", "white", "black")]
+    scorer = BrightnessScorer()
+    node = stack["calibrate"].QSchedCalibrate()
+    output = node.run(quantized, stack["clip"], stack["vae"], scorer, **{
+        **SETTINGS, "prompts": "\n".join(prompts), "budget_images": 20, "seed": 31, "preset_name": "fp-control",
+        "quant": "W4A8", "reference_model": stack["model"]})
+    summary = output["ui"]["qsched_calibration"][0]
+    held_out = {prompts[4], prompts[5]}                                  # split_pairs(6) keeps out pairs 4 and 5
+    search_calls, check_calls = scorer.calls[:-4], scorer.calls[-4:]
+    assert summary["images_generated"] == sum(map(len, search_calls)) == 5 * 4   # 2 x 2 starts + identity
+    assert all(held_out.isdisjoint(call) for call in search_calls)
+    assert all(set(call) == held_out for call in check_calls)           # identity, winner; then on the FP model
+    assert summary["best"]["c_x"] != [1.0, 1.0] or summary["best"]["c_eps"] != [1.0, 1.0]
+    fp = summary["fp_control"]
+    assert fp["verdict"] in ("yes", "no", "not significant") and fp["gap"]["n"] == 2
+    assert fp["gap"]["mean"] != 0                                        # the reference model really is another model
+    assert f"gain specific to the quantized model: {fp['verdict']}" in output["result"][3]
+    preset = json.loads((stack["user"] / "qsched_presets" / "fp-control.json").read_text())
+    assert preset["scores"]["fp_control"] == fp and preset["search"]["fp_control"] is True
 
 
 # --- calibration against the full-precision model (reference objectives, per-step refinement, offsets) ----------
@@ -281,15 +341,16 @@ def _latent(stack, model, schedule, prompt, seed):
 
 def test_reference_calibration_with_offsets_writes_a_preset_the_loader_and_sampler_apply(stack, quantized):
     output = _reference_run(stack, quantized, preset_name="reference-offsets")
-    schedule, plot, name = output["result"]
+    schedule, plot, name, text = output["result"]
     summary = output["ui"]["qsched_calibration"][0]
     assert summary["objective"] == "reference_latent" and summary["refinement"]["form"] == "per_step_channel_offset"
     assert summary["images_generated"] == 5 * 2 + summary["refinement"]["images"]
     assert 0 < summary["refinement"]["images"] <= 4 * 2 and summary["best_score"] >= summary["identity_score"]
     json.dumps(output["ui"])
 
-    # The score is minus the latent MSE to the FP model from the same prompt and seed: recompute it by hand.
-    prompts = SETTINGS["prompts"].splitlines()
+    # The score is minus the latent MSE to the FP model from the same prompt and seed, over the searched pairs
+    # (0 and 1; pair 2 is held out): recompute it by hand.
+    prompts = SETTINGS["prompts"].splitlines()[:2]
     expected = [-torch.nn.functional.mse_loss(_latent(stack, quantized, schedule, p, SETTINGS["seed"] + i),
                                               _latent(stack, stack["model"], None, p, SETTINGS["seed"] + i)).item()
                 for i, p in enumerate(prompts)]

@@ -1,5 +1,6 @@
 """The shared ComfyUI harness itself: workflow conversion (no ComfyUI needed) and the headless server."""
 import os
+import re
 
 import pytest
 
@@ -107,3 +108,13 @@ def test_server_rejects_an_invalid_graph_with_node_errors(comfy_server):
     with pytest.raises(PromptRejected) as rejected:
         comfy_server.queue_prompt(graph)
     assert "4" in rejected.value.node_errors
+
+
+def test_the_pack_loads_without_warnings_or_errors_in_the_server_log(comfy_server):
+    """Everything ComfyUI logs while starting with the pack is clean: no warning, error, traceback, deprecation
+    or failed import, from the pack or anything it touches."""
+    assert "QSchedKSampler" in comfy_server.object_info()
+    startup = comfy_server.log().split("Starting server")[0]
+    assert "ComfyUI-QSched" in startup  # the import-times line: the pack was loaded from custom_nodes
+    noisy = [line for line in startup.splitlines() if re.search(r"warn|error|traceback|deprecat|fail", line, re.I)]
+    assert not noisy, noisy

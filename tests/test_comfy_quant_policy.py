@@ -20,8 +20,8 @@ FLUX_LIKE = dict(in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=
 
 def build(kind):
     import comfy.ops
-    from comfy.ldm.flux.model import Flux
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfyui_qsched.nodes.comfy_compat import flux_model
     torch.manual_seed(0)
     ops = comfy.ops.manual_cast
     if kind == "sdxl":
@@ -29,7 +29,7 @@ def build(kind):
         batch = dict(x=torch.randn(1, 4, 16, 16), timesteps=torch.tensor([500.0]), context=torch.randn(1, 77, 64),
                      y=torch.randn(1, 64))
     else:
-        model = Flux(**FLUX_LIKE, dtype=torch.float32, device="cpu", operations=ops)
+        model = flux_model(**FLUX_LIKE, dtype=torch.float32, device="cpu", operations=ops)
         batch = dict(x=torch.randn(1, 16, 16, 16), timestep=torch.tensor([0.5]), context=torch.randn(1, 8, 64),
                      y=torch.randn(1, 32), guidance=torch.tensor([3.5]))
     for parameter in model.parameters():

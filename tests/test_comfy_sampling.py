@@ -104,9 +104,9 @@ def test_one_euler_step_applies_eq4_to_comfyuis_denoised(comfy, sd15):
     out = guider.sample(noise, torch.zeros_like(noise), sampler, sigmas, disable_pbar=True, seed=0)
     sigma, sigma_next = float(sigmas[0]), float(sigmas[1])
     x = noise * sigma  # EPS noise scaling of an all-zero latent
-    expected = c_x * x + (sigma_next - sigma) * c_eps * (x - captured[0]) / sigma
+    expected = c_x * x + (sigma_next - sigma) * c_eps * (x - captured[0].to(x.device)) / sigma
     assert len(captured) == 1
-    torch.testing.assert_close(out, model.model.process_latent_out(expected), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.cpu(), model.model.process_latent_out(expected).cpu(), rtol=1e-5, atol=1e-4)
 
 
 def test_qsched_sampler_node_in_sampler_custom_equals_native_euler(comfy, sd15):
@@ -194,8 +194,8 @@ def test_coefficients_cost_no_extra_model_call(comfy, sd15, sampler):
 
 def test_few_step_sigmas_read_the_models_table(comfy, sd15, sd3):
     node = comfy.sampling.QSchedFewStepSigmas()
-    table = sd15["model"].get_model_object("model_sampling").sigmas
-    lcm = node.get_sigmas(sd15["model"], "lcm_original", 4)[0]
+    table = sd15["model"].get_model_object("model_sampling").sigmas.cpu()  # on the GPU once the model was loaded
+    lcm = node.get_sigmas(sd15["model"], "lcm_original", 4)[0].cpu()
     torch.testing.assert_close(lcm, torch.cat([table[[999, 759, 499, 259]].float(), torch.zeros(1)]))
     trailing = node.get_sigmas(sd15["model"], "turbo_trailing", 4)[0]
     torch.testing.assert_close(trailing, torch.cat([table[[999, 749, 499, 249]].float(), torch.zeros(1)]))

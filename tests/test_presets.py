@@ -65,6 +65,10 @@ def test_corrupt_truncated_and_foreign_files_give_clear_errors(tmp_path, content
     (lambda d: d.update(steps=True), "'steps' has the wrong type"),
     (lambda d: d.update(extra=1), "unknown fields extra"),
     (lambda d: d["scores"].update(best=float("inf")), "scores.best"),
+    (lambda d: d["scores"].update(heldout={"verdict": "probably"}), "scores.heldout must be an object whose verdict"),
+    (lambda d: d["scores"].update(heldout={"verdict": "yes", "difference": {"ci": [0.1]}}),
+     "scores.heldout.difference.ci"),
+    (lambda d: d["scores"].update(fp_control={"verdict": "no", "gap": {"ci": ["a", 1]}}), "scores.fp_control.gap.ci"),
 ])
 def test_invalid_fields_are_named(tmp_path, change, message):
     data = make()
@@ -124,6 +128,22 @@ def test_a_preset_schedule_refuses_another_step_count():
     schedule = P.schedule_of(make())
     with pytest.raises(ScheduleError, match="4 coefficient pairs but sampling runs 8"):
         schedule.check(8, "lcm")
+
+
+def test_the_held_out_verdict_rides_under_scores_and_older_presets_load_without_it(tmp_path):
+    checks = {"heldout": {"verdict": "not significant", "difference": {"n": 5, "mean": 0.01, "sd": 0.05,
+                                                                       "ci": [-0.05, 0.07], "confidence": 0.95},
+                          "warnings": ["calibration set too small"]},
+              "fp_control": {"verdict": "no", "fp_gain": {"ci": [0.01, 0.02]}, "gap": {"ci": [None, None]}}}
+    P.save_preset(tmp_path, "checked", make(checks=checks))
+    loaded = P.load_preset(tmp_path, "checked")
+    assert loaded["version"] == 2 and loaded["scores"]["heldout"]["verdict"] == "not significant"
+    assert loaded["scores"]["fp_control"] == checks["fp_control"]
+    assert P.list_presets(tmp_path)[0]["summary"]["scores"]["heldout"]["difference"]["ci"] == [-0.05, 0.07]
+    old = make()
+    assert "heldout" not in old["scores"]
+    P.save_preset(tmp_path, "old", old)
+    assert P.load_preset(tmp_path, "old")["scores"] == {"identity": 0.41, "best": 0.47}
 
 
 # --- schema version 2: per-step offsets -------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 
 from comfyui_qsched.calibration import optimise, ptqd, reference
 from comfyui_qsched.calibration.search import run_search
-from comfyui_qsched.samplers import SAMPLERS, EPSSampling, QSchedSchedule, ScheduleError
+from comfyui_qsched.samplers import SAMPLERS, EPSSampling, NonFiniteLatentError, QSchedSchedule, ScheduleError
 from comfyui_qsched.samplers.sigmas import few_step_sigmas
 from test_samplers_toys import ToyModel, initial_noise
 
@@ -42,9 +42,23 @@ def _sigmas(steps=STEPS):
 
 
 def _sample(model, schedule, prompt, sampler="euler", steps=STEPS):
+    """One calibration prompt's latent [1, 4, 6, 6]: its own noise (seed 100 + prompt)."""
     sigmas = _sigmas(steps)
-    x = initial_noise(seed=100 + prompt) * sigmas[0]
+    x = initial_noise(seed=100 + prompt, shape=(1, 4, 6, 6)) * sigmas[0]
     return SAMPLERS[sampler].function(model, x, sigmas, extra_args={"seed": prompt}, disable=True, schedule=schedule)
+
+
+def _generator(model):
+    """The batch generator interface: generate([(schedule, prompt), ...]) -> latents [N, 4, 6, 6]."""
+    return lambda items: torch.cat([_sample(model, schedule, prompt) for schedule, prompt in items])
+
+
+def _references(model, calls=None):
+    def sample(indices):
+        if calls is not None:
+            calls.append(list(indices))
+        return torch.cat([_sample(model, None, i) for i in indices])
+    return reference.ReferenceOutputs(sample)
 
 
 def _exact_schedule(per_channel=True):
@@ -97,17 +111,12 @@ def test_reference_evaluate_scores_minus_the_distance_and_samples_the_reference_
     sigmas = _sigmas()
     fp, quantized = ToyModel(EPSSampling()), QuantizedToy(sigmas)
     calls = []
-
-    def fp_sample(index):
-        calls.append(index)
-        return _sample(fp, None, index)
-
-    outputs = reference.ReferenceOutputs(fp_sample)
-    evaluate = reference.make_reference_evaluate(lambda s, i: _sample(quantized, s, i), None, outputs,
+    evaluate = reference.make_reference_evaluate(_generator(quantized), None, _references(fp, calls),
                                                  "reference_latent")
     naive = evaluate(QSchedSchedule.identity(STEPS), [0, 1, 2])
-    exact = evaluate(_exact_schedule(), [0, 1, 2])
-    assert calls == [0, 1, 2]                          # cached: the second candidate reuses the FP latents
+    exact, partly = evaluate.many([(_exact_schedule(), [0, 1, 2]), (QSchedSchedule.identity(STEPS), [3, 0])])
+    assert calls == [[0, 1, 2], [3]]            # one batch per call, cached: later candidates reuse the FP latents
+    assert partly[1] == naive[0]
     for i, value in enumerate(naive):
         expected = -torch.nn.functional.mse_loss(_sample(quantized, None, i), _sample(fp, None, i)).item()
         assert value == pytest.approx(expected, rel=1e-5)
@@ -116,16 +125,20 @@ def test_reference_evaluate_scores_minus_the_distance_and_samples_the_reference_
 
 def test_reference_evaluate_scores_failures_worst_and_reports_them():
     failures = []
-    outputs = reference.ReferenceOutputs(lambda i: torch.zeros(1, 4, 2, 2))
-    evaluate = reference.make_reference_evaluate(
-        lambda s, i: torch.full((1, 4, 2, 2), float("nan") if i == 1 else 0.5), None, outputs, "reference_latent",
-        failures=failures)
-    scores = evaluate(QSchedSchedule.identity(1), [0, 1])
-    assert scores[0] == pytest.approx(-0.25) and math.isnan(scores[1])
-    assert failures == [{"schedule": "", "prompt": 1, "reason": "non-finite latent"}]
-    bad = reference.ReferenceOutputs(lambda i: torch.full((1, 4, 2, 2), float("inf")))
+    outputs = reference.ReferenceOutputs(lambda indices: torch.zeros(len(indices), 4, 2, 2))
+
+    def generate(items):
+        if any(index == 2 for _, index in items):      # the sampler stops the whole batch on a NaN latent
+            raise NonFiniteLatentError("euler", 0, 1, 1.0)
+        return torch.stack([torch.full((4, 2, 2), float("nan") if index == 1 else 0.5) for _, index in items])
+
+    evaluate = reference.make_reference_evaluate(generate, None, outputs, "reference_latent", failures=failures)
+    scores = evaluate(QSchedSchedule.identity(1), [0, 1, 2, 3])
+    assert scores[0] == scores[3] == pytest.approx(-0.25) and math.isnan(scores[1]) and math.isnan(scores[2])
+    assert [(f["prompt"], f["reason"][:18]) for f in failures] == [(1, "non-finite latent"), (2, "euler: the latent ")]
+    bad = reference.ReferenceOutputs(lambda indices: torch.full((len(indices), 4, 2, 2), float("inf")))
     with pytest.raises(reference.ReferenceError, match="reference produced NaN"):
-        reference.make_reference_evaluate(lambda s, i: torch.zeros(1, 4, 2, 2), None, bad,
+        reference.make_reference_evaluate(lambda items: torch.zeros(len(items), 4, 2, 2), None, bad,
                                           "reference_latent")(QSchedSchedule.identity(1), [0])
 
 
@@ -169,9 +182,7 @@ def test_search_with_refinement_recovers_the_exact_correction(form, per_channel,
     sigmas = _sigmas()
     fp, quantized = ToyModel(EPSSampling()), QuantizedToy(sigmas, delta=DELTA if per_channel else
                                                           tuple((sum(r) / 4,) * 4 for r in DELTA))
-    outputs = reference.ReferenceOutputs(lambda i: _sample(fp, None, i))
-    evaluate = reference.make_reference_evaluate(lambda s, i: _sample(quantized, s, i), None, outputs,
-                                                 "reference_latent")
+    evaluate = reference.make_reference_evaluate(_generator(quantized), None, _references(fp), "reference_latent")
     refine = {"form": form, "evaluations": 1000, "channels": 4, "c_range": (0.7, 1.3)}
     log = tmp_path / "log" if not per_channel else None       # one resume check is enough (fsync per candidate)
     result = run_search(evaluate, STEPS, 3, "paper_grid", grid_points=5, refine=refine, run_log=log)

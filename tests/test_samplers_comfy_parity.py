@@ -1,7 +1,8 @@
 """With all coefficients 1 our samplers equal ComfyUI's own k-diffusion functions bit for bit (torch.equal).
 
 Runs ComfyUI's sample_euler / sample_euler_ancestral (which dispatches to the RF variant on flow models) /
-sample_lcm from the checkout in COMFYUI_DIR on a toy denoiser whose model_sampling is ComfyUI's own class.
+sample_lcm from the checkout in COMFYUI_DIR on a toy denoiser whose model_sampling is ComfyUI's own class. Ours
+get ComfyUI's default_noise_sampler as `make_noise_sampler`, as the nodes pass it.
 """
 import os
 import sys
@@ -58,7 +59,8 @@ def test_identity_schedule_is_bit_identical_to_comfyui(comfy, name, comfy_name, 
     theirs = getattr(sampling, comfy_name)(ToyModel(ms, flow), x.clone(), sigmas, extra_args=dict(extra),
                                            callback=theirs_log, disable=True)
     ours = SAMPLERS[name].function(ToyModel(ms, flow), x.clone(), sigmas, extra_args=dict(extra), callback=ours_log,
-                                   disable=True, schedule=QSchedSchedule.identity(steps))
+                                   disable=True, schedule=QSchedSchedule.identity(steps),
+                                   make_noise_sampler=sampling.default_noise_sampler)
     assert torch.equal(ours, theirs)
     assert len(ours_log.steps) == len(theirs_log.steps) == steps
     for mine, ref in zip(ours_log.steps, theirs_log.steps):
@@ -75,17 +77,25 @@ def test_schedule_none_equals_identity_and_ancestral_options_match(comfy):
     theirs = sampling.sample_euler_ancestral(ToyModel(ms), x.clone(), sigmas, extra_args={"seed": 3}, disable=True,
                                              eta=0.6, s_noise=0.9)
     ours = SAMPLERS["euler_ancestral"].function(ToyModel(ms), x.clone(), sigmas, extra_args={"seed": 3},
-                                                disable=True, eta=0.6, s_noise=0.9)
+                                                disable=True, eta=0.6, s_noise=0.9,
+                                                make_noise_sampler=sampling.default_noise_sampler)
     assert torch.equal(ours, theirs)
 
 
-def test_default_noise_sampler_draws_like_comfyui(comfy):
-    from comfyui_qsched.samplers import default_noise_sampler
-    sampling, _ = comfy
-    x = initial_noise()
-    mine, ref = default_noise_sampler(x, seed=11), sampling.default_noise_sampler(x, seed=11)
-    for _ in range(3):
-        assert torch.equal(mine(1.0, 0.5), ref(1.0, 0.5))
+@pytest.mark.parametrize("name,comfy_name", [("euler_ancestral", "sample_euler_ancestral"), ("lcm", "sample_lcm")])
+def test_flow_models_noise_scale_is_followed(comfy, name, comfy_name):
+    """ComfyUI 0.33's flow sampling can scale fresh noise (HiDream-O1: 8); where a version has no noise scale
+    this is the plain flow case again."""
+    sampling, model_sampling = comfy
+    ms = _comfy_model_sampling(model_sampling, True)
+    if hasattr(ms, "set_noise_scale"):
+        ms.set_noise_scale(8.0)
+    sigmas = few_step_sigmas("trailing", ms.sigmas, 4)
+    x = ms.noise_scaling(sigmas[0], initial_noise(), torch.zeros_like(initial_noise()))
+    theirs = getattr(sampling, comfy_name)(ToyModel(ms, True), x.clone(), sigmas, extra_args={"seed": 5}, disable=True)
+    ours = SAMPLERS[name].function(ToyModel(ms, True), x.clone(), sigmas, extra_args={"seed": 5}, disable=True,
+                                   make_noise_sampler=sampling.default_noise_sampler)
+    assert torch.equal(ours, theirs)
 
 
 def test_flow_detection_and_tcd_refusal_on_comfyui_classes(comfy):

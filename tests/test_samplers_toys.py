@@ -2,7 +2,8 @@
 
 An EPS toy is a fixed noise predictor eps_hat(u, sigma) on the VP input u = x / sqrt(1 + sigma^2), wrapped the
 way ComfyUI wraps a model: it returns D = x - sigma * eps_hat. A flow toy predicts a velocity v and returns
-D = x - sigma * v. Both carry `inner_model.inner_model.model_sampling` like ComfyUI's KSamplerX0Inpaint.
+D = x - sigma * v. Both carry `inner_model.inner_model.model_sampling` like ComfyUI's KSamplerX0Inpaint, and
+`inner_model.model_patcher.get_model_object("model_sampling")`, where ComfyUI 0.33's samplers read it.
 """
 from types import SimpleNamespace
 
@@ -23,7 +24,9 @@ class ToyModel:
         self.weight, self.bias = _weights(seed)
         self.flow = flow
         self.calls = 0
-        self.inner_model = SimpleNamespace(inner_model=SimpleNamespace(model_sampling=model_sampling))
+        self.inner_model = SimpleNamespace(inner_model=SimpleNamespace(model_sampling=model_sampling),
+                                           model_patcher=SimpleNamespace(get_model_object={
+                                               "model_sampling": model_sampling}.__getitem__))
 
     def prediction(self, u, sigma):
         """eps (EPS) or v (flow) predicted from the network input u at noise level sigma (a float)."""

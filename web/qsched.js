@@ -1,8 +1,11 @@
 // Q-Sched frontend extension: coefficient curves on the Q-Sched nodes, preset metadata on
 // Load Q-Sched Preset, calibration progress and score surface on Q-Sched Calibrate.
+// The panels redraw on widget, link and graph changes (and when their size changes), not from canvas frames:
+// the frontend's "Nodes 2.0" mode draws nodes as DOM and never calls onDrawForeground.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { checkSchedule, expandList, identity, linspace, parseList } from "./lib/curves.js";
+import { identity, linearSchedule, listSchedule } from "./lib/curves.js";
+import { sourceOf } from "./lib/links.js";
 import { drawCurves, drawSurface, surfacePoints } from "./lib/plot.js";
 
 const CURVE_NODES = new Set(["QSchedCoefficients", "QSchedKSampler", "QSchedSampler", "QSchedLoadPreset"]);
@@ -28,7 +31,7 @@ function loadPresets(force = false) {
         presets.error = null;
       })
       .catch((e) => { presets.error = `preset list unavailable: ${e.message}`; })
-      .finally(() => app.graph?.setDirtyCanvas(true, true));
+      .finally(requestRefresh);
   }
   return presets.loaded;
 }
@@ -50,30 +53,12 @@ function selectedPreset(node) {
 
 // ---- where each node's schedule comes from ----
 
+// The schedule Q-Sched Coefficients will build from its widgets (nodes/sampling.py build_schedule).
 function coefficientsSchedule(node) {
   const steps = Number(value(node, "steps"));
-  if (!(steps >= 1)) throw new Error("steps must be at least 1");
-  const xList = value(node, "c_x_list", "c_x", "x_list");
-  const epsList = value(node, "c_eps_list", "c_eps", "eps_list");
-  const mode = String(value(node, "mode", "form") ?? "");
-  const useLists = mode ? /list/i.test(mode) : Boolean(String(xList ?? "").trim() || String(epsList ?? "").trim());
-  if (useLists) {
-    return checkSchedule({
-      c_x: expandList(parseList(xList), steps, "c_x list"),
-      c_eps: expandList(parseList(epsList), steps, "c_eps list"),
-    });
-  }
-  const num = (...names) => Number(value(node, ...names));
-  const xEnd = value(node, "x_end", "c_x_end") ?? 1, epsEnd = value(node, "eps_end", "c_eps_end") ?? 1;
-  return checkSchedule({
-    c_x: linspace(num("x_start", "c_x_start"), Number(xEnd), steps),
-    c_eps: linspace(num("eps_start", "c_eps_start"), Number(epsEnd), steps),
-  });
-}
-
-function upstreamNode(node, inputName) {
-  const slot = node.inputs?.findIndex((i) => i.name === inputName) ?? -1;
-  return slot >= 0 && node.inputs[slot].link != null ? node.getInputNode(slot) : null;
+  if (value(node, "mode") === "list") return listSchedule(steps, value(node, "c_x_list"), value(node, "c_eps_list"));
+  return linearSchedule(steps, Number(value(node, "c_x_start")), Number(value(node, "c_eps_start")),
+    Number(value(node, "c_x_end") ?? 1), Number(value(node, "c_eps_end") ?? 1));
 }
 
 const withState = (error, state) => Object.assign(error, { state });
@@ -92,14 +77,10 @@ function scheduleOf(node, depth = 0) {
     case CALIBRATE_NODE:
       if (node.qschedBest) return { schedule: node.qschedBest, note: "calibrated" };
       throw withState(new Error("not calibrated yet: the curve shows once Q-Sched Calibrate has run"), "pending");
-    case "Reroute": {
-      const source = node.inputs?.[0]?.link != null ? node.getInputNode(0) : null;
-      if (!source) throw new Error("schedule input comes from an unconnected reroute");
-      return scheduleOf(source, depth + 1);
-    }
     case "QSchedKSampler":
     case "QSchedSampler": {
-      const source = upstreamNode(node, "schedule");
+      let source;
+      try { source = sourceOf(node, "schedule")?.node; } catch (e) { throw withState(e, "pending"); }
       if (source) {
         const { schedule, note } = scheduleOf(source, depth + 1);
         const steps = value(node, "steps");
@@ -138,7 +119,10 @@ function addPanel(node, height) {
   fit();
   // A saved workflow restores its own (smaller) node size after nodeCreated: grow so the panel stays inside.
   chain(node, "onConfigure", () => requestAnimationFrame(fit));
-  return { root, info, canvas, signature: null };
+  const panel = { root, info, canvas, signature: null, draw: () => {} };
+  // Shown, hidden, resized (by the user, by either node renderer): draw again at the new size.
+  new ResizeObserver(() => panel.draw()).observe(canvas);
+  return panel;
 }
 
 function show(panel, state, text) {
@@ -147,8 +131,9 @@ function show(panel, state, text) {
   panel.info.style.color = { invalid: "#ff6b6b", error: "#ff6b6b", warning: "#ffb74d" }[state] ?? "";
 }
 
-// Redraw only when what is plotted (or the panel's size) changed; called on every canvas frame.
+// Redraw only when what is plotted (or the panel's size) changed.
 function refreshCurve(node, panel) {
+  if (!node.graph) return;  // removed, or replaced by its copy inside a new subgraph
   let result, error, errorState;
   try { result = scheduleOf(node); } catch (e) { error = e.message; errorState = e.state ?? "error"; }
   const size = `${panel.canvas.clientWidth}x${panel.canvas.clientHeight}`;
@@ -191,6 +176,34 @@ function chain(object, method, after) {
   };
 }
 
+// ---- when to redraw ----
+
+// Nodes that carry a curve panel, in any graph (the root graph or a subgraph).
+const curveNodes = new Set();
+const calibrateNodes = new Set();
+let refreshPending = false;
+
+// One redraw of every curve panel on the next frame, however many changes came in before it: a panel's
+// curve can depend on any node upstream (through reroutes and subgraphs), so all are checked, and each
+// draws only if what it shows changed.
+function requestRefresh() {
+  if (refreshPending) return;
+  refreshPending = true;
+  requestAnimationFrame(() => {
+    refreshPending = false;
+    for (const node of curveNodes) node.qschedPanel.draw();
+  });
+}
+
+// Widget edits (the canvas calls callback and onWidgetChanged, Nodes 2.0 only the widget's callback) and link
+// changes of this node; edits elsewhere arrive through the workflow's change events (setup below).
+function watchNode(node) {
+  for (const w of node.widgets ?? []) chain(w, "callback", requestRefresh);
+  chain(node, "onWidgetChanged", requestRefresh);
+  chain(node, "onConnectionsChange", requestRefresh);
+  chain(node, "onConfigure", requestRefresh);
+}
+
 // ---- calibration progress and score surface ----
 
 function showCalibration(node, panel) {
@@ -202,6 +215,7 @@ function showCalibration(node, panel) {
   const lines = [`candidates ${points.length} · images ${c.done ?? 0} / ${c.budget ?? "?"}`,
     `best ${fmt(best)}` + (Number.isFinite(c.identity_score) ? ` · identity ${fmt(c.identity_score)}` : "")];
   if (c.finished) lines.push(`finished${c.preset ? ` · preset ${c.preset}` : ""}`);
+  if (c.heldout?.verdict) lines.push(`held-out: better than identity: ${c.heldout.verdict}`);
   show(panel, c.finished ? "finished" : "running", lines.join("\n"));
   const cells = surfacePoints(points);
   Object.assign(panel.root.dataset, { candidates: String(points.length), done: String(c.done ?? 0),
@@ -209,15 +223,24 @@ function showCalibration(node, panel) {
   drawSurface(panel.canvas, cells);
 }
 
-function updateCalibration(nodeId, patch) {
-  const node = app.graph?.getNodeById(Number(nodeId)) ?? app.graph?.getNodeById(nodeId);
+// Progress events name a node by its execution id: "12", or "5:12" for node 12 inside subgraph node 5.
+function nodeByExecutionId(executionId) {
+  let graph = app.rootGraph ?? app.graph, node = null;
+  for (const id of String(executionId).split(":")) {
+    node = graph?.getNodeById(Number(id)) ?? graph?.getNodeById(id);
+    graph = node?.subgraph;
+  }
+  return node;
+}
+
+function updateCalibration(node, patch) {
   if (!node || node.comfyClass !== CALIBRATE_NODE) return;
   const c = (node.qschedCalibration = { ...(node.qschedCalibration ?? {}), ...patch });
   if (patch.point) c.trace = [...(c.trace ?? []), patch.point];
   if (patch.best?.c_x) node.qschedBest = { c_x: patch.best.c_x, c_eps: patch.best.c_eps };
   if (patch.finished && patch.preset) loadPresets(true);  // the preset it saved shows up on Load Q-Sched Preset
-  showCalibration(node, node.qschedPanel);
-  node.setDirtyCanvas(true, true);
+  node.qschedPanel.draw();
+  requestRefresh();  // sampler panels fed by this node show its best schedule
 }
 
 app.registerExtension({
@@ -227,15 +250,22 @@ app.registerExtension({
     loadPresets();
     // ComfyUI's progress bar of the running node: candidates done / budget.
     api.addEventListener("progress", ({ detail }) => {
-      if (detail?.node != null) updateCalibration(detail.node, { done: detail.value, budget: detail.max });
+      if (detail?.node == null) return;
+      updateCalibration(nodeByExecutionId(detail.node), { done: detail.value, budget: detail.max });
     });
     // The calibrate node's own event: best so far, the candidate just scored, the final trace.
     api.addEventListener(CALIBRATION_EVENT, ({ detail }) => {
-      if (detail?.node != null) updateCalibration(detail.node, detail);
+      if (detail?.node != null) updateCalibration(nodeByExecutionId(detail.node), detail);
     });
     api.addEventListener("execution_start", () => {
-      for (const node of app.graph?._nodes ?? []) if (node.comfyClass === CALIBRATE_NODE) node.qschedCalibration = null;
+      for (const node of calibrateNodes) node.qschedCalibration = null;
     });
+    // Any change the workflow records (edits, links, nodes added or removed, in subgraphs too).
+    api.addEventListener("graphChanged", requestRefresh);
+  },
+
+  afterConfigureGraph() {
+    requestRefresh();
   },
 
   async refreshComboInNodes() {
@@ -243,17 +273,25 @@ app.registerExtension({
   },
 
   nodeCreated(node) {
+    // Any node added or removed can change where a schedule comes from (a second instance of a subgraph, a
+    // node taking the place of another): check the panels once it is in its graph.
+    requestRefresh();
+    chain(node, "onRemoved", () => { curveNodes.delete(node); calibrateNodes.delete(node); requestRefresh(); });
     if (CURVE_NODES.has(node.comfyClass)) {
       const panel = (node.qschedPanel = addPanel(node, node.comfyClass === PRESET_NODE ? 150 : 110));
-      chain(node, "onDrawForeground", function () { refreshCurve(this, panel); });
+      panel.draw = () => refreshCurve(node, panel);
+      curveNodes.add(node);
+      watchNode(node);
       if (node.comfyClass === PRESET_NODE) loadPresets();
     } else if (node.comfyClass === CALIBRATE_NODE) {
       const panel = (node.qschedPanel = addPanel(node, 170));
-      showCalibration(node, panel);
+      panel.draw = () => showCalibration(node, panel);
+      calibrateNodes.add(node);
+      panel.draw();
       chain(node, "onExecuted", function (output) {
         // ui output of the node: {qsched_calibration: [{trace, best, best_score, identity_score, ...}]}
         const summary = output?.qsched_calibration?.[0];
-        if (summary) updateCalibration(this.id, { ...summary, finished: true });
+        if (summary) updateCalibration(this, { ...summary, finished: true });
       });
     }
   },

@@ -6,17 +6,21 @@ Layouts, detected from the keys rather than the file name:
   and the HPS v2/v2.1 files (`{"state_dict": ...}`, possibly with a `module.` prefix).
 - "hf_clip": a transformers CLIPModel folder (config.json + model.safetensors), e.g. openai/clip-vit-large-patch14.
 
-OpenAI's own .pt files are TorchScript archives: they are read with `torch.jit.load` (TorchScript's own restricted
-format, no Python pickle) and only their tensors are kept. Every other .pt/.bin goes through
-`torch.load(weights_only=True)`. Nothing is ever downloaded.
+No code from a file ever runs. OpenAI's own .pt files are TorchScript archives: their tensors are read from
+data.pkl by a restricted unpickler (torchscript.py), never through torch.jit.load, which would run the file's
+code. Every other .pt/.bin goes through `torch.load(weights_only=True)`, transformers folders included (their
+weights are read here, not by transformers). Only regular files are read, and JSON next to the weights must be
+small and well-formed. Nothing is ever downloaded.
 """
-import json
+import hashlib
 import os
-import warnings
-import zipfile
+import stat
 from dataclasses import dataclass, field
 
 import torch
+
+from ...safe_files import JSONDocumentError, UnsafeFileError, kind_of, read_json_file
+from .torchscript import CONVERT_ONCE, TorchScriptError, is_torchscript_archive, read_torchscript_tensors
 
 WHERE_TO_PUT = (
     "Put a CLIP checkpoint with both towers into ComfyUI/models/qsched_scorers/: an open_clip file "
@@ -25,6 +29,8 @@ WHERE_TO_PUT = (
     "HPS_v2.1_compressed.pt (xswu/HPSv2 on Hugging Face)."
 )
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+MAX_CONFIG_BYTES = 4 << 20
 OPEN_CLIP_KEYS = ("token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight")
 
 
@@ -36,9 +42,36 @@ class ScorerError(ValueError):
 class ScorerWeights:
     path: str
     layout: str  # "open_clip" or "hf_clip"
-    state_dict: dict = field(default_factory=dict, repr=False)  # open_clip layout only
+    state_dict: dict = field(default_factory=dict, repr=False)
     from_openai_archive: bool = False
-    config: dict | None = None  # open_clip model config from a sidecar JSON, if one exists
+    config: dict | None = None  # open_clip: model config from a sidecar JSON, if any; hf_clip: config.json
+    sha256: str = ""  # of the content of every file read (weights and config), not of their names
+
+
+class _Digest:
+    """SHA-256 over the content of the files a scorer is built from, in the order they are read."""
+
+    def __init__(self):
+        self.hash = hashlib.sha256()
+
+    def add(self, path):
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                self.hash.update(chunk)
+        self.hash.update(b"\x00file\x00")
+
+    def hexdigest(self):
+        return self.hash.hexdigest()
+
+
+def _check_regular_file(path, what="Scorer weights"):
+    """A FIFO or a link to /dev/zero would block or never end the read: only regular files are read."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise ScorerError(f"{what} {path} cannot be read ({error}). {WHERE_TO_PUT}") from error
+    if not stat.S_ISREG(mode):
+        raise ScorerError(f"{what} {path} is {kind_of(mode)}, not a regular file. {WHERE_TO_PUT}")
 
 
 def read_scorer_weights(path):
@@ -50,26 +83,64 @@ def read_scorer_weights(path):
     if os.path.isdir(path) or (os.path.basename(path) in HF_WEIGHT_FILES
                                and os.path.isfile(os.path.join(folder, "config.json"))):
         return _read_folder(path if os.path.isdir(path) else folder)  # a transformers folder, picked by its file
+    _check_regular_file(path)
+    digest = _Digest()
+    digest.add(path)
     state_dict, from_archive = _read_tensors(path)
     state_dict = _unwrap(state_dict, path)
     _check_open_clip_layout(state_dict, path)
-    return ScorerWeights(path, "open_clip", state_dict, from_archive, _sidecar_config(path))
+    config = _sidecar_config(path, digest)
+    return ScorerWeights(path, "open_clip", state_dict, from_archive, config, digest.hexdigest())
+
+
+def _read_json(path, what):
+    _check_regular_file(path, what)
+    try:
+        return read_json_file(path, MAX_CONFIG_BYTES)
+    except (UnsafeFileError, JSONDocumentError, OSError) as error:
+        raise ScorerError(f"{what} {path} cannot be used: {error}") from error
 
 
 def _read_folder(path):
     config_file = os.path.join(path, "config.json")
     if os.path.isfile(config_file):
-        with open(config_file, encoding="utf-8") as f:
-            config = json.load(f)
-        if config.get("model_type") != "clip":
+        config = _read_json(config_file, "transformers config")
+        if not isinstance(config, dict) or config.get("model_type") != "clip":
+            model_type = config.get("model_type") if isinstance(config, dict) else None
             raise ScorerError(
-                f"{path} is a transformers folder of model_type {config.get('model_type')!r}, not a CLIPModel "
+                f"{path} is a transformers folder of model_type {model_type!r}, not a CLIPModel "
                 f"(model_type 'clip', both towers). {WHERE_TO_PUT}")
-        return ScorerWeights(path, "hf_clip")
+        digest = _Digest()
+        digest.add(config_file)
+        state_dict = {}
+        for weight_file in _hf_weight_files(path):
+            _check_regular_file(weight_file)
+            digest.add(weight_file)
+            state_dict.update(_read_tensors(weight_file)[0])
+        return ScorerWeights(path, "hf_clip", state_dict, config=config, sha256=digest.hexdigest())
     for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
         if os.path.isfile(os.path.join(path, name)):
             return read_scorer_weights(os.path.join(path, name))
     raise ScorerError(f"{path} is a folder without config.json or open_clip_model.safetensors. {WHERE_TO_PUT}")
+
+
+def _hf_weight_files(path):
+    """model.safetensors (or pytorch_model.bin), or the shards a *.index.json lists: plain names in the folder."""
+    for name in HF_WEIGHT_FILES:
+        if os.path.isfile(os.path.join(path, name)):
+            return [os.path.join(path, name)]
+    for name in HF_INDEX_FILES:
+        index_file = os.path.join(path, name)
+        if os.path.isfile(index_file):
+            index = _read_json(index_file, "weight index")
+            shards = index.get("weight_map") if isinstance(index, dict) else None
+            if not isinstance(shards, dict) or not shards or not all(
+                    isinstance(shard, str) and shard == os.path.basename(shard) and shard not in (".", "..")
+                    for shard in shards.values()):
+                raise ScorerError(f"weight index {index_file} does not map weights to file names in its folder")
+            return [os.path.join(path, shard) for shard in dict.fromkeys(shards.values())]
+    raise ScorerError(f"{path} has config.json but no {' or '.join(HF_WEIGHT_FILES + HF_INDEX_FILES)}. "
+                      f"{WHERE_TO_PUT}")
 
 
 def _read_tensors(path):
@@ -79,23 +150,18 @@ def _read_tensors(path):
             return load_file(path, device="cpu"), False
         except Exception as error:
             raise ScorerError(f"Cannot read {path} as safetensors ({error}); the file may be truncated.") from error
-    if _is_torchscript_archive(path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated; OpenAI's files use it
-            return dict(torch.jit.load(path, map_location="cpu").state_dict()), True
+    if is_torchscript_archive(path):
+        try:
+            return read_torchscript_tensors(path), True
+        except TorchScriptError as error:
+            raise ScorerError(f"{path} is a TorchScript archive that cannot be read as plain tensors: {error} "
+                              f"{'' if CONVERT_ONCE in str(error) else CONVERT_ONCE}") from error
     try:
         return torch.load(path, map_location="cpu", weights_only=True), False
     except Exception as error:
         raise ScorerError(
             f"Cannot read {path} as a weights-only torch file ({type(error).__name__}: {str(error)[:200]}). "
             "Only tensors are loaded (no pickled code): use a .safetensors file or a plain state dict.") from error
-
-
-def _is_torchscript_archive(path):
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
 def _unwrap(state_dict, path):
@@ -123,12 +189,17 @@ def _check_open_clip_layout(state_dict, path):
     raise ScorerError(f"{path} is not a CLIP checkpoint with both towers (first keys: {sample}). {WHERE_TO_PUT}")
 
 
-def _sidecar_config(path):
+def _sidecar_config(path, digest):
     """An open_clip model config next to the weights: `<file stem>.json` or HF hub's `open_clip_config.json`."""
     candidates = (os.path.splitext(path)[0] + ".json", os.path.join(os.path.dirname(path), "open_clip_config.json"))
     for candidate in candidates:
         if os.path.isfile(candidate):
-            with open(candidate, encoding="utf-8") as f:
-                config = json.load(f)
-            return config.get("model_cfg", config)
+            config = _read_json(candidate, "open_clip config")
+            config = config.get("model_cfg", config) if isinstance(config, dict) else config
+            if not isinstance(config, dict) or not all(isinstance(config.get(key), dict)
+                                                       for key in ("vision_cfg", "text_cfg")):
+                raise ScorerError(f"open_clip config {candidate} is not a model config (an object with vision_cfg "
+                                  "and text_cfg objects, optionally under model_cfg)")
+            digest.add(candidate)
+            return config
     return None

@@ -12,6 +12,8 @@ file, TC = CLIPScore from a separate CLIP checkpoint: AQ-Map is not built, see t
 Note the scales: torchmetrics CLIPScore is ~20-35 for real CLIPs while CLIP-IQA and HPSv2 are below 1, so with the
 paper's identity form the alignment term dominates; log or the Hessel convention (2.5 * cos) balance them.
 """
+import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -124,6 +126,30 @@ class JAQScorer:
 
     def describe(self):
         return f"JAQ ({self.variant}) = {self.formula}" + (f" [{self.label}]" if self.label else "")
+
+    def identity(self):
+        """Everything that decides this scorer's numbers, for keying stored scores (the calibration run log):
+        options, each metric's settings, and the content of the weights its towers hold. Never a file name: a
+        changed file under the same name is another scorer, the same file under another name is not."""
+        return {"variant": self.variant, "formula": self.formula, "options": dataclasses.asdict(self.options),
+                "tc": _metric_identity(self.tc_metric), "iq": _metric_identity(self.iq_metric)}
+
+
+def _metric_identity(metric):
+    towers = metric.towers
+    settings = {key: getattr(metric, key) for key in ("name", "convention", "pairs", "logit_scale", "image_mode")
+                if hasattr(metric, key)}
+    return {**settings, "dtype": str(next(towers.parameters()).dtype),
+            "towers": towers.source if towers.source is not None else {"content_sha256": _content_sha256(towers)}}
+
+
+def _content_sha256(module):
+    """SHA-256 of every parameter and buffer (name, shape, dtype, values) of towers not built from files."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _display(metric):

@@ -18,6 +18,7 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 class ClipTowers(torch.nn.Module):
     is_resnet = False
+    source = None  # what build_towers made it from (weights' SHA-256, architecture): part of the scorer's identity
 
     def __init__(self, name, image_size, context_length):
         super().__init__()
@@ -98,16 +99,20 @@ def build_towers(weights: ScorerWeights, architecture="auto", quick_gelu=None):
     and GELU otherwise (LAION and HPS checkpoints); a wrong activation loads fine but scores silently wrong.
     """
     if weights.layout == "hf_clip":
-        from transformers import CLIPModel
-        model = CLIPModel.from_pretrained(weights.path, local_files_only=True, torch_dtype=torch.float32)
-        return HFClipTowers(model, os.path.basename(weights.path.rstrip("/")))
+        towers = HFClipTowers(_hf_model(weights), os.path.basename(weights.path.rstrip("/")))
+        towers.source = {"layout": "hf_clip", "weights_sha256": weights.sha256}
+        return towers
     not_weights = ("input_resolution", "context_length", "vocab_size", "attn_mask")  # OpenAI/TorchScript extras
     state_dict = {k: v for k, v in weights.state_dict.items() if k.rsplit(".", 1)[-1] not in not_weights}
     if quick_gelu is None:
         lowered = os.path.basename(weights.path).lower()
         quick_gelu = weights.from_openai_archive or "openai" in lowered or "quickgelu" in lowered
     name, config = _model_config(state_dict, weights, architecture)
-    model = CLIP(**config, quick_gelu=bool(quick_gelu))
+    try:
+        model = CLIP(**config, quick_gelu=bool(quick_gelu))
+    except Exception as error:  # a config JSON with wrong or missing values
+        raise ScorerError(f"{weights.path}: the {name} config cannot build a CLIP ({type(error).__name__}: "
+                          f"{str(error)[:300]})") from error
     hint = "Pass the right open_clip architecture name or a config JSON."
     try:
         missing, unexpected = model.load_state_dict(state_dict, strict=False)
@@ -116,7 +121,22 @@ def build_towers(weights: ScorerWeights, architecture="auto", quick_gelu=None):
     if missing or unexpected:
         raise ScorerError(f"{weights.path} does not fit the {name} architecture: missing {sorted(missing)[:4]}, "
                           f"unexpected {sorted(unexpected)[:4]}. {hint}")
-    return OpenClipTowers(model.float(), name)
+    towers = OpenClipTowers(model.float(), name)
+    towers.source = {"layout": "open_clip", "weights_sha256": weights.sha256, "architecture": name,
+                     "config": config, "quick_gelu": bool(quick_gelu)}
+    return towers
+
+
+def _hf_model(weights):
+    """A transformers CLIPModel from the config and tensors read by checkpoints.py: transformers reads no file
+    itself (so no torch.load without weights_only, whatever its version)."""
+    from transformers import CLIPConfig, CLIPModel
+    try:
+        config = CLIPConfig.from_dict(weights.config)
+        return CLIPModel.from_pretrained(None, config=config, state_dict=weights.state_dict, torch_dtype=torch.float32)
+    except Exception as error:  # transformers raises many kinds for a config or tensors that do not fit
+        raise ScorerError(f"{weights.path} cannot be built as a transformers CLIPModel "
+                          f"({type(error).__name__}: {str(error)[:300]})") from error
 
 
 def _model_config(state_dict, weights, architecture):
@@ -126,13 +146,31 @@ def _model_config(state_dict, weights, architecture):
             raise ScorerError(f"Unknown open_clip architecture {architecture!r}; see open_clip.list_models().")
         return architecture, _plain_config(config)
     if weights.config is not None:
-        return "config from JSON", _plain_config(weights.config)
+        config = _plain_config(weights.config)
+        _check_config_fits(config, infer_config(state_dict), weights.path)   # before any tensor is allocated
+        return "config from JSON", config
     inferred = infer_config(state_dict)
     for name in open_clip.list_models():
         config = open_clip.get_model_config(name)
         if config and not name.endswith("-quickgelu") and _same_shapes(config, inferred):
             return name, _plain_config(config)  # a named config also knows head widths, which shapes cannot tell
     return "inferred", inferred
+
+
+def _check_config_fits(config, inferred, path):
+    """A config JSON must describe these weights: a typo in a width would otherwise allocate a model of any size
+    before load_state_dict could say it does not fit."""
+    checks = [("embed_dim", config.get("embed_dim"), inferred["embed_dim"])]
+    for tower in ("vision_cfg", "text_cfg"):
+        for key in ("width", "layers", "mlp_ratio", "image_size", "patch_size", "context_length", "vocab_size"):
+            if key in config[tower] and key in inferred[tower]:
+                want = inferred[tower][key]
+                have = config[tower][key]
+                have = tuple(have) if isinstance(have, list) else have
+                checks.append((f"{tower}.{key}", have, want))
+    wrong = [f"{name} {have!r} (the weights have {want!r})" for name, have, want in checks if have != want]
+    if wrong:
+        raise ScorerError(f"the config JSON next to {path} does not describe its weights: {', '.join(wrong)}")
 
 
 def _plain_config(config):

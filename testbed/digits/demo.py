@@ -1,10 +1,11 @@
 """`python -m qsched demo`: Q-Sched on a real trained few-step model, on the CPU in a couple of minutes.
 
 Loads the shipped digits LCM model, quantizes it with the pack's quantizer, searches Q-Sched coefficients with the
-testbed's JAQ on 20 class/noise pairs (fast successive-halving search), calibrates a second schedule against the
-full-precision model (reference objective, per-step coefficients and noise offsets fitted from the grid), then
-prints FID / TC / IQ / JAQ of full precision, naive quantization, quantization + Q-Sched and quantization +
-reference schedule on fresh samples, and saves an image grid and the searched score surface. Missing or corrupt weights: `--retrain` rebuilds them (needs a GPU for a few minutes).
+testbed's JAQ on 20 class/noise pairs (the paper grid raced with confidence intervals), calibrates a second schedule
+against the full-precision model (reference objective, per-step coefficients and noise offsets fitted from the grid),
+then prints FID / TC / IQ / JAQ of full precision, naive quantization, quantization + Q-Sched and quantization +
+reference schedule on fresh samples, and saves an image grid and the searched score surface. Missing or corrupt
+weights: `--retrain` rebuilds them (needs a GPU for a few minutes).
 """
 import argparse
 import os
@@ -14,6 +15,7 @@ import time
 import torch
 from PIL import Image, ImageDraw
 
+from ...calibration.strategies import DEFAULT_STRATEGY
 from ...samplers import QSchedSchedule
 from .data import to_comfy_image
 from .experiment import SUPPORTED_BITS, check_bits, evaluate_cell, load_testbed, quantized_student, search_schedule
@@ -45,7 +47,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=4, help=f"LCM steps, one of {list(SUPPORTED_STEPS)}")
     parser.add_argument("--samples", type=int, default=300, help="evaluation samples per row (classes balanced)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategy", default="successive_halving")
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY)
     parser.add_argument("--grid-points", type=int, default=7)
     parser.add_argument("--refine-evaluations", type=int, default=60,
                         help="candidates the reference schedule's per-step refinement may score")

@@ -1,0 +1,148 @@
+"""The calibration generator on a ComfyUI MODEL, CLIP and VAE: `generate([(schedule, prompt_index), ...])`
+returns one decoded IMAGE per item, sampling as many items per model call as the batch limit and ComfyUI's free
+memory allow. Prompt i always gets seed + i, for its starting noise and for every noise the sampler draws later,
+so a batched image equals the image the same item gives alone (batch 1) up to float rounding."""
+import contextlib
+import math
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+
+from ..calibration.prompts import prompt_seed
+from ..samplers import SAMPLERS
+from ..samplers.batch import one_schedule, seeded_noise_sampler
+
+# calc_cond_batch runs a batch when memory_required * 1.5 fits in free memory: the same margin here.
+MEMORY_MARGIN = 1.5
+
+
+@contextlib.contextmanager
+def quiet_step_progress():
+    """The sampler's per-step progress bar would overwrite the node's candidates-done bar: mute it meanwhile."""
+    hook, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, None
+    try:
+        yield
+    finally:
+        comfy.utils.PROGRESS_BAR_HOOK = hook
+
+
+class TextConditioning:
+    """Encodes each calibration prompt once (the search reuses it for every candidate)."""
+
+    def __init__(self, clip):
+        self.clip, self.cache = clip, {}
+
+    def __call__(self, text):
+        if text not in self.cache:
+            self.cache[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
+        return self.cache[text]
+
+
+def _extra_signature(value):
+    if isinstance(value, torch.Tensor):
+        return ("tensor", tuple(value.shape[1:]), value.dtype) if value.shape[:1] == (1,) else ("object", id(value))
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return ("value", value)
+    return ("object", id(value))
+
+
+def conditioning_signature(conditioning):
+    """Conditionings with equal signatures can share a batch: same entries, same tensor shapes (a long prompt's
+    extra 77-token chunks make another shape), equal non-tensor options."""
+    return tuple((tuple(tensor.shape[1:]), tensor.dtype, tuple(sorted((k, _extra_signature(v)) for k, v in extras.items())))
+                 for tensor, extras in conditioning)
+
+
+def stack_conditioning(conditionings):
+    """One conditioning for a batch whose sample b is conditioned on conditionings[b] (equal signatures)."""
+    stacked = []
+    for entry, (tensor, extras) in enumerate(conditionings[0]):
+        merged = {}
+        for key, value in extras.items():
+            if isinstance(value, torch.Tensor) and value.shape[:1] == (1,):
+                value = torch.cat([c[entry][1][key] for c in conditionings])
+            merged[key] = value
+        stacked.append([torch.cat([c[entry][0] for c in conditionings]), merged])
+    return stacked
+
+
+def free_memory(device):
+    return comfy.model_management.get_free_memory(device)
+
+
+def memory_batch_limit(model, latent_shape, cfg):
+    """Most samples one model call can take in the memory ComfyUI reports free, after the weights still to
+    load and its minimum inference reserve (cond and uncond both run when cfg != 1)."""
+    mm = comfy.model_management
+    calls = 1 if math.isclose(cfg, 1.0) else 2
+    per_sample = model.model.memory_required([calls, *latent_shape]) * MEMORY_MARGIN
+    free = free_memory(model.load_device) - (model.model_size() - model.loaded_size())
+    free -= mm.minimum_inference_memory()
+    return max(1, int(free // max(per_sample, 1)))
+
+
+def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
+                   negative_prompt="", max_batch=1, sampler_options=None, encode=None):
+    """generate(items) -> IMAGE [N, H, W, C] for items [(schedule, prompt_index)], at most `max_batch` samples
+    (and what free memory allows) per model call. Raises NonFiniteLatentError if a latent of a batch fails.
+    With vae=None it returns the sampled LATENTs [N, C, h, w] instead (the reference objectives compare them);
+    `encode` shares one prompt-encoding cache between generators."""
+    from ..nodes.comfy_compat import make_noise_sampler
+    from ..nodes.sampling import check_sampler_fits_model, resolve_schedule, scheduler_sigmas
+
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+    check_sampler_fits_model(sampler_name, model)
+    encode = encode or TextConditioning(clip)
+    channels = model.get_model_object("latent_format").latent_channels
+    latent_shape = (channels, height // 8, width // 8)
+    sigmas = scheduler_sigmas(model, scheduler, steps)
+
+    def sample(schedules, seeds, positive):
+        latent = comfy.sample.fix_empty_latent_channels(model, torch.zeros([len(seeds), *latent_shape]))
+        noise = torch.cat([comfy.sample.prepare_noise(latent[:1], s) for s in seeds])
+        schedule = one_schedule(resolve_schedule(s, steps, sampler_name) for s in schedules)
+        sampler = comfy.samplers.KSAMPLER(_with_seeds(SAMPLERS[sampler_name].function, seeds, make_noise_sampler),
+                                          extra_options={"schedule": schedule, **(sampler_options or {})})
+        samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, encode(negative_prompt),
+                                             latent, callback=_interrupt_check, disable_pbar=True, seed=seeds[0])
+        if vae is None:
+            return samples
+        images = vae.decode(samples)
+        return images.reshape(-1, *images.shape[-3:]).float()
+
+    def generate(items):
+        items = list(items)
+        conditioning = [encode(prompts[index]) for _, index in items]
+        groups = {}
+        for slot, cond in enumerate(conditioning):
+            groups.setdefault(conditioning_signature(cond), []).append(slot)
+        limit = min(max_batch, memory_batch_limit(model, latent_shape, cfg))
+        images = [None] * len(items)
+        with quiet_step_progress():
+            for slots in groups.values():
+                for start in range(0, len(slots), limit):
+                    chunk = slots[start:start + limit]
+                    out = sample([items[s][0] for s in chunk], [prompt_seed(seed, items[s][1]) for s in chunk],
+                                 stack_conditioning([conditioning[s] for s in chunk]))
+                    for slot, image in zip(chunk, out):
+                        images[slot] = image
+        return torch.stack(images)
+
+    return generate
+
+
+def _with_seeds(function, seeds, make_noise_sampler):
+    """The sampler function with sample b's fresh noise drawn from its own seed, by ComfyUI's noise sampler (what
+    the sampler draws for it at batch 1)."""
+    def sample(model, x, sigmas, **options):
+        return function(model, x, sigmas, noise_sampler=seeded_noise_sampler(x, seeds, make_noise_sampler), **options)
+    return sample
+
+
+def _interrupt_check(step, denoised, x, total_steps):
+    comfy.model_management.throw_exception_if_processing_interrupted()

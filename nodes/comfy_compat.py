@@ -1,0 +1,53 @@
+"""What differs between the ComfyUI versions the pack runs on (tested: 0.3.64 and 0.33.0), in one place.
+
+Each difference is read off the running ComfyUI (its own functions, classes and fields), not off a version
+number, so releases in between get whichever behaviour they have:
+- Noise: the Q-Sched samplers draw with ComfyUI's own `default_noise_sampler` (0.33 seeds it with seed + 1 on the
+  CPU, 0.3.64 with the seed), so an identity schedule equals the native sampler bit for bit on any version.
+- Per-call weight functions (LoRA on an offloaded layer in low-VRAM mode): ComfyUI 0.3.x hands them the layer's
+  stored weight value-cast to float, and its LowVramPatch converts through the layer's convert_weight /
+  set_weight itself; 0.33 hands them the dequantized float weight and expects a float weight back (with dynamic
+  VRAM the LoRA sits in `weight_lowvram_function`, ahead of `weight_function`).
+- Flux's constructor: 0.33 also takes `txt_ids_dims` (none for FLUX.1, as its model detection sets).
+"""
+import dataclasses
+
+import comfy.k_diffusion.sampling
+import comfy.model_patcher
+import torch
+
+make_noise_sampler = comfy.k_diffusion.sampling.default_noise_sampler
+
+
+def _low_vram_patch_converts_the_stored_weight():
+    """True where ComfyUI's LowVramPatch calls the layer's convert function itself (the stored-weight protocol)."""
+    converted = []
+
+    def convert(weight, **_):
+        converted.append(True)
+        return weight
+
+    patch = comfy.model_patcher.LowVramPatch("probe.weight", {"probe.weight": []}, convert, lambda weight, **_: weight)
+    patch(torch.zeros(1))
+    return bool(converted)
+
+
+WEIGHT_FUNCTIONS_TAKE_STORED_WEIGHT = _low_vram_patch_converts_the_stored_weight()
+
+
+def weight_functions(layer, name="weight"):
+    """The patches ComfyUI attached to `layer.<name>` for this call, as (functions on the stored weight, functions
+    on the float weight), each list in the order ComfyUI applies them."""
+    attached = list(getattr(layer, f"{name}_function", ()))
+    if WEIGHT_FUNCTIONS_TAKE_STORED_WEIGHT:
+        return attached, []
+    low_vram = getattr(layer, f"{name}_lowvram_function", None)
+    return [], ([] if low_vram is None else [low_vram]) + attached
+
+
+def flux_model(dtype=None, device=None, operations=None, **config):
+    """ComfyUI's Flux DiT (comfy.ldm.flux.model.Flux) from a FLUX.1 config, with the fields this version needs."""
+    from comfy.ldm.flux.model import Flux, FluxParams
+    if "txt_ids_dims" in {field.name for field in dataclasses.fields(FluxParams)}:
+        config.setdefault("txt_ids_dims", [])
+    return Flux(dtype=dtype, device=device, operations=operations, **config)

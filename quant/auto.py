@@ -1,0 +1,79 @@
+"""auto backend: per device and per layer, the fastest path that keeps what the spec asks for.
+
+- CPU and other non-CUDA devices: simulate everywhere (exact quantize-dequantize numerics; works anywhere).
+- CUDA, FP8 tensor cores (compute capability 8.9+): W8A8 / W4A8 linears whose GEMM is big enough for 8-bit compute
+  to pay (`a8_pays`) run the fp8 backend (Triton activation quantization + cuBLAS FP8 GEMM in eager); the others
+  keep their 8/4-bit storage and compute in 16 bit (quant/fast.py): the shape-aware policy.
+- CUDA without FP8 (Ampere, Turing): W8A8 linears that pay run comfy-kitchen's int8_linear where ComfyUI ships it,
+  else they are weight-only like the small ones.
+- Specs no fast kernel implements (W6A8, W4A6, W4A4, grouped A8, ...): simulate, so their numerics stay exact.
+- Weight-only specs (A16) and convolutions: weight-only layers (Triton dequantization on CUDA).
+Every layer's report line says which path it got and why."""
+import torch
+from torch import nn
+
+from . import fp8, kitchen
+from .backends import ComfyKitchenBackend, Fp8Backend, SimulateBackend, weight_only
+
+FAST_A8_SPECS = ("W8A8", "W4A8")
+# 8-bit compute pays only on GEMMs wide in both directions: on an H200 at batch 1 every SDXL linear (at most 1280
+# wide on one side) runs faster with 16-bit compute, because the activation quantization's extra launch and pass
+# cost more than the FP8 GEMM saves, while FLUX's 3072-wide GEMMs gain (kernel table, bench/results/peers_h200.md).
+A8_MIN_FEATURES = 2048
+
+
+def a8_pays(layer):
+    return (isinstance(layer, nn.Linear) and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
+            and min(layer.in_features, layer.out_features) >= A8_MIN_FEATURES)
+
+
+class AutoBackend:
+    name = "auto"
+    cacheable = True
+
+    def __init__(self):
+        self.device = None
+
+    def check(self, spec, device=None):
+        if device is not None:
+            self.device = torch.device(device)
+
+    def _device(self, layer):
+        return self.device if self.device is not None else layer.weight.device
+
+    def choose(self, layer, spec):
+        """(path, spec it runs, why): path is 'fp8', 'comfy_kitchen', 'weight-only' or 'simulate'."""
+        device = self._device(layer)
+        if device.type != "cuda":
+            return "simulate", spec, f"{device.type}: exact numerics"
+        if spec.weight_only:
+            return "weight-only", spec, "16-bit activations by the spec or the layer policy"
+        if spec.name not in FAST_A8_SPECS:
+            return "simulate", spec, f"no fast kernel for {spec}"
+        if not isinstance(layer, nn.Linear):
+            return "weight-only", spec.with_activations(16), "convolution"
+        if not a8_pays(layer):
+            return "weight-only", spec.with_activations(16), "GEMM too small for 8-bit compute to pay"
+        if fp8.fp8_supported(device):
+            return "fp8", spec, "FP8 tensor cores"
+        if spec.name == "W8A8" and kitchen.available():
+            return "comfy_kitchen", spec, "int8 tensor cores (no FP8 on this GPU)"
+        return "weight-only", spec.with_activations(16), "no 8-bit GEMM for it on this GPU"
+
+    def _backend(self, path):
+        return {"fp8": Fp8Backend, "comfy_kitchen": ComfyKitchenBackend}.get(path, SimulateBackend)()
+
+    def effective_spec(self, layer, spec):
+        return self.choose(layer, spec)[1]
+
+    def layout(self, layer, spec):
+        path, spec, _ = self.choose(layer, spec)
+        return self._backend(path).layout(layer, spec)
+
+    def quantize(self, layer, spec, tensors=None, compute_device=None):
+        path, effective, why = self.choose(layer, spec)
+        if path == "weight-only":
+            return weight_only(layer, effective, f"auto: weight-only ({why})", tensors, compute_device)
+        new_layer, how = self._backend(path).quantize(layer, effective, tensors, compute_device)
+        return new_layer, f"auto: {how}" if path != "simulate" else f"auto: simulate ({why})"
+

@@ -1,0 +1,64 @@
+"""Export a W8A8 backbone as ComfyUI's native int8 checkpoint: per layer `comfy_quant` {"format":
+"int8_tensorwise"}, int8 weight and fp32 per-output-channel `weight_scale`, which ComfyUI 0.33+ loads with a plain
+UNETLoader (comfy-kitchen's int8_linear then quantizes activations per token, as this pack's W8A8 does).
+
+What ComfyUI's format carries: int8 linears with per-channel scales whose activations are quantized per token.
+Weight-only (A16) layers, e.g. adaLN modulation, and convolutions are written dequantized in 16 bit: same weights,
+same numerics (ComfyUI 0.33's `full_precision_matrix_mult` flag does not stop its int8 path when the weight's
+nominal dtype equals the input's, so an int8 A16 layer would come back with quantized activations).
+Layers stored in other formats (e4m3, int4, groups) are refused: export from backend simulate or comfy_kitchen."""
+import json
+from collections import Counter
+
+import torch
+from torch import nn
+
+from .layers import PackedWeightMixin
+
+FORMAT = "int8_tensorwise"
+
+
+class ExportError(ValueError):
+    pass
+
+
+def layer_config():
+    return torch.tensor(list(json.dumps({"format": FORMAT}).encode("utf-8")), dtype=torch.uint8)
+
+
+def comfy_int8_state_dict(module, dtype=torch.bfloat16):
+    """(state dict, Counter of what each quantized layer became) for `module` quantized with int8 codes;
+    unquantized tensors are written as they are, dequantized weights in `dtype`."""
+    state = {key: value.detach() for key, value in module.state_dict().items()}
+    counts = Counter()
+    for name, layer in module.named_modules():
+        if not isinstance(layer, PackedWeightMixin) or layer.quant_spec is None:
+            continue
+        spec, prefix = layer.quant_spec, f"{name}." if name else ""
+        state.pop(f"{prefix}weight_scale")
+        if not isinstance(layer, nn.Linear) or spec.weight_only:
+            state[f"{prefix}weight"] = layer.dequantize(dtype=dtype)
+            counts["weight-only linear, dequantized" if spec.weight_only else "convolution, dequantized"] += 1
+            continue
+        if layer.weight.dtype != torch.int8 or spec.name != "W8A8":
+            raise ExportError(f"layer {name!r} is {spec} stored as {layer.weight.dtype}: ComfyUI's int8 format takes "
+                              "W8A8 / W8A16 linears with int8 codes and per-channel scales; quantize with backend "
+                              "'simulate' or 'comfy_kitchen' to export")
+        state[f"{prefix}weight"] = layer.weight.detach().to(torch.int8).contiguous()
+        state[f"{prefix}weight_scale"] = layer.weight_scale.detach().float().reshape(-1).contiguous()
+        state[f"{prefix}comfy_quant"] = layer_config()
+        counts["int8 W8A8 linear"] += 1
+    if not counts:
+        raise ExportError("the model has no quantized layer to export")
+    return {key: value.contiguous() for key, value in state.items()}, counts
+
+
+def save_comfy_int8(module, path, dtype=torch.bfloat16):
+    """Write the export atomically; returns a one-line summary."""
+    from safetensors.torch import save_file
+
+    from ..atomic_files import write_atomic
+    state, counts = comfy_int8_state_dict(module, dtype)
+    state = {key: value.cpu() for key, value in state.items()}
+    write_atomic(path, lambda temporary: save_file(state, temporary))
+    return ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))

@@ -1,0 +1,62 @@
+"""Weight-only quantized layers with a fast eager path: 8/4-bit storage, 16-bit compute.
+
+Same storage, scales, LoRA protocol and CPU numerics as the simulate backend's weight-only layers. On a CUDA input
+the weight is widened in as few launches as the host can afford (at batch 1 an eager step is bound by the host's
+launch cost, not by the GPU): int8 per-channel weights in one torch multiply (int8 x 16-bit scale, the simulate
+rounding bit for bit), int4 or grouped weights in one Triton kernel, then the usual cuBLAS GEMM or convolution.
+Linears that see at most `STREAMING_MAX_ROWS` rows (adaLN modulation, batch-sized inputs) skip the widened copy:
+a Triton GEMM reads the int8 codes directly."""
+import torch
+
+from . import kernels
+from .layers import SimulatedConv, SimulatedLinear
+
+# Up to this many rows a weight-only int8 linear streams its codes through one Triton GEMM (1 byte per weight read
+# instead of 1 + 2 written + 2 read); above, cuBLAS on the widened weight wins (H200 kernel table, peers_h200.md).
+STREAMING_MAX_ROWS = 16
+
+
+def _fast(layer, x):
+    return layer.quant_spec.weight_only and kernels.runs_triton(x) and x.dtype in (torch.bfloat16, torch.float16)
+
+
+class FastWeight:
+    """The 16-bit weight of a weight-only layer, widened on the input's device in one launch."""
+
+    def scale_as(self, x):
+        """weight_scale in x's dtype and device, converted once (a new buffer, e.g. after .to(), converts again)."""
+        cached = self.__dict__.get("_scale_as")
+        if cached is None or cached[0] is not self.weight_scale or cached[1].dtype != x.dtype \
+                or cached[1].device != x.device:
+            cached = (self.weight_scale, self.weight_scale.to(x.device, x.dtype))
+            self.__dict__["_scale_as"] = cached
+        return cached[1]
+
+    def fast_weight(self, packed, x):
+        """[out, columns] weight in x's dtype: exactly numerics.dequantize_weight's values."""
+        spec = self.quant_spec
+        if not spec.packed_int4 and not spec.group_size:
+            return torch.mul(packed, self.scale_as(x))  # int8 * 16-bit -> 16-bit in one kernel
+        return kernels.triton_kernels.dequantize(packed, self.weight_scale.to(x.device), self.float_weight_shape()[0],
+                                                 self._matrix_columns(), x.dtype, spec.packed_int4)
+
+
+class FastWeightOnlyLinear(FastWeight, SimulatedLinear):
+    def quantized_forward(self, x, packed, bias):
+        if not _fast(self, x):
+            return super().quantized_forward(x, packed, bias)
+        spec = self.quant_spec
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] <= STREAMING_MAX_ROWS and not spec.packed_int4 and not spec.group_size:
+            out = kernels.triton_kernels.weight_only_linear(rows if rows.stride(-1) == 1 else rows.contiguous(), packed,
+                                                            self.weight_scale.to(x.device), bias, False,
+                                                            self.out_features)
+            return out.view(*x.shape[:-1], self.out_features)
+        return torch.nn.functional.linear(x, self.fast_weight(packed, x), bias)
+
+
+class FastWeightOnlyConv(FastWeight, SimulatedConv):
+    def quantized_forward(self, x, packed, bias):
+        if not _fast(self, x):
+            return super().quantized_forward(x, packed, bias)
+        return self._conv_forward(x, self.fast_weight(packed, x).view(self.float_weight_shape()), bias)

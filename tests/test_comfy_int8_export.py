@@ -1,0 +1,74 @@
+"""In real ComfyUI (COMFYUI_DIR): the loaders default to the auto backend, and the int8 export node writes a file that
+a plain UNETLoader of ComfyUI 0.33+ loads without this pack, computing what the pack's W8A8 computes (comfy-kitchen's
+eager int8_linear on the CPU); older ComfyUI gets the file and a warning that it cannot read it."""
+import os
+
+import pytest
+import torch
+
+from comfy_fixtures import SD3_UNET
+
+
+@pytest.fixture(scope="module")
+def env(comfyui_dir, comfy_models, tmp_path_factory):
+    import folder_paths
+    import nodes
+    for name, path in comfy_models.folders.items():
+        folder_paths.add_model_folder_path(name, path)
+    exports = str(tmp_path_factory.mktemp("exports"))
+    folder_paths.add_model_folder_path("diffusion_models", exports, is_default=True)  # the node writes here
+    from comfyui_qsched.nodes import export, loaders
+    from comfyui_qsched.quant import quantize_module
+    return {"nodes": nodes, "export": export, "loaders": loaders, "exports": exports, "quantize": quantize_module}
+
+
+def sd3_inputs():
+    generator = torch.Generator().manual_seed(3)
+    return dict(x=torch.randn(1, 16, 16, 16, generator=generator), timesteps=torch.tensor([0.7]),
+                context=torch.randn(1, 8, 4096, generator=generator), y=torch.randn(1, 2048, generator=generator))
+
+
+def plain_load(env, name):
+    return env["nodes"].UNETLoader().load_unet(name, "default")[0].model.diffusion_model
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_loaders_default_to_auto_which_is_simulate_on_the_cpu(env):
+    loader = env["loaders"].QSchedQuantizedDiffusionModelLoader
+    assert loader.INPUT_TYPES()["required"]["backend"][1]["default"] == "auto"
+    _, summary = loader().load(SD3_UNET, "W8A8", "auto", "", "off")
+    assert "via auto" in summary and "auto: simulate (cpu: exact numerics)" in summary
+
+
+def test_export_loads_in_plain_comfyui_with_the_packs_numerics(env):
+    summary = env["export"].QSchedExportComfyInt8().export(SD3_UNET, "", "tiny_sd3_int8")[0]
+    path = os.path.join(env["exports"], "tiny_sd3_int8.safetensors")
+    assert os.path.isfile(path) and "int8 W8A8 linear" in summary
+    if not env["export"].comfy_reads_int8():  # ComfyUI before 0.33: the file is written, the user is told
+        assert "this ComfyUI cannot load int8_tensorwise files" in summary
+        return
+    assert "cannot load" not in summary
+    theirs = plain_load(env, "tiny_sd3_int8.safetensors")
+    float_model = plain_load(env, SD3_UNET)
+    ours = plain_load(env, SD3_UNET)
+    env["quantize"](ours, "W8A8", backend="simulate")
+    layer = "joint_blocks.0.x_block.attn.qkv"
+    assert type(theirs.get_submodule(layer).weight).__name__ == "QuantizedTensor"  # ComfyUI's own int8 layer
+    x = torch.randn(5, ours.get_submodule(layer).in_features)
+    with torch.no_grad():
+        assert rel(theirs.get_submodule(layer)(x), ours.get_submodule(layer)(x)) < 1e-5  # same math per layer
+        out_theirs, out_ours, out_float = (m(**sd3_inputs()) for m in (theirs, ours, float_model))
+    # through the whole model, float rounding flips a few int8 activation codes: far below the quantization error
+    assert rel(out_theirs, out_ours) < 0.25 * rel(out_ours, out_float)
+
+
+def test_export_names_bad_file_names_and_never_overwrites(env):
+    node = env["export"].QSchedExportComfyInt8()
+    with pytest.raises(ValueError, match="letters, digits"):
+        node.export(SD3_UNET, "", "../escape")
+    open(os.path.join(env["exports"], "taken.safetensors"), "wb").close()
+    with pytest.raises(ValueError, match="taken.safetensors already exists"):
+        node.export(SD3_UNET, "", "taken")
