@@ -143,6 +143,11 @@ def main(argv):
         raise SystemExit(f"--c-min {args.c_min} must be below --c-max {args.c_max}")
     if args.fp_control and not args.quant:
         raise SystemExit("--fp-control compares the quantized model with the full-precision one: give --quant too")
+    if args.objective in REFERENCE_OBJECTIVES and not args.reference_model:
+        raise SystemExit(f"--objective {args.objective} compares with the full-precision model: give "
+                         "--reference-model same (the checkpoint without --quant) or another checkpoint")
+    if not args.scorer and args.objective not in ("reference_latent", "reference_image"):
+        raise SystemExit(f"--objective {args.objective} needs a scorer: give --scorer")
     prompts = read_prompts(args.prompts_file, args.n_prompts)
     _import_comfyui(args.comfyui, args.gpu)
     import comfy.sd
