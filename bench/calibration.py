@@ -1,6 +1,7 @@
 """Calibration throughput, batch 1 vs batched: images per second of a whole Q-Sched calibration (sampling,
-VAE decode, JAQ scoring, search and run log) through ComfyUI in-process, with the same seeds at every batch
-size, and whether both find the same best schedule.
+VAE decode, JAQ scoring, search, run log, held-out check, preset) through the node's and the command line's own
+core (comfy_adapter.calibration.calibrate) in-process, with the same seeds at every batch size, and whether both
+find the same best schedule.
 
     COMFYUI_DIR=/path/to/ComfyUI python3 bench/calibration.py [--models sdxl,tiny] [--batch-sizes 1,16]
                                                               [--out bench/results/calibration]
@@ -36,8 +37,8 @@ import comfy.sd  # noqa: E402
 from comfyui_qsched.calibration.metrics import clip_scorer  # noqa: E402
 from comfyui_qsched.calibration.pipeline import make_evaluate  # noqa: E402
 from comfyui_qsched.calibration.prompts import DEFAULT_PROMPTS  # noqa: E402
-from comfyui_qsched.calibration.search import run_search  # noqa: E402
-from comfyui_qsched.comfy_adapter.calibration import make_generator  # noqa: E402
+from comfyui_qsched.calibration.run import CalibrationConfig  # noqa: E402
+from comfyui_qsched.comfy_adapter.calibration import calibrate, make_generator  # noqa: E402
 
 SDXL_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
                  num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320,
@@ -123,7 +124,7 @@ def build_tiny(workdir):
 
 class TransformersClipTowers(torch.nn.Module):
     """A random transformers CLIPModel behind the scorer's towers interface (calibration.metrics.towers)."""
-    is_resnet = False
+    is_resnet, source = False, None   # source None: the scorer's identity hashes the weights' content
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
     def __init__(self, shapes, device, dtype):
@@ -158,20 +159,19 @@ def sync():
         torch.cuda.synchronize()
 
 
-def calibrate(models, scorer, prompts, batch_size, args, size):
-    """One calibration from scratch (fresh run log); the timed part is the whole search."""
-    generate = make_generator(*models, sampler_name="lcm", scheduler="lcm_original", steps=args.steps, cfg=1.0,
-                              seed=args.seed, width=size, height=size, prompts=prompts, max_batch=batch_size)
-    evaluate = make_evaluate(generate, scorer, prompts)
+def calibrate_once(name, models, scorer, prompts, batch_size, args, size):
+    """One calibration from scratch (fresh run log and preset folder), timed as a whole."""
+    config = CalibrationConfig(sampler_name="lcm", scheduler="lcm_original", steps=args.steps, cfg=1.0,
+                               strategy=args.strategy, budget_images=args.budget, seed=args.seed,
+                               prompts="\n".join(prompts), width=size, height=size, batch_size=batch_size,
+                               preset_name=f"bench-{name}-{batch_size}")
     with tempfile.TemporaryDirectory() as folder:
         sync()
         start = time.perf_counter()
-        result = run_search(evaluate, args.steps, len(prompts), args.strategy, budget_images=args.budget or None,
-                            sampler="lcm", settings={"bench": batch_size}, run_log=os.path.join(folder, "run.jsonl"),
-                            batch_images=batch_size)
+        calibration = calibrate(config, *models, scorer, preset_folder=folder, runs_folder=folder, model_name=name)
         sync()
         seconds = time.perf_counter() - start
-    return result, seconds
+    return calibration, seconds
 
 
 def bench_model(name, models, scorer, size, args, log_path):
@@ -185,12 +185,14 @@ def bench_model(name, models, scorer, size, args, log_path):
                                      max_batch=batch_size), scorer, prompts).many([(s, [i]) for s, i in items])
     rows, first = [], None
     for batch_size in args.batch_sizes:
-        result, seconds = calibrate(models, scorer, prompts, batch_size, args, size)
+        calibration, seconds = calibrate_once(name, models, scorer, prompts, batch_size, args, size)
+        result, images = calibration.search, calibration.search.images_generated + calibration.report.images
         scores = {(json.dumps(t["schedule"]["c_x"]), json.dumps(t["schedule"]["c_eps"]), t["prompts"]): t["score"]
                   for t in result.trace}
         row = {"model": name, "size": size, "batch_size": batch_size, "strategy": args.strategy,
-               "prompts": len(prompts), "steps": args.steps, "images": result.images_generated,
-               "seconds": round(seconds, 3), "images_per_s": result.images_generated / seconds,
+               "prompts": len(prompts), "steps": args.steps, "images": images,
+               "seconds": round(seconds, 3), "images_per_s": images / seconds,
+               "heldout": calibration.report.heldout.verdict,
                "best": result.best.label, "best_score": result.best_score, "identity_score": result.identity_score,
                "unet_dtype": str(models[0].model.get_dtype()).replace("torch.", ""),
                "device": device_name(), "torch": torch.__version__, "comfyui": comfyui_version()}
@@ -227,18 +229,18 @@ def comfyui_version():
 
 def table(rows):
     lines = [f"Device: {rows[0]['device'] if rows else '-'}; torch {torch.__version__}; ComfyUI {comfyui_version()}. "
-             "Whole calibration (sample + decode + JAQ score + search), lcm, cfg 1, fresh run log; images/s = images "
-             "generated / seconds.", "",
+             "Whole calibration (sample + decode + JAQ score + search + held-out check + preset), lcm, cfg 1, fresh "
+             "run log; images/s = images generated / seconds.", "",
              "| model | UNet dtype | image | strategy | prompts x steps | batch | images | seconds | images/s | "
              "speedup | same best schedule | max score diff, same candidate (batch-1 best margin) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         margin = "-" if r.get("batch1_margin") is None else f"{r['batch1_margin']:.2e}"
         diff = "-" if "max_score_diff" not in r else f"{r['max_score_diff']:.2e} ({margin})"
-        lines.append(f"| {r['model']} | {r['unet_dtype']} | {r['size']}² | {r['strategy']} | {r['prompts']} x {r['steps']} | "
-                     f"{r['batch_size']} | {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.2f} | "
-                     f"{r.get('speedup', 1.0):.2f}x | {'-' if 'same_best' not in r else ('yes' if r['same_best'] else 'NO')}"
-                     f" | {diff} |")
+        same = "-" if "same_best" not in r else ("yes" if r["same_best"] else "NO")
+        lines.append(f"| {r['model']} | {r['unet_dtype']} | {r['size']}² | {r['strategy']} | "
+                     f"{r['prompts']} x {r['steps']} | {r['batch_size']} | {r['images']} | {r['seconds']:.1f} | "
+                     f"{r['images_per_s']:.2f} | {r.get('speedup', 1.0):.2f}x | {same} | {diff} |")
     return "\n".join(lines)
 
 
@@ -256,7 +258,8 @@ def main(argv=None):
     parser.add_argument("--out", default="", help="write <out>.jsonl (appended) and <out>.md")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--tiny", action="store_true",
-                        help="CPU smoke test of this script: tiny model, 4 prompts, 2 steps, 24 images, batch 1 and 4")
+                        help="CPU smoke test of this script: tiny model, 4 prompts, 2 steps, 24 images (and the "
+                             "held-out check), batch 1 and 4")
     args = parser.parse_args(argv)
     if args.tiny:
         args.models, args.prompts, args.batch_sizes, args.steps, args.budget = "tiny", 4, "1,4", 2, 24

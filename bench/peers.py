@@ -35,7 +35,7 @@ import quant as bench  # noqa: E402  (bench/quant.py: ComfyUI model configs, see
 
 import comfy.sd  # noqa: E402
 
-from comfyui_qsched.nodes.quant_ops import with_comfy_patching  # noqa: E402
+from comfyui_qsched.comfy_adapter.quant_ops import with_comfy_patching  # noqa: E402
 from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 from comfyui_qsched.quant.export import comfy_int8_state_dict  # noqa: E402
 

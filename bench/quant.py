@@ -27,7 +27,7 @@ comfy.cli_args.args.cpu = not torch.cuda.is_available()
 import comfy.ops  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
-from comfyui_qsched.nodes.comfy_compat import flux_model  # noqa: E402
+from comfyui_qsched.comfy_adapter.comfy_compat import flux_model  # noqa: E402
 from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 
 SDXL = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,

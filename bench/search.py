@@ -168,7 +168,7 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64, quant="W4A8"):
     from comfyui_qsched.calibration.pipeline import make_evaluate
     from comfyui_qsched.calibration.prompts import DEFAULT_PROMPTS
     from comfyui_qsched.comfy_adapter.calibration import make_generator
-    from comfyui_qsched.nodes.quant_ops import with_comfy_patching
+    from comfyui_qsched.comfy_adapter.quant_ops import with_comfy_patching
     from comfyui_qsched.quant import QuantSpec, quantize_module
 
     work = tempfile.mkdtemp(prefix="qsched_bench_")

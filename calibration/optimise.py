@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..samplers.schedule import QSchedSchedule
+from .runlog import schedule_key
 
 FORMS = {
     "per_step": "c_x and c_eps free at every step",
@@ -21,6 +22,7 @@ FORMS = {
     "per_step_channel_offset": "c_x, c_eps and one offset per latent channel free at every step",
 }
 DEFAULT_OFFSET_BOUND = 0.5   # |b| in units of the unit-variance noise prediction
+REFINE_C_RANGE = (0.5, 1.5)  # free coefficients may go at least this far (the start range widens it)
 DEFAULT_EVALUATIONS = 200    # candidates the optimiser may score (each on every calibration prompt)
 
 
@@ -32,7 +34,7 @@ class FreeSchedule:
     rescaling cannot express before it fine-tunes the coefficients."""
     steps: int
     form: str
-    c_range: tuple = (0.5, 1.5)
+    c_range: tuple = REFINE_C_RANGE
     channels: int = 1
     offset_bound: float = DEFAULT_OFFSET_BOUND
     sampler: str | None = None
@@ -144,13 +146,14 @@ def refine_best(evaluations, steps, sampler, options, budget_spent):
        way to reduce the error), so the better of the two warmed-up starts is kept;
     2. every free parameter of the form, from that start.
     `evaluations` is the search's cache: every candidate is scored on all prompts through it. The refinement has
-    its own budget of `options["evaluations"]` candidates (a quarter per warm-up, the rest for stage 2);
-    `budget_spent` is the exception the cache raises when a budget runs out (it ends the refinement, keeping what
+    its own budget of `options["evaluations"]` candidates (a quarter per warm-up, the rest for stage 2): those it
+    asks for that the search had not scored, counted whether their images are new or come from the run log, so a
+    resumed run retraces the same path and generates nothing new; `budget_spent` is the exception that ends the refinement when it is spent (keeping what
     was scored). Returns a summary for SearchResult."""
     unknown = sorted(set(options) - {"form", "evaluations", "channels", "c_range", "offset_bound"})
     if unknown:
         raise ValueError(f"unknown refinement option(s): {', '.join(unknown)}")
-    free = FreeSchedule(steps, options.get("form", "per_step_offset"), tuple(options.get("c_range", (0.5, 1.5))),
+    free = FreeSchedule(steps, options.get("form", "per_step_offset"), tuple(options.get("c_range", REFINE_C_RANGE)),
                         int(options.get("channels", 1)), float(options.get("offset_bound", DEFAULT_OFFSET_BOUND)),
                         sampler)
     start_score, start_key = evaluations.best()
@@ -160,10 +163,19 @@ def refine_best(evaluations, steps, sampler, options, budget_spent):
     prompts = list(range(evaluations.n_prompts))
     total = planned_evaluations(options)
     budget = evaluations.budget
-    evaluations.budget = evaluations.generated + total * evaluations.n_prompts
+    evaluations.budget = None          # the search's image budget is spent on the search; this one counts candidates
     evaluations.phase = "refine"
     images_before = evaluations.generated
-    score = lambda schedule: evaluations.score(schedule, prompts)   # noqa: E731
+    searched, asked = set(evaluations.scores), set()
+
+    def score(schedule):
+        key = schedule_key(schedule.c_x, schedule.c_eps, schedule.offset)
+        if key not in searched and key not in asked:
+            if len(asked) >= total:
+                raise budget_spent()
+            asked.add(key)
+        return evaluations.score(schedule, prompts)
+
     stage_one = []
     try:
         start = grid_best
@@ -173,8 +185,7 @@ def refine_best(evaluations, steps, sampler, options, budget_spent):
                 fitted, fitted_score, _ = refine(score, candidate, OffsetsOnly(free, candidate), max(1, total // 4))
                 stage_one.append({"start": candidate.to_dict(), "schedule": fitted.to_dict(), "score": fitted_score})
             start = QSchedSchedule.from_dict(max(stage_one, key=lambda item: item["score"])["schedule"])
-        used = (evaluations.generated - images_before) // evaluations.n_prompts
-        refine(score, start, free, max(1, total - used))
+        refine(score, start, free, max(1, total - len(asked)))
     except budget_spent:
         pass
     finally:

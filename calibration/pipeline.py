@@ -82,15 +82,6 @@ def make_evaluate(generate, scorer, prompts, objective="jaq", failures=None):
     return evaluate
 
 
-def calibration_settings(*, model_hash, sampler, scheduler, steps, cfg, width, height, seed, prompts_hash,
-                         scorer, objective, quant=None):
-    """Everything that decides what a score means; keys the run log (search strategy and budget do not, so a
-    rerun with another strategy or a larger budget reuses every image already scored)."""
-    return {"model_hash": model_hash, "sampler": sampler, "scheduler": scheduler, "steps": steps, "cfg": cfg,
-            "width": width, "height": height, "seed": seed, "prompts_hash": prompts_hash, "scorer": scorer,
-            "objective": objective, "quant": quant}
-
-
 def model_fingerprint(state_dict, samples_per_tensor=256):
     """Cheap content hash of a model: names, shapes, dtypes and a strided sample of every tensor's values.
     Changes when weights or quantization change; costs milliseconds, not a full pass over gigabytes."""

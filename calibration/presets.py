@@ -67,6 +67,10 @@ def check_name(name):
     if not isinstance(name, str):
         raise PresetError(f"preset name must be a string, got {type(name).__name__}")
     bare = name[: -len(EXTENSION)] if name.endswith(EXTENSION) else name
+    if not bare.strip():
+        raise PresetError(f"empty preset name {name!r}")
+    if "\x00" in bare:
+        raise PresetError(f"preset name {name!r} contains a NUL byte")
     if "/" in bare or "\\" in bare or ".." in bare or (os.sep in bare) or (os.altsep and os.altsep in bare):
         raise PresetError(f"preset name {name!r} contains a path separator or '..': names must stay inside the "
                           "preset folder")

@@ -14,13 +14,15 @@ are "higher is better" like JAQ, so the search code is shared:
 JAQ (reference-free, the paper's form) stays the default objective of the calibration.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 
-from ..samplers import NonFiniteLatentError
+from ..samplers import NonFiniteLatentError, QSchedSchedule
+from .pipeline import image_failure
 
 REFERENCE_OBJECTIVES = ("reference_latent", "reference_image", "reference_clip", "jaq_reference")
-NEEDS_SCORER = ("reference_clip", "jaq_reference")
+SCORER_FREE = ("reference_latent", "reference_image")   # every other objective scores with the scorer
 NEEDS_IMAGES = ("reference_image", "reference_clip", "jaq_reference")
 DEFAULT_REFERENCE_WEIGHT = 1.0
 _TINY = 1e-12
@@ -32,6 +34,21 @@ class ReferenceError(ValueError):
 
 def is_reference_objective(objective):
     return objective in REFERENCE_OBJECTIVES
+
+
+def needs_scorer(objective):
+    return objective not in SCORER_FREE
+
+
+@dataclass(frozen=True)
+class ReferenceSampling:
+    """What the host supplies for a reference objective: sample(items) -> the calibrated (quantized) model's final
+    latents [N, ...] for items [(schedule, prompt_index)], prompt i with its own seed; sample_reference(items) -> the
+    full-precision model's, from the same noise, prompt, sampler and sigmas; decode(latents) -> IMAGE
+    [N, H, W, C]."""
+    sample: object
+    sample_reference: object
+    decode: object
 
 
 def _per_sample_mean(tensor):
@@ -64,19 +81,6 @@ def feature_distance(candidate, reference):
 def jaq_with_reference(jaq, candidate, reference, weight):
     """The combined objective: JAQ minus `weight` times the relative latent error."""
     return jaq.float().cpu() - float(weight) * relative_latent_error(candidate, reference).cpu()
-
-
-def check_objective(objective, scorer=None, reference_available=False, weight=DEFAULT_REFERENCE_WEIGHT):
-    """Refuse a reference objective without an FP model, a scorer-based one without a scorer, or a bad weight."""
-    if not is_reference_objective(objective):
-        return
-    if not reference_available:
-        raise ReferenceError(f"objective {objective!r} compares with the full-precision model: connect it as "
-                             "'reference_model' (or choose 'jaq', which needs no reference)")
-    if objective in NEEDS_SCORER and scorer is None:
-        raise ReferenceError(f"objective {objective!r} needs a scorer (JAQ or CLIP image features): connect one")
-    if not math.isfinite(float(weight)) or float(weight) < 0:
-        raise ReferenceError(f"reference weight must be a finite number >= 0, got {weight!r}")
 
 
 class ReferenceOutputs:
@@ -192,3 +196,14 @@ def _scores(objective, latents, images, indices, reference, scorer, prompts, wei
         return -feature_distance(scorer.image_features(images), reference.feature(indices))
     jaq = scorer.score(images, [prompts[i] for i in indices]).jaq
     return jaq_with_reference(jaq, latents, reference.latent(indices), weight)
+
+
+def make_objective_evaluate(sampling, objective, steps, scorer=None, prompts=None, weight=DEFAULT_REFERENCE_WEIGHT,
+                            failures=None):
+    """make_reference_evaluate over the host's ReferenceSampling: the FP outputs come from the identity schedule
+    (sampled once per prompt, when first needed), the CLIP features from the scorer's image embedding."""
+    identity = QSchedSchedule.identity(steps)
+    outputs = ReferenceOutputs(lambda indices: sampling.sample_reference([(identity, i) for i in indices]),
+                               sampling.decode, getattr(scorer, "image_features", None))
+    return make_reference_evaluate(sampling.sample, sampling.decode, outputs, objective, scorer, prompts, weight,
+                                   failures, image_failure)

@@ -2,9 +2,10 @@
 
 `evaluate(schedule, prompt_indices) -> list[float]` generates and scores one image per prompt index (higher is
 better, NaN = failed); an `evaluate.many([(schedule, prompt_indices), ...])` lets the search generate the images
-of several candidates in one batch, with the same results as one candidate at a time. Common random numbers: prompt index i always means the same prompt *and* the same seed,
-so every candidate is compared on identical noise. A candidate's score is the mean over prompts; a NaN on any
-prompt makes it the worst. Only candidates scored on every prompt can win, and the identity schedule always is.
+of several candidates in one batch, with the same results as one candidate at a time. Common random numbers:
+prompt index i always means the same prompt *and* the same seed, so every candidate is compared on identical
+noise. A candidate's score is the mean over prompts; a NaN on any prompt makes it the worst. Only candidates scored
+on every prompt can win, and the identity schedule always is.
 """
 import math
 import time

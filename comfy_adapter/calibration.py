@@ -1,9 +1,14 @@
-"""The calibration generator on a ComfyUI MODEL, CLIP and VAE: `generate([(schedule, prompt_index), ...])`
-returns one decoded IMAGE per item, sampling as many items per model call as the batch limit and ComfyUI's free
-memory allow. Prompt i always gets seed + i, for its starting noise and for every noise the sampler draws later,
-so a batched image equals the image the same item gives alone (batch 1) up to float rounding."""
+"""The calibration's ComfyUI side, shared by the Q-Sched Calibrate node and `python -m qsched calibrate`: the
+model's content hash and family, the preset and run-log folders, the batched generator, and
+calibrate(config, model, clip, vae, scorer), which runs calibration.run.run with them.
+
+The generator: `generate([(schedule, prompt_index), ...])` returns one decoded IMAGE per item, sampling as many
+items per model call as the batch limit and ComfyUI's free memory allow. Prompt i always gets seed + i, for its
+starting noise and for every noise the sampler draws later (ComfyUI's own noise sampler, per sample), so a batched
+image equals what Q-Sched KSampler gives for that prompt and seed alone, up to float rounding."""
 import contextlib
 import math
+import os
 
 import torch
 
@@ -11,13 +16,82 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import folder_paths
 
+from ..calibration.pipeline import model_fingerprint
 from ..calibration.prompts import prompt_seed
+from ..calibration.reference import ReferenceSampling
+from ..calibration.run import ConfigError, run
 from ..samplers import SAMPLERS
 from ..samplers.batch import one_schedule, seeded_noise_sampler
+from .comfy_compat import make_noise_sampler
+from .reference import check_reference_model
+from .sampling import SCHEDULERS, check_sampler_fits_model, resolve_schedule, scheduler_sigmas
 
+PRESET_FOLDER_NAME = "qsched_presets"
+RUNS_FOLDER_NAME = "qsched_runs"
 # calc_cond_batch runs a batch when memory_required * 1.5 fits in free memory: the same margin here.
 MEMORY_MARGIN = 1.5
+
+
+def user_preset_folder():
+    """Where calibrations are saved: <ComfyUI user dir>/qsched_presets (outside the pack, survives updates)."""
+    return os.path.join(folder_paths.get_user_directory(), PRESET_FOLDER_NAME)
+
+
+def run_folder():
+    """Where the run logs are: <ComfyUI user dir>/qsched_runs."""
+    return os.path.join(folder_paths.get_user_directory(), RUNS_FOLDER_NAME)
+
+
+def model_hash(model):
+    """Content fingerprint of a ComfyUI MODEL's diffusion weights as loaded (quantized storage included).
+
+    Only `diffusion_model.*` counts, and weights that ComfyUI has patched in place (LoRA) are read from the
+    patcher's backups, so the hash does not depend on which patches happen to be applied at the moment
+    (ModelSamplingDiscrete swaps `model_sampling` buffers in place, for one)."""
+    weights = {}
+    for name, tensor in model.model.state_dict().items():
+        if name.startswith("diffusion_model."):
+            backup = model.backup.get(name)
+            weights[name] = tensor if backup is None else backup.weight
+    return model_fingerprint(weights)
+
+
+def describe_model(model):
+    config = getattr(model.model, "model_config", None)
+    return type(config).__name__ if config is not None else type(model.model).__name__
+
+
+def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_folder=None, runs_folder=None,
+              model_name="", scorer_name=None, scorer_k=None, progress=None, should_stop=None, on_candidate=None):
+    """Calibrate `model` (a ComfyUI MODEL) with `config` (calibration.run.CalibrationConfig) against
+    `reference_model`, the full-precision model, when given: a reference objective compares with its outputs, a
+    reference-free one runs the FP control on it. Returns calibration.run.CalibrationRun."""
+    if config.scheduler not in SCHEDULERS:
+        raise ConfigError(f"scheduler is {config.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    config.check_inputs(reference=reference_model is not None, scorer=scorer is not None)
+    if reference_model is not None:
+        check_reference_model(model, reference_model)
+    # One encoding per prompt, shared by every generator (the FP model uses the same text encoder).
+    generation = dict(sampler_name=config.sampler_name, scheduler=config.scheduler, steps=config.steps,
+                      cfg=config.cfg, seed=config.seed, width=config.width, height=config.height,
+                      prompts=config.prompt_list(), max_batch=config.batch_size, encode=TextConditioning(clip))
+    generate = make_generator(model, clip, vae, **generation)
+    fp_control = reference = reference_hash = None
+    if config.needs_reference:
+        reference = ReferenceSampling(sample=make_generator(model, clip, None, **generation),
+                                      sample_reference=make_generator(reference_model, clip, None, **generation),
+                                      decode=lambda latents: decode_images(vae, latents))
+        reference_hash = model_hash(reference_model)
+    elif reference_model is not None:
+        fp_control = make_generator(reference_model, clip, vae, **generation)
+    return run(config, generate, scorer, model_hash=model_hash(model), family=describe_model(model),
+               preset_folder=preset_folder or user_preset_folder(), runs_folder=runs_folder or run_folder(),
+               generate_reference=fp_control, reference=reference, reference_hash=reference_hash,
+               latent_channels=model.get_model_object("latent_format").latent_channels, model_name=model_name,
+               scorer_name=scorer_name, scorer_k=scorer_k, progress=progress, should_stop=should_stop,
+               on_candidate=on_candidate)
 
 
 @contextlib.contextmanager
@@ -53,7 +127,8 @@ def _extra_signature(value):
 def conditioning_signature(conditioning):
     """Conditionings with equal signatures can share a batch: same entries, same tensor shapes (a long prompt's
     extra 77-token chunks make another shape), equal non-tensor options."""
-    return tuple((tuple(tensor.shape[1:]), tensor.dtype, tuple(sorted((k, _extra_signature(v)) for k, v in extras.items())))
+    return tuple((tuple(tensor.shape[1:]), tensor.dtype,
+                  tuple(sorted((key, _extra_signature(value)) for key, value in extras.items())))
                  for tensor, extras in conditioning)
 
 
@@ -85,15 +160,18 @@ def memory_batch_limit(model, latent_shape, cfg):
     return max(1, int(free // max(per_sample, 1)))
 
 
+def decode_images(vae, latents):
+    """IMAGE [N, H, W, C] of sampled latents [N, ...]."""
+    images = vae.decode(latents)
+    return images.reshape(-1, *images.shape[-3:]).float()
+
+
 def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
                    negative_prompt="", max_batch=1, sampler_options=None, encode=None):
     """generate(items) -> IMAGE [N, H, W, C] for items [(schedule, prompt_index)], at most `max_batch` samples
     (and what free memory allows) per model call. Raises NonFiniteLatentError if a latent of a batch fails.
     With vae=None it returns the sampled LATENTs [N, C, h, w] instead (the reference objectives compare them);
     `encode` shares one prompt-encoding cache between generators."""
-    from ..nodes.comfy_compat import make_noise_sampler
-    from ..nodes.sampling import check_sampler_fits_model, resolve_schedule, scheduler_sigmas
-
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
     check_sampler_fits_model(sampler_name, model)
@@ -110,10 +188,7 @@ def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, see
                                           extra_options={"schedule": schedule, **(sampler_options or {})})
         samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, encode(negative_prompt),
                                              latent, callback=_interrupt_check, disable_pbar=True, seed=seeds[0])
-        if vae is None:
-            return samples
-        images = vae.decode(samples)
-        return images.reshape(-1, *images.shape[-3:]).float()
+        return samples if vae is None else decode_images(vae, samples)
 
     def generate(items):
         items = list(items)

@@ -5,17 +5,11 @@ import os
 
 import folder_paths
 
-from ..calibration.pipeline import model_fingerprint
 from ..calibration.presets import (SHIPPED_PRESETS, PresetError, check_model, check_name, preset_path,
                                    read_preset_file, schedule_of)
+from ..comfy_adapter.calibration import PRESET_FOLDER_NAME, model_hash, user_preset_folder
 
-PRESET_FOLDER_NAME = "qsched_presets"
 log = logging.getLogger("qsched.presets")
-
-
-def user_preset_folder():
-    """Where calibrations are saved: <ComfyUI user dir>/qsched_presets (outside the pack, survives updates)."""
-    return os.path.join(folder_paths.get_user_directory(), PRESET_FOLDER_NAME)
 
 
 def register_preset_folders():
@@ -27,20 +21,6 @@ def register_preset_folders():
 def preset_names():
     register_preset_folders()   # the user directory can change after import (tests, --user-directory)
     return [name for name in folder_paths.get_filename_list(PRESET_FOLDER_NAME) if name.endswith(".json")]
-
-
-def model_hash(model):
-    """Content fingerprint of a ComfyUI MODEL's diffusion weights as loaded (quantized storage included).
-
-    Only `diffusion_model.*` counts, and weights that ComfyUI has patched in place (LoRA) are read from the
-    patcher's backups, so the hash does not depend on which patches happen to be applied at the moment
-    (ModelSamplingDiscrete swaps `model_sampling` buffers in place, for one)."""
-    weights = {}
-    for name, tensor in model.model.state_dict().items():
-        if name.startswith("diffusion_model."):
-            backup = model.backup.get(name)
-            weights[name] = tensor if backup is None else backup.weight
-    return model_fingerprint(weights)
 
 
 register_preset_folders()

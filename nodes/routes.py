@@ -13,29 +13,8 @@ import os
 from aiohttp import web
 
 PREFIX = "/qsched"
-PRESET_FOLDER_NAME = "qsched_presets"
 
 log = logging.getLogger("comfyui_qsched.routes")
-
-
-class RefusedName(ValueError):
-    pass
-
-
-def check_preset_name(name):
-    """The name itself, or RefusedName saying why it could leave the preset folder."""
-    if not name or not name.strip():
-        raise RefusedName("empty preset name")
-    if "\x00" in name:
-        raise RefusedName("preset name contains a NUL byte")
-    for sep in {"/", "\\", os.sep, os.altsep} - {None}:
-        if sep in name:
-            raise RefusedName(f"preset name {name!r} contains a path separator {sep!r}")
-    if ".." in name:
-        raise RefusedName(f"preset name {name!r} contains '..'")
-    if os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
-        raise RefusedName(f"preset name {name!r} is an absolute path")
-    return name
 
 
 def _finite_or_none(value):
@@ -72,6 +51,7 @@ def default_preset_folders():
     import folder_paths  # ComfyUI's; only reached inside a running ComfyUI
 
     from ..calibration.presets import SHIPPED_PRESETS
+    from ..comfy_adapter.calibration import PRESET_FOLDER_NAME
 
     try:
         folders = list(folder_paths.get_folder_paths(PRESET_FOLDER_NAME))
@@ -113,8 +93,8 @@ def read_one_preset(preset_folders, raw_name):
     from ..calibration import presets as preset_store
 
     try:
-        name = check_preset_name(raw_name)
-    except RefusedName as e:
+        name = preset_store.check_name(raw_name)
+    except preset_store.PresetError as e:
         return 400, {"error": str(e)}
     for folder in preset_folders():
         try:

@@ -1,7 +1,7 @@
 """Layers whose weight is stored packed (int8 codes, or two int4 codes per byte) plus float32 scales.
 
 `PackedWeightMixin` is put in front of the layer's own Linear or Conv class (a torch class, or a comfy.ops class
-inside ComfyUI, where nodes/quant_ops.py adds ComfyUI's weight patching protocol on top). The quantized weight
+inside ComfyUI, where comfy_adapter/quant_ops.py adds ComfyUI's weight patching protocol on top). The quantized weight
 keeps the name `.weight` (so state dicts, LoRA keys and offloading see the layer as usual); `weight_scale` holds
 the scales; the original float shape comes from the layer's own attributes (in/out features, kernel size)."""
 import torch

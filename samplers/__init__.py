@@ -21,7 +21,7 @@ class SamplerSpec:
 SAMPLERS = {spec.name: spec for spec in (
     SamplerSpec("lcm", k_qsched.sample_lcm, "LCM multistep: denoise, then re-noise to the next sigma"),
     SamplerSpec("tcd", k_qsched.sample_tcd, "TCD strategic stochastic sampling (EPS models only)",
-                flow_ok=False, options=(("gamma", 0.3),)),
+                flow_ok=False, options=(("gamma", k_qsched.TCD_DEFAULT_GAMMA),)),
     SamplerSpec("euler", k_qsched.sample_euler, "Euler; flow-matching Euler on flow models"),
     SamplerSpec("euler_ancestral", k_qsched.sample_euler_ancestral,
                 "Euler ancestral; the rectified-flow variant on flow models", options=(("eta", 1.0), ("s_noise", 1.0))),

@@ -1,8 +1,9 @@
 """Several calibration images in one sampling batch: a schedule per sample and a noise stream per sample.
 
-Each sample gets what it would get alone at batch 1: its own schedule's coefficients and the fresh noise that
-the noise sampler (the plain-torch `default_noise_sampler`, or the host's) would draw for it from its own seed. So a batched image equals its batch-1 twin up to
-float rounding (batched matmuls may round differently), and calibration can batch candidates and prompts freely.
+Each sample gets what it would get alone at batch 1: its own schedule's coefficients and the fresh noise that the
+noise sampler (the plain-torch `default_noise_sampler`, or the host's) would draw for it from its own seed. So a
+batched image equals its batch-1 twin up to float rounding (batched matmuls may round differently), and
+calibration can batch candidates and prompts freely.
 """
 import torch
 

@@ -207,7 +207,7 @@ def test_headless_command_runs_the_same_calibration(comfyui_dir, comfy_models, t
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout[done.stdout.index("{"):])
-    assert report["preset"] == str(tmp_path / "presets" / "headless.json")
+    assert report["preset_path"] == str(tmp_path / "presets" / "headless.json") and report["preset"] == "headless"
     assert 0 < report["images_generated"] <= 16 and report["best_score"] >= report["identity_score"]
     assert report["better_than_identity"] == report["heldout"]["verdict"]
     assert f"better than identity: {report['better_than_identity']}" in done.stderr
@@ -246,7 +246,8 @@ def test_a_bad_preset_name_fails_before_any_image(stack):
 
     with pytest.raises(PresetError, match="path separator"):
         _run({**stack, "scorer": NoScoring()}, preset_name="../outside")
-    assert stack["calibrate"].safe_preset_name("sd/v1..5: W4A8").startswith("sd_v1.5_ W4A8-")
+    from comfyui_qsched.calibration.presets import safe_preset_name
+    assert safe_preset_name("sd/v1..5: W4A8").startswith("sd_v1.5_ W4A8-")
 
 
 def test_model_hash_ignores_patches_applied_in_place(stack):
@@ -340,7 +341,9 @@ def _latent(stack, model, schedule, prompt, seed):
 
 
 def test_reference_calibration_with_offsets_writes_a_preset_the_loader_and_sampler_apply(stack, quantized):
-    output = _reference_run(stack, quantized, preset_name="reference-offsets")
+    # batch_size 1: the hand computation below samples one prompt at a time. Batched, the same image differs by
+    # float rounding, which W4A8's rounding of activations amplifies on this random model (about 0.6% of the score).
+    output = _reference_run(stack, quantized, preset_name="reference-offsets", batch_size=1)
     schedule, plot, name, text = output["result"]
     summary = output["ui"]["qsched_calibration"][0]
     assert summary["objective"] == "reference_latent" and summary["refinement"]["form"] == "per_step_channel_offset"
@@ -387,7 +390,7 @@ def test_a_rerun_resumes_the_reference_calibration_and_another_reference_does_no
     ({"reference_model": None}, "connect it as 'reference_model'"),
     ({"objective": "jaq"}, "needs a scorer"),
     ({"objective": "jaq_reference"}, "needs a scorer"),
-    ({"refine": "per_pixel"}, "unknown refine form"),
+    ({"refine": "per_pixel"}, "refine is 'per_pixel'"),
 ])
 def test_reference_calibration_refuses_missing_inputs_before_any_image(stack, quantized, changes, error):
     from comfyui_qsched.calibration.reference import ReferenceError
@@ -496,14 +499,12 @@ def test_headless_command_calibrates_against_the_fp_model(comfyui_dir, comfy_mod
     command = [sys.executable, "-m", "qsched", "calibrate", "--comfyui", comfyui_dir,
                "--checkpoint", comfy_models.path("checkpoints", SD15_CHECKPOINT), "--quant", "W4A8",
                "--reference-model", "same", "--objective", "reference_latent", "--refine", "per_step_offset",
-               "--refine-evaluations", "2", "--steps", "2", "--strategy", "paper_grid", "--budget", "10",
+               "--refine-evaluations", "2", "--steps", "1", "--strategy", "paper_grid", "--budget", "10",
                "--prompts-file", str(prompts), "--width", "64", "--height", "64",
                "--preset-folder", str(tmp_path / "presets"), "--runs-folder", str(tmp_path / "runs"),
                "--preset-name", "headless-reference"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    no_reference = subprocess.run([c for c in command if c not in ("--reference-model", "same")], cwd=root,
-                                  capture_output=True, text=True, timeout=300)
-    assert no_reference.returncode != 0 and "give --reference-model" in no_reference.stderr   # before any loading
+    # (Without --reference-model it stops before loading anything: test_calibration_config, in-process.)
     done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout[done.stdout.index("{"):])

@@ -65,7 +65,7 @@ CASES = [("sd15", "lcm", "lcm_original", 1.0), ("sd15", "euler_ancestral", "norm
 def _sampled_alone(models, item, sampler, scheduler, cfg, steps=2):
     """The batch-1 twin: what Q-Sched KSampler's path gives for this prompt with seed + i (latent, image)."""
     from comfyui_qsched.comfy_adapter.calibration import TextConditioning
-    from comfyui_qsched.nodes.sampling import sample_with_schedule
+    from comfyui_qsched.comfy_adapter.sampling import sample_with_schedule
     model, clip, vae = models
     schedule, index = item
     encode = TextConditioning(clip)

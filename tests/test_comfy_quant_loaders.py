@@ -124,7 +124,8 @@ def test_lowvram_matches_full_load(env):
 
 def test_cache_round_trip_through_the_node(env, tmp_path):
     import folder_paths
-    folder_paths.folder_names_and_paths[env["loaders"].CACHE_FOLDER] = ([str(tmp_path)], set())
+    from comfyui_qsched.quant.options import CACHE_FOLDER
+    folder_paths.folder_names_and_paths[CACHE_FOLDER] = ([str(tmp_path)], set())
     first = load(env, "W4A8", cache="on")
     second = load(env, "W4A8", cache="on")
     assert first[3].endswith("cache written") and second[3].endswith("cache hit")

@@ -21,7 +21,7 @@ FLUX_LIKE = dict(in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=
 def build(kind):
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
-    from comfyui_qsched.nodes.comfy_compat import flux_model
+    from comfyui_qsched.comfy_adapter.comfy_compat import flux_model
     torch.manual_seed(0)
     ops = comfy.ops.manual_cast
     if kind == "sdxl":

@@ -93,18 +93,6 @@ def test_jaq_with_reference_subtracts_the_weighted_relative_error():
     torch.testing.assert_close(reference.jaq_with_reference(jaq, z_q, z_fp, 0.0), jaq)
 
 
-@pytest.mark.parametrize("objective,kwargs,message", [
-    ("reference_latent", {}, "connect it as 'reference_model'"),
-    ("jaq_reference", {"reference_available": True}, "needs a scorer"),
-    ("reference_clip", {"reference_available": True}, "needs a scorer"),
-    ("reference_latent", {"reference_available": True, "weight": -1}, "weight must be"),
-])
-def test_reference_objectives_refuse_missing_inputs(objective, kwargs, message):
-    with pytest.raises(reference.ReferenceError, match=message):
-        reference.check_objective(objective, **kwargs)
-    reference.check_objective("jaq")              # the paper's objective needs neither
-
-
 # --- the reference evaluate --------------------------------------------------------------------------------------
 
 def test_reference_evaluate_scores_minus_the_distance_and_samples_the_reference_once():
@@ -193,13 +181,21 @@ def test_search_with_refinement_recovers_the_exact_correction(form, per_channel,
     assert (_sample(quantized, result.best, 7) - held_out).pow(2).mean() < 0.01 * (
         _sample(quantized, None, 7) - held_out).pow(2).mean()
     if not per_channel:
-        # The first step's parameters are well determined (sigma 14.6 multiplies its offset); at the last step
-        # (sigma ~1.6) c_x - 1 times the latent's mean can stand in for part of the offset on 3 prompts, and with
-        # one offset per channel even more so: only the scalar form's first step is compared with the exact values.
+        # The first step's coefficients are well determined (sigma 14.6 multiplies them); the two offsets trade
+        # against each other along the flat direction of the shift they add up to, b_0 (sigma_0 - sigma_1) c_x[1]
+        # + b_1 sigma_1 (each alone comes out within about 0.004 and 0.03 of the exact values, on 3 or 6 prompts
+        # alike), and at the last step c_x - 1 times the latent's mean can stand in for part of the offset; with one
+        # offset per channel even more so. So the scalar form's first-step coefficients and the offsets' total
+        # shift are compared with the exact correction's.
         exact = _exact_schedule(per_channel)
         assert result.best.c_eps[0] == pytest.approx(exact.c_eps[0], abs=5e-3)
         assert result.best.c_x[0] == pytest.approx(exact.c_x[0], abs=5e-3)
-        assert result.best.offset[0][0] == pytest.approx(exact.offset[0][0], abs=3e-3)
+        sigmas = _sigmas().tolist()
+
+        def shift(schedule):
+            b = [row[0] for row in schedule.offset]
+            return b[0] * (sigmas[0] - sigmas[1]) * schedule.c_x[1] + b[1] * (sigmas[1] - sigmas[2])
+        assert shift(result.best) == pytest.approx(shift(exact), rel=2e-2)
     phases = {entry["phase"] for entry in result.trace}
     assert phases == {"search", "refine"} and result.refinement["images"] <= 1000 * 3
     if log is not None:

@@ -129,13 +129,15 @@ def test_dot_dot_segments_never_reach_outside_the_folder(folders):
 
 
 @pytest.mark.parametrize("name, reason", [
-    ("", "empty"), ("a/b", "separator"), ("a\\b", "separator"), ("..", "'..'"), ("x..y", "'..'"),
-    ("C:evil", "absolute"), ("nul\x00", "NUL"),
+    ("", "empty"), (" ", "empty"), ("a/b", "separator"), ("a\\b", "separator"), ("..", "'..'"), ("x..y", "'..'"),
+    ("C:evil", "not allowed"), ("/abs", "separator"), ("nul\x00", "NUL"),
 ])
-def test_check_preset_name_says_why(name, reason):
-    with pytest.raises(routes_module.RefusedName, match=reason):
-        routes_module.check_preset_name(name)
+def test_the_routes_name_check_says_why(name, reason):
+    """The routes check names with the preset store's one checker (calibration.presets.check_name)."""
+    with pytest.raises(preset_store.PresetError, match=reason):
+        preset_store.check_name(name)
+    assert routes_module.read_one_preset(lambda: [], name)[0] == 400
 
 
 def test_plain_names_pass():
-    assert routes_module.check_preset_name("sd15 W4A8 lcm-4 (v2).json") == "sd15 W4A8 lcm-4 (v2).json"
+    assert preset_store.check_name("sd15 W4A8 lcm-4 (v2).json") == "sd15 W4A8 lcm-4 (v2)"

@@ -147,7 +147,7 @@ def test_cli_arguments_parse_to_sane_values_or_exit_with_a_message(values):
         assert math.isfinite(value)
     assert args.cfg >= 0 and args.scorer_k >= 0 and args.c_min > 0 and args.c_max > 0
     assert args.sampler in SAMPLER_NAMES and args.strategy in STRATEGIES and args.objective in ("jaq", "tc", "iq")
-    assert args.quant is None or QuantSpec.parse(args.quant).name == args.quant
+    assert not args.quant or QuantSpec.parse(args.quant).name == args.quant
 
 
 @pytest.mark.parametrize("argv", [["--n-prompts", "-1"], ["--n-prompts=-1"], ["--steps", "0"], ["--budget", "-5"],

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import hostile_files as hostile
 from comfyui_qsched.calibration.metrics import ScorerError, load_scorer, read_scorer_weights
-from comfyui_qsched.calibration.pipeline import calibration_settings
+from comfyui_qsched.calibration.run import CalibrationConfig
 from comfyui_qsched.calibration.runlog import settings_hash
 from test_metrics_fixtures import comfy_images, save_open_clip, tiny_rn_clip, tiny_vit_clip
 
@@ -330,9 +330,8 @@ def test_malformed_transformers_config_is_named(tmp_path):
 # --- the scorer's identity: what the calibration run log is keyed by -----------------------------------------
 
 def _run_log_key(scorer):
-    return settings_hash(calibration_settings(model_hash="m", sampler="lcm", scheduler="s", steps=4, cfg=1.0,
-                                              width=64, height=64, seed=0, prompts_hash="p", objective="jaq",
-                                              scorer=scorer.identity()))
+    return settings_hash(CalibrationConfig(width=64, height=64).run_log_settings(model_hash="m", prompts_hash="p",
+                                                                                scorer=scorer.identity()))
 
 
 def test_the_same_weights_under_another_name_are_the_same_scorer(tiny_weights, tmp_path):

@@ -24,9 +24,9 @@ import time
 import torch
 
 from ...atomic_files import write_text_atomic
-from ...calibration.optimise import DEFAULT_OFFSET_BOUND
+from ...calibration.optimise import DEFAULT_OFFSET_BOUND, REFINE_C_RANGE
 from ...calibration.ptqd import ptqd_schedule
-from ...calibration.reference import jaq_with_reference, latent_distance
+from ...calibration.reference import DEFAULT_REFERENCE_WEIGHT as REFERENCE_WEIGHT, jaq_with_reference, latent_distance
 from ...calibration.search import run_search
 from ...samplers import NonFiniteLatentError, QSchedSchedule
 from .experiment import CALIBRATION_SEED, check_bits, load_testbed, quantized_student, search_schedule
@@ -37,8 +37,6 @@ from .scoring import FeatureFID
 
 REFERENCE_PAIRS = 40          # class/noise pairs (classes 0-9 x 4 noises) the reference objectives calibrate on
 REFINE_EVALUATIONS = 300      # candidates the per-step refinement may score (each on every pair)
-REFINE_C_RANGE = (0.5, 1.5)
-REFERENCE_WEIGHT = 1.0        # of the relative error in JAQ - w * error
 GRID_POINTS = 9
 C_RANGE = (0.8, 1.2)
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -1,0 +1,106 @@
+"""Sampling with the Q-Sched samplers through ComfyUI, shared by the sampling nodes and the calibration: sigma
+schedules (ComfyUI's and the few-step ones the coefficients are tuned on), checks before the first model call, the
+SAMPLER object, and ComfyUI's common_ksampler path with a Q-Sched sampler."""
+import comfy.sample
+import comfy.samplers
+import latent_preview
+import torch
+
+from ..samplers import SAMPLERS, QSchedSchedule, ScheduleError, is_flow
+from ..samplers.k_qsched import TCD_DEFAULT_GAMMA
+from ..samplers.model_sampling import flow_sigma_table
+from ..samplers.sigmas import few_step_sigmas
+from .comfy_compat import make_noise_sampler
+
+# Few-step sigma schedules the Q-Sched coefficients are tuned on, where ComfyUI's own differ.
+FEW_STEP_SCHEDULERS = {
+    "lcm_original": "LCM/TCD: timesteps from the 50-step original grid (999, 759, 499, 259 at 4 steps)",
+    "turbo_trailing": "SDXL-Turbo: trailing timesteps (999, 749, 499, 249 at 4 steps)",
+    "flow_shift1": "flow models (FLUX-schnell): sigmas 1, .75, .5, .25 at 4 steps (shift 1, whatever the model's)",
+}
+SCHEDULERS = list(comfy.samplers.SCHEDULER_NAMES) + list(FEW_STEP_SCHEDULERS)
+
+
+def _sampler_spec(sampler_name):
+    spec = SAMPLERS.get(sampler_name)
+    if spec is None:
+        raise ValueError(f"unknown Q-Sched sampler {sampler_name!r}; known: {', '.join(SAMPLERS)}")
+    return spec
+
+
+def check_sampler_fits_model(sampler_name, model):
+    """Refuse an EPS-only sampler (tcd) on a flow model before anything runs."""
+    spec = _sampler_spec(sampler_name)
+    if not spec.flow_ok and is_flow(model.get_model_object("model_sampling")):
+        raise ValueError(f"sampler {sampler_name!r} works on EPS (noise-prediction) models only; "
+                         "this model is a flow model: use euler or euler_ancestral")
+    return spec
+
+
+def resolve_schedule(schedule, steps, sampler_name):
+    """None -> identity; otherwise the schedule checked against the step count and the sampler it was tuned for."""
+    if schedule is None:
+        return QSchedSchedule.identity(steps)
+    if not isinstance(schedule, QSchedSchedule):
+        raise ScheduleError(f"schedule must be a QSCHED_SCHEDULE, got {type(schedule).__name__}")
+    return schedule.check(steps, sampler=sampler_name)
+
+
+def sampler_options(sampler_name, tcd_gamma=TCD_DEFAULT_GAMMA):
+    return {"gamma": float(tcd_gamma)} if sampler_name == "tcd" else {}
+
+
+def qsched_sampler(sampler_name, schedule=None, options=None):
+    """A comfy SAMPLER running our sampler with `schedule` (None = identity, length checked when it runs), drawing
+    its noise with ComfyUI's own noise sampler, as the native samplers do."""
+    spec = _sampler_spec(sampler_name)
+    return comfy.samplers.KSAMPLER(spec.function, extra_options={"schedule": schedule,
+                                                                 "make_noise_sampler": make_noise_sampler,
+                                                                 **(options or {})})
+
+
+def few_step_scheduler_sigmas(model_sampling, scheduler, steps):
+    if scheduler == "flow_shift1":
+        if not is_flow(model_sampling):
+            raise ValueError("scheduler 'flow_shift1' is for flow models (FLUX, SD3); this model is not one")
+        return few_step_sigmas("flow", flow_sigma_table(1.0), steps)
+    kind = {"lcm_original": "lcm", "turbo_trailing": "trailing"}[scheduler]
+    return few_step_sigmas(kind, model_sampling.sigmas.detach().float().cpu(), steps)
+
+
+def scheduler_sigmas(model, scheduler, steps, denoise=1.0):
+    """steps + 1 sigmas, with KSampler's denoise rule: the last steps + 1 of int(steps / denoise)."""
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}")
+    model_sampling = model.get_model_object("model_sampling")
+
+    def sigmas_for(n):
+        if scheduler in FEW_STEP_SCHEDULERS:
+            return few_step_scheduler_sigmas(model_sampling, scheduler, n)
+        return comfy.samplers.calculate_sigmas(model_sampling, scheduler, n).cpu()
+
+    if denoise is None or denoise > 0.9999:
+        return sigmas_for(steps)
+    if denoise <= 0.0:
+        return torch.zeros(0)
+    return sigmas_for(int(steps / denoise))[-(steps + 1):]
+
+
+def sample_with_schedule(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                         schedule, denoise=1.0, sampler_options=None, disable_pbar=False):
+    """ComfyUI's common_ksampler with a Q-Sched sampler; returns the LATENT dict. Every input is validated
+    (sampler, model type, schedule length, scheduler) before the first model call."""
+    check_sampler_fits_model(sampler_name, model)
+    schedule = resolve_schedule(schedule, steps, sampler_name)
+    sigmas = scheduler_sigmas(model, scheduler, steps, denoise)
+    out = latent_image.copy()
+    if len(sigmas) == 0:  # denoise 0: nothing to do, like KSampler
+        return out
+    latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+    noise = comfy.sample.prepare_noise(latent, noise_seed, latent_image.get("batch_index"))
+    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+    sampler = qsched_sampler(sampler_name, schedule, sampler_options)
+    out["samples"] = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
+                                                noise_mask=latent_image.get("noise_mask"), callback=callback,
+                                                disable_pbar=disable_pbar, seed=noise_seed)
+    return out

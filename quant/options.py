@@ -1,0 +1,32 @@
+"""The load-time quantization options (quantization, backend, layer policy, cache), defined once for the quantized
+loader nodes' inputs and the command line's arguments."""
+from dataclasses import dataclass
+
+from .backends import BACKENDS, DEFAULT_BACKEND
+
+SPECS = ("W8A8", "W4A8", "W4A8-g128", "W6A8", "W4A6", "W4A5", "W4A4", "W8A16", "W4A16", "W4A16-g128")
+CACHE_FOLDER = "qsched_quant_cache"
+CACHE_CHOICES = ("off", "on")
+
+
+@dataclass(frozen=True)
+class QuantOption:
+    name: str
+    default: str
+    choices: tuple       # None: free text
+    help: str
+
+
+QUANT_OPTIONS = (
+    QuantOption("quantization", "W4A8", SPECS, "W<weight bits>A<activation bits>; -g128: weight scales per group of "
+                "128 inputs; A16: weight-only."),
+    QuantOption("backend", DEFAULT_BACKEND, tuple(BACKENDS), "auto: the fastest path this device has per layer "
+                "(FP8 GEMMs where 8-bit compute pays on Ada/Hopper, 8/4-bit storage with 16-bit compute elsewhere, "
+                "simulate on the CPU). simulate: packed weights, exact quantize-dequantize numerics, any width. fp8: "
+                "W8A8/W4A8 through FP8 matmuls everywhere (Ada/Hopper). comfy_kitchen: W8A8 through ComfyUI's int8 "
+                "kernels (0.33+). bitsandbytes / torchao: if installed."),
+    QuantOption("layer_policy", "", None, "Extra rules, e.g. 'double_blocks.0.*=keep, *.qkv=W8A8, "
+                "first_last=off'. Sensitive layers (embeddings, first/last, norms) stay in high precision by default."),
+    QuantOption("cache", "off", CACHE_CHOICES, f"on: keep the quantized weights in models/{CACHE_FOLDER} (keyed by "
+                "the file's content hash) for fast reloads."),
+)
