@@ -10,7 +10,7 @@ import comfy.model_management
 import comfy.utils
 
 from ..calibration.plot import plot_result
-from ..calibration.run import SCHEDULERS as HOST_SCHEDULERS, CalibrationConfig
+from ..calibration.run import REFERENCE_MODEL_HELP, SCHEDULERS as HOST_SCHEDULERS, CalibrationConfig
 from ..comfy_adapter.calibration import calibrate
 from ..comfy_adapter.sampling import SCHEDULERS
 
@@ -20,19 +20,20 @@ LINKS = {
     "model": ("MODEL", {"tooltip": "The (quantized) diffusion model to calibrate for."}),
     "clip": ("CLIP", {"tooltip": "Text encoder for the calibration prompts (encoded once each)."}),
     "vae": ("VAE", {"tooltip": "Decodes each candidate's latents for scoring."}),
-    "scorer": ("QSCHED_SCORER", {"tooltip": "From Load JAQ Scorer (Q-Sched): what 'best' means."}),
 }
-REFERENCE_MODEL = ("MODEL", {"tooltip": "optional full-precision model: the winner is also applied to it (FP "
-                             "control: is the gain specific to the quantized model?)"})
+SCORER = ("QSCHED_SCORER", {"tooltip": "From Load JAQ Scorer (Q-Sched): what 'best' means for jaq/tc/iq (and "
+                            "reference_clip, jaq_reference); reference_latent and reference_image need none."})
+REFERENCE_MODEL = ("MODEL", {"tooltip": "optional: " + REFERENCE_MODEL_HELP})
 
 
-def setting_inputs():
-    """The node's widgets, one per CalibrationConfig setting shown on the node: {"required": ..., "optional": ...}."""
+def setting_inputs(names=None, overrides=None):
+    """Widgets, one per CalibrationConfig setting shown on the node: {"required": ..., "optional": ...}. names:
+    only these settings (another node sharing them); overrides: {name: {widget option: value}}."""
     inputs = {"required": {}, "optional": {}}
     for name, default, setting in CalibrationConfig.settings():
-        if setting.node is None:
+        if setting.node is None or (names is not None and name not in names):
             continue
-        options = {"default": default, "tooltip": setting.help}
+        options = {"default": default, "tooltip": setting.help, **(overrides or {}).get(name, {})}
         choices = SCHEDULERS if setting.choices == HOST_SCHEDULERS else setting.choices
         if choices is not None:
             inputs[setting.node][name] = (list(choices), options)
@@ -57,16 +58,18 @@ class QSchedCalibrate:
                    "identity on these prompts) is saved as a preset. A quarter of the prompt/seed pairs is kept "
                    "out of the search: the summary says whether the winner beats identity there (yes / no / not "
                    "significant, with a confidence interval) and, with the FP model connected, whether the gain is "
-                   "specific to the quantized model. Resumes an interrupted run with the same settings.")
+                   "specific to the quantized model. With the FP model it can instead calibrate against it (the "
+                   "reference objectives) and refine free per-step coefficients and offsets after the search. "
+                   "Resumes an interrupted run with the same settings.")
 
     @classmethod
     def INPUT_TYPES(cls):
         inputs = setting_inputs()
         return {"required": {**LINKS, **inputs["required"]},
-                "optional": {**inputs["optional"], "reference_model": REFERENCE_MODEL},
+                "optional": {"scorer": SCORER, **inputs["optional"], "reference_model": REFERENCE_MODEL},
                 "hidden": {"unique_id": "UNIQUE_ID"}}
 
-    def run(self, model, clip, vae, scorer, reference_model=None, unique_id=None, **settings):
+    def run(self, model, clip, vae, scorer=None, reference_model=None, unique_id=None, **settings):
         config = CalibrationConfig(**settings)
         bar = comfy.utils.ProgressBar(config.planned_images(reference_model is not None), node_id=unique_id)
         send = _sender(unique_id)

@@ -61,7 +61,12 @@ def test_node_and_command_line_agree_on_every_setting(node_inputs):
         else:
             assert setting.minimum is None and setting.maximum is None, name
     assert node_only == ["prompts"] and cli_only == []     # the command line reads the prompts from a file
-    assert "reference_model" in node_inputs and "fp_control" in actions       # the FP model: a link / a flag
+    # The models are inputs, not settings: the FP model is a link on the node, a checkpoint on the command line
+    # (or --fp-control: the checkpoint without --quant); the scorer is optional on both (reference_latent and
+    # reference_image need none).
+    assert "reference_model" in node_inputs and {"reference_model", "fp_control"} <= set(actions)
+    from comfyui_qsched.nodes.calibrate import QSchedCalibrate
+    assert "scorer" in QSchedCalibrate.INPUT_TYPES()["optional"] and actions["scorer"].required is False
 
 
 def test_the_command_lines_comfyui_side_imports_no_server_and_no_nodes(comfyui_dir):
