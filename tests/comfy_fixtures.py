@@ -40,7 +40,7 @@ import pytest
 import torch
 
 __all__ = ["require_comfyui", "import_comfyui", "register_model_folder", "ModelFiles", "ComfyServer",
-           "PromptRejected", "PromptFailed", "ui_workflow_to_prompt", "load_example_workflow",
+           "PromptRejected", "PromptFailed", "ui_workflow_to_prompt", "load_example_workflow", "combo_options",
            "comfyui_dir", "comfy_models", "comfy_server", "SD15_CHECKPOINT", "SD3_UNET", "CLIP_L"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -499,6 +499,17 @@ def _is_widget(spec):
     if options.get("forceInput"):
         return False
     return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def combo_options(spec):
+    """The choices of a combo input from its /object_info spec, None for any other input: V1 nodes give them as
+    the type ([choices, {...}]), V3 nodes on ComfyUI 0.33 as ["COMBO", {"options": choices, ...}]."""
+    kind = spec[0]
+    if isinstance(kind, list):
+        return kind
+    if kind == "COMBO":
+        return list(spec[1].get("options", [])) if len(spec) > 1 else []
+    return None
 
 
 def _has_control_after_generate(name, spec):
