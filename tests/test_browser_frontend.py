@@ -26,7 +26,7 @@ import urllib.request
 
 import pytest
 
-from comfy_fixtures import PACK_DIR_NAME, REPO_ROOT, SD15_CHECKPOINT, register_model_folder
+from comfy_fixtures import PACK_DIR_NAME, REPO_ROOT, SD15_CHECKPOINT, combo_options, register_model_folder
 from comfyui_qsched.calibration import presets as preset_store
 from comfyui_qsched.samplers import QSchedSchedule
 
@@ -408,7 +408,7 @@ def test_example_workflow_declares_its_models_and_their_folders(comfy_server, na
         files = comfy_server.get(f"/models/{directory}")
         assert files, f"{name}: /models/{directory} is empty in the test server (no fixture to compare with)"
         inputs = {**info[node_type]["input"]["required"], **info[node_type]["input"].get("optional", {})}
-        combos = [spec[0] for spec in inputs.values() if isinstance(spec[0], list)]
+        combos = [options for options in map(combo_options, inputs.values()) if options is not None]
         assert any(set(files) <= set(options) for options in combos), (name, node_type, directory, files)
 
 
