@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import SD15_CHECKPOINT, load_example_workflow, register_model_folder, ui_workflow_to_prompt
+from comfy_fixtures import (SD15_CHECKPOINT, combo_options, load_example_workflow, register_model_folder,
+                            ui_workflow_to_prompt)
 from test_metrics_fixtures import save_open_clip, tiny_vit_clip
 
 TINY_SCORER = "qsched_tiny_calibration_clip.safetensors"
@@ -73,9 +74,9 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
     assert (preset["search"]["search_pairs"], preset["search"]["heldout_pairs"]) == (2, 1)
     assert len(os.listdir(stack["user"] / "qsched_runs")) == 1
 
-    loader = stack["presets"].QSchedLoadPreset()
-    assert "tiny-calibration.json" in loader.INPUT_TYPES()["required"]["preset"][0]
-    loaded, sampler_name, steps = loader.load("tiny-calibration.json", model=stack["model"])
+    loader = stack["presets"].QSchedLoadPreset
+    assert "tiny-calibration.json" in combo_options(loader.INPUT_TYPES()["required"]["preset"])
+    loaded, sampler_name, steps = loader.execute("tiny-calibration.json", model=stack["model"]).result
     assert (loaded.c_x, loaded.c_eps, loaded.sampler) == (schedule.c_x, schedule.c_eps, "lcm")
     assert (sampler_name, steps) == ("lcm", 2)
 
@@ -144,11 +145,27 @@ def test_loader_refuses_a_preset_for_another_model_unless_asked(stack):
     data = load_preset(folder, "for-mismatch")
     data["model"]["sha256"] = "0" * 64
     save_preset(folder, "other-model", data)
-    loader = stack["presets"].QSchedLoadPreset()
+    loader = stack["presets"].QSchedLoadPreset
     with pytest.raises(PresetModelMismatch, match="calibrated for model"):
-        loader.load("other-model.json", model=stack["model"])
-    assert loader.load("other-model.json", model=stack["model"], allow_model_mismatch=True)[2] == 2
-    assert loader.load("other-model.json")[1] == "lcm"            # no model connected: nothing to compare
+        loader.execute("other-model.json", model=stack["model"])
+    assert loader.execute("other-model.json", model=stack["model"], allow_model_mismatch=True)[2] == 2
+    assert loader.execute("other-model.json")[1] == "lcm"            # no model connected: nothing to compare
+
+
+def test_loader_names_a_bad_or_missing_preset_when_queued_and_reads_a_preset_saved_again(stack):
+    from comfyui_qsched.calibration.presets import SHIPPED_PRESETS
+    loader = stack["presets"].QSchedLoadPreset
+    assert "path separator" in loader.validate_inputs("../elsewhere.json")
+    assert "'never-saved.json' is not in the preset folders" in loader.validate_inputs("never-saved.json")
+    folder = stack["user"] / "qsched_presets"
+    folder.mkdir(exist_ok=True)
+    copy = folder / "saved-again.json"
+    copy.write_bytes(open(os.path.join(SHIPPED_PRESETS, os.listdir(SHIPPED_PRESETS)[0]), "rb").read())
+    assert loader.validate_inputs("saved-again.json") is True
+    before = loader.fingerprint_inputs("saved-again.json")
+    assert loader.fingerprint_inputs("saved-again.json") == before     # unchanged: ComfyUI may reuse the output
+    os.utime(copy, ns=(1, 1))
+    assert loader.fingerprint_inputs("saved-again.json") != before     # saved again: the node runs again
 
 
 def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(comfy_server):
@@ -173,7 +190,7 @@ def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(com
     assert preset["scores"]["heldout"]["verdict"] == summary["heldout"]["verdict"]
     assert f"better than identity: {summary['heldout']['verdict']}" in summary["summary"]
 
-    presets = comfy_server.object_info("QSchedLoadPreset")["input"]["required"]["preset"][0]
+    presets = combo_options(comfy_server.object_info("QSchedLoadPreset")["input"]["required"]["preset"])
     assert "server-preset.json" in presets                     # the dropdown refreshes from the folder
     reuse = {
         "1": {"class_type": "QSchedQuantizedCheckpointLoader", "inputs": {
