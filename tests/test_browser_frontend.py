@@ -240,8 +240,11 @@ const id = String(node.id);
 const frame = () => new Promise((r) => setTimeout(r, 200));
 const read = () => ({ ...node.qschedPanel.root.dataset, text: node.qschedPanel.info.textContent });
 const seen = { before: read() };
-// What ComfyUI and nodes/calibrate.py send while it runs: the progress bar and one event per candidate.
-api.dispatchCustomEvent("progress", { value: 8, max: 24, node: id, prompt_id: "p" });
+// What ComfyUI and nodes/calibrate.py send while it runs: the progress state (ComfyUI's V3 progress API: every node
+// of the prompt) and one event per candidate.
+api.dispatchCustomEvent("progress_state", { prompt_id: "p", nodes: {
+  [id]: { value: 8, max: 24, state: "running", node_id: id, prompt_id: "p", display_node_id: id },
+  "9999": { value: 3, max: 4, state: "running", node_id: "9999", prompt_id: "p", display_node_id: "9999" } } });
 api.dispatchCustomEvent("qsched.calibration", { node: id, point: { c_x: [1, 1], c_eps: [1, 1], score: 0.20, prompts: 4 } });
 api.dispatchCustomEvent("qsched.calibration", { node: id, point: { c_x: [1.1, 1], c_eps: [0.9, 1], score: 0.26, prompts: 4 } });
 await frame();

@@ -46,15 +46,15 @@ def stack(comfyui_dir, comfy_models, tmp_path_factory):
 
 
 def _run(stack, **changes):
-    node = stack["calibrate"].QSchedCalibrate()
+    node = stack["calibrate"].QSchedCalibrate
     kwargs = {**SETTINGS, **changes}
-    return node.run(stack["model"], stack["clip"], stack["vae"], stack["scorer"], **kwargs)
+    return node.execute(stack["model"], stack["clip"], stack["vae"], stack["scorer"], **kwargs)
 
 
 def test_calibration_writes_a_preset_the_loader_applies(stack):
     output = _run(stack, preset_name="tiny-calibration")
-    schedule, plot, name, text = output["result"]
-    summary = output["ui"]["qsched_calibration"][0]
+    schedule, plot, name, text = output.result
+    summary = output.ui["qsched_calibration"][0]
     assert name == "tiny-calibration"
     assert plot.shape == (1, 384, 768, 3) and plot.min() >= 0 and plot.max() <= 1
     assert summary["images_generated"] == 5 * 2           # 2 x 2 starts + identity, 2 search prompts
@@ -63,7 +63,7 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
     assert verdict in ("yes", "no", "not significant") and f"better than identity: {verdict}" in text
     assert summary["heldout"]["difference"]["n"] == 1 and summary["heldout"]["warnings"]   # one held-out pair
     assert summary["summary"] == text
-    json.dumps(output["ui"])                                # the web panel gets strict JSON
+    json.dumps(output.ui)                                # the web panel gets strict JSON
 
     preset_file = stack["user"] / "qsched_presets" / "tiny-calibration.json"
     preset = json.loads(preset_file.read_text())
@@ -100,11 +100,11 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
 
 
 def test_rerun_with_same_settings_resumes_from_the_log_and_other_seed_does_not(stack):
-    first = _run(stack, preset_name="resume-a")["ui"]["qsched_calibration"][0]
-    again = _run(stack, preset_name="resume-a")["ui"]["qsched_calibration"][0]
+    first = _run(stack, preset_name="resume-a").ui["qsched_calibration"][0]
+    again = _run(stack, preset_name="resume-a").ui["qsched_calibration"][0]
     assert again["images_generated"] == 0 and again["images_reused"] >= first["images_generated"]
     assert again["best"] == first["best"]
-    other = _run(stack, preset_name="resume-b", seed=4)["ui"]["qsched_calibration"][0]
+    other = _run(stack, preset_name="resume-b", seed=4).ui["qsched_calibration"][0]
     assert other["images_generated"] == 10 and other["images_reused"] == 0
 
 
@@ -134,7 +134,7 @@ def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack, batch_size, inte
         mm.interrupt_current_processing(False)
     assert not (stack["user"] / "qsched_presets" / f"interrupted-{batch_size}.json").exists()
     resumed = _run(stack_interrupting, seed=seed, preset_name=f"interrupted-{batch_size}",
-                   batch_size=batch_size)["ui"]["qsched_calibration"][0]
+                   batch_size=batch_size).ui["qsched_calibration"][0]
     assert resumed["images_reused"] == 3 * 2 and resumed["images_generated"] == 2 * 2
 
 
@@ -246,7 +246,7 @@ def test_text_conditioning_is_encoded_once_per_prompt(stack):
             encoded.append(1)
             return stack["clip"].encode_from_tokens_scheduled(tokens)
 
-    summary = _run({**stack, "clip": CountingClip()}, seed=21, preset_name="encode-once")["ui"]["qsched_calibration"][0]
+    summary = _run({**stack, "clip": CountingClip()}, seed=21, preset_name="encode-once").ui["qsched_calibration"][0]
     assert summary["images_generated"] == 10
     assert len(encoded) == 3 + 1                                   # three prompts and the empty negative
 
@@ -310,11 +310,11 @@ def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_re
     quantize_module(quantized.model.diffusion_model, "W4A8")
     prompts = [f"a {c} cube" for c in ("red", "blue", "green", "yellow", "white", "black")]
     scorer = BrightnessScorer()
-    node = stack["calibrate"].QSchedCalibrate()
-    output = node.run(quantized, stack["clip"], stack["vae"], scorer, **{
+    node = stack["calibrate"].QSchedCalibrate
+    output = node.execute(quantized, stack["clip"], stack["vae"], scorer, **{
         **SETTINGS, "prompts": "\n".join(prompts), "budget_images": 20, "seed": 31, "preset_name": "fp-control",
         "quant": "W4A8", "reference_model": stack["model"]})
-    summary = output["ui"]["qsched_calibration"][0]
+    summary = output.ui["qsched_calibration"][0]
     held_out = {prompts[4], prompts[5]}                                  # split_pairs(6) keeps out pairs 4 and 5
     search_calls, check_calls = scorer.calls[:-4], scorer.calls[-4:]
     assert summary["images_generated"] == sum(map(len, search_calls)) == 5 * 4   # 2 x 2 starts + identity
@@ -324,6 +324,6 @@ def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_re
     fp = summary["fp_control"]
     assert fp["verdict"] in ("yes", "no", "not significant") and fp["gap"]["n"] == 2
     assert fp["gap"]["mean"] != 0                                        # the reference model really is another model
-    assert f"gain specific to the quantized model: {fp['verdict']}" in output["result"][3]
+    assert f"gain specific to the quantized model: {fp['verdict']}" in output[3]
     preset = json.loads((stack["user"] / "qsched_presets" / "fp-control.json").read_text())
     assert preset["scores"]["fp_control"] == fp and preset["search"]["fp_control"] is True

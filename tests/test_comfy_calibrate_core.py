@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from comfy_fixtures import combo_options
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ["--checkpoint", "c.safetensors", "--scorer", "s.safetensors"]
 
@@ -47,9 +49,10 @@ def test_node_and_command_line_agree_on_every_setting(node_inputs):
         kind, options = node_inputs[name]
         flag, dest = flags[name]
         assert options["default"] == actions[dest].default == default, name
-        if isinstance(kind, list):
+        choices = combo_options(node_inputs[name])
+        if choices is not None:
             cli_choices = actions[dest].choices
-            assert kind == (list(SCHEDULERS) if setting.choices == HOST else list(cli_choices)), name
+            assert choices == (list(SCHEDULERS) if setting.choices == HOST else list(cli_choices)), name
             continue
         assert kind == {int: "INT", float: "FLOAT", str: "STRING"}[type(default)], name
         if "min" in options:
@@ -88,3 +91,15 @@ def test_an_unknown_scheduler_is_refused_before_any_image(comfyui_dir):
 
     with pytest.raises(ConfigError, match="scheduler is 'no_such'"):
         calibrate(CalibrationConfig(scheduler="no_such"), Untouchable(), Untouchable(), Untouchable(), Untouchable())
+
+
+def test_the_node_refuses_settings_that_cannot_work_together_when_the_prompt_is_queued(comfyui_dir):
+    from comfyui_qsched.nodes.calibrate import QSchedCalibrate
+    check = QSchedCalibrate.validate_inputs
+    assert check("a\nb") is True
+    assert check("", c_min=1.0, c_max=1.0) == "c_min (1.0) must be below c_max (1.0)"
+    assert check("a\nb\nc", n_prompts=4) == "n_prompts is 4 but there are only 3 prompts"
+    assert check("", quant="W4A8-g128-g64").startswith("quant:")
+    assert "path separator" in check("", preset_name="../elsewhere")
+    assert check("", c_min=0.01) == "c_min is 0.01: give a value from 0.05 to 1.0"   # ComfyUI's range check is off
+    assert check(None, quant="W4A8-g128-g64") is True    # a linked input: everything is checked when it runs

@@ -119,9 +119,9 @@ def stack(comfyui_dir, comfy_models, tmp_path_factory):
 
 
 def _run(stack, scorer, **changes):
-    node = stack["calibrate"].QSchedCalibrate()
-    output = node.run(stack["model"], stack["clip"], stack["vae"], scorer, **{**SETTINGS, **changes})
-    return output["ui"]["qsched_calibration"][0]
+    node = stack["calibrate"].QSchedCalibrate
+    output = node.execute(stack["model"], stack["clip"], stack["vae"], scorer, **{**SETTINGS, **changes})
+    return output.ui["qsched_calibration"][0]
 
 
 def test_a_scorer_file_changed_in_place_does_not_reuse_old_scores(stack):
