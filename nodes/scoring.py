@@ -21,6 +21,9 @@ folder_paths.add_model_folder_path(SCORER_FOLDER, os.path.join(folder_paths.mode
 folder_paths.folder_names_and_paths[SCORER_FOLDER][1].update(SCORER_EXTENSIONS)
 
 _CACHE = {}  # settings + file stamp -> scorer; one entry, so switching scorers frees the previous one
+QUICK_GELU = {"auto": None, "quickgelu": True, "gelu": False}
+DEVICES = ("auto", "cpu")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def _scorer_files():
@@ -32,6 +35,14 @@ def _resolve(name):
     if path is None:
         raise ScorerError(f"Scorer file {name!r} is not in models/{SCORER_FOLDER}. {WHERE_TO_PUT}")
     return path
+
+
+def _choice(name, value, choices):
+    """`value` if it is one of `choices`, else ScorerError naming the input (ComfyUI 0.3.64 does not check a V3
+    node's combo values when the prompt is queued)."""
+    if value not in choices:
+        raise ScorerError(f"{name} is {value!r}: choose one of {', '.join(choices)}")
+    return value
 
 
 def _stamp(path):
@@ -66,13 +77,13 @@ class QSchedScorerLoader(io.ComfyNode):
                                tooltip="CLIP-IQA antonym pair; quality = 'Good photo.' / 'Bad photo.'"),
                 io.Combo.Input("alignment_checkpoint", options=["none"] + files, optional=True,
                                tooltip="CLIP checkpoint for TC in the preference variant."),
-                io.Combo.Input("quick_gelu", options=["auto", "quickgelu", "gelu"], optional=True,
+                io.Combo.Input("quick_gelu", options=list(QUICK_GELU), optional=True,
                                tooltip="Activation of open_clip-layout files. auto: QuickGELU for OpenAI files "
                                        "(TorchScript .pt or 'openai' in the name), else GELU."),
-                io.Combo.Input("device", options=["auto", "cpu"], optional=True,
+                io.Combo.Input("device", options=list(DEVICES), optional=True,
                                tooltip="auto: ComfyUI's device (GPU when present), loaded and offloaded by ComfyUI's "
                                        "memory manager like its other models; cpu: stays on the CPU."),
-                io.Combo.Input("precision", options=["fp32", "fp16"], optional=True,
+                io.Combo.Input("precision", options=list(PRECISIONS), optional=True,
                                tooltip="fp16 is ~2-5x faster on GPU (ViT-L/14: 0.7 vs 3.7 ms per image on an H100); "
                                        "fp32 is what the parity tests check."),
             ],
@@ -90,12 +101,12 @@ class QSchedScorerLoader(io.ComfyNode):
                 alignment_checkpoint="none", quick_gelu="auto", device="auto", precision="fp32"):
         path = _resolve(checkpoint)
         tc_path = _resolve(alignment_checkpoint) if alignment_checkpoint not in (None, "none") else None
-        managed = device == "auto"
+        managed = _choice("device", device, DEVICES) == "auto"
         torch_device = comfy.model_management.text_encoder_offload_device() if managed else torch.device("cpu")
         settings = dict(variant=variant, tc_checkpoint=tc_path, k=k, tc_transform=tc_transform, k_weights=k_weights,
                         clip_score_convention=clip_score_convention, iqa_pairs=(iqa_prompt_pair,),
-                        quick_gelu={"auto": None, "quickgelu": True, "gelu": False}[quick_gelu], device=torch_device,
-                        dtype=torch.float16 if precision == "fp16" else torch.float32)
+                        quick_gelu=QUICK_GELU[_choice("quick_gelu", quick_gelu, QUICK_GELU)], device=torch_device,
+                        dtype=PRECISIONS[_choice("precision", precision, PRECISIONS)])
         key = (path, _stamp(path), tc_path, tc_path and _stamp(tc_path), repr(sorted(settings.items(), key=str)),
                managed)
         if key not in _CACHE:

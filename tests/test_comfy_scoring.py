@@ -90,6 +90,10 @@ def test_loader_caches_the_scorer_until_an_input_or_the_file_changes(scoring_nod
     from comfyui_qsched.calibration.metrics import ScorerError
     with pytest.raises(ScorerError, match="qsched_scorers"):
         loader.execute("missing.safetensors", **SETTINGS)
+    # a value none of the combo's choices (ComfyUI 0.3.64 lets V3 combo values through when the prompt is queued)
+    for name in ("quick_gelu", "device", "precision"):
+        with pytest.raises(ScorerError, match=f"{name} is 'other': choose one of"):
+            loader.execute("inproc.safetensors", **{**SETTINGS, name: "other"})
 
 
 def test_score_node_outputs_floats_json_and_annotated_images(scoring_nodes):
