@@ -159,19 +159,56 @@ def sync():
         torch.cuda.synchronize()
 
 
+class PhaseTimes:
+    """Seconds spent in sampling (ComfyUI's sample_custom), VAE decoding and JAQ scoring, and the model calls,
+    by wrapping those three for the duration of one calibration: where batching helps and where it cannot."""
+
+    def __init__(self, vae, scorer):
+        self.vae, self.scorer = vae, scorer
+        self.seconds = {"sample": 0.0, "decode": 0.0, "score": 0.0}
+        self.model_calls = 0
+
+    def _timed(self, phase, function):
+        def timed(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                sync()
+                self.seconds[phase] += time.perf_counter() - start
+                self.model_calls += phase == "sample"
+        return timed
+
+    def __enter__(self):
+        import comfy.sample
+        self._saved = comfy.sample.sample_custom
+        comfy.sample.sample_custom = self._timed("sample", self._saved)
+        self.vae.decode = self._timed("decode", type(self.vae).decode.__get__(self.vae))
+        self.scorer.score = self._timed("score", type(self.scorer).score.__get__(self.scorer))
+        return self
+
+    def __exit__(self, *exc):
+        import comfy.sample
+        comfy.sample.sample_custom = self._saved
+        del self.vae.decode, self.scorer.score
+
+
 def calibrate_once(name, models, scorer, prompts, batch_size, args, size):
-    """One calibration from scratch (fresh run log and preset folder), timed as a whole."""
+    """One calibration from scratch (fresh run log and preset folder), timed as a whole and by phase."""
     config = CalibrationConfig(sampler_name="lcm", scheduler="lcm_original", steps=args.steps, cfg=1.0,
                                strategy=args.strategy, budget_images=args.budget, seed=args.seed,
                                prompts="\n".join(prompts), width=size, height=size, batch_size=batch_size,
                                preset_name=f"bench-{name}-{batch_size}")
     with tempfile.TemporaryDirectory() as folder:
-        sync()
-        start = time.perf_counter()
-        calibration = calibrate(config, *models, scorer, preset_folder=folder, runs_folder=folder, model_name=name)
-        sync()
-        seconds = time.perf_counter() - start
-    return calibration, seconds
+        with PhaseTimes(models[2], scorer) as phases:
+            sync()
+            start = time.perf_counter()
+            calibration = calibrate(config, *models, scorer, preset_folder=folder, runs_folder=folder,
+                                    model_name=name)
+            sync()
+            seconds = time.perf_counter() - start
+    return calibration, seconds, phases
 
 
 def bench_model(name, models, scorer, size, args, log_path):
@@ -185,7 +222,7 @@ def bench_model(name, models, scorer, size, args, log_path):
                                      max_batch=batch_size), scorer, prompts).many([(s, [i]) for s, i in items])
     rows, first = [], None
     for batch_size in args.batch_sizes:
-        calibration, seconds = calibrate_once(name, models, scorer, prompts, batch_size, args, size)
+        calibration, seconds, phases = calibrate_once(name, models, scorer, prompts, batch_size, args, size)
         result, images = calibration.search, calibration.search.images_generated + calibration.report.images
         scores = {(json.dumps(t["schedule"]["c_x"]), json.dumps(t["schedule"]["c_eps"]), t["prompts"]): t["score"]
                   for t in result.trace}
@@ -195,6 +232,8 @@ def bench_model(name, models, scorer, size, args, log_path):
                "heldout": calibration.report.heldout.verdict,
                "best": result.best.label, "best_score": result.best_score, "identity_score": result.identity_score,
                "unet_dtype": str(models[0].model.get_dtype()).replace("torch.", ""),
+               "model_calls": phases.model_calls,
+               **{f"{phase}_s": round(value, 3) for phase, value in phases.seconds.items()},
                "device": device_name(), "torch": torch.__version__, "comfyui": comfyui_version()}
         if first is None:
             first = (result, scores, row)
@@ -227,20 +266,29 @@ def comfyui_version():
         return "unknown"
 
 
+def _phases(row):
+    if "sample_s" not in row:
+        return "-"
+    other = row["seconds"] - row["sample_s"] - row["decode_s"] - row["score_s"]
+    return f"{row['sample_s']:.1f} / {row['decode_s']:.1f} / {row['score_s']:.1f} / {other:.1f}"
+
+
 def table(rows):
     lines = [f"Device: {rows[0]['device'] if rows else '-'}; torch {torch.__version__}; ComfyUI {comfyui_version()}. "
              "Whole calibration (sample + decode + JAQ score + search + held-out check + preset), lcm, cfg 1, fresh "
              "run log; images/s = images generated / seconds.", "",
              "| model | UNet dtype | image | strategy | prompts x steps | batch | images | seconds | images/s | "
-             "speedup | same best schedule | max score diff, same candidate (batch-1 best margin) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "speedup | same best schedule | max score diff, same candidate (batch-1 best margin) | model calls | "
+             "sample / decode / score / other s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         margin = "-" if r.get("batch1_margin") is None else f"{r['batch1_margin']:.2e}"
         diff = "-" if "max_score_diff" not in r else f"{r['max_score_diff']:.2e} ({margin})"
         same = "-" if "same_best" not in r else ("yes" if r["same_best"] else "NO")
         lines.append(f"| {r['model']} | {r['unet_dtype']} | {r['size']}² | {r['strategy']} | "
                      f"{r['prompts']} x {r['steps']} | {r['batch_size']} | {r['images']} | {r['seconds']:.1f} | "
-                     f"{r['images_per_s']:.2f} | {r.get('speedup', 1.0):.2f}x | {same} | {diff} |")
+                     f"{r['images_per_s']:.2f} | {r.get('speedup', 1.0):.2f}x | {same} | {diff} | "
+                     f"{r.get('model_calls', '-')} | {_phases(r)} |")
     return "\n".join(lines)
 
 
@@ -248,7 +296,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="sdxl,tiny")
     parser.add_argument("--batch-sizes", default="1,8,16,32", help="the first is the baseline of the speedups")
-    parser.add_argument("--strategy", default="coarse_to_fine")
+    parser.add_argument("--strategy", default=CalibrationConfig().strategy, help="default: the calibration's")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--budget", type=int, default=0, help="most images per calibration (0 = the strategy's)")

@@ -69,7 +69,7 @@ def confidence_race(ev, space, candidates, floor=MIN_JUDGE_PROMPTS, growth=2, co
     survivors = list(dict.fromkeys(space.clip(c) for c in candidates))
     for size in doubling_rungs(ev.n_prompts, floor, growth):
         prompts = ev.order[:size]
-        scored = list(zip(ev.score_many([(space.schedule(c), prompts, c) for c in survivors]), survivors))
+        scored = list(zip(ev.score_many((space.schedule(c), prompts, c) for c in survivors), survivors))
         scored = [(score, c) for score, c in scored if math.isfinite(score)]
         if not scored:
             return
@@ -85,7 +85,7 @@ def floor_halving(ev, space, candidates, eta=3, floor=MIN_JUDGE_PROMPTS, keep=FI
     survivors = list(dict.fromkeys(space.clip(c) for c in candidates))
     for size in halving_rungs(ev.n_prompts, eta, floor):
         prompts = ev.order[:size]
-        scored = list(zip(ev.score_many([(space.schedule(c), prompts, c) for c in survivors]), survivors))
+        scored = list(zip(ev.score_many((space.schedule(c), prompts, c) for c in survivors), survivors))
         scored.sort(key=lambda item: item[0], reverse=True)
         survivors = [c for _, c in scored[:max(keep, math.ceil(len(scored) / eta))]]
 

@@ -111,7 +111,7 @@ def race(ev, space, candidates, eta=3, min_prompts=1):
     survivors = list(dict.fromkeys(space.clip(c) for c in candidates))
     for size in _rungs(ev.n_prompts, eta, min_prompts):
         prompts = list(range(size))
-        scored = list(zip(ev.score_many([(space.schedule(c), prompts, c) for c in survivors]), survivors))
+        scored = list(zip(ev.score_many((space.schedule(c), prompts, c) for c in survivors), survivors))
         scored.sort(key=lambda item: item[0], reverse=True)
         survivors = [c for _, c in scored[:max(1, math.ceil(len(scored) / eta))]]
 

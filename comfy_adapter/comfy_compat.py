@@ -8,6 +8,8 @@ number, so releases in between get whichever behaviour they have:
   stored weight value-cast to float, and its LowVramPatch converts through the layer's convert_weight /
   set_weight itself; 0.33 hands them the dequantized float weight and expects a float weight back (with dynamic
   VRAM the LoRA sits in `weight_lowvram_function`, ahead of `weight_function`).
+- LoRA arithmetic dtype: 0.33 patches weights in `lora_compute_dtype(device)` (float16 on GPUs that run fp16 well,
+  float32 on the CPU), for a LoRA merged at load and for its own layers' per-call patches alike; 0.3.64 in float32.
 - Flux's constructor: 0.33 also takes `txt_ids_dims` (none for FLUX.1, as its model detection sets).
 - The V3 progress API (`comfy_api.v0_0_2`, execution.set_progress): 0.33's synchronous ComfyAPISync has it; in
   0.3.64 ComfyAPISync has no `execution` (its sync stub generator could not read the string annotations), so
@@ -17,6 +19,7 @@ import dataclasses
 import functools
 
 import comfy.k_diffusion.sampling
+import comfy.model_management
 import comfy.model_patcher
 import torch
 
@@ -47,6 +50,13 @@ def weight_functions(layer, name="weight"):
         return attached, []
     low_vram = getattr(layer, f"{name}_lowvram_function", None)
     return [], ([] if low_vram is None else [low_vram]) + attached
+
+
+def lora_compute_dtype(device):
+    """The dtype the running ComfyUI does LoRA arithmetic in on `device`; a per-call patch must use it too, or
+    requantizing its result rounds differently from the same LoRA merged at load."""
+    host = getattr(comfy.model_management, "lora_compute_dtype", None)
+    return torch.float32 if host is None else host(device)
 
 
 def flux_model(dtype=None, device=None, operations=None, **config):

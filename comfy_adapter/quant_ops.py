@@ -7,8 +7,8 @@ comfy ops: offloading and --lowvram move the packed weight, LoRA keys stay `<lay
   codes, packed int4 bytes and e4m3), gets the dequantized weight, patches it (LoRA) and stores it again through
   set_weight, which requantizes onto the layer's existing scales, so restoring the backup restores the codes.
 - forward_comfy_cast_weights: the packed weight moves to the input's device, and the per-call weight functions
-  (LoRA in low-VRAM mode) apply in the running ComfyUI's protocol (comfy_compat.weight_functions); a float
-  result is requantized onto the layer's scales like a LoRA merged at load. ComfyUI's own cast would value-cast
+  (LoRA in low-VRAM mode) apply in the running ComfyUI's protocol (comfy_compat.weight_functions) and its LoRA
+  arithmetic dtype; a float result is requantized onto the layer's scales like a LoRA merged at load. ComfyUI's own cast would value-cast
   the codes without their scales.
 """
 import torch
@@ -32,7 +32,7 @@ class ComfyPackedWeight:
         for function in on_stored:
             packed = function(packed)
         if on_float:
-            weight = self.dequantize(packed, dtype=torch.float32)
+            weight = self.dequantize(packed, dtype=comfy_compat.lora_compute_dtype(x.device))
             for function in on_float:
                 weight = function(weight)
             packed = self.requantize(weight).to(packed.dtype)

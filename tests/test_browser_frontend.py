@@ -32,7 +32,8 @@ from comfyui_qsched.samplers import QSchedSchedule
 
 BROWSER_DIR = os.path.join(REPO_ROOT, "tests", "browser")
 DRIVER = os.path.join(BROWSER_DIR, "drive.mjs")
-ARTIFACTS = os.path.join(REPO_ROOT, "artifacts", "browser")
+# Where screenshots and driver reports go (env QSCHED_ARTIFACTS: runs side by side need one each).
+ARTIFACTS = os.path.join(os.environ.get("QSCHED_ARTIFACTS") or os.path.join(REPO_ROOT, "artifacts"), "browser")
 EXAMPLES = os.path.join(REPO_ROOT, "example_workflows")
 UPDATE_DOCS = os.environ.get("QSCHED_UPDATE_DOCS") == "1"
 SCORER_FILE = "qsched_browser_clip.safetensors"

@@ -110,11 +110,25 @@ def test_lora_applies_on_dequantized_weights(env, lowvram, backend):
     assert rel(denoise(env, quantized, budget), plain) == 0.0
 
 
-def test_lora_per_call_in_low_vram_equals_lora_merged_at_load(env):
-    """Both requantize the LoRA-patched weight onto the layer's scales, whichever way ComfyUI hands it over."""
+def test_lora_per_call_in_low_vram_equals_lora_merged_at_load(env, monkeypatch):
+    """Both requantize the LoRA-patched weight onto the layer's scales, whichever way ComfyUI hands it over, in the
+    dtype the host does LoRA arithmetic in. ComfyUI 0.33 uses float16 on GPUs that run it well (float32 on the
+    CPU), forced here on the CPU through its per-device cache; 0.3.64 always uses float32. In float32 both ways
+    give the same codes. In float16 ComfyUI itself rounds a merged patch (float32 product, float16 sum) and a
+    per-call one (float16 throughout) differently, and int4 rounding magnifies that: the two must still differ by
+    far less than the LoRA changes the output."""
     quantized = load(env, "W4A8")[0]
     q_lora = env["nodes"].LoraLoaderModelOnly().load_lora_model_only(quantized, build_lora(env, quantized), 1.0)[0]
-    assert rel(denoise(env, q_lora, lowvram_bytes=1), denoise(env, q_lora)) == 0.0
+    lora_effect = rel(denoise(env, q_lora), denoise(env, quantized))
+    host_dtypes = getattr(env["mm"], "LORA_COMPUTE_DTYPES", None)
+    for dtype in [torch.float32] if host_dtypes is None else [torch.float32, torch.float16]:
+        if host_dtypes is not None:
+            monkeypatch.setitem(host_dtypes, env["mm"].get_torch_device(), dtype)
+        difference = rel(denoise(env, q_lora, lowvram_bytes=1), denoise(env, q_lora))
+        if dtype == torch.float32:
+            assert difference == 0.0
+        else:
+            assert difference < 0.2 * lora_effect, (difference, lora_effect)
 
 
 def test_lowvram_matches_full_load(env):
