@@ -103,3 +103,28 @@ def test_the_node_refuses_settings_that_cannot_work_together_when_the_prompt_is_
     assert "path separator" in check("", preset_name="../elsewhere")
     assert check("", c_min=0.01) == "c_min is 0.01: give a value from 0.05 to 1.0"   # ComfyUI's range check is off
     assert check(None, quant="W4A8-g128-g64") is True    # a linked input: everything is checked when it runs
+
+
+def test_progress_reaches_comfyuis_progress_registry_through_the_v3_api(comfyui_dir):
+    """What the calibrate node reports lands in the running prompt's progress registry, which sends progress_state
+    (the V3 API's synchronous form on 0.33; 0.3.64 has only the asynchronous one)."""
+    from comfy_execution.progress import get_progress_state, reset_progress_state
+    from comfyui_qsched.comfy_adapter.comfy_compat import report_progress
+
+    class Prompt:  # what the registry asks of the running prompt when it reports
+        def get_display_node_id(self, node_id):
+            return node_id
+
+        def get_parent_node_id(self, node_id):
+            return None
+
+        def get_real_node_id(self, node_id):
+            return node_id
+
+    reset_progress_state("qsched-progress-test", Prompt())
+    report_progress(3, 12, "7")
+    report_progress(5, 12, 7)
+    report_progress(1, 2, None)       # outside a prompt (node called directly): nothing to report to
+    nodes = get_progress_state().nodes
+    assert set(nodes) == {"7"} and (nodes["7"]["value"], nodes["7"]["max"]) == (5, 12)
+    assert nodes["7"]["state"].value == "running"
