@@ -24,6 +24,7 @@ COMMANDS = {
     "train-digits": "testbed.digits.train:main",
     "digits-experiment": "testbed.digits.experiment:main",
     "digits-trust": "testbed.digits.trust:main",
+    "digits-reference": "testbed.digits.reference_experiment:main",
     "calibrate": "calibration.cli:main",
 }
 

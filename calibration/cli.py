@@ -14,7 +14,8 @@ import time
 
 from ..quant.options import QUANT_OPTIONS
 from ..safe_files import UnsafeFileError, read_regular_file
-from .run import SCHEDULERS, CalibrationConfig, ConfigError
+from .reference import ReferenceError
+from .run import REFERENCE_MODEL_HELP, SCHEDULERS, CalibrationConfig, ConfigError
 
 MAX_PROMPTS_FILE_BYTES = 16 << 20
 
@@ -85,7 +86,8 @@ def config_flags():
 def parser():
     p = argparse.ArgumentParser(prog="python -m qsched calibrate", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint .safetensors (model, CLIP and VAE)")
-    p.add_argument("--scorer", required=True, help="CLIP checkpoint for the JAQ scorer (open_clip/HF/OpenAI file)")
+    p.add_argument("--scorer", default=None, help="CLIP checkpoint for the JAQ scorer (open_clip/HF/OpenAI file); "
+                   "needed unless the objective is reference_latent or reference_image")
     p.add_argument("--scorer-k", type=_number(minimum=0.0), default=2.0, help="JAQ = TC + k * IQ (default 2)")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI checkout (or COMFYUI_DIR)")
     flags = config_flags()
@@ -105,8 +107,10 @@ def parser():
     p.add_argument("--runs-folder", default=None, help="default: <ComfyUI user dir>/qsched_runs")
     p.add_argument("--plot", default=None, help="also save the plot as this PNG")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
-    p.add_argument("--fp-control", action="store_true", help="with --quant: also apply the winner to the "
-                   "unquantized model (loaded a second time) and say whether the gain is quantization-specific")
+    p.add_argument("--reference-model", default=None, help=f"{REFERENCE_MODEL_HELP}: 'same' = --checkpoint loaded "
+                   "again without --quant, or another checkpoint")
+    p.add_argument("--fp-control", action="store_true", help="with --quant: --reference-model same, for the FP "
+                   "control of a jaq/tc/iq calibration (say whether the gain is quantization-specific)")
     return p
 
 
@@ -145,14 +149,24 @@ def read_prompts(prompts_file, n_prompts):
         raise SystemExit(f"--n-prompts {n_prompts}: {error}") from None
 
 
+def reference_path(args):
+    """The full-precision checkpoint to load (None: none): --reference-model, 'same' (and --fp-control) being
+    --checkpoint without --quant."""
+    path = args.reference_model or ("same" if args.fp_control else None)
+    if path == "same" and not args.quant:
+        raise SystemExit("--reference-model same / --fp-control compare the quantized model with the full-precision "
+                         "one: give --quant too")
+    return args.checkpoint if path == "same" else path
+
+
 def main(argv):
     p = parser()
     args = p.parse_args(argv)
-    if args.fp_control and not args.quant:
-        raise SystemExit("--fp-control compares the quantized model with the full-precision one: give --quant too")
+    reference = reference_path(args)
     try:
         config = config_of(args, read_prompts_text(args.prompts_file))
         config.prompt_list()
+        config.check_inputs(reference=reference is not None, scorer=args.scorer is not None)   # before any loading
     except ConfigError as error:
         p.error(str(error))
     _import_comfyui(args.comfyui, args.gpu)
@@ -165,19 +179,19 @@ def main(argv):
                                                   layer_policy=args.layer_policy, cache=args.quant_cache)
     if quantized:
         print(quantized, file=sys.stderr)
-    reference = load_checkpoint(args.checkpoint)[0] if args.fp_control else None
-    scorer = load_scorer(args.scorer, k=args.scorer_k)
+    reference_model = load_checkpoint(reference)[0] if reference is not None else None
+    scorer = load_scorer(args.scorer, k=args.scorer_k) if args.scorer else None
     started = time.monotonic()
 
     def progress(done, total):
         print(f"\r{done}/{total} images, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
 
     try:
-        calibration = calibrate(config, model, clip, vae, scorer, reference_model=reference,
+        calibration = calibrate(config, model, clip, vae, scorer, reference_model=reference_model,
                                 preset_folder=args.preset_folder, runs_folder=args.runs_folder,
                                 model_name=os.path.splitext(os.path.basename(args.checkpoint))[0],
-                                scorer_k=args.scorer_k, progress=progress)
-    except ConfigError as error:
+                                scorer_k=args.scorer_k if scorer is not None else None, progress=progress)
+    except (ConfigError, ReferenceError) as error:
         raise SystemExit(f"calibrate: {error}") from None
     print(file=sys.stderr)
     print(format_report(calibration.report, calibration.search), file=sys.stderr)

@@ -141,7 +141,7 @@ def compare_fp(quantized_winner, quantized_identity, fp_winner, fp_identity, con
 
 def candidates_within_noise(result, confidence=CONFIDENCE):
     """How many fully scored candidates are not significantly worse than the winner on the search pairs."""
-    winner = result.per_prompt.get(schedule_key(result.best.c_x, result.best.c_eps))
+    winner = result.per_prompt.get(schedule_key(result.best.c_x, result.best.c_eps, result.best.offset))
     if winner is None or not all(math.isfinite(v) for v in winner):
         return 1
     count = 0
@@ -191,7 +191,7 @@ def check_winner(evaluate, result, held_out, evaluate_fp=None, fraction=HOLDOUT_
         fp_winner = list(evaluate_fp(winner, list(held_out)))
         images += 2 * len(held_out)
         fp = compare_fp(winner_scores, identity_scores, fp_winner, fp_identity, confidence)
-    search_winner = result.per_prompt.get(schedule_key(winner.c_x, winner.c_eps), [])
+    search_winner = result.per_prompt.get(schedule_key(winner.c_x, winner.c_eps, winner.offset), [])
     search_identity = result.per_prompt.get(schedule_key(identity.c_x, identity.c_eps), [])
     search_sd = math.nan
     if len(search_winner) == len(search_identity) >= 2 and all(map(math.isfinite, search_winner + search_identity)):

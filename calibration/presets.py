@@ -20,7 +20,8 @@ from ..samplers.schedule import QSchedSchedule, ScheduleError
 from .heldout import VERDICTS
 
 FORMAT = "qsched-preset"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2            # 2: optional per-step "offset" on the noise prediction
+READABLE_VERSIONS = (1, 2)    # version 1 files (no offset) load unchanged
 EXTENSION = ".json"
 MAX_BYTES = 1 << 20
 log = logging.getLogger("qsched.presets")
@@ -48,7 +49,9 @@ _FIELDS = {
     "c_x": (list, True), "c_eps": (list, True), "scorer": (dict, False), "prompts_hash": ((str, type(None)), False),
     "n_prompts": ((int, type(None)), False), "seed": ((int, type(None)), False), "cfg": ((int, float, type(None)), False),
     "scores": (dict, False), "search": (dict, False), "created": (str, False), "pack_version": (str, False),
+    "offset": ((list, type(None)), False),
 }
+_SINCE_VERSION = {"offset": 2}
 
 
 class PresetError(ValueError):
@@ -102,7 +105,8 @@ def preset_path(folder, name):
 def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=None, sampler=None, scorer=None,
                 scorer_k=None, prompts_hash=None, n_prompts=None, seed=None, cfg=None, identity_score=None,
                 best_score=None, search=None, notes="", example=False, checks=None):
-    """Build a preset dict (schema version 1) for `schedule`; `sampler` defaults to the schedule's. checks: the
+    """Build a preset dict (schema version 2) for `schedule`; `sampler` defaults to the schedule's; the
+    schedule's per-step offset, if any, is stored as "offset" (absent when the schedule has none). checks: the
     held-out verdict (and FP control) from calibration.heldout.TrustReport.to_dict(), kept under `scores`."""
     sampler = sampler or schedule.sampler
     preset = {
@@ -110,6 +114,7 @@ def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=Non
         "model": {"name": model_name, "sha256": model_hash, "family": family},
         "quant": quant, "sampler": sampler, "steps": schedule.steps,
         "c_x": list(schedule.c_x), "c_eps": list(schedule.c_eps),
+        **({"offset": [list(row) for row in schedule.offset]} if schedule.offset is not None else {}),
         "scorer": {"name": scorer, "k": scorer_k}, "prompts_hash": prompts_hash, "n_prompts": n_prompts,
         "seed": seed, "cfg": cfg,
         "scores": {"identity": identity_score, "best": best_score, **(checks or {})},
@@ -127,9 +132,10 @@ def validate(data, where="preset"):
         raise PresetError(f"{where}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != FORMAT:
         raise PresetError(f"{where}: not a Q-Sched preset (format is {data.get('format')!r}, expected {FORMAT!r})")
-    if data.get("version") != SCHEMA_VERSION:
-        raise PresetError(f"{where}: schema version {data.get('version')!r} is not supported (this pack reads "
-                          f"version {SCHEMA_VERSION}; update the pack)")
+    version = data.get("version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        raise PresetError(f"{where}: schema version {version!r} is not supported (this pack reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))}; update the pack)")
     for key, (types, required) in _FIELDS.items():
         if key not in data:
             if required:
@@ -139,6 +145,7 @@ def validate(data, where="preset"):
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
             raise PresetError(f"{where}: field {key!r} has the wrong type ({type(value).__name__})")
     unknown = sorted(set(data) - set(_FIELDS))
+    unknown += sorted(key for key, since in _SINCE_VERSION.items() if key in data and version < since)
     if unknown:
         raise PresetError(f"{where}: unknown fields {', '.join(unknown)}")
     if not isinstance(data["model"].get("name"), str) or not data["model"]["name"]:
@@ -191,7 +198,8 @@ def schedule_of(data):
     """The preset's QSchedSchedule, carrying the sampler it was tuned for and a label naming the model."""
     quant = f" {data['quant']}" if data.get("quant") else ""
     label = f"{data['model']['name']}{quant} {data['sampler']} {data['steps']} steps"
-    return QSchedSchedule.from_lists(data["c_x"], data["c_eps"], sampler=data["sampler"], label=label)
+    return QSchedSchedule.from_lists(data["c_x"], data["c_eps"], sampler=data["sampler"], label=label,
+                                     offset=data.get("offset"))
 
 
 def read_preset_file(path, folder=None):
@@ -246,7 +254,8 @@ def summary(data):
     return {"model": data["model"]["name"], "model_sha256": data["model"].get("sha256"),
             "family": data["model"].get("family"), "quant": data.get("quant"), "sampler": data["sampler"],
             "steps": data["steps"], "example": data.get("example", False), "scores": data.get("scores", {}),
-            "created": data.get("created"), "c_x": data["c_x"], "c_eps": data["c_eps"]}
+            "created": data.get("created"), "c_x": data["c_x"], "c_eps": data["c_eps"],
+            "offset": data.get("offset")}
 
 
 def list_presets(folder):

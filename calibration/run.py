@@ -7,7 +7,8 @@ the first image, the search (resuming from the run log), the held-out check and 
 `CalibrationRun.summary()` is what the node's panel and the command line report.
 
 The host supplies `generate([(schedule, prompt_index), ...]) -> IMAGE [N, H, W, C]` (prompt i with seed + i, the
-host's model, text encoder and VAE; comfy_adapter/calibration.py in ComfyUI) and the scorer.
+host's model, text encoder and VAE; comfy_adapter/calibration.py in ComfyUI) and the scorer; for a reference
+objective also the full-precision model's sampling (calibration.reference.ReferenceSampling).
 """
 import dataclasses
 import logging
@@ -17,15 +18,24 @@ from dataclasses import dataclass, field
 
 from ..samplers.schedule import SAMPLER_NAMES
 from .heldout import HOLDOUT_FRACTION, check_winner, format_report, split_pairs
+from .optimise import DEFAULT_EVALUATIONS, FORMS as REFINE_FORMS, REFINE_C_RANGE
 from .pipeline import OBJECTIVES, make_evaluate
 from .presets import check_name, make_preset, safe_preset_name, save_preset
 from .prompts import parse_prompts, prompts_hash
+from .reference import (DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES, is_reference_objective,
+                        make_objective_evaluate, needs_scorer)
 from .runlog import settings_hash
 from .search import SearchInterrupted, SearchSpace, plan_images, run_search
 from .strategies import DEFAULT_STRATEGY, STRATEGIES
 
 log = logging.getLogger("qsched.calibration")
 SCHEDULERS = "schedulers"   # choices only the host knows (ComfyUI's sigma schedules plus the pack's few-step ones)
+REFINE_OFF = "off"
+# The full-precision model is a model input (the node's link, the command line's checkpoint), not a setting: its
+# help is written once here.
+REFERENCE_MODEL_HELP = ("the full-precision model the quantized one was made from: the reference objectives compare "
+                        "with its outputs from the same noise and prompt; with jaq/tc/iq the winner is also applied "
+                        "to it (FP control: is the gain specific to the quantized model?)")
 
 
 class ConfigError(ValueError):
@@ -36,7 +46,9 @@ class ConfigError(ValueError):
 class Setting:
     """How a CalibrationConfig field is shown and checked. node: 'required', 'optional' or None (not a node
     input); cli: the flag ('' = --the-field-name, None = not on the command line); log_key: its name in the run-log
-    key (None = it does not decide what a score means); record: kept in the preset's `search` record."""
+    key (None = it does not decide what a score means); record: kept in the preset's `search` record; only_if:
+    (other field, its values) for which the setting means anything (elsewhere it neither keys the log nor is
+    recorded)."""
     help: str
     minimum: float = None
     maximum: float = None
@@ -47,6 +59,7 @@ class Setting:
     log_key: str = None
     record: bool = False
     multiline: bool = False
+    only_if: tuple = None
 
     def flag(self, name):
         return ("--" + name.replace("_", "-")) if self.cli == "" else self.cli
@@ -83,8 +96,12 @@ class CalibrationConfig:
                           record=True)
     height: int = _setting(512, "Calibration image height.", minimum=64, maximum=4096, step=8, log_key="height",
                            record=True)
-    objective: str = _setting("jaq", "What the winner is chosen by: jaq or one term.", choices=OBJECTIVES,
-                              log_key="objective", record=True)
+    objective: str = _setting("jaq", "What the winner is chosen by. jaq (the paper's reference-free score) or one of "
+                              "its terms; with the full-precision model (reference_model): reference_latent / "
+                              "reference_image / reference_clip = closest to its latent / decoded image / CLIP image "
+                              "features from the same noise and prompt; jaq_reference = JAQ - reference_weight x the "
+                              "relative latent error. reference_latent and reference_image need no scorer.",
+                              choices=OBJECTIVES + REFERENCE_OBJECTIVES, log_key="objective", record=True)
     c_min: float = _setting(0.8, "Lowest start coefficient searched.", minimum=0.05, maximum=1.0, step=0.01)
     c_max: float = _setting(1.2, "Highest start coefficient searched.", minimum=1.0, maximum=3.0, step=0.01)
     model_name: str = _setting("", "recorded in the preset (empty: the model's family and hash)")
@@ -96,6 +113,18 @@ class CalibrationConfig:
     batch_size: int = _setting(16, "most images per model call (prompts and candidates share a batch, each with its "
                                "own noise); fewer when free memory is short. 1 = one image at a time", minimum=1,
                                maximum=1024)
+    reference_weight: float = _setting(DEFAULT_REFERENCE_WEIGHT, "jaq_reference: weight of the relative latent error "
+                                       "subtracted from JAQ", minimum=0.0, maximum=1000.0, step=0.05,
+                                       log_key="reference_weight", record=True,
+                                       only_if=("objective", ("jaq_reference",)))
+    refine: str = _setting(REFINE_OFF, "After the search: fit free per-step coefficients (and offsets on the noise "
+                           "prediction, one per step or per latent channel) with a continuous optimiser (scipy "
+                           "Powell) from the search's winner. "
+                           + "; ".join(f"{k}: {v}" for k, v in REFINE_FORMS.items()),
+                           choices=(REFINE_OFF, *REFINE_FORMS), record=True)
+    refine_evaluations: int = _setting(0, f"candidates the refinement may score, each on every search prompt; 0 = "
+                                       f"{DEFAULT_EVALUATIONS}", minimum=0, maximum=100_000, record=True,
+                                       only_if=("refine", tuple(REFINE_FORMS)))
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
@@ -120,30 +149,73 @@ class CalibrationConfig:
     def c_range(self):
         return (self.c_min, self.c_max)
 
+    @property
+    def needs_reference(self):
+        """The objective compares with the full-precision model."""
+        return is_reference_objective(self.objective)
+
+    def applies(self, name):
+        """Whether setting `name` means anything with the others as they are (see Setting.only_if)."""
+        only_if = dict((n, s) for n, _, s in self.settings())[name].only_if
+        return only_if is None or getattr(self, only_if[0]) in only_if[1]
+
+    def check_inputs(self, reference, scorer):
+        """Refuse, before any image, an objective whose model or scorer is missing (reference, scorer: given?)."""
+        if self.needs_reference and not reference:
+            raise ConfigError(f"objective {self.objective!r} compares with the full-precision model: connect it as "
+                              "'reference_model' (command line: give --reference-model), or choose 'jaq', which "
+                              "needs no reference")
+        if needs_scorer(self.objective) and not scorer:
+            raise ConfigError(f"objective {self.objective!r} needs a scorer: connect Load JAQ Scorer (Q-Sched) "
+                              "(command line: --scorer), or use reference_latent / reference_image with the "
+                              "full-precision model")
+
+    def fp_control(self, reference):
+        """The FP control (the winner applied to the FP model) runs with a reference-free objective and the FP
+        model given; with a reference objective the FP model is what the score compares with."""
+        return bool(reference) and not self.needs_reference
+
+    def refine_options(self, channels):
+        """run_search's `refine` (None when off): the free coefficients may leave the start range (at least
+        REFINE_C_RANGE), the channel form gets one offset per latent channel."""
+        if self.refine == REFINE_OFF:
+            return None
+        c_range = (min(REFINE_C_RANGE[0], self.c_min), max(REFINE_C_RANGE[1], self.c_max))
+        return {"form": self.refine, "evaluations": self.refine_evaluations or DEFAULT_EVALUATIONS,
+                "channels": channels, "c_range": c_range}
+
     def prompt_list(self):
         prompts = parse_prompts(self.prompts)
         if self.n_prompts > len(prompts):
             raise ConfigError(f"n_prompts is {self.n_prompts} but there are only {len(prompts)} prompts")
         return prompts[:self.n_prompts] if self.n_prompts else prompts
 
-    def run_log_settings(self, *, model_hash, prompts_hash, scorer):
-        """Everything that decides what a score means; keys the run log (strategy, budget and batch size do not,
-        so a rerun with another strategy, a larger budget or another batch size reuses every image scored)."""
-        keyed = {setting.log_key: getattr(self, name) for name, _, setting in self.settings() if setting.log_key}
+    def run_log_settings(self, *, model_hash, prompts_hash, scorer, reference_hash=None):
+        """Everything that decides what a score means; keys the run log (strategy, budget, batch size and the
+        refinement do not, so a rerun with another strategy, a larger budget, another batch size or a refinement
+        reuses every image scored). A reference objective's scores depend on the FP model: `reference_hash`."""
+        keyed = {setting.log_key: getattr(self, name) for name, _, setting in self.settings()
+                 if setting.log_key and self.applies(name)}
         keyed["quant"] = keyed["quant"] or None
+        if self.needs_reference:
+            keyed["reference_model"] = reference_hash
         return {"model_hash": model_hash, "prompts_hash": prompts_hash, "scorer": scorer, **keyed}
 
     def search_record(self):
         """The settings a preset records under `search` (with what the run adds)."""
-        record = {name: getattr(self, name) for name, _, setting in self.settings() if setting.record}
+        record = {name: getattr(self, name) for name, _, setting in self.settings()
+                  if setting.record and self.applies(name)}
         return {**record, "c_range": list(self.c_range)}
 
     def planned_images(self, reference=False):
-        """Images the calibration expects to generate (an upper bound), for progress bars."""
+        """Images the calibration expects to generate (an upper bound), for progress bars; reference: the FP
+        model is given."""
         search_pairs, held_out = split_pairs(len(self.prompt_list()), self.holdout)
         space = SearchSpace(STRATEGIES[self.strategy].space, self.steps, self.c_range)
-        return (plan_images(self.strategy, space, len(search_pairs), self.budget_images or None)
-                + len(held_out) * (4 if reference else 2))
+        refine = self.refine_options(1)
+        refined = (refine["evaluations"] * len(search_pairs)) if refine else 0
+        return (plan_images(self.strategy, space, len(search_pairs), self.budget_images or None) + refined
+                + len(held_out) * (4 if self.fp_control(reference) else 2))
 
 
 def _checked(item, value):
@@ -187,38 +259,54 @@ class CalibrationRun:
     def summary(self):
         """The one JSON-safe summary the node's panel and the command line show."""
         result = self.search
-        return {"best": {"c_x": list(result.best.c_x), "c_eps": list(result.best.c_eps)},
+        best = result.best
+        return {"best": {"c_x": list(best.c_x), "c_eps": list(best.c_eps),
+                         "offset": None if best.offset is None else [list(row) for row in best.offset]},
                 "best_score": _finite(result.best_score), "identity_score": _finite(result.identity_score),
                 "better_than_identity": self.report.heldout.verdict,
                 "images_generated": result.images_generated, "images_reused": result.images_reused,
                 "failures": len(self.failures), "preset": self.preset_name, "preset_path": self.path,
-                "strategy": self.config.strategy, **self.report.to_dict(),
+                "strategy": self.config.strategy, "objective": self.config.objective,
+                "refinement": refinement_record(result), **self.report.to_dict(),
                 "summary": format_report(self.report, result), "trace": trace_points(result)}
 
 
 def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_folder, generate_reference=None,
-        model_name="", scorer_name=None, scorer_k=None, progress=None, should_stop=None, on_candidate=None):
+        reference=None, reference_hash=None, latent_channels=1, model_name="", scorer_name=None, scorer_k=None,
+        progress=None, should_stop=None, on_candidate=None):
     """Calibrate: search the pairs not held out, check the winner on the held-out ones (and on the full-precision
-    model through `generate_reference`, the FP control), write the preset; returns a CalibrationRun.
+    model through `generate_reference`, the FP control, with a reference-free objective), write the preset; returns
+    a CalibrationRun.
 
-    model_hash / family describe the model (the preset and the run-log key); progress(done, planned),
-    should_stop() -> True interrupts (SearchInterrupted; what was scored stays in the run log), on_candidate(schedule,
-    prompt_indices, scores) after each scored request."""
+    A reference objective scores through `reference` (calibration.reference.ReferenceSampling; `generate` is then
+    unused) and keys the run log with the FP model's `reference_hash`; scorer may be None for the objectives that
+    need none. latent_channels: offsets per step of the per-channel refinement. model_hash / family describe the
+    model (the preset and the run-log key); progress(done, planned), should_stop() -> True interrupts
+    (SearchInterrupted; what was scored stays in the run log), on_candidate(schedule, prompt_indices, scores) after
+    each scored request."""
+    config.check_inputs(reference=reference is not None, scorer=scorer is not None)
     prompts = config.prompt_list()
     search_pairs, held_out = split_pairs(len(prompts), config.holdout, strata=prompts)
     model_name = config.model_name or model_name or f"{family}-{model_hash[:8]}"
     # A bad name must fail before the search, not after an hour of it.
     name = config.preset_name or safe_preset_name(
         f"{model_name}-{config.quant or 'fp'}-{config.sampler_name}-{config.steps}steps")
-    scorer_name = scorer_name or (scorer.describe() if hasattr(scorer, "describe") else type(scorer).__name__)
+    scorer_name = scorer_name or ("none" if scorer is None else scorer.describe() if hasattr(scorer, "describe")
+                                  else type(scorer).__name__)
     scorer_k = scorer_k if scorer_k is not None else getattr(getattr(scorer, "options", None), "k", None)
     settings = config.run_log_settings(model_hash=model_hash, prompts_hash=prompts_hash(prompts),
-                                       scorer=scorer_identity(scorer, scorer_name, scorer_k))
+                                       scorer=scorer_identity(scorer, scorer_name, scorer_k),
+                                       reference_hash=reference_hash)
     log_path = os.path.join(runs_folder, f"{settings_hash(settings)}.jsonl")
     failures = []
-    evaluate = make_evaluate(generate, scorer, prompts, config.objective, failures)
+    if config.needs_reference:
+        evaluate = make_objective_evaluate(reference, config.objective, config.steps, scorer, prompts,
+                                           config.reference_weight, failures)
+    else:
+        evaluate = make_evaluate(generate, scorer, prompts, config.objective, failures)
+    fp_control = config.fp_control(generate_reference is not None)
     search_evaluate = _on_pairs(evaluate, search_pairs)
-    check_images = len(held_out) * (4 if generate_reference is not None else 2)   # winner and identity (x2 with FP)
+    check_images = len(held_out) * (4 if fp_control else 2)   # winner and identity (x2 with the FP control)
     search_progress = None if progress is None else lambda done, total: progress(done, total + check_images)
     if on_candidate is not None:
         search_evaluate = _reporting(search_evaluate, on_candidate)
@@ -226,9 +314,9 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
                         budget_images=config.budget_images or None, c_range=config.c_range,
                         sampler=config.sampler_name, settings=settings, run_log=log_path, progress=search_progress,
                         should_stop=should_stop, strata=[prompts[i] for i in search_pairs],
-                        batch_images=config.batch_size)
+                        batch_images=config.batch_size, refine=config.refine_options(latent_channels))
     evaluate_fp = None
-    if generate_reference is not None:
+    if fp_control:
         evaluate_fp = make_evaluate(generate_reference, scorer, prompts, config.objective, failures)
     report = check_winner(_stoppable(evaluate, should_stop), result, held_out, _stoppable(evaluate_fp, should_stop),
                           config.holdout)
@@ -246,7 +334,9 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
                          search={**config.search_record(), "images_generated": result.images_generated,
                                  "images_reused": result.images_reused, "failed_images": len(failures),
                                  "run_log": os.path.basename(log_path), "search_pairs": len(search_pairs),
-                                 "heldout_pairs": len(held_out), "fp_control": generate_reference is not None},
+                                 "heldout_pairs": len(held_out), "fp_control": fp_control,
+                                 **({"reference_model_sha256": reference_hash} if config.needs_reference else {}),
+                                 **({"refinement": refinement_record(result)} if result.refinement else {})},
                          checks=report.to_dict())
     path = save_preset(preset_folder, name, preset)
     log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), better than identity on held-out pairs: %s, "
@@ -254,6 +344,15 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     for warning in report.warnings:
         log.warning("Q-Sched calibration: %s", warning)
     return CalibrationRun(config, result, report, preset, path, failures, result.seconds)
+
+
+def refinement_record(result):
+    """The preset's and summary's record of the per-step refinement (None without one)."""
+    if not result.refinement:
+        return None
+    keep = ("form", "dims", "start_score", "best_score", "images", "c_range", "offset_bound")
+    return {key: _finite(value) if isinstance(value, float) else value
+            for key, value in result.refinement.items() if key in keep}
 
 
 def scorer_identity(scorer, scorer_name, scorer_k):

@@ -28,9 +28,13 @@ def settings_hash(settings):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def schedule_key(c_x, c_eps):
-    """Identity of a candidate schedule in the log (coefficients rounded so float noise cannot split it)."""
-    return json.dumps([[round(v, 6) for v in c_x], [round(v, 6) for v in c_eps]], separators=(",", ":"))
+def schedule_key(c_x, c_eps, offset=None):
+    """Identity of a candidate schedule in the log (coefficients rounded so float noise cannot split it); a
+    schedule without offsets (or with all-zero ones) keeps the key it had before offsets existed."""
+    rows = [[round(v, 6) for v in c_x], [round(v, 6) for v in c_eps]]
+    if offset is not None and any(v != 0.0 for row in offset for v in row):
+        rows.append([[round(v, 6) for v in row] for row in offset])
+    return json.dumps(rows, separators=(",", ":"))
 
 
 def _encode_score(value):

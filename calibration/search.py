@@ -38,6 +38,7 @@ class SearchResult:
     per_prompt: dict = field(default_factory=dict)  # schedule key -> scores on every prompt (fully scored only)
     settings_hash: str = ""
     seconds: float = 0.0
+    refinement: dict = field(default_factory=dict)  # continuous per-step fit after the strategy (optimise.py)
 
     @property
     def improvement(self):
@@ -88,6 +89,7 @@ class _Evaluations:
         self.params = {}        # key -> parameter vector (when known)
         self.trace, self.failures = [], []
         self.generated = self.reused = 0
+        self.phase = "search"   # "refine" while the continuous optimiser runs (shown in the trace and plot)
 
     @property
     def remaining(self):
@@ -95,7 +97,7 @@ class _Evaluations:
 
     def score(self, schedule, prompt_indices, params=None):
         """Mean score of `schedule` over `prompt_indices` (evaluating only what is missing); -inf if any NaN."""
-        key = schedule_key(schedule.c_x, schedule.c_eps)
+        key = schedule_key(schedule.c_x, schedule.c_eps, schedule.offset)
         self.schedules.setdefault(key, schedule)
         if params is not None:
             self.params.setdefault(key, tuple(params))
@@ -130,7 +132,7 @@ class _Evaluations:
                            "prompts": len(prompt_indices), "new_images": len(missing),
                            "images_generated": self.generated, "score": mean, "full": full,
                            "full_score": self.mean(key, range(self.n_prompts)) if full else None,
-                           "best_full": self.best()[0]})
+                           "best_full": self.best()[0], "phase": self.phase})
         return mean
 
     def score_many(self, requests):
@@ -146,7 +148,7 @@ class _Evaluations:
         return means
 
     def _missing(self, schedule, prompt_indices):
-        key = schedule_key(schedule.c_x, schedule.c_eps)
+        key = schedule_key(schedule.c_x, schedule.c_eps, schedule.offset)
         known, fresh = self.scores.get(key, {}), self._fresh.get(key, {})
         logged = self.run_log.done.get(key, {}) if self.run_log else {}
         return [(key, i) for i in prompt_indices if i not in known and i not in logged and i not in fresh]
@@ -221,7 +223,7 @@ def plan_images(strategy, space, n_prompts, budget_images=None, **options):
 
 def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range=(0.8, 1.2), sampler=None,
                space=None, settings=None, run_log=None, progress=None, should_stop=None, strata=None, batch_images=1,
-               **options):
+               refine=None, **options):
     """Search per-step coefficients maximising the mean of `evaluate` over `n_prompts` prompts.
 
     strategy: a name from calibration.strategies.STRATEGIES (paper_grid, grid_general, coarse_to_fine,
@@ -234,6 +236,9 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     prompt text or class); strategies that judge on part of the prompts take them round-robin over strata.
     batch_images: up to this many images of consecutive candidates are generated in one `evaluate.many` call (if
     evaluate has one); results, trace and run log are those of batch_images=1.
+    refine: None, or a dict for optimise.refine_best: {"form": one of optimise.FORMS, "evaluations": candidates,
+    "channels": latent channels, "c_range": bounds of the free coefficients, "offset_bound": |b| bound}. It fits
+    per-step free parameters from the strategy's winner, with its own budget (evaluations x n_prompts images).
     """
     from .strategies import STRATEGIES
     if strategy not in STRATEGIES:
@@ -250,6 +255,9 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     log_settings = {"settings": settings or {}, "steps": steps, "n_prompts": n_prompts, "sampler": sampler}
     log_file = RunLog(run_log, log_settings) if run_log is not None else None
     planned = plan_images(strategy, search_space, n_prompts, budget_images, **options)
+    if refine:
+        from .optimise import planned_evaluations
+        planned += planned_evaluations(refine) * n_prompts
     if isinstance(batch_images, bool) or not isinstance(batch_images, int) or batch_images < 1:
         raise ValueError(f"batch_images must be a positive integer, got {batch_images!r}")
     evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned,
@@ -265,6 +273,10 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
             spec.function(evaluations, search_space, **options)
         except _BudgetSpent:
             pass
+        refinement = {}
+        if refine:
+            from .optimise import refine_best
+            refinement = refine_best(evaluations, steps, sampler, refine, _BudgetSpent)
     finally:
         if log_file is not None:
             log_file.close()
@@ -276,4 +288,4 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
         strategy=strategy, failures=evaluations.failures,
         ranking=[(score, evaluations.schedules[key]) for score, key in ranking],
         per_prompt={key: [evaluations.scores[key][i] for i in all_prompts] for _, key in ranking},
-        settings_hash=log_file.hash if log_file else "", seconds=time.monotonic() - started)
+        settings_hash=log_file.hash if log_file else "", seconds=time.monotonic() - started, refinement=refinement)

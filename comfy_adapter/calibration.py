@@ -20,10 +20,12 @@ import folder_paths
 
 from ..calibration.pipeline import model_fingerprint
 from ..calibration.prompts import prompt_seed
+from ..calibration.reference import ReferenceSampling
 from ..calibration.run import ConfigError, run
 from ..samplers import SAMPLERS
 from ..samplers.batch import one_schedule, seeded_noise_sampler
 from .comfy_compat import make_noise_sampler
+from .reference import check_reference_model
 from .sampling import SCHEDULERS, check_sampler_fits_model, resolve_schedule, scheduler_sigmas
 
 PRESET_FOLDER_NAME = "qsched_presets"
@@ -63,19 +65,33 @@ def describe_model(model):
 
 def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_folder=None, runs_folder=None,
               model_name="", scorer_name=None, scorer_k=None, progress=None, should_stop=None, on_candidate=None):
-    """Calibrate `model` (a ComfyUI MODEL) with `config` (calibration.run.CalibrationConfig); the FP control runs
-    on `reference_model` when given. Returns calibration.run.CalibrationRun."""
+    """Calibrate `model` (a ComfyUI MODEL) with `config` (calibration.run.CalibrationConfig) against
+    `reference_model`, the full-precision model, when given: a reference objective compares with its outputs, a
+    reference-free one runs the FP control on it. Returns calibration.run.CalibrationRun."""
     if config.scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler is {config.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    config.check_inputs(reference=reference_model is not None, scorer=scorer is not None)
+    if reference_model is not None:
+        check_reference_model(model, reference_model)
+    # One encoding per prompt, shared by every generator (the FP model uses the same text encoder).
     generation = dict(sampler_name=config.sampler_name, scheduler=config.scheduler, steps=config.steps,
                       cfg=config.cfg, seed=config.seed, width=config.width, height=config.height,
-                      prompts=config.prompt_list(), max_batch=config.batch_size)
+                      prompts=config.prompt_list(), max_batch=config.batch_size, encode=TextConditioning(clip))
     generate = make_generator(model, clip, vae, **generation)
-    reference = None if reference_model is None else make_generator(reference_model, clip, vae, **generation)
+    fp_control = reference = reference_hash = None
+    if config.needs_reference:
+        reference = ReferenceSampling(sample=make_generator(model, clip, None, **generation),
+                                      sample_reference=make_generator(reference_model, clip, None, **generation),
+                                      decode=lambda latents: decode_images(vae, latents))
+        reference_hash = model_hash(reference_model)
+    elif reference_model is not None:
+        fp_control = make_generator(reference_model, clip, vae, **generation)
     return run(config, generate, scorer, model_hash=model_hash(model), family=describe_model(model),
                preset_folder=preset_folder or user_preset_folder(), runs_folder=runs_folder or run_folder(),
-               generate_reference=reference, model_name=model_name, scorer_name=scorer_name, scorer_k=scorer_k,
-               progress=progress, should_stop=should_stop, on_candidate=on_candidate)
+               generate_reference=fp_control, reference=reference, reference_hash=reference_hash,
+               latent_channels=model.get_model_object("latent_format").latent_channels, model_name=model_name,
+               scorer_name=scorer_name, scorer_k=scorer_k, progress=progress, should_stop=should_stop,
+               on_candidate=on_candidate)
 
 
 @contextlib.contextmanager
@@ -144,14 +160,22 @@ def memory_batch_limit(model, latent_shape, cfg):
     return max(1, int(free // max(per_sample, 1)))
 
 
+def decode_images(vae, latents):
+    """IMAGE [N, H, W, C] of sampled latents [N, ...]."""
+    images = vae.decode(latents)
+    return images.reshape(-1, *images.shape[-3:]).float()
+
+
 def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, seed, width, height, prompts,
-                   negative_prompt="", max_batch=1, sampler_options=None):
+                   negative_prompt="", max_batch=1, sampler_options=None, encode=None):
     """generate(items) -> IMAGE [N, H, W, C] for items [(schedule, prompt_index)], at most `max_batch` samples
-    (and what free memory allows) per model call. Raises NonFiniteLatentError if a latent of a batch fails."""
+    (and what free memory allows) per model call. Raises NonFiniteLatentError if a latent of a batch fails.
+    With vae=None it returns the sampled LATENTs [N, C, h, w] instead (the reference objectives compare them);
+    `encode` shares one prompt-encoding cache between generators."""
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
     check_sampler_fits_model(sampler_name, model)
-    encode = TextConditioning(clip)
+    encode = encode or TextConditioning(clip)
     channels = model.get_model_object("latent_format").latent_channels
     latent_shape = (channels, height // 8, width // 8)
     sigmas = scheduler_sigmas(model, scheduler, steps)
@@ -164,8 +188,7 @@ def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, see
                                           extra_options={"schedule": schedule, **(sampler_options or {})})
         samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, encode(negative_prompt),
                                              latent, callback=_interrupt_check, disable_pbar=True, seed=seeds[0])
-        images = vae.decode(samples)
-        return images.reshape(-1, *images.shape[-3:]).float()
+        return samples if vae is None else decode_images(vae, samples)
 
     def generate(items):
         items = list(items)

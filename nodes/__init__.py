@@ -2,10 +2,11 @@
 samplers/, quant/ and calibration/. ComfyUI picks them up through comfy_entrypoint (the pack's __init__.py)."""
 from comfy_api.v0_0_2 import ComfyExtension
 
-from . import calibrate, export, loaders, presets, sampling, scoring
+from . import calibrate, export, loaders, presets, ptqd, sampling, scoring
 from . import routes  # noqa: F401  registers the /qsched/* server routes the web extension reads
 
-NODES = [*sampling.NODES, *loaders.NODES, *export.NODES, *scoring.NODES, *calibrate.NODES, *presets.NODES]
+NODES = [*sampling.NODES, *loaders.NODES, *export.NODES, *scoring.NODES, *calibrate.NODES, *presets.NODES,
+         *ptqd.NODES]
 
 
 class QSchedExtension(ComfyExtension):

@@ -10,7 +10,7 @@ import comfy.model_management
 from comfy_api.v0_0_2 import io
 
 from ..calibration.plot import plot_result
-from ..calibration.run import SCHEDULERS as HOST_SCHEDULERS, CalibrationConfig
+from ..calibration.run import REFERENCE_MODEL_HELP, SCHEDULERS as HOST_SCHEDULERS, CalibrationConfig
 from ..comfy_adapter.calibration import calibrate
 from ..comfy_adapter.comfy_compat import report_progress
 from ..comfy_adapter.sampling import SCHEDULERS
@@ -24,17 +24,18 @@ DEFAULTS = CalibrationConfig()
 def link_inputs():
     return [io.Model.Input("model", tooltip="The (quantized) diffusion model to calibrate for."),
             io.Clip.Input("clip", tooltip="Text encoder for the calibration prompts (encoded once each)."),
-            io.Vae.Input("vae", tooltip="Decodes each candidate's latents for scoring."),
-            Scorer.Input("scorer", tooltip="From Load JAQ Scorer (Q-Sched): what 'best' means.")]
+            io.Vae.Input("vae", tooltip="Decodes each candidate's latents for scoring.")]
 
 
-def setting_inputs():
-    """The node's widgets, one per CalibrationConfig setting shown on the node, in the config's order."""
+def setting_inputs(names=None, overrides=None):
+    """Widgets, one per CalibrationConfig setting shown on the node, in the config's order. names: only these
+    settings (another node sharing them); overrides: {name: {widget option: value}}."""
     inputs = []
     for name, default, setting in CalibrationConfig.settings():
-        if setting.node is None:
+        if setting.node is None or (names is not None and name not in names):
             continue
-        options = dict(default=default, tooltip=setting.help, optional=setting.node == "optional")
+        options = {"default": default, "tooltip": setting.help, "optional": setting.node == "optional",
+                   **(overrides or {}).get(name, {})}
         choices = SCHEDULERS if setting.choices == HOST_SCHEDULERS else setting.choices
         if choices is not None:
             inputs.append(io.Combo.Input(name, options=list(choices), **options))
@@ -44,6 +45,19 @@ def setting_inputs():
             inputs.append(NUMBER_WIDGETS[type(default)].Input(name, min=setting.minimum, max=setting.maximum,
                                                               step=setting.step, **options))
     return inputs
+
+
+def check_settings(**given):
+    """validate_inputs of CalibrationConfig settings: True or the first problem, naming the setting. ComfyUI leaves
+    the inputs named there to this check (the config checks their bounds too); with any of them linked (None) the
+    run checks them."""
+    if None in given.values():
+        return True
+    try:
+        CalibrationConfig(**given).prompt_list()
+    except ValueError as error:  # ConfigError, or the preset name's PresetError
+        return str(error)
+    return True
 
 
 class QSchedCalibrate(io.ComfyNode):
@@ -56,12 +70,15 @@ class QSchedCalibrate(io.ComfyNode):
                          "worse than identity on these prompts) is saved as a preset. A quarter of the prompt/seed "
                          "pairs is kept out of the search: the summary says whether the winner beats identity there "
                          "(yes / no / not significant, with a confidence interval) and, with the FP model connected, "
-                         "whether the gain is specific to the quantized model. Resumes an interrupted run with the "
-                         "same settings."),
-            inputs=[*link_inputs(), *setting_inputs(),
-                    io.Model.Input("reference_model", optional=True, tooltip="optional full-precision model: the "
-                                   "winner is also applied to it (FP control: is the gain specific to the quantized "
-                                   "model?)")],
+                         "whether the gain is specific to the quantized model. With the FP model it can instead "
+                         "calibrate against it (the reference objectives) and refine free per-step coefficients and "
+                         "offsets after the search. Resumes an interrupted run with the same settings."),
+            inputs=[*link_inputs(),
+                    Scorer.Input("scorer", optional=True, tooltip="From Load JAQ Scorer (Q-Sched): what 'best' means "
+                                 "for jaq/tc/iq (and reference_clip, jaq_reference); reference_latent and "
+                                 "reference_image need none."),
+                    *setting_inputs(),
+                    io.Model.Input("reference_model", optional=True, tooltip="optional: " + REFERENCE_MODEL_HELP)],
             outputs=[Schedule.Output(display_name="schedule"), io.Image.Output(display_name="plot"),
                      io.String.Output(display_name="preset_name"), io.String.Output(display_name="summary")],
             hidden=[io.Hidden.unique_id],
@@ -72,20 +89,12 @@ class QSchedCalibrate(io.ComfyNode):
     def validate_inputs(cls, prompts, c_min=DEFAULTS.c_min, c_max=DEFAULTS.c_max, n_prompts=DEFAULTS.n_prompts,
                         quant=DEFAULTS.quant, preset_name=DEFAULTS.preset_name):
         # What the widgets cannot check on their own, when the prompt is queued: the range's ends against each
-        # other, the quantization and preset names, the prompt count. ComfyUI leaves the inputs named here to
-        # this check (the config checks their bounds too); with any of them linked (None) the run checks them.
-        given = dict(prompts=prompts, c_min=c_min, c_max=c_max, n_prompts=n_prompts, quant=quant,
-                     preset_name=preset_name)
-        if None in given.values():
-            return True
-        try:
-            CalibrationConfig(**given).prompt_list()
-        except ValueError as error:  # ConfigError, or the preset name's PresetError
-            return str(error)
-        return True
+        # other, the quantization and preset names, the prompt count.
+        return check_settings(prompts=prompts, c_min=c_min, c_max=c_max, n_prompts=n_prompts, quant=quant,
+                              preset_name=preset_name)
 
     @classmethod
-    def execute(cls, model, clip, vae, scorer, reference_model=None, **settings):
+    def execute(cls, model, clip, vae, scorer=None, reference_model=None, **settings):
         config = CalibrationConfig(**settings)
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         send = _sender(unique_id)

@@ -134,6 +134,10 @@ class ManagedScorer:
         comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
         return self.scorer.score(images, prompts)
 
+    def image_features(self, images):
+        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
+        return self.scorer.image_features(images)
+
     def __getattr__(self, name):
         if name == "scorer":  # not set yet (copy, unpickling): no delegation loop
             raise AttributeError(name)

@@ -48,12 +48,24 @@ class ScheduleBatch:
                 as_tensor([s.c_eps[step] for s in self.schedules]))
 
 
+    def offsets(self, step, like):
+        """Per-sample offsets of `step` as a [B, C, 1, ...] tensor in `like`'s dtype and device (a scalar offset
+        fills every channel, no offset is 0), or None when no schedule has a non-zero offset there."""
+        if not any(s.offset is not None and any(s.offset[step]) for s in self.schedules):
+            return None
+        channels = like.shape[1]
+        rows = [[0.0] * channels if s.offset is None else
+                list(s.offset[step]) * (channels if len(s.offset[step]) == 1 else 1) for s in self.schedules]
+        return torch.tensor(rows, dtype=like.dtype, device=like.device).reshape(
+            (len(self), channels) + (1,) * (like.ndim - 2))
+
+
 def one_schedule(schedules):
     """The schedule to sample a batch with: the schedule itself when every sample has the same one (the
     batch-1 arithmetic, skipped multiplications included), else a ScheduleBatch."""
     schedules = tuple(schedules)
     first = schedules[0]
-    same = all((s.c_x, s.c_eps) == (first.c_x, first.c_eps) for s in schedules)
+    same = all((s.c_x, s.c_eps, s.offset) == (first.c_x, first.c_eps, first.offset) for s in schedules)
     return first if same else ScheduleBatch(schedules)
 
 

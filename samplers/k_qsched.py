@@ -1,11 +1,13 @@
 """Q-Sched samplers in ComfyUI's k-diffusion convention (paper Eq. 4, Algorithm 1).
 
 The model returns the denoised estimate D(x, sigma). At step i the sampler state and the noise prediction are
-scaled after the model call: x' = c_x x, eps' = c_eps (x - D) / sigma, so D' = x' - sigma eps'. The model always
-sees the unscaled x and fresh noise is never scaled. A coefficient of exactly 1 skips its multiplication, so with
-an identity schedule every sampler performs the same float operations, in the same order, as ComfyUI's own
-sample_euler / sample_euler_ancestral(_RF) / sample_lcm, and the results are bit-identical when both draw from
-the same noise sampler (inside ComfyUI the nodes pass the host's own as `make_noise_sampler`).
+scaled after the model call: x' = c_x x, eps' = c_eps (x - D) / sigma - b, so D' = x' - sigma eps'. The optional
+per-step offset b (a scalar or one value per latent channel; see schedule.py) extends Eq. 4 by the additive term
+that rescaling cannot express. The model always sees the unscaled x and fresh noise is never scaled. A
+coefficient of exactly 1 skips its multiplication and a zero offset its subtraction, so with an identity schedule
+every sampler performs the same float operations, in the same order, as ComfyUI's own sample_euler /
+sample_euler_ancestral(_RF) / sample_lcm, and the results are bit-identical when both draw from the same noise
+sampler (inside ComfyUI the nodes pass the host's own as `make_noise_sampler`).
 
 Callbacks get ComfyUI's dict (x, i, sigma, sigma_hat, denoised) with denoised = D', the estimate the step uses,
 so previews show what the coefficients do. The latent is checked after every step: NaN/inf raises
@@ -64,11 +66,39 @@ def scale(tensor, c):
     return tensor if c == 1.0 else tensor * c
 
 
-def qsched_denoised(x, denoised, c_x, c_eps):
-    """D' = x' - sigma eps' = c_eps D + (c_x - c_eps) x."""
+def qsched_denoised(x, denoised, c_x, c_eps, sigma=None, offset=None):
+    """D' = x' - sigma eps' = c_eps D + (c_x - c_eps) x + sigma b (the last term only with an offset b)."""
+    if offset is not None:
+        return qsched_denoised(x, denoised, c_x, c_eps) + offset * sigma
     if not isinstance(c_x, torch.Tensor) and c_x == 1.0 and c_eps == 1.0:
         return denoised
     return c_eps * denoised + (c_x - c_eps) * x
+
+
+def noise_prediction(x, sigma, denoised, c_eps, offset=None):
+    """eps' = c_eps (x - D) / sigma - b: the scaled noise prediction (the velocity on flow models)."""
+    d = scale(to_d(x, sigma, denoised), c_eps)
+    return d if offset is None else d - offset
+
+
+def step_offset(schedule, i, x):
+    """The offset of step i as a tensor broadcasting over x's batch and spatial dims (per sample for a
+    ScheduleBatch), or None when it is zero."""
+    if isinstance(schedule, ScheduleBatch):
+        return schedule.offsets(i, x)
+    if schedule.offset is None or not any(schedule.offset[i]):
+        return None
+    values = torch.tensor(schedule.offset[i], dtype=x.dtype, device=x.device)
+    return values.reshape((1, -1) + (1,) * (x.ndim - 2)) if len(values) > 1 else values.reshape(())
+
+
+def check_offset_channels(schedule, x):
+    """A per-channel offset must have one value per latent channel; refuse it before the first model call."""
+    schedules = schedule.schedules if isinstance(schedule, ScheduleBatch) else (schedule,)
+    width = max(s.offset_channels for s in schedules)
+    if width > 1 and (x.ndim < 2 or x.shape[1] != width):
+        raise ScheduleError(f"the schedule's offset has {width} values per step (one per latent channel) but the "
+                            f"latent has {x.shape[1] if x.ndim > 1 else 1} channels; recalibrate for this model")
 
 
 class _Run:
@@ -87,6 +117,7 @@ class _Run:
         if not isinstance(schedule, (QSchedSchedule, ScheduleBatch)):
             raise ScheduleError(f"schedule must be a QSchedSchedule, got {type(schedule).__name__}")
         self.schedule = schedule.check(self.steps, sampler=name)
+        check_offset_channels(self.schedule, x)
         self.per_sample = None
         if isinstance(schedule, ScheduleBatch):
             if len(schedule) != x.shape[0]:
@@ -126,11 +157,12 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
                options)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
+        b = step_offset(run.schedule, i, x)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
-        d = scale(to_d(x, sigmas[i], denoised), c_eps)
+        d = noise_prediction(x, sigmas[i], denoised, c_eps, b)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
-                      "denoised": qsched_denoised(x, denoised, c_x, c_eps)})
+                      "denoised": qsched_denoised(x, denoised, c_x, c_eps, sigmas[i], b)})
         dt = sigmas[i + 1] - sigmas[i]
         x = run.checked(scale(x, c_x) + d * dt, i, sigmas)
     return x
@@ -149,7 +181,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
-        denoised_q = qsched_denoised(x, denoised, c_x, c_eps)
+        denoised_q = qsched_denoised(x, denoised, c_x, c_eps, sigmas[i], step_offset(run.schedule, i, x))
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised_q})
         x = run.checked(step(run, x, denoised, denoised_q, sigmas, i, eta, s_noise), i, sigmas)
@@ -161,7 +193,7 @@ def _ancestral_eps_step(run, x, denoised, denoised_q, sigmas, i, eta, s_noise):
     if sigma_down == 0:
         return denoised_q
     c_x, c_eps = run.coefficients(i)
-    d = scale(to_d(x, sigmas[i], denoised), c_eps)
+    d = noise_prediction(x, sigmas[i], denoised, c_eps, step_offset(run.schedule, i, x))
     dt = sigma_down - sigmas[i]
     return scale(x, c_x) + d * dt + run.noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
 
@@ -191,11 +223,12 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, s
                options)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
+        b = step_offset(run.schedule, i, x)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
-                      "denoised": qsched_denoised(x, denoised, c_x, c_eps)})
-        x = qsched_denoised(x, denoised, c_x, c_eps)
+                      "denoised": qsched_denoised(x, denoised, c_x, c_eps, sigmas[i], b)})
+        x = qsched_denoised(x, denoised, c_x, c_eps, sigmas[i], b)
         if sigmas[i + 1] > 0:
             x = run.model_sampling.noise_scaling(sigmas[i + 1], run.noise_sampler(sigmas[i], sigmas[i + 1]), x)
         x = run.checked(x, i, sigmas)
@@ -252,9 +285,10 @@ def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, s
     table = sigma_table(run.model_sampling)
     for i in trange(run.steps, disable=disable):
         c_x, c_eps = run.coefficients(i)
+        b = step_offset(run.schedule, i, x)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
-        eps = scale(to_d(x, sigmas[i], denoised), c_eps)
-        denoised_q = qsched_denoised(x, denoised, c_x, c_eps)
+        eps = noise_prediction(x, sigmas[i], denoised, c_eps, b)
+        denoised_q = qsched_denoised(x, denoised, c_x, c_eps, sigmas[i], b)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised_q})
         sigma_s = tcd_sigma_s(table, sigmas[i + 1], gamma)

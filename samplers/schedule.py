@@ -1,4 +1,5 @@
-"""Per-step Q-Sched coefficients: c_x scales the latent, c_eps the predicted noise (paper Eq. 4)."""
+"""Per-step Q-Sched coefficients: c_x scales the latent, c_eps the predicted noise (paper Eq. 4), and an optional
+per-step offset b on the predicted noise, eps' = c_eps * eps - b (scalar or one value per latent channel)."""
 import math
 import numbers
 from dataclasses import dataclass
@@ -36,6 +37,36 @@ def _coefficients(values, name):
     return values
 
 
+def _offsets(values, steps):
+    """None, or one tuple per step of 1 (scalar) or C (per latent channel) finite numbers, the same width each step."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ScheduleError(f"offset must be a list with one entry per step, got {values!r}")
+    rows = []
+    for step, row in enumerate(values):
+        if isinstance(row, (str, bytes)):
+            raise ScheduleError(f"offset[{step}] must be a number or a list of numbers, got {row!r}")
+        row = tuple(row) if hasattr(row, "__iter__") else (row,)
+        try:
+            row = tuple(float(v) for v in row)
+        except (TypeError, ValueError) as error:
+            raise ScheduleError(f"offset[{step}] must be a number or a list of numbers, got {row!r}") from error
+        if not row:
+            raise ScheduleError(f"offset[{step}] is empty: give one value, or one per latent channel")
+        bad = [v for v in row if not math.isfinite(v)]
+        if bad:
+            raise ScheduleError(f"offset[{step}] contains {bad[0]}, which is not finite")
+        rows.append(row)
+    if len(rows) != steps:
+        raise ScheduleError(f"offset has {len(rows)} entries but the schedule has {steps} steps: one per step")
+    widths = sorted({len(row) for row in rows})
+    if len(widths) > 1:
+        raise ScheduleError(f"offset entries have different widths {widths}: use one value per step, or the same "
+                            "number of channels at every step")
+    return tuple(rows)
+
+
 def _check_sampler_name(sampler, what):
     if sampler is not None and sampler not in SAMPLER_NAMES:
         raise ScheduleError(f"unknown sampler {sampler!r} ({what}); known: {', '.join(SAMPLER_NAMES)}")
@@ -49,11 +80,15 @@ def _steps_count(steps):
 
 @dataclass(frozen=True)
 class QSchedSchedule:
-    """c_x[i], c_eps[i] for step i (0 = noisiest); `sampler` is the sampler it was tuned for, if known."""
+    """c_x[i], c_eps[i] for step i (0 = noisiest); `sampler` is the sampler it was tuned for, if known.
+
+    `offset[i]` (optional) is subtracted from the scaled noise prediction at step i: a tuple of one value (all
+    channels) or one value per latent channel. None and all-zero offsets sample exactly as the paper's form."""
     c_x: tuple
     c_eps: tuple
     sampler: str | None = None
     label: str = ""
+    offset: tuple | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "c_x", _coefficients(self.c_x, "c_x"))
@@ -63,14 +98,24 @@ class QSchedSchedule:
                                 "one pair per step is needed")
         _check_sampler_name(self.sampler, "schedule.sampler")
         object.__setattr__(self, "label", str(self.label))
+        object.__setattr__(self, "offset", _offsets(self.offset, len(self.c_x)))
 
     @property
     def steps(self):
         return len(self.c_x)
 
     @property
+    def has_offset(self):
+        return self.offset is not None and any(v != 0.0 for row in self.offset for v in row)
+
+    @property
+    def offset_channels(self):
+        """0 without offsets, 1 for a scalar offset per step, C for one per latent channel."""
+        return 0 if self.offset is None else len(self.offset[0])
+
+    @property
     def is_identity(self):
-        return all(c == 1.0 for c in self.c_x + self.c_eps)
+        return all(c == 1.0 for c in self.c_x + self.c_eps) and not self.has_offset
 
     def check(self, steps, sampler=None):
         """Raise ScheduleError unless this schedule fits `steps` sampling steps (and `sampler`, if given)."""
@@ -104,7 +149,10 @@ class QSchedSchedule:
         return cls(tuple(c_x), tuple(c_eps), **fields)
 
     def to_dict(self):
-        return {"c_x": list(self.c_x), "c_eps": list(self.c_eps), "sampler": self.sampler, "label": self.label}
+        data = {"c_x": list(self.c_x), "c_eps": list(self.c_eps), "sampler": self.sampler, "label": self.label}
+        if self.offset is not None:
+            data["offset"] = [list(row) for row in self.offset]
+        return data
 
     @classmethod
     def from_dict(cls, data):
@@ -113,10 +161,11 @@ class QSchedSchedule:
         missing = [key for key in ("c_x", "c_eps") if key not in data]
         if missing:
             raise ScheduleError(f"schedule dict lacks {', '.join(missing)}")
-        unknown = sorted(set(data) - {"c_x", "c_eps", "sampler", "label"})
+        unknown = sorted(set(data) - {"c_x", "c_eps", "sampler", "label", "offset"})
         if unknown:
             raise ScheduleError(f"schedule dict has unknown keys {', '.join(unknown)}")
         for key in ("c_x", "c_eps"):
             if isinstance(data[key], (str, bytes)) or not hasattr(data[key], "__iter__"):
                 raise ScheduleError(f"{key} must be a list of numbers, got {data[key]!r}")
-        return cls(tuple(data["c_x"]), tuple(data["c_eps"]), data.get("sampler"), data.get("label", ""))
+        return cls(tuple(data["c_x"]), tuple(data["c_eps"]), data.get("sampler"), data.get("label", ""),
+                   data.get("offset"))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from comfyui_qsched.calibration import cli
+from comfyui_qsched.calibration.reference import ReferenceSampling
 from comfyui_qsched.calibration.run import SCHEDULERS, CalibrationConfig, ConfigError, run
 from comfyui_qsched.calibration.runlog import settings_hash
 
@@ -34,6 +35,8 @@ def test_defaults_are_a_valid_config_and_every_setting_has_help():
     ({"c_min": 0.9, "c_max": 1.0}, None), ({"c_min": 1.0, "c_max": 1.0}, "c_min .* must be below c_max"),
     ({"quant": "W4A8-g128-g64"}, "quant:"), ({"preset_name": "../x"}, "path separator"),
     ({"batch_size": 0}, "batch_size is 0"), ({"holdout": 0.9}, "holdout is 0.9"), ({"prompts": 3}, "text"),
+    ({"objective": "reference_fid"}, "objective is 'reference_fid'"), ({"refine": "per_pixel"}, "refine is 'per_pixel'"),
+    ({"reference_weight": -0.5}, "reference_weight is -0.5"), ({"refine_evaluations": -1}, "refine_evaluations is -1"),
 ])
 def test_bad_settings_are_refused_naming_the_setting(changes, message):
     if message is None:
@@ -177,3 +180,138 @@ def test_the_default_preset_name_is_made_safe_from_the_model_name(tmp_path):
 def test_schedulers_are_the_hosts_choice():
     assert dict((n, s.choices) for n, _, s in CalibrationConfig.settings())["scheduler"] == SCHEDULERS
     assert CalibrationConfig(scheduler="anything").scheduler == "anything"   # the host checks it (ComfyUI's list)
+
+
+# --- calibration against the full-precision model ---------------------------------------------------------------
+
+@pytest.mark.parametrize("objective,reference,scorer,message", [
+    ("reference_latent", False, True, "compares with the full-precision model: connect it as 'reference_model'"),
+    ("jaq_reference", False, True, "give --reference-model"),
+    ("jaq_reference", True, False, "objective 'jaq_reference' needs a scorer"),
+    ("reference_clip", True, False, "needs a scorer"), ("jaq", True, False, "objective 'jaq' needs a scorer"),
+    ("reference_latent", True, False, None), ("reference_image", True, False, None), ("jaq", False, True, None),
+])
+def test_the_inputs_an_objective_needs_are_checked(objective, reference, scorer, message):
+    config = CalibrationConfig(objective=objective)
+    if message is None:
+        config.check_inputs(reference=reference, scorer=scorer)
+        return
+    with pytest.raises(ConfigError, match=message):
+        config.check_inputs(reference=reference, scorer=scorer)
+
+
+def test_reference_settings_key_the_log_and_the_record_only_where_they_apply():
+    """Written out by hand: the FP model's hash keys a reference objective's log (its scores compare with it), the
+    penalty weight only jaq_reference's; the refinement keys nothing (it scores more schedules, each meaning the
+    same) but is recorded."""
+    keys = dict(model_hash="m", prompts_hash="p", scorer="s", reference_hash="r")
+    combined = CalibrationConfig(objective="jaq_reference", reference_weight=2.5, refine="per_step",
+                                 refine_evaluations=5)
+    keyed = combined.run_log_settings(**keys)
+    assert keyed == {"model_hash": "m", "prompts_hash": "p", "scorer": "s", "sampler": "lcm",
+                     "scheduler": "lcm_original", "steps": 4, "cfg": 1.0, "seed": 0, "width": 512, "height": 512,
+                     "objective": "jaq_reference", "quant": None, "holdout": 0.25, "reference_weight": 2.5,
+                     "reference_model": "r"}
+    unrefined = CalibrationConfig(objective="jaq_reference", reference_weight=2.5)
+    assert settings_hash(unrefined.run_log_settings(**keys)) == settings_hash(keyed)
+    latent = CalibrationConfig(objective="reference_latent", reference_weight=2.5).run_log_settings(**keys)
+    assert "reference_weight" not in latent and latent["reference_model"] == "r"
+    assert CalibrationConfig().run_log_settings(**keys) == CalibrationConfig().run_log_settings(
+        **{**keys, "reference_hash": None})                      # the FP control does not change what a score means
+    record = combined.search_record()
+    assert (record["objective"], record["reference_weight"], record["refine"], record["refine_evaluations"]) == (
+        "jaq_reference", 2.5, "per_step", 5)
+    plain = CalibrationConfig(reference_weight=2.5, refine_evaluations=5).search_record()
+    assert plain["refine"] == "off" and "reference_weight" not in plain and "refine_evaluations" not in plain
+
+
+def test_planned_images_count_the_refinement_and_the_fp_control():
+    def planned(reference=False, **changes):
+        return CalibrationConfig(prompts="a\nb\nc\nd", strategy="paper_grid", **changes).planned_images(reference)
+    search_pairs, held_out = 3, 1                         # split_pairs(4, 0.25)
+    assert planned(refine="per_step", refine_evaluations=7) - planned() == 7 * search_pairs
+    assert planned(refine="per_step") - planned() == 200 * search_pairs           # 0 = the default evaluations
+    assert planned(reference=True) - planned() == 2 * held_out                     # winner and identity on the FP
+    assert planned(reference=True, objective="reference_latent") == planned()      # no FP control there
+
+
+FP_LEVEL = 0.7        # what the fake FP model paints; the grid's candidates reach 0.6 at most (c_x start 1.2)
+
+
+def _latent_sampling(calls):
+    """The fake quantized model paints c_x[0] / 2 plus the first step's mean offset into a [4, 2, 2] latent; the
+    fake FP model paints FP_LEVEL whatever its (identity) schedule; decode spreads a latent over a 4 x 4 image."""
+    def sample(items):
+        calls.append(("quantized", len(items)))
+        return torch.stack([torch.full((4, 2, 2), schedule.c_x[0] / 2 + (
+            sum(schedule.offset[0]) / len(schedule.offset[0]) if schedule.offset else 0.0)) for schedule, _ in items])
+
+    def sample_reference(items):
+        calls.append(("fp", [index for _, index in items]))
+        return torch.full((len(items), 4, 2, 2), FP_LEVEL)
+
+    def decode(latents):
+        return latents.mean(dim=1, keepdim=True).repeat(1, 2, 2, 3)[:, :4, :4]
+    return ReferenceSampling(sample, sample_reference, decode)
+
+
+def test_run_calibrates_against_the_fp_model_with_a_per_step_refinement_and_resumes(tmp_path):
+    config = CalibrationConfig(strategy="paper_grid", prompts="a\nb\nc\nd", objective="reference_latent",
+                               refine="per_step_offset", refine_evaluations=30, preset_name="reference",
+                               quant="W4A8", steps=2)
+    calls, fp_control = [], []
+
+    def generate(items):
+        raise AssertionError("a reference objective samples latents through ReferenceSampling")
+
+    def never(items):
+        fp_control.append(items)
+        raise AssertionError("no FP control with a reference objective")
+
+    first = run(config, generate, None, model_hash="f" * 64, family="Toy", preset_folder=tmp_path,
+                runs_folder=tmp_path / "runs", reference=_latent_sampling(calls), reference_hash="r" * 64,
+                generate_reference=never, latent_channels=4)
+    grid_best = first.search.refinement["start_score"]
+    assert grid_best == pytest.approx(-(FP_LEVEL - 0.6) ** 2)        # the grid's best: c_x start 1.2
+    assert first.search.best_score > -1e-4 and first.search.best_score > grid_best
+    fp_calls = [c[1] for c in calls if c[0] == "fp"]
+    assert sorted(i for call in fp_calls for i in call) == [0, 1, 2, 3]   # each FP output sampled once
+    summary = first.summary()
+    json.dumps(summary)
+    assert summary["objective"] == "reference_latent" and summary["refinement"]["form"] == "per_step_offset"
+    assert 0 < summary["refinement"]["images"] <= 30 * 3 and "fp_control" not in summary
+    preset = json.loads((tmp_path / "reference.json").read_text())
+    assert preset["version"] == 2 and preset["scorer"]["name"] == "none"
+    assert preset["search"]["reference_model_sha256"] == "r" * 64 and preset["search"]["fp_control"] is False
+    assert preset["search"]["refinement"] == summary["refinement"] and preset["search"]["refine_evaluations"] == 30
+    assert preset["c_x"] == summary["best"]["c_x"] and preset.get("offset") == summary["best"]["offset"]
+    calls.clear()
+    again = run(config, generate, None, model_hash="f" * 64, family="Toy", preset_folder=tmp_path,
+                runs_folder=tmp_path / "runs", reference=_latent_sampling(calls), reference_hash="r" * 64,
+                latent_channels=4)
+    assert again.search.images_generated == 0 and again.search.best == first.search.best
+    other = run(config, generate, None, model_hash="f" * 64, family="Toy", preset_folder=tmp_path,
+                runs_folder=tmp_path / "runs", reference=_latent_sampling([]), reference_hash="o" * 64,
+                latent_channels=4)
+    assert other.search.images_reused == 0                            # another FP model, another log
+
+
+def test_a_reference_objective_without_the_fp_model_is_refused_before_any_image(tmp_path):
+    calls = []
+    with pytest.raises(ConfigError, match="full-precision model"):
+        run(CalibrationConfig(objective="reference_image", prompts="a\nb"), _generator(calls), Scorer(),
+            model_hash="0" * 64, family="Toy", preset_folder=tmp_path, runs_folder=tmp_path)
+    assert calls == [] and not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--objective", "reference_latent"], "give --reference-model"),
+    (["--objective", "jaq"], "needs a scorer"),
+    (["--reference-model", "same", "--objective", "reference_latent"], "give --quant too"),
+])
+def test_the_command_line_refuses_missing_models_before_loading_anything(argv, message, capsys, tmp_path):
+    """--comfyui points nowhere: the refusal must come first (loading would fail differently)."""
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--checkpoint", str(tmp_path / "none.safetensors"), "--comfyui", str(tmp_path), *argv])
+    said = f"{exit.value.code} {capsys.readouterr().err}"     # argparse's error, or SystemExit's message
+    assert message in said and "ComfyUI checkout" not in said

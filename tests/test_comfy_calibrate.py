@@ -327,3 +327,206 @@ def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_re
     assert f"gain specific to the quantized model: {fp['verdict']}" in output[3]
     preset = json.loads((stack["user"] / "qsched_presets" / "fp-control.json").read_text())
     assert preset["scores"]["fp_control"] == fp and preset["search"]["fp_control"] is True
+
+
+# --- calibration against the full-precision model (reference objectives, per-step refinement, offsets) ----------
+
+@pytest.fixture(scope="module")
+def quantized(stack, comfy_models):
+    """W4A8 copy of the tiny SD1.5 model (simulate backend) and the FP model it was made from."""
+    import comfy.sd
+    from comfyui_qsched.quant import QuantSpec, quantize_module
+    model = comfy.sd.load_checkpoint_guess_config(comfy_models.path("checkpoints", SD15_CHECKPOINT))[0]
+    quantize_module(model.model.diffusion_model, QuantSpec.parse("W4A8"), backend="simulate")
+    return model
+
+
+def _reference_run(stack, quantized, **changes):
+    node = stack["calibrate"].QSchedCalibrate
+    kwargs = {**SETTINGS, "objective": "reference_latent", "reference_model": stack["model"], "quant": "W4A8",
+              "refine": "per_step_channel_offset", "refine_evaluations": 4, "scorer": None, **changes}
+    return node.execute(quantized, stack["clip"], stack["vae"], **kwargs)
+
+
+def _latent(stack, model, schedule, prompt, seed):
+    import nodes
+    positive = nodes.CLIPTextEncode().encode(stack["clip"], prompt)[0]
+    negative = nodes.CLIPTextEncode().encode(stack["clip"], "")[0]
+    return stack["sampling"].sample_with_schedule(model, seed, 2, 1.0, "lcm", "lcm_original", positive, negative,
+                                                  {"samples": torch.zeros(1, 4, 8, 8)}, schedule,
+                                                  disable_pbar=True)["samples"]
+
+
+def test_reference_calibration_with_offsets_writes_a_preset_the_loader_and_sampler_apply(stack, quantized):
+    # batch_size 1: the hand computation below samples one prompt at a time. Batched, the same image differs by
+    # float rounding, which W4A8's rounding of activations amplifies on this random model (about 0.6% of the score).
+    output = _reference_run(stack, quantized, preset_name="reference-offsets", batch_size=1)
+    schedule, plot, name, text = output.result
+    summary = output.ui["qsched_calibration"][0]
+    assert summary["objective"] == "reference_latent" and summary["refinement"]["form"] == "per_step_channel_offset"
+    assert summary["images_generated"] == 5 * 2 + summary["refinement"]["images"]
+    assert 0 < summary["refinement"]["images"] <= 4 * 2 and summary["best_score"] >= summary["identity_score"]
+    json.dumps(output.ui)
+
+    # The score is minus the latent MSE to the FP model from the same prompt and seed, over the searched pairs
+    # (0 and 1; pair 2 is held out): recompute it by hand.
+    prompts = SETTINGS["prompts"].splitlines()[:2]
+    expected = [-torch.nn.functional.mse_loss(_latent(stack, quantized, schedule, p, SETTINGS["seed"] + i),
+                                              _latent(stack, stack["model"], None, p, SETTINGS["seed"] + i)).item()
+                for i, p in enumerate(prompts)]
+    assert summary["best_score"] == pytest.approx(sum(expected) / len(expected), rel=1e-4)
+
+    preset = json.loads((stack["user"] / "qsched_presets" / "reference-offsets.json").read_text())
+    assert preset["version"] == 2 and preset["search"]["objective"] == "reference_latent"
+    assert preset["search"]["reference_model_sha256"] == stack["presets"].model_hash(stack["model"])
+    assert preset["search"]["refinement"]["form"] == "per_step_channel_offset" and preset["scorer"]["name"] == "none"
+    if schedule.offset is not None:
+        assert preset["offset"] == [list(row) for row in schedule.offset] and len(preset["offset"][0]) == 4
+
+    loaded, sampler_name, steps = stack["presets"].QSchedLoadPreset.execute("reference-offsets.json",
+                                                                            model=quantized).result
+    assert (loaded.c_x, loaded.c_eps, loaded.offset) == (schedule.c_x, schedule.c_eps, schedule.offset)
+    import nodes
+    encode = nodes.CLIPTextEncode().encode
+    out = stack["sampling"].QSchedKSampler.execute(
+        quantized, 1, steps, 1.0, sampler_name, "lcm_original", encode(stack["clip"], "a red cube")[0],
+        encode(stack["clip"], "")[0], {"samples": torch.zeros(1, 4, 8, 8)}, schedule=loaded)[0]["samples"]
+    assert torch.isfinite(out).all()
+    assert torch.equal(out, _latent(stack, quantized, schedule, "a red cube", 1))   # the calibrated schedule
+    assert schedule.is_identity or not torch.equal(out, _latent(stack, quantized, None, "a red cube", 1))
+
+
+def test_a_rerun_resumes_the_reference_calibration_and_another_reference_does_not(stack, quantized):
+    first = _reference_run(stack, quantized, preset_name="reference-resume", seed=31).ui["qsched_calibration"][0]
+    again = _reference_run(stack, quantized, preset_name="reference-resume", seed=31).ui["qsched_calibration"][0]
+    assert again["images_generated"] == 0 and again["best"] == first["best"]
+    other = _reference_run(stack, quantized, preset_name="reference-other", seed=31, reference_model=quantized)
+    assert other.ui["qsched_calibration"][0]["images_reused"] == 0       # another reference, another log
+
+
+@pytest.mark.parametrize("changes,error", [
+    ({"reference_model": None}, "connect it as 'reference_model'"),
+    ({"objective": "jaq"}, "needs a scorer"),
+    ({"objective": "jaq_reference"}, "needs a scorer"),
+    ({"refine": "per_pixel"}, "refine is 'per_pixel'"),
+])
+def test_reference_calibration_refuses_missing_inputs_before_any_image(stack, quantized, changes, error):
+    from comfyui_qsched.calibration.reference import ReferenceError
+    with pytest.raises((ReferenceError, ValueError), match=error):
+        _reference_run(stack, quantized, preset_name="refused", **changes)
+    assert not (stack["user"] / "qsched_presets" / "refused.json").exists()
+
+
+def test_reference_model_with_another_latent_space_is_refused(stack, quantized, comfy_models):
+    import comfy.sd
+    from comfy_fixtures import SD3_UNET
+    from comfyui_qsched.calibration.reference import ReferenceError
+    flow = comfy.sd.load_diffusion_model(comfy_models.path("unet", SD3_UNET))
+    with pytest.raises(ReferenceError, match="16-channel latents but the model has 4"):
+        _reference_run(stack, quantized, preset_name="refused", reference_model=flow)
+
+
+def test_jaq_with_reference_penalty_and_clip_features_run_with_a_scorer(stack, quantized):
+    for objective in ("jaq_reference", "reference_clip", "reference_image"):
+        output = _reference_run(stack, quantized, objective=objective, scorer=stack["scorer"], refine="off",
+                                preset_name=f"objective-{objective}")
+        summary = output.ui["qsched_calibration"][0]
+        assert summary["images_generated"] == 10 and summary["best_score"] >= summary["identity_score"]
+    preset = json.loads((stack["user"] / "qsched_presets" / "objective-jaq_reference.json").read_text())
+    assert preset["search"]["reference_weight"] == 1.0
+
+
+def test_ptqd_node_is_identity_on_the_fp_model_and_corrects_the_quantized_one(stack, quantized):
+    from comfyui_qsched.nodes.ptqd import QSchedPTQDCorrection
+    node = QSchedPTQDCorrection
+    settings = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, seed=5, prompts="a red cube\n"
+                    "a blue sphere\na green field", width=64, height=64, per_channel=True)
+    same, summary, _ = node.execute(stack["model"], stack["model"], stack["clip"], **settings).result
+    assert same.c_x == (1.0, 1.0) and same.c_eps == pytest.approx((1.0, 1.0), abs=1e-6)
+    assert all(abs(v) < 1e-6 for row in same.offset for v in row) and "step 2" in summary
+    fixed, summary, name = node.execute(quantized, stack["model"], stack["clip"], preset_name="ptqd-w4a8",
+                                        quant="W4A8", **settings).result
+    assert len(fixed.offset) == 2 and len(fixed.offset[0]) == 4 and name == "ptqd-w4a8"
+    loaded = stack["presets"].QSchedLoadPreset.execute("ptqd-w4a8.json", model=quantized)[0]
+    assert (loaded.c_eps, loaded.offset) == (fixed.c_eps, fixed.offset)
+    errors = {label: sum(torch.nn.functional.mse_loss(_latent(stack, quantized, schedule, p, 5 + i),
+                                                      _latent(stack, stack["model"], None, p, 5 + i)).item()
+                         for i, p in enumerate(["a red cube", "a blue sphere", "a green field"]))
+              for label, schedule in (("naive", None), ("ptqd", loaded))}
+    assert errors["ptqd"] < errors["naive"]
+
+
+def test_reference_calibration_and_ptqd_through_the_server(comfy_server):
+    """FP checkpoint + the same checkpoint quantized at load -> Q-Sched Calibrate (reference_model, per-step
+    refinement with channel offsets) -> preset -> Load Q-Sched Preset -> Q-Sched KSampler -> image; and Q-Sched PTQD
+    Correction -> Q-Sched KSampler."""
+    loaders = {
+        "1": {"class_type": "QSchedQuantizedCheckpointLoader", "inputs": {
+            "ckpt_name": SD15_CHECKPOINT, "quantization": "W4A8", "backend": "simulate", "layer_policy": "",
+            "cache": "off"}},
+        "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CHECKPOINT}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a lighthouse"}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+    }
+
+    def sampler_graph(schedule_source):
+        return {
+            "20": {"class_type": "QSchedKSampler", "inputs": {
+                "model": ["1", 0], "seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "lcm",
+                "scheduler": "lcm_original", "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+                "denoise": 1.0, "schedule": schedule_source}},
+            "21": {"class_type": "VAEDecode", "inputs": {"samples": ["20", 0], "vae": ["1", 2]}},
+            "22": {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "reference"}},
+        }
+
+    calibrate = {
+        "10": {"class_type": "QSchedCalibrate", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "reference_model": ["2", 0],
+            "sampler_name": "lcm", "scheduler": "lcm_original", "steps": 2, "cfg": 1.0, "strategy": "paper_grid",
+            "budget_images": 10, "seed": 3, "prompts": "a red cube\na blue sphere", "width": 64, "height": 64,
+            "objective": "reference_latent", "refine": "per_step_channel_offset", "refine_evaluations": 3,
+            "quant": "W4A8", "preset_name": "server-reference"}},
+    }
+    history = comfy_server.run({**loaders, **calibrate}, timeout=900)
+    summary = history["outputs"]["10"]["qsched_calibration"][0]
+    assert summary["objective"] == "reference_latent" and summary["refinement"]["images"] > 0
+    preset = json.loads(open(os.path.join(comfy_server.user_dir, "qsched_presets", "server-reference.json")).read())
+    assert preset["version"] == 2 and preset["search"]["refinement"]["form"] == "per_step_channel_offset"
+    assert preset["c_x"] == summary["best"]["c_x"] and preset.get("offset") == summary["best"]["offset"]
+
+    reuse = {**loaders, "11": {"class_type": "QSchedLoadPreset", "inputs": {"preset": "server-reference.json",
+                                                                            "model": ["1", 0]}},
+             **sampler_graph(["11", 0])}
+    assert len(comfy_server.output_images(comfy_server.run(reuse, timeout=300), "22")) == 1
+
+    ptqd = {**loaders, "12": {"class_type": "QSchedPTQDCorrection", "inputs": {
+        "model": ["1", 0], "reference_model": ["2", 0], "clip": ["1", 1], "sampler_name": "lcm",
+        "scheduler": "lcm_original", "steps": 2, "cfg": 1.0, "seed": 0, "prompts": "a red cube\na blue sphere",
+        "width": 64, "height": 64, "per_channel": True, "preset_name": "server-ptqd"}},
+        **sampler_graph(["12", 0])}
+    assert len(comfy_server.output_images(comfy_server.run(ptqd, timeout=300), "22")) == 1
+    preset = json.loads(open(os.path.join(comfy_server.user_dir, "qsched_presets", "server-ptqd.json")).read())
+    assert preset["search"]["method"] == "ptqd" and len(preset["offset"][0]) == 4 and preset["c_x"] == [1.0, 1.0]
+
+
+def test_headless_command_calibrates_against_the_fp_model(comfyui_dir, comfy_models, tmp_path):
+    import subprocess
+    import sys
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red cube\na blue sphere\n")
+    command = [sys.executable, "-m", "qsched", "calibrate", "--comfyui", comfyui_dir,
+               "--checkpoint", comfy_models.path("checkpoints", SD15_CHECKPOINT), "--quant", "W4A8",
+               "--reference-model", "same", "--objective", "reference_latent", "--refine", "per_step_offset",
+               "--refine-evaluations", "2", "--steps", "1", "--strategy", "paper_grid", "--budget", "10",
+               "--prompts-file", str(prompts), "--width", "64", "--height", "64",
+               "--preset-folder", str(tmp_path / "presets"), "--runs-folder", str(tmp_path / "runs"),
+               "--preset-name", "headless-reference"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # (Without --reference-model it stops before loading anything: test_calibration_config, in-process.)
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{"):])
+    assert report["objective"] == "reference_latent" and report["refinement"]["form"] == "per_step_offset"
+    assert report["best_score"] >= report["identity_score"] and report["refinement"]["images"] > 0
+    preset = json.loads((tmp_path / "presets" / "headless-reference.json").read_text())
+    assert preset["quant"] == "W4A8" and preset["search"]["reference_model_sha256"]

@@ -64,7 +64,12 @@ def test_node_and_command_line_agree_on_every_setting(node_inputs):
         else:
             assert setting.minimum is None and setting.maximum is None, name
     assert node_only == ["prompts"] and cli_only == []     # the command line reads the prompts from a file
-    assert "reference_model" in node_inputs and "fp_control" in actions       # the FP model: a link / a flag
+    # The models are inputs, not settings: the FP model is a link on the node, a checkpoint on the command line
+    # (or --fp-control: the checkpoint without --quant); the scorer is optional on both (reference_latent and
+    # reference_image need none).
+    assert "reference_model" in node_inputs and {"reference_model", "fp_control"} <= set(actions)
+    from comfyui_qsched.nodes.calibrate import QSchedCalibrate
+    assert "scorer" in QSchedCalibrate.INPUT_TYPES()["optional"] and actions["scorer"].required is False
 
 
 def test_the_command_lines_comfyui_side_imports_no_server_and_no_nodes(comfyui_dir):
@@ -103,6 +108,9 @@ def test_the_node_refuses_settings_that_cannot_work_together_when_the_prompt_is_
     assert "path separator" in check("", preset_name="../elsewhere")
     assert check("", c_min=0.01) == "c_min is 0.01: give a value from 0.05 to 1.0"   # ComfyUI's range check is off
     assert check(None, quant="W4A8-g128-g64") is True    # a linked input: everything is checked when it runs
+    from comfyui_qsched.nodes.ptqd import QSchedPTQDCorrection  # shares the settings and their check
+    assert QSchedPTQDCorrection.validate_inputs("a", n_prompts=2) == "n_prompts is 2 but there are only 1 prompts"
+    assert "path separator" in QSchedPTQDCorrection.validate_inputs("a", preset_name="a/b")
 
 
 def test_progress_reaches_comfyuis_progress_registry_through_the_v3_api(comfyui_dir):

@@ -223,3 +223,45 @@ def test_coefficients_node_builds_and_validates(comfy):
     assert node.validate_inputs(None, "list", None, "1,1") is True  # linked inputs: checked when the node runs
     with pytest.raises(comfy.ScheduleError, match="c_x_list has 1 values but steps is 2"):
         node.execute(2, "list", 1, 1, 1, 1, "1", "1,1")
+
+
+# --- per-step offsets on the noise prediction (eps' = c_eps * eps - b) -------------------------------------------
+
+@pytest.mark.parametrize("model_name,sampler,scheduler", [("sd15", "lcm", "lcm_original"), ("sd15", "tcd", "normal"),
+                                                          ("sd15", "euler", "normal"),
+                                                          ("sd15", "euler_ancestral", "normal"),
+                                                          ("sd3", "euler", "flow_shift1"),
+                                                          ("sd3", "euler_ancestral", "simple"),
+                                                          ("sd3", "lcm", "simple")])
+def test_zero_offsets_sample_bit_identically_in_comfyui(comfy, sd15, sd3, model_name, sampler, scheduler):
+    m = {"sd15": sd15, "sd3": sd3}[model_name]
+    channels = m["latent"]["samples"].shape[1]
+    plain = comfy.QSchedSchedule.linear(3, 0.95, 1.05)
+    reference = _qsched(comfy, m, sampler, scheduler, plain)
+    for offset in ([0.0] * 3, [[0.0] * channels] * 3):
+        zero = comfy.QSchedSchedule.from_lists(plain.c_x, plain.c_eps, offset=offset)
+        assert torch.equal(_qsched(comfy, m, sampler, scheduler, zero), reference)
+    shifted = comfy.QSchedSchedule.from_lists(plain.c_x, plain.c_eps, offset=[0.0, 0.02, 0.0])
+    assert (_qsched(comfy, m, sampler, scheduler, shifted) - reference).abs().max() > 1e-4
+
+
+def test_one_lcm_step_adds_sigma_times_the_channel_offset_to_comfyuis_denoised(comfy, sd15):
+    """One LCM step returns D' = D + sigma * b; ComfyUI hands back process_latent_out of it, so channel c of the
+    output moves by sigma_0 * b_c / scale_factor and nothing else changes."""
+    b = [0.05, -0.03, 0.0, 0.02]
+    plain = _qsched(comfy, sd15, "lcm", "lcm_original", comfy.QSchedSchedule.identity(1), steps=1)
+    shifted = _qsched(comfy, sd15, "lcm", "lcm_original", comfy.QSchedSchedule.from_lists([1.0], [1.0], offset=[b]),
+                      steps=1)
+    sigma0 = float(comfy.sampling.scheduler_sigmas(sd15["model"], "lcm_original", 1)[0])
+    scale = sd15["model"].model.latent_format.scale_factor
+    expected = torch.tensor(b).reshape(1, 4, 1, 1) * sigma0 / scale
+    torch.testing.assert_close(shifted - plain, expected.expand_as(plain), rtol=1e-4, atol=1e-4)
+
+
+def test_an_offset_for_another_channel_count_fails_before_any_model_call(comfy, sd3):
+    m = dict(sd3)
+    m["model"], calls = _counting(m["model"])
+    schedule = comfy.QSchedSchedule.from_lists([1.0] * 3, [1.0] * 3, offset=[[0.1, 0.0, 0.0, 0.0]] * 3)
+    with pytest.raises(comfy.ScheduleError, match="4 values per step .* latent has 16 channels"):
+        _qsched(comfy, m, "euler", "flow_shift1", schedule)
+    assert calls == []

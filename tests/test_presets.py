@@ -137,10 +137,51 @@ def test_the_held_out_verdict_rides_under_scores_and_older_presets_load_without_
               "fp_control": {"verdict": "no", "fp_gain": {"ci": [0.01, 0.02]}, "gap": {"ci": [None, None]}}}
     P.save_preset(tmp_path, "checked", make(checks=checks))
     loaded = P.load_preset(tmp_path, "checked")
-    assert loaded["version"] == 1 and loaded["scores"]["heldout"]["verdict"] == "not significant"
+    assert loaded["version"] == 2 and loaded["scores"]["heldout"]["verdict"] == "not significant"
     assert loaded["scores"]["fp_control"] == checks["fp_control"]
     assert P.list_presets(tmp_path)[0]["summary"]["scores"]["heldout"]["difference"]["ci"] == [-0.05, 0.07]
     old = make()
     assert "heldout" not in old["scores"]
     P.save_preset(tmp_path, "old", old)
     assert P.load_preset(tmp_path, "old")["scores"] == {"identity": 0.41, "best": 0.47}
+
+
+# --- schema version 2: per-step offsets -------------------------------------------------------------------------
+
+def test_offsets_round_trip_in_a_version_2_preset(tmp_path):
+    schedule = QSchedSchedule.from_lists(SCHEDULE.c_x, SCHEDULE.c_eps, sampler="lcm",
+                                         offset=[[0.01, -0.02, 0.0, 0.03], [0.0] * 4, [0.02] * 4, [-0.01] * 4])
+    preset = P.make_preset(schedule, model_name="tiny-sd15")
+    assert preset["version"] == 2 == P.SCHEMA_VERSION
+    P.save_preset(tmp_path, "with offsets", preset)
+    loaded = P.schedule_of(P.load_preset(tmp_path, "with offsets"))
+    assert loaded.offset == schedule.offset and loaded.c_x == schedule.c_x
+    assert P.list_presets(tmp_path)[0]["summary"]["offset"] == [list(row) for row in schedule.offset]
+    assert "offset" not in make()                                    # no offsets: no field
+
+
+def test_the_shipped_version_1_preset_loads_unchanged():
+    path = os.path.join(P.SHIPPED_PRESETS, "example-sdxl-turbo-w4a4-euler_ancestral-4steps.json")
+    raw = json.loads(open(path, encoding="utf-8").read())
+    assert raw["version"] == 1 and "offset" not in raw
+    data = P.read_preset_file(path)
+    assert data == raw                                               # read as stored, nothing added or rewritten
+    schedule = P.schedule_of(data)
+    assert schedule.c_x == (1.012, 0.997, 0.982, 0.967) and schedule.c_eps == (0.955, 1.003, 1.051, 1.099)
+    assert schedule.offset is None and schedule.sampler == "euler_ancestral"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(version=1, offset=[[0.0]] * 4), "unknown fields offset"),   # v1 had no offsets
+    (lambda d: d.update(version=3), "schema version 3 is not supported"),
+    (lambda d: d.update(version=True), "schema version True"),
+    (lambda d: d.update(offset=[0.1, 0.2]), "offset has 2 entries but the schedule has 4 steps"),
+    (lambda d: d.update(offset="0.1"), "'offset' has the wrong type"),
+    (lambda d: d.update(offset=[[0.1], [0.1, 0.2], [0.1], [0.1]]), "different widths"),
+])
+def test_bad_offsets_and_versions_are_named(tmp_path, change, message):
+    data = make()
+    change(data)
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(P.PresetError, match=message):
+        P.load_preset(tmp_path, "p")

@@ -75,3 +75,12 @@ def test_crash_inside_evaluate_leaves_a_log_that_resumes(tmp_path):
     result = run_search(lambda s, p: [s.c_x[0] for _ in p], 4, 3, "paper_grid", grid_points=3, run_log=path)
     assert result.images_reused == 9 and result.images_generated == 18
     assert result.best.c_x[0] == pytest.approx(1.2)
+
+
+def test_offsets_are_part_of_a_candidates_key_and_zero_offsets_keep_the_old_key():
+    plain = json.dumps([[0.9, 1.0], [1.1, 1.0]], separators=(",", ":"))   # the key format of logs before offsets
+    assert schedule_key((0.9, 1.0), (1.1, 1.0)) == plain
+    assert schedule_key((0.9, 1.0), (1.1, 1.0), ((0.0,), (0.0,))) == plain
+    keys = {schedule_key((0.9, 1.0), (1.1, 1.0), offset) for offset in
+            (None, ((0.1,), (0.0,)), ((0.0,), (0.1,)), ((0.1, 0.0), (0.0, 0.0)))}
+    assert len(keys) == 4

@@ -10,6 +10,10 @@ from test_samplers_toys import ToyModel
 
 SCHEDULES = [QSchedSchedule.identity(4), QSchedSchedule.linear(4, 0.85, 1.15),
              QSchedSchedule.from_lists([1.1, 0.9, 1.05, 1.0], [0.95, 1.0, 1.2, 0.9])]
+# with per-step offsets: none, scalar, per channel (4 channels) side by side in one batch
+OFFSET_SCHEDULES = [SCHEDULES[1], QSchedSchedule.linear(4, 0.9, 1.1, offset=[0.05, 0.0, -0.02, 0.01]),
+                    QSchedSchedule.from_lists(SCHEDULES[2].c_x, SCHEDULES[2].c_eps,
+                                              offset=[[0.03, -0.01, 0.0, 0.02]] * 4)]
 SEEDS = [7, 8, 123]
 CASES = [("euler", False), ("euler", True), ("euler_ancestral", False), ("euler_ancestral", True), ("lcm", False),
          ("lcm", True), ("tcd", False)]
@@ -23,16 +27,18 @@ def _sigmas(flow):
     return few_step_sigmas("trailing" if flow else "lcm", (FlowSampling() if flow else EPSSampling()).sigmas, 4)
 
 
+@pytest.mark.parametrize("schedules", ["coefficients", "offsets"])
 @pytest.mark.parametrize("name,flow", CASES, ids=[f"{n}-{'flow' if f else 'eps'}" for n, f in CASES])
-def test_each_sample_of_a_batch_equals_its_batch_one_twin(name, flow):
+def test_each_sample_of_a_batch_equals_its_batch_one_twin(name, flow, schedules):
+    schedules = SCHEDULES if schedules == "coefficients" else OFFSET_SCHEDULES
     sigmas = _sigmas(flow)
     sampler = SAMPLERS[name].function
     model_sampling = FlowSampling() if flow else EPSSampling()
     alone = [sampler(ToyModel(model_sampling, flow=flow), _start(seed) * sigmas[0], sigmas, disable=True,
                      schedule=schedule, extra_args={"seed": seed})
-             for schedule, seed in zip(SCHEDULES, SEEDS)]
+             for schedule, seed in zip(schedules, SEEDS)]
     x = torch.cat([_start(seed) for seed in SEEDS]) * sigmas[0]
-    batched = sampler(ToyModel(model_sampling, flow=flow), x, sigmas, disable=True, schedule=ScheduleBatch(SCHEDULES),
+    batched = sampler(ToyModel(model_sampling, flow=flow), x, sigmas, disable=True, schedule=ScheduleBatch(schedules),
                       noise_sampler=seeded_noise_sampler(x, SEEDS), extra_args={"seed": 999})
     for index, twin in enumerate(alone):
         torch.testing.assert_close(batched[index:index + 1], twin, rtol=1e-5, atol=1e-5)
@@ -53,6 +59,8 @@ def test_seeded_noise_draws_what_each_seed_draws_alone():
 
 def test_a_batch_of_one_schedule_samples_with_that_schedule():
     assert one_schedule([SCHEDULES[1], QSchedSchedule.linear(4, 0.85, 1.15, label="other")]) is SCHEDULES[1]
+    assert isinstance(one_schedule([SCHEDULES[1], QSchedSchedule.linear(4, 0.85, 1.15, offset=[0.1] * 4)]),
+                      ScheduleBatch)                               # same coefficients, other offsets
     assert isinstance(one_schedule(SCHEDULES), ScheduleBatch)
 
 

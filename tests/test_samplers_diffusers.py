@@ -2,7 +2,9 @@
 
 diffusers' TCD/LCM schedulers work on the VP latent x_VP = x_VE / sqrt(1 + sigma^2); Euler, Euler ancestral and
 flow-match Euler work on the same latent as ComfyUI. Coefficients are applied to diffusers the way the official
-Q-Sched code does it: model_output *= c_eps and sample *= c_x right before the scheduler's own step().
+Q-Sched code does it: model_output *= c_eps and sample *= c_x right before the scheduler's own step(); a
+per-step offset is subtracted from the scaled model output there too (eps' = c_eps * eps - b, scalar or per
+channel of the toy's 4-channel latent).
 """
 import pytest
 import torch
@@ -18,7 +20,19 @@ SEED = 5
 SCHEDULES = {"identity": lambda n: QSchedSchedule.identity(n),
              "linear": lambda n: QSchedSchedule.linear(n, 0.93, 1.08),
              "list": lambda n: QSchedSchedule.from_lists([1.012, 0.997, 0.982, 0.967, 1.0, 1.01, 0.99, 1.0][:n],
-                                                         [0.955, 1.003, 1.051, 1.099, 1.0, 0.98, 1.02, 1.0][:n])}
+                                                         [0.955, 1.003, 1.051, 1.099, 1.0, 0.98, 1.02, 1.0][:n]),
+             "offset": lambda n: QSchedSchedule.linear(n, 0.96, 1.04, offset=[0.05, -0.03, 0.02, 0.04, -0.01,
+                                                                               0.03, 0.0, 0.02][:n]),
+             "channel_offset": lambda n: QSchedSchedule.linear(
+                 n, 1.03, 0.97, offset=[[0.04 * (c - 1.5) + 0.01 * i for c in range(4)] for i in range(n)])}
+
+
+def _offset(schedule, i):
+    """The step's offset as diffusers' model output sees it: [1, C, 1, 1] per channel, a number if scalar."""
+    if schedule.offset is None:
+        return 0.0
+    row = torch.tensor(schedule.offset[i])
+    return row.reshape(1, -1, 1, 1) if len(row) > 1 else float(row[0])
 
 
 def _ours(name, ms, sigmas, schedule, flow=False, **options):
@@ -38,7 +52,7 @@ def _diffusers(scheduler, sigmas, timesteps, schedule, to_model_input, from_ours
     states = [sample]
     for i, t in enumerate(timesteps):
         output = model.prediction(to_model_input(sample, i, t), float(sigmas[i]))
-        output, scaled = output * schedule.c_eps[i], sample * schedule.c_x[i]
+        output, scaled = output * schedule.c_eps[i] - _offset(schedule, i), sample * schedule.c_x[i]
         sample = scheduler.step(output, t, scaled, generator=generator, **step_kwargs).prev_sample
         states.append(sample)
     return states

@@ -11,6 +11,12 @@ from comfyui_qsched.samplers.sigmas import few_step_sigmas
 from test_samplers_toys import Recorder, ToyModel, initial_noise
 
 SCHEDULE = QSchedSchedule.from_lists([1.012, 0.997, 0.982, 0.967], [0.955, 1.003, 1.051, 1.099])
+OFFSET_SCHEDULES = {
+    "scalar": QSchedSchedule.from_lists(SCHEDULE.c_x, SCHEDULE.c_eps, offset=[0.06, -0.02, 0.03, 0.01]),
+    "channel": QSchedSchedule.from_lists(SCHEDULE.c_x, SCHEDULE.c_eps,
+                                         offset=[[0.05, -0.04, 0.0, 0.02], [0.01, 0.03, -0.02, 0.0],
+                                                 [-0.03, 0.02, 0.04, 0.01], [0.02, 0.0, -0.01, 0.03]]),
+}
 
 
 def _noises(steps, seed=9):
@@ -34,6 +40,8 @@ def _hand(name, flow, sigmas, schedule, noises, gamma=0.5, eta=1.0, s_noise=1.0)
     sig = [float(s) for s in sigmas]
     for i in range(len(sig) - 1):
         s, sn, c_x, c_eps, z = sig[i], sig[i + 1], schedule.c_x[i], schedule.c_eps[i], noises[i].double()
+        b = 0.0 if schedule.offset is None else torch.tensor(schedule.offset[i], dtype=torch.float64)
+        b = b.reshape(1, -1, 1, 1) if isinstance(b, torch.Tensor) else b
         if flow:
             pred = toy.prediction(x.float(), s).double()
         else:
@@ -41,17 +49,17 @@ def _hand(name, flow, sigmas, schedule, noises, gamma=0.5, eta=1.0, s_noise=1.0)
         if name == "tcd":  # Eq. 4 in the VP parametrisation of diffusers' TCDScheduler
             abar = lambda sigma: 1.0 / (1.0 + sigma * sigma)  # noqa: E731
             x_vp = x * math.sqrt(abar(s))
-            x0 = (c_x * x_vp - math.sqrt(1 - abar(s)) * c_eps * pred) / math.sqrt(abar(s))
+            x0 = (c_x * x_vp - math.sqrt(1 - abar(s)) * (c_eps * pred - b)) / math.sqrt(abar(s))
             t_next = int((table - sn).abs().argmin()) if sn > 0 else 0
             a_s = abar(float(table[math.floor((1 - gamma) * t_next)]))
-            x_s = math.sqrt(a_s) * x0 + math.sqrt(1 - a_s) * c_eps * pred
+            x_s = math.sqrt(a_s) * x0 + math.sqrt(1 - a_s) * (c_eps * pred - b)
             if sn == 0:
                 x = x_s  # diffusers' last step: the VP latent at timestep 0
             else:
                 x_prev = math.sqrt(abar(sn) / a_s) * x_s + math.sqrt(1 - abar(sn) / a_s) * z
                 x = x_prev / math.sqrt(abar(sn))
             continue
-        x_q, pred_q = c_x * x, c_eps * pred
+        x_q, pred_q = c_x * x, c_eps * pred - b
         denoised_q = x_q - s * pred_q
         if name == "euler":
             x = x_q + (sn - s) * pred_q
@@ -85,6 +93,22 @@ def test_coefficients_follow_the_reference_formulas(name, flow):
     torch.testing.assert_close(ours.double(), expected, rtol=1e-5, atol=1e-5)
     identity, _, _ = _run(name, flow, sigmas, QSchedSchedule.identity(4), noises, **options)
     assert (ours - identity).abs().max() > 1e-3  # the coefficients do change the result
+    assert model.calls == 4
+
+
+@pytest.mark.parametrize("kind", OFFSET_SCHEDULES)
+@pytest.mark.parametrize("name,flow", CASES, ids=[f"{n}-{'flow' if f else 'eps'}" for n, f in CASES])
+def test_offsets_follow_the_reference_formulas(name, flow, kind):
+    """eps' = c_eps * eps - b (b scalar or per latent channel), written out by hand in float64."""
+    schedule = OFFSET_SCHEDULES[kind]
+    sigmas = few_step_sigmas("trailing" if flow else "lcm", (FlowSampling() if flow else EPSSampling()).sigmas, 4)
+    noises = _noises(4)
+    options = {"gamma": 0.5} if name == "tcd" else {"eta": 0.8, "s_noise": 0.9} if name == "euler_ancestral" else {}
+    ours, _, model = _run(name, flow, sigmas, schedule, noises, **options)
+    torch.testing.assert_close(ours.double(), _hand(name, flow, sigmas, schedule, noises, **options),
+                               rtol=1e-5, atol=1e-5)
+    without, _, _ = _run(name, flow, sigmas, SCHEDULE, noises, **options)
+    assert (ours - without).abs().max() > 1e-3  # the offsets do change the result
     assert model.calls == 4
 
 

@@ -131,9 +131,10 @@ def test_search_never_returns_worse_than_identity_on_its_calibration_set(testbed
 def test_demo_runs_end_to_end_on_reduced_settings(tmp_path, capsys):
     from comfyui_qsched.testbed.digits import demo
     out = tmp_path / "demo"
-    assert demo.main(["--steps", "2", "--samples", "40", "--grid-points", "3", "--out", str(out)]) == 0
+    assert demo.main(["--steps", "2", "--samples", "40", "--grid-points", "3", "--refine-evaluations", "8",
+                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "W4A4 + Q-Sched" in printed and "FP32" in printed
+    assert "W4A4 + Q-Sched" in printed and "FP32" in printed and "W4A4 + reference+offset" in printed
     from PIL import Image
     assert Image.open(out / "digits_grid.png").size[0] > 600
     assert Image.open(out / "search_surface.png").size == (768, 384)
@@ -154,3 +155,40 @@ def test_compare_folders_sees_identical_weights_as_identical_and_a_change_as_a_c
     changed = compare_folders(weights.WEIGHTS_DIR, str(folder), "cpu", seeds=2, count=20)
     assert changed["shipped"]["teacher_euler50_cfg2"] == changed["other"]["teacher_euler50_cfg2"]
     assert changed["shipped"]["student_lcm4"]["fid"] != changed["other"]["student_lcm4"]["fid"]
+
+
+def test_pixel_fid_is_zero_on_real_digits_and_grows_with_damage():
+    from comfyui_qsched.testbed.digits.pixel_fid import PixelFID, real_pixels
+    fid = PixelFID()
+    images, _ = data.load_digits_tensors()
+    pooled = real_pixels()
+    assert pooled.shape == (1797, 64)
+    # 2x2 means of the 16x16 training images (an independent reshape-and-mean, not avg_pool2d)
+    torch.testing.assert_close(pooled[5], images[5, 0].reshape(8, 2, 8, 2).mean(dim=(1, 3)).reshape(64))
+    assert fid(images) == pytest.approx(0.0, abs=1e-6)
+    half = fid(images[:700])                     # a real subsample: only the small-sample bias
+    g = torch.Generator().manual_seed(0)
+    damaged = fid(degrade(images, torch.full((1797,), 0.5), torch.zeros(1797, dtype=torch.long), g))
+    shifted = fid((images - 0.2).clamp(-1, 1))
+    assert half < 0.2 * damaged and half < 0.2 * shifted
+
+
+def test_reference_calibration_brings_held_out_samples_closer_to_fp(testbed):
+    """Reduced digits-reference run: the per-step refinement with offsets, fitted on its own noise, moves fresh
+    samples of W4A4 (2 steps) closer to the FP model's samples from the same noise, and their mean brightness
+    towards FP's, more than the grid's coefficients alone."""
+    from comfyui_qsched.testbed.digits.reference_experiment import ReferenceCalibration, refine_options
+    unet, _ = testbed
+    fp, _ = experiment.quantized_student(unet, "FP32")
+    w4a4, _ = experiment.quantized_student(unet, "W4A4")
+    result = ReferenceCalibration(fp, w4a4, 2, pairs=20).search(refine=refine_options(40), grid_points=3)
+    grid = QSchedSchedule.from_dict(result.refinement["start"])
+    assert result.best.offset is not None and result.best_score > result.refinement["start_score"]
+    labels = torch.arange(200) % 10
+    target = generate.generate(fp, labels, 2, seed=11)
+    error = {name: (generate.generate(w4a4, labels, 2, seed=11, schedule=s) - target).pow(2).mean().item()
+             for name, s in (("naive", QSchedSchedule.identity(2)), ("grid", grid), ("refined", result.best))}
+    assert error["refined"] < error["grid"] <= error["naive"]
+    mean = {name: generate.generate(w4a4, labels, 2, seed=11, schedule=s).mean().item()
+            for name, s in (("naive", QSchedSchedule.identity(2)), ("refined", result.best))}
+    assert abs(mean["refined"] - target.mean().item()) < abs(mean["naive"] - target.mean().item())

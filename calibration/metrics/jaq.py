@@ -115,6 +115,15 @@ class JAQScorer:
         per_pair = self.iq_metric.per_pair(iq_features) if isinstance(self.iq_metric, CLIPIQA) else None
         return tc.cpu(), iq.cpu(), None if per_pair is None else per_pair.cpu()
 
+    @torch.no_grad()
+    def image_features(self, images):
+        """CLIP image embeddings [B, D] (float, CPU) of the alignment metric's towers, as CLIPScore sees the
+        images; the reference_clip calibration objective compares them with the FP model's."""
+        images = check_images(images)
+        towers, mode = self.tc_metric.towers, self.tc_metric.image_mode
+        pixels = prepare(to_levels(images, towers.device), mode, towers.image_size, towers.mean, towers.std)
+        return towers.encode_image(pixels.to(next(towers.parameters()).dtype), mode != "native").float().cpu()
+
     def describe(self):
         return f"JAQ ({self.variant}) = {self.formula}" + (f" [{self.label}]" if self.label else "")
 

@@ -1,9 +1,11 @@
 """`python -m qsched demo`: Q-Sched on a real trained few-step model, on the CPU in a couple of minutes.
 
 Loads the shipped digits LCM model, quantizes it with the pack's quantizer, searches Q-Sched coefficients with the
-testbed's JAQ on 20 class/noise pairs (the paper grid raced with confidence intervals), then prints FID / TC / IQ / JAQ of full
-precision, naive quantization and quantization + Q-Sched on fresh samples, and saves an image grid and the searched
-score surface. Missing or corrupt weights: `--retrain` rebuilds them (needs a GPU for a few minutes).
+testbed's JAQ on 20 class/noise pairs (the paper grid raced with confidence intervals), calibrates a second schedule
+against the full-precision model (reference objective, per-step coefficients and noise offsets fitted from the grid),
+then prints FID / TC / IQ / JAQ of full precision, naive quantization, quantization + Q-Sched and quantization +
+reference schedule on fresh samples, and saves an image grid and the searched score surface. Missing or corrupt
+weights: `--retrain` rebuilds them (needs a GPU for a few minutes).
 """
 import argparse
 import os
@@ -47,6 +49,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--strategy", default=DEFAULT_STRATEGY)
     parser.add_argument("--grid-points", type=int, default=7)
+    parser.add_argument("--refine-evaluations", type=int, default=60,
+                        help="candidates the reference schedule's per-step refinement may score")
     parser.add_argument("--out", default="qsched_demo", help="folder for the image grid and the search plot")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
     parser.add_argument("--retrain", action="store_true", help="retrain the shipped weights first (GPU advised)")
@@ -76,15 +80,22 @@ def main(argv=None):
     result = search_schedule(quantized, steps, scorer, args.strategy, grid_points=args.grid_points)
     print(f"search ({args.strategy}, {result.images_generated} images, {result.seconds:.0f} s): {result.best.label}; "
           f"calibration JAQ {result.best_score:.4f} vs identity {result.identity_score:.4f}")
+    from .reference_experiment import ReferenceCalibration, refine_options
+    reference = ReferenceCalibration(fp, quantized, steps, pairs=20).search(
+        refine=refine_options(args.refine_evaluations), grid_points=args.grid_points)
+    print(f"reference calibration ({reference.images_generated} images, {reference.seconds:.0f} s): "
+          f"{reference.best.label}; pixel MSE to FP {-reference.best_score:.4f} vs identity "
+          f"{-reference.identity_score:.4f}")
     identity = QSchedSchedule.identity(steps)
-    rows = [("FP32", fp, identity), (f"{bits} naive", quantized, identity), (f"{bits} + Q-Sched", quantized, result.best)]
+    rows = [("FP32", fp, identity), (f"{bits} naive", quantized, identity), (f"{bits} + Q-Sched", quantized, result.best),
+            (f"{bits} + reference+offset", quantized, reference.best)]
     print(f"\n{steps}-step LCM, {args.samples} samples, seed {args.seed}; FID on classifier features vs "
           f"{fid.real_count} real digits")
-    print(f"| {'method':<16} | FID ↓  | TC ↑  | IQ ↑  | JAQ ↑ |")
-    print(f"|{'-' * 18}|--------|-------|-------|-------|")
+    print(f"| {'method':<24} | FID ↓  | TC ↑  | IQ ↑  | JAQ ↑ |")
+    print(f"|{'-' * 26}|--------|-------|-------|-------|")
     for label, denoiser, schedule in rows:
         cell = evaluate_cell(denoiser, steps, schedule, scorer, fid, args.seed, args.samples)
-        print(f"| {label:<16} | {cell['fid']:6.2f} | {cell['tc']:.3f} | {cell['iq']:.3f} | {cell['jaq']:.3f} |")
+        print(f"| {label:<24} | {cell['fid']:6.2f} | {cell['tc']:.3f} | {cell['iq']:.3f} | {cell['jaq']:.3f} |")
     os.makedirs(args.out, exist_ok=True)
     labels = torch.arange(20) % 10
     grid = image_grid([(label, generate(d, labels, steps, args.seed + 99, schedule=s)) for label, d, s in rows])

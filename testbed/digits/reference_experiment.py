@@ -1,0 +1,192 @@
+"""Calibration against the full-precision model on the digits testbed (issue 16), through the pack's own code:
+calibration.reference (the objective), calibration.search.run_search with its per-step refinement
+(calibration.optimise, scipy Powell) and calibration.ptqd (the PTQD-style fit as an offset schedule).
+
+Rows per step count and bit width (every quantized row on the same quantized model):
+- naive; Q-Sched with JAQ by successive halving (the pack's old default) and by Algorithm 1's full grid;
+- reference objective (match the FP model's samples from the same noise and class: pixel MSE, the testbed's
+  latent) on the same linspace(start, 1) grid; the same grid winner plus one fitted scalar offset per step
+  (issue 16's table); every step free (c_x, c_eps, offset) fitted by the refinement from the grid;
+- JAQ with a reference penalty (JAQ - w * relative error), grid plus the same refinement;
+- PTQD-style: the testbed's (gain, mean and the re-injected noise's variance) and the pack's schedule form of it
+  (gain and mean only: what Q-Sched samplers in ComfyUI apply).
+Calibration uses its own noise (seed 4242), PTQD seed 777; evaluation draws seeds 0, 1, 2: everything reported
+is held out. FID on the classifier's features and on raw 8x8 pixels (pixel_fid.py).
+
+`python -m qsched digits-reference [--steps 2,4,8 --bits W4A8,W4A4 --samples 700 --seeds 0,1,2 --weights DIR]`
+writes a JSON after every cell and prints the tables (reference_report.py).
+"""
+import argparse
+import math
+import os
+import time
+
+import torch
+
+from ...atomic_files import write_text_atomic
+from ...calibration.optimise import DEFAULT_OFFSET_BOUND, REFINE_C_RANGE
+from ...calibration.ptqd import ptqd_schedule
+from ...calibration.reference import DEFAULT_REFERENCE_WEIGHT as REFERENCE_WEIGHT, jaq_with_reference, latent_distance
+from ...calibration.search import run_search
+from ...samplers import NonFiniteLatentError, QSchedSchedule
+from .experiment import CALIBRATION_SEED, check_bits, load_testbed, quantized_student, search_schedule
+from .generate import FixedNoise, check_steps, generate
+from .pixel_fid import PixelFID
+from .ptqd import calibrate_ptqd
+from .scoring import FeatureFID
+
+REFERENCE_PAIRS = 40          # class/noise pairs (classes 0-9 x 4 noises) the reference objectives calibrate on
+REFINE_EVALUATIONS = 300      # candidates the per-step refinement may score (each on every pair)
+GRID_POINTS = 9
+C_RANGE = (0.8, 1.2)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class ReferenceCalibration:
+    """run_search's objective on the testbed: per pair, minus the pixel MSE to the FP model's sample from the same
+    noise and class (`objective="reference_latent"`), or JAQ minus `weight` times the relative error
+    (`"jaq_reference"`). The FP samples are drawn once."""
+
+    def __init__(self, fp, quantized, steps, scorer=None, objective="reference_latent", weight=REFERENCE_WEIGHT,
+                 pairs=REFERENCE_PAIRS, seed=CALIBRATION_SEED):
+        if objective not in ("reference_latent", "jaq_reference"):
+            raise ValueError(f"unsupported testbed objective {objective!r}")
+        if objective == "jaq_reference" and scorer is None:
+            raise ValueError("jaq_reference needs the testbed scorer")
+        self.quantized, self.steps, self.scorer, self.objective, self.weight = quantized, steps, scorer, objective, weight
+        self.pairs = pairs
+        self.labels = torch.arange(pairs) % 10
+        self.noise = FixedNoise(pairs, steps, seed)
+        self.reference = generate(fp, self.labels, steps, 0, noise=self.noise)
+
+    def __call__(self, schedule, prompt_indices):
+        rows = torch.tensor(prompt_indices)
+        try:
+            x = generate(self.quantized, self.labels[rows], self.steps, 0, schedule=schedule,
+                         noise=self.noise.subset(rows))
+        except NonFiniteLatentError:
+            return [math.nan] * len(prompt_indices)
+        if self.objective == "reference_latent":
+            return (-latent_distance(x, self.reference[rows])).tolist()
+        jaq = self.scorer.score_tensors(x, self.labels[rows]).jaq
+        return jaq_with_reference(jaq, x, self.reference[rows], self.weight).tolist()
+
+    def search(self, refine=None, strategy="paper_grid", grid_points=GRID_POINTS, c_range=C_RANGE):
+        return run_search(self, self.steps, self.pairs, strategy, c_range=c_range, sampler="lcm",
+                          grid_points=grid_points, refine=refine)
+
+
+def refine_options(evaluations=REFINE_EVALUATIONS, form="per_step_offset"):
+    return {"form": form, "evaluations": evaluations, "channels": 1, "c_range": REFINE_C_RANGE,
+            "offset_bound": DEFAULT_OFFSET_BOUND}
+
+
+def warm_up_schedule(result):
+    """The grid winner with fitted offsets only (the refinement's first warm-up): issue 16's '+ one scalar
+    offset per step' row."""
+    warm = result.refinement.get("warm_ups") or []
+    return QSchedSchedule.from_dict(warm[0]["schedule"]) if warm else None
+
+
+def evaluate_samples(denoiser, steps, schedule, scorer, fids, seed, count, noise_scale=None):
+    """Both FIDs and the testbed's TC / IQ / JAQ of `count` class-balanced samples at one noise seed."""
+    labels = torch.arange(count) % 10
+    try:
+        x = generate(denoiser, labels, steps, seed, schedule=schedule, noise_scale=noise_scale)
+    except NonFiniteLatentError as error:
+        return {name: math.nan for name in ("fid", "fid_pixels", "tc", "iq", "jaq")} | {"error": str(error)}
+    s = scorer.score_tensors(x, labels)
+    return {"fid": fids["fid"](x), "fid_pixels": fids["fid_pixels"](x), "tc": s.tc.mean().item(),
+            "iq": s.iq.mean().item(), "jaq": s.jaq.mean().item(), "mean_pixel": x.mean().item()}
+
+
+def _search_record(name, bits, steps, result, started):
+    return {"method": name, "bits": bits, "steps": steps, "best": result.best.to_dict(),
+            "best_score": result.best_score, "identity_score": result.identity_score,
+            "images_generated": result.images_generated, "refinement": result.refinement,
+            "seconds": round(time.time() - started, 1)}
+
+
+def plan_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations):
+    """(method, denoiser, schedule, noise_scale) for one bit width and step count; appends search records."""
+    identity = QSchedSchedule.identity(steps)
+    rows = [(f"{bits} naive", quantized, identity, None)]
+    started = time.time()
+    result = search_schedule(quantized, steps, scorer, "successive_halving", grid_points=GRID_POINTS, c_range=C_RANGE)
+    searches.append(_search_record("JAQ, successive halving", bits, steps, result, started))
+    rows.append((f"{bits} + Q-Sched JAQ, successive halving", quantized, result.best, None))
+    started = time.time()
+    result = search_schedule(quantized, steps, scorer, "paper_grid", grid_points=GRID_POINTS, c_range=C_RANGE)
+    searches.append(_search_record("JAQ, Algorithm 1 grid", bits, steps, result, started))
+    rows.append((f"{bits} + Q-Sched JAQ, Algorithm 1 grid", quantized, result.best, None))
+
+    calibration = ReferenceCalibration(fp, quantized, steps)
+    started = time.time()
+    result = calibration.search(refine=refine_options(refine_evaluations))
+    searches.append(_search_record("reference, grid + per-step refinement", bits, steps, result, started))
+    grid_winner = QSchedSchedule.from_dict(result.refinement["start"])
+    rows.append((f"{bits} + reference, Algorithm 1 grid", quantized, grid_winner, None))
+    rows.append((f"{bits} + reference, grid + scalar offset per step", quantized, warm_up_schedule(result), None))
+    rows.append((f"{bits} + reference, per step free + offset", quantized, result.best, None))
+
+    combined = ReferenceCalibration(fp, quantized, steps, scorer, objective="jaq_reference")
+    started = time.time()
+    result = combined.search(refine=refine_options(refine_evaluations))
+    searches.append(_search_record(f"JAQ - {REFERENCE_WEIGHT:g} x reference error, grid + refinement", bits, steps,
+                                   result, started))
+    rows.append((f"{bits} + JAQ with reference penalty, per step free + offset", quantized, result.best, None))
+
+    corrected = calibrate_ptqd(fp, quantized, steps)
+    rows.append((f"{bits} + PTQD-style (testbed: gain, mean, noise variance)", corrected, identity,
+                 corrected.noise_scale))
+    fits = [{"k": float(k), "mean": float(m)} for k, m in zip(corrected.gain, corrected.bias)]
+    rows.append((f"{bits} + PTQD-style schedule (gain, mean: the ComfyUI option)", quantized,
+                 ptqd_schedule(fits, sampler="lcm"), None))
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m qsched digits-reference", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="2,4,8")
+    parser.add_argument("--bits", default="W4A8,W4A4")
+    parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--refine-evaluations", type=int, default=REFINE_EVALUATIONS)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
+    parser.add_argument("--weights", default=None, help="weights folder (default: the shipped weights)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results_reference.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
+    bits_list = [check_bits(b) for b in args.bits.split(",") if b]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    unet, scorer = load_testbed(args.weights)
+    fids = {"fid": FeatureFID(scorer), "fid_pixels": PixelFID()}
+    results = {"weights": args.weights or "shipped", "samples_per_seed": args.samples, "seeds": seeds,
+               "reference_pairs": REFERENCE_PAIRS, "refine_evaluations": args.refine_evaluations,
+               "refine_c_range": REFINE_C_RANGE, "grid_points": GRID_POINTS, "c_range": C_RANGE,
+               "reference_weight": REFERENCE_WEIGHT, "cells": [], "searches": []}
+    fp = quantized_student(unet, "FP32")[0]
+    models = {bits: quantized_student(unet, bits)[0] for bits in bits_list}
+    for steps in steps_list:
+        plan = [("FP32", fp, QSchedSchedule.identity(steps), None)]
+        for bits in bits_list:
+            plan += plan_rows(fp, models[bits], bits, steps, scorer, results["searches"], args.refine_evaluations)
+            write_text_atomic(args.out, _dumps(results))
+        for method, denoiser, schedule, noise_scale in plan:
+            started = time.time()
+            per_seed = [evaluate_samples(denoiser, steps, schedule, scorer, fids, seed, args.samples, noise_scale)
+                        for seed in seeds]
+            results["cells"].append({"method": method, "steps": steps, "schedule": schedule.to_dict(),
+                                     "per_seed": per_seed, "seconds": round(time.time() - started, 1)})
+            write_text_atomic(args.out, _dumps(results))
+            mean = lambda key: sum(r[key] for r in per_seed) / len(per_seed)   # noqa: E731
+            print(f"{steps} steps {method}: FID {mean('fid'):.3f}, pixel FID {mean('fid_pixels'):.3f}", flush=True)
+    from .reference_report import tables
+    print(tables(args.out))
+    return 0
+
+
+def _dumps(results):
+    import json
+    return json.dumps(results, indent=1)
