@@ -1,12 +1,12 @@
-"""ComfyUI-QSched: quantization-aware few-step sampling (Q-Sched, arXiv 2509.01624) for ComfyUI."""
+"""ComfyUI-QSched: quantization-aware few-step sampling (Q-Sched, arXiv 2509.01624) for ComfyUI.
+
+ComfyUI loads the nodes through comfy_entrypoint (V3 node schema); a module that also defined
+NODE_CLASS_MAPPINGS would have its entry point ignored."""
 import importlib.util
 
-if importlib.util.find_spec("comfy") is None:
-    # Imported outside ComfyUI (pytest collects this folder as a package): there is nothing to register.
-    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
-else:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-
 WEB_DIRECTORY = "./web"
+__all__ = ["WEB_DIRECTORY"]
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+if importlib.util.find_spec("comfy") is not None:  # outside ComfyUI (pytest collects this folder) nothing registers
+    from .nodes import comfy_entrypoint
+    __all__.append("comfy_entrypoint")

@@ -58,7 +58,7 @@ def pip_freeze(python):
 
 
 def node_classes(pack_dir):
-    """Node class ids from the NODE_CLASS_MAPPINGS dict literals of the installed pack's nodes/*.py."""
+    """Node ids of the installed pack's nodes/*.py: the node_id="..." of each V3 io.Schema(...)."""
     classes = []
     nodes_dir = os.path.join(pack_dir, "nodes")
     for name in sorted(os.listdir(nodes_dir)):
@@ -66,10 +66,10 @@ def node_classes(pack_dir):
             continue
         with open(os.path.join(nodes_dir, name), encoding="utf-8") as f:
             tree = ast.parse(f.read())
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "NODE_CLASS_MAPPINGS" for t in node.targets) \
-                    and isinstance(node.value, ast.Dict):
-                classes += [key.value for key in node.value.keys if isinstance(key, ast.Constant)]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "Schema":
+                classes += [k.value.value for k in node.keywords
+                            if k.arg == "node_id" and isinstance(k.value, ast.Constant)]
     return classes
 
 

@@ -11,8 +11,12 @@ number, so releases in between get whichever behaviour they have:
 - LoRA arithmetic dtype: 0.33 patches weights in `lora_compute_dtype(device)` (float16 on GPUs that run fp16 well,
   float32 on the CPU), for a LoRA merged at load and for its own layers' per-call patches alike; 0.3.64 in float32.
 - Flux's constructor: 0.33 also takes `txt_ids_dims` (none for FLUX.1, as its model detection sets).
+- The V3 progress API (`comfy_api.v0_0_2`, execution.set_progress): 0.33's synchronous ComfyAPISync has it; in
+  0.3.64 ComfyAPISync has no `execution` (its sync stub generator could not read the string annotations), so
+  there the same asynchronous method is driven to completion in place (it awaits nothing).
 """
 import dataclasses
+import functools
 
 import comfy.k_diffusion.sampling
 import comfy.model_management
@@ -61,3 +65,29 @@ def flux_model(dtype=None, device=None, operations=None, **config):
     if "txt_ids_dims" in {field.name for field in dataclasses.fields(FluxParams)}:
         config.setdefault("txt_ids_dims", [])
     return Flux(dtype=dtype, device=device, operations=operations, **config)
+
+
+@functools.cache
+def _set_progress_function():
+    """ComfyUI's V3 set_progress(value=, max_value=, node_id=), callable from a synchronous node."""
+    from comfy_api.v0_0_2 import ComfyAPI, ComfyAPISync
+    execution = getattr(ComfyAPISync(), "execution", None)
+    if execution is not None:
+        return execution.set_progress
+    update = ComfyAPI.Execution().set_progress
+
+    def set_progress(**arguments):
+        coroutine = update(**arguments)
+        try:
+            coroutine.send(None)
+        except StopIteration:
+            return
+        coroutine.close()
+        raise RuntimeError("ComfyUI's set_progress waited on something: it cannot run from a synchronous node here")
+    return set_progress
+
+
+def report_progress(value, max_value, node_id):
+    """Show `value` of `max_value` on node `node_id`'s progress bar (the V3 API: a progress_state message)."""
+    if node_id is not None:
+        _set_progress_function()(value=value, max_value=max_value, node_id=str(node_id))

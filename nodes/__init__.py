@@ -1,9 +1,18 @@
-"""ComfyUI nodes of the pack: thin wrappers over samplers/, quant/ and calibration/."""
+"""ComfyUI nodes of the pack, on ComfyUI's V3 node schema (the versioned comfy_api.v0_0_2): thin wrappers over
+samplers/, quant/ and calibration/. ComfyUI picks them up through comfy_entrypoint (the pack's __init__.py)."""
+from comfy_api.v0_0_2 import ComfyExtension
+
 from . import calibrate, export, loaders, presets, ptqd, sampling, scoring
 from . import routes  # noqa: F401  registers the /qsched/* server routes the web extension reads
 
-NODE_CLASS_MAPPINGS = {}
-NODE_DISPLAY_NAME_MAPPINGS = {}
-for _module in (sampling, loaders, export, scoring, calibrate, presets, ptqd):
-    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
-    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+NODES = [*sampling.NODES, *loaders.NODES, *export.NODES, *scoring.NODES, *calibrate.NODES, *presets.NODES,
+         *ptqd.NODES]
+
+
+class QSchedExtension(ComfyExtension):
+    async def get_node_list(self):
+        return list(NODES)
+
+
+async def comfy_entrypoint():
+    return QSchedExtension()

@@ -2,77 +2,105 @@
 each candidate schedule and scoring them (JAQ by default); writes a preset and returns the best schedule, a plot
 and the held-out summary. The calibration itself is comfy_adapter.calibration.calibrate (shared with the command
 line); its settings and their bounds come from calibration.run.CalibrationConfig. Progress goes to ComfyUI's bar
-(images done / planned) and the web panel; an interrupt stops at the next batch and the run log
-(<user dir>/qsched_runs) lets a rerun with the same settings skip what was done."""
+through the V3 progress API (images done / planned) and to the web panel; an interrupt stops at the next batch
+and the run log (<user dir>/qsched_runs) lets a rerun with the same settings skip what was done."""
 import math
 
 import comfy.model_management
-import comfy.utils
+from comfy_api.v0_0_2 import io
 
 from ..calibration.plot import plot_result
 from ..calibration.run import REFERENCE_MODEL_HELP, SCHEDULERS as HOST_SCHEDULERS, CalibrationConfig
 from ..comfy_adapter.calibration import calibrate
+from ..comfy_adapter.comfy_compat import report_progress
 from ..comfy_adapter.sampling import SCHEDULERS
+from .io_types import Schedule, Scorer
 
 EVENT = "qsched.calibration"
-WIDGET_TYPES = {int: "INT", float: "FLOAT", str: "STRING"}
-LINKS = {
-    "model": ("MODEL", {"tooltip": "The (quantized) diffusion model to calibrate for."}),
-    "clip": ("CLIP", {"tooltip": "Text encoder for the calibration prompts (encoded once each)."}),
-    "vae": ("VAE", {"tooltip": "Decodes each candidate's latents for scoring."}),
-}
-SCORER = ("QSCHED_SCORER", {"tooltip": "From Load JAQ Scorer (Q-Sched): what 'best' means for jaq/tc/iq (and "
-                            "reference_clip, jaq_reference); reference_latent and reference_image need none."})
-REFERENCE_MODEL = ("MODEL", {"tooltip": "optional: " + REFERENCE_MODEL_HELP})
+NUMBER_WIDGETS = {int: io.Int, float: io.Float}
+DEFAULTS = CalibrationConfig()
+
+
+def link_inputs():
+    return [io.Model.Input("model", tooltip="The (quantized) diffusion model to calibrate for."),
+            io.Clip.Input("clip", tooltip="Text encoder for the calibration prompts (encoded once each)."),
+            io.Vae.Input("vae", tooltip="Decodes each candidate's latents for scoring.")]
 
 
 def setting_inputs(names=None, overrides=None):
-    """Widgets, one per CalibrationConfig setting shown on the node: {"required": ..., "optional": ...}. names:
-    only these settings (another node sharing them); overrides: {name: {widget option: value}}."""
-    inputs = {"required": {}, "optional": {}}
+    """Widgets, one per CalibrationConfig setting shown on the node, in the config's order. names: only these
+    settings (another node sharing them); overrides: {name: {widget option: value}}."""
+    inputs = []
     for name, default, setting in CalibrationConfig.settings():
         if setting.node is None or (names is not None and name not in names):
             continue
-        options = {"default": default, "tooltip": setting.help, **(overrides or {}).get(name, {})}
+        options = {"default": default, "tooltip": setting.help, "optional": setting.node == "optional",
+                   **(overrides or {}).get(name, {})}
         choices = SCHEDULERS if setting.choices == HOST_SCHEDULERS else setting.choices
         if choices is not None:
-            inputs[setting.node][name] = (list(choices), options)
-            continue
-        for key, value in (("min", setting.minimum), ("max", setting.maximum), ("step", setting.step)):
-            if value is not None:
-                options[key] = value
-        if setting.multiline:
-            options["multiline"] = True
-        inputs[setting.node][name] = (WIDGET_TYPES[type(default)], options)
+            inputs.append(io.Combo.Input(name, options=list(choices), **options))
+        elif isinstance(default, str):
+            inputs.append(io.String.Input(name, multiline=setting.multiline, **options))
+        else:
+            inputs.append(NUMBER_WIDGETS[type(default)].Input(name, min=setting.minimum, max=setting.maximum,
+                                                              step=setting.step, **options))
     return inputs
 
 
-class QSchedCalibrate:
-    CATEGORY = "sampling/qsched"
-    RETURN_TYPES = ("QSCHED_SCHEDULE", "IMAGE", "STRING", "STRING")
-    RETURN_NAMES = ("schedule", "plot", "preset_name", "summary")
-    FUNCTION = "run"
-    OUTPUT_NODE = True
-    DESCRIPTION = ("Find Q-Sched coefficients for this model: every candidate schedule generates the calibration "
-                   "prompts (prompt i with seed + i) and is scored by the scorer; the best (never worse than "
-                   "identity on these prompts) is saved as a preset. A quarter of the prompt/seed pairs is kept "
-                   "out of the search: the summary says whether the winner beats identity there (yes / no / not "
-                   "significant, with a confidence interval) and, with the FP model connected, whether the gain is "
-                   "specific to the quantized model. With the FP model it can instead calibrate against it (the "
-                   "reference objectives) and refine free per-step coefficients and offsets after the search. "
-                   "Resumes an interrupted run with the same settings.")
+def check_settings(**given):
+    """validate_inputs of CalibrationConfig settings: True or the first problem, naming the setting. ComfyUI leaves
+    the inputs named there to this check (the config checks their bounds too); with any of them linked (None) the
+    run checks them."""
+    if None in given.values():
+        return True
+    try:
+        CalibrationConfig(**given).prompt_list()
+    except ValueError as error:  # ConfigError, or the preset name's PresetError
+        return str(error)
+    return True
+
+
+class QSchedCalibrate(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QSchedCalibrate", display_name="Q-Sched Calibrate", category="sampling/qsched",
+            description=("Find Q-Sched coefficients for this model: every candidate schedule generates the "
+                         "calibration prompts (prompt i with seed + i) and is scored by the scorer; the best (never "
+                         "worse than identity on these prompts) is saved as a preset. A quarter of the prompt/seed "
+                         "pairs is kept out of the search: the summary says whether the winner beats identity there "
+                         "(yes / no / not significant, with a confidence interval) and, with the FP model connected, "
+                         "whether the gain is specific to the quantized model. With the FP model it can instead "
+                         "calibrate against it (the reference objectives) and refine free per-step coefficients and "
+                         "offsets after the search. Resumes an interrupted run with the same settings."),
+            inputs=[*link_inputs(),
+                    Scorer.Input("scorer", optional=True, tooltip="From Load JAQ Scorer (Q-Sched): what 'best' means "
+                                 "for jaq/tc/iq (and reference_clip, jaq_reference); reference_latent and "
+                                 "reference_image need none."),
+                    *setting_inputs(),
+                    io.Model.Input("reference_model", optional=True, tooltip="optional: " + REFERENCE_MODEL_HELP)],
+            outputs=[Schedule.Output(display_name="schedule"), io.Image.Output(display_name="plot"),
+                     io.String.Output(display_name="preset_name"), io.String.Output(display_name="summary")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        inputs = setting_inputs()
-        return {"required": {**LINKS, **inputs["required"]},
-                "optional": {"scorer": SCORER, **inputs["optional"], "reference_model": REFERENCE_MODEL},
-                "hidden": {"unique_id": "UNIQUE_ID"}}
+    def validate_inputs(cls, prompts, c_min=DEFAULTS.c_min, c_max=DEFAULTS.c_max, n_prompts=DEFAULTS.n_prompts,
+                        quant=DEFAULTS.quant, preset_name=DEFAULTS.preset_name):
+        # What the widgets cannot check on their own, when the prompt is queued: the range's ends against each
+        # other, the quantization and preset names, the prompt count.
+        return check_settings(prompts=prompts, c_min=c_min, c_max=c_max, n_prompts=n_prompts, quant=quant,
+                              preset_name=preset_name)
 
-    def run(self, model, clip, vae, scorer=None, reference_model=None, unique_id=None, **settings):
+    @classmethod
+    def execute(cls, model, clip, vae, scorer=None, reference_model=None, **settings):
         config = CalibrationConfig(**settings)
-        bar = comfy.utils.ProgressBar(config.planned_images(reference_model is not None), node_id=unique_id)
+        unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         send = _sender(unique_id)
+
+        def progress(done, planned):
+            report_progress(done, planned, unique_id)
 
         def should_stop():
             comfy.model_management.throw_exception_if_processing_interrupted()
@@ -84,13 +112,13 @@ class QSchedCalibrate:
                             "score": sum(finite) / len(finite) if len(finite) == len(scores) else None,
                             "prompts": len(indices)}})
 
+        progress(0, config.planned_images(reference_model is not None))
         calibration = calibrate(config, model, clip, vae, scorer, reference_model=reference_model,
-                                progress=bar.update_absolute, should_stop=should_stop, on_candidate=on_candidate)
+                                progress=progress, should_stop=should_stop, on_candidate=on_candidate)
         summary = calibration.summary()
         send({**summary, "trace": None, "finished": True})
-        return {"ui": {"qsched_calibration": [summary]},
-                "result": (calibration.search.best, plot_result(calibration.search), calibration.preset_name,
-                           summary["summary"])}
+        return io.NodeOutput(calibration.search.best, plot_result(calibration.search), calibration.preset_name,
+                             summary["summary"], ui={"qsched_calibration": [summary]})
 
 
 def _sender(unique_id):
@@ -107,5 +135,4 @@ def _sender(unique_id):
     return send
 
 
-NODE_CLASS_MAPPINGS = {"QSchedCalibrate": QSchedCalibrate}
-NODE_DISPLAY_NAME_MAPPINGS = {"QSchedCalibrate": "Q-Sched Calibrate"}
+NODES = [QSchedCalibrate]

@@ -6,10 +6,12 @@ import re
 import comfy.model_management
 import comfy.sd
 import folder_paths
+from comfy_api.v0_0_2 import io
 
 from ..quant import LayerPolicy, quantize_module
 from ..quant.export import save_comfy_int8
 from ..quant.source import check_source
+from .loaders import check_layer_policy
 
 CATEGORY = "loaders/qsched"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
@@ -24,38 +26,56 @@ def comfy_reads_int8():
     return "int8_tensorwise" in getattr(comfy.quant_ops, "QUANT_ALGOS", {})
 
 
-def output_path(filename):
-    """models/diffusion_models/<filename>.safetensors; a name with a folder or an existing file is refused."""
+def file_stem(filename):
+    """The file name without .safetensors; a name with a folder or other characters is refused."""
     stem = filename[:-len(".safetensors")] if filename.endswith(".safetensors") else filename
     if not _NAME.match(stem):
         raise ValueError(f"file name {filename!r}: use letters, digits, '.', '_' and '-' only (no folders)")
+    return stem
+
+
+def output_path(filename):
+    """models/diffusion_models/<filename>.safetensors; a name with a folder or an existing file is refused."""
+    stem = file_stem(filename)
     path = os.path.join(folder_paths.get_folder_paths("diffusion_models")[0], stem + ".safetensors")
     if os.path.exists(path):
         raise ValueError(f"{stem}.safetensors already exists in models/diffusion_models; choose another name")
     return path
 
 
-class QSchedExportComfyInt8:
+class QSchedExportComfyInt8(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "unet_name": (folder_paths.get_filename_list("diffusion_models"), {"tooltip": "Your FP16/BF16 diffusion "
-                                                                                     "model file; it is not changed."}),
-            "layer_policy": ("STRING", {"default": "", "multiline": True, "tooltip": "Extra rules as in the Q-Sched "
-                                        "loaders, e.g. 'double_blocks.0.*=keep'."}),
-            "filename": ("STRING", {"default": "qsched_w8a8_int8", "tooltip": "Written to models/diffusion_models/"
-                                    "<filename>.safetensors; an existing file is never overwritten."}),
-        }}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QSchedExportComfyInt8", display_name="Export ComfyUI int8 Model (Q-Sched)", category=CATEGORY,
+            description=("Quantizes the diffusion model to W8A8 and saves it in ComfyUI's native int8 format: load it "
+                         "with the plain Load Diffusion Model node (ComfyUI 0.33+), no Q-Sched needed."),
+            inputs=[
+                io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
+                               tooltip="Your FP16/BF16 diffusion model file; it is not changed."),
+                io.String.Input("layer_policy", default="", multiline=True,
+                                tooltip="Extra rules as in the Q-Sched loaders, e.g. 'double_blocks.0.*=keep'."),
+                io.String.Input("filename", default="qsched_w8a8_int8",
+                                tooltip="Written to models/diffusion_models/<filename>.safetensors; an existing file "
+                                        "is never overwritten."),
+            ],
+            outputs=[io.String.Output(display_name="summary")],
+            is_output_node=True,
+        )
 
-    RETURN_TYPES = ("STRING",)
-    RETURN_NAMES = ("summary",)
-    FUNCTION = "export"
-    OUTPUT_NODE = True
-    CATEGORY = CATEGORY
-    DESCRIPTION = ("Quantizes the diffusion model to W8A8 and saves it in ComfyUI's native int8 format: load it with "
-                   "the plain Load Diffusion Model node (ComfyUI 0.33+), no Q-Sched needed.")
+    @classmethod
+    def validate_inputs(cls, layer_policy, filename):
+        # the name's form only: whether the file exists is checked when the node runs (a queued rerun of a finished
+        # export is served from the cache, not refused)
+        if filename is not None:
+            try:
+                file_stem(filename)
+            except ValueError as error:
+                return str(error)
+        return check_layer_policy(layer_policy)
 
-    def export(self, unet_name, layer_policy, filename):
+    @classmethod
+    def execute(cls, unet_name, layer_policy, filename):
         policy = LayerPolicy.parse(layer_policy)
         path = output_path(filename)
         source = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
@@ -71,8 +91,7 @@ class QSchedExportComfyInt8:
         if not comfy_reads_int8():
             summary += "; this ComfyUI cannot load int8_tensorwise files (ComfyUI 0.33+ can)"
         print(summary)
-        return (summary,)
+        return io.NodeOutput(summary)
 
 
-NODE_CLASS_MAPPINGS = {"QSchedExportComfyInt8": QSchedExportComfyInt8}
-NODE_DISPLAY_NAME_MAPPINGS = {"QSchedExportComfyInt8": "Export ComfyUI int8 Model (Q-Sched)"}
+NODES = [QSchedExportComfyInt8]

@@ -8,9 +8,12 @@ onto the layer's existing scales (at load in normal mode, per call in low-VRAM m
 codes. Loading and quantizing is comfy_adapter/loading.py, shared with the command line. Text encoders and VAE are
 untouched."""
 import folder_paths
+from comfy_api.v0_0_2 import io
 
 from ..comfy_adapter.loading import load_checkpoint, load_diffusion_model, register_cache_folder
 from ..quant.options import QUANT_OPTIONS
+from ..quant.policy import LayerPolicy
+from ..quant.spec import QuantSpecError
 
 CATEGORY = "loaders/qsched"
 
@@ -19,63 +22,81 @@ register_cache_folder()
 
 def quant_inputs():
     """The quantization inputs of both loaders, from the options' one definition (shared with the command line)."""
-    inputs = {}
+    inputs = []
     for option in QUANT_OPTIONS:
-        extra = {"multiline": True} if option.choices is None else {}
-        kind = "STRING" if option.choices is None else list(option.choices)
-        inputs[option.name] = (kind, {"default": option.default, "tooltip": option.help, **extra})
+        if option.choices is None:
+            inputs.append(io.String.Input(option.name, default=option.default, multiline=True, tooltip=option.help))
+        else:
+            inputs.append(io.Combo.Input(option.name, options=list(option.choices), default=option.default,
+                                         tooltip=option.help))
     return inputs
 
 
-class QSchedQuantizedDiffusionModelLoader:
+def check_layer_policy(layer_policy):
+    """validate_inputs of a layer_policy text: True, or what is wrong with it (linked: checked when it runs)."""
+    if layer_policy is None:
+        return True
+    try:
+        LayerPolicy.parse(layer_policy)
+    except QuantSpecError as error:
+        return f"layer_policy: {error}"
+    return True
+
+
+class QSchedQuantizedDiffusionModelLoader(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        files = folder_paths.get_filename_list("diffusion_models")
-        return {"required": {"unet_name": (files, {"tooltip": "Your FP16/BF16 diffusion model file (models/"
-                                                              "diffusion_models); it stays unchanged on disk."}),
-                             **quant_inputs()}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QSchedQuantizedDiffusionModelLoader", display_name="Load Quantized Diffusion Model (Q-Sched)",
+            category=CATEGORY,
+            description="UNETLoader that quantizes the diffusion model at load time (one BF16 file, every bit width).",
+            inputs=[io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
+                                   tooltip="Your FP16/BF16 diffusion model file (models/diffusion_models); it stays "
+                                           "unchanged on disk."),
+                    *quant_inputs()],
+            outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="summary")],
+        )
 
-    RETURN_TYPES = ("MODEL", "STRING")
-    RETURN_NAMES = ("model", "summary")
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "UNETLoader that quantizes the diffusion model at load time (one BF16 file, every bit width)."
+    @classmethod
+    def validate_inputs(cls, layer_policy):
+        return check_layer_policy(layer_policy)
 
-    def load(self, unet_name, quantization, backend, layer_policy, cache):
+    @classmethod
+    def execute(cls, unet_name, quantization, backend, layer_policy, cache):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         patcher, summary = load_diffusion_model(path, quantization, backend=backend, layer_policy=layer_policy,
                                                 cache=cache)
         print(summary)
-        return (patcher, summary)
+        return io.NodeOutput(patcher, summary)
 
 
-class QSchedQuantizedCheckpointLoader:
+class QSchedQuantizedCheckpointLoader(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
-        files = folder_paths.get_filename_list("checkpoints")
-        return {"required": {"ckpt_name": (files, {"tooltip": "Your checkpoint (models/checkpoints); only its "
-                                                              "diffusion model is quantized."}),
-                             **quant_inputs()}}
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QSchedQuantizedCheckpointLoader", display_name="Load Quantized Checkpoint (Q-Sched)",
+            category=CATEGORY,
+            description="CheckpointLoaderSimple whose diffusion model is quantized at load time; CLIP and VAE as "
+                        "stored.",
+            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
+                                   tooltip="Your checkpoint (models/checkpoints); only its diffusion model is "
+                                           "quantized."),
+                    *quant_inputs()],
+            outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
+                     io.Vae.Output(display_name="vae"), io.String.Output(display_name="summary")],
+        )
 
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE", "STRING")
-    RETURN_NAMES = ("model", "clip", "vae", "summary")
-    FUNCTION = "load"
-    CATEGORY = CATEGORY
-    DESCRIPTION = "CheckpointLoaderSimple whose diffusion model is quantized at load time; CLIP and VAE as stored."
+    @classmethod
+    def validate_inputs(cls, layer_policy):
+        return check_layer_policy(layer_policy)
 
-    def load(self, ckpt_name, quantization, backend, layer_policy, cache):
+    @classmethod
+    def execute(cls, ckpt_name, quantization, backend, layer_policy, cache):
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         patcher, clip, vae, summary = load_checkpoint(path, quantization, backend=backend, layer_policy=layer_policy,
                                                       cache=cache)
         print(summary)
-        return (patcher, clip, vae, summary)
+        return io.NodeOutput(patcher, clip, vae, summary)
 
 
-NODE_CLASS_MAPPINGS = {
-    "QSchedQuantizedDiffusionModelLoader": QSchedQuantizedDiffusionModelLoader,
-    "QSchedQuantizedCheckpointLoader": QSchedQuantizedCheckpointLoader,
-}
-NODE_DISPLAY_NAME_MAPPINGS = {
-    "QSchedQuantizedDiffusionModelLoader": "Load Quantized Diffusion Model (Q-Sched)",
-    "QSchedQuantizedCheckpointLoader": "Load Quantized Checkpoint (Q-Sched)",
-}
+NODES = [QSchedQuantizedDiffusionModelLoader, QSchedQuantizedCheckpointLoader]

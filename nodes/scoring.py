@@ -8,9 +8,11 @@ from PIL import Image, ImageDraw, ImageFont
 import comfy.model_management
 import comfy.model_patcher
 import folder_paths
+from comfy_api.v0_0_2 import io
 
 from ..calibration.metrics import CLIP_IQA_PAIRS, CLIP_SCORE_CONVENTIONS, ScorerError, load_scorer
 from ..calibration.metrics.checkpoints import WHERE_TO_PUT
+from .io_types import Scorer
 
 SCORER_FOLDER = "qsched_scorers"
 SCORER_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
@@ -19,6 +21,9 @@ folder_paths.add_model_folder_path(SCORER_FOLDER, os.path.join(folder_paths.mode
 folder_paths.folder_names_and_paths[SCORER_FOLDER][1].update(SCORER_EXTENSIONS)
 
 _CACHE = {}  # settings + file stamp -> scorer; one entry, so switching scorers frees the previous one
+QUICK_GELU = {"auto": None, "quickgelu": True, "gelu": False}
+DEVICES = ("auto", "cpu")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
 
 
 def _scorer_files():
@@ -32,71 +37,83 @@ def _resolve(name):
     return path
 
 
+def _choice(name, value, choices):
+    """`value` if it is one of `choices`, else ScorerError naming the input (ComfyUI 0.3.64 does not check a V3
+    node's combo values when the prompt is queued)."""
+    if value not in choices:
+        raise ScorerError(f"{name} is {value!r}: choose one of {', '.join(choices)}")
+    return value
+
+
 def _stamp(path):
     stat = os.stat(path)
     return stat.st_mtime_ns, stat.st_size
 
 
-class QSchedScorerLoader:
-    DESCRIPTION = ("Loads a JAQ scorer (CLIPScore + k * CLIP-IQA, or CLIPScore + k * HPSv2) from files in "
-                   f"models/{SCORER_FOLDER}; nothing is downloaded. The model stays loaded across runs until an "
-                   "input or the file changes.")
-    CATEGORY = "loaders/qsched"
-    RETURN_TYPES = ("QSCHED_SCORER",)
-    RETURN_NAMES = ("scorer",)
-    FUNCTION = "load"
-
+class QSchedScorerLoader(io.ComfyNode):
     @classmethod
-    def INPUT_TYPES(cls):
+    def define_schema(cls):
         files = _scorer_files()
-        return {"required": {
-            "checkpoint": (files, {"tooltip": "CLIP checkpoint (variant clip) or HPS v2/v2.1 file (variant "
-                                              f"preference), from models/{SCORER_FOLDER}."}),
-            "variant": (["clip", "preference"], {"tooltip": "clip: TC = CLIPScore, IQ = CLIP-IQA. preference: "
-                                                            "IQ = HPSv2 (checkpoint), TC = CLIPScore (alignment_checkpoint)."}),
-            "k": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 1000.0, "step": 0.1,
-                            "tooltip": "JAQ weight; 2 in the paper (Eq. 5) and the official code."}),
-            "tc_transform": (["identity", "log"], {"tooltip": "identity: the paper's TC + k*IQ; log: the official "
-                                                              "code's log(CLIPScore) + k*IQ."}),
-            "k_weights": (["iq", "tc"], {"tooltip": "Which term k multiplies: iq (paper Eq. 5) or tc (the paper's "
-                                                    "Table 3 values: HPSv2 + 2 * AQ-Map)."}),
-            "clip_score_convention": (sorted(CLIP_SCORE_CONVENTIONS), {"tooltip": "torchmetrics: 100*max(cos,0); "
-                                      "hessel: 2.5*max(cos,0) with 'A photo depicts ' before the prompt."}),
-            "iqa_prompt_pair": (list(CLIP_IQA_PAIRS), {"tooltip": "CLIP-IQA antonym pair; quality = "
-                                                                  "'Good photo.' / 'Bad photo.'"}),
-        }, "optional": {
-            "alignment_checkpoint": (["none"] + files, {"tooltip": "CLIP checkpoint for TC in the preference variant."}),
-            "quick_gelu": (["auto", "quickgelu", "gelu"], {"tooltip": "Activation of open_clip-layout files. auto: "
-                           "QuickGELU for OpenAI files (TorchScript .pt or 'openai' in the name), else GELU."}),
-            "device": (["auto", "cpu"], {"tooltip": "auto: ComfyUI's device (GPU when present), loaded and offloaded "
-                                                    "by ComfyUI's memory manager like its other models; cpu: "
-                                                    "stays on the CPU."}),
-            "precision": (["fp32", "fp16"], {"tooltip": "fp16 is ~2-5x faster on GPU (ViT-L/14: 0.7 vs 3.7 ms per "
-                                                        "image on an H100); fp32 is what the parity tests check."}),
-        }}
+        return io.Schema(
+            node_id="QSchedScorerLoader", display_name="Load JAQ Scorer (Q-Sched)", category="loaders/qsched",
+            description=("Loads a JAQ scorer (CLIPScore + k * CLIP-IQA, or CLIPScore + k * HPSv2) from files in "
+                         f"models/{SCORER_FOLDER}; nothing is downloaded. The model stays loaded across runs until an "
+                         "input or the file changes."),
+            inputs=[
+                io.Combo.Input("checkpoint", options=files, tooltip="CLIP checkpoint (variant clip) or HPS v2/v2.1 "
+                               f"file (variant preference), from models/{SCORER_FOLDER}."),
+                io.Combo.Input("variant", options=["clip", "preference"], tooltip="clip: TC = CLIPScore, IQ = "
+                               "CLIP-IQA. preference: IQ = HPSv2 (checkpoint), TC = CLIPScore (alignment_checkpoint)."),
+                io.Float.Input("k", default=2.0, min=0.0, max=1000.0, step=0.1,
+                               tooltip="JAQ weight; 2 in the paper (Eq. 5) and the official code."),
+                io.Combo.Input("tc_transform", options=["identity", "log"], tooltip="identity: the paper's TC + k*IQ; "
+                               "log: the official code's log(CLIPScore) + k*IQ."),
+                io.Combo.Input("k_weights", options=["iq", "tc"], tooltip="Which term k multiplies: iq (paper Eq. 5) "
+                               "or tc (the paper's Table 3 values: HPSv2 + 2 * AQ-Map)."),
+                io.Combo.Input("clip_score_convention", options=sorted(CLIP_SCORE_CONVENTIONS),
+                               tooltip="torchmetrics: 100*max(cos,0); hessel: 2.5*max(cos,0) with 'A photo depicts ' "
+                                       "before the prompt."),
+                io.Combo.Input("iqa_prompt_pair", options=list(CLIP_IQA_PAIRS),
+                               tooltip="CLIP-IQA antonym pair; quality = 'Good photo.' / 'Bad photo.'"),
+                io.Combo.Input("alignment_checkpoint", options=["none"] + files, optional=True,
+                               tooltip="CLIP checkpoint for TC in the preference variant."),
+                io.Combo.Input("quick_gelu", options=list(QUICK_GELU), optional=True,
+                               tooltip="Activation of open_clip-layout files. auto: QuickGELU for OpenAI files "
+                                       "(TorchScript .pt or 'openai' in the name), else GELU."),
+                io.Combo.Input("device", options=list(DEVICES), optional=True,
+                               tooltip="auto: ComfyUI's device (GPU when present), loaded and offloaded by ComfyUI's "
+                                       "memory manager like its other models; cpu: stays on the CPU."),
+                io.Combo.Input("precision", options=list(PRECISIONS), optional=True,
+                               tooltip="fp16 is ~2-5x faster on GPU (ViT-L/14: 0.7 vs 3.7 ms per image on an H100); "
+                                       "fp32 is what the parity tests check."),
+            ],
+            outputs=[Scorer.Output(display_name="scorer")],
+        )
 
     @classmethod
-    def IS_CHANGED(cls, checkpoint, alignment_checkpoint="none", **kwargs):
+    def fingerprint_inputs(cls, checkpoint, alignment_checkpoint="none", **settings):
+        # the files' stamps: a checkpoint replaced under the same name is loaded again
         stamps = [_stamp(_resolve(name)) for name in (checkpoint, alignment_checkpoint) if name and name != "none"]
         return str(stamps)
 
-    def load(self, checkpoint, variant, k, tc_transform, k_weights, clip_score_convention, iqa_prompt_pair,
-             alignment_checkpoint="none", quick_gelu="auto", device="auto", precision="fp32"):
+    @classmethod
+    def execute(cls, checkpoint, variant, k, tc_transform, k_weights, clip_score_convention, iqa_prompt_pair,
+                alignment_checkpoint="none", quick_gelu="auto", device="auto", precision="fp32"):
         path = _resolve(checkpoint)
         tc_path = _resolve(alignment_checkpoint) if alignment_checkpoint not in (None, "none") else None
-        managed = device == "auto"
+        managed = _choice("device", device, DEVICES) == "auto"
         torch_device = comfy.model_management.text_encoder_offload_device() if managed else torch.device("cpu")
         settings = dict(variant=variant, tc_checkpoint=tc_path, k=k, tc_transform=tc_transform, k_weights=k_weights,
                         clip_score_convention=clip_score_convention, iqa_pairs=(iqa_prompt_pair,),
-                        quick_gelu={"auto": None, "quickgelu": True, "gelu": False}[quick_gelu], device=torch_device,
-                        dtype=torch.float16 if precision == "fp16" else torch.float32)
+                        quick_gelu=QUICK_GELU[_choice("quick_gelu", quick_gelu, QUICK_GELU)], device=torch_device,
+                        dtype=PRECISIONS[_choice("precision", precision, PRECISIONS)])
         key = (path, _stamp(path), tc_path, tc_path and _stamp(tc_path), repr(sorted(settings.items(), key=str)),
                managed)
         if key not in _CACHE:
             _CACHE.clear()
             scorer = load_scorer(path, **settings)
             _CACHE[key] = ManagedScorer(scorer) if managed else scorer
-        return (_CACHE[key],)
+        return io.NodeOutput(_CACHE[key])
 
 
 class ManagedScorer:
@@ -127,36 +144,39 @@ class ManagedScorer:
         return getattr(self.scorer, name)
 
 
-class QSchedJAQScore:
-    DESCRIPTION = ("Scores images with a JAQ scorer: mean JAQ and its components as FLOATs, per-image scores as "
-                   "JSON, and optionally the images with their scores written on them.")
-    CATEGORY = "qsched/scoring"
-    RETURN_TYPES = ("FLOAT", "FLOAT", "FLOAT", "STRING", "IMAGE")
-    RETURN_NAMES = ("jaq", "tc", "iq", "scores_json", "annotated")
-    OUTPUT_TOOLTIPS = ("Mean JAQ over the batch.", "Mean alignment term (CLIPScore).",
-                       "Mean quality term (CLIP-IQA or HPSv2).", "Per-image scores and the formula, JSON.",
-                       "The images, with their scores written on them when annotate is on.")
-    FUNCTION = "score"
-    OUTPUT_NODE = True
+class QSchedJAQScore(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="QSchedJAQScore", display_name="JAQ Score (Q-Sched)", category="qsched/scoring",
+            description=("Scores images with a JAQ scorer: mean JAQ and its components as FLOATs, per-image scores as "
+                         "JSON, and optionally the images with their scores written on them."),
+            inputs=[
+                io.Image.Input("images", tooltip="The images to score (a batch gives one score per image)."),
+                Scorer.Input("scorer", tooltip="From Load JAQ Scorer (Q-Sched)."),
+                io.String.Input("prompts", multiline=True, default="",
+                                tooltip="One line for the whole batch, or one line per image."),
+                io.Boolean.Input("annotate", default=False, optional=True, tooltip="Write each image's scores on it."),
+            ],
+            outputs=[
+                io.Float.Output(display_name="jaq", tooltip="Mean JAQ over the batch."),
+                io.Float.Output(display_name="tc", tooltip="Mean alignment term (CLIPScore)."),
+                io.Float.Output(display_name="iq", tooltip="Mean quality term (CLIP-IQA or HPSv2)."),
+                io.String.Output(display_name="scores_json", tooltip="Per-image scores and the formula, JSON."),
+                io.Image.Output(display_name="annotated",
+                                tooltip="The images, with their scores written on them when annotate is on."),
+            ],
+            is_output_node=True,
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "images": ("IMAGE", {"tooltip": "The images to score (a batch gives one score per image)."}),
-            "scorer": ("QSCHED_SCORER", {"tooltip": "From Load JAQ Scorer (Q-Sched)."}),
-            "prompts": ("STRING", {"multiline": True, "default": "",
-                                   "tooltip": "One line for the whole batch, or one line per image."}),
-        }, "optional": {
-            "annotate": ("BOOLEAN", {"default": False, "tooltip": "Write each image's scores on it."}),
-        }}
-
-    def score(self, images, scorer, prompts, annotate=False):
+    def execute(cls, images, scorer, prompts, annotate=False):
         lines = [line.strip() for line in prompts.splitlines() if line.strip()]
         result = scorer.score(images, lines)
         means = [float(values.mean()) for values in (result.jaq, result.tc, result.iq)]
         annotated = _annotate(images, result.rows()) if annotate else images
         summary = f"{scorer.formula}\nmean JAQ {means[0]:.4f} (TC {means[1]:.4f}, IQ {means[2]:.4f})"
-        return {"ui": {"text": [summary]}, "result": (*means, result.to_json(), annotated)}
+        return io.NodeOutput(*means, result.to_json(), annotated, ui={"text": [summary]})
 
 
 def _annotate(images, rows):
@@ -173,5 +193,4 @@ def _annotate(images, rows):
     return torch.stack(out).to(images.device)
 
 
-NODE_CLASS_MAPPINGS = {"QSchedScorerLoader": QSchedScorerLoader, "QSchedJAQScore": QSchedJAQScore}
-NODE_DISPLAY_NAME_MAPPINGS = {"QSchedScorerLoader": "Load JAQ Scorer (Q-Sched)", "QSchedJAQScore": "JAQ Score (Q-Sched)"}
+NODES = [QSchedScorerLoader, QSchedJAQScore]

@@ -40,7 +40,8 @@ import pytest
 import torch
 
 __all__ = ["require_comfyui", "import_comfyui", "register_model_folder", "ModelFiles", "ComfyServer",
-           "PromptRejected", "PromptFailed", "ui_workflow_to_prompt", "load_example_workflow",
+           "PromptRejected", "PromptFailed", "ui_workflow_to_prompt", "load_example_workflow", "combo_options",
+           "input_specs", "is_widget", "takes_control_after_generate", "VIRTUAL_NODE_TYPES",
            "comfyui_dir", "comfy_models", "comfy_server", "SD15_CHECKPOINT", "SD3_UNET", "CLIP_L"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -484,7 +485,7 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 VIRTUAL_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
-def _input_specs(info):
+def input_specs(info):
     """(name, spec) of a node's inputs in the order the frontend builds widgets."""
     specs = []
     for section in ("required", "optional"):
@@ -494,14 +495,25 @@ def _input_specs(info):
     return specs
 
 
-def _is_widget(spec):
+def is_widget(spec):
     kind, options = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
     if options.get("forceInput"):
         return False
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
-def _has_control_after_generate(name, spec):
+def combo_options(spec):
+    """The choices of a combo input from its /object_info spec, None for any other input: V1 nodes give them as
+    the type ([choices, {...}]), V3 nodes as ["COMBO", {"options": choices, ...}]."""
+    kind = spec[0]
+    if isinstance(kind, list):
+        return kind
+    if kind == "COMBO":
+        return list(spec[1].get("options", [])) if len(spec) > 1 else []
+    return None
+
+
+def takes_control_after_generate(name, spec):
     options = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if "control_after_generate" in options:
         return bool(options["control_after_generate"])
@@ -546,15 +558,15 @@ def ui_workflow_to_prompt(ui_workflow, object_info):
         values = node.get("widgets_values") or []
         inputs = {}
         position = 0
-        for name, spec in _input_specs(object_info[node_type]):
-            if _is_widget(spec):
+        for name, spec in input_specs(object_info[node_type]):
+            if is_widget(spec):
                 if isinstance(values, dict):
                     if name in values:
                         inputs[name] = values[name]
                 elif position < len(values):
                     inputs[name] = values[position]
                     position += 1
-                    if _has_control_after_generate(name, spec):
+                    if takes_control_after_generate(name, spec):
                         position += 1
             if name in linked:
                 origin = source(linked[name])

@@ -26,7 +26,7 @@ import urllib.request
 
 import pytest
 
-from comfy_fixtures import PACK_DIR_NAME, REPO_ROOT, SD15_CHECKPOINT, register_model_folder
+from comfy_fixtures import PACK_DIR_NAME, REPO_ROOT, SD15_CHECKPOINT, combo_options, register_model_folder
 from comfyui_qsched.calibration import presets as preset_store
 from comfyui_qsched.samplers import QSchedSchedule
 
@@ -241,8 +241,11 @@ const id = String(node.id);
 const frame = () => new Promise((r) => setTimeout(r, 200));
 const read = () => ({ ...node.qschedPanel.root.dataset, text: node.qschedPanel.info.textContent });
 const seen = { before: read() };
-// What ComfyUI and nodes/calibrate.py send while it runs: the progress bar and one event per candidate.
-api.dispatchCustomEvent("progress", { value: 8, max: 24, node: id, prompt_id: "p" });
+// What ComfyUI and nodes/calibrate.py send while it runs: the progress state (ComfyUI's V3 progress API: every node
+// of the prompt) and one event per candidate.
+api.dispatchCustomEvent("progress_state", { prompt_id: "p", nodes: {
+  [id]: { value: 8, max: 24, state: "running", node_id: id, prompt_id: "p", display_node_id: id },
+  "9999": { value: 3, max: 4, state: "running", node_id: "9999", prompt_id: "p", display_node_id: "9999" } } });
 api.dispatchCustomEvent("qsched.calibration", { node: id, point: { c_x: [1, 1], c_eps: [1, 1], score: 0.20, prompts: 4 } });
 api.dispatchCustomEvent("qsched.calibration", { node: id, point: { c_x: [1.1, 1], c_eps: [0.9, 1], score: 0.26, prompts: 4 } });
 await frame();
@@ -409,7 +412,7 @@ def test_example_workflow_declares_its_models_and_their_folders(comfy_server, na
         files = comfy_server.get(f"/models/{directory}")
         assert files, f"{name}: /models/{directory} is empty in the test server (no fixture to compare with)"
         inputs = {**info[node_type]["input"]["required"], **info[node_type]["input"].get("optional", {})}
-        combos = [spec[0] for spec in inputs.values() if isinstance(spec[0], list)]
+        combos = [options for options in map(combo_options, inputs.values()) if options is not None]
         assert any(set(files) <= set(options) for options in combos), (name, node_type, directory, files)
 
 

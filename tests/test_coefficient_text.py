@@ -24,7 +24,7 @@ def test_node_reads_coefficient_text_as_the_vectors_say(sampling, case):
     from comfyui_qsched.samplers import ScheduleError
     args = (case["steps"], "list")
     lists = {"c_x_list": case["c_x_list"], "c_eps_list": case["c_eps_list"]}
-    checked = sampling.QSchedCoefficients.VALIDATE_INPUTS(*args, **lists)
+    checked = sampling.QSchedCoefficients.validate_inputs(*args, **lists)
     if "error" in case:
         with pytest.raises(ScheduleError) as error:
             sampling.build_schedule(*args, **lists)

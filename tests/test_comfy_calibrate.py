@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import SD15_CHECKPOINT, load_example_workflow, register_model_folder, ui_workflow_to_prompt
+from comfy_fixtures import (SD15_CHECKPOINT, combo_options, load_example_workflow, register_model_folder,
+                            ui_workflow_to_prompt)
 from test_metrics_fixtures import save_open_clip, tiny_vit_clip
 
 TINY_SCORER = "qsched_tiny_calibration_clip.safetensors"
@@ -45,15 +46,15 @@ def stack(comfyui_dir, comfy_models, tmp_path_factory):
 
 
 def _run(stack, **changes):
-    node = stack["calibrate"].QSchedCalibrate()
+    node = stack["calibrate"].QSchedCalibrate
     kwargs = {**SETTINGS, **changes}
-    return node.run(stack["model"], stack["clip"], stack["vae"], stack["scorer"], **kwargs)
+    return node.execute(stack["model"], stack["clip"], stack["vae"], stack["scorer"], **kwargs)
 
 
 def test_calibration_writes_a_preset_the_loader_applies(stack):
     output = _run(stack, preset_name="tiny-calibration")
-    schedule, plot, name, text = output["result"]
-    summary = output["ui"]["qsched_calibration"][0]
+    schedule, plot, name, text = output.result
+    summary = output.ui["qsched_calibration"][0]
     assert name == "tiny-calibration"
     assert plot.shape == (1, 384, 768, 3) and plot.min() >= 0 and plot.max() <= 1
     assert summary["images_generated"] == 5 * 2           # 2 x 2 starts + identity, 2 search prompts
@@ -62,7 +63,7 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
     assert verdict in ("yes", "no", "not significant") and f"better than identity: {verdict}" in text
     assert summary["heldout"]["difference"]["n"] == 1 and summary["heldout"]["warnings"]   # one held-out pair
     assert summary["summary"] == text
-    json.dumps(output["ui"])                                # the web panel gets strict JSON
+    json.dumps(output.ui)                                # the web panel gets strict JSON
 
     preset_file = stack["user"] / "qsched_presets" / "tiny-calibration.json"
     preset = json.loads(preset_file.read_text())
@@ -73,9 +74,9 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
     assert (preset["search"]["search_pairs"], preset["search"]["heldout_pairs"]) == (2, 1)
     assert len(os.listdir(stack["user"] / "qsched_runs")) == 1
 
-    loader = stack["presets"].QSchedLoadPreset()
-    assert "tiny-calibration.json" in loader.INPUT_TYPES()["required"]["preset"][0]
-    loaded, sampler_name, steps = loader.load("tiny-calibration.json", model=stack["model"])
+    loader = stack["presets"].QSchedLoadPreset
+    assert "tiny-calibration.json" in combo_options(loader.INPUT_TYPES()["required"]["preset"])
+    loaded, sampler_name, steps = loader.execute("tiny-calibration.json", model=stack["model"]).result
     assert (loaded.c_x, loaded.c_eps, loaded.sampler) == (schedule.c_x, schedule.c_eps, "lcm")
     assert (sampler_name, steps) == ("lcm", 2)
 
@@ -99,11 +100,11 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
 
 
 def test_rerun_with_same_settings_resumes_from_the_log_and_other_seed_does_not(stack):
-    first = _run(stack, preset_name="resume-a")["ui"]["qsched_calibration"][0]
-    again = _run(stack, preset_name="resume-a")["ui"]["qsched_calibration"][0]
+    first = _run(stack, preset_name="resume-a").ui["qsched_calibration"][0]
+    again = _run(stack, preset_name="resume-a").ui["qsched_calibration"][0]
     assert again["images_generated"] == 0 and again["images_reused"] >= first["images_generated"]
     assert again["best"] == first["best"]
-    other = _run(stack, preset_name="resume-b", seed=4)["ui"]["qsched_calibration"][0]
+    other = _run(stack, preset_name="resume-b", seed=4).ui["qsched_calibration"][0]
     assert other["images_generated"] == 10 and other["images_reused"] == 0
 
 
@@ -133,7 +134,7 @@ def test_interrupt_stops_and_the_rerun_finishes_the_rest(stack, batch_size, inte
         mm.interrupt_current_processing(False)
     assert not (stack["user"] / "qsched_presets" / f"interrupted-{batch_size}.json").exists()
     resumed = _run(stack_interrupting, seed=seed, preset_name=f"interrupted-{batch_size}",
-                   batch_size=batch_size)["ui"]["qsched_calibration"][0]
+                   batch_size=batch_size).ui["qsched_calibration"][0]
     assert resumed["images_reused"] == 3 * 2 and resumed["images_generated"] == 2 * 2
 
 
@@ -144,11 +145,27 @@ def test_loader_refuses_a_preset_for_another_model_unless_asked(stack):
     data = load_preset(folder, "for-mismatch")
     data["model"]["sha256"] = "0" * 64
     save_preset(folder, "other-model", data)
-    loader = stack["presets"].QSchedLoadPreset()
+    loader = stack["presets"].QSchedLoadPreset
     with pytest.raises(PresetModelMismatch, match="calibrated for model"):
-        loader.load("other-model.json", model=stack["model"])
-    assert loader.load("other-model.json", model=stack["model"], allow_model_mismatch=True)[2] == 2
-    assert loader.load("other-model.json")[1] == "lcm"            # no model connected: nothing to compare
+        loader.execute("other-model.json", model=stack["model"])
+    assert loader.execute("other-model.json", model=stack["model"], allow_model_mismatch=True)[2] == 2
+    assert loader.execute("other-model.json")[1] == "lcm"            # no model connected: nothing to compare
+
+
+def test_loader_names_a_bad_or_missing_preset_when_queued_and_reads_a_preset_saved_again(stack):
+    from comfyui_qsched.calibration.presets import SHIPPED_PRESETS
+    loader = stack["presets"].QSchedLoadPreset
+    assert "path separator" in loader.validate_inputs("../elsewhere.json")
+    assert "'never-saved.json' is not in the preset folders" in loader.validate_inputs("never-saved.json")
+    folder = stack["user"] / "qsched_presets"
+    folder.mkdir(exist_ok=True)
+    copy = folder / "saved-again.json"
+    copy.write_bytes(open(os.path.join(SHIPPED_PRESETS, os.listdir(SHIPPED_PRESETS)[0]), "rb").read())
+    assert loader.validate_inputs("saved-again.json") is True
+    before = loader.fingerprint_inputs("saved-again.json")
+    assert loader.fingerprint_inputs("saved-again.json") == before     # unchanged: ComfyUI may reuse the output
+    os.utime(copy, ns=(1, 1))
+    assert loader.fingerprint_inputs("saved-again.json") != before     # saved again: the node runs again
 
 
 def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(comfy_server):
@@ -173,7 +190,7 @@ def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(com
     assert preset["scores"]["heldout"]["verdict"] == summary["heldout"]["verdict"]
     assert f"better than identity: {summary['heldout']['verdict']}" in summary["summary"]
 
-    presets = comfy_server.object_info("QSchedLoadPreset")["input"]["required"]["preset"][0]
+    presets = combo_options(comfy_server.object_info("QSchedLoadPreset")["input"]["required"]["preset"])
     assert "server-preset.json" in presets                     # the dropdown refreshes from the folder
     reuse = {
         "1": {"class_type": "QSchedQuantizedCheckpointLoader", "inputs": {
@@ -229,7 +246,7 @@ def test_text_conditioning_is_encoded_once_per_prompt(stack):
             encoded.append(1)
             return stack["clip"].encode_from_tokens_scheduled(tokens)
 
-    summary = _run({**stack, "clip": CountingClip()}, seed=21, preset_name="encode-once")["ui"]["qsched_calibration"][0]
+    summary = _run({**stack, "clip": CountingClip()}, seed=21, preset_name="encode-once").ui["qsched_calibration"][0]
     assert summary["images_generated"] == 10
     assert len(encoded) == 3 + 1                                   # three prompts and the empty negative
 
@@ -293,11 +310,11 @@ def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_re
     quantize_module(quantized.model.diffusion_model, "W4A8")
     prompts = [f"a {c} cube" for c in ("red", "blue", "green", "yellow", "white", "black")]
     scorer = BrightnessScorer()
-    node = stack["calibrate"].QSchedCalibrate()
-    output = node.run(quantized, stack["clip"], stack["vae"], scorer, **{
+    node = stack["calibrate"].QSchedCalibrate
+    output = node.execute(quantized, stack["clip"], stack["vae"], scorer, **{
         **SETTINGS, "prompts": "\n".join(prompts), "budget_images": 20, "seed": 31, "preset_name": "fp-control",
         "quant": "W4A8", "reference_model": stack["model"]})
-    summary = output["ui"]["qsched_calibration"][0]
+    summary = output.ui["qsched_calibration"][0]
     held_out = {prompts[4], prompts[5]}                                  # split_pairs(6) keeps out pairs 4 and 5
     search_calls, check_calls = scorer.calls[:-4], scorer.calls[-4:]
     assert summary["images_generated"] == sum(map(len, search_calls)) == 5 * 4   # 2 x 2 starts + identity
@@ -307,7 +324,7 @@ def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_re
     fp = summary["fp_control"]
     assert fp["verdict"] in ("yes", "no", "not significant") and fp["gap"]["n"] == 2
     assert fp["gap"]["mean"] != 0                                        # the reference model really is another model
-    assert f"gain specific to the quantized model: {fp['verdict']}" in output["result"][3]
+    assert f"gain specific to the quantized model: {fp['verdict']}" in output[3]
     preset = json.loads((stack["user"] / "qsched_presets" / "fp-control.json").read_text())
     assert preset["scores"]["fp_control"] == fp and preset["search"]["fp_control"] is True
 
@@ -325,10 +342,10 @@ def quantized(stack, comfy_models):
 
 
 def _reference_run(stack, quantized, **changes):
-    node = stack["calibrate"].QSchedCalibrate()
+    node = stack["calibrate"].QSchedCalibrate
     kwargs = {**SETTINGS, "objective": "reference_latent", "reference_model": stack["model"], "quant": "W4A8",
               "refine": "per_step_channel_offset", "refine_evaluations": 4, "scorer": None, **changes}
-    return node.run(quantized, stack["clip"], stack["vae"], **kwargs)
+    return node.execute(quantized, stack["clip"], stack["vae"], **kwargs)
 
 
 def _latent(stack, model, schedule, prompt, seed):
@@ -344,12 +361,12 @@ def test_reference_calibration_with_offsets_writes_a_preset_the_loader_and_sampl
     # batch_size 1: the hand computation below samples one prompt at a time. Batched, the same image differs by
     # float rounding, which W4A8's rounding of activations amplifies on this random model (about 0.6% of the score).
     output = _reference_run(stack, quantized, preset_name="reference-offsets", batch_size=1)
-    schedule, plot, name, text = output["result"]
-    summary = output["ui"]["qsched_calibration"][0]
+    schedule, plot, name, text = output.result
+    summary = output.ui["qsched_calibration"][0]
     assert summary["objective"] == "reference_latent" and summary["refinement"]["form"] == "per_step_channel_offset"
     assert summary["images_generated"] == 5 * 2 + summary["refinement"]["images"]
     assert 0 < summary["refinement"]["images"] <= 4 * 2 and summary["best_score"] >= summary["identity_score"]
-    json.dumps(output["ui"])
+    json.dumps(output.ui)
 
     # The score is minus the latent MSE to the FP model from the same prompt and seed, over the searched pairs
     # (0 and 1; pair 2 is held out): recompute it by hand.
@@ -366,11 +383,12 @@ def test_reference_calibration_with_offsets_writes_a_preset_the_loader_and_sampl
     if schedule.offset is not None:
         assert preset["offset"] == [list(row) for row in schedule.offset] and len(preset["offset"][0]) == 4
 
-    loaded, sampler_name, steps = stack["presets"].QSchedLoadPreset().load("reference-offsets.json", model=quantized)
+    loaded, sampler_name, steps = stack["presets"].QSchedLoadPreset.execute("reference-offsets.json",
+                                                                            model=quantized).result
     assert (loaded.c_x, loaded.c_eps, loaded.offset) == (schedule.c_x, schedule.c_eps, schedule.offset)
     import nodes
     encode = nodes.CLIPTextEncode().encode
-    out = stack["sampling"].QSchedKSampler().sample(
+    out = stack["sampling"].QSchedKSampler.execute(
         quantized, 1, steps, 1.0, sampler_name, "lcm_original", encode(stack["clip"], "a red cube")[0],
         encode(stack["clip"], "")[0], {"samples": torch.zeros(1, 4, 8, 8)}, schedule=loaded)[0]["samples"]
     assert torch.isfinite(out).all()
@@ -379,11 +397,11 @@ def test_reference_calibration_with_offsets_writes_a_preset_the_loader_and_sampl
 
 
 def test_a_rerun_resumes_the_reference_calibration_and_another_reference_does_not(stack, quantized):
-    first = _reference_run(stack, quantized, preset_name="reference-resume", seed=31)["ui"]["qsched_calibration"][0]
-    again = _reference_run(stack, quantized, preset_name="reference-resume", seed=31)["ui"]["qsched_calibration"][0]
+    first = _reference_run(stack, quantized, preset_name="reference-resume", seed=31).ui["qsched_calibration"][0]
+    again = _reference_run(stack, quantized, preset_name="reference-resume", seed=31).ui["qsched_calibration"][0]
     assert again["images_generated"] == 0 and again["best"] == first["best"]
     other = _reference_run(stack, quantized, preset_name="reference-other", seed=31, reference_model=quantized)
-    assert other["ui"]["qsched_calibration"][0]["images_reused"] == 0       # another reference, another log
+    assert other.ui["qsched_calibration"][0]["images_reused"] == 0       # another reference, another log
 
 
 @pytest.mark.parametrize("changes,error", [
@@ -412,7 +430,7 @@ def test_jaq_with_reference_penalty_and_clip_features_run_with_a_scorer(stack, q
     for objective in ("jaq_reference", "reference_clip", "reference_image"):
         output = _reference_run(stack, quantized, objective=objective, scorer=stack["scorer"], refine="off",
                                 preset_name=f"objective-{objective}")
-        summary = output["ui"]["qsched_calibration"][0]
+        summary = output.ui["qsched_calibration"][0]
         assert summary["images_generated"] == 10 and summary["best_score"] >= summary["identity_score"]
     preset = json.loads((stack["user"] / "qsched_presets" / "objective-jaq_reference.json").read_text())
     assert preset["search"]["reference_weight"] == 1.0
@@ -420,16 +438,16 @@ def test_jaq_with_reference_penalty_and_clip_features_run_with_a_scorer(stack, q
 
 def test_ptqd_node_is_identity_on_the_fp_model_and_corrects_the_quantized_one(stack, quantized):
     from comfyui_qsched.nodes.ptqd import QSchedPTQDCorrection
-    node = QSchedPTQDCorrection()
+    node = QSchedPTQDCorrection
     settings = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, seed=5, prompts="a red cube\n"
                     "a blue sphere\na green field", width=64, height=64, per_channel=True)
-    same, summary, _ = node.run(stack["model"], stack["model"], stack["clip"], **settings)
+    same, summary, _ = node.execute(stack["model"], stack["model"], stack["clip"], **settings).result
     assert same.c_x == (1.0, 1.0) and same.c_eps == pytest.approx((1.0, 1.0), abs=1e-6)
     assert all(abs(v) < 1e-6 for row in same.offset for v in row) and "step 2" in summary
-    fixed, summary, name = node.run(quantized, stack["model"], stack["clip"], preset_name="ptqd-w4a8", quant="W4A8",
-                                    **settings)
+    fixed, summary, name = node.execute(quantized, stack["model"], stack["clip"], preset_name="ptqd-w4a8",
+                                        quant="W4A8", **settings).result
     assert len(fixed.offset) == 2 and len(fixed.offset[0]) == 4 and name == "ptqd-w4a8"
-    loaded = stack["presets"].QSchedLoadPreset().load("ptqd-w4a8.json", model=quantized)[0]
+    loaded = stack["presets"].QSchedLoadPreset.execute("ptqd-w4a8.json", model=quantized)[0]
     assert (loaded.c_eps, loaded.offset) == (fixed.c_eps, fixed.offset)
     errors = {label: sum(torch.nn.functional.mse_loss(_latent(stack, quantized, schedule, p, 5 + i),
                                                       _latent(stack, stack["model"], None, p, 5 + i)).item()

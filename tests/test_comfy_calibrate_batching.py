@@ -146,11 +146,11 @@ def test_node_calibration_is_the_same_at_any_batch_size(sd15, scorer, tmp_path):
     folder_paths.set_user_directory(str(tmp_path))
     summaries, logs = {}, {}
     for batch_size in (1, 8):
-        output = calibrate.QSchedCalibrate().run(
+        output = calibrate.QSchedCalibrate.execute(
             *sd15, scorer, sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, strategy="coarse_to_fine",
             budget_images=0, seed=3, prompts="\n".join(PROMPTS[:3]), width=64, height=64,
             preset_name=f"batch-{batch_size}", batch_size=batch_size)
-        summaries[batch_size] = output["ui"]["qsched_calibration"][0]
+        summaries[batch_size] = output.ui["qsched_calibration"][0]
         (log_file,) = os.listdir(tmp_path / "qsched_runs")
         logs[batch_size] = [json.loads(line) for line in (tmp_path / "qsched_runs" / log_file).read_text().splitlines()]
         os.remove(tmp_path / "qsched_runs" / log_file)

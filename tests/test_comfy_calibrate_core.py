@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from comfy_fixtures import combo_options
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ["--checkpoint", "c.safetensors", "--scorer", "s.safetensors"]
 
@@ -47,9 +49,10 @@ def test_node_and_command_line_agree_on_every_setting(node_inputs):
         kind, options = node_inputs[name]
         flag, dest = flags[name]
         assert options["default"] == actions[dest].default == default, name
-        if isinstance(kind, list):
+        choices = combo_options(node_inputs[name])
+        if choices is not None:
             cli_choices = actions[dest].choices
-            assert kind == (list(SCHEDULERS) if setting.choices == HOST else list(cli_choices)), name
+            assert choices == (list(SCHEDULERS) if setting.choices == HOST else list(cli_choices)), name
             continue
         assert kind == {int: "INT", float: "FLOAT", str: "STRING"}[type(default)], name
         if "min" in options:
@@ -93,3 +96,43 @@ def test_an_unknown_scheduler_is_refused_before_any_image(comfyui_dir):
 
     with pytest.raises(ConfigError, match="scheduler is 'no_such'"):
         calibrate(CalibrationConfig(scheduler="no_such"), Untouchable(), Untouchable(), Untouchable(), Untouchable())
+
+
+def test_the_node_refuses_settings_that_cannot_work_together_when_the_prompt_is_queued(comfyui_dir):
+    from comfyui_qsched.nodes.calibrate import QSchedCalibrate
+    check = QSchedCalibrate.validate_inputs
+    assert check("a\nb") is True
+    assert check("", c_min=1.0, c_max=1.0) == "c_min (1.0) must be below c_max (1.0)"
+    assert check("a\nb\nc", n_prompts=4) == "n_prompts is 4 but there are only 3 prompts"
+    assert check("", quant="W4A8-g128-g64").startswith("quant:")
+    assert "path separator" in check("", preset_name="../elsewhere")
+    assert check("", c_min=0.01) == "c_min is 0.01: give a value from 0.05 to 1.0"   # ComfyUI's range check is off
+    assert check(None, quant="W4A8-g128-g64") is True    # a linked input: everything is checked when it runs
+    from comfyui_qsched.nodes.ptqd import QSchedPTQDCorrection  # shares the settings and their check
+    assert QSchedPTQDCorrection.validate_inputs("a", n_prompts=2) == "n_prompts is 2 but there are only 1 prompts"
+    assert "path separator" in QSchedPTQDCorrection.validate_inputs("a", preset_name="a/b")
+
+
+def test_progress_reaches_comfyuis_progress_registry_through_the_v3_api(comfyui_dir):
+    """What the calibrate node reports lands in the running prompt's progress registry, which sends progress_state
+    (the V3 API's synchronous form on 0.33; 0.3.64 has only the asynchronous one)."""
+    from comfy_execution.progress import get_progress_state, reset_progress_state
+    from comfyui_qsched.comfy_adapter.comfy_compat import report_progress
+
+    class Prompt:  # what the registry asks of the running prompt when it reports
+        def get_display_node_id(self, node_id):
+            return node_id
+
+        def get_parent_node_id(self, node_id):
+            return None
+
+        def get_real_node_id(self, node_id):
+            return node_id
+
+    reset_progress_state("qsched-progress-test", Prompt())
+    report_progress(3, 12, "7")
+    report_progress(5, 12, 7)
+    report_progress(1, 2, None)       # outside a prompt (node called directly): nothing to report to
+    nodes = get_progress_state().nodes
+    assert set(nodes) == {"7"} and (nodes["7"]["value"], nodes["7"]["max"]) == (5, 12)
+    assert nodes["7"]["state"].value == "running"

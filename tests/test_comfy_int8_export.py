@@ -39,12 +39,12 @@ def rel(a, b):
 def test_loaders_default_to_auto_which_is_simulate_on_the_cpu(env):
     loader = env["loaders"].QSchedQuantizedDiffusionModelLoader
     assert loader.INPUT_TYPES()["required"]["backend"][1]["default"] == "auto"
-    _, summary = loader().load(SD3_UNET, "W8A8", "auto", "", "off")
+    _, summary = loader.execute(SD3_UNET, "W8A8", "auto", "", "off").result
     assert "via auto" in summary and "auto: simulate (cpu: exact numerics)" in summary
 
 
 def test_export_loads_in_plain_comfyui_with_the_packs_numerics(env):
-    summary = env["export"].QSchedExportComfyInt8().export(SD3_UNET, "", "tiny_sd3_int8")[0]
+    summary = env["export"].QSchedExportComfyInt8.execute(SD3_UNET, "", "tiny_sd3_int8")[0]
     path = os.path.join(env["exports"], "tiny_sd3_int8.safetensors")
     assert os.path.isfile(path) and "int8 W8A8 linear" in summary
     if not env["export"].comfy_reads_int8():  # ComfyUI before 0.33: the file is written, the user is told
@@ -66,9 +66,14 @@ def test_export_loads_in_plain_comfyui_with_the_packs_numerics(env):
 
 
 def test_export_names_bad_file_names_and_never_overwrites(env):
-    node = env["export"].QSchedExportComfyInt8()
+    node = env["export"].QSchedExportComfyInt8
     with pytest.raises(ValueError, match="letters, digits"):
-        node.export(SD3_UNET, "", "../escape")
+        node.execute(SD3_UNET, "", "../escape")
     open(os.path.join(env["exports"], "taken.safetensors"), "wb").close()
     with pytest.raises(ValueError, match="taken.safetensors already exists"):
-        node.export(SD3_UNET, "", "taken")
+        node.execute(SD3_UNET, "", "taken")
+    # when the prompt is queued: the name's form and the layer policy (an existing file only when it runs)
+    assert "letters, digits" in node.validate_inputs("", "../escape")
+    assert node.validate_inputs("", "taken") is True
+    assert node.validate_inputs("blocks.*", "fine").startswith("layer_policy: layer policy rule 'blocks.*' is not")
+    assert node.validate_inputs(None, None) is True  # linked inputs: checked when it runs

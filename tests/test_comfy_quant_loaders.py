@@ -43,8 +43,8 @@ def build_lora(env, patcher, seed=5):
 def load(env, quantization="W8A8", backend="simulate", policy="", cache="off"):
     if quantization is None:
         return env["nodes"].CheckpointLoaderSimple().load_checkpoint(SD15_CHECKPOINT)[0]
-    loader = env["loaders"].QSchedQuantizedCheckpointLoader()
-    return loader.load(SD15_CHECKPOINT, quantization, backend, policy, cache)
+    loader = env["loaders"].QSchedQuantizedCheckpointLoader
+    return loader.execute(SD15_CHECKPOINT, quantization, backend, policy, cache).result
 
 
 def denoise(env, patcher, lowvram_bytes=0):
@@ -148,18 +148,21 @@ def test_cache_round_trip_through_the_node(env, tmp_path):
 
 
 def test_bad_files_and_backends_are_named(env):
-    loader = env["loaders"].QSchedQuantizedDiffusionModelLoader()
+    loader = env["loaders"].QSchedQuantizedDiffusionModelLoader
     with pytest.raises(ValueError, match=f"{CLIP_L}: not a diffusion backbone"):
-        loader.load(CLIP_L, "W8A8", "simulate", "", "off")
+        loader.execute(CLIP_L, "W8A8", "simulate", "", "off")
     with pytest.raises(ValueError, match="bitsandbytes does W8A8"):
         load(env, "W4A8", backend="bitsandbytes")
     with pytest.raises(ValueError, match="first_last must be"):
         load(env, "W8A8", policy="first_last=maybe")
+    for node in (loader, env["loaders"].QSchedQuantizedCheckpointLoader):  # the same, when the prompt is queued
+        assert node.validate_inputs("first_last=maybe") == "layer_policy: first_last must be 'on' or 'off', got 'maybe'"
+        assert node.validate_inputs("*.qkv=W8A8, first_last=off") is True
     already = env["models"].path("diffusion_models", "already_quantized.safetensors")
     save_file({"blocks.0.weight": torch.zeros(4, 4, dtype=torch.int8),
                "blocks.0.comfy_quant": torch.zeros(2, dtype=torch.uint8)}, already)
     with pytest.raises(ValueError, match="already_quantized.safetensors is already quantized"):
-        loader.load("already_quantized.safetensors", "W8A8", "simulate", "", "off")
+        loader.execute("already_quantized.safetensors", "W8A8", "simulate", "", "off")
 
 
 def test_quantized_workflow_with_lora_runs_on_the_server(comfy_server, env):

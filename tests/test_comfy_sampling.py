@@ -116,17 +116,17 @@ def test_qsched_sampler_node_in_sampler_custom_equals_native_euler(comfy, sd15):
     def run(sampler):
         return custom.SamplerCustom().sample(sd15["model"], True, SEED, 2.0, sd15["positive"], sd15["negative"],
                                               sampler, sigmas, sd15["latent"])[0]["samples"]
-    ours = comfy.sampling.QSchedSampler().get_sampler("euler", comfy.QSchedSchedule.identity(3))[0]
+    ours = comfy.sampling.QSchedSampler.execute("euler", comfy.QSchedSchedule.identity(3))[0]
     native = custom.KSamplerSelect().get_sampler("euler")[0]
     assert torch.equal(run(ours), run(native))
 
 
 def test_tcd_runs_on_sd15_and_gamma_matters(comfy, sd15):
-    node = comfy.sampling.QSchedKSampler()
+    node = comfy.sampling.QSchedKSampler
 
     def run(gamma):
-        return node.sample(sd15["model"], SEED, 3, 1.0, "tcd", "lcm_original", sd15["positive"], sd15["negative"],
-                           sd15["latent"], tcd_gamma=gamma)[0]["samples"]
+        return node.execute(sd15["model"], SEED, 3, 1.0, "tcd", "lcm_original", sd15["positive"], sd15["negative"],
+                            sd15["latent"], tcd_gamma=gamma)[0]["samples"]
     a, b = run(0.0), run(0.5)
     assert torch.isfinite(a).all() and torch.isfinite(b).all()
     assert (a - b).abs().max() > 1e-3
@@ -193,31 +193,36 @@ def test_coefficients_cost_no_extra_model_call(comfy, sd15, sampler):
 
 
 def test_few_step_sigmas_read_the_models_table(comfy, sd15, sd3):
-    node = comfy.sampling.QSchedFewStepSigmas()
+    node = comfy.sampling.QSchedFewStepSigmas
     table = sd15["model"].get_model_object("model_sampling").sigmas.cpu()  # on the GPU once the model was loaded
-    lcm = node.get_sigmas(sd15["model"], "lcm_original", 4)[0].cpu()
+    lcm = node.execute(sd15["model"], "lcm_original", 4)[0].cpu()
     torch.testing.assert_close(lcm, torch.cat([table[[999, 759, 499, 259]].float(), torch.zeros(1)]))
-    trailing = node.get_sigmas(sd15["model"], "turbo_trailing", 4)[0]
+    trailing = node.execute(sd15["model"], "turbo_trailing", 4)[0]
     torch.testing.assert_close(trailing, torch.cat([table[[999, 749, 499, 249]].float(), torch.zeros(1)]))
-    flow = node.get_sigmas(sd3["model"], "flow_shift1", 4)[0]
+    flow = node.execute(sd3["model"], "flow_shift1", 4)[0]
     torch.testing.assert_close(flow, torch.tensor([1.0, 0.75, 0.5, 0.25, 0.0]))
-    assert len(node.get_sigmas(sd15["model"], "lcm_original", 2, denoise=0.5)[0]) == 3
+    assert len(node.execute(sd15["model"], "lcm_original", 2, denoise=0.5)[0]) == 3
 
 
 def test_coefficients_node_builds_and_validates(comfy):
     node, S = comfy.sampling.QSchedCoefficients, comfy.QSchedSchedule
-    linear = node().build(4, "linspace", 1.2, 0.8, 1.0, 1.0, "", "")[0]
+    linear = node.execute(4, "linspace", 1.2, 0.8, 1.0, 1.0, "", "")[0]
     assert linear == S.linear(4, 1.2, 0.8)
     assert linear.c_x[0] == pytest.approx(1.2) and linear.c_x[-1] == pytest.approx(1.0)
-    listed = node().build(3, "list", 1, 1, 1, 1, "1.1, 1.0,0.95", "0.9,1,1", "lcm")[0]
+    listed = node.execute(3, "list", 1, 1, 1, 1, "1.1, 1.0,0.95", "0.9,1,1", "lcm")[0]
     assert listed.c_x == (1.1, 1.0, 0.95) and listed.c_eps == (0.9, 1.0, 1.0) and listed.sampler == "lcm"
-    assert node.VALIDATE_INPUTS(3, "list", "1.1, 1.0,0.95", "0.9,1,1") is True
-    assert "c_eps_list has 2 values but steps is 3" in node.VALIDATE_INPUTS(3, "list", "1,1,1", "1,1")
-    assert "entry 2 ('abc') is not a number" in node.VALIDATE_INPUTS(3, "list", "1,abc,1", "1,1,1")
-    assert "not positive" in node.VALIDATE_INPUTS(2, "list", "1,0", "1,1")
-    assert "not finite" in node.VALIDATE_INPUTS(2, "list", "1,nan", "1,1")
+    assert node.validate_inputs(3, "list", "1.1, 1.0,0.95", "0.9,1,1") is True
+    assert "c_eps_list has 2 values but steps is 3" in node.validate_inputs(3, "list", "1,1,1", "1,1")
+    assert "entry 2 ('abc') is not a number" in node.validate_inputs(3, "list", "1,abc,1", "1,1,1")
+    assert "not positive" in node.validate_inputs(2, "list", "1,0", "1,1")
+    assert "not finite" in node.validate_inputs(2, "list", "1,nan", "1,1")
+    # ComfyUI leaves the inputs named by validate_inputs to it: their range and choices are checked there too
+    assert node.validate_inputs(0, "linspace", "", "") == "steps is 0: give a whole number from 1 to 1000"
+    assert node.validate_inputs(1001, "list", "1", "1").startswith("steps is 1001")
+    assert node.validate_inputs(2, "spline", "1,1", "1,1") == "mode is 'spline': choose linspace or list"
+    assert node.validate_inputs(None, "list", None, "1,1") is True  # linked inputs: checked when the node runs
     with pytest.raises(comfy.ScheduleError, match="c_x_list has 1 values but steps is 2"):
-        node().build(2, "list", 1, 1, 1, 1, "1", "1,1")
+        node.execute(2, "list", 1, 1, 1, 1, "1", "1,1")
 
 
 # --- per-step offsets on the noise prediction (eps' = c_eps * eps - b) -------------------------------------------

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_fixtures import (CLIP_L, SD3_UNET, SD15_CHECKPOINT, PromptFailed, PromptRejected, load_example_workflow,
-                            ui_workflow_to_prompt)
+from comfy_fixtures import (CLIP_L, SD3_UNET, SD15_CHECKPOINT, PromptFailed, PromptRejected, combo_options,
+                            load_example_workflow, ui_workflow_to_prompt)
 
 OUR_NODES = {"QSchedKSampler": "Q-Sched KSampler", "QSchedSampler": "Q-Sched Sampler",
              "QSchedCoefficients": "Q-Sched Coefficients", "QSchedFewStepSigmas": "Q-Sched Few-Step Sigmas"}
@@ -67,8 +67,8 @@ def test_object_info_lists_our_nodes_with_tooltips(comfy_server):
             for name, spec in entry["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
     ksampler = info["QSchedKSampler"]["input"]
-    assert ksampler["required"]["sampler_name"][0] == ["lcm", "tcd", "euler", "euler_ancestral"]
-    schedulers = ksampler["required"]["scheduler"][0]
+    assert combo_options(ksampler["required"]["sampler_name"]) == ["lcm", "tcd", "euler", "euler_ancestral"]
+    schedulers = combo_options(ksampler["required"]["scheduler"])
     assert {"normal", "sgm_uniform", "lcm_original", "turbo_trailing", "flow_shift1"} <= set(schedulers)
     assert ksampler["optional"]["schedule"][0] == "QSCHED_SCHEDULE"
     assert info["QSchedSampler"]["output"] == ["SAMPLER"]

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import (SD15_CHECKPOINT, TEST_DEVICE, PromptFailed, load_example_workflow, register_model_folder,
-                            ui_workflow_to_prompt)
+from comfy_fixtures import (SD15_CHECKPOINT, TEST_DEVICE, PromptFailed, combo_options, load_example_workflow,
+                            register_model_folder, ui_workflow_to_prompt)
 from test_metrics_fixtures import comfy_images, save_open_clip, tiny_vit_clip
 
 TINY_SCORER = "qsched_tiny_scorer_clip.safetensors"
@@ -38,7 +38,8 @@ def _texts(history, graph, title_type="PreviewAny"):
 
 
 def test_example_workflow_scores_a_generated_batch(comfy_server):
-    assert TINY_SCORER in comfy_server.object_info("QSchedScorerLoader")["input"]["required"]["checkpoint"][0]
+    loader = comfy_server.object_info("QSchedScorerLoader")
+    assert TINY_SCORER in combo_options(loader["input"]["required"]["checkpoint"])
     graph = _example_graph(comfy_server)
     history = comfy_server.run(graph, timeout=300)
     texts = _texts(history, graph)
@@ -76,27 +77,31 @@ SETTINGS = dict(variant="clip", k=2.0, tc_transform="identity", k_weights="iq", 
 
 def test_loader_caches_the_scorer_until_an_input_or_the_file_changes(scoring_nodes):
     scoring, folder = scoring_nodes
-    loader = scoring.QSchedScorerLoader()
-    assert "inproc.safetensors" in scoring.QSchedScorerLoader.INPUT_TYPES()["required"]["checkpoint"][0]
-    first = loader.load("inproc.safetensors", **SETTINGS)[0]
-    assert scoring.QSchedScorerLoader().load("inproc.safetensors", **SETTINGS)[0] is first
-    assert loader.load("inproc.safetensors", **{**SETTINGS, "k": 3.0})[0] is not first
-    changed_before = scoring.QSchedScorerLoader.IS_CHANGED("inproc.safetensors")
-    again = loader.load("inproc.safetensors", **SETTINGS)[0]
+    loader = scoring.QSchedScorerLoader
+    assert "inproc.safetensors" in combo_options(loader.INPUT_TYPES()["required"]["checkpoint"])
+    first = loader.execute("inproc.safetensors", **SETTINGS)[0]
+    assert scoring.QSchedScorerLoader.execute("inproc.safetensors", **SETTINGS)[0] is first
+    assert loader.execute("inproc.safetensors", **{**SETTINGS, "k": 3.0})[0] is not first
+    changed_before = loader.fingerprint_inputs("inproc.safetensors")
+    again = loader.execute("inproc.safetensors", **SETTINGS)[0]
     os.utime(folder / "inproc.safetensors", ns=(1, 1))
-    assert scoring.QSchedScorerLoader.IS_CHANGED("inproc.safetensors") != changed_before
-    assert loader.load("inproc.safetensors", **SETTINGS)[0] is not again
+    assert loader.fingerprint_inputs("inproc.safetensors") != changed_before
+    assert loader.execute("inproc.safetensors", **SETTINGS)[0] is not again
     from comfyui_qsched.calibration.metrics import ScorerError
     with pytest.raises(ScorerError, match="qsched_scorers"):
-        loader.load("missing.safetensors", **SETTINGS)
+        loader.execute("missing.safetensors", **SETTINGS)
+    # a value none of the combo's choices (ComfyUI 0.3.64 lets V3 combo values through when the prompt is queued)
+    for name in ("quick_gelu", "device", "precision"):
+        with pytest.raises(ScorerError, match=f"{name} is 'other': choose one of"):
+            loader.execute("inproc.safetensors", **{**SETTINGS, name: "other"})
 
 
 def test_score_node_outputs_floats_json_and_annotated_images(scoring_nodes):
     scoring, _ = scoring_nodes
-    scorer = scoring.QSchedScorerLoader().load("inproc.safetensors", **SETTINGS)[0]
+    scorer = scoring.QSchedScorerLoader.execute("inproc.safetensors", **SETTINGS)[0]
     images = comfy_images(2, 96, 128, seed=9)
-    output = scoring.QSchedJAQScore().score(images, scorer, "a red bus\n\na cat\n", annotate=True)
-    jaq, tc, iq, scores_json, annotated = output["result"]
+    output = scoring.QSchedJAQScore.execute(images, scorer, "a red bus\n\na cat\n", annotate=True)
+    jaq, tc, iq, scores_json, annotated = output.result
     assert all(isinstance(v, float) for v in (jaq, tc, iq))
     rows = json.loads(scores_json)["images"]
     assert [row["prompt"] for row in rows] == ["a red bus", "a cat"]  # blank lines ignored, one per image
@@ -105,24 +110,24 @@ def test_score_node_outputs_floats_json_and_annotated_images(scoring_nodes):
     assert annotated.shape == images.shape
     assert (annotated[:, :12, :60] - images[:, :12, :60]).abs().max() > 0.1  # text drawn top-left
     torch.testing.assert_close(annotated[:, 60:], images[:, 60:], atol=1 / 255, rtol=0)
-    plain = scoring.QSchedJAQScore().score(images, scorer, "a red bus")["result"][4]
+    plain = scoring.QSchedJAQScore.execute(images, scorer, "a red bus")[4]
     assert plain is images
-    assert "mean JAQ" in output["ui"]["text"][0]
+    assert "mean JAQ" in output.ui["text"][0]
 
 
 def test_auto_device_scorer_is_loaded_through_comfyui_memory_manager(scoring_nodes):
     import comfy.model_management
     scoring, _ = scoring_nodes
     images = comfy_images(2, 64, 64, seed=3)
-    plain = scoring.QSchedScorerLoader().load("inproc.safetensors", **SETTINGS)[0]
+    plain = scoring.QSchedScorerLoader.execute("inproc.safetensors", **SETTINGS)[0]
     expected = plain.score(images, ["a red bus"])
-    managed = scoring.QSchedScorerLoader().load("inproc.safetensors", **{**SETTINGS, "device": "auto"})[0]
+    managed = scoring.QSchedScorerLoader.execute("inproc.safetensors", **{**SETTINGS, "device": "auto"})[0]
     assert not any(loaded.model is managed.patcher for loaded in comfy.model_management.current_loaded_models)
     result = managed.score(images, ["a red bus"])
     assert any(loaded.model is managed.patcher for loaded in comfy.model_management.current_loaded_models)
     # "auto" is ComfyUI's torch device: the GPU on the GPU run, where float sums differ from the CPU's in the 6th digit
     torch.testing.assert_close(result.jaq, expected.jaq, **({} if TEST_DEVICE == "cpu" else dict(rtol=1e-4, atol=0)))
     assert managed.formula == plain.formula and managed.describe() == plain.describe()
-    output = scoring.QSchedJAQScore().score(images, managed, "a red bus")["result"]
+    output = scoring.QSchedJAQScore.execute(images, managed, "a red bus").result
     assert output[0] == pytest.approx(float(result.jaq.mean()), abs=1e-6)  # the node scores with the managed scorer
     comfy.model_management.unload_all_models()

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 import hostile_files as hostile
-from comfy_fixtures import SD15_CHECKPOINT
+from comfy_fixtures import SD15_CHECKPOINT, combo_options
 from test_metrics_fixtures import save_open_clip, tiny_vit_clip
 
 # Long enough for a loaded CPU; a stalled event loop never answers at all.
@@ -73,7 +73,7 @@ def test_the_server_answers_and_lists_good_presets_while_hostile_files_sit_in_th
             assert status == 200 and "system" in stats
             asked += 1
         info = comfy_server.object_info("QSchedLoadPreset")
-        assert "security-good-a.json" in info["input"]["required"]["preset"][0]
+        assert "security-good-a.json" in combo_options(info["input"]["required"]["preset"])
         thread.join()
         assert not errors, errors
 
@@ -119,9 +119,9 @@ def stack(comfyui_dir, comfy_models, tmp_path_factory):
 
 
 def _run(stack, scorer, **changes):
-    node = stack["calibrate"].QSchedCalibrate()
-    output = node.run(stack["model"], stack["clip"], stack["vae"], scorer, **{**SETTINGS, **changes})
-    return output["ui"]["qsched_calibration"][0]
+    node = stack["calibrate"].QSchedCalibrate
+    output = node.execute(stack["model"], stack["clip"], stack["vae"], scorer, **{**SETTINGS, **changes})
+    return output.ui["qsched_calibration"][0]
 
 
 def test_a_scorer_file_changed_in_place_does_not_reuse_old_scores(stack):

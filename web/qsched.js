@@ -248,10 +248,12 @@ app.registerExtension({
 
   async setup() {
     loadPresets();
-    // ComfyUI's progress bar of the running node: candidates done / budget.
-    api.addEventListener("progress", ({ detail }) => {
-      if (detail?.node == null) return;
-      updateCalibration(nodeByExecutionId(detail.node), { done: detail.value, budget: detail.max });
+    // The calibrate node's progress bar (images done / planned), set through ComfyUI's V3 progress API, which
+    // sends the state of every node of the prompt, keyed by execution id.
+    api.addEventListener("progress_state", ({ detail }) => {
+      for (const [id, state] of Object.entries(detail?.nodes ?? {})) {
+        updateCalibration(nodeByExecutionId(id), { done: state.value, budget: state.max });
+      }
     });
     // The calibrate node's own event: best so far, the candidate just scored, the final trace.
     api.addEventListener(CALIBRATION_EVENT, ({ detail }) => {
