@@ -69,12 +69,22 @@ def make_evaluate(generate, scorer, prompts, objective="jaq", failures=None):
             values = getattr(result, objective).detach().float().cpu().tolist()
             for slot, value in zip(good, values):
                 scores[slot] = value
-        per_request, start = [], 0
-        for _, indices in requests:
-            per_request.append(scores[start:start + len(indices)])
-            start += len(indices)
-        return per_request
+        return split_per_request(scores, requests)
 
+    return evaluate_over(many)
+
+
+def split_per_request(scores, requests):
+    """The flat per-image scores of requests [(schedule, prompt_indices)] as one list per request."""
+    per_request, start = [], 0
+    for _, indices in requests:
+        per_request.append(scores[start:start + len(indices)])
+        start += len(indices)
+    return per_request
+
+
+def evaluate_over(many):
+    """`evaluate(schedule, prompt_indices) -> list[float]` for run_search, carrying `many` as `evaluate.many`."""
     def evaluate(schedule, prompt_indices):
         return many([(schedule, list(prompt_indices))])[0]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..samplers import NonFiniteLatentError, QSchedSchedule
-from .pipeline import image_failure
+from .pipeline import evaluate_over, image_failure, split_per_request
 
 REFERENCE_OBJECTIVES = ("reference_latent", "reference_image", "reference_clip", "jaq_reference")
 SCORER_FREE = ("reference_latent", "reference_image")   # every other objective scores with the scorer
@@ -173,17 +173,9 @@ def make_reference_evaluate(generate, decode, reference, objective, scorer=None,
                                  prompts, weight)
             for slot, value in zip(good, values.detach().float().cpu().tolist()):
                 scores[slot] = value
-        per_request, start = [], 0
-        for _, indices in requests:
-            per_request.append(scores[start:start + len(indices)])
-            start += len(indices)
-        return per_request
+        return split_per_request(scores, requests)
 
-    def evaluate(schedule, prompt_indices):
-        return many([(schedule, list(prompt_indices))])[0]
-
-    evaluate.many = many
-    return evaluate
+    return evaluate_over(many)
 
 
 def _scores(objective, latents, images, indices, reference, scorer, prompts, weight):
