@@ -21,25 +21,31 @@ def image_failure(image):
     return None
 
 
-def generate_images(generate, items):
-    """[(image [H, W, C], None) or (None, failure reason)] for items [(schedule, prompt_index)], from the batch
-    generator `generate(items) -> IMAGE [N, H, W, C]`. A NaN/inf latent stops its whole batch (the sampler raises
-    NonFiniteLatentError), so a failed batch is halved until the failing samples stand alone: a bad candidate
-    costs its batch mates a rerun, never their scores."""
+def generate_checked(generate, items, failure, what="images"):
+    """[(output, None) or (None, failure reason)] for items [(schedule, prompt_index)], from the batch generator
+    `generate(items) -> [N, ...]`, each output checked by `failure(output) -> reason or None`. A NaN/inf latent
+    stops its whole batch (the sampler raises NonFiniteLatentError), so a failed batch is halved until the failing
+    samples stand alone: a bad candidate costs its batch mates a rerun, never their scores."""
     try:
-        images = generate(items)
+        outputs = generate(items)
     except NonFiniteLatentError as error:
         if len(items) == 1:
             return [(None, str(error))]
         half = len(items) // 2
-        return generate_images(generate, items[:half]) + generate_images(generate, items[half:])
-    if len(images) != len(items):
-        raise ValueError(f"the generator returned {len(images)} images for {len(items)} requests")
+        return (generate_checked(generate, items[:half], failure, what)
+                + generate_checked(generate, items[half:], failure, what))
+    if len(outputs) != len(items):
+        raise ValueError(f"the generator returned {len(outputs)} {what} for {len(items)} requests")
     results = []
-    for image in images:
-        reason = image_failure(image)
-        results.append((None, reason) if reason else (image, None))
+    for output in outputs:
+        reason = failure(output)
+        results.append((None, reason) if reason else (output, None))
     return results
+
+
+def generate_images(generate, items):
+    """generate_checked for a generator of IMAGEs [N, H, W, C], each checked by image_failure."""
+    return generate_checked(generate, items, image_failure)
 
 
 def make_evaluate(generate, scorer, prompts, objective="jaq", failures=None):

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..samplers import NonFiniteLatentError, QSchedSchedule
-from .pipeline import evaluate_over, image_failure, split_per_request
+from ..samplers import QSchedSchedule
+from .pipeline import evaluate_over, generate_checked, image_failure, split_per_request
 
 REFERENCE_OBJECTIVES = ("reference_latent", "reference_image", "reference_clip", "jaq_reference")
 SCORER_FREE = ("reference_latent", "reference_image")   # every other objective scores with the scorer
@@ -118,20 +118,13 @@ class ReferenceOutputs:
         return self._fill(self.features, indices, lambda missing: self._embed(self.image(missing)))
 
 
+def latent_failure(latent):
+    return None if torch.isfinite(latent).all() else "non-finite latent"
+
+
 def generate_latents(generate, items):
-    """[(latent, None) or (None, failure reason)] for items [(schedule, prompt_index)] from the batch generator
-    `generate(items) -> latents [N, ...]`; a NaN/inf latent stops its batch (NonFiniteLatentError), so a failed
-    batch is halved until the failing samples stand alone (as calibration.pipeline.generate_images does)."""
-    try:
-        latents = generate(items)
-    except NonFiniteLatentError as error:
-        if len(items) == 1:
-            return [(None, str(error))]
-        half = len(items) // 2
-        return generate_latents(generate, items[:half]) + generate_latents(generate, items[half:])
-    if len(latents) != len(items):
-        raise ValueError(f"the generator returned {len(latents)} latents for {len(items)} requests")
-    return [(latent, None) if torch.isfinite(latent).all() else (None, "non-finite latent") for latent in latents]
+    """generate_checked for a generator of final latents [N, ...], each checked for NaN/inf."""
+    return generate_checked(generate, items, latent_failure, "latents")
 
 
 def make_reference_evaluate(generate, decode, reference, objective, scorer=None, prompts=None,
