@@ -151,13 +151,21 @@ def candidates_within_noise(result, confidence=CONFIDENCE):
     return count
 
 
+def too_few_pairs_warnings(heldout, fraction=HOLDOUT_FRACTION):
+    """A warning when no confidence interval is possible at all, whichever schedule won."""
+    n = heldout.difference.n
+    if n >= 2:
+        return []
+    return [f"only {n} usable held-out pair(s): no confidence interval is possible; give at least "
+            f"{math.ceil(2 / fraction)} prompts"]
+
+
 def size_warnings(search_gain, heldout, search_sd, fraction=HOLDOUT_FRACTION, confidence=CONFIDENCE,
                   power=POWER):
     """Warnings when the held-out pairs are too few for the gain the search claims on its own pairs."""
     difference = heldout.difference
     if difference.n < 2:
-        return [f"only {difference.n} usable held-out pair(s): no confidence interval is possible; give at least "
-                f"{math.ceil(2 / fraction)} prompts"]
+        return too_few_pairs_warnings(heldout, fraction)
     sd = difference.sd if math.isfinite(difference.sd) and difference.sd > 0 else search_sd
     if not math.isfinite(search_gain) or search_gain <= 0 or not math.isfinite(sd) or sd == 0:
         return []
@@ -197,7 +205,9 @@ def check_winner(evaluate, result, held_out, evaluate_fp=None, fraction=HOLDOUT_
     if len(search_winner) == len(search_identity) >= 2 and all(map(math.isfinite, search_winner + search_identity)):
         search_sd = paired_difference(search_winner, search_identity, confidence).sd
     gain = result.best_score - result.identity_score
-    warnings = [] if winner.is_identity else size_warnings(gain, heldout, search_sd, fraction, confidence)
+    # An identity winner claims no gain, so only the too-few-pairs warning applies to it.
+    warnings = (too_few_pairs_warnings(heldout, fraction) if winner.is_identity
+                else size_warnings(gain, heldout, search_sd, fraction, confidence))
     return TrustReport(heldout, fp, warnings, candidates_within_noise(result, confidence), len(result.per_prompt),
                        gain, images)
 

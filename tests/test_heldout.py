@@ -127,3 +127,6 @@ def test_identity_winner_is_not_better_and_costs_one_set_of_images():
     report = H.check_winner(evaluate, search, held_out=[100, 101, 102], evaluate_fp=evaluate)
     assert search.best.is_identity and report.heldout.verdict == H.NO and report.images == 3
     assert report.fp_control is None and not report.warnings
+    one_pair = H.check_winner(evaluate, search, held_out=[100])
+    assert one_pair.heldout.difference.n == 1 and one_pair.images == 1
+    assert len(one_pair.warnings) == 1 and "only 1 usable held-out pair" in one_pair.warnings[0]
