@@ -107,10 +107,14 @@ def _search_record(name, bits, steps, result, started):
             "seconds": round(time.time() - started, 1)}
 
 
-def plan_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations):
-    """(method, denoiser, schedule, noise_scale) for one bit width and step count; appends search records."""
+def plan_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations, pairs=REFERENCE_PAIRS,
+              only_reference=False):
+    """(method, denoiser, schedule, noise_scale) for one bit width and step count; appends search records.
+    `only_reference` keeps the naive row and the reference objective's three rows (a calibration-set-size run)."""
     identity = QSchedSchedule.identity(steps)
     rows = [(f"{bits} naive", quantized, identity, None)]
+    if only_reference:
+        return rows + reference_rows(fp, quantized, bits, steps, searches, refine_evaluations, pairs)
     started = time.time()
     result = search_schedule(quantized, steps, scorer, "successive_halving", grid_points=GRID_POINTS, c_range=C_RANGE)
     searches.append(_search_record("JAQ, successive halving", bits, steps, result, started))
@@ -120,16 +124,9 @@ def plan_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations):
     searches.append(_search_record("JAQ, Algorithm 1 grid", bits, steps, result, started))
     rows.append((f"{bits} + Q-Sched JAQ, Algorithm 1 grid", quantized, result.best, None))
 
-    calibration = ReferenceCalibration(fp, quantized, steps)
-    started = time.time()
-    result = calibration.search(refine=refine_options(refine_evaluations))
-    searches.append(_search_record("reference, grid + per-step refinement", bits, steps, result, started))
-    grid_winner = QSchedSchedule.from_dict(result.refinement["start"])
-    rows.append((f"{bits} + reference, Algorithm 1 grid", quantized, grid_winner, None))
-    rows.append((f"{bits} + reference, grid + scalar offset per step", quantized, warm_up_schedule(result), None))
-    rows.append((f"{bits} + reference, per step free + offset", quantized, result.best, None))
+    rows += reference_rows(fp, quantized, bits, steps, searches, refine_evaluations, pairs)
 
-    combined = ReferenceCalibration(fp, quantized, steps, scorer, objective="jaq_reference")
+    combined = ReferenceCalibration(fp, quantized, steps, scorer, objective="jaq_reference", pairs=pairs)
     started = time.time()
     result = combined.search(refine=refine_options(refine_evaluations))
     searches.append(_search_record(f"JAQ - {REFERENCE_WEIGHT:g} x reference error, grid + refinement", bits, steps,
@@ -145,6 +142,18 @@ def plan_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations):
     return rows
 
 
+def reference_rows(fp, quantized, bits, steps, searches, refine_evaluations, pairs):
+    """The reference objective's rows: its grid winner, that winner plus one offset per step, every step free."""
+    calibration = ReferenceCalibration(fp, quantized, steps, pairs=pairs)
+    started = time.time()
+    result = calibration.search(refine=refine_options(refine_evaluations))
+    searches.append(_search_record("reference, grid + per-step refinement", bits, steps, result, started))
+    grid_winner = QSchedSchedule.from_dict(result.refinement["start"])
+    return [(f"{bits} + reference, Algorithm 1 grid", quantized, grid_winner, None),
+            (f"{bits} + reference, grid + scalar offset per step", quantized, warm_up_schedule(result), None),
+            (f"{bits} + reference, per step free + offset", quantized, result.best, None)]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m qsched digits-reference", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="2,4,8")
@@ -152,10 +161,16 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--refine-evaluations", type=int, default=REFINE_EVALUATIONS)
+    parser.add_argument("--reference-pairs", type=int, default=REFERENCE_PAIRS,
+                        help="class/noise pairs the reference objectives calibrate on")
+    parser.add_argument("--only-reference", action="store_true",
+                        help="only FP32, naive and the reference objective's rows (e.g. to vary --reference-pairs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
     parser.add_argument("--weights", default=None, help="weights folder (default: the shipped weights)")
     parser.add_argument("--out", default=os.path.join(HERE, "results_reference.json"))
     args = parser.parse_args(argv)
+    if args.reference_pairs < 2:
+        parser.error(f"--reference-pairs must be at least 2, got {args.reference_pairs}")
     torch.set_num_threads(args.threads)
     steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
     bits_list = [check_bits(b) for b in args.bits.split(",") if b]
@@ -163,7 +178,7 @@ def main(argv=None):
     unet, scorer = load_testbed(args.weights)
     fids = {"fid": FeatureFID(scorer), "fid_pixels": PixelFID()}
     results = {"weights": args.weights or "shipped", "samples_per_seed": args.samples, "seeds": seeds,
-               "reference_pairs": REFERENCE_PAIRS, "refine_evaluations": args.refine_evaluations,
+               "reference_pairs": args.reference_pairs, "refine_evaluations": args.refine_evaluations,
                "refine_c_range": REFINE_C_RANGE, "grid_points": GRID_POINTS, "c_range": C_RANGE,
                "reference_weight": REFERENCE_WEIGHT, "cells": [], "searches": []}
     fp = quantized_student(unet, "FP32")[0]
@@ -171,7 +186,8 @@ def main(argv=None):
     for steps in steps_list:
         plan = [("FP32", fp, QSchedSchedule.identity(steps), None)]
         for bits in bits_list:
-            plan += plan_rows(fp, models[bits], bits, steps, scorer, results["searches"], args.refine_evaluations)
+            plan += plan_rows(fp, models[bits], bits, steps, scorer, results["searches"], args.refine_evaluations,
+                              args.reference_pairs, args.only_reference)
             write_text_atomic(args.out, _dumps(results))
         for method, denoiser, schedule, noise_scale in plan:
             started = time.time()

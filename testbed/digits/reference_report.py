@@ -29,7 +29,8 @@ def tables(*paths):
     runs = [json.load(open(path)) for path in paths]
     results = runs[0]
     cells = [cell for run in runs for cell in run["cells"]]
-    lines = [f"Weights: {results['weights']}; {results['samples_per_seed']} samples x {len(results['seeds'])} seeds "
+    lines = [f"Weights: {results['weights']}; {results['reference_pairs']} reference pairs; "
+             f"{results['samples_per_seed']} samples x {len(results['seeds'])} seeds "
              f"({', '.join(map(str, results['seeds']))}) per row; mean ± std over seeds; ratio = row / FP32 "
              "(per-seed range in brackets)."]
     for steps in sorted({c["steps"] for c in cells}):
