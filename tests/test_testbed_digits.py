@@ -192,3 +192,10 @@ def test_reference_calibration_brings_held_out_samples_closer_to_fp(testbed):
     mean = {name: generate.generate(w4a4, labels, 2, seed=11, schedule=s).mean().item()
             for name, s in (("naive", QSchedSchedule.identity(2)), ("refined", result.best))}
     assert abs(mean["refined"] - target.mean().item()) < abs(mean["naive"] - target.mean().item())
+
+
+def test_digits_reference_refuses_fewer_than_two_calibration_pairs(capsys):
+    from comfyui_qsched.testbed.digits.reference_experiment import main
+    with pytest.raises(SystemExit):
+        main(["--reference-pairs", "1", "--out", "/nonexistent/never-written.json"])
+    assert "--reference-pairs must be at least 2, got 1" in capsys.readouterr().err
