@@ -362,7 +362,14 @@ def test_real_calibration_shows_progress_and_surface_in_the_browser(browser, com
     [panel] = [n for n in report["nodes_after"] if n["type"] == "QSchedCalibrate"]
     assert panel["state"] == "finished", panel
     assert f"best {summary['best_score']:.3f}" in panel["text"] and "identity" in panel["text"]
-    assert f"candidates {len(summary['trace'])}" in panel["text"] and "images 20 / 20" in panel["text"]  # +2 held out
+    # The held-out check scores the identity on the 1 held-out pair, and the winner too unless the identity won
+    # (on this tiny random scorer a near tie can go either way).
+    best = summary["best"]
+    identity_won = all(v == 1 for v in best["c_x"] + best["c_eps"]) and not best.get("offset")
+    held_out_images = 1 if identity_won else 2
+    assert summary["heldout"]["images"] == held_out_images
+    total = summary["images_generated"] + held_out_images
+    assert f"candidates {len(summary['trace'])}" in panel["text"] and f"images {total} / {total}" in panel["text"]
     assert f"better than identity: {summary['heldout']['verdict']}" in panel["text"]
     assert os.path.isfile(os.path.join(comfy_server.user_dir, "qsched_presets", "browser-calibration.json"))
     keep_for_docs("classic", ("calibration_run.png", "docs/web_calibration_run.png"))
