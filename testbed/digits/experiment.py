@@ -80,7 +80,11 @@ class Calibration:
                          noise=self.noise.subset(rows))
         except NonFiniteLatentError:
             return [math.nan] * len(prompt_indices)
-        return self.scorer.score_tensors(x, self.labels[rows]).jaq.tolist()
+        return self.score(x, rows).tolist()
+
+    def score(self, x, rows):
+        """Per-pair score of samples `x` drawn for calibration pairs `rows` (a subclass changes the objective)."""
+        return self.scorer.score_tensors(x, self.labels[rows]).jaq
 
 
 def search_schedule(denoiser, steps, scorer, strategy=DEFAULT_STRATEGY, budget_images=None, **options):

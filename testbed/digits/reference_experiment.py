@@ -29,8 +29,8 @@ from ...calibration.ptqd import ptqd_schedule
 from ...calibration.reference import DEFAULT_REFERENCE_WEIGHT as REFERENCE_WEIGHT, jaq_with_reference, latent_distance
 from ...calibration.search import run_search
 from ...samplers import NonFiniteLatentError, QSchedSchedule
-from .experiment import CALIBRATION_SEED, check_bits, load_testbed, quantized_student, search_schedule
-from .generate import FixedNoise, check_steps, generate
+from .experiment import CALIBRATION_SEED, Calibration, check_bits, load_testbed, quantized_student, search_schedule
+from .generate import check_steps, generate
 from .pixel_fid import PixelFID
 from .ptqd import calibrate_ptqd
 from .scoring import FeatureFID
@@ -42,7 +42,7 @@ C_RANGE = (0.8, 1.2)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class ReferenceCalibration:
+class ReferenceCalibration(Calibration):
     """run_search's objective on the testbed: per pair, minus the pixel MSE to the FP model's sample from the same
     noise and class (`objective="reference_latent"`), or JAQ minus `weight` times the relative error
     (`"jaq_reference"`). The FP samples are drawn once."""
@@ -53,23 +53,14 @@ class ReferenceCalibration:
             raise ValueError(f"unsupported testbed objective {objective!r}")
         if objective == "jaq_reference" and scorer is None:
             raise ValueError("jaq_reference needs the testbed scorer")
-        self.quantized, self.steps, self.scorer, self.objective, self.weight = quantized, steps, scorer, objective, weight
-        self.pairs = pairs
-        self.labels = torch.arange(pairs) % 10
-        self.noise = FixedNoise(pairs, steps, seed)
+        super().__init__(quantized, steps, scorer, pairs, seed)
+        self.objective, self.weight, self.pairs = objective, weight, pairs
         self.reference = generate(fp, self.labels, steps, 0, noise=self.noise)
 
-    def __call__(self, schedule, prompt_indices):
-        rows = torch.tensor(prompt_indices)
-        try:
-            x = generate(self.quantized, self.labels[rows], self.steps, 0, schedule=schedule,
-                         noise=self.noise.subset(rows))
-        except NonFiniteLatentError:
-            return [math.nan] * len(prompt_indices)
+    def score(self, x, rows):
         if self.objective == "reference_latent":
-            return (-latent_distance(x, self.reference[rows])).tolist()
-        jaq = self.scorer.score_tensors(x, self.labels[rows]).jaq
-        return jaq_with_reference(jaq, x, self.reference[rows], self.weight).tolist()
+            return -latent_distance(x, self.reference[rows])
+        return jaq_with_reference(super().score(x, rows), x, self.reference[rows], self.weight)
 
     def search(self, refine=None, strategy="paper_grid", grid_points=GRID_POINTS, c_range=C_RANGE):
         return run_search(self, self.steps, self.pairs, strategy, c_range=c_range, sampler="lcm",
