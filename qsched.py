@@ -25,6 +25,7 @@ COMMANDS = {
     "digits-experiment": "testbed.digits.experiment:main",
     "digits-trust": "testbed.digits.trust:main",
     "digits-reference": "testbed.digits.reference_experiment:main",
+    "digits-reference-report": "testbed.digits.reference_report:main",
     "calibrate": "calibration.cli:main",
 }
 

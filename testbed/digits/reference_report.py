@@ -1,13 +1,54 @@
-"""Markdown tables of a digits-reference JSON (reference_experiment.py): per step count, every row's FID on the
+"""Markdown tables of digits-reference JSONs (reference_experiment.py): per step count, every row's FID on the
 classifier's features and on raw 8x8 pixels (mean ± std over seeds, and the ratio to FP32 with its per-seed
-range, seeds paired), TC, IQ and the mean pixel; then issue 16's targets, met or missed."""
+range, seeds paired), TC, IQ and the mean pixel; then issue 16's targets, met or missed.
+
+`python -m qsched digits-reference-report FILE... [--merge OUT]`: runs split by step count or bit width (one
+process each) are merged into one report, and with --merge into one JSON; they must share weights and settings.
+"""
+import argparse
 import json
-import sys
+
+from ...atomic_files import write_text_atomic
 
 TARGET_ROW = "reference, per step free + offset"
 TARGETS = {"W4A8": 1.35, "W4A4": 2.0}     # FID at most this multiple of FP32's, at 2 and 4 steps
 TARGET_STEPS = (2, 4)
 FIDS = (("fid", "FID (classifier features)"), ("fid_pixels", "FID (raw 8x8 pixels)"))
+# Settings every merged run must share: a row's numbers mean something else when one of these differs.
+SHARED_SETTINGS = ("weights", "samples_per_seed", "seeds", "reference_pairs", "refine_evaluations", "grid_points",
+                   "c_range", "refine_c_range", "reference_weight")
+
+
+class MergeError(ValueError):
+    """digits-reference runs that cannot be reported together."""
+
+
+def merge_runs(runs, names=None):
+    """One results dict from several runs: searches concatenated, cells in order with each (steps, method) once.
+    A row two runs share (FP32, which every run draws) must have the same numbers in both."""
+    names = names or [f"run {index + 1}" for index in range(len(runs))]
+    merged = {key: value for key, value in runs[0].items() if key not in ("cells", "searches")}
+    merged["cells"], merged["searches"] = [], []
+    seen = {}
+    for name, run in zip(names, runs):
+        for key in SHARED_SETTINGS:
+            if run.get(key) != merged.get(key):
+                raise MergeError(f"{name} has {key} = {run.get(key)!r} but {names[0]} has {merged.get(key)!r}; "
+                                 "merge only runs of the same weights and settings")
+        merged["searches"] += run.get("searches", [])
+        for cell in run["cells"]:
+            key = (cell["steps"], cell["method"])
+            if key not in seen:
+                seen[key] = (name, cell)
+                merged["cells"].append(cell)
+            elif seen[key][1]["per_seed"] != cell["per_seed"]:
+                raise MergeError(f"'{cell['method']}' at {cell['steps']} steps differs between {seen[key][0]} and "
+                                 f"{name}; merge only runs of the same weights and settings")
+    return merged
+
+
+def load_runs(paths):
+    return merge_runs([json.load(open(path)) for path in paths], list(paths))
 
 
 def _mean_std(values):
@@ -26,9 +67,11 @@ def _ratios(cell, fp, key):
 
 def tables(*paths):
     """One report of the cells and searches of every JSON given (e.g. a 2/4-step run and an 8-step run)."""
-    runs = [json.load(open(path)) for path in paths]
-    results = runs[0]
-    cells = [cell for run in runs for cell in run["cells"]]
+    return format_tables(load_runs(paths))
+
+
+def format_tables(results):
+    cells = results["cells"]
     lines = [f"Weights: {results['weights']}; {results['reference_pairs']} reference pairs; "
              f"{results['samples_per_seed']} samples x {len(results['seeds'])} seeds "
              f"({', '.join(map(str, results['seeds']))}) per row; mean ± std over seeds; ratio = row / FP32 "
@@ -66,7 +109,7 @@ def tables(*paths):
                 verdict = "yes" if ratio <= limit else f"**no** (by {100 * (ratio / limit - 1):.0f}%)"
                 lines.append(f"| {bits} | {steps} | {name} | {ratio:.2f} ({low:.2f}-{high:.2f}) | {limit:.2f} | "
                              f"{verdict} |")
-    searches = [search for run in runs for search in run.get("searches", [])]
+    searches = results["searches"]
     if searches:
         lines += ["\n**Calibrations** (scores on the calibration pairs; images generated)\n",
                   "| bits | steps | search | best | identity | images | result |", "|---|---|---|---|---|---|---|"]
@@ -84,5 +127,16 @@ def _describe(schedule):
     return text
 
 
-if __name__ == "__main__":
-    print(tables(*sys.argv[1:]))
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m qsched digits-reference-report", description=__doc__.splitlines()[0])
+    parser.add_argument("files", nargs="+", help="digits-reference JSON files")
+    parser.add_argument("--merge", metavar="OUT", help="also write the merged runs to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        merged = load_runs(args.files)
+    except (OSError, json.JSONDecodeError, KeyError, MergeError) as error:
+        parser.error(str(error) if isinstance(error, MergeError) else f"cannot read the runs: {error!r}")
+    if args.merge:
+        write_text_atomic(args.merge, json.dumps(merged, indent=1))
+    print(format_tables(merged))
+    return 0
