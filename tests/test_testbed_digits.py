@@ -107,7 +107,7 @@ def test_naive_w4a4_is_measurably_worse_than_full_precision(testbed):
     w4a4, report = experiment.quantized_student(unet, "W4A4")
     assert report.bytes_after < report.bytes_before / 3
     identity = QSchedSchedule.identity(2)
-    cells = {name: experiment.evaluate_cell(model, 2, identity, scorer, fid, seed=7, count=200)
+    cells = {name: experiment.evaluate_cell(model, 2, identity, scorer, {"fid": fid}, seed=7, count=200)
              for name, model in (("fp", fp), ("w4a4", w4a4))}
     assert cells["fp"]["tc"] > 0.9
     assert cells["w4a4"]["jaq"] < cells["fp"]["jaq"] - 0.1

@@ -94,7 +94,7 @@ def main(argv=None):
     print(f"| {'method':<24} | FID ↓  | TC ↑  | IQ ↑  | JAQ ↑ |")
     print(f"|{'-' * 26}|--------|-------|-------|-------|")
     for label, denoiser, schedule in rows:
-        cell = evaluate_cell(denoiser, steps, schedule, scorer, fid, args.seed, args.samples)
+        cell = evaluate_cell(denoiser, steps, schedule, scorer, {"fid": fid}, args.seed, args.samples)
         print(f"| {label:<24} | {cell['fid']:6.2f} | {cell['tc']:.3f} | {cell['iq']:.3f} | {cell['jaq']:.3f} |")
     os.makedirs(args.out, exist_ok=True)
     labels = torch.arange(20) % 10

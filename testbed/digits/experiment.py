@@ -93,15 +93,25 @@ def search_schedule(denoiser, steps, scorer, strategy=DEFAULT_STRATEGY, budget_i
                       sampler="lcm", **options)
 
 
-def evaluate_cell(denoiser, steps, schedule, scorer, fid, seed, count, noise_scale=None):
-    """FID / TC / IQ / JAQ of `count` samples (classes balanced) at one noise seed."""
+def evaluate_cell(denoiser, steps, schedule, scorer, fids, seed, count, noise_scale=None):
+    """Each Fréchet distance of `fids` (name -> FID callable), TC / IQ / JAQ and the mean pixel of `count` samples
+    (classes balanced) at one noise seed; NaN for all of them when the sampler diverges."""
     labels = torch.arange(count) % 10
     try:
         x = generate(denoiser, labels, steps, seed, schedule=schedule, noise_scale=noise_scale)
     except NonFiniteLatentError as error:
-        return {"fid": math.nan, "tc": math.nan, "iq": math.nan, "jaq": math.nan, "error": str(error)}
+        return {name: math.nan for name in (*fids, "tc", "iq", "jaq", "mean_pixel")} | {"error": str(error)}
     s = scorer.score_tensors(x, labels)
-    return {"fid": fid(x), "tc": s.tc.mean().item(), "iq": s.iq.mean().item(), "jaq": s.jaq.mean().item()}
+    return {**{name: fid(x) for name, fid in fids.items()}, "tc": s.tc.mean().item(), "iq": s.iq.mean().item(),
+            "jaq": s.jaq.mean().item(), "mean_pixel": x.mean().item()}
+
+
+def evaluate_row(method, denoiser, steps, schedule, noise_scale, scorer, fids, seeds, count):
+    """One results cell: `evaluate_cell` at every seed, with the schedule and the time taken."""
+    started = time.time()
+    per_seed = [evaluate_cell(denoiser, steps, schedule, scorer, fids, seed, count, noise_scale) for seed in seeds]
+    return {"method": method, "steps": steps, "schedule": schedule.to_dict(), "per_seed": per_seed,
+            "seconds": round(time.time() - started, 1)}
 
 
 def _write_json(path, results):
@@ -163,11 +173,9 @@ def main(argv=None):
             corrected = calibrate_ptqd(models["FP32"][0], models[bits][0], steps)
             plan.append((f"{bits} + PTQD", corrected, identity, corrected.noise_scale))
         for method, denoiser, schedule, noise_scale in plan:
-            start = time.time()
-            per_seed = [evaluate_cell(denoiser, steps, schedule, scorer, fid, seed, args.samples, noise_scale)
-                        for seed in seeds]
-            results["cells"].append({"method": method, "steps": steps, "schedule": schedule.to_dict(),
-                                     "per_seed": per_seed, "seconds": round(time.time() - start, 1)})
+            results["cells"].append(evaluate_row(method, denoiser, steps, schedule, noise_scale, scorer, {"fid": fid},
+                                                 seeds, args.samples))
+            per_seed = results["cells"][-1]["per_seed"]
             _write_json(args.out, results)
             print(f"{steps} steps {method}: " + ", ".join(
                 f"{k} {mean_std([r[k] for r in per_seed])[0]:.4f}" for k in ("fid", "tc", "iq", "jaq")), flush=True)

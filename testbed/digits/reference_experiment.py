@@ -17,7 +17,6 @@ is held out. FID on the classifier's features and on raw 8x8 pixels (pixel_fid.p
 writes a JSON after every cell and prints the tables (reference_report.py).
 """
 import argparse
-import math
 import os
 import time
 
@@ -28,8 +27,9 @@ from ...calibration.optimise import DEFAULT_OFFSET_BOUND, REFINE_C_RANGE
 from ...calibration.ptqd import ptqd_schedule
 from ...calibration.reference import DEFAULT_REFERENCE_WEIGHT as REFERENCE_WEIGHT, jaq_with_reference, latent_distance
 from ...calibration.search import run_search
-from ...samplers import NonFiniteLatentError, QSchedSchedule
-from .experiment import CALIBRATION_SEED, Calibration, check_bits, load_testbed, quantized_student, search_schedule
+from ...samplers import QSchedSchedule
+from .experiment import (CALIBRATION_SEED, Calibration, check_bits, evaluate_row, load_testbed, quantized_student,
+                         search_schedule)
 from .generate import check_steps, generate
 from .pixel_fid import PixelFID
 from .ptqd import calibrate_ptqd
@@ -77,18 +77,6 @@ def warm_up_schedule(result):
     offset per step' row."""
     warm = result.refinement.get("warm_ups") or []
     return QSchedSchedule.from_dict(warm[0]["schedule"]) if warm else None
-
-
-def evaluate_samples(denoiser, steps, schedule, scorer, fids, seed, count, noise_scale=None):
-    """Both FIDs and the testbed's TC / IQ / JAQ of `count` class-balanced samples at one noise seed."""
-    labels = torch.arange(count) % 10
-    try:
-        x = generate(denoiser, labels, steps, seed, schedule=schedule, noise_scale=noise_scale)
-    except NonFiniteLatentError as error:
-        return {name: math.nan for name in ("fid", "fid_pixels", "tc", "iq", "jaq")} | {"error": str(error)}
-    s = scorer.score_tensors(x, labels)
-    return {"fid": fids["fid"](x), "fid_pixels": fids["fid_pixels"](x), "tc": s.tc.mean().item(),
-            "iq": s.iq.mean().item(), "jaq": s.jaq.mean().item(), "mean_pixel": x.mean().item()}
 
 
 def _search_record(name, bits, steps, result, started):
@@ -181,11 +169,9 @@ def main(argv=None):
                               args.reference_pairs, args.only_reference)
             write_text_atomic(args.out, _dumps(results))
         for method, denoiser, schedule, noise_scale in plan:
-            started = time.time()
-            per_seed = [evaluate_samples(denoiser, steps, schedule, scorer, fids, seed, args.samples, noise_scale)
-                        for seed in seeds]
-            results["cells"].append({"method": method, "steps": steps, "schedule": schedule.to_dict(),
-                                     "per_seed": per_seed, "seconds": round(time.time() - started, 1)})
+            results["cells"].append(evaluate_row(method, denoiser, steps, schedule, noise_scale, scorer, fids, seeds,
+                                                 args.samples))
+            per_seed = results["cells"][-1]["per_seed"]
             write_text_atomic(args.out, _dumps(results))
             mean = lambda key: sum(r[key] for r in per_seed) / len(per_seed)   # noqa: E731
             print(f"{steps} steps {method}: FID {mean('fid'):.3f}, pixel FID {mean('fid_pixels'):.3f}", flush=True)

@@ -143,7 +143,7 @@ def fid_rows(quantized, fp, scorer, steps, rows, args, fid):
         schedules.setdefault(json.dumps(row["pick"]), schedule)
     out = {}
     for name, schedule in schedules.items():
-        cells = {model: [evaluate_cell(d, steps, schedule, scorer, fid, seed, args.fid_samples)["fid"]
+        cells = {model: [evaluate_cell(d, steps, schedule, scorer, {"fid": fid}, seed, args.fid_samples)["fid"]
                          for seed in args.eval_seeds] for model, d in (("quantized", quantized), ("fp32", fp))}
         out[name] = cells
     return out
