@@ -40,12 +40,9 @@ from comfyui_qsched.calibration.prompts import DEFAULT_PROMPTS  # noqa: E402
 from comfyui_qsched.calibration.run import CalibrationConfig  # noqa: E402
 from comfyui_qsched.comfy_adapter.calibration import calibrate, make_generator  # noqa: E402
 
-SDXL_UNET = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
-                 num_classes="sequential", adm_in_channels=2816, in_channels=4, model_channels=320,
-                 num_res_blocks=[2, 2, 2], transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4],
-                 transformer_depth_middle=10, use_linear_in_transformer=True, context_dim=2048, num_head_channels=64,
-                 transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10], use_temporal_attention=False,
-                 use_temporal_resblock=False)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quant import SDXL as SDXL_UNET  # noqa: E402  (bench/quant.py: the benchmarks' one SDXL UNet config)
+
 SD_VAE_PROBE = {"decoder.conv_in.weight": torch.zeros(512, 4, 3, 3), "post_quant_conv.weight": torch.zeros(4, 4, 1, 1)}
 SCORER_SHAPES = {  # transformers CLIPConfig arguments
     "vit-l-14": dict(projection_dim=768, text_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,

@@ -83,13 +83,11 @@ def frontend_version(report):
     return tuple(int(p) for p in re.findall(r"\d+", report.get("frontend") or "0")[:3])
 
 
-def drive(browser, server, name, mode="classic", timeout_s=240, **config):
-    """Run drive.mjs with `config` in renderer `mode`; returns its report (fails with the driver's error and the
-    server log). Checks that `mode` is the renderer that drew the page and that no deprecation warning came
-    from the pack's scripts."""
-    name = artifact(name, mode)
+def run_driver(browser, server, name, timeout_s=240, expected_errors=None, **config):
+    """Run drive.mjs with `config`; returns its report. Fails with the driver's error and the server log, or on a
+    console or page error from the pack's extension or files that the regex `expected_errors` does not match."""
     config = {"url": server.url, "chromium": browser["chromium"], "timeout_ms": timeout_s * 1000,
-              "screenshot": os.path.join(ARTIFACTS, f"{name}.png"), "vue_nodes": mode == "vue", **config}
+              "screenshot": os.path.join(ARTIFACTS, f"{name}.png"), **config}
     config_path = os.path.join(ARTIFACTS, f"{name}.config.json")
     with open(config_path, "w") as f:
         json.dump(config, f)
@@ -102,8 +100,15 @@ def drive(browser, server, name, mode="classic", timeout_s=240, **config):
         json.dump(report, f, indent=1)
     assert report["ok"], f"{report.get('error')}\nsteps: {report['steps']}\nserver log:\n{server.log_tail(3000)}"
     ours = [e for e in report["console_errors"] + report["page_errors"]
-            if "qsched" in e.lower() or "/extensions/" in e]
-    assert not ours, f"errors from the pack's extension: {ours}"
+            if ("qsched" in e.lower() or "/extensions/" in e) and not (expected_errors and expected_errors.match(e))]
+    assert not ours, f"errors from the pack's extension or its files: {ours}"
+    return report
+
+
+def drive(browser, server, name, mode="classic", timeout_s=240, **config):
+    """run_driver in renderer `mode`; also checks that `mode` is the renderer that drew the page and that no
+    deprecation warning came from the pack's scripts."""
+    report = run_driver(browser, server, artifact(name, mode), timeout_s, vue_nodes=mode == "vue", **config)
     if mode == "vue":
         assert report["vue_nodes_setting"] is True and report["vue_node_elements"] > 0, \
             f"Nodes 2.0 did not draw the page (frontend {report['frontend']}): {report['vue_node_elements']} Vue nodes"

@@ -9,9 +9,8 @@ harness of tests/test_browser_frontend.py (its `browser` fixture, tests/browser/
 import json
 import os
 import re
-import subprocess
 
-from test_browser_frontend import ARTIFACTS, BROWSER_DIR, DRIVER, artifact, browser, mode  # noqa: F401  (fixtures)
+from test_browser_frontend import BROWSER_DIR, artifact, browser, mode, run_driver  # noqa: F401  (fixtures)
 from comfy_fixtures import REPO_ROOT
 
 HELP_NODE = "QSchedKSampler"
@@ -59,33 +58,15 @@ return { frontend, text: norm(paragraph.textContent), page_text: norm(page.textC
 """
 
 
-def run_driver(browser, server, name, timeout_s=240, **config):  # noqa: F811  (browser: the imported fixture)
-    """tests/browser/drive.mjs with `config`; returns its report. Unlike test_browser_frontend.drive it accepts the
-    404 of the locale page <NodeClass>/<locale>.md, which the frontend asks for before <NodeClass>.md."""
-    config = {"url": server.url, "chromium": browser["chromium"], "timeout_ms": timeout_s * 1000,
-              "screenshot": os.path.join(ARTIFACTS, f"{name}.png"), **config}
-    config_path = os.path.join(ARTIFACTS, f"{name}.config.json")
-    with open(config_path, "w") as f:
-        json.dump(config, f)
-    result = subprocess.run([browser["node"], DRIVER, config_path], cwd=BROWSER_DIR, capture_output=True, text=True,
-                            timeout=timeout_s + 120)
-    lines = result.stdout.strip().splitlines()
-    assert result.returncode == 0 and lines, f"driver failed ({result.returncode}):\n{result.stderr[-4000:]}"
-    report = json.loads(lines[-1])
-    with open(os.path.join(ARTIFACTS, f"{name}.report.json"), "w") as f:
-        json.dump(report, f, indent=1)
-    assert report["ok"], f"{report.get('error')}\nsteps: {report['steps']}\nserver log:\n{server.log_tail(3000)}"
-    locale_page = re.compile(r"^HTTP 404 .*/extensions/[^/]+/docs/\w+/[\w-]+\.md$")
-    ours = [e for e in report["console_errors"] + report["page_errors"]
-            if ("qsched" in e.lower() or "/extensions/" in e) and not locale_page.match(e)]
-    assert not ours, f"errors from the pack's extension or its files: {ours}"
-    return report
+# The frontend asks for the locale's page <NodeClass>/<locale>.md before <NodeClass>.md; this pack ships none.
+LOCALE_PAGE_404 = re.compile(r"^HTTP 404 .*/extensions/[^/]+/docs/\w+/[\w-]+\.md$")
 
 
 def test_info_button_shows_the_nodes_help_page(browser, comfy_server, mode):  # noqa: F811  (imported fixtures)
     expected = first_sentence(os.path.join(DOCS_DIR, f"{HELP_NODE}.md"))
     assert len(expected) > 40, expected
-    report = run_driver(browser, comfy_server, artifact("help_page", mode), require_types=[HELP_NODE],
+    report = run_driver(browser, comfy_server, artifact("help_page", mode), expected_errors=LOCALE_PAGE_404,
+                        require_types=[HELP_NODE],
                         workflow=os.path.join(BROWSER_DIR, "empty_workflow.json"),
                         prepare=OPEN_HELP % {"node": HELP_NODE, "expected": json.dumps(expected)},
                         vue_nodes=mode == "vue")
