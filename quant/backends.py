@@ -50,6 +50,20 @@ def weight_only(layer, spec, how, tensors=None, compute_device=None):
     return layer, how
 
 
+def _take_class(layer, layer_class, backend_name):
+    """Make `layer` a `layer_class` (once: a cached reload finds it one already); another packed class cannot be."""
+    if isinstance(layer, layer_class):
+        return
+    if isinstance(layer, PackedWeightMixin):
+        raise BackendError(f"this layer class cannot take the {backend_name} backend")
+    layer.__class__ = quantized_class(layer_class, type(layer))
+
+
+def _weight_only_fallback(layer, spec, tensors, compute_device):
+    kind = "linear" if isinstance(layer, nn.Linear) else "conv"
+    return weight_only(layer, spec, f"weight-only ({kind} fallback)", tensors, compute_device)
+
+
 class SimulateBackend:
     name = "simulate"
     cacheable = True
@@ -86,14 +100,10 @@ class Fp8Backend:
 
     def quantize(self, layer, spec, tensors=None, compute_device=None):
         if isinstance(layer, nn.Linear) and not spec.weight_only:
-            if isinstance(layer, PackedWeightMixin) and not isinstance(layer, fp8.Fp8Linear):
-                raise BackendError("this layer class cannot take the fp8 backend")
-            if not isinstance(layer, fp8.Fp8Linear):
-                layer.__class__ = quantized_class(fp8.Fp8Linear, type(layer))
+            _take_class(layer, fp8.Fp8Linear, self.name)
             _install(layer, spec, tensors, compute_device)
             return layer, "fp8"
-        kind = "linear" if isinstance(layer, nn.Linear) else "conv"
-        return weight_only(layer, spec, f"weight-only ({kind} fallback)", tensors, compute_device)
+        return _weight_only_fallback(layer, spec, tensors, compute_device)
 
 
 class ComfyKitchenBackend:
@@ -118,14 +128,10 @@ class ComfyKitchenBackend:
 
     def quantize(self, layer, spec, tensors=None, compute_device=None):
         if kitchen.supports(layer, spec):
-            if isinstance(layer, PackedWeightMixin) and not isinstance(layer, kitchen.KitchenInt8Linear):
-                raise BackendError("this layer class cannot take the comfy_kitchen backend")
-            if not isinstance(layer, kitchen.KitchenInt8Linear):
-                layer.__class__ = quantized_class(kitchen.KitchenInt8Linear, type(layer))
+            _take_class(layer, kitchen.KitchenInt8Linear, self.name)
             _install(layer, spec, tensors, compute_device)
             return layer, "comfy_kitchen int8_linear"
-        kind = "linear" if isinstance(layer, nn.Linear) else "conv"
-        return weight_only(layer, spec, f"weight-only ({kind} fallback)", tensors, compute_device)
+        return _weight_only_fallback(layer, spec, tensors, compute_device)
 
 
 def _import(package, backend):
