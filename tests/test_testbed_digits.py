@@ -199,3 +199,23 @@ def test_digits_reference_refuses_fewer_than_two_calibration_pairs(capsys):
     with pytest.raises(SystemExit):
         main(["--reference-pairs", "1", "--out", "/nonexistent/never-written.json"])
     assert "--reference-pairs must be at least 2, got 1" in capsys.readouterr().err
+
+
+def test_reference_features_objective_scores_distance_of_classifier_features(testbed):
+    """The testbed's reference_clip analogue: 0 for samples identical to the FP model's, minus the mean cosine
+    distance of the two samples' classifier features otherwise (computed here from the scorer directly)."""
+    from comfyui_qsched.testbed.digits.reference_experiment import ReferenceCalibration
+    unet, scorer = testbed
+    fp, _ = experiment.quantized_student(unet, "FP32")
+    w4a4, _ = experiment.quantized_student(unet, "W4A4")
+    identity = QSchedSchedule.identity(2)
+    same = ReferenceCalibration(fp, fp, 2, scorer, objective="reference_features", pairs=6)
+    assert same(identity, list(range(6))) == pytest.approx([0.0] * 6, abs=1e-6)
+    calibration = ReferenceCalibration(fp, w4a4, 2, scorer, objective="reference_features", pairs=6)
+    x = generate.generate(w4a4, calibration.labels, 2, 0, noise=calibration.noise)
+    a, b = scorer.features(x), scorer.features(calibration.reference)
+    expected = -(1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)))
+    assert calibration(identity, list(range(6))) == pytest.approx(expected.tolist(), abs=1e-5)
+    assert max(expected.tolist()) < 0
+    with pytest.raises(ValueError, match="reference_features needs the testbed scorer"):
+        ReferenceCalibration(fp, w4a4, 2, objective="reference_features")

@@ -25,7 +25,8 @@ import torch
 from ...atomic_files import write_text_atomic
 from ...calibration.optimise import DEFAULT_OFFSET_BOUND, REFINE_C_RANGE
 from ...calibration.ptqd import ptqd_schedule
-from ...calibration.reference import DEFAULT_REFERENCE_WEIGHT as REFERENCE_WEIGHT, jaq_with_reference, latent_distance
+from ...calibration.reference import (DEFAULT_REFERENCE_WEIGHT as REFERENCE_WEIGHT, feature_distance, jaq_with_reference,
+                                      latent_distance)
 from ...calibration.search import run_search
 from ...samplers import QSchedSchedule
 from .experiment import (CALIBRATION_SEED, Calibration, check_bits, evaluate_row, load_testbed, quantized_student,
@@ -40,26 +41,32 @@ REFINE_EVALUATIONS = 300      # candidates the per-step refinement may score (ea
 GRID_POINTS = 9
 C_RANGE = (0.8, 1.2)
 HERE = os.path.dirname(os.path.abspath(__file__))
+TESTBED_OBJECTIVES = ("reference_latent", "reference_features", "jaq_reference")
 
 
 class ReferenceCalibration(Calibration):
-    """run_search's objective on the testbed: per pair, minus the pixel MSE to the FP model's sample from the same
-    noise and class (`objective="reference_latent"`), or JAQ minus `weight` times the relative error
-    (`"jaq_reference"`). The FP samples are drawn once."""
+    """run_search's objective on the testbed, per pair: minus the pixel MSE to the FP model's sample from the same
+    noise and class (`objective="reference_latent"`); minus the cosine distance of the two samples' classifier
+    features (`"reference_features"`: the pack's reference_clip with the testbed's image model in CLIP's place);
+    or JAQ minus `weight` times the relative error (`"jaq_reference"`). The FP samples are drawn once."""
 
     def __init__(self, fp, quantized, steps, scorer=None, objective="reference_latent", weight=REFERENCE_WEIGHT,
                  pairs=REFERENCE_PAIRS, seed=CALIBRATION_SEED):
-        if objective not in ("reference_latent", "jaq_reference"):
-            raise ValueError(f"unsupported testbed objective {objective!r}")
-        if objective == "jaq_reference" and scorer is None:
-            raise ValueError("jaq_reference needs the testbed scorer")
+        if objective not in TESTBED_OBJECTIVES:
+            raise ValueError(f"unsupported testbed objective {objective!r}; supported: {', '.join(TESTBED_OBJECTIVES)}")
+        if objective != "reference_latent" and scorer is None:
+            raise ValueError(f"{objective} needs the testbed scorer")
         super().__init__(quantized, steps, scorer, pairs, seed)
         self.objective, self.weight, self.pairs = objective, weight, pairs
         self.reference = generate(fp, self.labels, steps, 0, noise=self.noise)
+        if objective == "reference_features":
+            self.reference_features = scorer.features(self.reference)
 
     def score(self, x, rows):
         if self.objective == "reference_latent":
             return -latent_distance(x, self.reference[rows])
+        if self.objective == "reference_features":
+            return -feature_distance(self.scorer.features(x), self.reference_features[rows])
         return jaq_with_reference(super().score(x, rows), x, self.reference[rows], self.weight)
 
     def search(self, refine=None, strategy="paper_grid", grid_points=GRID_POINTS, c_range=C_RANGE):
@@ -87,13 +94,14 @@ def _search_record(name, bits, steps, result, started):
 
 
 def plan_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations, pairs=REFERENCE_PAIRS,
-              only_reference=False):
+              only_reference=False, objective="reference_latent"):
     """(method, denoiser, schedule, noise_scale) for one bit width and step count; appends search records.
-    `only_reference` keeps the naive row and the reference objective's three rows (a calibration-set-size run)."""
+    `only_reference` keeps the naive row and the reference objective's three rows (a calibration-set-size run);
+    `objective` is the reference objective those three rows calibrate with."""
     identity = QSchedSchedule.identity(steps)
     rows = [(f"{bits} naive", quantized, identity, None)]
     if only_reference:
-        return rows + reference_rows(fp, quantized, bits, steps, searches, refine_evaluations, pairs)
+        return rows + reference_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations, pairs, objective)
     started = time.time()
     result = search_schedule(quantized, steps, scorer, "successive_halving", grid_points=GRID_POINTS, c_range=C_RANGE)
     searches.append(_search_record("JAQ, successive halving", bits, steps, result, started))
@@ -103,7 +111,7 @@ def plan_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations, 
     searches.append(_search_record("JAQ, Algorithm 1 grid", bits, steps, result, started))
     rows.append((f"{bits} + Q-Sched JAQ, Algorithm 1 grid", quantized, result.best, None))
 
-    rows += reference_rows(fp, quantized, bits, steps, searches, refine_evaluations, pairs)
+    rows += reference_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations, pairs, objective)
 
     combined = ReferenceCalibration(fp, quantized, steps, scorer, objective="jaq_reference", pairs=pairs)
     started = time.time()
@@ -121,9 +129,9 @@ def plan_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations, 
     return rows
 
 
-def reference_rows(fp, quantized, bits, steps, searches, refine_evaluations, pairs):
+def reference_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluations, pairs, objective):
     """The reference objective's rows: its grid winner, that winner plus one offset per step, every step free."""
-    calibration = ReferenceCalibration(fp, quantized, steps, pairs=pairs)
+    calibration = ReferenceCalibration(fp, quantized, steps, scorer, objective=objective, pairs=pairs)
     started = time.time()
     result = calibration.search(refine=refine_options(refine_evaluations))
     searches.append(_search_record("reference, grid + per-step refinement", bits, steps, result, started))
@@ -142,6 +150,9 @@ def main(argv=None):
     parser.add_argument("--refine-evaluations", type=int, default=REFINE_EVALUATIONS)
     parser.add_argument("--reference-pairs", type=int, default=REFERENCE_PAIRS,
                         help="class/noise pairs the reference objectives calibrate on")
+    parser.add_argument("--reference-objective", choices=("reference_latent", "reference_features"),
+                        default="reference_latent", help="what the reference rows calibrate on: pixel MSE to the FP "
+                        "samples, or the cosine distance of their classifier features (as the pack's reference_clip)")
     parser.add_argument("--only-reference", action="store_true",
                         help="only FP32, naive and the reference objective's rows (e.g. to vary --reference-pairs)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
@@ -157,7 +168,8 @@ def main(argv=None):
     unet, scorer = load_testbed(args.weights)
     fids = {"fid": FeatureFID(scorer), "fid_pixels": PixelFID()}
     results = {"weights": args.weights or "shipped", "samples_per_seed": args.samples, "seeds": seeds,
-               "reference_pairs": args.reference_pairs, "refine_evaluations": args.refine_evaluations,
+               "reference_pairs": args.reference_pairs, "reference_objective": args.reference_objective,
+               "refine_evaluations": args.refine_evaluations,
                "refine_c_range": REFINE_C_RANGE, "grid_points": GRID_POINTS, "c_range": C_RANGE,
                "reference_weight": REFERENCE_WEIGHT, "cells": [], "searches": []}
     fp = quantized_student(unet, "FP32")[0]
@@ -166,7 +178,7 @@ def main(argv=None):
         plan = [("FP32", fp, QSchedSchedule.identity(steps), None)]
         for bits in bits_list:
             plan += plan_rows(fp, models[bits], bits, steps, scorer, results["searches"], args.refine_evaluations,
-                              args.reference_pairs, args.only_reference)
+                              args.reference_pairs, args.only_reference, args.reference_objective)
             write_text_atomic(args.out, _dumps(results))
         for method, denoiser, schedule, noise_scale in plan:
             results["cells"].append(evaluate_row(method, denoiser, steps, schedule, noise_scale, scorer, fids, seeds,

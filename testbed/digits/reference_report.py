@@ -15,8 +15,9 @@ TARGETS = {"W4A8": 1.35, "W4A4": 2.0}     # FID at most this multiple of FP32's,
 TARGET_STEPS = (2, 4)
 FIDS = (("fid", "FID (classifier features)"), ("fid_pixels", "FID (raw 8x8 pixels)"))
 # Settings every merged run must share: a row's numbers mean something else when one of these differs.
-SHARED_SETTINGS = ("weights", "samples_per_seed", "seeds", "reference_pairs", "refine_evaluations", "grid_points",
-                   "c_range", "refine_c_range", "reference_weight")
+SHARED_SETTINGS = ("weights", "samples_per_seed", "seeds", "reference_pairs", "reference_objective",
+                   "refine_evaluations", "grid_points", "c_range", "refine_c_range", "reference_weight")
+SETTING_DEFAULTS = {"reference_objective": "reference_latent"}   # runs from before the setting existed
 
 
 class MergeError(ValueError):
@@ -30,10 +31,13 @@ def merge_runs(runs, names=None):
     merged = {key: value for key, value in runs[0].items() if key not in ("cells", "searches")}
     merged["cells"], merged["searches"] = [], []
     seen = {}
+    for key, value in SETTING_DEFAULTS.items():
+        merged.setdefault(key, value)
     for name, run in zip(names, runs):
         for key in SHARED_SETTINGS:
-            if run.get(key) != merged.get(key):
-                raise MergeError(f"{name} has {key} = {run.get(key)!r} but {names[0]} has {merged.get(key)!r}; "
+            value = run.get(key, SETTING_DEFAULTS.get(key))
+            if value != merged.get(key):
+                raise MergeError(f"{name} has {key} = {value!r} but {names[0]} has {merged.get(key)!r}; "
                                  "merge only runs of the same weights and settings")
         merged["searches"] += run.get("searches", [])
         for cell in run["cells"]:
@@ -72,7 +76,9 @@ def tables(*paths):
 
 def format_tables(results):
     cells = results["cells"]
-    lines = [f"Weights: {results['weights']}; {results['reference_pairs']} reference pairs; "
+    objective = results.get("reference_objective", SETTING_DEFAULTS["reference_objective"])
+    lines = [f"Weights: {results['weights']}; {results['reference_pairs']} reference pairs; reference objective "
+             f"{objective}; "
              f"{results['samples_per_seed']} samples x {len(results['seeds'])} seeds "
              f"({', '.join(map(str, results['seeds']))}) per row; mean ± std over seeds; ratio = row / FP32 "
              "(per-seed range in brackets)."]
