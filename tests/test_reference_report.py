@@ -75,3 +75,13 @@ def test_second_training_run_weights_load_and_differ_from_the_shipped_ones():
     assert any((a != b).any() for a, b in zip(shipped_unet.state_dict().values(), retrained_unet.state_dict().values()))
     for a, b in zip(shipped_scorer.classifier.state_dict().values(), retrained_scorer.classifier.state_dict().values()):
         assert (a == b).all()
+
+
+def test_runs_from_before_the_objective_setting_count_as_the_latent_objective():
+    old = run("W4A8", [1.5, 2.0])
+    assert "reference_objective" not in old
+    merged = reference_report.merge_runs([old, run("W4A4", [2.0, 5.0], reference_objective="reference_latent")])
+    assert merged["reference_objective"] == "reference_latent"
+    assert "reference objective reference_latent" in reference_report.format_tables(merged)
+    with pytest.raises(reference_report.MergeError, match="reference_objective = 'reference_features'"):
+        reference_report.merge_runs([old, run("W4A4", [2.0, 5.0], reference_objective="reference_features")])
