@@ -52,7 +52,11 @@ def merge_runs(runs, names=None):
 
 
 def load_runs(paths):
-    return merge_runs([json.load(open(path)) for path in paths], list(paths))
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append(json.load(f))
+    return merge_runs(runs, list(paths))
 
 
 def _mean_std(values):
