@@ -32,3 +32,6 @@ def pytest_make_collect_report(collector):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"module skipped where QSCHED_NO_SKIPS=1 (CI): {reason}"
+
+# GPU-only cases (tests/gpu/) are collected only for the GPU run, never skipped on the CPU.
+collect_ignore = [] if os.environ.get("QSCHED_TEST_DEVICE") == "cuda" else ["gpu"]
