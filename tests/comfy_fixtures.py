@@ -42,7 +42,8 @@ import torch
 __all__ = ["require_comfyui", "import_comfyui", "register_model_folder", "ModelFiles", "ComfyServer",
            "PromptRejected", "PromptFailed", "ui_workflow_to_prompt", "load_example_workflow", "combo_options",
            "input_specs", "is_widget", "takes_control_after_generate", "VIRTUAL_NODE_TYPES",
-           "comfyui_dir", "comfy_models", "comfy_server", "SD15_CHECKPOINT", "SD3_UNET", "CLIP_L"]
+           "comfyui_dir", "comfy_models", "comfy_server", "SD15_CHECKPOINT", "SD3_UNET", "CLIP_L", "TEST_DEVICE",
+           "rounding_tolerance"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_DIR_NAME = "ComfyUI-QSched"
@@ -50,6 +51,15 @@ PACK_DIR_NAME = "ComfyUI-QSched"
 # The in-process tests run on the CPU; QSCHED_TEST_DEVICE=cuda lets ComfyUI pick the GPU instead (the GPU run of
 # the integration cases; the server tests always start `main.py --cpu`).
 TEST_DEVICE = os.environ.get("QSCHED_TEST_DEVICE", "cpu")
+
+
+
+def rounding_tolerance(dtype):
+    """Relative tolerance between two computations of the same math that round differently (a batch and its items
+    alone, another kernel) in ComfyUI's compute dtype: 1e-5 in float32 (the CPU runs), the dtype's epsilon in 16 bit
+    (the GPU run, where ComfyUI loads these models in float16)."""
+    return max(1e-5, torch.finfo(dtype).eps)
+
 
 SD15_CHECKPOINT = "qsched_tiny_sd15.safetensors"
 SD3_UNET = "qsched_tiny_sd3.safetensors"

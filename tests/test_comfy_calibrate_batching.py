@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import CLIP_L, SD3_UNET, SD15_CHECKPOINT
+from comfy_fixtures import CLIP_L, SD3_UNET, SD15_CHECKPOINT, rounding_tolerance
 from test_metrics_fixtures import save_open_clip, tiny_vit_clip
 
 LONG_PROMPT = " ".join(["a tall lighthouse on a rocky coast under a stormy sky with waves"] * 8)  # > 77 tokens
@@ -62,6 +62,19 @@ CASES = [("sd15", "lcm", "lcm_original", 1.0), ("sd15", "euler_ancestral", "norm
          ("sd15", "tcd", "lcm_original", 1.0), ("sd3", "euler_ancestral", "simple", 1.0)]
 
 
+ONE_LEVEL = 4e-3   # about one 8-bit level of a decoded image in [0, 1]
+
+
+def assert_same_images(images, expected, dtype):
+    """Within one 8-bit level everywhere when ComfyUI computes in float32. In 16 bit (the GPU run) the random TAESD
+    amplifies the latents' rounding until a few pixels saturate the other way (H200: 0.2% of values), so there at
+    most 0.5% of the values may differ by more than a level."""
+    if rounding_tolerance(dtype) <= 1e-5:
+        torch.testing.assert_close(images, expected, rtol=0, atol=ONE_LEVEL)
+    else:
+        assert ((images - expected).abs() > ONE_LEVEL).float().mean().item() < 5e-3
+
+
 def _sampled_alone(models, item, sampler, scheduler, cfg, steps=2):
     """The batch-1 twin: what Q-Sched KSampler's path gives for this prompt with seed + i (latent, image)."""
     from comfyui_qsched.comfy_adapter.calibration import TextConditioning
@@ -79,9 +92,9 @@ def _sampled_alone(models, item, sampler, scheduler, cfg, steps=2):
 @pytest.mark.parametrize("model_name,sampler,scheduler,cfg", CASES, ids=[f"{c[0]}-{c[1]}-cfg{c[3]:g}" for c in CASES])
 def test_batched_images_equal_their_batch_one_twins(request, model_name, sampler, scheduler, cfg):
     """Each item of a batch (own schedule, own prompt, noise from seed + prompt index) equals what Q-Sched
-    KSampler gives for it alone: latents to float rounding (relative 1e-5 of their scale), decoded images within
-    4e-3 (about one 8-bit level: the random TAESD amplifies the latents' rounding, and a batched decode rounds
-    differently too)."""
+    KSampler gives for it alone: latents to rounding (`rounding_tolerance` of their scale), decoded images within
+    one 8-bit level (`assert_same_images`: the random TAESD amplifies the latents' rounding, and a batched decode
+    rounds differently too)."""
     models = request.getfixturevalue(model_name)
     items = _items()
     twins = [_sampled_alone(models, item, sampler, scheduler, cfg) for item in items]
@@ -92,12 +105,12 @@ def test_batched_images_equal_their_batch_one_twins(request, model_name, sampler
     assert len(many.latents) == 2                               # the long prompt's two items form their own batch
     order = [0, 2, 4, 1, 3, 5]                                  # batches: short prompts first, then the long one
     latents_batched = torch.cat(many.latents)[torch.tensor(order).argsort()]
-    scale = latents_alone.abs().max().item()
-    torch.testing.assert_close(latents_batched, latents_alone, rtol=1e-5, atol=1e-5 * scale)
-    torch.testing.assert_close(batched, alone, rtol=0, atol=4e-3)
+    scale, tolerance = latents_alone.abs().max().item(), rounding_tolerance(models[0].model_dtype())
+    torch.testing.assert_close(latents_batched, latents_alone, rtol=tolerance, atol=tolerance * scale)
+    assert_same_images(batched, alone, models[0].model_dtype())
     assert (alone[0] - alone[2]).abs().max() > 1e-2 and (alone[1] - alone[3]).abs().max() > 1e-3
     one_at_a_time = torch.cat([_generator(models, 1, sampler, scheduler, cfg)([item]) for item in items[:2]])
-    torch.testing.assert_close(one_at_a_time, alone[:2], rtol=0, atol=4e-3)
+    assert_same_images(one_at_a_time, alone[:2], models[0].model_dtype())
 
 
 def test_batches_follow_comfyuis_free_memory(sd15, monkeypatch):
@@ -121,7 +134,7 @@ def test_batches_follow_comfyuis_free_memory(sd15, monkeypatch):
     batches.clear()
     limited = _generator(models, 16)(_items())
     assert max(batches) == 2 and sum(batches) == 6 * 2              # 6 images x 2 steps, 2 at a time at most
-    torch.testing.assert_close(limited, full, rtol=0, atol=4e-3)
+    torch.testing.assert_close(limited, full, rtol=0, atol=ONE_LEVEL)
 
 
 def test_prompts_of_different_token_lengths_go_in_separate_batches(sd15):
@@ -155,10 +168,11 @@ def test_node_calibration_is_the_same_at_any_batch_size(sd15, scorer, tmp_path):
         logs[batch_size] = [json.loads(line) for line in (tmp_path / "qsched_runs" / log_file).read_text().splitlines()]
         os.remove(tmp_path / "qsched_runs" / log_file)
     alone, batched = summaries[1], summaries[8]
+    tolerance = 10 * rounding_tolerance(sd15[0].model_dtype())   # a score sums many rounded pixels and features
     assert batched["best"] == alone["best"]
     assert batched["images_generated"] == alone["images_generated"] > 30
-    assert batched["best_score"] == pytest.approx(alone["best_score"], rel=1e-4)
+    assert batched["best_score"] == pytest.approx(alone["best_score"], rel=tolerance)
     assert logs[8][0] == logs[1][0]                                   # same settings: the same log key
     assert [(e["key"], e["prompts"]) for e in logs[8][1:]] == [(e["key"], e["prompts"]) for e in logs[1][1:]]
     for one, other in zip(logs[1][1:], logs[8][1:]):
-        assert other["scores"] == pytest.approx(one["scores"], rel=1e-4)
+        assert other["scores"] == pytest.approx(one["scores"], rel=tolerance)

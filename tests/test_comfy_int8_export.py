@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from comfy_fixtures import SD3_UNET
+from comfy_fixtures import SD3_UNET, TEST_DEVICE, rounding_tolerance
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +36,15 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def test_loaders_default_to_auto_which_is_simulate_on_the_cpu(env):
+def test_loaders_default_to_auto_which_picks_by_device(env):
     loader = env["loaders"].QSchedQuantizedDiffusionModelLoader
     assert loader.INPUT_TYPES()["required"]["backend"][1]["default"] == "auto"
     _, summary = loader.execute(SD3_UNET, "W8A8", "auto", "", "off").result
-    assert "via auto" in summary and "auto: simulate (cpu: exact numerics)" in summary
+    assert "via auto" in summary
+    if TEST_DEVICE == "cpu":
+        assert "auto: simulate (cpu: exact numerics)" in summary
+    else:   # the tiny model's linears are all narrower than 8-bit compute needs to pay (quant/auto.py)
+        assert "GEMM too small for 8-bit compute to pay" in summary and "simulate" not in summary
 
 
 def test_export_loads_in_plain_comfyui_with_the_packs_numerics(env):
@@ -59,8 +63,10 @@ def test_export_loads_in_plain_comfyui_with_the_packs_numerics(env):
     assert type(theirs.get_submodule(layer).weight).__name__ == "QuantizedTensor"  # ComfyUI's own int8 layer
     x = torch.randn(5, ours.get_submodule(layer).in_features)
     with torch.no_grad():
-        assert rel(theirs.get_submodule(layer)(x), ours.get_submodule(layer)(x)) < 1e-5  # same math per layer
-        out_theirs, out_ours, out_float = (m(**sd3_inputs()) for m in (theirs, ours, float_model))
+        same_math = rounding_tolerance(next(float_model.parameters()).dtype)   # in the dtype ComfyUI loaded it in
+        assert rel(theirs.get_submodule(layer)(x), ours.get_submodule(layer)(x)) < same_math
+        inputs = {k: v.to(next(float_model.parameters()).dtype) for k, v in sd3_inputs().items()}   # as loaded
+        out_theirs, out_ours, out_float = (m(**inputs) for m in (theirs, ours, float_model))
     # through the whole model, float rounding flips a few int8 activation codes: far below the quantization error
     assert rel(out_theirs, out_ours) < 0.25 * rel(out_ours, out_float)
 
