@@ -53,7 +53,6 @@ PACK_DIR_NAME = "ComfyUI-QSched"
 TEST_DEVICE = os.environ.get("QSCHED_TEST_DEVICE", "cpu")
 
 
-
 def rounding_tolerance(dtype):
     """Relative tolerance between two computations of the same math that round differently (a batch and its items
     alone, another kernel) in ComfyUI's compute dtype: 1e-5 in float32 (the CPU runs), the dtype's epsilon in 16 bit

@@ -63,9 +63,9 @@ def test_export_loads_in_plain_comfyui_with_the_packs_numerics(env):
     assert type(theirs.get_submodule(layer).weight).__name__ == "QuantizedTensor"  # ComfyUI's own int8 layer
     x = torch.randn(5, ours.get_submodule(layer).in_features)
     with torch.no_grad():
-        same_math = rounding_tolerance(next(float_model.parameters()).dtype)   # in the dtype ComfyUI loaded it in
-        assert rel(theirs.get_submodule(layer)(x), ours.get_submodule(layer)(x)) < same_math
-        inputs = {k: v.to(next(float_model.parameters()).dtype) for k, v in sd3_inputs().items()}   # as loaded
+        dtype = next(float_model.parameters()).dtype   # what ComfyUI loaded the model in
+        assert rel(theirs.get_submodule(layer)(x), ours.get_submodule(layer)(x)) < rounding_tolerance(dtype)
+        inputs = {k: v.to(dtype) for k, v in sd3_inputs().items()}
         out_theirs, out_ours, out_float = (m(**inputs) for m in (theirs, ours, float_model))
     # through the whole model, float rounding flips a few int8 activation codes: far below the quantization error
     assert rel(out_theirs, out_ours) < 0.25 * rel(out_ours, out_float)

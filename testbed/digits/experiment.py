@@ -173,9 +173,10 @@ def main(argv=None):
             corrected = calibrate_ptqd(models["FP32"][0], models[bits][0], steps)
             plan.append((f"{bits} + PTQD", corrected, identity, corrected.noise_scale))
         for method, denoiser, schedule, noise_scale in plan:
-            results["cells"].append(evaluate_row(method, denoiser, steps, schedule, noise_scale, scorer, {"fid": fid},
-                                                 seeds, args.samples))
-            per_seed = results["cells"][-1]["per_seed"]
+            cell = evaluate_row(method, denoiser, steps, schedule, noise_scale, scorer, {"fid": fid}, seeds,
+                                args.samples)
+            results["cells"].append(cell)
+            per_seed = cell["per_seed"]
             _write_json(args.out, results)
             print(f"{steps} steps {method}: " + ", ".join(
                 f"{k} {mean_std([r[k] for r in per_seed])[0]:.4f}" for k in ("fid", "tc", "iq", "jaq")), flush=True)

@@ -41,7 +41,8 @@ REFINE_EVALUATIONS = 300      # candidates the per-step refinement may score (ea
 GRID_POINTS = 9
 C_RANGE = (0.8, 1.2)
 HERE = os.path.dirname(os.path.abspath(__file__))
-TESTBED_OBJECTIVES = ("reference_latent", "reference_features", "jaq_reference")
+REFERENCE_ROW_OBJECTIVES = ("reference_latent", "reference_features")   # what --reference-objective may choose
+TESTBED_OBJECTIVES = (*REFERENCE_ROW_OBJECTIVES, "jaq_reference")
 
 
 class ReferenceCalibration(Calibration):
@@ -150,7 +151,7 @@ def main(argv=None):
     parser.add_argument("--refine-evaluations", type=int, default=REFINE_EVALUATIONS)
     parser.add_argument("--reference-pairs", type=int, default=REFERENCE_PAIRS,
                         help="class/noise pairs the reference objectives calibrate on")
-    parser.add_argument("--reference-objective", choices=("reference_latent", "reference_features"),
+    parser.add_argument("--reference-objective", choices=REFERENCE_ROW_OBJECTIVES,
                         default="reference_latent", help="what the reference rows calibrate on: pixel MSE to the FP "
                         "samples, or the cosine distance of their classifier features (as the pack's reference_clip)")
     parser.add_argument("--only-reference", action="store_true",
@@ -181,9 +182,9 @@ def main(argv=None):
                               args.reference_pairs, args.only_reference, args.reference_objective)
             write_text_atomic(args.out, _dumps(results))
         for method, denoiser, schedule, noise_scale in plan:
-            results["cells"].append(evaluate_row(method, denoiser, steps, schedule, noise_scale, scorer, fids, seeds,
-                                                 args.samples))
-            per_seed = results["cells"][-1]["per_seed"]
+            cell = evaluate_row(method, denoiser, steps, schedule, noise_scale, scorer, fids, seeds, args.samples)
+            results["cells"].append(cell)
+            per_seed = cell["per_seed"]
             write_text_atomic(args.out, _dumps(results))
             mean = lambda key: sum(r[key] for r in per_seed) / len(per_seed)   # noqa: E731
             print(f"{steps} steps {method}: FID {mean('fid'):.3f}, pixel FID {mean('fid_pixels'):.3f}", flush=True)

@@ -80,9 +80,8 @@ def tables(*paths):
 
 def format_tables(results):
     cells = results["cells"]
-    objective = results.get("reference_objective", SETTING_DEFAULTS["reference_objective"])
     lines = [f"Weights: {results['weights']}; {results['reference_pairs']} reference pairs; reference objective "
-             f"{objective}; "
+             f"{results['reference_objective']}; "
              f"{results['samples_per_seed']} samples x {len(results['seeds'])} seeds "
              f"({', '.join(map(str, results['seeds']))}) per row; mean ± std over seeds; ratio = row / FP32 "
              "(per-seed range in brackets)."]
