@@ -153,13 +153,18 @@ print(json.dumps({"printed": out.getvalue(), "name": p.name, "version": p.versio
 """
 
 
-def test_comfy_cli_reads_the_metadata_without_warnings():
-    """What `comfy node validate` and `comfy node publish` send to the Registry. comfy-cli drops a field it cannot
-    parse with only a printed warning, so no warning may be printed."""
+def comfy_cli_reading():
+    """pyproject.toml as comfy-cli reads it (its own parser and validators), with whatever it printed."""
     python = comfy_cli_python()
     result = subprocess.run([python, "-c", CLI_READ], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_comfy_cli_reads_the_metadata_without_warnings():
+    """What `comfy node validate` and `comfy node publish` send to the Registry. comfy-cli drops a field it cannot
+    parse with only a printed warning, so no warning may be printed."""
+    seen = comfy_cli_reading()
     assert seen["printed"] == "", seen["printed"]
     data = pyproject()
     project, comfy = data["project"], data["tool"]["comfy"]

@@ -1,23 +1,27 @@
 """The Comfy Registry metadata in pyproject.toml: the Registry's rules for the node id, the icon, the declared
-ComfyUI and frontend ranges against what CI tests (.ci/run), and ComfyUI's own pyproject parser (comfy_config)
-reading them back. comfy-cli's reading is checked in tests/test_registry_archive.py; `comfy node validate`
-runs in CI through .ci/comfy_cli.sh.
+ComfyUI and frontend ranges against what CI tests (.ci/run), read by comfy-cli (what goes to the Registry) and by
+node-semver (what ComfyUI-Manager checks), and ComfyUI's own pyproject parser (comfy_config) reading them back.
+`comfy node validate` runs in CI through .ci/comfy_cli.sh.
 """
+import json
 import os
 import re
+import shutil
 import subprocess
 import tomllib
 import xml.etree.ElementTree as ElementTree
+
+import pytest
 
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from comfy_fixtures import REPO_ROOT, import_comfyui
+from test_registry_archive import comfy_cli_reading
 
 FRONTEND = "comfyui-frontend-package"
-# The Registry's version syntax (comfy-cli's validate_version): [operator]major.minor.patch[-suffix], comma-separated.
-REGISTRY_VERSION = re.compile(r"^(==|>=|<=|!=|~=|>|<|<>|=)?\s*\d+\.\d+\.\d+(-[A-Za-z0-9]+)?$")
+BROWSER_DIR = os.path.join(REPO_ROOT, "tests", "browser")
 ICON_MAX = (800, 400)  # the Registry's largest icon, width x height
 
 
@@ -38,11 +42,6 @@ def ci_setting(name):
 def frontend_range():
     [frontend] = [Requirement(d) for d in pyproject()["project"]["dependencies"] if Requirement(d).name == FRONTEND]
     return frontend.specifier
-
-
-def bounds(specifier):
-    by_operator = {spec.operator: Version(spec.version) for spec in specifier}
-    return by_operator[">="], by_operator["<="]
 
 
 def tracked_files():
@@ -96,19 +95,56 @@ def test_classifiers_name_supported_os_and_accelerators():
     assert "GPU :: NVIDIA CUDA" in accelerators
 
 
-def test_comfyui_range_is_the_releases_ci_tests():
+def test_declared_ranges_are_lower_bounds_only():
+    """Lower bounds only: the oldest ComfyUI CI tests and the frontend it pins. An upper bound would shut out the
+    releases users run after the newest one tested (the README names the tested releases)."""
     declared = pyproject()["tool"]["comfy"]["requires-comfyui"]
-    assert all(REGISTRY_VERSION.match(part.strip()) for part in declared.split(",")), declared
-    tested = sorted(Version(v) for v in ci_setting("versions"))
-    assert bounds(SpecifierSet(declared)) == (tested[0], tested[-1]), \
-        f"requires-comfyui {declared!r} should span exactly the releases .ci/run tests: {tested}"
+    oldest = min(Version(v) for v in ci_setting("versions"))
+    assert declared == f">={oldest}", f"requires-comfyui {declared!r}: expected the lower bound >={oldest} only"
+    assert [spec.operator for spec in frontend_range()] == [">="], str(frontend_range())
 
 
-def test_frontend_range_is_the_frontends_ci_tests():
-    low, high = bounds(frontend_range())
-    assert high == Version(ci_setting("newest_frontend")[0]), "upper bound: the newest frontend .ci/run tests"
-    for part in str(frontend_range()).split(","):
-        assert REGISTRY_VERSION.match(part), part
+# Reads the ranges as ComfyUI-Manager does: node-semver's satisfies(), which throws on a range it cannot parse (the
+# comma form among them). argv: the range, then versions; prints {version: satisfied}.
+NODE_SEMVER = """
+const semver = require("semver");
+const [range, ...versions] = process.argv.slice(1);
+new semver.Range(range);
+console.log(JSON.stringify(Object.fromEntries(versions.map(v => [v, semver.satisfies(v, range)]))));
+"""
+# 0.39.1: the newest release users run (no tree here); the frontends CI runs the browser tests on.
+COMFYUI_VERSIONS = {"0.3.64": True, "0.33.0": True, "0.39.1": True, "0.3.63": False}
+FRONTEND_VERSIONS = {"1.27.10": True, "1.49.6": True, "1.58.1": True, "1.27.9": False}
+
+
+def node_semver(range_, versions):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("needs Node.js (`node` on PATH) for the semver package")
+    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "semver")):
+        pytest.skip("needs the semver package: npm ci --prefix tests/browser")
+    result = subprocess.run([node, "-e", NODE_SEMVER, range_, *versions], cwd=BROWSER_DIR, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, f"node-semver refuses {range_!r}: {result.stderr.strip().splitlines()[:5]}"
+    return json.loads(result.stdout)
+
+
+def test_node_semver_and_comfy_cli_accept_the_ranges():
+    """comfy-cli keeps each range only if its validator accepts it (else it prints a warning and sends none to the
+    Registry); what it keeps must parse in node-semver and admit every tested release and today's newest."""
+    seen = comfy_cli_reading()
+    assert seen["printed"] == "", seen["printed"]
+    data = pyproject()
+    assert seen["comfyui"] == data["tool"]["comfy"]["requires-comfyui"]
+    assert seen["frontend"] == str(frontend_range())
+    assert node_semver(seen["comfyui"], list(COMFYUI_VERSIONS)) == COMFYUI_VERSIONS
+    assert node_semver(seen["frontend"], list(FRONTEND_VERSIONS)) == FRONTEND_VERSIONS
+
+
+def test_node_semver_refuses_the_comma_form():
+    """The check above can fail: node-semver throws on the form the metadata used to have."""
+    with pytest.raises(AssertionError, match="Invalid comparator"):
+        node_semver(">=0.3.64,<=0.33.0", ["0.33.0"])
 
 
 def comfyui_release(comfyui):
@@ -129,7 +165,8 @@ def test_this_comfyui_and_its_frontend_are_in_the_declared_ranges():
     assert frontend in frontend_range(), f"ComfyUI {release} pins frontend {frontend}"
     tested = sorted(Version(v) for v in ci_setting("versions"))
     if release == tested[0]:
-        assert bounds(frontend_range())[0] == frontend, "lower bound: the frontend of the oldest tested ComfyUI"
+        [lower] = frontend_range()
+        assert Version(lower.version) == frontend, "lower bound: the frontend of the oldest tested ComfyUI"
 
 
 def test_comfyuis_own_parser_reads_the_metadata():
