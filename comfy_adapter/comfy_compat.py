@@ -11,7 +11,7 @@ number, so releases in between get whichever behaviour they have:
 - LoRA arithmetic dtype: 0.33 patches weights in `lora_compute_dtype(device)` (float16 on GPUs that run fp16 well,
   float32 on the CPU), for a LoRA merged at load and for its own layers' per-call patches alike; 0.3.64 in float32.
 - Flux's constructor: 0.33 also takes `txt_ids_dims` (none for FLUX.1, as its model detection sets).
-- The V3 progress API (`comfy_api.v0_0_2`, execution.set_progress): 0.33's synchronous ComfyAPISync has it; in
+- The V3 progress API (v3_api.py, execution.set_progress): 0.33's synchronous ComfyAPISync has it; in
   0.3.64 ComfyAPISync has no `execution` (its sync stub generator could not read the string annotations), so
   there the same asynchronous method is driven to completion in place (it awaits nothing).
 """
@@ -70,7 +70,7 @@ def flux_model(dtype=None, device=None, operations=None, **config):
 @functools.cache
 def _set_progress_function():
     """ComfyUI's V3 set_progress(value=, max_value=, node_id=), callable from a synchronous node."""
-    from comfy_api.v0_0_2 import ComfyAPI, ComfyAPISync
+    from .v3_api import ComfyAPI, ComfyAPISync
     execution = getattr(ComfyAPISync(), "execution", None)
     if execution is not None:
         return execution.set_progress

@@ -1,6 +1,6 @@
-"""ComfyUI nodes of the pack, on ComfyUI's V3 node schema (the versioned comfy_api.v0_0_2): thin wrappers over
+"""ComfyUI nodes of the pack, on ComfyUI's V3 node schema (comfy_adapter/v3_api.py imports it): thin wrappers over
 samplers/, quant/ and calibration/. ComfyUI picks them up through comfy_entrypoint (the pack's __init__.py)."""
-from comfy_api.v0_0_2 import ComfyExtension
+from ..comfy_adapter.v3_api import ComfyExtension
 
 from . import calibrate, export, loaders, presets, ptqd, sampling, scoring
 from . import routes  # noqa: F401  registers the /qsched/* server routes the web extension reads

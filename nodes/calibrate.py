@@ -7,7 +7,7 @@ and the run log (<user dir>/qsched_runs) lets a rerun with the same settings ski
 import math
 
 import comfy.model_management
-from comfy_api.v0_0_2 import io
+from ..comfy_adapter.v3_api import io
 
 from ..calibration.plot import plot_result
 from ..calibration.run import REFERENCE_MODEL_HELP, SCHEDULERS as HOST_SCHEDULERS, CalibrationConfig

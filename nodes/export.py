@@ -6,7 +6,7 @@ import re
 import comfy.model_management
 import comfy.sd
 import folder_paths
-from comfy_api.v0_0_2 import io
+from ..comfy_adapter.v3_api import io
 
 from ..quant import LayerPolicy, quantize_module
 from ..quant.export import save_comfy_int8

@@ -8,7 +8,7 @@ onto the layer's existing scales (at load in normal mode, per call in low-VRAM m
 codes. Loading and quantizing is comfy_adapter/loading.py, shared with the command line. Text encoders and VAE are
 untouched."""
 import folder_paths
-from comfy_api.v0_0_2 import io
+from ..comfy_adapter.v3_api import io
 
 from ..comfy_adapter.loading import load_checkpoint, load_diffusion_model, register_cache_folder
 from ..quant.options import QUANT_OPTIONS

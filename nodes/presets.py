@@ -4,7 +4,7 @@ import logging
 import os
 
 import folder_paths
-from comfy_api.v0_0_2 import io
+from ..comfy_adapter.v3_api import io
 
 from ..calibration.presets import (SHIPPED_PRESETS, PresetError, check_model, check_name, preset_path,
                                    read_preset_file, schedule_of)

@@ -5,7 +5,7 @@ calibration.run.CalibrationConfig's."""
 import logging
 
 import comfy.model_management
-from comfy_api.v0_0_2 import io
+from ..comfy_adapter.v3_api import io
 
 from ..calibration.presets import make_preset, safe_preset_name, save_preset
 from ..calibration.prompts import prompts_hash

@@ -7,7 +7,7 @@ with our sampler and sigma schedules.
 """
 
 import comfy.utils
-from comfy_api.v0_0_2 import io
+from ..comfy_adapter.v3_api import io
 
 from ..comfy_adapter.sampling import (FEW_STEP_SCHEDULERS, SCHEDULERS, qsched_sampler, sample_with_schedule,
                                       sampler_options, scheduler_sigmas)

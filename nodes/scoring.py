@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 import comfy.model_management
 import comfy.model_patcher
 import folder_paths
-from comfy_api.v0_0_2 import io
+from ..comfy_adapter.v3_api import io
 
 from ..calibration.metrics import CLIP_IQA_PAIRS, CLIP_SCORE_CONVENTIONS, ScorerError, load_scorer
 from ..calibration.metrics.checkpoints import WHERE_TO_PUT
