@@ -7,49 +7,18 @@ and quantizing the loader node's (comfy_adapter.loading). Resumes from the run l
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
+from ..cli_args import Parser, existing_file, integer, number, output_file, output_folder
 from ..quant.options import QUANT_OPTIONS
 from ..safe_files import UnsafeFileError, read_regular_file
+from .heldout import split_pairs
 from .reference import ReferenceError
 from .run import REFERENCE_MODEL_HELP, SCHEDULERS, CalibrationConfig, ConfigError
 
 MAX_PROMPTS_FILE_BYTES = 16 << 20
-
-
-def _integer(minimum, maximum=None, multiple_of=1):
-    """An argparse type: an integer in [minimum, maximum] (and a multiple of `multiple_of`), else a clear error."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum or (maximum is not None and value > maximum) or value % multiple_of:
-            bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-            multiple = f", a multiple of {multiple_of}" if multiple_of > 1 else ""
-            raise argparse.ArgumentTypeError(f"{value} is out of range: give an integer {bounds}{multiple}")
-        return value
-    return parse
-
-
-def _number(minimum=None, maximum=None):
-    """An argparse type: a finite float in [minimum, maximum], else a clear error."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bound = " and ".join(b for b in (minimum is not None and f">= {minimum}",
-                                             maximum is not None and f"<= {maximum}") if b)
-            raise argparse.ArgumentTypeError(f"{value} is out of range: give a number {bound}")
-        return value
-    return parse
 
 
 def _quant_spec(text):
@@ -67,9 +36,9 @@ def _argument_type(name, default, setting):
     if name == "quant":
         return _quant_spec
     if isinstance(default, int):
-        return _integer(setting.minimum, setting.maximum, setting.step or 1)
+        return integer(setting.minimum, setting.maximum, setting.step or 1)
     if isinstance(default, float):
-        return _number(setting.minimum, setting.maximum)
+        return number(setting.minimum, setting.maximum)
     return str
 
 
@@ -83,12 +52,22 @@ def config_flags():
     return flags
 
 
+def reference_model(text):
+    """An argparse type: 'same' or an existing checkpoint file."""
+    return text if text == "same" else existing_file(text)
+
+
+DESCRIPTION = ("Calibrate Q-Sched coefficients for a checkpoint headless, as the Q-Sched Calibrate node does, and "
+               "write the preset; needs a ComfyUI checkout (--comfyui or COMFYUI_DIR).")
+
+
 def parser():
-    p = argparse.ArgumentParser(prog="python -m qsched calibrate", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint .safetensors (model, CLIP and VAE)")
-    p.add_argument("--scorer", default=None, help="CLIP checkpoint for the JAQ scorer (open_clip/HF/OpenAI file); "
-                   "needed unless the objective is reference_latent or reference_image")
-    p.add_argument("--scorer-k", type=_number(minimum=0.0), default=2.0, help="JAQ = TC + k * IQ (default 2)")
+    p = Parser(prog="python -m qsched calibrate", description=DESCRIPTION)
+    p.add_argument("--checkpoint", required=True, type=existing_file,
+                   help="checkpoint .safetensors (model, CLIP and VAE)")
+    p.add_argument("--scorer", default=None, type=existing_file, help="CLIP checkpoint for the JAQ scorer "
+                   "(open_clip/HF/OpenAI file); needed unless the objective is reference_latent or reference_image")
+    p.add_argument("--scorer-k", type=number(minimum=0.0), default=2.0, help="JAQ = TC + k * IQ (default 2)")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI checkout (or COMFYUI_DIR)")
     flags = config_flags()
     for name, default, setting in CalibrationConfig.settings():
@@ -102,12 +81,17 @@ def parser():
     for option in QUANT_OPTIONS[1:]:   # the quantization itself is --quant
         flag = "--quant-cache" if option.name == "cache" else "--" + option.name.replace("_", "-")
         p.add_argument(flag, default=option.default, choices=option.choices, help=f"with --quant: {option.help}")
-    p.add_argument("--prompts-file", default=None, help="one prompt per line (default: the pack's 20 prompts)")
-    p.add_argument("--preset-folder", default=None, help="default: <ComfyUI user dir>/qsched_presets")
-    p.add_argument("--runs-folder", default=None, help="default: <ComfyUI user dir>/qsched_runs")
-    p.add_argument("--plot", default=None, help="also save the plot as this PNG")
+    p.add_argument("--prompts-file", default=None, type=existing_file,
+                   help="one prompt per line, at least 2 (default: the pack's 20 prompts)")
+    p.add_argument("--preset-folder", default=None, type=output_folder,
+                   help="where the preset is written (default: <ComfyUI user dir>/qsched_presets)")
+    p.add_argument("--runs-folder", default=None, type=output_folder,
+                   help="where the run log is kept for resuming (default: <ComfyUI user dir>/qsched_runs)")
+    p.add_argument("--plot", default=None, type=output_file, help="also save the plot as this PNG (its folder must "
+                   "exist)")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
-    p.add_argument("--reference-model", default=None, help=f"{REFERENCE_MODEL_HELP}: 'same' = --checkpoint loaded "
+    p.add_argument("--reference-model", default=None, type=reference_model,
+                   help=f"{REFERENCE_MODEL_HELP}: 'same' = --checkpoint loaded "
                    "again without --quant, or another checkpoint")
     p.add_argument("--fp-control", action="store_true", help="with --quant: --reference-model same, for the FP "
                    "control of a jaq/tc/iq calibration (say whether the gain is quantization-specific)")
@@ -149,6 +133,17 @@ def read_prompts(prompts_file, n_prompts):
         raise SystemExit(f"--n-prompts {n_prompts}: {error}") from None
 
 
+def check_prompts(config, prompts_file):
+    """Enough prompts for the search and its held-out check (ConfigError naming the file otherwise); a given file
+    with no prompt is refused, not replaced by the pack's prompts."""
+    try:
+        if prompts_file and not config.prompts.strip():
+            raise ValueError("no prompt in the file (one prompt per line, at least 2)")
+        split_pairs(len(config.prompt_list()), config.holdout)
+    except ValueError as error:
+        raise ConfigError(f"--prompts-file {prompts_file}: {error}" if prompts_file else str(error)) from None
+
+
 def reference_path(args):
     """The full-precision checkpoint to load (None: none): --reference-model, 'same' (and --fp-control) being
     --checkpoint without --quant."""
@@ -159,13 +154,36 @@ def reference_path(args):
     return args.checkpoint if path == "same" else path
 
 
+class Progress:
+    """progress(done, total) of the calibration. On a terminal: one line updated in place, its total the first plan
+    (a search that stops early ends below it; one that needs more raises it), ended with a newline by finish().
+    Elsewhere (a log file) nothing: the summary printed at the end has the counts."""
+
+    def __init__(self, started, stream=None):
+        self.stream = stream or sys.stderr
+        self.started, self.total, self.shown = started, None, False
+        self.live = self.stream.isatty()
+
+    def __call__(self, done, total):
+        self.total = max(done, total if self.total is None else self.total)
+        if self.live:
+            self.stream.write(f"\r{done}/{self.total} images, {time.monotonic() - self.started:.0f} s\x1b[K")
+            self.stream.flush()
+            self.shown = True
+
+    def finish(self):
+        if self.shown:
+            self.stream.write("\n")
+            self.shown = False
+
+
 def main(argv):
     p = parser()
     args = p.parse_args(argv)
     reference = reference_path(args)
     try:
         config = config_of(args, read_prompts_text(args.prompts_file))
-        config.prompt_list()
+        check_prompts(config, args.prompts_file)
         config.check_inputs(reference=reference is not None, scorer=args.scorer is not None)   # before any loading
     except ConfigError as error:
         p.error(str(error))
@@ -182,10 +200,7 @@ def main(argv):
     reference_model = load_checkpoint(reference)[0] if reference is not None else None
     scorer = load_scorer(args.scorer, k=args.scorer_k) if args.scorer else None
     started = time.monotonic()
-
-    def progress(done, total):
-        print(f"\r{done}/{total} images, {time.monotonic() - started:.0f} s", end="", file=sys.stderr, flush=True)
-
+    progress = Progress(started)
     try:
         calibration = calibrate(config, model, clip, vae, scorer, reference_model=reference_model,
                                 preset_folder=args.preset_folder, runs_folder=args.runs_folder,
@@ -193,7 +208,8 @@ def main(argv):
                                 scorer_k=args.scorer_k if scorer is not None else None, progress=progress)
     except (ConfigError, ReferenceError) as error:
         raise SystemExit(f"calibrate: {error}") from None
-    print(file=sys.stderr)
+    finally:
+        progress.finish()
     print(format_report(calibration.report, calibration.search), file=sys.stderr)
     if args.plot:
         from PIL import Image

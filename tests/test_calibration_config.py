@@ -17,7 +17,8 @@ from comfyui_qsched.calibration.run import SCHEDULERS, CalibrationConfig, Config
 from comfyui_qsched.calibration.runlog import settings_hash
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REQUIRED = ["--checkpoint", "c.safetensors", "--scorer", "s.safetensors"]
+# Parsing checks that the files exist (nothing reads them here): this file stands for both.
+REQUIRED = ["--checkpoint", __file__, "--scorer", __file__]
 
 
 def test_defaults_are_a_valid_config_and_every_setting_has_help():
@@ -311,7 +312,9 @@ def test_a_reference_objective_without_the_fp_model_is_refused_before_any_image(
 ])
 def test_the_command_line_refuses_missing_models_before_loading_anything(argv, message, capsys, tmp_path):
     """--comfyui points nowhere: the refusal must come first (loading would fail differently)."""
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"{}")
     with pytest.raises(SystemExit) as exit:
-        cli.main(["--checkpoint", str(tmp_path / "none.safetensors"), "--comfyui", str(tmp_path), *argv])
+        cli.main(["--checkpoint", str(checkpoint), "--comfyui", str(tmp_path), *argv])
     said = f"{exit.value.code} {capsys.readouterr().err}"     # argparse's error, or SystemExit's message
     assert message in said and "ComfyUI checkout" not in said

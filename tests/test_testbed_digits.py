@@ -96,8 +96,10 @@ def test_unsupported_steps_and_bits_are_refused(testbed):
         with pytest.raises(ValueError, match="unsupported bit width"):
             experiment.quantized_student(unet, bits)
     from comfyui_qsched.testbed.digits import demo
-    assert demo.main(["--steps", "12"]) == 2
-    assert demo.main(["--bits", "W2A2"]) == 2
+    for argv in (["--steps", "12"], ["--bits", "W2A2"]):
+        with pytest.raises(SystemExit) as exit:
+            demo.main(argv)
+        assert exit.value.code == 2
 
 
 def test_naive_w4a4_is_measurably_worse_than_full_precision(testbed):

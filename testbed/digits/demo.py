@@ -1,4 +1,4 @@
-"""`python -m qsched demo`: Q-Sched on a real trained few-step model, on the CPU in a couple of minutes.
+"""`python -m qsched demo`: Q-Sched on a real trained few-step model, on the CPU.
 
 Loads the shipped digits LCM model, quantizes it with the pack's quantizer, searches Q-Sched coefficients with the
 testbed's JAQ on 20 class/noise pairs (the paper grid raced with confidence intervals), calibrates a second schedule
@@ -7,7 +7,6 @@ then prints FID / TC / IQ / JAQ of full precision, naive quantization, quantizat
 reference schedule on fresh samples, and saves an image grid and the searched score surface. Missing or corrupt
 weights: `--retrain` rebuilds them (needs a GPU for a few minutes).
 """
-import argparse
 import os
 import sys
 import time
@@ -15,7 +14,8 @@ import time
 import torch
 from PIL import Image, ImageDraw
 
-from ...calibration.strategies import DEFAULT_STRATEGY
+from ...calibration.strategies import DEFAULT_STRATEGY, STRATEGIES
+from ...cli_args import Parser, choice_of, integer, output_folder
 from ...samplers import QSchedSchedule
 from .data import to_comfy_image
 from .experiment import SUPPORTED_BITS, check_bits, evaluate_cell, load_testbed, quantized_student, search_schedule
@@ -24,6 +24,9 @@ from .scoring import FeatureFID
 from .weights import WeightsError
 
 CELL, ROW_LABEL = 4, 120
+DESCRIPTION = ("Q-Sched on a real trained few-step model, on the CPU: quantize the shipped digits LCM model, "
+               "calibrate Q-Sched and a schedule fitted to full precision, and compare FID / TC / IQ / JAQ with "
+               "FP32 and naive quantization; saves an image grid and the score surface.")
 
 
 def image_grid(rows, per_class=2):
@@ -42,26 +45,29 @@ def image_grid(rows, per_class=2):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m qsched demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", default="W4A4", help=f"one of {', '.join(b for b in SUPPORTED_BITS if b != 'FP32')}")
-    parser.add_argument("--steps", type=int, default=4, help=f"LCM steps, one of {list(SUPPORTED_STEPS)}")
-    parser.add_argument("--samples", type=int, default=300, help="evaluation samples per row (classes balanced)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strategy", default=DEFAULT_STRATEGY)
-    parser.add_argument("--grid-points", type=int, default=7)
-    parser.add_argument("--refine-evaluations", type=int, default=60,
-                        help="candidates the reference schedule's per-step refinement may score")
-    parser.add_argument("--out", default="qsched_demo", help="folder for the image grid and the search plot")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
+    parser = Parser(prog="python -m qsched demo", description=DESCRIPTION)
+    quantized_bits = [b for b in SUPPORTED_BITS if b != "FP32"]
+    parser.add_argument("--bits", default="W4A4", type=choice_of(quantized_bits, str.upper),
+                        help=f"quantization of the UNet, one of {', '.join(quantized_bits)} (default W4A4)")
+    parser.add_argument("--steps", type=choice_of(list(map(str, SUPPORTED_STEPS))), default="4",
+                        help=f"LCM steps, one of {', '.join(map(str, SUPPORTED_STEPS))} (default 4)")
+    parser.add_argument("--samples", type=integer(10), default=300,
+                        help="evaluation samples per row, classes balanced, at least 10 (default 300)")
+    parser.add_argument("--seed", type=integer(0), default=0, help="noise seed of the evaluation samples (default 0)")
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=list(STRATEGIES),
+                        help=f"search strategy of the Q-Sched calibration (default {DEFAULT_STRATEGY})")
+    parser.add_argument("--grid-points", type=integer(2), default=7,
+                        help="grid points per coefficient of the searched start values (default 7)")
+    parser.add_argument("--refine-evaluations", type=integer(0), default=60,
+                        help="candidates the reference schedule's per-step refinement may score (default 60)")
+    parser.add_argument("--out", default="qsched_demo", type=output_folder,
+                        help="folder for the image grid and the search plot, made in the working folder "
+                             "(default qsched_demo)")
+    parser.add_argument("--threads", type=integer(1), default=1,
+                        help="torch threads (default 1: avoids OpenMP stalls on a busy 2-core machine)")
     parser.add_argument("--retrain", action="store_true", help="retrain the shipped weights first (GPU advised)")
     args = parser.parse_args(argv)
-    try:
-        bits, steps = check_bits(args.bits), check_steps(args.steps)
-        if bits == "FP32":
-            raise ValueError("--bits must name a quantized width (the demo compares it with FP32)")
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    bits, steps = check_bits(args.bits), check_steps(int(args.steps))
     torch.set_num_threads(args.threads)
     started = time.time()
     if args.retrain:
@@ -103,5 +109,7 @@ def main(argv=None):
     from ...calibration.plot import plot_result
     surface = (plot_result(result)[0].numpy() * 255).round().astype("uint8")
     Image.fromarray(surface).save(os.path.join(args.out, "search_surface.png"))
-    print(f"\nsaved {args.out}/digits_grid.png and {args.out}/search_surface.png ({time.time() - started:.0f} s)")
+    out = os.path.abspath(args.out)
+    print(f"\nsaved {os.path.join(out, 'digits_grid.png')} and {os.path.join(out, 'search_surface.png')} "
+          f"({time.time() - started:.0f} s)")
     return 0

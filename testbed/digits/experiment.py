@@ -5,7 +5,6 @@ quant.quantize_module (simulate backend) and calibration.search.run_search with 
 `python -m qsched digits-experiment [--samples 700 --seeds 0,1,2 --steps 2,4,8 ...]` writes a JSON of every cell
 (written after each one, so a long run can be read while it goes), then prints report.tables of it.
 """
-import argparse
 import copy
 import json
 import math
@@ -16,7 +15,8 @@ import torch
 
 from ...atomic_files import write_text_atomic
 from ...calibration.search import run_search
-from ...calibration.strategies import DEFAULT_STRATEGY
+from ...calibration.strategies import DEFAULT_STRATEGY, STRATEGIES
+from ...cli_args import Parser, integer, output_file
 from ...quant import QuantSpec, quantize_module
 from ...quant.policy import KEEP, LayerPolicy
 from ...samplers import NonFiniteLatentError, QSchedSchedule
@@ -119,19 +119,24 @@ def _write_json(path, results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m qsched digits-experiment")
-    parser.add_argument("--steps", default="4,2,8")
+    parser = Parser(prog="python -m qsched digits-experiment", description=(
+        "The digits testbed's quality table: FP32 vs naive W8A8 / W4A8 / W4A4 vs quantized with Q-Sched "
+        "coefficients, through the pack's own code; writes a JSON of every cell and prints the tables."))
+    parser.add_argument("--steps", default="4,2,8", help="comma-separated LCM step counts (default 4,2,8)")
     parser.add_argument("--bits", default="W8A8,W4A8,W4A4", help="naive quantized rows")
     parser.add_argument("--qsched-bits", default="W4A8,W4A4", help="rows with searched Q-Sched coefficients")
     parser.add_argument("--ptqd-bits", default="W4A8,W4A4", help="rows with the PTQD-style correction (FP calibration)")
     parser.add_argument("--no-fp", action="store_true", help="leave out the FP32 row (e.g. a PTQD-only run)")
-    parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--strategy", default=DEFAULT_STRATEGY)
-    parser.add_argument("--grid-points", type=int, default=9)
+    parser.add_argument("--samples", type=integer(10), default=700, help="samples per seed (classes balanced)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated evaluation noise seeds (default 0,1,2)")
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY, choices=list(STRATEGIES),
+                        help=f"search strategy of the Q-Sched rows (default {DEFAULT_STRATEGY})")
+    parser.add_argument("--grid-points", type=integer(2), default=9, help="grid points per coefficient (default 9)")
     parser.add_argument("--c-range", default="0.8,1.2", help="search range of the start coefficients")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    parser.add_argument("--threads", type=integer(1), default=1,
+                        help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results.json"), type=output_file,
+                        help="results JSON, rewritten after each cell (default: testbed/digits/results.json)")
     parser.add_argument("--weights", default=None, help="weights folder (default: the shipped weights), e.g. a "
                         "retrain's --out, to check that the conclusions hold on it")
     args = parser.parse_args(argv)

@@ -16,7 +16,6 @@ is held out. FID on the classifier's features and on raw 8x8 pixels (pixel_fid.p
 `python -m qsched digits-reference [--steps 2,4,8 --bits W4A8,W4A4 --samples 700 --seeds 0,1,2 --weights DIR]`
 writes a JSON after every cell and prints the tables (reference_report.py).
 """
-import argparse
 import os
 import time
 
@@ -28,6 +27,7 @@ from ...calibration.ptqd import ptqd_schedule
 from ...calibration.reference import (DEFAULT_REFERENCE_WEIGHT as REFERENCE_WEIGHT, feature_distance, jaq_with_reference,
                                       latent_distance)
 from ...calibration.search import run_search
+from ...cli_args import Parser, integer, output_file
 from ...samplers import QSchedSchedule
 from .experiment import (CALIBRATION_SEED, Calibration, check_bits, evaluate_row, load_testbed, quantized_student,
                          search_schedule)
@@ -143,22 +143,27 @@ def reference_rows(fp, quantized, bits, steps, scorer, searches, refine_evaluati
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m qsched digits-reference", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default="2,4,8")
-    parser.add_argument("--bits", default="W4A8,W4A4")
-    parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--refine-evaluations", type=int, default=REFINE_EVALUATIONS)
-    parser.add_argument("--reference-pairs", type=int, default=REFERENCE_PAIRS,
+    parser = Parser(prog="python -m qsched digits-reference", description=(
+        "Calibration against the full-precision model on the digits testbed: naive, Q-Sched, reference-objective, "
+        "per-step refined and PTQD-style rows per step count and bit width, through the pack's own code."))
+    parser.add_argument("--steps", default="2,4,8", help="comma-separated LCM step counts (default 2,4,8)")
+    parser.add_argument("--bits", default="W4A8,W4A4", help="comma-separated bit widths (default W4A8,W4A4)")
+    parser.add_argument("--samples", type=integer(10), default=700, help="samples per seed (classes balanced)")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated evaluation noise seeds (default 0,1,2)")
+    parser.add_argument("--refine-evaluations", type=integer(0), default=REFINE_EVALUATIONS,
+                        help=f"candidates the per-step refinement may score (default {REFINE_EVALUATIONS})")
+    parser.add_argument("--reference-pairs", type=integer(2), default=REFERENCE_PAIRS,
                         help="class/noise pairs the reference objectives calibrate on")
     parser.add_argument("--reference-objective", choices=REFERENCE_ROW_OBJECTIVES,
                         default="reference_latent", help="what the reference rows calibrate on: pixel MSE to the FP "
                         "samples, or the cosine distance of their classifier features (as the pack's reference_clip)")
     parser.add_argument("--only-reference", action="store_true",
                         help="only FP32, naive and the reference objective's rows (e.g. to vary --reference-pairs)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
+    parser.add_argument("--threads", type=integer(1), default=1,
+                        help="torch threads (1 avoids OpenMP stalls on a busy 2-core machine)")
     parser.add_argument("--weights", default=None, help="weights folder (default: the shipped weights)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results_reference.json"))
+    parser.add_argument("--out", default=os.path.join(HERE, "results_reference.json"), type=output_file,
+                        help="results JSON (default: testbed/digits/results_reference.json)")
     args = parser.parse_args(argv)
     if args.reference_pairs < 2:
         parser.error(f"--reference-pairs must be at least 2, got {args.reference_pairs}")

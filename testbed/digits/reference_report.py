@@ -5,10 +5,10 @@ range, seeds paired), TC, IQ and the mean pixel; then issue 16's targets, met or
 `python -m qsched digits-reference-report FILE... [--merge OUT]`: runs split by step count or bit width (one
 process each) are merged into one report, and with --merge into one JSON; they must share weights and settings.
 """
-import argparse
 import json
 
 from ...atomic_files import write_text_atomic
+from ...cli_args import Parser, existing_file, output_file
 
 TARGET_ROW = "reference, per step free + offset"
 TARGETS = {"W4A8": 1.35, "W4A4": 2.0}     # FID at most this multiple of FP32's, at 2 and 4 steps
@@ -137,9 +137,11 @@ def _describe(schedule):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m qsched digits-reference-report", description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", help="digits-reference JSON files")
-    parser.add_argument("--merge", metavar="OUT", help="also write the merged runs to this JSON file")
+    parser = Parser(prog="python -m qsched digits-reference-report", description=(
+        "Markdown tables of digits-reference JSON files: FID on classifier features and raw pixels, TC, IQ and "
+        "the ratios to FP32 per step count; runs split by step count or bit width are merged."))
+    parser.add_argument("files", nargs="+", type=existing_file, help="digits-reference JSON files")
+    parser.add_argument("--merge", metavar="OUT", type=output_file, help="also write the merged runs to this JSON file")
     args = parser.parse_args(argv)
     try:
         merged = load_runs(args.files)

@@ -7,7 +7,6 @@ teacher (Euler 50, CFG 2) FID 0.705 / TC 0.964 / IQ 0.980; LCM student 1/2/4/8 s
 0.623, TC 0.957-0.958, IQ 0.851 / 0.947 / 0.959 / 0.966. Compare a rerun with the shipped weights over several
 sampling seeds with `--compare DIR` (testbed/digits/RESULTS.md reports one rerun on an H100).
 """
-import argparse
 import json
 import os
 import time
@@ -15,6 +14,7 @@ import time
 import torch
 
 from ...atomic_files import write_text_atomic
+from ...cli_args import Parser, integer, output_folder
 from . import train_metrics, train_models
 from .data import load_digits_tensors
 from .diffusion import EpsDenoiser, LCMDenoiser
@@ -61,14 +61,19 @@ def compare_folders(shipped, other, device, seeds, count=2000):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m qsched train-digits")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--only", choices=("metrics", "models", "student", "measure"))
-    parser.add_argument("--out", default=WEIGHTS_DIR)
+    parser = Parser(prog="python -m qsched train-digits", description=(
+        "Retrain the digits testbed's weights (metrics first, then teacher and student), then measure the "
+        "generators with the fresh metrics."))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device to train on (default: cuda where available, else cpu)")
+    parser.add_argument("--only", choices=("metrics", "models", "student", "measure"),
+                        help="run one stage only (default: all)")
+    parser.add_argument("--out", default=WEIGHTS_DIR, type=output_folder,
+                        help="weights folder to write (default: the shipped weights folder)")
     parser.add_argument("--quick", action="store_true", help="a few iterations only (smoke test, useless weights)")
     parser.add_argument("--compare", metavar="DIR", help="train nothing: measure the weights in DIR and the shipped "
                         "ones over --seeds sampling seeds and print both (is a retrain within sampling noise?)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=integer(1), default=3, help="sampling seeds of --compare (default 3)")
     args = parser.parse_args(argv)
     if args.compare:
         print(json.dumps(compare_folders(WEIGHTS_DIR, args.compare, args.device, args.seeds), indent=1))

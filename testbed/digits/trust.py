@@ -13,7 +13,6 @@ digits testbed, through the pack's own search and held-out check (the code the n
 
 Images are memoised per (schedule, pair): a strategy's "images used" counts what it asked for, as if it ran alone.
 """
-import argparse
 import json
 import math
 import os
@@ -26,6 +25,7 @@ from ...calibration.heldout import HOLDOUT_FRACTION, check_winner, split_pairs
 from ...calibration.paired import paired_difference
 from ...calibration.runlog import schedule_key
 from ...calibration.search import run_search
+from ...cli_args import Parser, integer, number, output_file
 from ...samplers import QSchedSchedule
 from .experiment import CALIBRATION_SEED, Calibration, evaluate_cell, load_testbed, quantized_student
 from .generate import check_steps
@@ -150,20 +150,28 @@ def fid_rows(quantized, fp, scorer, steps, rows, args, fid):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m qsched digits-trust", description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", default="W4A8,W4A8-paper,W4A4")
-    parser.add_argument("--steps", default="2,4,8")
-    parser.add_argument("--pairs", type=int, default=40, help="calibration pairs (classes balanced), search + held out")
-    parser.add_argument("--holdout", type=float, default=HOLDOUT_FRACTION)
-    parser.add_argument("--grid-points", type=int, default=9)
-    parser.add_argument("--c-range", default="0.8,1.2")
-    parser.add_argument("--calibration-seeds", type=int, default=3)
-    parser.add_argument("--truth-pairs", type=int, default=300, help="fresh pairs for the truth JAQ (0 = skip)")
-    parser.add_argument("--fid-samples", type=int, default=700, help="per evaluation seed (0 = skip FID)")
-    parser.add_argument("--eval-seeds", default="0,1")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--weights", default=None)
-    parser.add_argument("--out", default=os.path.join(HERE, "results_trust.json"))
+    parser = Parser(prog="python -m qsched digits-trust", description=(
+        "Can the calibration's answer be trusted? Per bit width and step count on the digits testbed: every "
+        "strategy's pick against the full grid, the held-out verdicts, the FP control and the picks' stability "
+        "over calibration seeds."))
+    parser.add_argument("--bits", default="W4A8,W4A8-paper,W4A4", help="comma-separated bit widths "
+                        "(default W4A8,W4A8-paper,W4A4)")
+    parser.add_argument("--steps", default="2,4,8", help="comma-separated LCM step counts (default 2,4,8)")
+    parser.add_argument("--pairs", type=integer(2), default=40,
+                        help="calibration pairs (classes balanced), search + held out")
+    parser.add_argument("--holdout", type=number(0.01, 0.99), default=HOLDOUT_FRACTION,
+                        help=f"fraction of the pairs held out of the search (default {HOLDOUT_FRACTION})")
+    parser.add_argument("--grid-points", type=integer(2), default=9, help="grid points per coefficient (default 9)")
+    parser.add_argument("--c-range", default="0.8,1.2", help="search range of the start coefficients, low,high")
+    parser.add_argument("--calibration-seeds", type=integer(1), default=3,
+                        help="repeats with other search/held-out noise (default 3)")
+    parser.add_argument("--truth-pairs", type=integer(0), default=300, help="fresh pairs for the truth JAQ (0 = skip)")
+    parser.add_argument("--fid-samples", type=integer(0), default=700, help="per evaluation seed (0 = skip FID)")
+    parser.add_argument("--eval-seeds", default="0,1", help="comma-separated evaluation noise seeds (default 0,1)")
+    parser.add_argument("--threads", type=integer(1), default=1, help="torch threads (default 1)")
+    parser.add_argument("--weights", default=None, help="weights folder (default: the shipped weights)")
+    parser.add_argument("--out", default=os.path.join(HERE, "results_trust.json"), type=output_file,
+                        help="results JSON (default: testbed/digits/results_trust.json)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.c_range = tuple(float(c) for c in args.c_range.split(","))
