@@ -7,13 +7,14 @@ and the run log (<user dir>/qsched_runs) lets a rerun with the same settings ski
 import math
 
 import comfy.model_management
-from ..comfy_adapter.v3_api import io
 
 from ..calibration.plot import plot_result
 from ..calibration.run import REFERENCE_MODEL_HELP, SCHEDULERS as HOST_SCHEDULERS, CalibrationConfig
 from ..comfy_adapter.calibration import calibrate
 from ..comfy_adapter.comfy_compat import report_progress
 from ..comfy_adapter.sampling import SCHEDULERS
+from ..comfy_adapter.v3_api import io
+from . import categories
 from .io_types import Schedule, Scorer
 
 EVENT = "qsched.calibration"
@@ -64,7 +65,7 @@ class QSchedCalibrate(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="QSchedCalibrate", display_name="Q-Sched Calibrate", category="sampling/qsched",
+            node_id="QSchedCalibrate", display_name="Q-Sched Calibrate", category=categories.CALIBRATION,
             description=("Find Q-Sched coefficients for this model: every candidate schedule generates the "
                          "calibration prompts (prompt i with seed + i) and is scored by the scorer; the best (never "
                          "worse than identity on these prompts) is saved as a preset. A quarter of the prompt/seed "
@@ -79,8 +80,13 @@ class QSchedCalibrate(io.ComfyNode):
                                  "reference_image need none."),
                     *setting_inputs(),
                     io.Model.Input("reference_model", optional=True, tooltip="optional: " + REFERENCE_MODEL_HELP)],
-            outputs=[Schedule.Output(display_name="schedule"), io.Image.Output(display_name="plot"),
-                     io.String.Output(display_name="preset_name"), io.String.Output(display_name="summary")],
+            outputs=[Schedule.Output(display_name="schedule", tooltip="The winning per-step coefficients, for the "
+                                     "Q-Sched KSampler or Sampler (also saved as the preset)."),
+                     io.Image.Output(display_name="plot", tooltip="The searched score surface and the winner."),
+                     io.String.Output(display_name="preset_name", tooltip="Name of the preset written, for Load "
+                                      "Q-Sched Preset."),
+                     io.String.Output(display_name="summary", tooltip="Scores, held-out verdict and images used, "
+                                      "as text.")],
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )

@@ -6,14 +6,14 @@ import re
 import comfy.model_management
 import comfy.sd
 import folder_paths
-from ..comfy_adapter.v3_api import io
 
+from ..comfy_adapter.v3_api import io
 from ..quant import LayerPolicy, quantize_module
 from ..quant.export import save_comfy_int8
 from ..quant.source import check_source
+from . import categories
 from .loaders import check_layer_policy
 
-CATEGORY = "loaders/qsched"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 
 
@@ -47,7 +47,8 @@ class QSchedExportComfyInt8(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="QSchedExportComfyInt8", display_name="Export ComfyUI int8 Model (Q-Sched)", category=CATEGORY,
+            node_id="QSchedExportComfyInt8", display_name="Export ComfyUI int8 Model (Q-Sched)",
+            category=categories.MODELS,
             description=("Quantizes the diffusion model to W8A8 and saves it in ComfyUI's native int8 format: load it "
                          "with the plain Load Diffusion Model node (ComfyUI 0.33+), no Q-Sched needed."),
             inputs=[
@@ -59,7 +60,8 @@ class QSchedExportComfyInt8(io.ComfyNode):
                                 tooltip="Written to models/diffusion_models/<filename>.safetensors; an existing file "
                                         "is never overwritten."),
             ],
-            outputs=[io.String.Output(display_name="summary")],
+            outputs=[io.String.Output(display_name="summary", tooltip="The file written, its layers and the "
+                                      "weight size before quantization.")],
             is_output_node=True,
         )
 

@@ -8,14 +8,14 @@ onto the layer's existing scales (at load in normal mode, per call in low-VRAM m
 codes. Loading and quantizing is comfy_adapter/loading.py, shared with the command line. Text encoders and VAE are
 untouched."""
 import folder_paths
-from ..comfy_adapter.v3_api import io
 
 from ..comfy_adapter.loading import load_checkpoint, load_diffusion_model, register_cache_folder
+from ..comfy_adapter.v3_api import io
 from ..quant.options import QUANT_OPTIONS
 from ..quant.policy import LayerPolicy
 from ..quant.spec import QuantSpecError
+from . import categories
 
-CATEGORY = "loaders/qsched"
 
 register_cache_folder()
 
@@ -43,18 +43,24 @@ def check_layer_policy(layer_policy):
     return True
 
 
+MODEL_TOOLTIP = "The diffusion model, quantized at load time (the file on disk is unchanged)."
+SUMMARY_TOOLTIP = ("The quantization, backend, layers quantized and kept, weight size before and after, cache "
+                   "use.")
+
+
 class QSchedQuantizedDiffusionModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
             node_id="QSchedQuantizedDiffusionModelLoader", display_name="Load Quantized Diffusion Model (Q-Sched)",
-            category=CATEGORY,
+            category=categories.MODELS,
             description="UNETLoader that quantizes the diffusion model at load time (one BF16 file, every bit width).",
             inputs=[io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
                                    tooltip="Your FP16/BF16 diffusion model file (models/diffusion_models); it stays "
                                            "unchanged on disk."),
                     *quant_inputs()],
-            outputs=[io.Model.Output(display_name="model"), io.String.Output(display_name="summary")],
+            outputs=[io.Model.Output(display_name="model", tooltip=MODEL_TOOLTIP),
+                     io.String.Output(display_name="summary", tooltip=SUMMARY_TOOLTIP)],
         )
 
     @classmethod
@@ -75,15 +81,17 @@ class QSchedQuantizedCheckpointLoader(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="QSchedQuantizedCheckpointLoader", display_name="Load Quantized Checkpoint (Q-Sched)",
-            category=CATEGORY,
+            category=categories.MODELS,
             description="CheckpointLoaderSimple whose diffusion model is quantized at load time; CLIP and VAE as "
                         "stored.",
             inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
                                    tooltip="Your checkpoint (models/checkpoints); only its diffusion model is "
                                            "quantized."),
                     *quant_inputs()],
-            outputs=[io.Model.Output(display_name="model"), io.Clip.Output(display_name="clip"),
-                     io.Vae.Output(display_name="vae"), io.String.Output(display_name="summary")],
+            outputs=[io.Model.Output(display_name="model", tooltip=MODEL_TOOLTIP),
+                     io.Clip.Output(display_name="clip", tooltip="The checkpoint's text encoder, as stored."),
+                     io.Vae.Output(display_name="vae", tooltip="The checkpoint's VAE, as stored."),
+                     io.String.Output(display_name="summary", tooltip=SUMMARY_TOOLTIP)],
         )
 
     @classmethod

@@ -4,11 +4,12 @@ import logging
 import os
 
 import folder_paths
-from ..comfy_adapter.v3_api import io
 
 from ..calibration.presets import (SHIPPED_PRESETS, PresetError, check_model, check_name, preset_path,
                                    read_preset_file, schedule_of)
 from ..comfy_adapter.calibration import PRESET_FOLDER_NAME, model_hash, user_preset_folder
+from ..comfy_adapter.v3_api import io
+from . import categories
 from .io_types import Schedule
 
 log = logging.getLogger("qsched.presets")
@@ -45,7 +46,7 @@ class QSchedLoadPreset(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="QSchedLoadPreset", display_name="Load Q-Sched Preset", category="loaders/qsched",
+            node_id="QSchedLoadPreset", display_name="Load Q-Sched Preset", category=categories.CALIBRATION,
             description=("A calibrated Q-Sched preset from <user dir>/qsched_presets (and the pack's examples). The "
                          "schedule only samples with the sampler and step count it was calibrated for. Connect the "
                          "model to check that the preset was calibrated for it."),
@@ -55,8 +56,11 @@ class QSchedLoadPreset(io.ComfyNode):
                 io.Boolean.Input("allow_model_mismatch", default=False, optional=True,
                                  tooltip="use a preset calibrated for another model (warns)"),
             ],
-            outputs=[Schedule.Output(display_name="schedule"), io.String.Output(display_name="sampler_name"),
-                     io.Int.Output(display_name="steps")],
+            outputs=[Schedule.Output(display_name="schedule", tooltip="The preset's per-step coefficients, for "
+                                     "the Q-Sched KSampler or Sampler."),
+                     io.String.Output(display_name="sampler_name", tooltip="The sampler the preset was calibrated "
+                                      "for."),
+                     io.Int.Output(display_name="steps", tooltip="The step count the preset was calibrated for.")],
         )
 
     @classmethod

@@ -5,7 +5,6 @@ calibration.run.CalibrationConfig's."""
 import logging
 
 import comfy.model_management
-from ..comfy_adapter.v3_api import io
 
 from ..calibration.presets import make_preset, safe_preset_name, save_preset
 from ..calibration.prompts import prompts_hash
@@ -13,6 +12,8 @@ from ..calibration.run import CalibrationConfig
 from ..comfy_adapter.calibration import describe_model, model_hash, user_preset_folder
 from ..comfy_adapter.comfy_compat import report_progress
 from ..comfy_adapter.ptqd import describe_fits, fit_ptqd
+from ..comfy_adapter.v3_api import io
+from . import categories
 from .calibrate import DEFAULTS, check_settings, setting_inputs
 from .io_types import Schedule
 
@@ -28,7 +29,7 @@ class QSchedPTQDCorrection(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="QSchedPTQDCorrection", display_name="Q-Sched PTQD Correction", category="sampling/qsched",
+            node_id="QSchedPTQDCorrection", display_name="Q-Sched PTQD Correction", category=categories.CALIBRATION,
             description=("PTQD-style correction of a quantized model, for comparing with Q-Sched: fits eps_Q = (1 + k) "
                          "eps_FP + delta per step on calibration prompts (needs the full-precision model) and returns "
                          "it as a Q-Sched schedule (c_eps = 1/(1+k), offset = mean delta/(1+k)) for any Q-Sched "
@@ -41,8 +42,10 @@ class QSchedPTQDCorrection(io.ComfyNode):
                 io.Boolean.Input("per_channel", default=False, optional=True, tooltip="one mean per latent channel "
                                  "instead of one per step (our extension of PTQD)"),
             ],
-            outputs=[Schedule.Output(display_name="schedule"), io.String.Output(display_name="summary"),
-                     io.String.Output(display_name="preset_name")],
+            outputs=[Schedule.Output(display_name="schedule", tooltip="The fitted correction as a Q-Sched "
+                                     "schedule (c_eps and offsets), for any Q-Sched sampler."),
+                     io.String.Output(display_name="summary", tooltip="The fitted gain and mean per step, as text."),
+                     io.String.Output(display_name="preset_name", tooltip="Name of the preset written.")],
             hidden=[io.Hidden.unique_id],
         )
 

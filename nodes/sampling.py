@@ -7,15 +7,15 @@ with our sampler and sigma schedules.
 """
 
 import comfy.utils
-from ..comfy_adapter.v3_api import io
 
 from ..comfy_adapter.sampling import (FEW_STEP_SCHEDULERS, SCHEDULERS, qsched_sampler, sample_with_schedule,
                                       sampler_options, scheduler_sigmas)
+from ..comfy_adapter.v3_api import io
 from ..samplers import SAMPLERS, QSchedSchedule, ScheduleError
 from ..samplers.k_qsched import TCD_DEFAULT_GAMMA
+from . import categories
 from .io_types import Schedule
 
-CATEGORY = "sampling/qsched"
 MODES = ("linspace", "list")
 MAX_COEFFICIENT_STEPS = 1000
 
@@ -61,7 +61,7 @@ class QSchedKSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="QSchedKSampler", display_name="Q-Sched KSampler", category=CATEGORY,
+            node_id="QSchedKSampler", display_name="Q-Sched KSampler", category=categories.SAMPLING,
             description=("KSampler with Q-Sched: scales the latent by c_x and the predicted noise by c_eps at every "
                          "step (quantization-aware few-step sampling, arXiv 2509.01624). No schedule = the plain "
                          "sampler."),
@@ -104,7 +104,7 @@ class QSchedSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="QSchedSampler", display_name="Q-Sched Sampler", category=CATEGORY,
+            node_id="QSchedSampler", display_name="Q-Sched Sampler", category=categories.SAMPLING,
             description="A Q-Sched sampler for SamplerCustom / SamplerCustomAdvanced (schedule length = steps).",
             inputs=[
                 io.Combo.Input("sampler_name", options=list(SAMPLERS), default="lcm",
@@ -128,7 +128,7 @@ class QSchedCoefficients(io.ComfyNode):
     def define_schema(cls):
         coefficient = {"default": 1.0, "min": 0.01, "max": 10.0, "step": 0.005, "round": 0.0001}
         return io.Schema(
-            node_id="QSchedCoefficients", display_name="Q-Sched Coefficients", category=CATEGORY,
+            node_id="QSchedCoefficients", display_name="Q-Sched Coefficients", category=categories.SAMPLING,
             description="Per-step Q-Sched coefficients c_x (latent) and c_eps (predicted noise), validated against "
                         "steps.",
             inputs=[
@@ -178,7 +178,7 @@ class QSchedFewStepSigmas(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="QSchedFewStepSigmas", display_name="Q-Sched Few-Step Sigmas", category=CATEGORY,
+            node_id="QSchedFewStepSigmas", display_name="Q-Sched Few-Step Sigmas", category=categories.SAMPLING,
             description="Few-step sigma schedules Q-Sched coefficients are tuned on (LCM/TCD, SDXL-Turbo, "
                         "FLUX-schnell).",
             inputs=[

@@ -8,10 +8,11 @@ from PIL import Image, ImageDraw, ImageFont
 import comfy.model_management
 import comfy.model_patcher
 import folder_paths
-from ..comfy_adapter.v3_api import io
 
 from ..calibration.metrics import CLIP_IQA_PAIRS, CLIP_SCORE_CONVENTIONS, ScorerError, load_scorer
 from ..calibration.metrics.checkpoints import WHERE_TO_PUT
+from ..comfy_adapter.v3_api import io
+from . import categories
 from .io_types import Scorer
 
 SCORER_FOLDER = "qsched_scorers"
@@ -55,7 +56,7 @@ class QSchedScorerLoader(io.ComfyNode):
     def define_schema(cls):
         files = _scorer_files()
         return io.Schema(
-            node_id="QSchedScorerLoader", display_name="Load JAQ Scorer (Q-Sched)", category="loaders/qsched",
+            node_id="QSchedScorerLoader", display_name="Load JAQ Scorer (Q-Sched)", category=categories.SCORING,
             description=("Loads a JAQ scorer (CLIPScore + k * CLIP-IQA, or CLIPScore + k * HPSv2) from files in "
                          f"models/{SCORER_FOLDER}; nothing is downloaded. The model stays loaded across runs until an "
                          "input or the file changes."),
@@ -87,7 +88,8 @@ class QSchedScorerLoader(io.ComfyNode):
                                tooltip="fp16 is ~2-5x faster on GPU (ViT-L/14: 0.7 vs 3.7 ms per image on an H100); "
                                        "fp32 is what the parity tests check."),
             ],
-            outputs=[Scorer.Output(display_name="scorer")],
+            outputs=[Scorer.Output(display_name="scorer", tooltip="The JAQ scorer, for JAQ Score and Q-Sched "
+                                   "Calibrate.")],
         )
 
     @classmethod
@@ -148,7 +150,7 @@ class QSchedJAQScore(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         return io.Schema(
-            node_id="QSchedJAQScore", display_name="JAQ Score (Q-Sched)", category="qsched/scoring",
+            node_id="QSchedJAQScore", display_name="JAQ Score (Q-Sched)", category=categories.SCORING,
             description=("Scores images with a JAQ scorer: mean JAQ and its components as FLOATs, per-image scores as "
                          "JSON, and optionally the images with their scores written on them."),
             inputs=[

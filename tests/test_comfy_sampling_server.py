@@ -62,7 +62,7 @@ def test_object_info_lists_our_nodes_with_tooltips(comfy_server):
     for node_id, display_name in OUR_NODES.items():
         assert node_id in info, f"{node_id} missing from /object_info"
         entry = info[node_id]
-        assert entry["display_name"] == display_name and entry["category"] == "sampling/qsched"
+        assert entry["display_name"] == display_name and entry["category"] == "qsched/sampling"
         for section in ("required", "optional"):
             for name, spec in entry["input"].get(section, {}).items():
                 assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
