@@ -2,7 +2,6 @@
 comfy_api.latest. A ComfyUI without v0_0_2 is simulated by hiding that module in a fresh process, on each release
 the suite runs on; the pack must then load every node with the same schema as with the pinned version."""
 import json
-import os
 import subprocess
 import sys
 

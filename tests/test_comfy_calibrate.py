@@ -200,8 +200,8 @@ def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(com
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a lighthouse"}},
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "5": {"class_type": "QSchedKSampler", "inputs": {
-            "model": ["1", 0], "seed": 1, "steps": ["2", 2], "cfg": 1.0, "sampler_name": "lcm",
-            "scheduler": "lcm_original", "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0],
+            "model": ["1", 0], "seed": 1, "steps": ["2", 2], "cfg": 1.0, "sampler_name": "euler_ancestral",
+            "scheduler": "turbo_trailing", "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0],
             "denoise": 1.0, "schedule": ["2", 0]}},
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "reuse"}},

@@ -80,7 +80,7 @@ def test_example_workflow_produces_a_saved_image(comfy_server):
     prompt = ui_workflow_to_prompt(load_example_workflow("qsched_txt2img"), comfy_server.object_info())
     by_class = {node["class_type"]: node for node in prompt.values()}
     assert by_class["QSchedKSampler"]["inputs"]["schedule"] == ["6", 0]
-    assert by_class["QSchedKSampler"]["inputs"]["scheduler"] == "lcm_original"
+    assert by_class["QSchedKSampler"]["inputs"]["scheduler"] == "turbo_trailing"
     by_class["CheckpointLoaderSimple"]["inputs"]["ckpt_name"] = SD15_CHECKPOINT  # the tiny stand-in model
     by_class["EmptyLatentImage"]["inputs"].update(width=64, height=64)
     history = comfy_server.run(prompt)
