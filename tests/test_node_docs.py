@@ -14,8 +14,10 @@ from comfy_fixtures import PACK_DIR_NAME, REPO_ROOT
 
 DOCS_DIR = os.path.join(REPO_ROOT, "web", "docs")
 PAGES = sorted(glob.glob(os.path.join(DOCS_DIR, "*.md")))
-# Where a page's "## Measured" numbers may come from (the README, the benchmark results, the digits testbed).
-MEASUREMENT_SOURCES = [os.path.join(REPO_ROOT, "README.md"), os.path.join(REPO_ROOT, "testbed", "digits", "RESULTS.md"),
+# Where a page's "## Measured" numbers may come from (the README and the docs/ pages it links, the benchmark results,
+# the digits testbed).
+MEASUREMENT_SOURCES = [os.path.join(REPO_ROOT, "README.md"), *sorted(glob.glob(os.path.join(REPO_ROOT, "docs", "*.md"))),
+                       os.path.join(REPO_ROOT, "testbed", "digits", "RESULTS.md"),
                        *sorted(glob.glob(os.path.join(REPO_ROOT, "bench", "results", "*.md")))]
 NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?:e-?\d+)?(?![\w])")
 
