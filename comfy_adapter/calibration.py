@@ -146,7 +146,14 @@ def stack_conditioning(conditionings):
 
 
 def free_memory(device):
-    return comfy.model_management.get_free_memory(device)
+    """The memory the calibration's batches may fill on `device`: on a GPU what ComfyUI reports free (memory it
+    manages); on the CPU (and MPS, which shares it) the system's total, because its available memory moves with
+    every other process on the machine, and batch sizes that follow it would make the scores' float rounding, and
+    with it the search's pick, depend on the machine's load."""
+    mm = comfy.model_management
+    if getattr(device, "type", device) in ("cpu", "mps"):
+        return mm.get_total_memory(device)
+    return mm.get_free_memory(device)
 
 
 def memory_batch_limit(model, latent_shape, cfg):

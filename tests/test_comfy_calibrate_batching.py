@@ -177,3 +177,20 @@ def test_node_calibration_is_the_same_at_any_batch_size(sd15, scorer, tmp_path):
     assert [(e["key"], e["prompts"]) for e in logs[8][1:]] == [(e["key"], e["prompts"]) for e in logs[1][1:]]
     for one, other in zip(logs[1][1:], logs[8][1:]):
         assert other["scores"] == pytest.approx(one["scores"], rel=tolerance)
+
+
+def test_on_the_cpu_batches_do_not_follow_the_memory_other_processes_leave(sd15, monkeypatch):
+    """The CPU's available memory moves with the machine's load; batch sizes that followed it would change the
+    scores' rounding, and the search's pick, from run to run. On the CPU the limit comes from the total memory; on a
+    GPU from what ComfyUI reports free there."""
+    import comfy.model_management as mm
+    from comfyui_qsched.comfy_adapter import calibration
+
+    monkeypatch.setattr(mm, "get_free_memory", lambda *args, **kwargs: 1 << 20)       # a busy machine: 1 MiB left
+    monkeypatch.setattr(mm, "get_total_memory", lambda *args, **kwargs: 64 << 30)
+    assert calibration.free_memory(torch.device("cpu")) == 64 << 30
+    assert calibration.free_memory(torch.device("cuda", 0)) == 1 << 20
+    model = sd15[0]
+    expected = 1 if model.load_device.type != "cpu" else None
+    limit = calibration.memory_batch_limit(model, (4, 8, 8), 1.0)
+    assert limit == expected if expected is not None else limit > 16
