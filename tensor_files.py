@@ -131,3 +131,13 @@ def name_list(names, limit=5):
     """'a, b, c and 4 more'."""
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def warn_non_finite_weights(module, source_name, log):
+    """Log a warning naming the tensors of `module` (its floating-point weights, one reduction each) that hold NaN
+    or infinity: such a model quantizes, and would only fail while sampling. Returns their names."""
+    bad = non_finite_names(dict(module.state_dict()))
+    if bad:
+        log.warning("Q-Sched: %s has NaN or infinite weights in %d tensors: %s; images from it will fail (the file "
+                    "may be damaged, or the model diverged in training)", source_name, len(bad), name_list(bad))
+    return bad

@@ -11,10 +11,13 @@ import json
 import logging
 import math
 import os
+import stat
 
 from ..atomic_files import write_text_atomic
+from ..safe_files import UnsafeFileError, kind_of, read_regular_file
 
 LOG_VERSION = 1
+MAX_BYTES = 1 << 30   # far past any real search (a line per scored request)
 log = logging.getLogger("qsched.calibration")
 
 
@@ -72,7 +75,8 @@ class RunLog:
         self.hash = settings_hash(settings)
         self.done = {}
         self._file = None
-        if os.path.exists(self.path):
+        if os.path.lexists(self.path):
+            self._check_regular()
             self._resume()
         if self._file is None:
             self._start()
@@ -82,9 +86,21 @@ class RunLog:
         write_text_atomic(self.path, json.dumps(header, sort_keys=True, default=str) + "\n")
         self._file = open(self.path, "a", encoding="utf-8")
 
+    def _check_regular(self):
+        """A FIFO would block the read (and the append) forever, a device never end it: only a regular file."""
+        try:
+            mode = os.stat(self.path).st_mode
+        except OSError as error:
+            raise RunLogError(f"run log {self.path} cannot be read ({error.strerror or error}); delete it to start "
+                              "over") from None
+        if not stat.S_ISREG(mode):
+            raise RunLogError(f"run log {self.path} is {kind_of(mode)}, not a regular file; remove it to start over")
+
     def _resume(self):
-        with open(self.path, "rb") as handle:
-            data = handle.read()
+        try:
+            data = read_regular_file(self.path, MAX_BYTES)
+        except UnsafeFileError as error:
+            raise RunLogError(f"run log {self.path} {error}; remove it to start over") from None
         complete = data[: data.rfind(b"\n") + 1]  # a partial last line is an interrupted write
         lines = complete.decode("utf-8", errors="replace").splitlines()
         header = self._parse_header(lines[0] if lines else "")
