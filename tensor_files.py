@@ -43,6 +43,9 @@ def check_regular(path, what="file"):
 
 
 def _read_header_bytes(path):
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):   # not even opened; fstat below covers a swap between here and the open
+        raise UnsafeFileError(f"is {kind_of(mode)}, not a regular file")
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     with open(os.open(path, flags), "rb", closefd=True) as handle:
         info = os.fstat(handle.fileno())

@@ -212,11 +212,15 @@ class CalibrationConfig:
     def image_budget(self, reference=False):
         """(images the search may generate, None = the strategy's default; images kept for the rest) of
         budget_images, which counts every image: the held-out check takes winner and identity on each held-out pair
-        (twice with the FP control), a reference objective one full-precision sample per prompt. ConfigError when
+        (twice with the FP control), a reference objective one full-precision sample per prompt, the refinement
+        its evaluations on every search pair. ConfigError when
         the budget cannot even score the identity on the search pairs. reference: the FP model is given."""
         prompts = self.prompt_list()
         search_pairs, held_out = split_pairs(len(prompts), self.holdout)
-        kept = len(held_out) * (4 if self.fp_control(reference) else 2) + (len(prompts) if self.needs_reference else 0)
+        refine = self.refine_options(1)
+        refined = refine["evaluations"] * len(search_pairs) if refine else 0
+        kept = (len(held_out) * (4 if self.fp_control(reference) else 2) + (len(prompts) if self.needs_reference else 0)
+                + refined)
         if not self.budget_images:
             return None, kept
         search = self.budget_images - kept
@@ -226,6 +230,8 @@ class CalibrationConfig:
                 parts.append(f"the FP control {len(held_out) * 2}")
             if self.needs_reference:
                 parts.append(f"the full-precision reference samples {len(prompts)}")
+            if refined:
+                parts.append(f"the refinement {refined}")
             raise ConfigError(f"budget_images is {self.budget_images}, but {', '.join(parts)} and the search at least "
                               f"{len(search_pairs)} (the identity on each search pair) need {kept + len(search_pairs)}"
                               f": give at least {kept + len(search_pairs)}, or 0 for the strategy's default")
@@ -244,9 +250,7 @@ class CalibrationConfig:
         search_budget, kept = self.image_budget(reference)
         search_pairs, _ = split_pairs(len(self.prompt_list()), self.holdout)
         space = SearchSpace(STRATEGIES[self.strategy].space, self.steps, self.c_range)
-        refine = self.refine_options(1)
-        refined = (refine["evaluations"] * len(search_pairs)) if refine else 0
-        search = plan_images(self.strategy, space, len(search_pairs), search_budget) + refined
+        search = plan_images(self.strategy, space, len(search_pairs), search_budget)
         return (min(search, search_budget) if search_budget else search) + kept
 
 
@@ -362,7 +366,8 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     else:
         evaluate = make_evaluate(generate, scorer, prompts, config.objective, failures)
     search_evaluate = _on_pairs(evaluate, search_pairs)
-    log.info("Q-Sched calibration: at most %s images: the search %s, the held-out check and FP control %d",
+    log.info("Q-Sched calibration: at most %s images: the search %s, the rest (check, FP control, reference, "
+             "refinement) %d",
              config.budget_images or "(no budget)", search_budget or "(the strategy's default)", kept)
     search_progress = None if progress is None else lambda done, total: progress(done, total + kept)
     if on_candidate is not None:
