@@ -277,6 +277,8 @@ def list_presets(folder):
             continue
         name = file_name[: -len(EXTENSION)]
         try:
+            if check_name(name) != name:   # "dup.json" of dup.json.json: the name of dup.json
+                raise PresetError(f"preset name {name!r} is not allowed: a preset name cannot end in {EXTENSION!r}")
             path = preset_path(folder, name)
         except PresetError as error:   # listed under its file name, which no lookup resolves to another file
             entries.append({"name": file_name, "valid": False, "error": str(error), "summary": None})
