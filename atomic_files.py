@@ -73,12 +73,15 @@ def write_atomic(path, write):
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(folder, name)
     temporary = _create_temporary(folder, name)
+    new_mode = stat.S_IMODE(os.stat(temporary).st_mode)   # 0666 minus umask, as os.open made it
     try:
         write(temporary)
         try:
-            os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
+            mode = stat.S_IMODE(os.stat(path).st_mode)
         except FileNotFoundError:
-            pass   # a new file: the mode os.open gave it (0666 minus umask)
+            mode = new_mode
+        # also for a new file: a writer may have re-created the temporary file with its own mode (safetensors: 0600)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

@@ -177,6 +177,26 @@ class Progress:
             self.shown = False
 
 
+def check_before_loading(config, args, reference):
+    """What the node refuses before its first image, refused here before ComfyUI or a checkpoint loads, with the
+    node's messages (calibration.run's checks): the objective's inputs, prompt count and budget, the folders; and
+    the files the node's loaders check (the checkpoints, a scorer file)."""
+    from ..quant.source import check_source
+    from ..tensor_files import check_regular, check_safetensors
+    from .run import check_folder
+
+    config.check_before_run(reference=reference is not None, scorer=args.scorer is not None)
+    for folder, what in ((args.preset_folder, "preset folder"), (args.runs_folder, "run-log folder")):
+        if folder:
+            check_folder(folder, what)
+    for path in dict.fromkeys(p for p in (args.checkpoint, reference) if p):
+        check_source(path)
+    if args.scorer and not os.path.isdir(args.scorer):
+        check_regular(args.scorer, "scorer weights")
+        if args.scorer.endswith(".safetensors"):
+            check_safetensors(args.scorer, "scorer weights")
+
+
 def main(argv):
     p = parser()
     args = p.parse_args(argv)
@@ -184,8 +204,8 @@ def main(argv):
     try:
         config = config_of(args, read_prompts_text(args.prompts_file))
         check_prompts(config, args.prompts_file)
-        config.check_inputs(reference=reference is not None, scorer=args.scorer is not None)   # before any loading
-    except ConfigError as error:
+        check_before_loading(config, args, reference)
+    except ValueError as error:   # ConfigError, TensorFileError, ...: the node's messages
         p.error(str(error))
     _import_comfyui(args.comfyui, args.gpu)
     from .heldout import format_report

@@ -4,7 +4,9 @@ Names never leave the preset folder (path separators, '..', leading dots and con
 and neither do symlinks inside it: only regular files whose real path lies in the folder are read, size-checked
 first (safe_files.py). Files are written atomically (temp file + os.replace). A corrupt, truncated, too deeply
 nested or foreign file gives a PresetError naming the file and the problem; a preset calibrated for another model
-loads only on request, with a warning.
+loads only on request, with a warning. One name is one file, the name plus ".json": a name ending in ".json" is
+refused, so the file dup.json.json can never pass for "dup.json" (dup.json's name); the list shows such a file
+under its file name, as invalid.
 """
 import datetime
 import hashlib
@@ -74,6 +76,10 @@ def check_name(name):
     if "/" in bare or "\\" in bare or ".." in bare or (os.sep in bare) or (os.altsep and os.altsep in bare):
         raise PresetError(f"preset name {name!r} contains a path separator or '..': names must stay inside the "
                           "preset folder")
+    if bare.lower().endswith(EXTENSION):
+        # "dup.json" (file dup.json.json) would read as the name of dup.json: one name, one file
+        raise PresetError(f"preset name {name!r} is not allowed: a preset name cannot end in {EXTENSION!r} (the "
+                          f"file name is the name plus one {EXTENSION!r})")
     if not _NAME.fullmatch(bare):
         raise PresetError(f"preset name {name!r} is not allowed: use 1-128 letters, digits, spaces and _ . + ( ) -, "
                           "starting with a letter or digit")
@@ -86,7 +92,7 @@ def safe_preset_name(text):
     different texts never end up with one name (and the second calibration never overwrites the first)."""
     cleaned = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9 _.+()\-]", "_", text))
     cleaned = re.sub(r"^[^A-Za-z0-9]+", "", cleaned).rstrip(" ._")
-    if cleaned and cleaned == text and len(cleaned) <= 128 and not cleaned.endswith(EXTENSION):
+    if cleaned and cleaned == text and len(cleaned) <= 128 and not cleaned.lower().endswith(EXTENSION):
         return check_name(cleaned)
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return check_name(f"{cleaned[:128 - 11].rstrip(' ._')}-{digest}" if cleaned else f"calibration-{digest}")
@@ -271,7 +277,14 @@ def list_presets(folder):
             continue
         name = file_name[: -len(EXTENSION)]
         try:
-            data = read_preset_file(preset_path(folder, name), folder)
+            if check_name(name) != name:   # "dup.json" of dup.json.json: the name of dup.json
+                raise PresetError(f"preset name {name!r} is not allowed: a preset name cannot end in {EXTENSION!r}")
+            path = preset_path(folder, name)
+        except PresetError as error:   # listed under its file name, which no lookup resolves to another file
+            entries.append({"name": file_name, "valid": False, "error": str(error), "summary": None})
+            continue
+        try:
+            data = read_preset_file(path, folder)
             entries.append({"name": name, "valid": True, "error": None, "summary": summary(data)})
         except PresetError as error:
             entries.append({"name": name, "valid": False, "error": str(error), "summary": None})

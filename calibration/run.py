@@ -24,7 +24,7 @@ from .presets import check_name, make_preset, safe_preset_name, save_preset
 from .prompts import parse_prompts, prompts_hash
 from .reference import (DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES, is_reference_objective,
                         make_objective_evaluate, needs_scorer)
-from .runlog import settings_hash
+from .runlog import record_run, settings_hash
 from .search import SearchInterrupted, SearchSpace, plan_images, run_search
 from .strategies import DEFAULT_STRATEGY, STRATEGIES
 
@@ -85,7 +85,9 @@ class CalibrationConfig:
                              "candidate on every prompt; successive_halving and coarse_to_fine judge on 1-2 prompts "
                              "first: fast, but noise can decide", choices=tuple(STRATEGIES), node="required",
                              record=True)
-    budget_images: int = _setting(0, "most images to generate; 0 = the strategy's default", minimum=0,
+    budget_images: int = _setting(0, "most images the calibration generates, all counted: the search, the held-out "
+                                  "check (winner and identity), the FP control and the full-precision reference "
+                                  "samples; 0 = the strategy's default search plus those", minimum=0,
                                   maximum=1_000_000, node="required", cli="--budget")
     seed: int = _setting(0, "Prompt i uses seed + i: the same noise for every candidate.", minimum=0,
                          maximum=0xFFFFFFFF, node="required", log_key="seed")
@@ -207,15 +209,66 @@ class CalibrationConfig:
                   if setting.record and self.applies(name)}
         return {**record, "c_range": list(self.c_range)}
 
-    def planned_images(self, reference=False):
-        """Images the calibration expects to generate (an upper bound), for progress bars; reference: the FP
-        model is given."""
-        search_pairs, held_out = split_pairs(len(self.prompt_list()), self.holdout)
-        space = SearchSpace(STRATEGIES[self.strategy].space, self.steps, self.c_range)
+    def image_budget(self, reference=False):
+        """(images the search may generate, None = the strategy's default; images kept for the rest) of
+        budget_images, which counts every image: the held-out check takes winner and identity on each held-out pair
+        (twice with the FP control), a reference objective one full-precision sample per prompt, the refinement
+        its evaluations on every search pair. ConfigError when
+        the budget cannot even score the identity on the search pairs. reference: the FP model is given."""
+        prompts = self.prompt_list()
+        search_pairs, held_out = split_pairs(len(prompts), self.holdout)
         refine = self.refine_options(1)
-        refined = (refine["evaluations"] * len(search_pairs)) if refine else 0
-        return (plan_images(self.strategy, space, len(search_pairs), self.budget_images or None) + refined
-                + len(held_out) * (4 if self.fp_control(reference) else 2))
+        refined = refine["evaluations"] * len(search_pairs) if refine else 0
+        kept = (len(held_out) * (4 if self.fp_control(reference) else 2) + (len(prompts) if self.needs_reference else 0)
+                + refined)
+        if not self.budget_images:
+            return None, kept
+        search = self.budget_images - kept
+        if search < len(search_pairs):
+            parts = [f"the held-out check {len(held_out) * 2}"]
+            if self.fp_control(reference):
+                parts.append(f"the FP control {len(held_out) * 2}")
+            if self.needs_reference:
+                parts.append(f"the full-precision reference samples {len(prompts)}")
+            if refined:
+                parts.append(f"the refinement {refined}")
+            raise ConfigError(f"budget_images is {self.budget_images}, but {', '.join(parts)} and the search at least "
+                              f"{len(search_pairs)} (the identity on each search pair) need {kept + len(search_pairs)}"
+                              f": give at least {kept + len(search_pairs)}, or 0 for the strategy's default")
+        return search, kept
+
+    def check_before_run(self, reference=False, scorer=True):
+        """Everything a calibration refuses before its first image, the node's run and the command line alike:
+        the objective's inputs, the prompt count, the budget. Returns the prompts."""
+        self.check_inputs(reference=reference, scorer=scorer)
+        self.image_budget(reference)
+        return self.prompt_list()
+
+    def planned_images(self, reference=False):
+        """Images the calibration expects to generate (an upper bound, never past budget_images), for progress
+        bars and the total shown before it starts; reference: the FP model is given."""
+        search_budget, kept = self.image_budget(reference)
+        search_pairs, _ = split_pairs(len(self.prompt_list()), self.holdout)
+        space = SearchSpace(STRATEGIES[self.strategy].space, self.steps, self.c_range)
+        search = plan_images(self.strategy, space, len(search_pairs), search_budget)
+        return (min(search, search_budget) if search_budget else search) + kept
+
+
+def check_folder(path, what):
+    """ConfigError unless `path` is a folder this process can write in, or can be made as one (its nearest
+    existing ancestor is such a folder): checked before the first image, not after the search."""
+    existing = os.path.abspath(path)
+    while not os.path.lexists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        kind = "a file" if os.path.isfile(existing) else "not a folder"
+        raise ConfigError(f"{what} {path}: {existing} is {kind}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path}: {existing} is not writable")
+    return path
 
 
 def _checked(item, value):
@@ -251,6 +304,7 @@ class CalibrationRun:
     path: str
     failures: list = field(default_factory=list)
     seconds: float = 0.0
+    images: dict = field(default_factory=dict)   # generated, by part: search, heldout_check, fp_control, reference, total
 
     @property
     def preset_name(self):
@@ -265,6 +319,7 @@ class CalibrationRun:
                 "best_score": _finite(result.best_score), "identity_score": _finite(result.identity_score),
                 "better_than_identity": self.report.heldout.verdict,
                 "images_generated": result.images_generated, "images_reused": result.images_reused,
+                "images": self.images,
                 "failures": len(self.failures), "preset": self.preset_name, "preset_path": self.path,
                 "strategy": self.config.strategy, "objective": self.config.objective,
                 "refinement": refinement_record(result), **self.report.to_dict(),
@@ -284,8 +339,11 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     model (the preset and the run-log key); progress(done, planned), should_stop() -> True interrupts
     (SearchInterrupted; what was scored stays in the run log), on_candidate(schedule, prompt_indices, scores) after
     each scored request."""
-    config.check_inputs(reference=reference is not None, scorer=scorer is not None)
-    prompts = config.prompt_list()
+    fp_control = config.fp_control(generate_reference is not None)
+    prompts = config.check_before_run(reference=reference is not None or fp_control, scorer=scorer is not None)
+    search_budget, kept = config.image_budget(fp_control)
+    check_folder(preset_folder, "preset folder")
+    check_folder(runs_folder, "run-log folder")
     search_pairs, held_out = split_pairs(len(prompts), config.holdout, strata=prompts)
     model_name = config.model_name or model_name or f"{family}-{model_hash[:8]}"
     # A bad name must fail before the search, not after an hour of it.
@@ -299,19 +357,23 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
                                        reference_hash=reference_hash)
     log_path = os.path.join(runs_folder, f"{settings_hash(settings)}.jsonl")
     failures = []
+    reference_images = [0]
     if config.needs_reference:
+        reference = dataclasses.replace(reference, sample_reference=_counting(reference.sample_reference,
+                                                                              reference_images))
         evaluate = make_objective_evaluate(reference, config.objective, config.steps, scorer, prompts,
                                            config.reference_weight, failures)
     else:
         evaluate = make_evaluate(generate, scorer, prompts, config.objective, failures)
-    fp_control = config.fp_control(generate_reference is not None)
     search_evaluate = _on_pairs(evaluate, search_pairs)
-    check_images = len(held_out) * (4 if fp_control else 2)   # winner and identity (x2 with the FP control)
-    search_progress = None if progress is None else lambda done, total: progress(done, total + check_images)
+    log.info("Q-Sched calibration: at most %s images: the search %s, the rest (check, FP control, reference, "
+             "refinement) %d",
+             config.budget_images or "(no budget)", search_budget or "(the strategy's default)", kept)
+    search_progress = None if progress is None else lambda done, total: progress(done, total + kept)
     if on_candidate is not None:
         search_evaluate = _reporting(search_evaluate, on_candidate)
     result = run_search(search_evaluate, config.steps, len(search_pairs), config.strategy,
-                        budget_images=config.budget_images or None, c_range=config.c_range,
+                        budget_images=search_budget, c_range=config.c_range,
                         sampler=config.sampler_name, settings=settings, run_log=log_path, progress=search_progress,
                         should_stop=should_stop, strata=[prompts[i] for i in search_pairs],
                         batch_images=config.batch_size, refine=config.refine_options(latent_channels))
@@ -323,6 +385,11 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     if progress is not None:
         done = result.images_generated + report.images
         progress(done, done)
+    fp_images = 2 * len(held_out) if report.fp_control is not None else 0
+    images = {"search": result.images_generated, "heldout_check": report.images - fp_images, "fp_control": fp_images,
+              "reference": reference_images[0]}
+    images["total"] = sum(images.values())
+    record_run(log_path, images)
     for failure in failures:
         log.warning("calibration candidate %s failed on prompt %d: %s (scored worst)", failure["schedule"],
                     failure["prompt"], failure["reason"])
@@ -332,7 +399,8 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
                          seed=config.seed, cfg=config.cfg, identity_score=_finite(result.identity_score),
                          best_score=_finite(result.best_score),
                          search={**config.search_record(), "images_generated": result.images_generated,
-                                 "images_reused": result.images_reused, "failed_images": len(failures),
+                                 "images_reused": result.images_reused, "images": images,
+                                 "failed_images": len(failures),
                                  "run_log": os.path.basename(log_path), "search_pairs": len(search_pairs),
                                  "heldout_pairs": len(held_out), "fp_control": fp_control,
                                  **({"reference_model_sha256": reference_hash} if config.needs_reference else {}),
@@ -343,7 +411,7 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
              "preset %s", result.best_score, result.identity_score, result.best.label, report.heldout.verdict, path)
     for warning in report.warnings:
         log.warning("Q-Sched calibration: %s", warning)
-    return CalibrationRun(config, result, report, preset, path, failures, result.seconds)
+    return CalibrationRun(config, result, report, preset, path, failures, result.seconds, images)
 
 
 def refinement_record(result):
@@ -380,6 +448,14 @@ def _on_pairs(evaluate, pairs):
 
     remapped.many = lambda requests: evaluate.many([(s, [pairs[i] for i in indices]) for s, indices in requests])
     return remapped
+
+
+def _counting(sample, count):
+    def counted(items):
+        latents = sample(items)
+        count[0] += len(items)
+        return latents
+    return counted
 
 
 def _stoppable(evaluate, should_stop):

@@ -70,7 +70,7 @@ def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_
     reference-free one runs the FP control on it. Returns calibration.run.CalibrationRun."""
     if config.scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler is {config.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    config.check_inputs(reference=reference_model is not None, scorer=scorer is not None)
+    config.check_before_run(reference=reference_model is not None, scorer=scorer is not None)
     if reference_model is not None:
         check_reference_model(model, reference_model)
     # One encoding per prompt, shared by every generator (the FP model uses the same text encoder).

@@ -15,6 +15,7 @@ from ..quant.cache import quantize_cached
 from ..quant.fp8 import fp8_supported
 from ..quant.options import CACHE_CHOICES, CACHE_FOLDER
 from ..quant.source import check_source
+from ..tensor_files import warn_non_finite_weights
 from .quant_ops import with_comfy_patching
 
 
@@ -35,6 +36,7 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
     if cache not in CACHE_CHOICES:
         raise ValueError(f"cache must be one of {', '.join(CACHE_CHOICES)}, got {cache!r}")
     backbone = patcher.model.diffusion_model
+    warn_non_finite_weights(backbone, name, logging)
     if cache == "on":
         register_cache_folder()
         report, status = quantize_cached(backbone, spec, source_path, folder_paths.get_folder_paths(CACHE_FOLDER)[0],

@@ -55,7 +55,7 @@ def check_settings(**given):
     if None in given.values():
         return True
     try:
-        CalibrationConfig(**given).prompt_list()
+        CalibrationConfig(**given).image_budget()   # the prompt count, and a budget too small for the check
     except ValueError as error:  # ConfigError, or the preset name's PresetError
         return str(error)
     return True
@@ -93,11 +93,14 @@ class QSchedCalibrate(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, prompts, c_min=DEFAULTS.c_min, c_max=DEFAULTS.c_max, n_prompts=DEFAULTS.n_prompts,
-                        quant=DEFAULTS.quant, preset_name=DEFAULTS.preset_name):
+                        quant=DEFAULTS.quant, preset_name=DEFAULTS.preset_name, budget_images=DEFAULTS.budget_images,
+                        holdout=DEFAULTS.holdout, objective=DEFAULTS.objective):
         # What the widgets cannot check on their own, when the prompt is queued: the range's ends against each
-        # other, the quantization and preset names, the prompt count.
+        # other, the quantization and preset names, the prompt count, a budget that cannot cover the held-out check
+        # (the FP control's share is checked when it runs, with the links known).
         return check_settings(prompts=prompts, c_min=c_min, c_max=c_max, n_prompts=n_prompts, quant=quant,
-                              preset_name=preset_name)
+                              preset_name=preset_name, budget_images=budget_images, holdout=holdout,
+                              objective=objective)
 
     @classmethod
     def execute(cls, model, clip, vae, scorer=None, reference_model=None, **settings):
@@ -118,7 +121,9 @@ class QSchedCalibrate(io.ComfyNode):
                             "score": sum(finite) / len(finite) if len(finite) == len(scores) else None,
                             "prompts": len(indices)}})
 
-        progress(0, config.planned_images(reference_model is not None))
+        planned = config.planned_images(reference_model is not None)
+        send({"planned_images": planned})   # the total, before the first image
+        progress(0, planned)
         calibration = calibrate(config, model, clip, vae, scorer, reference_model=reference_model,
                                 progress=progress, should_stop=should_stop, on_candidate=on_candidate)
         summary = calibration.summary()

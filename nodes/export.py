@@ -1,7 +1,7 @@
 """Export node: your 16-bit diffusion model as a W8A8 file in ComfyUI's own int8 format (comfy_quant
 int8_tensorwise), which a plain UNETLoader of ComfyUI 0.33+ loads without this pack (quant/export.py)."""
+import logging
 import os
-import re
 
 import comfy.model_management
 import comfy.sd
@@ -9,12 +9,11 @@ import folder_paths
 
 from ..comfy_adapter.v3_api import io
 from ..quant import LayerPolicy, quantize_module
-from ..quant.export import save_comfy_int8
+from ..quant.export import file_stem, save_comfy_int8
 from ..quant.source import check_source
+from ..tensor_files import warn_non_finite_weights
 from . import categories
 from .loaders import check_layer_policy
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,150}$")
 
 
 def comfy_reads_int8():
@@ -26,21 +25,16 @@ def comfy_reads_int8():
     return "int8_tensorwise" in getattr(comfy.quant_ops, "QUANT_ALGOS", {})
 
 
-def file_stem(filename):
-    """The file name without .safetensors; a name with a folder or other characters is refused."""
-    stem = filename[:-len(".safetensors")] if filename.endswith(".safetensors") else filename
-    if not _NAME.match(stem):
-        raise ValueError(f"file name {filename!r}: use letters, digits, '.', '_' and '-' only (no folders)")
-    return stem
-
-
 def output_path(filename):
-    """models/diffusion_models/<filename>.safetensors; a name with a folder or an existing file is refused."""
+    """<first diffusion_models folder>/<filename>.safetensors (ComfyUI's default folder for the kind). Refused when
+    any diffusion_models folder already has the name: the new file would shadow it, or be shadowed."""
     stem = file_stem(filename)
-    path = os.path.join(folder_paths.get_folder_paths("diffusion_models")[0], stem + ".safetensors")
-    if os.path.exists(path):
-        raise ValueError(f"{stem}.safetensors already exists in models/diffusion_models; choose another name")
-    return path
+    name = stem + ".safetensors"
+    folders = folder_paths.get_folder_paths("diffusion_models")
+    for folder in folders:
+        if os.path.lexists(os.path.join(folder, name)):
+            raise ValueError(f"{name} already exists in {folder}; choose another name")
+    return os.path.join(folders[0], name)
 
 
 class QSchedExportComfyInt8(io.ComfyNode):
@@ -57,8 +51,9 @@ class QSchedExportComfyInt8(io.ComfyNode):
                 io.String.Input("layer_policy", default="", multiline=True,
                                 tooltip="Extra rules as in the Q-Sched loaders, e.g. 'double_blocks.0.*=keep'."),
                 io.String.Input("filename", default="qsched_w8a8_int8",
-                                tooltip="Written to models/diffusion_models/<filename>.safetensors; an existing file "
-                                        "is never overwritten."),
+                                tooltip="Written as <filename>.safetensors to the first diffusion_models folder "
+                                        "(models/unet in a stock ComfyUI); a name any diffusion_models folder holds "
+                                        "is refused, never overwritten."),
             ],
             outputs=[io.String.Output(display_name="summary", tooltip="The file written, its layers and the "
                                       "weight size before quantization.")],
@@ -84,6 +79,7 @@ class QSchedExportComfyInt8(io.ComfyNode):
         check_source(source)
         patcher = comfy.sd.load_diffusion_model(source)
         backbone = patcher.model.diffusion_model
+        warn_non_finite_weights(backbone, unet_name, logging)
         dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
         report = quantize_module(backbone, "W8A8", policy, backend="simulate",
                                  compute_device=comfy.model_management.get_torch_device())

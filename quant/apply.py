@@ -106,10 +106,12 @@ def _check_stored(module, decisions, quantizer, stored):
         spec = quantizer.effective_spec(layer, decision.spec)
         stored_spec, packed, scale = stored[decision.name]
         dtype, shape, scale_shape = quantizer.layout(layer, spec)
-        if stored_spec != spec.name or packed.dtype != dtype or tuple(packed.shape) != shape \
-                or tuple(scale.shape) != scale_shape:
+        if stored_spec != spec.name or packed.dtype != dtype or tuple(packed.shape) != shape:
             raise ValueError(f"layer {decision.name!r}: stored {stored_spec} {packed.dtype}{tuple(packed.shape)} "
                              f"does not match {spec.name} {dtype}{shape}")
+        if tuple(scale.shape) != scale_shape:
+            raise ValueError(f"layer {decision.name!r}: stored scales of shape {tuple(scale.shape)} do not match "
+                             f"the {spec.name} scales' shape {scale_shape}")
 
 
 def quantize_module(module, spec, policy=None, backend="simulate", device=None, stored=None, compute_device=None):

@@ -14,6 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..atomic_files import write_atomic
+from ..tensor_files import TensorFileError, check_regular, check_safetensors, name_list, non_finite_names
 from .apply import quantize_module
 from .backends import get_backend
 from .layers import PackedWeightMixin
@@ -30,6 +31,7 @@ class CacheError(ValueError):
 
 def file_sha256(path):
     """Content hash of a file, remembered per (path, size, mtime) for this process."""
+    check_regular(path, "model file")
     stat = os.stat(path)
     key = (os.path.abspath(path), stat.st_size, stat.st_mtime_ns)
     if key not in _HASHES:
@@ -76,7 +78,13 @@ def save_cache(path, module, identity):
 
 
 def read_cache(path, identity):
-    """{layer: (spec name, packed, scales)} from a cache file, after checking its header against `identity`."""
+    """{layer: (spec name, packed, scales)} from a cache file, after checking its header against `identity`.
+    Only a regular file with a sound safetensors header is opened; scales holding NaN or infinity are refused."""
+    try:
+        check_safetensors(path, "cache file")
+    except TensorFileError as error:
+        raise CacheError(f"cache file {path} is unreadable: {str(error).removeprefix(f'cache file {path} ')}") \
+            from None
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -96,6 +104,10 @@ def read_cache(path, identity):
         raise CacheError(f"cache file {path} is unreadable: {error}") from error
     if not stored:
         raise CacheError(f"cache file {path} holds no quantized layers")
+    bad = non_finite_names({name: scale for name, (_, _, scale) in stored.items()})
+    bad += non_finite_names({name: packed for name, (_, packed, _) in stored.items()})
+    if bad:
+        raise CacheError(f"cache file {path} holds NaN or infinite values in layers {name_list(sorted(set(bad)))}")
     return stored
 
 

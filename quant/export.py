@@ -8,6 +8,8 @@ same numerics (ComfyUI 0.33's `full_precision_matrix_mult` flag does not stop it
 nominal dtype equals the input's, so an int8 A16 layer would come back with quantized activations).
 Layers stored in other formats (e4m3, int4, groups) are refused: export from backend simulate or comfy_kitchen."""
 import json
+import os
+import re
 from collections import Counter
 
 import torch
@@ -16,10 +18,22 @@ from torch import nn
 from .layers import PackedWeightMixin
 
 FORMAT = "int8_tensorwise"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,150}")
 
 
 class ExportError(ValueError):
     pass
+
+
+def file_stem(filename):
+    """The export's file name without .safetensors; a name with a folder, a space, a control character (a final
+    newline too: fullmatch, not '$') or any other character is refused."""
+    stem = filename[:-len(".safetensors")] if isinstance(filename, str) and filename.endswith(".safetensors") \
+        else filename
+    if not isinstance(stem, str) or not _NAME.fullmatch(stem):
+        raise ExportError(f"file name {filename!r}: use 1-151 letters, digits, '.', '_' and '-', starting with a "
+                          "letter or digit (no folders, spaces or control characters)")
+    return stem
 
 
 def layer_config():
@@ -58,7 +72,17 @@ def save_comfy_int8(module, path, dtype=torch.bfloat16):
     from safetensors.torch import save_file
 
     from ..atomic_files import write_atomic
+    from ..tensor_files import check_safetensors, name_list, non_finite_names
     state, counts = comfy_int8_state_dict(module, dtype)
     state = {key: value.cpu() for key, value in state.items()}
-    write_atomic(path, lambda temporary: save_file(state, temporary))
+    bad = non_finite_names(state)
+    if bad:
+        raise ExportError(f"{os.path.basename(path)} not written: NaN or infinite values in {name_list(bad)} (is the "
+                          "source model damaged?)")
+
+    def write(temporary):
+        save_file(state, temporary)
+        check_safetensors(temporary, "exported file")   # what a loader will read: header and sizes as written
+
+    write_atomic(path, write)
     return ", ".join(f"{count} {what}" for what, count in sorted(counts.items()))

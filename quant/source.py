@@ -3,15 +3,20 @@ import os
 
 from safetensors import safe_open
 
+from ..tensor_files import check_regular, check_safetensors
+
 FLOAT_WEIGHTS = ("F16", "BF16", "F32")
 
 
 def check_source(path):
     """Raise ValueError naming the file if it is already quantized (ComfyUI's per-layer `comfy_quant` metadata,
-    scaled fp8, int8/fp8 weights): requantizing stored 8-bit codes would round twice."""
+    scaled fp8, int8/fp8 weights): requantizing stored 8-bit codes would round twice. A file that is not regular or
+whose safetensors header is corrupt gives tensor_files.TensorFileError naming it."""
     name = os.path.basename(path)
+    check_regular(path, "model file")   # a FIFO would hang the hash and ComfyUI's loader
     if not path.endswith(".safetensors"):
         return
+    check_safetensors(path, "model file")
     with safe_open(path, framework="pt") as handle:
         for key in handle.keys():
             if key.endswith((".comfy_quant", ".scale_weight", ".weight_scale")):

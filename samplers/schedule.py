@@ -14,24 +14,41 @@ class ScheduleError(ValueError):
     """A coefficient schedule that cannot be used as given; the message names the problem."""
 
 
-def _coefficients(values, name):
-    if isinstance(values, (str, bytes)):
-        raise ScheduleError(f"{name} must be a list of numbers, got the text {values!r}")
+class NotANumber(ScheduleError):
+    """A schedule value that is not a real number (text, a boolean, a list, null)."""
+
+
+def finite_number(value, name):
+    """`value` as a float if it is a finite real number, else ScheduleError naming `name`: the one check of every
+    numeric field of a schedule (c_x, c_eps, offset). Text ("0.05") and booleans are not numbers here, although
+    float() would take them."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise NotANumber(f"{name} = {value!r} is a {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ScheduleError(f"{name} = {value} is not finite")
+    return value
+
+
+def _numbers(values, name, what):
     try:
-        values = tuple(values)
-    except TypeError as error:
-        raise ScheduleError(f"{name} must be a list of numbers, got {values!r}") from error
-    for step, value in enumerate(values):
-        # float("1.1") or float(True) would quietly turn text and booleans into coefficients
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise ScheduleError(f"{name} must be a list of numbers, but {name}[{step}] = {value!r} is a "
-                                f"{type(value).__name__}")
-    values = tuple(float(v) for v in values)
+        return tuple(finite_number(v, f"{name}[{i}]") for i, v in enumerate(values))
+    except NotANumber as error:
+        raise NotANumber(f"{name} must be {what}, but {error}") from None
+
+
+def _list_of(values, name):
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
+        raise ScheduleError(f"{name} must be a list of numbers, got {values!r}")
+    return tuple(values)
+
+
+def _coefficients(values, name):
+    values = _list_of(values, name)
     if not values:
         raise ScheduleError(f"{name} is empty: a schedule needs one coefficient per step")
+    values = _numbers(values, name, "a list of numbers")
     for step, value in enumerate(values):
-        if not math.isfinite(value):
-            raise ScheduleError(f"{name}[{step}] = {value} is not finite")
         if value <= 0:
             raise ScheduleError(f"{name}[{step}] = {value} is not positive")
     return values
@@ -41,22 +58,16 @@ def _offsets(values, steps):
     """None, or one tuple per step of 1 (scalar) or C (per latent channel) finite numbers, the same width each step."""
     if values is None:
         return None
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__iter__"):
         raise ScheduleError(f"offset must be a list with one entry per step, got {values!r}")
     rows = []
     for step, row in enumerate(values):
-        if isinstance(row, (str, bytes)):
+        if isinstance(row, (str, bytes, dict)):
             raise ScheduleError(f"offset[{step}] must be a number or a list of numbers, got {row!r}")
         row = tuple(row) if hasattr(row, "__iter__") else (row,)
-        try:
-            row = tuple(float(v) for v in row)
-        except (TypeError, ValueError) as error:
-            raise ScheduleError(f"offset[{step}] must be a number or a list of numbers, got {row!r}") from error
         if not row:
             raise ScheduleError(f"offset[{step}] is empty: give one value, or one per latent channel")
-        bad = [v for v in row if not math.isfinite(v)]
-        if bad:
-            raise ScheduleError(f"offset[{step}] contains {bad[0]}, which is not finite")
+        row = _numbers(row, f"offset[{step}]", "a number or a list of numbers")
         rows.append(row)
     if len(rows) != steps:
         raise ScheduleError(f"offset has {len(rows)} entries but the schedule has {steps} steps: one per step")

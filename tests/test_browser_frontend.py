@@ -340,7 +340,7 @@ const checkpoint = add("CheckpointLoaderSimple", [20, 40], { ckpt_name: "%(check
 const scorer = add("QSchedScorerLoader", [20, 260]);
 scorer.widgets.find((w) => w.type === "combo" || Array.isArray(w.options?.values)).value = "%(scorer)s";
 const calibrate = add("QSchedCalibrate", [380, 20], {
-  sampler_name: "lcm", scheduler: "lcm_original", steps: 2, strategy: "paper_grid", budget_images: 18, seed: 3,
+  sampler_name: "lcm", scheduler: "lcm_original", steps: 2, strategy: "paper_grid", budget_images: 20, seed: 3,
   prompts: "a red cube on a table\\na blue sphere on the grass\\na green field under a blue sky", width: 64, height: 64,
   preset_name: "browser-calibration" });
 const preview = add("PreviewImage", [840, 20]);

@@ -172,7 +172,7 @@ def test_run_calibrates_writes_the_preset_and_resumes(tmp_path):
 
 
 def test_the_default_preset_name_is_made_safe_from_the_model_name(tmp_path):
-    config = CalibrationConfig(strategy="paper_grid", prompts="a\nb", budget_images=2)
+    config = CalibrationConfig(strategy="paper_grid", prompts="a\nb", budget_images=4)   # 2 for the search, 2 for the held-out check
     done = run(config, _generator([]), Scorer(), model_hash="0" * 64, family="Toy", preset_folder=tmp_path,
                runs_folder=tmp_path, model_name="sd/v1..5")
     assert os.path.dirname(done.path) == str(tmp_path) and done.preset_name.startswith("sd_v1.5-fp-lcm-4steps")
@@ -233,7 +233,8 @@ def test_planned_images_count_the_refinement_and_the_fp_control():
     assert planned(refine="per_step", refine_evaluations=7) - planned() == 7 * search_pairs
     assert planned(refine="per_step") - planned() == 200 * search_pairs           # 0 = the default evaluations
     assert planned(reference=True) - planned() == 2 * held_out                     # winner and identity on the FP
-    assert planned(reference=True, objective="reference_latent") == planned()      # no FP control there
+    # no FP control there, but one full-precision reference sample per prompt
+    assert planned(reference=True, objective="reference_latent") == planned() + 4
 
 
 FP_LEVEL = 0.7        # what the fake FP model paints; the grid's candidates reach 0.6 at most (c_x start 1.2)

@@ -24,7 +24,7 @@ register_model_folder("qsched_scorers", _build_scorer)
 
 # Three prompt/seed pairs: pair 2 is held out of the search (calibration.heldout.split_pairs), 0 and 1 are searched.
 SETTINGS = dict(sampler_name="lcm", scheduler="lcm_original", steps=2, cfg=1.0, strategy="paper_grid",
-                budget_images=10, seed=3, prompts="a red cube on a table\na blue sphere on the grass\n"
+                budget_images=12, seed=3, prompts="a red cube on a table\na blue sphere on the grass\n"
                 "a green field under a blue sky", width=64, height=64)
 
 
@@ -58,6 +58,15 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
     assert name == "tiny-calibration"
     assert plot.shape == (1, 384, 768, 3) and plot.min() >= 0 and plot.max() <= 1
     assert summary["images_generated"] == 5 * 2           # 2 x 2 starts + identity, 2 search prompts
+    # budget_images (12) counts every image: the search's and the held-out check's; the run log counts the same
+    images = summary["images"]
+    assert images["search"] == 10 and images["fp_control"] == images["reference"] == 0
+    assert images["heldout_check"] == summary["heldout"]["images"] in (1, 2)
+    assert images["total"] == 10 + images["heldout_check"] <= SETTINGS["budget_images"]
+    from comfyui_qsched.calibration.runlog import run_records
+    preset = json.loads((stack["user"] / "qsched_presets" / "tiny-calibration.json").read_text())
+    assert preset["search"]["images"] == images
+    assert run_records(str(stack["user"] / "qsched_runs" / preset["search"]["run_log"]))[-1] == images
     assert summary["best_score"] >= summary["identity_score"]
     verdict = summary["heldout"]["verdict"]
     assert verdict in ("yes", "no", "not significant") and f"better than identity: {verdict}" in text
@@ -175,7 +184,7 @@ def test_example_workflow_calibrates_through_the_server_and_the_preset_loads(com
     assert "QSchedLoadPreset" not in by_type                     # muted in the example: reuse comes later
     by_type["QSchedQuantizedCheckpointLoader"]["inputs"]["ckpt_name"] = SD15_CHECKPOINT
     by_type["QSchedScorerLoader"]["inputs"].update(checkpoint=TINY_SCORER, device="cpu")
-    by_type["QSchedCalibrate"]["inputs"].update(steps=2, budget_images=10, width=64, height=64,
+    by_type["QSchedCalibrate"]["inputs"].update(steps=2, budget_images=12, width=64, height=64,
                                                  prompts="a red cube\na blue sphere\na yellow cone",
                                                  preset_name="server-preset")
     by_type["EmptyLatentImage"]["inputs"].update(width=64, height=64)
@@ -217,7 +226,7 @@ def test_headless_command_runs_the_same_calibration(comfyui_dir, comfy_models, t
     prompts.write_text("a red cube\na blue sphere\na yellow cone\n")
     command = [sys.executable, "-m", "qsched", "calibrate", "--comfyui", comfyui_dir,
                "--checkpoint", comfy_models.path("checkpoints", SD15_CHECKPOINT), "--scorer", str(scorer),
-               "--steps", "2", "--strategy", "successive_halving", "--budget", "16", "--prompts-file", str(prompts),
+               "--steps", "2", "--strategy", "successive_halving", "--budget", "18", "--prompts-file", str(prompts),
                "--width", "64", "--height", "64", "--preset-folder", str(tmp_path / "presets"),
                "--runs-folder", str(tmp_path / "runs"), "--preset-name", "headless", "--plot", str(tmp_path / "p.png")]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -312,7 +321,7 @@ def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_re
     scorer = BrightnessScorer()
     node = stack["calibrate"].QSchedCalibrate
     output = node.execute(quantized, stack["clip"], stack["vae"], scorer, **{
-        **SETTINGS, "prompts": "\n".join(prompts), "budget_images": 20, "seed": 31, "preset_name": "fp-control",
+        **SETTINGS, "prompts": "\n".join(prompts), "budget_images": 28, "seed": 31, "preset_name": "fp-control",
         "quant": "W4A8", "reference_model": stack["model"]})
     summary = output.ui["qsched_calibration"][0]
     held_out = {prompts[4], prompts[5]}                                  # split_pairs(6) keeps out pairs 4 and 5
@@ -346,7 +355,8 @@ def quantized(stack, comfy_models):
 def _reference_run(stack, quantized, **changes):
     node = stack["calibrate"].QSchedCalibrate
     kwargs = {**SETTINGS, "objective": "reference_latent", "reference_model": stack["model"], "quant": "W4A8",
-              "refine": "per_step_channel_offset", "refine_evaluations": 4, "scorer": None, **changes}
+              "refine": "per_step_channel_offset", "refine_evaluations": 4, "scorer": None,
+              "budget_images": 10 + 2 + 3 + 4 * 2, **changes}   # search, check, FP samples, refinement
     return node.execute(quantized, stack["clip"], stack["vae"], **kwargs)
 
 
@@ -431,7 +441,7 @@ def test_reference_model_with_another_latent_space_is_refused(stack, quantized, 
 def test_jaq_with_reference_penalty_and_clip_features_run_with_a_scorer(stack, quantized):
     for objective in ("jaq_reference", "reference_clip", "reference_image"):
         output = _reference_run(stack, quantized, objective=objective, scorer=stack["scorer"], refine="off",
-                                preset_name=f"objective-{objective}")
+                                budget_images=10 + 2 + 3, preset_name=f"objective-{objective}")
         summary = output.ui["qsched_calibration"][0]
         assert summary["images_generated"] == 10 and summary["best_score"] >= summary["identity_score"]
     preset = json.loads((stack["user"] / "qsched_presets" / "objective-jaq_reference.json").read_text())
@@ -485,7 +495,7 @@ def test_reference_calibration_and_ptqd_through_the_server(comfy_server):
         "10": {"class_type": "QSchedCalibrate", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "reference_model": ["2", 0],
             "sampler_name": "lcm", "scheduler": "lcm_original", "steps": 2, "cfg": 1.0, "strategy": "paper_grid",
-            "budget_images": 10, "seed": 3, "prompts": "a red cube\na blue sphere", "width": 64, "height": 64,
+            "budget_images": 17, "seed": 3, "prompts": "a red cube\na blue sphere", "width": 64, "height": 64,
             "objective": "reference_latent", "refine": "per_step_channel_offset", "refine_evaluations": 3,
             "quant": "W4A8", "preset_name": "server-reference"}},
     }
@@ -519,7 +529,7 @@ def test_headless_command_calibrates_against_the_fp_model(comfyui_dir, comfy_mod
     command = [sys.executable, "-m", "qsched", "calibrate", "--comfyui", comfyui_dir,
                "--checkpoint", comfy_models.path("checkpoints", SD15_CHECKPOINT), "--quant", "W4A8",
                "--reference-model", "same", "--objective", "reference_latent", "--refine", "per_step_offset",
-               "--refine-evaluations", "2", "--steps", "1", "--strategy", "paper_grid", "--budget", "10",
+               "--refine-evaluations", "2", "--steps", "1", "--strategy", "paper_grid", "--budget", "16",
                "--prompts-file", str(prompts), "--width", "64", "--height", "64",
                "--preset-folder", str(tmp_path / "presets"), "--runs-folder", str(tmp_path / "runs"),
                "--preset-name", "headless-reference"]

@@ -76,7 +76,7 @@ def test_offsets_round_trip_through_json_and_old_dicts_have_none():
 
 @pytest.mark.parametrize("offset,message", [
     ([0.1], "offset has 1 entries but the schedule has 2 steps"),
-    ([0.1, float("nan")], r"offset\[1\] contains nan"),
+    ([0.1, float("nan")], r"offset\[1\]\[0\] = nan is not finite"),
     ([[0.1, 0.2], [0.1]], "different widths"),
     ([[], []], r"offset\[0\] is empty"),
     (["a", 0.1], r"offset\[0\] must be a number"),

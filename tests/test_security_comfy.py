@@ -127,11 +127,11 @@ def _run(stack, scorer, **changes):
 def test_a_scorer_file_changed_in_place_does_not_reuse_old_scores(stack):
     from comfyui_qsched.calibration.metrics import load_scorer
     path = save_open_clip(tiny_vit_clip(seed=21), stack["scorer_folder"] / "scorer.safetensors")
-    first = _run(stack, load_scorer(path, device="cpu"), budget_images=3, preset_name="changed-scorer")
-    again = _run(stack, load_scorer(path, device="cpu"), budget_images=3, preset_name="changed-scorer")
+    first = _run(stack, load_scorer(path, device="cpu"), budget_images=5, preset_name="changed-scorer")
+    again = _run(stack, load_scorer(path, device="cpu"), budget_images=5, preset_name="changed-scorer")
     assert again["images_reused"] >= first["images_generated"]   # (and the budget buys new candidates)
     save_open_clip(tiny_vit_clip(seed=22), path)                 # same name, other weights
-    changed = _run(stack, load_scorer(path, device="cpu"), budget_images=3, preset_name="changed-scorer")
+    changed = _run(stack, load_scorer(path, device="cpu"), budget_images=5, preset_name="changed-scorer")
     assert changed["images_reused"] == 0 and changed["images_generated"] == first["images_generated"]
 
 
@@ -139,7 +139,7 @@ def test_a_scorer_file_changed_in_place_does_not_reuse_old_scores(stack):
 def test_model_names_that_were_refused_calibrate(stack, model_name):
     from comfyui_qsched.calibration.metrics import load_scorer
     path = save_open_clip(tiny_vit_clip(seed=23), stack["scorer_folder"] / "names.safetensors")
-    summary = _run(stack, load_scorer(path, device="cpu"), budget_images=1, model_name=model_name)
+    summary = _run(stack, load_scorer(path, device="cpu"), budget_images=3, model_name=model_name)
     preset = json.loads((stack["user"] / "qsched_presets" / f"{summary['preset']}.json").read_text())
     assert preset["model"]["name"] == model_name
 
@@ -149,7 +149,7 @@ def test_two_long_model_names_get_two_presets(stack):
     path = save_open_clip(tiny_vit_clip(seed=23), stack["scorer_folder"] / "names.safetensors")
     scorer = load_scorer(path, device="cpu")
     names = ["a-very-long-model-name-" * 6 + "first", "a-very-long-model-name-" * 6 + "second"]
-    presets = [_run(stack, scorer, budget_images=1, model_name=name)["preset"] for name in names]
+    presets = [_run(stack, scorer, budget_images=3, model_name=name)["preset"] for name in names]
     assert presets[0] != presets[1]
     stored = [json.loads((stack["user"] / "qsched_presets" / f"{p}.json").read_text()) for p in presets]
     assert [data["model"]["name"] for data in stored] == names

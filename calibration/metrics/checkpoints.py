@@ -146,6 +146,12 @@ def _hf_weight_files(path):
 def _read_tensors(path):
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
+
+        from ...tensor_files import TensorFileError, check_safetensors
+        try:
+            check_safetensors(path, "scorer weights")
+        except TensorFileError as error:
+            raise ScorerError(f"{error}. {WHERE_TO_PUT}") from None
         try:
             return load_file(path, device="cpu"), False
         except Exception as error:
