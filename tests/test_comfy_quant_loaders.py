@@ -158,6 +158,33 @@ def test_cache_round_trip_through_the_node(env, tmp_path, spec):
     assert len(os.listdir(tmp_path)) == 1
 
 
+def test_the_model_knows_its_quantizer_and_the_preset_loader_names_another(env, tmp_path, caplog):
+    import folder_paths
+    from comfyui_qsched.calibration import presets
+    from comfyui_qsched.comfy_adapter.calibration import user_preset_folder
+    from comfyui_qsched.comfy_adapter.loading import quantizer_of
+    from comfyui_qsched.nodes.presets import QSchedLoadPreset
+    from comfyui_qsched.samplers import QSchedSchedule
+    model = load(env, "W4A4-g64-r32")[0]
+    assert quantizer_of(model) == {"spec": "W4A4-g64-r32", "backend": "simulate"}
+    assert quantizer_of(load(env, None)) is None
+    saved = folder_paths.get_user_directory()
+    folder_paths.set_user_directory(str(tmp_path))
+    try:
+        schedule = QSchedSchedule.from_lists([1.0, 1.0], [1.0, 1.0], sampler="lcm")
+        for name, spec in (("same", "W4A4-g64-r32"), ("other", "W4A8")):
+            presets.save_preset(user_preset_folder(), name, presets.make_preset(
+                schedule, model_name="tiny", quantizer={"spec": spec, "backend": "simulate"}))
+        with caplog.at_level("WARNING", logger="qsched.presets"):
+            QSchedLoadPreset.execute("same.json", model=model)
+            assert "fitted on" not in caplog.text
+            QSchedLoadPreset.execute("other.json", model=model)
+        assert ("fitted on W4A8 (simulate backend), this model has W4A4-g64-r32 (simulate backend)"
+                in caplog.text)
+    finally:
+        folder_paths.set_user_directory(saved)
+
+
 def test_bad_files_and_backends_are_named(env):
     loader = env["loaders"].QSchedQuantizedDiffusionModelLoader
     with pytest.raises(ValueError, match=f"{CLIP_L}: not a diffusion backbone"):

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { readFileSync } from "node:fs";
-import { parseSpec, sameSpec, specName } from "../../web/lib/quantspec.js";
+import { parseSpec, quantizerWarning, sameSpec, specName } from "../../web/lib/quantspec.js";
 
 // The cases quant/spec.py is checked against too (tests/test_quant_spec_vectors.py).
 const VECTORS = JSON.parse(readFileSync(new URL("../quant_spec_vectors.json", import.meta.url), "utf8")).cases;
@@ -34,4 +34,15 @@ test("sameSpec compares canonical names", () => {
   assert.ok(sameSpec("w4a8_r32_g64", "W4A8-g64-r32"));
   assert.ok(!sameSpec("W4A8-g64", "W4A8-g64-r32"));
   assert.ok(!sameSpec("fp8", "W8A8"));
+});
+
+test("quantizerWarning says what calibration/presets.py quantizer_mismatch says", () => {
+  const recorded = { spec: "W4A8-g64-r32", backend: "auto" };
+  assert.equal(quantizerWarning("tiny", recorded, { spec: "w4a8_r32_g64", backend: "auto" }), null);
+  assert.equal(quantizerWarning("tiny", null, { spec: "W4A8", backend: "auto" }), null);
+  assert.equal(quantizerWarning("tiny", recorded, { spec: "W4A4-g64-r32", backend: "auto" }),
+               "preset 'tiny' was fitted on W4A8-g64-r32 (auto backend), this model has W4A4-g64-r32 (auto backend): "
+               + "its coefficients correct another quantizer's error");
+  assert.match(quantizerWarning("tiny", recorded, null), /this model has no Q-Sched quantizer/);
+  assert.match(quantizerWarning("tiny", recorded, { spec: "W4A8-g64-r32", backend: "simulate" }), /simulate backend/);
 });

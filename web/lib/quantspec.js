@@ -74,7 +74,23 @@ export function parseSpec(text) {
 
 // The same quantizer? Spec texts compared by their canonical names (w4a8_g64 is W4A8-g64); unparsable texts by
 // their text.
+function canonical(text) {
+  try { return parseSpec(text).name; } catch { return String(text); }
+}
+
 export function sameSpec(a, b) {
-  const canonical = (text) => { try { return parseSpec(text).name; } catch { return String(text); } };
   return canonical(a) === canonical(b);
+}
+
+const describe = (q) => (q ? `${q.spec} (${q.backend} backend)` : "no Q-Sched quantizer");
+
+// calibration/presets.py quantizer_mismatch: the warning when a preset fitted on `recorded` ({spec, backend}) goes
+// to a model built with `model`'s quantizer (null: a model the quantized loaders did not make); null when they
+// agree or the preset records none.
+export function quantizerWarning(presetModel, recorded, model) {
+  if (!recorded) return null;
+  if (model && sameSpec(model.spec, recorded.spec) && model.backend === recorded.backend) return null;
+  return `preset ${pyStrRepr(String(presetModel))} was fitted on ${describe(recorded)}, this model has `
+    + `${describe(model && { spec: canonical(model.spec), backend: model.backend })}: its coefficients correct `
+    + "another quantizer's error";
 }
