@@ -175,6 +175,20 @@ class PackedWeightMixin:
         return f"{base}, quant={self.quant_spec}" if self.quant_spec else base
 
 
+def bits_per_weight_of(module, stored=False):
+    """Bits per weight over the quantized layers of `module` (codes + scales + low-rank factors over their weights,
+    each layer counted with the spec it got: spec.bits_per_weight per layer, weighted by its size); None if none."""
+    from .spec import bits_per_weight
+    bits = weights = 0
+    for layer in module.modules():
+        if isinstance(layer, PackedWeightMixin) and layer.quant_spec is not None:
+            rows, *rest = float_weight_shape(layer)
+            columns = int(torch.Size(rest).numel())
+            bits += bits_per_weight(layer.quant_spec, rows, columns, stored) * rows * columns
+            weights += rows * columns
+    return bits / weights if weights else None
+
+
 class SimulatedLinear(PackedWeightMixin):
     """simulate backend: dequantize the packed weight, fake-quantize the input per token, float matmul."""
 

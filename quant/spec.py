@@ -114,7 +114,8 @@ def bits_per_weight(spec, out_features, in_columns, stored=False):
     stored=False: the nominal count papers use (w_bits-bit codes, 16-bit scales), e.g. W4-g64-r32 on 3072 x 3072:
     4 + 16/64 + 16 * 32 * 6144 / 3072**2 = 4.58.
     stored=True: what this pack keeps in memory and in its cache: codes in int8 bytes for W5-W8 and two per byte for
-    W2-W4 (an odd row padded), float32 scales, 16-bit factors (fp8 backend W8 codes are e4m3 bytes: also 8 bits)."""
+    W2-W4 (an odd row padded), float32 scales, 16-bit factors (fp8 backend W8 codes are e4m3 bytes: also 8 bits).
+    A whole model: quant.layers.bits_per_weight_of(module)."""
     spec = QuantSpec.parse(spec)
     weights = out_features * in_columns
     if weights <= 0:

@@ -223,3 +223,31 @@ def test_bits_per_weight_matches_the_stored_bytes():
     stored_bits = 8 * sum(t.numel() * t.element_size() for t in (layer.weight, layer.weight_scale,
                                                                    layer.lowrank_down, layer.lowrank_up))
     assert stored_bits / (96 * 96) == bits_per_weight("W4A8-g32-r8", 96, 96, stored=True)
+
+
+def test_large_weights_take_the_randomized_svd_and_it_matches_the_exact_one(monkeypatch):
+    from comfyui_qsched.quant import lowrank
+    weight = structured_weight(160, 200, seed=6)
+    spectrum = torch.linspace(1, 0.01, 160) ** 2  # a decaying tail as trained weights have, beside the strong part
+    weight = weight + torch.linalg.qr(torch.randn(160, 160))[0] @ torch.diag(spectrum) @ \
+        torch.linalg.qr(torch.randn(200, 160))[0].T
+    monkeypatch.setattr(lowrank, "EXACT_SVD_MAX_SIDE", 64)  # 160 > 64: the randomized path
+    down, up, residual = split(weight, 16, torch.float16)
+    exact = numpy_truncated(weight, 16)
+    captured = np.linalg.norm(weight.double().numpy() - (up.double() @ down.double()).numpy())
+    optimal = np.linalg.norm(weight.double().numpy() - exact)
+    assert captured < 1.001 * optimal, (captured, optimal)
+    # near the cut the tail's singular values are close, so the subspace itself may turn a little: 2% here
+    assert relative(up.double() @ down.double(), exact) < 0.05
+    again = split(weight, 16, torch.float16)
+    assert torch.equal(again[0], down) and torch.equal(again[1], up)  # seeded: a reload gives the same factors
+
+
+def test_a_models_bits_per_weight_weighs_each_layer_by_its_size():
+    from comfyui_qsched.quant.layers import bits_per_weight_of
+    net = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 128), nn.Linear(128, 32), nn.Linear(32, 8))
+    assert bits_per_weight_of(net) is None
+    quantize_module(net.requires_grad_(False), "W4A8-g32-r8")  # layers 1 and 2; first and last stay float
+    expected = (bits_per_weight("W4A8-g32-r8", 128, 64) * 128 * 64 + bits_per_weight("W4A8-g32-r8", 32, 128) * 32
+                * 128) / (128 * 64 + 32 * 128)
+    assert bits_per_weight_of(net) == pytest.approx(expected)
