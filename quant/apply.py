@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .backends import get_backend
-from .layers import float_weight_shape, lowrank_shapes, rank_problem
+from .layers import bits_per_weight_of, float_weight_shape, lowrank_shapes, rank_problem
 from .lowrank import FACTOR_DTYPES
 from .policy import DEFAULT_POLICY, LayerDecision, LayerPolicy
 from .spec import QuantSpec
@@ -27,6 +27,7 @@ class QuantReport:
     bytes_before: int
     bytes_after: int = 0
     layers: list = field(default_factory=list)
+    bits_per_weight: float | None = None  # nominal, over the quantized layers (quant.spec.bits_per_weight)
 
     @property
     def quantized(self):
@@ -49,11 +50,13 @@ class QuantReport:
         kept_text = ", ".join(f"{count} {reason}" for reason, count in sorted(kept.items())) or "none"
         return (f"{self.spec} via {self.backend}: {self.quantized} layers quantized ({how or 'none'}), "
                 f"{self.kept} kept in high precision ({kept_text}); "
-                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({self.ratio:.3f}x)")
+                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({self.ratio:.3f}x)"
+                + (f", {self.bits_per_weight:.2f} bits per quantized weight" if self.bits_per_weight else ""))
 
     def to_dict(self):
         return {"spec": self.spec, "backend": self.backend, "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after, "quantized": self.quantized, "kept": self.kept,
+                "bits_per_weight": self.bits_per_weight,
                 "layers": [layer.__dict__ for layer in self.layers]}
 
 
@@ -175,4 +178,5 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
             setattr(module.get_submodule(parent_name) if parent_name else module, child, new_layer)
         report.layers.append(LayerReport(decision.name, kind, decision.spec.name, how, decision.reason))
     report.bytes_after = module_bytes(module)
+    report.bits_per_weight = bits_per_weight_of(module)
     return report

@@ -251,3 +251,10 @@ def test_a_models_bits_per_weight_weighs_each_layer_by_its_size():
     expected = (bits_per_weight("W4A8-g32-r8", 128, 64) * 128 * 64 + bits_per_weight("W4A8-g32-r8", 32, 128) * 32
                 * 128) / (128 * 64 + 32 * 128)
     assert bits_per_weight_of(net) == pytest.approx(expected)
+
+
+def test_the_report_gives_the_bits_per_weight():
+    net = two_layers()
+    report = quantize_module(net, "W4A8-g32-r8")
+    assert report.bits_per_weight == bits_per_weight("W4A8-g32-r8", 96, 96)
+    assert f"{report.bits_per_weight:.2f} bits per quantized weight" in report.summary()
