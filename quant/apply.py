@@ -143,8 +143,8 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
     """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
     policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
     device: where the fp8 backend will run (checked up front); None skips that check.
-    stored: {layer name: (spec name, packed weight, scales[, low-rank down, up])} already quantized (a cache), used instead of
-    quantizing; checked against the plan before any layer changes.
+    stored: {layer name: (spec name, packed weight, scales[, low-rank down, up])} already quantized (a cache),
+    used instead of quantizing; checked against the plan before any layer changes.
     compute_device: where the weights are quantized (e.g. the GPU for a model resident on the CPU)."""
     spec = QuantSpec.parse(spec)
     if policy is None:

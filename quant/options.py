@@ -20,8 +20,8 @@ class QuantOption:
 
 QUANT_OPTIONS = (
     QuantOption("quantization", "W4A8", SPECS, "W<weight bits>A<activation bits>; -g64: weight scales per group of "
-                "64 inputs; -r32: a 16-bit rank-32 low-rank branch beside the quantized weight (SVD of the FP weight at "
-                "load; for 4-bit activations); A16: weight-only."),
+                "64 inputs; -r32: a 16-bit rank-32 low-rank branch beside the quantized weight (SVD of the FP weight "
+                "at load; for 4-bit activations); A16: weight-only."),
     QuantOption("backend", DEFAULT_BACKEND, tuple(BACKENDS), "auto: the fastest path this device has per layer "
                 "(FP8 GEMMs where 8-bit compute pays on Ada/Hopper, 8/4-bit storage with 16-bit compute elsewhere, "
                 "simulate on the CPU). simulate: packed weights, exact quantize-dequantize numerics, any width. fp8: "

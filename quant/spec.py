@@ -51,8 +51,8 @@ class QuantSpec:
             return text
         match = _SPEC.fullmatch(str(text).strip().upper().replace("_", "-"))
         if not match:
-            raise QuantSpecError(f"cannot parse quantization spec {text!r}; expected e.g. 'W8A8', 'W4A8-g128', 'W4A8-tensor', "
-                                 "'W4A4-g64-r32'")
+            raise QuantSpecError(f"cannot parse quantization spec {text!r}; expected e.g. 'W8A8', 'W4A8-g128', "
+                                 "'W4A8-tensor', 'W4A4-g64-r32'")
         fields = {"w_bits": int(match[1]), "a_bits": int(match[2])}
         given = {}  # option kind -> the option text, so that a second one of a kind is refused, not last-wins
         for option in filter(None, match[3].split("-")):

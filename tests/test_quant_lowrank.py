@@ -1,6 +1,5 @@
 """The 16-bit low-rank branch (-r<N>): the split against a float64 numpy SVD, its effect on error, every backend that
 takes the spec adding it, group-wise scales per width, bits per weight."""
-import copy
 
 import numpy as np
 import pytest
@@ -190,9 +189,9 @@ def test_export_folds_the_branch_into_fresh_int8_codes():
     assert relative(exported, weight) < 1.2 * relative(numerics.dequantize_weight(direct_codes, direct_scale), weight)
 
 
-@pytest.mark.parametrize("text, name, rank", [("W4A4-g64-r32", "W4A4-g64-r32", 32), ("w4a8_r32_g64", "W4A8-g64-r32", 32),
-                                              ("W8A8-r1", "W8A8-r1", 1), ("W4A8-tensor-r1024", "W4A8-tensor-r1024", 1024),
-                                              ("W4A16-r8", "W4A16-r8", 8)])
+@pytest.mark.parametrize("text, name, rank", [
+    ("W4A4-g64-r32", "W4A4-g64-r32", 32), ("w4a8_r32_g64", "W4A8-g64-r32", 32), ("W8A8-r1", "W8A8-r1", 1),
+    ("W4A8-tensor-r1024", "W4A8-tensor-r1024", 1024), ("W4A16-r8", "W4A16-r8", 8)])
 def test_rank_option_parses_and_prints_last(text, name, rank):
     spec = QuantSpec.parse(text)
     assert spec.name == name and spec.rank == rank and QuantSpec.parse(spec.name) == spec
