@@ -300,6 +300,8 @@ app.registerExtension({
       curveNodes.add(node);
       watchNode(node);
       if (node.comfyClass === PRESET_NODE) loadPresets();
+    } else if (QUANTIZED_LOADERS.has(node.comfyClass)) {
+      watchNode(node);  // its quantization and backend decide the preset panel's quantizer warning
     } else if (node.comfyClass === CALIBRATE_NODE) {
       const panel = (node.qschedPanel = addPanel(node, 170));
       panel.draw = () => showCalibration(node, panel);
