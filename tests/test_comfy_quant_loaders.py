@@ -1,6 +1,7 @@
 """Quantized loaders in real ComfyUI (COMFYUI_DIR): tiny SD1.5 fixture, LoRA through ComfyUI's LoraLoader,
 low-VRAM (per-call weight casting + LowVramPatch), the cache, bad files, and a whole workflow on the server."""
 import os
+import re
 
 import pytest
 import torch
@@ -172,15 +173,17 @@ def test_the_model_knows_its_quantizer_and_the_preset_loader_names_another(env, 
     folder_paths.set_user_directory(str(tmp_path))
     try:
         schedule = QSchedSchedule.from_lists([1.0, 1.0], [1.0, 1.0], sampler="lcm")
-        for name, spec in (("same", "W4A4-g64-r32"), ("other", "W4A8")):
+        for name, spec, sha in (("same", "W4A4-g64-r32", None), ("other", "W4A8", None), ("hashed", "W4A8", "0" * 64)):
             presets.save_preset(user_preset_folder(), name, presets.make_preset(
-                schedule, model_name="tiny", quantizer={"spec": spec, "backend": "simulate"}))
+                schedule, model_name="tiny", model_hash=sha, quantizer={"spec": spec, "backend": "simulate"}))
+        named = "fitted on W4A8 (simulate backend), this model has W4A4-g64-r32 (simulate backend)"
         with caplog.at_level("WARNING", logger="qsched.presets"):
             QSchedLoadPreset.execute("same.json", model=model)
             assert "fitted on" not in caplog.text
-            QSchedLoadPreset.execute("other.json", model=model)
-        assert ("fitted on W4A8 (simulate backend), this model has W4A4-g64-r32 (simulate backend)"
-                in caplog.text)
+            QSchedLoadPreset.execute("other.json", model=model)  # no model hash recorded: a warning only
+        assert named in caplog.text
+        with pytest.raises(presets.PresetModelMismatch, match=re.escape(named)):  # the refusal names both
+            QSchedLoadPreset.execute("hashed.json", model=model)
     finally:
         folder_paths.set_user_directory(saved)
 
