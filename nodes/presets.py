@@ -5,11 +5,12 @@ import os
 
 import folder_paths
 
-from ..calibration.presets import (SHIPPED_PRESETS, PresetError, check_model, check_name, preset_path,
-                                   read_preset_file, schedule_of)
+from ..calibration.presets import (SHIPPED_PRESETS, PresetError, PresetModelMismatch, check_model, check_name,
+                                   preset_path, quantizer_mismatch, read_preset_file, schedule_of)
 from ..comfy_adapter.calibration import PRESET_FOLDER_NAME, model_hash, user_preset_folder
 from ..comfy_adapter.v3_api import io
 from . import categories
+from ..comfy_adapter.loading import quantizer_of
 from .io_types import Schedule
 
 log = logging.getLogger("qsched.presets")
@@ -88,7 +89,15 @@ class QSchedLoadPreset(io.ComfyNode):
         folder, path = find_preset(preset)
         data = read_preset_file(path, folder=folder)
         if model is not None:
-            check_model(data, model_hash(model), allow_model_mismatch, name)
+            mismatch = quantizer_mismatch(data, quantizer_of(model))
+            if mismatch:
+                log.warning("Q-Sched: %s", mismatch)
+            try:
+                check_model(data, model_hash(model), allow_model_mismatch, name)
+            except PresetModelMismatch as error:
+                if not mismatch:
+                    raise
+                raise PresetModelMismatch(f"{error} ({mismatch})") from None
         if data.get("example"):
             log.warning("preset %r is a shipped example, not calibrated for your model: run Q-Sched Calibrate", name)
         return io.NodeOutput(schedule_of(data), data["sampler"], data["steps"])

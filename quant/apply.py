@@ -1,10 +1,12 @@
 """quantize_module: quantize the Linear/Conv layers of any nn.Module in place, per a layer policy."""
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .backends import get_backend
+from .layers import bits_per_weight_of, float_weight_shape, lowrank_shapes, rank_problem
+from .lowrank import FACTOR_DTYPES
 from .policy import DEFAULT_POLICY, LayerDecision, LayerPolicy
 from .spec import QuantSpec
 
@@ -25,6 +27,7 @@ class QuantReport:
     bytes_before: int
     bytes_after: int = 0
     layers: list = field(default_factory=list)
+    bits_per_weight: float | None = None  # nominal, over the quantized layers (quant.spec.bits_per_weight)
 
     @property
     def quantized(self):
@@ -47,11 +50,13 @@ class QuantReport:
         kept_text = ", ".join(f"{count} {reason}" for reason, count in sorted(kept.items())) or "none"
         return (f"{self.spec} via {self.backend}: {self.quantized} layers quantized ({how or 'none'}), "
                 f"{self.kept} kept in high precision ({kept_text}); "
-                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({self.ratio:.3f}x)")
+                f"{self.bytes_before / 2**20:.1f} MiB -> {self.bytes_after / 2**20:.1f} MiB ({self.ratio:.3f}x)"
+                + (f", {self.bits_per_weight:.2f} bits per quantized weight" if self.bits_per_weight else ""))
 
     def to_dict(self):
         return {"spec": self.spec, "backend": self.backend, "bytes_before": self.bytes_before,
                 "bytes_after": self.bytes_after, "quantized": self.quantized, "kept": self.kept,
+                "bits_per_weight": self.bits_per_weight,
                 "layers": [layer.__dict__ for layer in self.layers]}
 
 
@@ -79,18 +84,23 @@ def _kind(layer):
     return torch_class.__name__
 
 
-def _fit_groups(module, decision):
-    """Per-group weights need the group size to divide the layer's input columns; others go per channel."""
-    spec = decision.spec
-    if spec is None or not spec.group_size:
+def _fit_layer(module, decision):
+    """Per-group weights need the group size to divide the layer's input columns, else they go per channel; the rank
+    is a cap: a weight with a smaller side takes that rank, a grouped convolution no branch. Each change is reported."""
+    spec, reason = decision.spec, decision.reason
+    if spec is None:
         return decision
-    weight = module.get_submodule(decision.name).weight
-    columns = weight[0].numel()
-    if columns % spec.group_size == 0:
-        return decision
-    per_channel = QuantSpec(spec.w_bits, spec.a_bits, act_granularity=spec.act_granularity)
-    return LayerDecision(decision.name, per_channel, f"{decision.reason}; {columns} columns not divisible by "
-                                                     f"group {spec.group_size}: per channel")
+    layer = module.get_submodule(decision.name)
+    rows, *rest = float_weight_shape(layer)
+    columns = int(torch.Size(rest).numel())
+    if spec.group_size and columns % spec.group_size:
+        spec = replace(spec, weight_granularity="channel", group_size=None)
+        reason += f"; {columns} columns not divisible by group {decision.spec.group_size}: per channel"
+    if rank_problem(layer, spec):
+        rank = min(spec.rank, rows, columns) if getattr(layer, "groups", 1) == 1 else None
+        reason += f"; {rank_problem(layer, spec)}: " + (f"rank {rank}" if rank else "no low-rank branch")
+        spec = spec.with_rank(rank)
+    return decision if spec == decision.spec else LayerDecision(decision.name, spec, reason)
 
 
 def _check_stored(module, decisions, quantizer, stored):
@@ -104,7 +114,7 @@ def _check_stored(module, decisions, quantizer, stored):
             continue
         layer = module.get_submodule(decision.name)
         spec = quantizer.effective_spec(layer, decision.spec)
-        stored_spec, packed, scale = stored[decision.name]
+        stored_spec, packed, scale, *branch = stored[decision.name]
         dtype, shape, scale_shape = quantizer.layout(layer, spec)
         if stored_spec != spec.name or packed.dtype != dtype or tuple(packed.shape) != shape:
             raise ValueError(f"layer {decision.name!r}: stored {stored_spec} {packed.dtype}{tuple(packed.shape)} "
@@ -112,14 +122,31 @@ def _check_stored(module, decisions, quantizer, stored):
         if tuple(scale.shape) != scale_shape:
             raise ValueError(f"layer {decision.name!r}: stored scales of shape {tuple(scale.shape)} do not match "
                              f"the {spec.name} scales' shape {scale_shape}")
+        _check_branch(decision.name, layer, spec, [t for t in branch if t is not None])
+
+
+def _check_branch(name, layer, spec, branch):
+    shapes = lowrank_shapes(layer, spec)
+    if shapes is None:
+        if branch:
+            raise ValueError(f"layer {name!r}: stored low-rank factors, but {spec.name} has no branch")
+        return
+    if len(branch) != 2:
+        raise ValueError(f"layer {name!r}: {spec.name} needs its low-rank factors, which were not stored "
+                         "(a cache written before the branch existed)")
+    down, up = branch
+    if tuple(down.shape) != shapes[0] or tuple(up.shape) != shapes[1] or down.dtype not in FACTOR_DTYPES \
+            or up.dtype != down.dtype:
+        raise ValueError(f"layer {name!r}: stored low-rank factors {down.dtype}{tuple(down.shape)} / "
+                         f"{up.dtype}{tuple(up.shape)} do not match {spec.name}: 16-bit {shapes[0]} / {shapes[1]}")
 
 
 def quantize_module(module, spec, policy=None, backend="simulate", device=None, stored=None, compute_device=None):
     """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
     policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
     device: where the fp8 backend will run (checked up front); None skips that check.
-    stored: {layer name: (spec name, packed weight, scales)} already quantized (a cache), used instead of
-    quantizing; checked against the plan before any layer changes.
+    stored: {layer name: (spec name, packed weight, scales[, low-rank down, up])} already quantized (a cache),
+    used instead of quantizing; checked against the plan before any layer changes.
     compute_device: where the weights are quantized (e.g. the GPU for a model resident on the CPU)."""
     spec = QuantSpec.parse(spec)
     if policy is None:
@@ -128,7 +155,7 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
         policy = LayerPolicy.parse(policy)
     quantizer = get_backend(backend)
     quantizer.check(spec, device)
-    decisions = [_fit_groups(module, decision) for decision in policy.plan(module, spec)]
+    decisions = [_fit_layer(module, decision) for decision in policy.plan(module, spec)]
     for decision in decisions:
         if decision.spec is not None and decision.spec != spec and not decision.spec.weight_only:
             quantizer.check(decision.spec, device)
@@ -153,4 +180,5 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
             setattr(module.get_submodule(parent_name) if parent_name else module, child, new_layer)
         report.layers.append(LayerReport(decision.name, kind, decision.spec.name, how, decision.reason))
     report.bytes_after = module_bytes(module)
+    report.bits_per_weight = bits_per_weight_of(module)
     return report

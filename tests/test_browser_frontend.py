@@ -150,7 +150,8 @@ def floats(csv):
 def _preset(best, identity):
     schedule = QSchedSchedule.linear(4, 1.1, 0.9)
     return preset_store.make_preset(schedule, model_name="tiny-sd15", family="SD15", quant="W4A8", sampler="lcm",
-                                    scorer="jaq", scorer_k=1.0, identity_score=identity, best_score=best)
+                                    scorer="jaq", scorer_k=1.0, identity_score=identity, best_score=best,
+                                    quantizer={"spec": "W4A8-g64-r32", "backend": "simulate"})
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +200,13 @@ set(coefficients, "c_x_list", "1.3, 1.2, 1.1, 1"); set(coefficients, "c_eps_list
 seen.single_value = read(coefficients);  // the node wants one value per step; it does not repeat one
 set(coefficients, "c_eps_list", "1, 1, 1, 1"); await frame();
 seen.fixed = read(sampler);
+// The preset was fitted on W4A8-g64-r32 (simulate): a model from a loader set to another quantizer is named.
+const loader = add("QSchedQuantizedCheckpointLoader", [40, 900]);
+loader.connect(0, good, good.inputs.findIndex((i) => i.name === "model"));
+set(loader, "backend", "simulate"); set(loader, "quantization", "W4A4-g64-r32"); await frame();
+seen.other_quantizer = read(good);
+set(loader, "quantization", "W4A8-g64-r32"); await frame();
+seen.same_quantizer = read(good);
 // Reading input.link from the page itself: shows the deprecation collector works on frontends that warn.
 void sampler.inputs[0].link;
 return seen;
@@ -227,6 +235,12 @@ def test_panels_follow_inputs_and_show_presets(browser, comfy_server, user_prese
         assert expected in preset["text"], (expected, preset["text"])
     assert floats(preset["c_x"]) == pytest.approx([1.1, 1.0667, 1.0333, 1.0], abs=1e-3)
     assert seen["invalid"]["state"] == "invalid" and "not valid JSON" in seen["invalid"]["text"]
+    assert "fitted on W4A8-g64-r32 (simulate)" in preset["text"]
+    # ... and the node's own warning (calibration/presets.py quantizer_mismatch) when the model's loader differs
+    assert seen["other_quantizer"]["state"] == "warning", seen["other_quantizer"]
+    assert ("preset 'tiny-sd15' was fitted on W4A8-g64-r32 (simulate backend), this model has W4A4-g64-r32 "
+            "(simulate backend)") in seen["other_quantizer"]["text"]
+    assert seen["same_quantizer"]["state"] == "ok", seen["same_quantizer"]
     # Every curve panel on the page is drawn where its node is (read from the canvas pixels after the page settled).
     drawn = [n for n in report["nodes"] if n["panel"] and n["panel"]["state"] in ("ok", "warning")]
     assert {n["type"] for n in drawn} == {"QSchedCoefficients", "QSchedKSampler", "QSchedLoadPreset"}
