@@ -26,6 +26,7 @@ COMMANDS = {
     "digits-trust": "testbed.digits.trust:main",
     "digits-reference": "testbed.digits.reference_experiment:main",
     "digits-reference-report": "testbed.digits.reference_report:main",
+    "digits-quantizer": "testbed.digits.quantizer_experiment:main",
     "calibrate": "calibration.cli:main",
 }
 

@@ -1,0 +1,228 @@
+"""Issue 22 on the digits testbed: the quantizer (per channel, group-wise, wider codes, a 16-bit low-rank branch)
+and the closed-form per-step correction (calibration/closed_form.py, fitted to the FP model), every row with its
+stored bits per weight.
+
+Rows per step count (every quantized row through the pack's quantizer, simulate backend; every correction through
+the pack's closed-form fit on 40 class/noise pairs of its own noise, seed 4242; evaluation on seeds 0, 1, 2, so
+held out): FP32; per-channel W4A8 naive, + closed-form bias per channel, + closed-form 8x8 bias map; W4A8 with
+groups of 8 and 16 + map; W6A8 per channel + map; W4A4 naive and + map; W4A4 groups of 16 + map; W4A4 groups of 16
++ a rank-16 low-rank branch + map (when the quantizer has the branch). FID on the classifier's features and on raw
+8x8 pixels, ratio to FP32 with the per-seed range.
+
+`python -m qsched digits-quantizer [--steps 2,4 --weights DIR --rows ... --out FILE --markdown FILE]` writes the
+JSON after every cell and prints the table (and writes it as Markdown).
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import time
+
+import torch
+
+from ...atomic_files import write_text_atomic
+from ...calibration.closed_form import StepReached, fit_schedule, record_fits, step_recorder
+from ...quant import QuantSpec, quantize_module
+from ...samplers import SAMPLERS, QSchedSchedule
+from ...samplers.model_sampling import EPSSampling
+from .diffusion import LCMDenoiser, vp_sigmas
+from .experiment import CALIBRATION_SEED, evaluate_row, load_testbed
+from .generate import FixedNoise, check_steps, sampling_sigmas
+from .pixel_fid import PixelFID
+from .scoring import FeatureFID
+
+FIT_PAIRS = 40
+MAP_SIZE = 8
+HERE = os.path.dirname(os.path.abspath(__file__))
+# (row name, quantization spec or None for FP32, correction: None, "channel" or "map")
+ROWS = {
+    "fp32": ("FP32", None, None),
+    "w4a8": ("W4A8 per channel, none", "W4A8", None),
+    "w4a8-channel": ("W4A8 per channel + closed-form bias per channel", "W4A8", "channel"),
+    "w4a8-map": ("W4A8 per channel + closed-form bias map 8x8", "W4A8", "map"),
+    "w4a8-g16-map": ("W4A8 g16 + bias map", "W4A8-g16", "map"),
+    "w4a8-g8-map": ("W4A8 g8 + bias map", "W4A8-g8", "map"),
+    "w6a8-map": ("W6A8 per channel + bias map", "W6A8", "map"),
+    "w4a4": ("W4A4 per channel, none", "W4A4", None),
+    "w4a4-map": ("W4A4 per channel + bias map", "W4A4", "map"),
+    "w4a4-g16-map": ("W4A4 g16 + bias map", "W4A4-g16", "map"),
+    "w4a4-g16-r16-map": ("W4A4 g16 + rank 16 + bias map", "W4A4-g16-r16", "map"),
+}
+DEFAULT_ROWS = ",".join(ROWS)
+
+
+def weight_shapes(module):
+    """(rows, columns) of each quantizable layer's weight as the quantizer sees it ([out, in * kernel])."""
+    return {name: (layer.weight.shape[0], layer.weight[0].numel()) for name, layer in module.named_modules()
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))}
+
+
+def stored_bits(spec, rows, columns):
+    """Bits one quantized [rows, columns] weight stores: codes, one 16-bit scale per row (or per group), and 16-bit
+    low-rank factors [rows, r] and [r, columns] when the spec has a branch."""
+    groups = columns // spec.group_size if spec.group_size else 1
+    rank = getattr(spec, "rank", None) or 0
+    return spec.w_bits * rows * columns + 16 * rows * groups + 16 * rank * (rows + columns)
+
+
+def bits_per_weight(spec, shapes, quantized):
+    """Stored bits per weight over the layers the quantizer changed (quant.spec.bits_per_weight when it exists)."""
+    from ...quant import spec as spec_module
+    exact = getattr(spec_module, "bits_per_weight", None)
+    total_bits = total = 0
+    for name in quantized:
+        rows, columns = shapes[name]
+        total_bits += exact(spec, rows, columns) if exact else stored_bits(spec, rows, columns)
+        total += rows * columns
+    return total_bits / total
+
+
+def quantize(unet, spec_text):
+    """(LCMDenoiser over a quantized copy, bits per weight) with the pack's quantizer, simulate backend."""
+    unet = copy.deepcopy(unet)
+    if spec_text is None:
+        return LCMDenoiser(unet).eval(), 32.0
+    spec = QuantSpec.parse(spec_text)
+    shapes = weight_shapes(unet)
+    report = quantize_module(unet, spec, backend="simulate")
+    quantized = [layer.name for layer in report.layers if layer.spec is not None]
+    return LCMDenoiser(unet).eval(), bits_per_weight(spec, shapes, quantized)
+
+
+class Trajectory:
+    """fit_schedule's trajectory on the testbed: FIT_PAIRS class/noise pairs (calibration noise, never evaluated),
+    the quantized model sampled with the LCM sampler up to step i, both models' predictions at the latent reached."""
+
+    def __init__(self, fp, quantized, steps, pairs=FIT_PAIRS, seed=CALIBRATION_SEED):
+        self.fp, self.quantized, self.steps = fp, quantized, steps
+        self.labels = torch.arange(pairs) % 10
+        self.noise = FixedNoise(pairs, steps, seed)
+        self.sigmas = sampling_sigmas(steps)
+
+    @torch.no_grad()
+    def __call__(self, schedule, step):
+        record = []
+        rows = torch.arange(len(self.labels))
+        x = self.noise.initial * (1 + self.sigmas[0] ** 2) ** 0.5
+        try:
+            SAMPLERS["lcm"].function(step_recorder(self.quantized, step, record), x, self.sigmas,
+                                     extra_args={"labels": self.labels}, disable=True, schedule=schedule,
+                                     noise_sampler=self.noise.sampler_for(rows), model_sampling=EPSSampling(vp_sigmas()))
+        except StepReached:
+            pass
+        x, sigma, denoised_q = record[0]
+        return x, sigma, denoised_q, self.fp(x, sigma, labels=self.labels)
+
+
+def correction(fp, quantized, steps, form):
+    """(schedule, fit record) of the closed-form correction, or the identity without one."""
+    if form is None:
+        return QSchedSchedule.identity(steps), None
+    started = time.time()
+    schedule, fits = fit_schedule(Trajectory(fp, quantized, steps), steps, "lcm", form=form, map_size=MAP_SIZE)
+    return schedule, {"fits": record_fits(fits), "seconds": round(time.time() - started, 2)}
+
+
+def ratio_summary(cell, fp_cell, key):
+    """(mean ratio to FP32, min and max per-seed ratio) of a FID, seeds paired."""
+    ratios = [a[key] / b[key] for a, b in zip(cell["per_seed"], fp_cell["per_seed"])]
+    mean = sum(r[key] for r in cell["per_seed"]) / sum(r[key] for r in fp_cell["per_seed"])
+    return mean, min(ratios), max(ratios)
+
+
+def table(results):
+    """Markdown: one row per (weights, steps, row): b/w, FID, ratio to FP32 [per-seed range], both feature sets."""
+    lines = ["| weights | steps | quantizer + correction | b/w | FID (classifier) | ratio [seeds] | pixel FID | "
+             "ratio [seeds] |", "|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        for steps in sorted({c["steps"] for c in run["cells"]}):
+            cells = [c for c in run["cells"] if c["steps"] == steps]
+            fp_cell = next((c for c in cells if c["row"] == "fp32"), None)
+            for cell in cells:
+                mean = {k: sum(r[k] for r in cell["per_seed"]) / len(cell["per_seed"]) for k in ("fid", "fid_pixels")}
+                parts = []
+                for key in ("fid", "fid_pixels"):
+                    if fp_cell is None or any(math.isnan(r[key]) for r in cell["per_seed"]):
+                        parts += [f"{mean[key]:.3f}", "-"]
+                        continue
+                    ratio, low, high = ratio_summary(cell, fp_cell, key)
+                    parts += [f"{mean[key]:.3f}", f"{ratio:.2f} [{low:.2f}-{high:.2f}]"]
+                bits = "32" if cell["bits_per_weight"] == 32 else f"{cell['bits_per_weight']:.2f}"
+                lines.append(f"| {run['weights']} | {steps} | {cell['method']} | {bits} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, out):
+    unet, scorer = load_testbed(folder)
+    fids = {"fid": FeatureFID(scorer), "fid_pixels": PixelFID()}
+    run = {"weights": label, "cells": []}
+    results["runs"].append(run)
+    fp = quantize(unet, None)[0]
+    models = {}
+    for steps in steps_list:
+        for key in row_keys:
+            method, spec, form = ROWS[key]
+            if spec not in models:
+                models[spec] = quantize(unet, spec)
+            denoiser, bits = models[spec]
+            schedule, fit = correction(fp, denoiser, steps, form)
+            cell = evaluate_row(method, denoiser, steps, schedule, None, scorer, fids, seeds, samples)
+            cell.update({"row": key, "spec": spec, "correction": form, "bits_per_weight": bits, "fit": fit})
+            run["cells"].append(cell)
+            write_text_atomic(out, json.dumps(results, indent=1))
+            mean = lambda name: sum(r[name] for r in cell["per_seed"]) / len(cell["per_seed"])   # noqa: E731
+            print(f"{label} {steps} steps {method}: FID {mean('fid'):.3f}, pixel FID {mean('fid_pixels'):.3f} "
+                  f"({cell['seconds']} s)", flush=True)
+
+
+def available_rows(keys):
+    """The requested rows whose spec this quantizer parses (the low-rank rows need the branch, spec -r<N>)."""
+    usable = []
+    for key in keys:
+        spec = ROWS[key][1]
+        try:
+            if spec is not None:
+                QuantSpec.parse(spec)
+        except ValueError as error:
+            print(f"skipping row {key!r}: {error}", flush=True)
+            continue
+        usable.append(key)
+    return usable
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m qsched digits-quantizer", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="2,4")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows: {DEFAULT_ROWS}")
+    parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--weights", default="weights,weights_retrained",
+                        help="comma-separated weight folders (relative to testbed/digits/ or absolute)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", default=os.path.join(HERE, "results_quantizer.json"))
+    parser.add_argument("--markdown", default=None, help="also write the table here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
+    unknown = [k for k in args.rows.split(",") if k not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; known: {DEFAULT_ROWS}")
+    rows = available_rows(args.rows.split(","))
+    if "fp32" not in rows:
+        rows.insert(0, "fp32")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results = {"issue": 22, "samples_per_seed": args.samples, "seeds": seeds, "fit_pairs": FIT_PAIRS,
+               "fit_seed": CALIBRATION_SEED, "map_size": MAP_SIZE, "sampler": "lcm", "runs": []}
+    started = time.time()
+    for folder in args.weights.split(","):
+        path = folder if os.path.isabs(folder) else os.path.join(HERE, folder)
+        run_weights(path, os.path.basename(folder.rstrip("/")), rows, steps_list, seeds, args.samples, results,
+                    args.out)
+    results["seconds"] = round(time.time() - started, 1)
+    write_text_atomic(args.out, json.dumps(results, indent=1))
+    text = table(results)
+    if args.markdown:
+        write_text_atomic(args.markdown, text + "\n")
+    print(text)
+    return 0
