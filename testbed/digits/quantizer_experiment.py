@@ -62,7 +62,7 @@ def stored_bits(spec, rows, columns):
     """Bits one quantized [rows, columns] weight stores: codes, one 16-bit scale per row (or per group), and 16-bit
     low-rank factors [rows, r] and [r, columns] when the spec has a branch."""
     groups = columns // spec.group_size if spec.group_size else 1
-    rank = getattr(spec, "rank", None) or 0
+    rank = min(getattr(spec, "rank", None) or 0, rows, columns)
     return spec.w_bits * rows * columns + 16 * rows * groups + 16 * rank * (rows + columns)
 
 
@@ -73,7 +73,7 @@ def bits_per_weight(spec, shapes, quantized):
     total_bits = total = 0
     for name in quantized:
         rows, columns = shapes[name]
-        total_bits += exact(spec, rows, columns) if exact else stored_bits(spec, rows, columns)
+        total_bits += exact(spec, rows, columns) * rows * columns if exact else stored_bits(spec, rows, columns)
         total += rows * columns
     return total_bits / total
 
@@ -153,10 +153,35 @@ def table(results):
     return "\n".join(lines)
 
 
+def small_sample_floor(scorer, count=700, splits=20):
+    """FID of real digits against real digits at the evaluation's sample size, both feature sets: two disjoint random
+    samples of `count` ("disjoint"), one sample against all the other real digits ("vs_rest"), and one sample against
+    the full real set the rows are scored against, which contains it ("vs_reference"); mean and standard deviation over `splits` seeded draws. No generated row can go below these."""
+    from .data import load_digits_tensors
+    from .pixel_fid import to_pixels
+    from .scoring import frechet_distance, gaussian_stats
+    real = load_digits_tensors()[0]
+    features = {"fid": scorer.features(real), "fid_pixels": to_pixels(real)}
+    values = {f"{key}_{kind}": [] for key in features for kind in ("disjoint", "vs_rest", "vs_reference")}
+    for split in range(splits):
+        order = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(split))
+        first, second = order[:count], order[count:2 * count]
+        for key, feats in features.items():
+            values[f"{key}_disjoint"].append(frechet_distance(gaussian_stats(feats[first]), gaussian_stats(feats[second])))
+            values[f"{key}_vs_rest"].append(frechet_distance(gaussian_stats(feats[first]),
+                                                             gaussian_stats(feats[order[count:]])))
+            values[f"{key}_vs_reference"].append(frechet_distance(gaussian_stats(feats[first]), gaussian_stats(feats)))
+    summary = {}
+    for name, found in values.items():
+        t = torch.tensor(found, dtype=torch.float64)
+        summary[name] = {"mean": t.mean().item(), "std": t.std().item()}
+    return {"count": count, "splits": splits, "real_count": real.shape[0], **summary}
+
+
 def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, out):
     unet, scorer = load_testbed(folder)
     fids = {"fid": FeatureFID(scorer), "fid_pixels": PixelFID()}
-    run = {"weights": label, "cells": []}
+    run = {"weights": label, "cells": [], "small_sample_floor": small_sample_floor(scorer, samples)}
     results["runs"].append(run)
     fp = quantize(unet, None)[0]
     models = {}
