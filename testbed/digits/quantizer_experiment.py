@@ -50,6 +50,8 @@ ROWS = {
     "w4a4-g16-r16-map": ("W4A4 g16 + rank 16 + bias map", "W4A4-g16-r16", "map"),
 }
 DEFAULT_ROWS = ",".join(ROWS)
+# The best quantizer measured for a bit width (the demo's last row; results_quantizer*.json)
+BEST_QUANTIZER = {"W4A8": "W4A8-g8", "W4A4": "W4A4-g16-r16", "W4A6": "W4A6-g16-r16"}
 
 
 def weight_shapes(module):
@@ -178,6 +180,25 @@ def small_sample_floor(scorer, count=700, splits=20):
     return {"count": count, "splits": splits, "real_count": real.shape[0], **summary}
 
 
+def merge(runs_files):
+    """One results dict of several runs' JSONs (e.g. rows or step counts run as separate processes): cells of the
+    same weights folder are pooled; a (steps, row) measured twice keeps the first."""
+    merged, by_weights, seen = None, {}, set()
+    for data in runs_files:
+        merged = merged or {key: value for key, value in data.items() if key != "runs"}
+        for run in data["runs"]:
+            target = by_weights.setdefault(run["weights"], {**run, "cells": []})
+            for cell in run["cells"]:
+                key = (run["weights"], cell["steps"], cell["row"])
+                if key not in seen:
+                    seen.add(key)
+                    target["cells"].append(cell)
+    order = list(ROWS)
+    for run in by_weights.values():
+        run["cells"].sort(key=lambda cell: (cell["steps"], order.index(cell["row"])))
+    return {**(merged or {}), "runs": list(by_weights.values())}
+
+
 def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, out):
     unet, scorer = load_testbed(folder)
     fids = {"fid": FeatureFID(scorer), "fid_pixels": PixelFID()}
@@ -227,7 +248,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", default=os.path.join(HERE, "results_quantizer.json"))
     parser.add_argument("--markdown", default=None, help="also write the table here")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: merge these results files into --out and print the table")
     args = parser.parse_args(argv)
+    if args.merge:
+        results = merge([json.loads(open(path).read()) for path in args.merge])
+        write_text_atomic(args.out, json.dumps(results, indent=1))
+        return _report(results, args.markdown)
     torch.set_num_threads(args.threads)
     steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
     unknown = [k for k in args.rows.split(",") if k not in ROWS]
@@ -246,8 +273,24 @@ def main(argv=None):
                     args.out)
     results["seconds"] = round(time.time() - started, 1)
     write_text_atomic(args.out, json.dumps(results, indent=1))
-    text = table(results)
-    if args.markdown:
-        write_text_atomic(args.markdown, text + "\n")
+    return _report(results, args.markdown)
+
+
+def _report(results, markdown=None):
+    text = table(results) + "\n\n" + floor_text(results)
+    if markdown:
+        write_text_atomic(markdown, text + "\n")
     print(text)
     return 0
+
+
+def floor_text(results):
+    """The small-sample floor line of the first run that measured it."""
+    floor = next((run["small_sample_floor"] for run in results["runs"] if run.get("small_sample_floor")), None)
+    if floor is None:
+        return ""
+    value = lambda key: f"{floor[key]['mean']:.3f} ± {floor[key]['std']:.3f}"   # noqa: E731
+    return (f"Small-sample floor ({floor['count']} real digits, {floor['splits']} draws; classifier / pixels): two "
+            f"disjoint samples {value('fid_disjoint')} / {value('fid_pixels_disjoint')}; against the other "
+            f"{floor['real_count'] - floor['count']} {value('fid_vs_rest')} / {value('fid_pixels_vs_rest')}; against "
+            f"the full reference that contains it {value('fid_vs_reference')} / {value('fid_pixels_vs_reference')}.")
