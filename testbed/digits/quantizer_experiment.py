@@ -248,6 +248,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", default=os.path.join(HERE, "results_quantizer.json"))
     parser.add_argument("--markdown", default=None, help="also write the table here")
+    parser.add_argument("--jobs", type=int, default=1, help="N > 1: run every (weights, steps, row) as its own "
+                        "process (each with its FP32 row), N at a time, then merge them into --out")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="measure nothing: merge these results files into --out and print the table")
     args = parser.parse_args(argv)
@@ -264,6 +266,8 @@ def main(argv=None):
     if "fp32" not in rows:
         rows.insert(0, "fp32")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.jobs > 1:
+        return _run_parallel(args, steps_list, rows)
     results = {"issue": 22, "samples_per_seed": args.samples, "seeds": seeds, "fit_pairs": FIT_PAIRS,
                "fit_seed": CALIBRATION_SEED, "map_size": MAP_SIZE, "sampler": "lcm", "runs": []}
     started = time.time()
@@ -274,6 +278,39 @@ def main(argv=None):
     results["seconds"] = round(time.time() - started, 1)
     write_text_atomic(args.out, json.dumps(results, indent=1))
     return _report(results, args.markdown)
+
+
+def _run_parallel(args, steps_list, rows):
+    """Each (weights, steps, row) in a child process of this command (at most args.jobs at once), then --merge."""
+    import subprocess
+    import sys
+    import tempfile
+    root = os.path.dirname(os.path.dirname(HERE))
+    folder = tempfile.mkdtemp(prefix="digits-quantizer-")
+    units = [(weights, steps, row) for weights in args.weights.split(",") for steps in steps_list
+             for row in rows if row != "fp32"]
+    outputs, running, failed = [], [], []
+    for index, (weights, steps, row) in enumerate(units):
+        out = os.path.join(folder, f"{index:03d}.json")
+        command = [sys.executable, "-m", "qsched", "digits-quantizer", "--weights", weights, "--steps", str(steps),
+                   "--rows", f"fp32,{row}", "--samples", str(args.samples), "--seeds", args.seeds, "--threads",
+                   str(args.threads), "--out", out]
+        log = open(out[:-5] + ".log", "w")
+        running.append((subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT), out, log, command))
+        while len(running) >= args.jobs or (index == len(units) - 1 and running):
+            process, done_out, done_log, done_command = running.pop(0)
+            if process.wait() != 0:
+                failed.append(" ".join(done_command))
+            else:
+                outputs.append(done_out)
+                print(f"done: {os.path.basename(done_out)} ({len(outputs)} of {len(units)})", flush=True)
+            done_log.close()
+    if failed:
+        print(f"{len(failed)} run(s) failed (logs in {folder}): " + "; ".join(failed), file=sys.stderr)
+    results = merge([json.loads(open(path).read()) for path in outputs])
+    write_text_atomic(args.out, json.dumps(results, indent=1))
+    _report(results, args.markdown)
+    return 1 if failed else 0
 
 
 def _report(results, markdown=None):
