@@ -48,8 +48,15 @@ ROWS = {
     "w4a4-map": ("W4A4 per channel + bias map", "W4A4", "map"),
     "w4a4-g16-map": ("W4A4 g16 + bias map", "W4A4-g16", "map"),
     "w4a4-g16-r16-map": ("W4A4 g16 + rank 16 + bias map", "W4A4-g16-r16", "map"),
+    # for the wide variant (weights_wide), whose layers take groups of 64 at a few % of storage
+    "w4a8-g64-map": ("W4A8 g64 + bias map", "W4A8-g64", "map"),
+    "w4a4-g64-map": ("W4A4 g64 + bias map", "W4A4-g64", "map"),
+    "w4a4-g64-r8-map": ("W4A4 g64 + rank 8 + bias map", "W4A4-g64-r8", "map"),
+    "w4a4-g64-r16-map": ("W4A4 g64 + rank 16 + bias map", "W4A4-g64-r16", "map"),
+    "w4a4-g64-r32-map": ("W4A4 g64 + rank 32 + bias map", "W4A4-g64-r32", "map"),
 }
-DEFAULT_ROWS = ",".join(ROWS)
+DEFAULT_ROWS = ",".join(list(ROWS)[:11])
+WIDE_ROWS = "fp32,w4a8,w4a8-map,w4a8-g64-map,w4a8-g16-map,w4a8-g8-map,w4a4,w4a4-g64-map,w4a4-g64-r8-map,w4a4-g64-r16-map,w4a4-g64-r32-map"
 # The best quantizer measured for a bit width (the demo's last row; results_quantizer*.json)
 BEST_QUANTIZER = {"W4A8": "W4A8-g8", "W4A4": "W4A4-g16-r16", "W4A6": "W4A6-g16-r16"}
 
@@ -240,7 +247,8 @@ def available_rows(keys):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m qsched digits-quantizer", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="2,4")
-    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows: {DEFAULT_ROWS}")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows of {', '.join(ROWS)} (default "
+                        f"{DEFAULT_ROWS}; for the wide variant: {WIDE_ROWS})")
     parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--weights", default="weights,weights_retrained",
@@ -261,7 +269,7 @@ def main(argv=None):
     steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
     unknown = [k for k in args.rows.split(",") if k not in ROWS]
     if unknown:
-        parser.error(f"unknown row(s) {', '.join(unknown)}; known: {DEFAULT_ROWS}")
+        parser.error(f"unknown row(s) {', '.join(unknown)}; known: {', '.join(ROWS)}")
     rows = available_rows(args.rows.split(","))
     if "fp32" not in rows:
         rows.insert(0, "fp32")
