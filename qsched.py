@@ -33,6 +33,8 @@ COMMANDS = {
                          "calibration against the full-precision model on the digits testbed"),
     "digits-reference-report": ("testbed.digits.reference_report:main",
                                 "Markdown tables of digits-reference result files"),
+    "digits-quantizer": ("testbed.digits.quantizer_experiment:main",
+                         "the digits testbed's quantizer table: group-wise, low-rank branch, closed-form correction"),
 }
 HELP_WORDS = ("-h", "--help", "help")
 

@@ -18,7 +18,7 @@ import re
 
 from ..atomic_files import write_text_atomic
 from ..safe_files import JSONDocumentError, UnsafeFileError, non_finite_path, parse_json, read_regular_file
-from ..samplers.schedule import QSchedSchedule, ScheduleError
+from ..samplers.schedule import QSchedSchedule, ScheduleError, map_lists
 from .heldout import VERDICTS
 
 FORMAT = "qsched-preset"
@@ -52,8 +52,9 @@ _FIELDS = {
     "n_prompts": ((int, type(None)), False), "seed": ((int, type(None)), False), "cfg": ((int, float, type(None)), False),
     "scores": (dict, False), "search": (dict, False), "created": (str, False), "pack_version": (str, False),
     "offset": ((list, type(None)), False), "quantizer": ((dict, type(None)), False),
+    "offset_map": ((list, type(None)), False),
 }
-_SINCE_VERSION = {"offset": 2, "quantizer": 2}
+_SINCE_VERSION = {"offset": 2, "quantizer": 2, "offset_map": 2}
 _BACKEND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 
 
@@ -123,6 +124,7 @@ def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=Non
         "quant": quant, "sampler": sampler, "steps": schedule.steps,
         "c_x": list(schedule.c_x), "c_eps": list(schedule.c_eps),
         **({"offset": [list(row) for row in schedule.offset]} if schedule.offset is not None else {}),
+        **({"offset_map": map_lists(schedule.offset_map)} if schedule.offset_map is not None else {}),
         **({"quantizer": dict(quantizer)} if quantizer else {}),
         "scorer": {"name": scorer, "k": scorer_k}, "prompts_hash": prompts_hash, "n_prompts": n_prompts,
         "seed": seed, "cfg": cfg,
@@ -240,7 +242,7 @@ def schedule_of(data):
     quant = f" {data['quant']}" if data.get("quant") else ""
     label = f"{data['model']['name']}{quant} {data['sampler']} {data['steps']} steps"
     return QSchedSchedule.from_lists(data["c_x"], data["c_eps"], sampler=data["sampler"], label=label,
-                                     offset=data.get("offset"))
+                                     offset=data.get("offset"), offset_map=data.get("offset_map"))
 
 
 def read_preset_file(path, folder=None):

@@ -11,6 +11,9 @@ are "higher is better" like JAQ, so the search code is shared:
 - reference_clip:   -(1 - cosine similarity) of the scorer's CLIP image embeddings.
 - jaq_reference:    JAQ - weight * relative latent error, |z_q - z_fp|^2 / |z_fp|^2: the paper's reference-free
                     score with a penalty for drifting from the FP model (weight 0 = plain JAQ).
+- reference_closed_form: no search: the closed-form per-step correction (calibration/closed_form.py), least
+                    squares of the FP model's prediction on the quantized one along the corrected trajectory; its
+                    winner and the identity are scored as reference_latent.
 JAQ (reference-free, the paper's form) stays the default objective of the calibration.
 """
 import math
@@ -21,8 +24,9 @@ import torch
 from ..samplers import QSchedSchedule
 from .pipeline import evaluate_over, generate_checked, image_failure, split_per_request
 
-REFERENCE_OBJECTIVES = ("reference_latent", "reference_image", "reference_clip", "jaq_reference")
-SCORER_FREE = ("reference_latent", "reference_image")   # every other objective scores with the scorer
+CLOSED_FORM = "reference_closed_form"
+REFERENCE_OBJECTIVES = ("reference_latent", "reference_image", "reference_clip", "jaq_reference", CLOSED_FORM)
+SCORER_FREE = ("reference_latent", "reference_image", CLOSED_FORM)   # every other objective scores with the scorer
 NEEDS_IMAGES = ("reference_image", "reference_clip", "jaq_reference")
 DEFAULT_REFERENCE_WEIGHT = 1.0
 _TINY = 1e-12
@@ -45,10 +49,12 @@ class ReferenceSampling:
     """What the host supplies for a reference objective: sample(items) -> the calibrated (quantized) model's final
     latents [N, ...] for items [(schedule, prompt_index)], prompt i with its own seed; sample_reference(items) -> the
     full-precision model's, from the same noise, prompt, sampler and sigmas; decode(latents) -> IMAGE
-    [N, H, W, C]."""
+    [N, H, W, C]; trajectory(schedule, step, prompt_indices) -> (x, sigma, D_q, D_fp) at that step of the quantized
+    model sampled with `schedule`, both models' predictions there (the closed-form fit; None: not offered)."""
     sample: object
     sample_reference: object
     decode: object
+    trajectory: object = None
 
 
 def _per_sample_mean(tensor):
@@ -173,7 +179,7 @@ def make_reference_evaluate(generate, decode, reference, objective, scorer=None,
 
 def _scores(objective, latents, images, indices, reference, scorer, prompts, weight):
     """One score per sample (dim 0) of a batch of candidates' outputs for calibration prompts `indices`."""
-    if objective == "reference_latent":
+    if objective in ("reference_latent", CLOSED_FORM):
         return -latent_distance(latents, reference.latent(indices))
     if objective == "reference_image":
         return -image_distance(images, reference.image(indices))

@@ -14,18 +14,21 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 
-from ..samplers.schedule import SAMPLER_NAMES
+from ..samplers.schedule import SAMPLER_NAMES, QSchedSchedule, map_lists
 from .heldout import HOLDOUT_FRACTION, check_winner, format_report, split_pairs
 from .optimise import DEFAULT_EVALUATIONS, FORMS as REFINE_FORMS, REFINE_C_RANGE
 from .pipeline import OBJECTIVES, make_evaluate
 from .presets import check_name, make_preset, safe_preset_name, save_preset
 from .prompts import parse_prompts, prompts_hash
-from .reference import (DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES, is_reference_objective,
+from .closed_form import (DEFAULT_FORM as CLOSED_FORM_DEFAULT, DEFAULT_MAP_SIZE as CLOSED_FORM_MAP_SIZE,
+                          FORMS as CLOSED_FORM_FORMS, fit_schedule, record_fits)
+from .reference import (CLOSED_FORM, DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES, is_reference_objective,
                         make_objective_evaluate, needs_scorer)
-from .runlog import record_run, settings_hash
-from .search import SearchInterrupted, SearchSpace, plan_images, run_search
+from .runlog import record_run, schedule_key, settings_hash
+from .search import SearchInterrupted, SearchResult, SearchSpace, plan_images, run_search
 from .strategies import DEFAULT_STRATEGY, STRATEGIES
 
 log = logging.getLogger("qsched.calibration")
@@ -102,7 +105,10 @@ class CalibrationConfig:
                               "its terms; with the full-precision model (reference_model): reference_latent / "
                               "reference_image / reference_clip = closest to its latent / decoded image / CLIP image "
                               "features from the same noise and prompt; jaq_reference = JAQ - reference_weight x the "
-                              "relative latent error. reference_latent and reference_image need no scorer.",
+                              "relative latent error; reference_closed_form = no search: a least-squares fit per "
+                              "step of the FP model's prediction (coefficients and an offset, see closed_form), "
+                              "fast and deterministic. reference_latent, reference_image and reference_closed_form "
+                              "need no scorer.",
                               choices=OBJECTIVES + REFERENCE_OBJECTIVES, log_key="objective", record=True)
     c_min: float = _setting(0.8, "Lowest start coefficient searched.", minimum=0.05, maximum=1.0, step=0.01)
     c_max: float = _setting(1.2, "Highest start coefficient searched.", minimum=1.0, maximum=3.0, step=0.01)
@@ -127,6 +133,13 @@ class CalibrationConfig:
     refine_evaluations: int = _setting(0, f"candidates the refinement may score, each on every search prompt; 0 = "
                                        f"{DEFAULT_EVALUATIONS}", minimum=0, maximum=100_000, record=True,
                                        only_if=("refine", tuple(REFINE_FORMS)))
+    closed_form: str = _setting(CLOSED_FORM_DEFAULT, "reference_closed_form: the offset's form. map = a low-resolution "
+                                "grid per latent channel (map_size), resized bilinearly to any latent size; channel = "
+                                "one value per latent channel", choices=CLOSED_FORM_FORMS, log_key="closed_form",
+                                record=True, only_if=("objective", (CLOSED_FORM,)))
+    map_size: int = _setting(CLOSED_FORM_MAP_SIZE, "reference_closed_form with map: the grid's rows and columns (cut "
+                             "to the latent's size)", minimum=1, maximum=64, log_key="map_size", record=True,
+                             only_if=("closed_form", ("map",)))
 
     def __post_init__(self):
         for item in dataclasses.fields(self):
@@ -159,7 +172,7 @@ class CalibrationConfig:
     def applies(self, name):
         """Whether setting `name` means anything with the others as they are (see Setting.only_if)."""
         only_if = dict((n, s) for n, _, s in self.settings())[name].only_if
-        return only_if is None or getattr(self, only_if[0]) in only_if[1]
+        return only_if is None or (self.applies(only_if[0]) and getattr(self, only_if[0]) in only_if[1])
 
     def check_inputs(self, reference, scorer):
         """Refuse, before any image, an objective whose model or scorer is missing (reference, scorer: given?)."""
@@ -249,6 +262,8 @@ class CalibrationConfig:
         bars and the total shown before it starts; reference: the FP model is given."""
         search_budget, kept = self.image_budget(reference)
         search_pairs, _ = split_pairs(len(self.prompt_list()), self.holdout)
+        if self.objective == CLOSED_FORM:   # a partial trajectory per step and pair, then winner and identity
+            return (self.steps + 2) * len(search_pairs) + kept
         space = SearchSpace(STRATEGIES[self.strategy].space, self.steps, self.c_range)
         search = plan_images(self.strategy, space, len(search_pairs), search_budget)
         return (min(search, search_budget) if search_budget else search) + kept
@@ -315,7 +330,8 @@ class CalibrationRun:
         result = self.search
         best = result.best
         return {"best": {"c_x": list(best.c_x), "c_eps": list(best.c_eps),
-                         "offset": None if best.offset is None else [list(row) for row in best.offset]},
+                         "offset": None if best.offset is None else [list(row) for row in best.offset],
+                         **({"offset_map": map_lists(best.offset_map)} if best.offset_map is not None else {})},
                 "best_score": _finite(result.best_score), "identity_score": _finite(result.identity_score),
                 "better_than_identity": self.report.heldout.verdict,
                 "images_generated": result.images_generated, "images_reused": result.images_reused,
@@ -372,11 +388,17 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     search_progress = None if progress is None else lambda done, total: progress(done, total + kept)
     if on_candidate is not None:
         search_evaluate = _reporting(search_evaluate, on_candidate)
-    result = run_search(search_evaluate, config.steps, len(search_pairs), config.strategy,
-                        budget_images=search_budget, c_range=config.c_range,
-                        sampler=config.sampler_name, settings=settings, run_log=log_path, progress=search_progress,
-                        should_stop=should_stop, strata=[prompts[i] for i in search_pairs],
-                        batch_images=config.batch_size, refine=config.refine_options(latent_channels))
+    closed_form = None
+    if config.objective == CLOSED_FORM:
+        result, closed_form = fit_closed_form(config, reference, search_evaluate, search_pairs, search_progress,
+                                              should_stop)
+    else:
+        result = run_search(search_evaluate, config.steps, len(search_pairs), config.strategy,
+                            budget_images=search_budget, c_range=config.c_range,
+                            sampler=config.sampler_name, settings=settings, run_log=log_path,
+                            progress=search_progress, should_stop=should_stop,
+                            strata=[prompts[i] for i in search_pairs], batch_images=config.batch_size,
+                            refine=config.refine_options(latent_channels))
     evaluate_fp = None
     if fp_control:
         evaluate_fp = make_evaluate(generate_reference, scorer, prompts, config.objective, failures)
@@ -401,7 +423,9 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
                          search={**config.search_record(), "images_generated": result.images_generated,
                                  "images_reused": result.images_reused, "images": images,
                                  "failed_images": len(failures),
-                                 "run_log": os.path.basename(log_path), "search_pairs": len(search_pairs),
+                                 "run_log": None if closed_form else os.path.basename(log_path),
+                                 **({"closed_form_fits": closed_form} if closed_form else {}),
+                                 "search_pairs": len(search_pairs),
                                  "heldout_pairs": len(held_out), "fp_control": fp_control,
                                  **({"reference_model_sha256": reference_hash} if config.needs_reference else {}),
                                  **({"refinement": refinement_record(result)} if result.refinement else {})},
@@ -412,6 +436,41 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     for warning in report.warnings:
         log.warning("Q-Sched calibration: %s", warning)
     return CalibrationRun(config, result, report, preset, path, failures, result.seconds, images)
+
+
+def fit_closed_form(config, reference, evaluate, search_pairs, progress=None, should_stop=None):
+    """The closed-form correction on the search pairs (no search, no run log), then its winner and the identity
+    scored on those pairs like a search's; returns (SearchResult, the fits' record for the preset)."""
+    if reference is None or reference.trajectory is None:
+        raise ConfigError(f"objective {CLOSED_FORM!r} needs the host's trajectories of both models "
+                          "(ReferenceSampling.trajectory); this host offers none: choose reference_latent")
+    started = time.time()
+    steps, pairs = config.steps, list(search_pairs)
+
+    def stop():
+        if should_stop is not None and should_stop():
+            raise SearchInterrupted("calibration interrupted during the closed-form fit")
+
+    def trajectory(schedule, step):
+        data = reference.trajectory(schedule, step, pairs)
+        if progress is not None:
+            progress((step + 1) * len(pairs), (steps + 2) * len(pairs))
+        return data
+
+    schedule, fits = fit_schedule(trajectory, steps, config.sampler_name, form=config.closed_form,
+                                  map_size=config.map_size, should_stop=stop)
+    stop()
+    identity = QSchedSchedule.constant(steps, 1.0, 1.0, sampler=config.sampler_name, label="identity")
+    indices = list(range(len(pairs)))
+    winner_scores, identity_scores = evaluate.many([(schedule, indices), (identity, indices)])
+    mean = lambda scores: math.fsum(scores) / len(scores) if scores else math.nan   # noqa: E731
+    per_prompt = {schedule_key(identity.c_x, identity.c_eps): list(identity_scores)}
+    per_prompt[schedule_key(schedule.c_x, schedule.c_eps, schedule.offset)] = list(winner_scores)
+    result = SearchResult(best=schedule, best_score=mean(winner_scores), identity_score=mean(identity_scores),
+                          trace=[], images_generated=(steps + 2) * len(pairs), strategy="closed_form",
+                          per_prompt=per_prompt, seconds=time.time() - started)
+    return result, {"form": config.closed_form, "map_size": config.map_size if config.closed_form == "map" else None,
+                    "steps": record_fits(fits)}
 
 
 def refinement_record(result):

@@ -72,6 +72,7 @@ def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_
     if config.scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler is {config.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     config.check_before_run(reference=reference_model is not None, scorer=scorer is not None)
+    from .ptqd import closed_form_trajectory   # ptqd imports this module: here, not at the top
     if reference_model is not None:
         check_reference_model(model, reference_model)
     # One encoding per prompt, shared by every generator (the FP model uses the same text encoder).
@@ -83,7 +84,9 @@ def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_
     if config.needs_reference:
         reference = ReferenceSampling(sample=make_generator(model, clip, None, **generation),
                                       sample_reference=make_generator(reference_model, clip, None, **generation),
-                                      decode=lambda latents: decode_images(vae, latents))
+                                      decode=lambda latents: decode_images(vae, latents),
+                                      trajectory=closed_form_trajectory(model, reference_model, clip, config,
+                                                                        generation["encode"]))
         reference_hash = model_hash(reference_model)
     elif reference_model is not None:
         fp_control = make_generator(reference_model, clip, vae, **generation)

@@ -13,6 +13,7 @@ import torch
 import comfy.sample
 import comfy.samplers
 
+from ..calibration.closed_form import StepReached, step_recorder
 from ..calibration.prompts import prompt_seed
 from ..calibration.ptqd import eps_from_denoised, fit_step, ptqd_schedule
 from ..samplers import SAMPLERS
@@ -99,6 +100,47 @@ def fit_ptqd(model, reference_model, clip, config, per_channel=False, should_sto
                          "the full-precision model's (k <= -1 or not finite)")
     label = f"PTQD-style ({'per channel' if per_channel else 'scalar'}) {sampler_name} {steps} steps"
     return fits, ptqd_schedule(fits, sampler=sampler_name, label=label)
+
+
+def closed_form_trajectory(model, reference_model, clip, config, encode=None):
+    """calibration.reference.ReferenceSampling.trajectory in ComfyUI: trajectory(schedule, step, prompt_indices) ->
+    (x, sigma, D_q, D_fp) concatenated over the prompts: the quantized model sampled with `schedule` (prompt i with
+    seed + i, config's sampler, scheduler, cfg and size) up to `step`, and the full-precision model's prediction
+    at the latent it reached (same conditioning and CFG)."""
+    sampler_name, steps, cfg = config.sampler_name, config.steps, config.cfg
+    check_sampler_fits_model(sampler_name, model)
+    encode = encode or TextConditioning(clip)
+    prompts = config.prompt_list()
+    sigmas = scheduler_sigmas(model, config.scheduler, steps)
+    channels = model.get_model_object("latent_format").latent_channels
+    options = sampler_options(sampler_name)
+    function = SAMPLERS[sampler_name].function
+
+    def one(schedule, step, index):
+        record, reference_out = [], []
+
+        def sample_to_step(inner, x, sigmas_, **kwargs):
+            try:
+                function(step_recorder(inner, step, record), x, sigmas_, **kwargs)
+            except StepReached:
+                pass
+            return x
+        sampler = comfy.samplers.KSAMPLER(sample_to_step, extra_options={
+            "schedule": schedule, "make_noise_sampler": make_noise_sampler, **options})
+        latent = torch.zeros([1, channels, config.height // 8, config.width // 8])
+        positive, negative, seed = encode(prompts[index]), encode(""), prompt_seed(config.seed, index)
+        _sample(model, sampler, sigmas, positive, negative, latent, seed, cfg)
+        if not record:
+            raise ValueError(f"the {sampler_name} sampler did not reach step {step + 1} of {steps}")
+        x, sigma, denoised = (t.detach().float().cpu() for t in record[0])
+        _sample(reference_model, _replaying_sampler([(x, sigma, denoised)], reference_out), sigmas, positive,
+                negative, latent, seed, cfg)
+        return x, sigma.reshape(-1)[:1], denoised, reference_out[0]
+
+    def trajectory(schedule, step, indices):
+        parts = [one(schedule, step, index) for index in indices]
+        return tuple(torch.cat([part[k] for part in parts]) for k in range(4))
+    return trajectory
 
 
 def describe_fits(fits):

@@ -51,13 +51,20 @@ class ScheduleBatch:
     def offsets(self, step, like):
         """Per-sample offsets of `step` as a [B, C, 1, ...] tensor in `like`'s dtype and device (a scalar offset
         fills every channel, no offset is 0), or None when no schedule has a non-zero offset there."""
-        if not any(s.offset is not None and any(s.offset[step]) for s in self.schedules):
+        has_maps = any(s.map_at(step) is not None for s in self.schedules)
+        if not has_maps and not any(s.offset is not None and any(s.offset[step]) for s in self.schedules):
             return None
         channels = like.shape[1]
         rows = [[0.0] * channels if s.offset is None else
                 list(s.offset[step]) * (channels if len(s.offset[step]) == 1 else 1) for s in self.schedules]
-        return torch.tensor(rows, dtype=like.dtype, device=like.device).reshape(
+        offsets = torch.tensor(rows, dtype=like.dtype, device=like.device).reshape(
             (len(self), channels) + (1,) * (like.ndim - 2))
+        if not has_maps:
+            return offsets
+        from .k_qsched import resize_offset_map
+        maps = [torch.zeros_like(like[:1]) if s.map_at(step) is None else resize_offset_map(s.map_at(step), like)
+                for s in self.schedules]
+        return offsets + torch.cat(maps)
 
 
 def one_schedule(schedules):
@@ -65,7 +72,8 @@ def one_schedule(schedules):
     batch-1 arithmetic, skipped multiplications included), else a ScheduleBatch."""
     schedules = tuple(schedules)
     first = schedules[0]
-    same = all((s.c_x, s.c_eps, s.offset) == (first.c_x, first.c_eps, first.offset) for s in schedules)
+    same = all((s.c_x, s.c_eps, s.offset, s.offset_map) == (first.c_x, first.c_eps, first.offset, first.offset_map)
+               for s in schedules)
     return first if same else ScheduleBatch(schedules)
 
 

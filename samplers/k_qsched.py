@@ -86,10 +86,23 @@ def step_offset(schedule, i, x):
     ScheduleBatch), or None when it is zero."""
     if isinstance(schedule, ScheduleBatch):
         return schedule.offsets(i, x)
-    if schedule.offset is None or not any(schedule.offset[i]):
-        return None
-    values = torch.tensor(schedule.offset[i], dtype=x.dtype, device=x.device)
-    return values.reshape((1, -1) + (1,) * (x.ndim - 2)) if len(values) > 1 else values.reshape(())
+    offset = None
+    if schedule.offset is not None and any(schedule.offset[i]):
+        values = torch.tensor(schedule.offset[i], dtype=x.dtype, device=x.device)
+        offset = values.reshape((1, -1) + (1,) * (x.ndim - 2)) if len(values) > 1 else values.reshape(())
+    grid = schedule.map_at(i)
+    if grid is None:
+        return offset
+    resized = resize_offset_map(grid, x)
+    return resized if offset is None else offset + resized
+
+
+def resize_offset_map(grid, x):
+    """A [C][h][w] offset map resized bilinearly (align_corners=False) to x's [H, W]: a [1, C, H, W] tensor."""
+    grid = torch.tensor(grid, dtype=torch.float32, device=x.device)[None]
+    if tuple(grid.shape[-2:]) != tuple(x.shape[-2:]):
+        grid = torch.nn.functional.interpolate(grid, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+    return grid.to(x.dtype)
 
 
 def check_offset_channels(schedule, x):
@@ -99,6 +112,11 @@ def check_offset_channels(schedule, x):
     if width > 1 and (x.ndim < 2 or x.shape[1] != width):
         raise ScheduleError(f"the schedule's offset has {width} values per step (one per latent channel) but the "
                             f"latent has {x.shape[1] if x.ndim > 1 else 1} channels; recalibrate for this model")
+    shapes = {s.map_shape for s in schedules if s.offset_map is not None}
+    for shape in shapes:
+        if x.ndim != 4 or x.shape[1] != shape[0]:
+            raise ScheduleError(f"the schedule's offset map has {shape[0]} channel(s) and needs a 4-D latent [B, C, H, "
+                                f"W] with that many channels, got shape {list(x.shape)}; recalibrate for this model")
 
 
 class _Run:

@@ -1,5 +1,6 @@
 """Per-step Q-Sched coefficients: c_x scales the latent, c_eps the predicted noise (paper Eq. 4), and an optional
-per-step offset b on the predicted noise, eps' = c_eps * eps - b (scalar or one value per latent channel)."""
+per-step offset b on the predicted noise, eps' = c_eps * eps - b (scalar or one value per latent channel), plus an
+optional per-step low-resolution offset map (one [h, w] grid per latent channel, resized bilinearly to the latent)."""
 import math
 import numbers
 from dataclasses import dataclass
@@ -78,6 +79,33 @@ def _offsets(values, steps):
     return tuple(rows)
 
 
+def _offset_maps(values, steps):
+    """None, or one [C][h][w] grid of finite numbers per step, the same shape at every step."""
+    if values is None:
+        return None
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ScheduleError(f"offset_map must be a list with one [channels][rows][columns] grid per step, got "
+                            f"{values!r}")
+    maps, shapes = [], set()
+    for step, grid in enumerate(values):
+        try:
+            array = np.asarray(grid, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise ScheduleError(f"offset_map[{step}] must be a [channels][rows][columns] grid of numbers") from error
+        if array.ndim != 3 or 0 in array.shape:
+            raise ScheduleError(f"offset_map[{step}] must be a non-empty [channels][rows][columns] grid, got shape "
+                                f"{list(array.shape)}")
+        if not np.isfinite(array).all():
+            raise ScheduleError(f"offset_map[{step}] contains a value that is not finite")
+        shapes.add(array.shape)
+        maps.append(tuple(tuple(tuple(row) for row in channel) for channel in array.tolist()))
+    if len(maps) != steps:
+        raise ScheduleError(f"offset_map has {len(maps)} entries but the schedule has {steps} steps: one per step")
+    if len(shapes) > 1:
+        raise ScheduleError(f"offset_map grids have different shapes {sorted(shapes)}: use one shape at every step")
+    return tuple(maps)
+
+
 def _check_sampler_name(sampler, what):
     if sampler is not None and sampler not in SAMPLER_NAMES:
         raise ScheduleError(f"unknown sampler {sampler!r} ({what}); known: {', '.join(SAMPLER_NAMES)}")
@@ -94,12 +122,15 @@ class QSchedSchedule:
     """c_x[i], c_eps[i] for step i (0 = noisiest); `sampler` is the sampler it was tuned for, if known.
 
     `offset[i]` (optional) is subtracted from the scaled noise prediction at step i: a tuple of one value (all
-    channels) or one value per latent channel. None and all-zero offsets sample exactly as the paper's form."""
+    channels) or one value per latent channel. `offset_map[i]` (optional) is a [C][h][w] grid resized bilinearly to
+    the latent's size and added to offset[i]: a spatially varying offset that transfers across resolutions. None and
+    all-zero offsets sample exactly as the paper's form."""
     c_x: tuple
     c_eps: tuple
     sampler: str | None = None
     label: str = ""
     offset: tuple | None = None
+    offset_map: tuple | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "c_x", _coefficients(self.c_x, "c_x"))
@@ -110,6 +141,7 @@ class QSchedSchedule:
         _check_sampler_name(self.sampler, "schedule.sampler")
         object.__setattr__(self, "label", str(self.label))
         object.__setattr__(self, "offset", _offsets(self.offset, len(self.c_x)))
+        object.__setattr__(self, "offset_map", _offset_maps(self.offset_map, len(self.c_x)))
 
     @property
     def steps(self):
@@ -117,7 +149,26 @@ class QSchedSchedule:
 
     @property
     def has_offset(self):
-        return self.offset is not None and any(v != 0.0 for row in self.offset for v in row)
+        return (self.offset is not None and any(v != 0.0 for row in self.offset for v in row)) or self.has_offset_map
+
+    @property
+    def has_offset_map(self):
+        return self.offset_map is not None and any(self.map_at(i) for i in range(self.steps))
+
+    def map_at(self, i):
+        """Step i's offset map when it has a non-zero value, else None."""
+        if self.offset_map is None:
+            return None
+        grid = self.offset_map[i]
+        return grid if any(v != 0.0 for channel in grid for row in channel for v in row) else None
+
+    @property
+    def map_shape(self):
+        """(C, h, w) of the offset map, or None without one."""
+        if self.offset_map is None:
+            return None
+        grid = self.offset_map[0]
+        return (len(grid), len(grid[0]), len(grid[0][0]))
 
     @property
     def offset_channels(self):
@@ -163,6 +214,8 @@ class QSchedSchedule:
         data = {"c_x": list(self.c_x), "c_eps": list(self.c_eps), "sampler": self.sampler, "label": self.label}
         if self.offset is not None:
             data["offset"] = [list(row) for row in self.offset]
+        if self.offset_map is not None:
+            data["offset_map"] = map_lists(self.offset_map)
         return data
 
     @classmethod
@@ -172,11 +225,16 @@ class QSchedSchedule:
         missing = [key for key in ("c_x", "c_eps") if key not in data]
         if missing:
             raise ScheduleError(f"schedule dict lacks {', '.join(missing)}")
-        unknown = sorted(set(data) - {"c_x", "c_eps", "sampler", "label", "offset"})
+        unknown = sorted(set(data) - {"c_x", "c_eps", "sampler", "label", "offset", "offset_map"})
         if unknown:
             raise ScheduleError(f"schedule dict has unknown keys {', '.join(unknown)}")
         for key in ("c_x", "c_eps"):
             if isinstance(data[key], (str, bytes)) or not hasattr(data[key], "__iter__"):
                 raise ScheduleError(f"{key} must be a list of numbers, got {data[key]!r}")
         return cls(tuple(data["c_x"]), tuple(data["c_eps"]), data.get("sampler"), data.get("label", ""),
-                   data.get("offset"))
+                   data.get("offset"), data.get("offset_map"))
+
+
+def map_lists(offset_map):
+    """An offset map as nested lists (JSON)."""
+    return [[[list(row) for row in channel] for channel in grid] for grid in offset_map]

@@ -408,6 +408,30 @@ def test_reference_calibration_with_offsets_writes_a_preset_the_loader_and_sampl
     assert schedule.is_identity or not torch.equal(out, _latent(stack, quantized, None, "a red cube", 1))
 
 
+def test_closed_form_calibration_writes_a_map_preset_that_samples_at_another_size(stack, quantized):
+    # One LCM step: the final latent is D' at the shared initial noise, so the least-squares fit minimises exactly the
+    # score on the searched pairs and can only match or beat the identity there.
+    output = _reference_run(stack, quantized, objective="reference_closed_form", steps=1, map_size=4,
+                            refine="off", preset_name="closed-form", batch_size=1)
+    schedule, _, name, _ = output.result
+    summary = output.ui["qsched_calibration"][0]
+    assert summary["objective"] == "reference_closed_form" and summary["best_score"] >= summary["identity_score"]
+    assert summary["images_generated"] == (1 + 2) * 2
+    preset = json.loads((stack["user"] / "qsched_presets" / "closed-form.json").read_text())
+    assert preset["search"]["closed_form"] == "map" and preset["search"]["map_size"] == 4
+    assert len(preset["offset_map"][0]) == 4 and len(preset["offset_map"][0][0]) == 4   # 4 channels, 4 x 4 grid
+    loaded, sampler_name, steps = stack["presets"].QSchedLoadPreset.execute("closed-form.json",
+                                                                            model=quantized).result
+    assert loaded.offset_map == schedule.offset_map and schedule.has_offset_map
+    import nodes
+    encode = nodes.CLIPTextEncode().encode
+    positive, negative = encode(stack["clip"], "a red cube")[0], encode(stack["clip"], "")[0]
+    outs = [stack["sampling"].QSchedKSampler.execute(
+        quantized, 1, steps, 1.0, sampler_name, "lcm_original", positive, negative,
+        {"samples": torch.zeros(1, 4, 16, 12)}, schedule=chosen)[0]["samples"] for chosen in (loaded, None)]
+    assert outs[0].shape == (1, 4, 16, 12) and torch.isfinite(outs[0]).all() and not torch.equal(*outs)
+
+
 def test_a_rerun_resumes_the_reference_calibration_and_another_reference_does_not(stack, quantized):
     first = _reference_run(stack, quantized, preset_name="reference-resume", seed=31).ui["qsched_calibration"][0]
     again = _reference_run(stack, quantized, preset_name="reference-resume", seed=31).ui["qsched_calibration"][0]

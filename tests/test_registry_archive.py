@@ -25,7 +25,7 @@ ARCHIVE_SCRIPT = os.path.join(REPO_ROOT, ".ci", "registry_archive.py")
 WEIGHTS = "testbed/digits/weights/"
 # Development-only parts of the repository: in git, not in the archive (the second training run's weights are
 # for the testbed's experiments, not for users).
-DEV_ONLY_DIRS = ("tests/", "bench/", ".ci/", "testbed/digits/weights_retrained/")
+DEV_ONLY_DIRS = ("tests/", "bench/", ".ci/", "testbed/digits/weights_retrained/", "testbed/digits/weights_wide/")
 DEV_ONLY_FILES = {"requirements-test.txt", ".gitignore", ".comfyignore"}
 # Local files a developer's or user's checkout accumulates (caches, demo and test output, tool folders, own
 # models and presets): planted for the no-git archive, where only .comfyignore keeps them out.

@@ -3,8 +3,9 @@
 Loads the shipped digits LCM model, quantizes it with the pack's quantizer, searches Q-Sched coefficients with the
 testbed's JAQ on 20 class/noise pairs (the paper grid raced with confidence intervals), calibrates a second schedule
 against the full-precision model (reference objective, per-step coefficients and noise offsets fitted from the grid),
-then prints FID / TC / IQ / JAQ of full precision, naive quantization, quantization + Q-Sched and quantization +
-reference schedule on fresh samples, and saves an image grid and the searched score surface. Missing or corrupt
+then prints FID / TC / IQ / JAQ of full precision, naive quantization, quantization + Q-Sched, quantization +
+reference schedule and the best quantizer of issue 22 (group-wise scales, for W4A4 a 16-bit low-rank branch) with
+the closed-form bias map on fresh samples, and saves an image grid and the searched score surface. Missing or corrupt
 weights: `--retrain` rebuilds them (needs a GPU for a few minutes).
 """
 import os
@@ -93,15 +94,19 @@ def main(argv=None):
           f"{reference.best.label}; pixel MSE to FP {-reference.best_score:.4f} vs identity "
           f"{-reference.identity_score:.4f}")
     identity = QSchedSchedule.identity(steps)
+    from .quantizer_experiment import BEST_QUANTIZER, correction, quantize
+    best_spec = BEST_QUANTIZER.get(bits, bits)
+    best, best_bits = quantize(unet, best_spec)
     rows = [("FP32", fp, identity), (f"{bits} naive", quantized, identity), (f"{bits} + Q-Sched", quantized, result.best),
-            (f"{bits} + reference+offset", quantized, reference.best)]
+            (f"{bits} + reference+offset", quantized, reference.best),
+            (f"{best_spec} + map ({best_bits:.1f} b/w)", best, correction(fp, best, steps, "map")[0])]
     print(f"\n{steps}-step LCM, {args.samples} samples, seed {args.seed}; FID on classifier features vs "
           f"{fid.real_count} real digits")
-    print(f"| {'method':<24} | FID ↓  | TC ↑  | IQ ↑  | JAQ ↑ |")
-    print(f"|{'-' * 26}|--------|-------|-------|-------|")
+    print(f"| {'method':<32} | FID ↓  | TC ↑  | IQ ↑  | JAQ ↑ |")
+    print(f"|{'-' * 34}|--------|-------|-------|-------|")
     for label, denoiser, schedule in rows:
         cell = evaluate_cell(denoiser, steps, schedule, scorer, {"fid": fid}, args.seed, args.samples)
-        print(f"| {label:<24} | {cell['fid']:6.2f} | {cell['tc']:.3f} | {cell['iq']:.3f} | {cell['jaq']:.3f} |")
+        print(f"| {label:<32} | {cell['fid']:6.2f} | {cell['tc']:.3f} | {cell['iq']:.3f} | {cell['jaq']:.3f} |")
     os.makedirs(args.out, exist_ok=True)
     labels = torch.arange(20) % 10
     grid = image_grid([(label, generate(d, labels, steps, args.seed + 99, schedule=s)) for label, d, s in rows])

@@ -60,6 +60,23 @@ def compare_folders(shipped, other, device, seeds, count=2000):
     return result
 
 
+def copy_metrics(source, folder):
+    """Give `folder` the classifier and critic of `source` (checked against its manifest; kept if already there), so
+    generators trained into `folder` are scored with the same features as those in `source`."""
+    from .weights import MANIFEST, load_weights as _load, save_weights
+    from .networks import DigitsCNN
+    if os.path.abspath(source) == os.path.abspath(folder):
+        return
+    existing = {}
+    if os.path.exists(os.path.join(folder, MANIFEST)):
+        with open(os.path.join(folder, MANIFEST)) as f:
+            existing = json.load(f)
+    for name in ("classifier", "critic"):
+        if name not in existing:
+            module, record = _load(DigitsCNN, name, source)
+            save_weights(module, name, {**record, "copied_from": os.path.basename(os.path.normpath(source))}, folder)
+
+
 def main(argv=None):
     parser = Parser(prog="python -m qsched train-digits", description=(
         "Retrain the digits testbed's weights (metrics first, then teacher and student), then measure the "
@@ -74,6 +91,9 @@ def main(argv=None):
     parser.add_argument("--compare", metavar="DIR", help="train nothing: measure the weights in DIR and the shipped "
                         "ones over --seeds sampling seeds and print both (is a retrain within sampling noise?)")
     parser.add_argument("--seeds", type=integer(1), default=3, help="sampling seeds of --compare (default 3)")
+    parser.add_argument("--width", type=integer(1), default=1, help="UNet channel multiplier; with --only models the "
+                        "shipped classifier and critic are copied into --out so its FIDs compare with the shipped "
+                        "weights' (4 = issue 22's wide variant)")
     args = parser.parse_args(argv)
     if args.compare:
         print(json.dumps(compare_folders(WEIGHTS_DIR, args.compare, args.device, args.seeds), indent=1))
@@ -83,8 +103,10 @@ def main(argv=None):
     if args.only in (None, "metrics"):
         train_metrics.main(common + (["--iters", "20"] if args.quick else []))
     if args.only in (None, "models", "student"):
+        if args.only in ("models", "student"):
+            copy_metrics(WEIGHTS_DIR, args.out)
         train_models.main(common + (["--teacher-iters", "40", "--student-iters", "40"] if args.quick else [])
-                          + (["--student-only"] if args.only == "student" else []))
+                          + (["--student-only"] if args.only == "student" else []) + ["--width", str(args.width)])
     report = measure_generators(args.out, args.device, count=200 if args.quick else 2000)
     report["total_seconds"] = round(time.time() - start, 1)
     write_text_atomic(os.path.join(args.out, "TRAINING.json"), json.dumps(report, indent=1))

@@ -18,6 +18,7 @@ from .diffusion import LCM_SKIP, EpsDenoiser, LCMDenoiser, lcm_timesteps, vp_sig
 from .networks import DigitsUNet
 from .weights import WEIGHTS_DIR, load_weights, save_weights
 
+DEFAULT_CHANNELS, DEFAULT_EMB_DIM = (32, 48, 64), 128   # DigitsUNet's defaults (the shipped network)
 GUIDANCE = 2.0  # the classifier-free guidance scale the student bakes in (LCM's guided distillation)
 REFERENCE = {  # what the shipped run reached on one H100 (torch 2.11); also in the files' metadata
     "teacher": {"seed": 0, "iters": 16000, "batch": 256, "final_loss": 0.0153, "seconds": 259.6},
@@ -31,10 +32,19 @@ def _ema_update(target, online, decay):
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1 - decay)
 
 
-def train_teacher(images, labels, iters, device, seed, batch=256):
+def wide_config(width):
+    """DigitsUNet's arguments with every channel count and the embedding `width` times the shipped ones (1: the
+    shipped network); the wide testbed variant (issue 22) uses 4, so group scales and low-rank factors cost
+    about what they cost on real models' wider layers."""
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f"width must be a positive integer multiplier, got {width!r}")
+    return {"channels": tuple(c * width for c in DEFAULT_CHANNELS), "emb_dim": DEFAULT_EMB_DIM * width}
+
+
+def train_teacher(images, labels, iters, device, seed, batch=256, width=1):
     g = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
-    unet = DigitsUNet().to(device)
+    unet = DigitsUNet(**wide_config(width)).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=iters, pct_start=0.05)
@@ -105,7 +115,9 @@ def main(argv=None):
     parser.add_argument("--student-iters", type=int, default=1500)
     parser.add_argument("--out", default=WEIGHTS_DIR)
     parser.add_argument("--student-only", action="store_true", help="distill from the teacher already in --out")
+    parser.add_argument("--width", type=int, default=1, help="channel multiplier of the UNet (4: the wide variant)")
     args = parser.parse_args(argv)
+    wide_config(args.width)
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -114,9 +126,11 @@ def main(argv=None):
     if args.student_only:
         teacher, _ = load_weights(DigitsUNet, "teacher", args.out)
     else:
-        teacher, teacher_report = train_teacher(images, labels, args.teacher_iters, args.device, args.seed)
+        teacher, teacher_report = train_teacher(images, labels, args.teacher_iters, args.device, args.seed,
+                                                width=args.width)
         teacher_report["seconds"] = round(time.time() - start, 1)
-        save_weights(teacher, "teacher", {"seed": args.seed, "iters": args.teacher_iters, **teacher_report,
+        save_weights(teacher, "teacher", {"seed": args.seed, "iters": args.teacher_iters, "width": args.width,
+                                          **teacher_report,
                                           "device": args.device, "torch": torch.__version__}, args.out)
         print("teacher:", teacher_report, flush=True)
     start = time.time()

@@ -1,0 +1,341 @@
+"""Issue 22 on the digits testbed: the quantizer (per channel, group-wise, wider codes, a 16-bit low-rank branch)
+and the closed-form per-step correction (calibration/closed_form.py, fitted to the FP model), every row with its
+stored bits per weight.
+
+Rows per step count (every quantized row through the pack's quantizer, simulate backend; every correction through
+the pack's closed-form fit on 40 class/noise pairs of its own noise, seed 4242; evaluation on seeds 0, 1, 2, so
+held out): FP32; per-channel W4A8 naive, + closed-form bias per channel, + closed-form 8x8 bias map; W4A8 with
+groups of 8 and 16 + map; W6A8 per channel + map; W4A4 naive and + map; W4A4 groups of 16 + map; W4A4 groups of 16
++ a rank-16 low-rank branch + map (when the quantizer has the branch). FID on the classifier's features and on raw
+8x8 pixels, ratio to FP32 with the per-seed range.
+
+`python -m qsched digits-quantizer [--steps 2,4 --weights DIR --rows ... --out FILE --markdown FILE]` writes the
+JSON after every cell and prints the table (and writes it as Markdown).
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import time
+
+import torch
+
+from ...atomic_files import write_text_atomic
+from ...calibration.closed_form import StepReached, fit_schedule, record_fits, step_recorder
+from ...quant import QuantSpec, quantize_module
+from ...samplers import SAMPLERS, QSchedSchedule
+from ...samplers.model_sampling import EPSSampling
+from .diffusion import LCMDenoiser, vp_sigmas
+from .experiment import CALIBRATION_SEED, evaluate_row, load_testbed
+from .generate import FixedNoise, check_steps, sampling_sigmas
+from .pixel_fid import PixelFID
+from .scoring import FeatureFID
+
+FIT_PAIRS = 40
+MAP_SIZE = 8
+HERE = os.path.dirname(os.path.abspath(__file__))
+# (row name, quantization spec or None for FP32, correction: None, "channel" or "map")
+ROWS = {
+    "fp32": ("FP32", None, None),
+    "w4a8": ("W4A8 per channel, none", "W4A8", None),
+    "w4a8-channel": ("W4A8 per channel + closed-form bias per channel", "W4A8", "channel"),
+    "w4a8-map": ("W4A8 per channel + closed-form bias map 8x8", "W4A8", "map"),
+    "w4a8-g16-map": ("W4A8 g16 + bias map", "W4A8-g16", "map"),
+    "w4a8-g8-map": ("W4A8 g8 + bias map", "W4A8-g8", "map"),
+    "w6a8-map": ("W6A8 per channel + bias map", "W6A8", "map"),
+    "w4a4": ("W4A4 per channel, none", "W4A4", None),
+    "w4a4-map": ("W4A4 per channel + bias map", "W4A4", "map"),
+    "w4a4-g16-map": ("W4A4 g16 + bias map", "W4A4-g16", "map"),
+    "w4a4-g16-r16-map": ("W4A4 g16 + rank 16 + bias map", "W4A4-g16-r16", "map"),
+    # for the wide variant (weights_wide), whose layers take groups of 64 at a few % of storage
+    "w4a8-g64-map": ("W4A8 g64 + bias map", "W4A8-g64", "map"),
+    "w4a4-g64-map": ("W4A4 g64 + bias map", "W4A4-g64", "map"),
+    "w4a4-g64-r8-map": ("W4A4 g64 + rank 8 + bias map", "W4A4-g64-r8", "map"),
+    "w4a4-g64-r16-map": ("W4A4 g64 + rank 16 + bias map", "W4A4-g64-r16", "map"),
+    "w4a4-g64-r32-map": ("W4A4 g64 + rank 32 + bias map", "W4A4-g64-r32", "map"),
+}
+DEFAULT_ROWS = ",".join(list(ROWS)[:11])
+WIDE_ROWS = "fp32,w4a8,w4a8-map,w4a8-g64-map,w4a8-g16-map,w4a8-g8-map,w4a4,w4a4-g64-map,w4a4-g64-r8-map,w4a4-g64-r16-map,w4a4-g64-r32-map"
+# The best quantizer measured for a bit width (the demo's last row; results_quantizer*.json)
+BEST_QUANTIZER = {"W4A8": "W4A8-g8", "W4A4": "W4A4-g16-r16", "W4A6": "W4A6-g16-r16"}
+
+
+def weight_shapes(module):
+    """(rows, columns) of each quantizable layer's weight as the quantizer sees it ([out, in * kernel])."""
+    return {name: (layer.weight.shape[0], layer.weight[0].numel()) for name, layer in module.named_modules()
+            if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d))}
+
+
+def stored_bits(spec, rows, columns):
+    """Bits one quantized [rows, columns] weight stores: codes, one 16-bit scale per row (or per group), and 16-bit
+    low-rank factors [rows, r] and [r, columns] when the spec has a branch."""
+    groups = columns // spec.group_size if spec.group_size else 1
+    rank = min(getattr(spec, "rank", None) or 0, rows, columns)
+    return spec.w_bits * rows * columns + 16 * rows * groups + 16 * rank * (rows + columns)
+
+
+def bits_per_weight(spec, shapes, quantized):
+    """Stored bits per weight over the layers the quantizer changed (quant.spec.bits_per_weight when it exists)."""
+    from ...quant import spec as spec_module
+    exact = getattr(spec_module, "bits_per_weight", None)
+    total_bits = total = 0
+    for name in quantized:
+        rows, columns = shapes[name]
+        total_bits += exact(spec, rows, columns) * rows * columns if exact else stored_bits(spec, rows, columns)
+        total += rows * columns
+    return total_bits / total
+
+
+def quantize(unet, spec_text):
+    """(LCMDenoiser over a quantized copy, bits per weight) with the pack's quantizer, simulate backend."""
+    unet = copy.deepcopy(unet)
+    if spec_text is None:
+        return LCMDenoiser(unet).eval(), 32.0
+    spec = QuantSpec.parse(spec_text)
+    shapes = weight_shapes(unet)
+    report = quantize_module(unet, spec, backend="simulate")
+    quantized = [layer.name for layer in report.layers if layer.spec is not None]
+    return LCMDenoiser(unet).eval(), bits_per_weight(spec, shapes, quantized)
+
+
+class Trajectory:
+    """fit_schedule's trajectory on the testbed: FIT_PAIRS class/noise pairs (calibration noise, never evaluated),
+    the quantized model sampled with the LCM sampler up to step i, both models' predictions at the latent reached."""
+
+    def __init__(self, fp, quantized, steps, pairs=FIT_PAIRS, seed=CALIBRATION_SEED):
+        self.fp, self.quantized, self.steps = fp, quantized, steps
+        self.labels = torch.arange(pairs) % 10
+        self.noise = FixedNoise(pairs, steps, seed)
+        self.sigmas = sampling_sigmas(steps)
+
+    @torch.no_grad()
+    def __call__(self, schedule, step):
+        record = []
+        rows = torch.arange(len(self.labels))
+        x = self.noise.initial * (1 + self.sigmas[0] ** 2) ** 0.5
+        try:
+            SAMPLERS["lcm"].function(step_recorder(self.quantized, step, record), x, self.sigmas,
+                                     extra_args={"labels": self.labels}, disable=True, schedule=schedule,
+                                     noise_sampler=self.noise.sampler_for(rows), model_sampling=EPSSampling(vp_sigmas()))
+        except StepReached:
+            pass
+        x, sigma, denoised_q = record[0]
+        return x, sigma, denoised_q, self.fp(x, sigma, labels=self.labels)
+
+
+def correction(fp, quantized, steps, form):
+    """(schedule, fit record) of the closed-form correction, or the identity without one."""
+    if form is None:
+        return QSchedSchedule.identity(steps), None
+    started = time.time()
+    schedule, fits = fit_schedule(Trajectory(fp, quantized, steps), steps, "lcm", form=form, map_size=MAP_SIZE)
+    return schedule, {"fits": record_fits(fits), "seconds": round(time.time() - started, 2)}
+
+
+def ratio_summary(cell, fp_cell, key):
+    """(mean ratio to FP32, min and max per-seed ratio) of a FID, seeds paired."""
+    ratios = [a[key] / b[key] for a, b in zip(cell["per_seed"], fp_cell["per_seed"])]
+    mean = sum(r[key] for r in cell["per_seed"]) / sum(r[key] for r in fp_cell["per_seed"])
+    return mean, min(ratios), max(ratios)
+
+
+def table(results):
+    """Markdown: one row per (weights, steps, row): b/w, FID, ratio to FP32 [per-seed range], both feature sets."""
+    lines = ["| weights | steps | quantizer + correction | b/w | FID (classifier) | ratio [seeds] | pixel FID | "
+             "ratio [seeds] |", "|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        for steps in sorted({c["steps"] for c in run["cells"]}):
+            cells = [c for c in run["cells"] if c["steps"] == steps]
+            fp_cell = next((c for c in cells if c["row"] == "fp32"), None)
+            for cell in cells:
+                mean = {k: sum(r[k] for r in cell["per_seed"]) / len(cell["per_seed"]) for k in ("fid", "fid_pixels")}
+                parts = []
+                for key in ("fid", "fid_pixels"):
+                    if fp_cell is None or any(math.isnan(r[key]) for r in cell["per_seed"]):
+                        parts += [f"{mean[key]:.3f}", "-"]
+                        continue
+                    ratio, low, high = ratio_summary(cell, fp_cell, key)
+                    parts += [f"{mean[key]:.3f}", f"{ratio:.2f} [{low:.2f}-{high:.2f}]"]
+                bits = "32" if cell["bits_per_weight"] == 32 else f"{cell['bits_per_weight']:.2f}"
+                lines.append(f"| {run['weights']} | {steps} | {cell['method']} | {bits} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
+def small_sample_floor(scorer, count=700, splits=20):
+    """FID of real digits against real digits at the evaluation's sample size, both feature sets: two disjoint random
+    samples of `count` ("disjoint"), one sample against all the other real digits ("vs_rest"), and one sample against
+    the full real set the rows are scored against, which contains it ("vs_reference"); mean and standard deviation over `splits` seeded draws. No generated row can go below these."""
+    from .data import load_digits_tensors
+    from .pixel_fid import to_pixels
+    from .scoring import frechet_distance, gaussian_stats
+    real = load_digits_tensors()[0]
+    features = {"fid": scorer.features(real), "fid_pixels": to_pixels(real)}
+    values = {f"{key}_{kind}": [] for key in features for kind in ("disjoint", "vs_rest", "vs_reference")}
+    for split in range(splits):
+        order = torch.randperm(real.shape[0], generator=torch.Generator().manual_seed(split))
+        first, second = order[:count], order[count:2 * count]
+        for key, feats in features.items():
+            values[f"{key}_disjoint"].append(frechet_distance(gaussian_stats(feats[first]), gaussian_stats(feats[second])))
+            values[f"{key}_vs_rest"].append(frechet_distance(gaussian_stats(feats[first]),
+                                                             gaussian_stats(feats[order[count:]])))
+            values[f"{key}_vs_reference"].append(frechet_distance(gaussian_stats(feats[first]), gaussian_stats(feats)))
+    summary = {}
+    for name, found in values.items():
+        t = torch.tensor(found, dtype=torch.float64)
+        summary[name] = {"mean": t.mean().item(), "std": t.std().item()}
+    return {"count": count, "splits": splits, "real_count": real.shape[0], **summary}
+
+
+def merge(runs_files):
+    """One results dict of several runs' JSONs (e.g. rows or step counts run as separate processes): cells of the
+    same weights folder are pooled; a (steps, row) measured twice keeps the first."""
+    merged, by_weights, seen = None, {}, set()
+    for data in runs_files:
+        merged = merged or {key: value for key, value in data.items() if key != "runs"}
+        for run in data["runs"]:
+            target = by_weights.setdefault(run["weights"], {**run, "cells": []})
+            for cell in run["cells"]:
+                key = (run["weights"], cell["steps"], cell["row"])
+                if key not in seen:
+                    seen.add(key)
+                    target["cells"].append(cell)
+    order = list(ROWS)
+    for run in by_weights.values():
+        run["cells"].sort(key=lambda cell: (cell["steps"], order.index(cell["row"])))
+    return {**(merged or {}), "runs": list(by_weights.values())}
+
+
+def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, out):
+    unet, scorer = load_testbed(folder)
+    fids = {"fid": FeatureFID(scorer), "fid_pixels": PixelFID()}
+    run = {"weights": label, "cells": [], "small_sample_floor": small_sample_floor(scorer, samples)}
+    results["runs"].append(run)
+    fp = quantize(unet, None)[0]
+    models = {}
+    for steps in steps_list:
+        for key in row_keys:
+            method, spec, form = ROWS[key]
+            if spec not in models:
+                models[spec] = quantize(unet, spec)
+            denoiser, bits = models[spec]
+            schedule, fit = correction(fp, denoiser, steps, form)
+            cell = evaluate_row(method, denoiser, steps, schedule, None, scorer, fids, seeds, samples)
+            cell.update({"row": key, "spec": spec, "correction": form, "bits_per_weight": bits, "fit": fit})
+            run["cells"].append(cell)
+            write_text_atomic(out, json.dumps(results, indent=1))
+            mean = lambda name: sum(r[name] for r in cell["per_seed"]) / len(cell["per_seed"])   # noqa: E731
+            print(f"{label} {steps} steps {method}: FID {mean('fid'):.3f}, pixel FID {mean('fid_pixels'):.3f} "
+                  f"({cell['seconds']} s)", flush=True)
+
+
+def available_rows(keys):
+    """The requested rows whose spec this quantizer parses (the low-rank rows need the branch, spec -r<N>)."""
+    usable = []
+    for key in keys:
+        spec = ROWS[key][1]
+        try:
+            if spec is not None:
+                QuantSpec.parse(spec)
+        except ValueError as error:
+            print(f"skipping row {key!r}: {error}", flush=True)
+            continue
+        usable.append(key)
+    return usable
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m qsched digits-quantizer", description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="2,4")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows of {', '.join(ROWS)} (default "
+                        f"{DEFAULT_ROWS}; for the wide variant: {WIDE_ROWS})")
+    parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--weights", default="weights,weights_retrained",
+                        help="comma-separated weight folders (relative to testbed/digits/ or absolute)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--out", default=os.path.join(HERE, "results_quantizer.json"))
+    parser.add_argument("--markdown", default=None, help="also write the table here")
+    parser.add_argument("--jobs", type=int, default=1, help="N > 1: run every (weights, steps, row) as its own "
+                        "process (each with its FP32 row), N at a time, then merge them into --out")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: merge these results files into --out and print the table")
+    args = parser.parse_args(argv)
+    if args.merge:
+        results = merge([json.loads(open(path).read()) for path in args.merge])
+        write_text_atomic(args.out, json.dumps(results, indent=1))
+        return _report(results, args.markdown)
+    torch.set_num_threads(args.threads)
+    steps_list = [check_steps(int(s)) for s in args.steps.split(",")]
+    unknown = [k for k in args.rows.split(",") if k not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {', '.join(unknown)}; known: {', '.join(ROWS)}")
+    rows = available_rows(args.rows.split(","))
+    if "fp32" not in rows:
+        rows.insert(0, "fp32")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.jobs > 1:
+        return _run_parallel(args, steps_list, rows)
+    results = {"issue": 22, "samples_per_seed": args.samples, "seeds": seeds, "fit_pairs": FIT_PAIRS,
+               "fit_seed": CALIBRATION_SEED, "map_size": MAP_SIZE, "sampler": "lcm", "runs": []}
+    started = time.time()
+    for folder in args.weights.split(","):
+        path = folder if os.path.isabs(folder) else os.path.join(HERE, folder)
+        run_weights(path, os.path.basename(folder.rstrip("/")), rows, steps_list, seeds, args.samples, results,
+                    args.out)
+    results["seconds"] = round(time.time() - started, 1)
+    write_text_atomic(args.out, json.dumps(results, indent=1))
+    return _report(results, args.markdown)
+
+
+def _run_parallel(args, steps_list, rows):
+    """Each (weights, steps, row) in a child process of this command (at most args.jobs at once), then --merge."""
+    import subprocess
+    import sys
+    import tempfile
+    root = os.path.dirname(os.path.dirname(HERE))
+    folder = tempfile.mkdtemp(prefix="digits-quantizer-")
+    units = [(weights, steps, row) for weights in args.weights.split(",") for steps in steps_list
+             for row in rows if row != "fp32"]
+    outputs, running, failed = [], [], []
+    for index, (weights, steps, row) in enumerate(units):
+        out = os.path.join(folder, f"{index:03d}.json")
+        command = [sys.executable, "-m", "qsched", "digits-quantizer", "--weights", weights, "--steps", str(steps),
+                   "--rows", f"fp32,{row}", "--samples", str(args.samples), "--seeds", args.seeds, "--threads",
+                   str(args.threads), "--out", out]
+        log = open(out[:-5] + ".log", "w")
+        running.append((subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT), out, log, command))
+        while len(running) >= args.jobs or (index == len(units) - 1 and running):
+            process, done_out, done_log, done_command = running.pop(0)
+            if process.wait() != 0:
+                failed.append(" ".join(done_command))
+            else:
+                outputs.append(done_out)
+                print(f"done: {os.path.basename(done_out)} ({len(outputs)} of {len(units)})", flush=True)
+            done_log.close()
+    if failed:
+        print(f"{len(failed)} run(s) failed (logs in {folder}): " + "; ".join(failed), file=sys.stderr)
+    results = merge([json.loads(open(path).read()) for path in outputs])
+    write_text_atomic(args.out, json.dumps(results, indent=1))
+    _report(results, args.markdown)
+    return 1 if failed else 0
+
+
+def _report(results, markdown=None):
+    text = table(results) + "\n\n" + floor_text(results)
+    if markdown:
+        write_text_atomic(markdown, text + "\n")
+    print(text)
+    return 0
+
+
+def floor_text(results):
+    """The small-sample floor line of the first run that measured it."""
+    floor = next((run["small_sample_floor"] for run in results["runs"] if run.get("small_sample_floor")), None)
+    if floor is None:
+        return ""
+    value = lambda key: f"{floor[key]['mean']:.3f} ± {floor[key]['std']:.3f}"   # noqa: E731
+    return (f"Small-sample floor ({floor['count']} real digits, {floor['splits']} draws; classifier / pixels): two "
+            f"disjoint samples {value('fid_disjoint')} / {value('fid_pixels_disjoint')}; against the other "
+            f"{floor['real_count'] - floor['count']} {value('fid_vs_rest')} / {value('fid_pixels_vs_rest')}; against "
+            f"the full reference that contains it {value('fid_vs_reference')} / {value('fid_pixels_vs_reference')}.")

@@ -1,0 +1,96 @@
+"""The digits-quantizer experiment's parts (issue 22): stored bits per weight of the testbed's layers, the closed-form
+fit through the testbed's trajectory (it lowers the quantized model's error to the FP model's prediction), merging
+runs, and the small-sample floor's definition (identical samples score 0)."""
+import pytest
+import torch
+
+from comfyui_qsched.calibration.closed_form import fit_schedule
+from comfyui_qsched.quant import QuantSpec
+from comfyui_qsched.testbed.digits import quantizer_experiment as qe
+from comfyui_qsched.testbed.digits.experiment import load_testbed
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return load_testbed()[0]
+
+
+def test_bits_per_weight_counts_codes_scales_and_factors(unet):
+    shapes = qe.weight_shapes(unet)
+    assert shapes["down1.conv1"] == (32, 32 * 9) and shapes["down1.emb"] == (32, 128)
+    names = ["down1.conv1", "down1.emb"]
+    weights = 32 * 288 + 32 * 128
+    per_channel = qe.bits_per_weight(QuantSpec.parse("W4A8"), shapes, names)
+    assert per_channel == pytest.approx((4 * weights + 16 * 32 * 2) / weights)
+    assert qe.bits_per_weight(QuantSpec.parse("W4A8-g8"), shapes, names) == pytest.approx(6.0)
+    rank = qe.bits_per_weight(QuantSpec.parse("W4A4-g16-r16"), shapes, names)
+    assert rank == pytest.approx(5.0 + 16 * 16 * (32 + 288 + 32 + 128) / weights)
+    assert qe.stored_bits(QuantSpec.parse("W4A4-g16-r16"), 32, 128) == 4 * 32 * 128 + 16 * 32 * 8 + 16 * 16 * 160
+    assert qe.quantize(unet, "W4A8-g8")[1] == pytest.approx(6.0)       # every quantized layer's columns divide by 8
+
+
+def test_the_testbed_fit_brings_the_quantized_prediction_towards_the_fp_one(unet):
+    fp, _ = qe.quantize(unet, None)
+    quantized, _ = qe.quantize(unet, "W4A8")
+    trajectory = qe.Trajectory(fp, quantized, 2, pairs=10)
+    schedule, fits = fit_schedule(trajectory, 2, "lcm", form="map", map_size=4)
+    assert all(fit["residual"] < 0.9 * fit["uncorrected"] for fit in fits)
+    assert schedule.map_shape == (1, 4, 4) and schedule.sampler == "lcm"
+    x0, _, _, _ = trajectory(schedule, 0)
+    x1, _, _, _ = trajectory(schedule, 1)
+    assert torch.equal(x0, trajectory(QSchedSchedule_identity(), 0)[0])     # step 0 sees the initial noise
+    assert not torch.equal(x1, trajectory(QSchedSchedule_identity(), 1)[0])  # step 1 follows the corrected step 0
+
+
+def QSchedSchedule_identity():
+    from comfyui_qsched.samplers import QSchedSchedule
+    return QSchedSchedule.identity(2)
+
+
+def test_merge_pools_cells_per_weights_and_keeps_the_first_duplicate():
+    cell = lambda row, steps, fid: {"row": row, "steps": steps, "fid": fid}   # noqa: E731
+    first = {"samples_per_seed": 7, "runs": [{"weights": "weights", "cells": [cell("fp32", 2, 1.0), cell("w4a8", 2, 2.0)]}]}
+    second = {"samples_per_seed": 7, "runs": [{"weights": "weights", "cells": [cell("fp32", 2, 9.0),
+                                                                                cell("w4a4-g16-r16-map", 2, 3.0)]},
+                                              {"weights": "weights_wide", "cells": [cell("fp32", 2, 4.0)]}]}
+    merged = qe.merge([first, second])
+    assert [r["weights"] for r in merged["runs"]] == ["weights", "weights_wide"]
+    assert [(c["row"], c["fid"]) for c in merged["runs"][0]["cells"]] == [("fp32", 1.0), ("w4a8", 2.0),
+                                                                          ("w4a4-g16-r16-map", 3.0)]
+
+
+def test_rows_the_quantizer_cannot_parse_are_left_out_by_name(capsys):
+    assert qe.available_rows(["fp32", "w4a8-g8-map"]) == ["fp32", "w4a8-g8-map"]
+    qe.ROWS["bad"] = ("bad", "W4A8-q3", "map")
+    try:
+        assert qe.available_rows(["fp32", "bad"]) == ["fp32"]
+        assert "skipping row 'bad'" in capsys.readouterr().out
+    finally:
+        del qe.ROWS["bad"]
+
+
+def test_the_wide_variant_trains_saves_and_loads_with_the_shipped_scorer(tmp_path):
+    """Two tiny iterations of the same recipe at 4x width (the real run is the lead's GPU command): the wide UNet
+    is saved with its config and loads from its folder, which gets the shipped classifier and critic."""
+    from comfyui_qsched.testbed.digits import train_models
+    from comfyui_qsched.testbed.digits.data import load_digits_tensors
+    from comfyui_qsched.testbed.digits.networks import DigitsUNet
+    from comfyui_qsched.testbed.digits.train import copy_metrics
+    from comfyui_qsched.testbed.digits.weights import WEIGHTS_DIR, load_weights, save_weights
+    images, labels = load_digits_tensors()
+    torch.set_num_threads(1)
+    teacher, _ = train_models.train_teacher(images[:32], labels[:32], 1, "cpu", 0, batch=2, width=4)
+    assert teacher.config["channels"] == [128, 192, 256] and teacher.config["emb_dim"] == 512
+    student, _ = train_models.distill_student(teacher, images[:32], labels[:32], 1, "cpu", 1, batch=2)
+    folder = str(tmp_path / "weights_wide")
+    copy_metrics(WEIGHTS_DIR, folder)
+    save_weights(student, "student_lcm", {"width": 4}, folder)
+    unet, scorer = load_testbed(folder)
+    assert unet.conv_in.out_channels == 128
+    shipped = load_testbed()[1]
+    for a, b in zip(scorer.classifier.state_dict().values(), shipped.classifier.state_dict().values()):
+        assert torch.equal(a, b)
+    copy_metrics(WEIGHTS_DIR, folder)                   # a second call keeps what is there
+    assert load_weights(DigitsUNet, "student_lcm", folder)[1] == {"width": 4}
+    with pytest.raises(ValueError, match="positive integer multiplier"):
+        train_models.wide_config(0)
