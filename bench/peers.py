@@ -15,6 +15,8 @@ torch.compile (FLUX: each block, as bench/quant.py); rel. L2 of the output again
 --kernels: every Linear shape of both models timed alone per kernel path (and the Triton kernels checked against
 their torch references on the GPU). --sampler: the Q-Sched sampler's own cost per step against ComfyUI's euler.
 --profile: a kernel profile of one eager step of BF16 and of this pack's default configs.
+--host-profile: host time per step and per Linear call beside GPU time, per config (bench/host_profile.py), and the
+host cost of each call a quantized linear makes.
 
     COMFYUI_DIR=... python3 bench/peers.py --models flux,sdxl --compile flux --kernels --sampler --profile --log rows.jsonl
     python3 bench/peers_table.py rows.jsonl  (the tables, as in bench/results/peers_h200.md)"""
@@ -40,8 +42,8 @@ from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 from comfyui_qsched.quant.export import comfy_int8_state_dict  # noqa: E402
 
 CONFIGS = ("bf16", "comfy fp8", "comfy fp8_fast", "comfy int8", "W8A8 auto", "W4A8 auto", "W8A8 fp8", "W4A8 fp8",
-           "W8A8 comfy_kitchen")
-COMPILED = ("bf16", "comfy fp8_fast", "W8A8 auto", "W4A8 auto")
+           "W8A8 int8", "W4A8 int8", "W8A8 comfy_kitchen")
+COMPILED = ("bf16", "comfy fp8_fast", "W8A8 auto", "W4A8 auto", "W8A8 int8")
 # FLUX at full width with fewer blocks (the full model has 19 + 38): every block has the same shapes, so the ratios
 # are the full model's, and nine configs fit on the GPU together for interleaved timing.
 FLUX_BLOCKS = (8, 16)
@@ -169,6 +171,15 @@ def bench_model(name, args, device, log):
                 except Exception as error:
                     traceback.print_exc()
                     log({"model": name, "profile": config, "error": f"{type(error).__name__}: {error}"[:200]})
+    if args.host_profile:
+        from host_profile import profile_config
+        from quant_profile import kernel_profile
+        for config, model in models.items():
+            try:
+                log({"model": name, "host_profile": config, **profile_config(model, batch, device, kernel_profile)})
+            except Exception as error:
+                traceback.print_exc()
+                log({"model": name, "host_profile": config, "error": f"{type(error).__name__}: {error}"[:200]})
     if name in args.compile.split(","):
         compile_phase(name, models, rows, batch, device, args, log)
     models.clear()
@@ -410,6 +421,8 @@ def main(argv=None):
     parser.add_argument("--kernels", action="store_true")
     parser.add_argument("--sampler", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--host-profile", action="store_true", help="host time per step and per layer call "
+                        "beside GPU time (bench/host_profile.py)")
     parser.add_argument("--log", default="")
     parser.add_argument("--budget-s", type=float, default=1e9, help="no compile starts after this many seconds")
     args = parser.parse_args(argv)
@@ -431,6 +444,13 @@ def main(argv=None):
         except Exception as error:
             traceback.print_exc()
             log({"kernels_error": f"{type(error).__name__}: {error}"[:300]})
+    if args.host_profile and device.type == "cuda":
+        from host_profile import pieces
+        try:
+            log({"host_pieces_us": pieces(device)})
+        except Exception as error:
+            traceback.print_exc()
+            log({"host_pieces_error": f"{type(error).__name__}: {error}"[:300]})
     for name in args.models.split(","):
         bench_model(name, args, device, log)
     return 0
