@@ -160,7 +160,7 @@ def _act_codes(v, INT8: tl.constexpr):
 
 @triton.jit
 def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_rows, cols, rank, x_stride, q_stride,
-                         INT8: tl.constexpr, BRANCH: tl.constexpr, FOLD: tl.constexpr, EXACT_DOT: tl.constexpr,
+                         down_stride_r, down_stride_k, INT8: tl.constexpr, BRANCH: tl.constexpr, FOLD: tl.constexpr, EXACT_DOT: tl.constexpr,
                          RANK_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Per-token activation quantization of BLOCK_M rows, int8 (scale = max(amax * (1/127), 1e-12)) or e4m3
     (amax * (1/448)), codes = round(x * (1 / scale)); rows in [rows, padded_rows) get zero codes. With BRANCH the
@@ -178,7 +178,7 @@ def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_row
         x = tl.load(x_ptr + m[:, None] * x_stride + k[None, :], mask=live[:, None] & (k[None, :] < cols), other=0.0)
         amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
         if BRANCH:
-            d = tl.load(down_ptr + r[:, None] * cols + k[None, :], mask=(r[:, None] < rank) & (k[None, :] < cols),
+            d = tl.load(down_ptr + r[:, None] * down_stride_r + k[None, :] * down_stride_k, mask=(r[:, None] < rank) & (k[None, :] < cols),
                         other=0.0)
             if EXACT_DOT:
                 acc += tl.dot(x.to(tl.float32), tl.trans(d.to(tl.float32)), input_precision="ieee")
@@ -341,8 +341,8 @@ def rank_block(rank):
 
 def quantize_act(rows, padded_rows, int8, down=None, fold=False, block_m=None):
     """(codes [padded_rows, K (+ rank with fold)], scales [padded_rows, 1] fp32, xd [rows, rank] or None) of a 2-D
-    16/32-bit activation with unit column stride; int8 or e4m3 codes per token; `down` [rank, K] (x's dtype,
-    contiguous) adds the fused down-projection."""
+    16/32-bit activation with unit column stride; int8 or e4m3 codes per token; `down` [rank, K] (x's dtype; a
+    layout with unit stride along K reads fastest) adds the fused down-projection."""
     count, cols = rows.shape
     rank = 0 if down is None else down.shape[0]
     branch = down is not None
@@ -354,7 +354,7 @@ def quantize_act(rows, padded_rows, int8, down=None, fold=False, block_m=None):
     block_k = 128 if branch else min(2048, triton.next_power_of_2(cols))
     _quantize_act((triton.cdiv(padded_rows, block_m), 1, 1),
                   (rows, codes, scales, down if branch else rows, xd if xd is not None else codes, count, padded_rows,
-                   cols, rank, rows.stride(0), width),
+                   cols, rank, rows.stride(0), width, *(down.stride() if branch else (0, 0))),
                   {"INT8": int8, "BRANCH": branch, "FOLD": fold, "EXACT_DOT": _interpreted(),
                    "RANK_BLOCK": rank_block(rank), "BLOCK_M": block_m, "BLOCK_K": block_k},
                   tuple(t for t in (codes, scales, xd) if t is not None),
