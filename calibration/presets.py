@@ -49,9 +49,10 @@ _FIELDS = {
     "c_x": (list, True), "c_eps": (list, True), "scorer": (dict, False), "prompts_hash": ((str, type(None)), False),
     "n_prompts": ((int, type(None)), False), "seed": ((int, type(None)), False), "cfg": ((int, float, type(None)), False),
     "scores": (dict, False), "search": (dict, False), "created": (str, False), "pack_version": (str, False),
-    "offset": ((list, type(None)), False),
+    "offset": ((list, type(None)), False), "quantizer": ((dict, type(None)), False),
 }
-_SINCE_VERSION = {"offset": 2}
+_SINCE_VERSION = {"offset": 2, "quantizer": 2}
+_BACKEND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 
 
 class PresetError(ValueError):
@@ -104,10 +105,11 @@ def preset_path(folder, name):
 
 def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=None, sampler=None, scorer=None,
                 scorer_k=None, prompts_hash=None, n_prompts=None, seed=None, cfg=None, identity_score=None,
-                best_score=None, search=None, notes="", example=False, checks=None):
+                best_score=None, search=None, notes="", example=False, checks=None, quantizer=None):
     """Build a preset dict (schema version 2) for `schedule`; `sampler` defaults to the schedule's; the
     schedule's per-step offset, if any, is stored as "offset" (absent when the schedule has none). checks: the
-    held-out verdict (and FP control) from calibration.heldout.TrustReport.to_dict(), kept under `scores`."""
+    held-out verdict (and FP control) from calibration.heldout.TrustReport.to_dict(), kept under `scores`.
+    quantizer: {"spec", "backend"} of the quantized loader the model came from (absent when unknown)."""
     sampler = sampler or schedule.sampler
     preset = {
         "format": FORMAT, "version": SCHEMA_VERSION, "example": bool(example), "notes": notes,
@@ -115,6 +117,7 @@ def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=Non
         "quant": quant, "sampler": sampler, "steps": schedule.steps,
         "c_x": list(schedule.c_x), "c_eps": list(schedule.c_eps),
         **({"offset": [list(row) for row in schedule.offset]} if schedule.offset is not None else {}),
+        **({"quantizer": dict(quantizer)} if quantizer else {}),
         "scorer": {"name": scorer, "k": scorer_k}, "prompts_hash": prompts_hash, "n_prompts": n_prompts,
         "seed": seed, "cfg": cfg,
         "scores": {"identity": identity_score, "best": best_score, **(checks or {})},
@@ -162,6 +165,7 @@ def validate(data, where="preset"):
                                   or not math.isfinite(value)):
             raise PresetError(f"{where}: {field_name} must be a finite number or null, got {value!r}")
     _validate_checks(data.get("scores", {}), where)
+    _validate_quantizer(data.get("quantizer"), where)
     try:
         schedule = schedule_of(data)
     except ScheduleError as error:
@@ -188,6 +192,37 @@ def _validate_checks(scores, where):
             if name in check and not (isinstance(interval, list) and len(interval) == 2 and all(
                     v is None or (isinstance(v, (int, float)) and math.isfinite(v)) for v in interval)):
                 raise PresetError(f"{where}: scores.{key}.{name}.ci must be two finite numbers or nulls")
+
+
+def _validate_quantizer(quantizer, where):
+    """The optional record of the quantizer the preset was fitted on: {"spec": canonical spec name, "backend"}."""
+    if quantizer is None:
+        return
+    from ..quant.spec import QuantSpec, QuantSpecError
+    if set(quantizer) != {"spec", "backend"} or not isinstance(quantizer["spec"], str) \
+            or not isinstance(quantizer["backend"], str) or not _BACKEND_NAME.fullmatch(quantizer["backend"]):
+        raise PresetError(f"{where}: quantizer must be {{\"spec\": <spec>, \"backend\": <backend name>}}")
+    try:
+        canonical = QuantSpec.parse(quantizer["spec"]).name
+    except QuantSpecError as error:
+        raise PresetError(f"{where}: quantizer.spec: {error}") from None
+    if canonical != quantizer["spec"]:
+        raise PresetError(f"{where}: quantizer.spec {quantizer['spec']!r} is not written as {canonical!r}")
+
+
+def describe_quantizer(quantizer):
+    return "no Q-Sched quantizer" if not quantizer else f"{quantizer['spec']} ({quantizer['backend']} backend)"
+
+
+def quantizer_mismatch(data, quantizer):
+    """A one-line warning when the preset records the quantizer it was fitted on and `quantizer` (the model's,
+    None for a model the quantized loaders did not make) is another; None when they agree or the preset says nothing
+    (older presets)."""
+    recorded = data.get("quantizer")
+    if not recorded or (quantizer and dict(quantizer) == recorded):
+        return None
+    return (f"preset {data['model']['name']!r} was fitted on {describe_quantizer(recorded)}, this model has "
+            f"{describe_quantizer(quantizer)}: its coefficients correct another quantizer's error")
 
 
 def _as_tuple(types):
@@ -255,7 +290,7 @@ def summary(data):
             "family": data["model"].get("family"), "quant": data.get("quant"), "sampler": data["sampler"],
             "steps": data["steps"], "example": data.get("example", False), "scores": data.get("scores", {}),
             "created": data.get("created"), "c_x": data["c_x"], "c_eps": data["c_eps"],
-            "offset": data.get("offset")}
+            "offset": data.get("offset"), "quantizer": data.get("quantizer")}
 
 
 def list_presets(folder):

@@ -273,7 +273,7 @@ class CalibrationRun:
 
 def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_folder, generate_reference=None,
         reference=None, reference_hash=None, latent_channels=1, model_name="", scorer_name=None, scorer_k=None,
-        progress=None, should_stop=None, on_candidate=None):
+        progress=None, should_stop=None, on_candidate=None, quantizer=None):
     """Calibrate: search the pairs not held out, check the winner on the held-out ones (and on the full-precision
     model through `generate_reference`, the FP control, with a reference-free objective), write the preset; returns
     a CalibrationRun.
@@ -283,7 +283,7 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     need none. latent_channels: offsets per step of the per-channel refinement. model_hash / family describe the
     model (the preset and the run-log key); progress(done, planned), should_stop() -> True interrupts
     (SearchInterrupted; what was scored stays in the run log), on_candidate(schedule, prompt_indices, scores) after
-    each scored request."""
+    each scored request. quantizer: {"spec", "backend"} the model was quantized with, recorded in the preset."""
     config.check_inputs(reference=reference is not None, scorer=scorer is not None)
     prompts = config.prompt_list()
     search_pairs, held_out = split_pairs(len(prompts), config.holdout, strata=prompts)
@@ -337,7 +337,7 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
                                  "heldout_pairs": len(held_out), "fp_control": fp_control,
                                  **({"reference_model_sha256": reference_hash} if config.needs_reference else {}),
                                  **({"refinement": refinement_record(result)} if result.refinement else {})},
-                         checks=report.to_dict())
+                         checks=report.to_dict(), quantizer=quantizer)
     path = save_preset(preset_folder, name, preset)
     log.info("Q-Sched calibration: best %.4f vs identity %.4f (%s), better than identity on held-out pairs: %s, "
              "preset %s", result.best_score, result.identity_score, result.best.label, report.heldout.verdict, path)

@@ -25,6 +25,7 @@ from ..calibration.run import ConfigError, run
 from ..samplers import SAMPLERS
 from ..samplers.batch import one_schedule, seeded_noise_sampler
 from .comfy_compat import make_noise_sampler
+from .loading import quantizer_of
 from .reference import check_reference_model
 from .sampling import SCHEDULERS, check_sampler_fits_model, resolve_schedule, scheduler_sigmas
 
@@ -91,7 +92,7 @@ def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_
                generate_reference=fp_control, reference=reference, reference_hash=reference_hash,
                latent_channels=model.get_model_object("latent_format").latent_channels, model_name=model_name,
                scorer_name=scorer_name, scorer_k=scorer_k, progress=progress, should_stop=should_stop,
-               on_candidate=on_candidate)
+               on_candidate=on_candidate, quantizer=quantizer_of(model))
 
 
 @contextlib.contextmanager

@@ -23,6 +23,15 @@ def register_cache_folder():
         folder_paths.add_model_folder_path(CACHE_FOLDER, os.path.join(folder_paths.models_dir, CACHE_FOLDER))
 
 
+QUANTIZER_ATTRIBUTE = "qsched_quantizer"
+
+
+def quantizer_of(model):
+    """{"spec", "backend"} the quantized loaders built a ComfyUI MODEL's backbone with, None for any other model."""
+    backbone = getattr(getattr(model, "model", None), "diffusion_model", None)
+    return getattr(backbone, QUANTIZER_ATTRIBUTE, None)
+
+
 def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND, layer_policy="", cache="off"):
     """Quantize the ModelPatcher's backbone in place; returns the report's summary line."""
     name = os.path.basename(source_path)
@@ -45,6 +54,7 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
         raise ValueError(f"{name}: no Linear/Conv layer of this backbone was quantized "
                          f"({type(backbone).__name__}, {report.kept} kept by the layer policy)")
     with_comfy_patching(backbone)
+    setattr(backbone, QUANTIZER_ATTRIBUTE, {"spec": spec.name, "backend": backend})  # presets record it
     patcher.size = 0
     patcher.model_size()  # ComfyUI's memory planning must see the packed size
     summary = f"Q-Sched quantized {name}: {report.summary()}; cache {status}"

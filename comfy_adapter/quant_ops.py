@@ -10,6 +10,9 @@ comfy ops: offloading and --lowvram move the packed weight, LoRA keys stay `<lay
   (LoRA in low-VRAM mode) apply in the running ComfyUI's protocol (comfy_compat.weight_functions) and its LoRA
   arithmetic dtype; a float result is requantized onto the layer's scales like a LoRA merged at load. ComfyUI's own cast would value-cast
   the codes without their scales.
+- A low-rank branch (lowrank_down / lowrank_up buffers) stays as it is: the patches see the whole float weight
+  (codes plus branch, so weight-dependent patches such as DoRA see the real weight) and their result minus the
+  branch goes back into the residual codes; the buffers move with the layer like its other tensors.
 """
 import torch
 from torch import nn
@@ -32,23 +35,23 @@ class ComfyPackedWeight:
         for function in on_stored:
             packed = function(packed)
         if on_float:
-            weight = self.dequantize(packed, dtype=comfy_compat.lora_compute_dtype(x.device))
+            weight = self.float_weight(packed, dtype=comfy_compat.lora_compute_dtype(x.device))
             for function in on_float:
                 weight = function(weight)
-            packed = self.requantize(weight).to(packed.dtype)
+            packed = self.requantize_float(weight).to(packed.dtype)
         bias = None if self.bias is None else self.bias.to(x.device, x.dtype, non_blocking=True)
         for functions in comfy_compat.weight_functions(self, "bias"):  # the bias is stored as a float either way
             for function in functions:
                 bias = function(bias)
-        return self.quantized_forward(x, packed, bias)
+        return self.packed_forward(x, packed, bias)
 
     def convert_weight(self, weight, inplace=False, **kwargs):
         # Some paths hand over the codes in their stored dtype (dynamic VRAM force-loading a small layer).
         dtype = weight.dtype if weight.dtype in MATH_DTYPES else torch.float32
-        return self.dequantize(weight.to(self.weight.dtype), dtype=dtype)
+        return self.float_weight(weight.to(self.weight.dtype), dtype=dtype)
 
     def set_weight(self, weight, inplace_update=False, seed=None, return_weight=False, **kwargs):
-        packed = self.requantize(weight).to(self.weight.dtype)
+        packed = self.requantize_float(weight).to(self.weight.dtype)
         if return_weight:
             return packed
         if inplace_update:

@@ -7,8 +7,9 @@ import folder_paths
 from comfy_api.v0_0_2 import io
 
 from ..calibration.presets import (SHIPPED_PRESETS, PresetError, check_model, check_name, preset_path,
-                                   read_preset_file, schedule_of)
+                                   quantizer_mismatch, read_preset_file, schedule_of)
 from ..comfy_adapter.calibration import PRESET_FOLDER_NAME, model_hash, user_preset_folder
+from ..comfy_adapter.loading import quantizer_of
 from .io_types import Schedule
 
 log = logging.getLogger("qsched.presets")
@@ -84,6 +85,9 @@ class QSchedLoadPreset(io.ComfyNode):
         folder, path = find_preset(preset)
         data = read_preset_file(path, folder=folder)
         if model is not None:
+            mismatch = quantizer_mismatch(data, quantizer_of(model))
+            if mismatch:
+                log.warning("Q-Sched: %s", mismatch)
             check_model(data, model_hash(model), allow_model_mismatch, name)
         if data.get("example"):
             log.warning("preset %r is a shipped example, not calibrated for your model: run Q-Sched Calibrate", name)

@@ -12,6 +12,7 @@ from ..calibration.prompts import prompts_hash
 from ..calibration.run import CalibrationConfig
 from ..comfy_adapter.calibration import describe_model, model_hash, user_preset_folder
 from ..comfy_adapter.comfy_compat import report_progress
+from ..comfy_adapter.loading import quantizer_of
 from ..comfy_adapter.ptqd import describe_fits, fit_ptqd
 from .calibrate import DEFAULTS, check_settings, setting_inputs
 from .io_types import Schedule
@@ -76,7 +77,7 @@ def _preset(config, schedule, fits, model, reference_model, per_channel):
     return make_preset(schedule, model_name=config.model_name or safe_preset_name(f"{family}-{fingerprint[:8]}"),
                        model_hash=fingerprint, family=family, quant=config.quant or None, sampler=config.sampler_name,
                        prompts_hash=prompts_hash(prompts), n_prompts=len(prompts), seed=config.seed, cfg=config.cfg,
-                       search=search)
+                       search=search, quantizer=quantizer_of(model))
 
 
 NODES = [QSchedPTQDCorrection]

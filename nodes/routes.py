@@ -35,6 +35,7 @@ def summarize(preset):
         "scorer": scorer.get("name"), "k": _finite_or_none(scorer.get("k")),
         "identity_score": _finite_or_none(scores.get("identity")), "best_score": _finite_or_none(scores.get("best")),
         "example": bool(preset.get("example")), "created": preset.get("created"),
+        "quantizer": preset.get("quantizer"),
     }
 
 

@@ -1,10 +1,12 @@
 """quantize_module: quantize the Linear/Conv layers of any nn.Module in place, per a layer policy."""
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .backends import get_backend
+from .layers import float_weight_shape, lowrank_shapes, rank_problem
+from .lowrank import FACTOR_DTYPES
 from .policy import DEFAULT_POLICY, LayerDecision, LayerPolicy
 from .spec import QuantSpec
 
@@ -79,18 +81,23 @@ def _kind(layer):
     return torch_class.__name__
 
 
-def _fit_groups(module, decision):
-    """Per-group weights need the group size to divide the layer's input columns; others go per channel."""
-    spec = decision.spec
-    if spec is None or not spec.group_size:
+def _fit_layer(module, decision):
+    """Per-group weights need the group size to divide the layer's input columns, else they go per channel; the rank
+    is a cap: a weight with a smaller side takes that rank, a grouped convolution no branch. Each change is reported."""
+    spec, reason = decision.spec, decision.reason
+    if spec is None:
         return decision
-    weight = module.get_submodule(decision.name).weight
-    columns = weight[0].numel()
-    if columns % spec.group_size == 0:
-        return decision
-    per_channel = QuantSpec(spec.w_bits, spec.a_bits, act_granularity=spec.act_granularity)
-    return LayerDecision(decision.name, per_channel, f"{decision.reason}; {columns} columns not divisible by "
-                                                     f"group {spec.group_size}: per channel")
+    layer = module.get_submodule(decision.name)
+    rows, *rest = float_weight_shape(layer)
+    columns = int(torch.Size(rest).numel())
+    if spec.group_size and columns % spec.group_size:
+        spec = replace(spec, weight_granularity="channel", group_size=None)
+        reason += f"; {columns} columns not divisible by group {decision.spec.group_size}: per channel"
+    if rank_problem(layer, spec):
+        rank = min(spec.rank, rows, columns) if getattr(layer, "groups", 1) == 1 else None
+        reason += f"; {rank_problem(layer, spec)}: " + (f"rank {rank}" if rank else "no low-rank branch")
+        spec = spec.with_rank(rank)
+    return decision if spec == decision.spec else LayerDecision(decision.name, spec, reason)
 
 
 def _check_stored(module, decisions, quantizer, stored):
@@ -104,19 +111,36 @@ def _check_stored(module, decisions, quantizer, stored):
             continue
         layer = module.get_submodule(decision.name)
         spec = quantizer.effective_spec(layer, decision.spec)
-        stored_spec, packed, scale = stored[decision.name]
+        stored_spec, packed, scale, *branch = stored[decision.name]
         dtype, shape, scale_shape = quantizer.layout(layer, spec)
         if stored_spec != spec.name or packed.dtype != dtype or tuple(packed.shape) != shape \
                 or tuple(scale.shape) != scale_shape:
             raise ValueError(f"layer {decision.name!r}: stored {stored_spec} {packed.dtype}{tuple(packed.shape)} "
                              f"does not match {spec.name} {dtype}{shape}")
+        _check_branch(decision.name, layer, spec, [t for t in branch if t is not None])
+
+
+def _check_branch(name, layer, spec, branch):
+    shapes = lowrank_shapes(layer, spec)
+    if shapes is None:
+        if branch:
+            raise ValueError(f"layer {name!r}: stored low-rank factors, but {spec.name} has no branch")
+        return
+    if len(branch) != 2:
+        raise ValueError(f"layer {name!r}: {spec.name} needs its low-rank factors, which were not stored "
+                         "(a cache written before the branch existed)")
+    down, up = branch
+    if tuple(down.shape) != shapes[0] or tuple(up.shape) != shapes[1] or down.dtype not in FACTOR_DTYPES \
+            or up.dtype != down.dtype:
+        raise ValueError(f"layer {name!r}: stored low-rank factors {down.dtype}{tuple(down.shape)} / "
+                         f"{up.dtype}{tuple(up.shape)} do not match {spec.name}: 16-bit {shapes[0]} / {shapes[1]}")
 
 
 def quantize_module(module, spec, policy=None, backend="simulate", device=None, stored=None, compute_device=None):
     """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
     policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
     device: where the fp8 backend will run (checked up front); None skips that check.
-    stored: {layer name: (spec name, packed weight, scales)} already quantized (a cache), used instead of
+    stored: {layer name: (spec name, packed weight, scales[, low-rank down, up])} already quantized (a cache), used instead of
     quantizing; checked against the plan before any layer changes.
     compute_device: where the weights are quantized (e.g. the GPU for a model resident on the CPU)."""
     spec = QuantSpec.parse(spec)
@@ -126,7 +150,7 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
         policy = LayerPolicy.parse(policy)
     quantizer = get_backend(backend)
     quantizer.check(spec, device)
-    decisions = [_fit_groups(module, decision) for decision in policy.plan(module, spec)]
+    decisions = [_fit_layer(module, decision) for decision in policy.plan(module, spec)]
     for decision in decisions:
         if decision.spec is not None and decision.spec != spec and not decision.spec.weight_only:
             quantizer.check(decision.spec, device)

@@ -8,6 +8,7 @@
   that pay run the int8 backend (torch._int_mm, int8 activations per token); older GPUs keep them weight-only.
 - Specs no fast kernel implements (W6A8, W4A6, W4A4, grouped A8, ...): simulate, so their numerics stay exact.
 - Weight-only specs (A16) and convolutions: weight-only layers (Triton dequantization on CUDA).
+A low-rank branch (-r<N>) never changes the choice: every path adds it unfused beside its own output.
 Every layer's report line says which path it got and why."""
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ class AutoBackend:
             return "simulate", spec, f"{device.type}: exact numerics"
         if spec.weight_only:
             return "weight-only", spec, "16-bit activations by the spec or the layer policy"
-        if spec.name not in FAST_A8_SPECS:
+        if spec.base.name not in FAST_A8_SPECS:
             return "simulate", spec, f"no fast kernel for {spec}"
         if not isinstance(layer, nn.Linear):
             return "weight-only", spec.with_activations(16), "convolution"

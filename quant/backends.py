@@ -8,7 +8,9 @@ comfy_kitchen W8A8 linears through comfy-kitchen's int8_linear (ComfyUI 0.33+); 
 bitsandbytes  W8A8 linears as LLM.int8 (Linear8bitLt, threshold 0), W4A16 as NF4 (Linear4bit); convs -> simulate.
 torchao       W8A8 (int8 dynamic activations), W8A16 / W4A16 weight-only linears; convs -> simulate.
 "weight-only" layers keep the simulate storage and compute in 16 bit (quant/fast.py: Triton kernels on CUDA).
-bitsandbytes, torchao and comfy_kitchen are imported only when chosen."""
+bitsandbytes, torchao and comfy_kitchen are imported only when chosen. A low-rank branch (-r<N>) is added by the
+shared packed-layer forward for simulate, weight-only, fp8 and comfy_kitchen layers; bitsandbytes and torchao
+replace the layer with their own class and refuse it."""
 import importlib
 
 import torch
@@ -138,7 +140,7 @@ class ComfyKitchenBackend:
     cacheable = True
 
     def check(self, spec, device=None):
-        if spec.name != "W8A8":
+        if spec.base.name != "W8A8":
             raise BackendError(f"comfy_kitchen does W8A8 only (int8_linear: int8 weights, int8 activations per "
                                f"token), not {spec}; use backend 'auto', 'fp8' or 'simulate'")
         try:
@@ -169,17 +171,25 @@ def _import(package, backend):
                            f"({error}); use backend 'simulate' or 'fp8'") from error
 
 
+def _refuse_rank(spec, backend):
+    if spec.rank:
+        raise BackendError(f"backend {backend!r} replaces the layer with its own class and cannot add the low-rank "
+                           f"branch of {spec}; use backend 'auto', 'simulate', 'fp8' or 'comfy_kitchen'")
+
+
 class BitsAndBytesBackend:
     name = "bitsandbytes"
     cacheable = False
 
     def check(self, spec, device=None):
+        _refuse_rank(spec, self.name)
         if spec.name not in ("W8A8", "W4A16"):
             raise BackendError(f"bitsandbytes does W8A8 (LLM.int8) and W4A16 (NF4) only, not {spec}; "
                                "it has no W4A8 (its 4-bit linears compute in 16 bit)")
         self.bnb = _import("bitsandbytes", self.name)
 
     def quantize(self, layer, spec, tensors=None, compute_device=None):
+        _refuse_rank(spec, self.name)
         if not isinstance(layer, nn.Linear) or type(layer).__name__.startswith(("Linear8bitLt", "Linear4bit")):
             return _simulate(layer, spec, "simulate (conv fallback)", compute_device=compute_device)
         if spec.weight_only and spec.w_bits != 4 or not spec.weight_only and spec.w_bits != 8:
@@ -208,6 +218,7 @@ class TorchAOBackend:
     cacheable = False
 
     def check(self, spec, device=None):
+        _refuse_rank(spec, self.name)
         if spec.name not in ("W8A8", "W8A16", "W4A16-g128", "W4A16-g64", "W4A16-g32"):
             raise BackendError(f"torchao here does W8A8 (int8 dynamic), W8A16 and W4A16-g<32|64|128> only, not {spec}; "
                                "its W4A8 config is a CPU-only prototype")
@@ -223,6 +234,7 @@ class TorchAOBackend:
         return q.Int4WeightOnlyConfig(group_size=spec.group_size), "torchao int4 weight-only"
 
     def quantize(self, layer, spec, tensors=None, compute_device=None):
+        _refuse_rank(spec, self.name)
         if not isinstance(layer, nn.Linear):
             return _simulate(layer, spec, "simulate (conv fallback)", compute_device=compute_device)
         if spec.name not in ("W8A8", "W8A16") and not spec.name.startswith("W4A16"):

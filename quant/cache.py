@@ -3,7 +3,9 @@
 Per quantized layer it stores `<layer>.weight` (packed codes), `<layer>.weight_scale` and `<layer>.comfy_quant`
 (a uint8 tensor holding JSON, the per-layer metadata convention of newer ComfyUI checkpoints; the format names
 are this pack's own, `qsched_int8` / `qsched_int4_packed` / `qsched_fp8_e4m3`, which ComfyUI itself does not
-decode). Files are written atomically; a file whose header or tensors do not match is reported and rebuilt."""
+decode), and for a spec with a low-rank branch `<layer>.lowrank_down` / `<layer>.lowrank_up` (16-bit factors). Files
+are written atomically; a file whose header or tensors do not match (also one written before the branch existed)
+is reported and rebuilt."""
 import hashlib
 import json
 import logging
@@ -68,28 +70,34 @@ def save_cache(path, module, identity):
         if isinstance(layer, PackedWeightMixin) and layer.quant_spec is not None:
             spec = layer.quant_spec
             info = {"format": _layer_format(layer), "spec": spec.name, "w_bits": spec.w_bits, "a_bits": spec.a_bits,
-                    "group_size": spec.group_size, "activations": spec.act_granularity}
+                    "group_size": spec.group_size, "activations": spec.act_granularity, "rank": spec.rank}
             tensors[f"{name}.weight"] = layer.weight.detach().cpu().contiguous()
             tensors[f"{name}.weight_scale"] = layer.weight_scale.detach().cpu().contiguous()
+            if spec.rank:
+                tensors[f"{name}.lowrank_down"] = layer.lowrank_down.detach().cpu().contiguous()
+                tensors[f"{name}.lowrank_up"] = layer.lowrank_up.detach().cpu().contiguous()
             tensors[f"{name}.comfy_quant"] = torch.tensor(list(json.dumps(info).encode()), dtype=torch.uint8)
     write_atomic(path, lambda temporary: save_file(tensors, temporary, metadata=identity))
 
 
 def read_cache(path, identity):
-    """{layer: (spec name, packed, scales)} from a cache file, after checking its header against `identity`."""
+    """{layer: (spec name, packed, scales, down, up)} from a cache file (down, up None where the file holds no
+    branch), after checking its header against `identity`."""
     try:
         with safe_open(path, framework="pt") as handle:
             metadata = handle.metadata() or {}
             wrong = sorted(k for k, v in identity.items() if metadata.get(k) != v)
             if wrong:
                 raise CacheError(f"cache file {path} was made for another {', '.join(wrong)}")
-            stored = {}
-            for key in handle.keys():
+            stored, keys = {}, set(handle.keys())
+            for key in keys:
                 if key.endswith(".comfy_quant"):
                     name = key[: -len(".comfy_quant")]
                     info = json.loads(bytes(handle.get_tensor(key).tolist()).decode())
+                    branch = tuple(handle.get_tensor(f"{name}.{factor}") if f"{name}.{factor}" in keys else None
+                                   for factor in ("lowrank_down", "lowrank_up"))
                     stored[name] = (info["spec"], handle.get_tensor(f"{name}.weight"),
-                                    handle.get_tensor(f"{name}.weight_scale"))
+                                    handle.get_tensor(f"{name}.weight_scale"), *branch)
     except CacheError:
         raise
     except Exception as error:  # a truncated or foreign file: safetensors/JSON errors of many kinds

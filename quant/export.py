@@ -6,13 +6,16 @@ What ComfyUI's format carries: int8 linears with per-channel scales whose activa
 Weight-only (A16) layers, e.g. adaLN modulation, and convolutions are written dequantized in 16 bit: same weights,
 same numerics (ComfyUI 0.33's `full_precision_matrix_mult` flag does not stop its int8 path when the weight's
 nominal dtype equals the input's, so an int8 A16 layer would come back with quantized activations).
-Layers stored in other formats (e4m3, int4, groups) are refused: export from backend simulate or comfy_kitchen."""
+Layers stored in other formats (e4m3, int4, groups) are refused: export from backend simulate or comfy_kitchen.
+A low-rank branch (-r<N>) has no place in ComfyUI's format, so it is folded: a W8A8 linear's float weight (codes plus
+branch) is quantized again to int8 with fresh per-channel scales, dequantized layers include it."""
 import json
 from collections import Counter
 
 import torch
 from torch import nn
 
+from . import numerics
 from .layers import PackedWeightMixin
 
 FORMAT = "int8_tensorwise"
@@ -35,19 +38,23 @@ def comfy_int8_state_dict(module, dtype=torch.bfloat16):
         if not isinstance(layer, PackedWeightMixin) or layer.quant_spec is None:
             continue
         spec, prefix = layer.quant_spec, f"{name}." if name else ""
-        state.pop(f"{prefix}weight_scale")
+        for tensor in ("weight_scale", "lowrank_down", "lowrank_up"):
+            state.pop(f"{prefix}{tensor}", None)
         if not isinstance(layer, nn.Linear) or spec.weight_only:
-            state[f"{prefix}weight"] = layer.dequantize(dtype=dtype)
+            state[f"{prefix}weight"] = layer.float_weight(dtype=dtype)
             counts["weight-only linear, dequantized" if spec.weight_only else "convolution, dequantized"] += 1
             continue
-        if layer.weight.dtype != torch.int8 or spec.name != "W8A8":
+        if layer.weight.dtype != torch.int8 or spec.base.name != "W8A8":
             raise ExportError(f"layer {name!r} is {spec} stored as {layer.weight.dtype}: ComfyUI's int8 format takes "
                               "W8A8 / W8A16 linears with int8 codes and per-channel scales; quantize with backend "
                               "'simulate' or 'comfy_kitchen' to export")
-        state[f"{prefix}weight"] = layer.weight.detach().to(torch.int8).contiguous()
-        state[f"{prefix}weight_scale"] = layer.weight_scale.detach().float().reshape(-1).contiguous()
+        codes, scale = layer.weight.detach().to(torch.int8), layer.weight_scale.detach().float()
+        if spec.rank:
+            codes, scale = numerics.quantize_weight(layer.float_weight(dtype=torch.float32), 8)
+        state[f"{prefix}weight"] = codes.contiguous()
+        state[f"{prefix}weight_scale"] = scale.reshape(-1).contiguous()
         state[f"{prefix}comfy_quant"] = layer_config()
-        counts["int8 W8A8 linear"] += 1
+        counts["int8 W8A8 linear" + (" (low-rank branch folded in)" if spec.rank else "")] += 1
     if not counts:
         raise ExportError("the model has no quantized layer to export")
     return {key: value.contiguous() for key, value in state.items()}, counts

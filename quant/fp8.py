@@ -52,11 +52,14 @@ class Fp8Linear(PackedWeightMixin):
 
     def quantize_(self, spec, compute_device=None):
         check_spec(spec)
+        return super().quantize_(spec, compute_device)
+
+    def quantize_matrix(self, matrix, spec):
         if spec.packed_int4:
-            return super().quantize_(spec, compute_device)
-        home, w = self.weight.device, self.weight.detach().to(compute_device or self.weight.device).float()
+            return super().quantize_matrix(matrix, spec)
+        w = matrix.float()
         scale = (w.abs().amax(dim=1, keepdim=True) / E4M3_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-        self.set_quantized_(spec, (w / scale).to(E4M3).to(home), scale.to(home))
+        return (w / scale).to(E4M3), scale
 
     def codes(self, packed=None):
         packed = self.weight if packed is None else packed

@@ -25,8 +25,9 @@ def available():
 
 
 def supports(layer, spec):
-    """int8_linear takes W8A8 linears with per-channel weights, per-token activations and 16-aligned sizes."""
-    return (isinstance(layer, torch.nn.Linear) and spec.name == "W8A8" and layer.in_features % 16 == 0
+    """int8_linear takes W8A8 linears with per-channel weights, per-token activations and 16-aligned sizes (a low-rank
+    branch is added beside it by the shared forward)."""
+    return (isinstance(layer, torch.nn.Linear) and spec.base.name == "W8A8" and layer.in_features % 16 == 0
             and layer.out_features % 16 == 0)
 
 

@@ -3,11 +3,13 @@
 `PackedWeightMixin` is put in front of the layer's own Linear or Conv class (a torch class, or a comfy.ops class
 inside ComfyUI, where comfy_adapter/quant_ops.py adds ComfyUI's weight patching protocol on top). The quantized weight
 keeps the name `.weight` (so state dicts, LoRA keys and offloading see the layer as usual); `weight_scale` holds
-the scales; the original float shape comes from the layer's own attributes (in/out features, kernel size)."""
+the scales; the original float shape comes from the layer's own attributes (in/out features, kernel size).
+A spec with a rank adds the 16-bit low-rank branch (quant/lowrank.py) as buffers `lowrank_down` [r, in columns] and
+`lowrank_up` [out, r]; every backend's forward goes through `packed_forward`, which adds the branch to its output."""
 import torch
 from torch import nn
 
-from . import numerics
+from . import lowrank, numerics
 from .spec import QuantSpec
 
 
@@ -25,6 +27,28 @@ def integer_layout(layer, spec):
     if spec.packed_int4:
         return torch.uint8, (rows, (cols + 1) // 2), (rows, groups)
     return torch.int8, (rows, cols), (rows, groups)
+
+
+def lowrank_shapes(layer, spec):
+    """(down shape, up shape) of the low-rank branch `spec` asks for, or None without one."""
+    if not spec.rank:
+        return None
+    shape = float_weight_shape(layer)
+    return (spec.rank, int(torch.Size(shape[1:]).numel())), (shape[0], spec.rank)
+
+
+def rank_problem(layer, spec):
+    """Why `layer` cannot take `spec`'s branch as given (None if it can): the rank exceeds the weight's smaller side,
+    or the layer is a grouped convolution (its weight is block-diagonal, not one [out, in] matrix)."""
+    if not spec.rank:
+        return None
+    if getattr(layer, "groups", 1) != 1:
+        return f"grouped convolution ({layer.groups} groups) has no low-rank branch"
+    rows, *rest = float_weight_shape(layer)
+    columns = int(torch.Size(rest).numel())
+    if spec.rank > min(rows, columns):
+        return f"rank {spec.rank} exceeds the {rows} x {columns} weight"
+    return None
 
 
 class PackedWeightMixin:
@@ -46,21 +70,45 @@ class PackedWeightMixin:
             raise ValueError(f"layer is already quantized ({self.quant_spec})")
         if not self.weight.dtype.is_floating_point:
             raise ValueError(f"cannot quantize a {self.weight.dtype} weight")
+        problem = rank_problem(self, spec)
+        if problem:
+            raise ValueError(f"{spec}: {problem}")
         home, weight = self.weight.device, self.weight.detach().to(compute_device or self.weight.device)
-        codes, scale = numerics.quantize_weight(weight.reshape(weight.shape[0], -1), spec.w_bits, spec.group_size)
-        packed = numerics.pack_int4(codes) if spec.packed_int4 else codes
-        self.set_quantized_(spec, packed.to(home), scale.to(home))
+        matrix, branch = weight.reshape(weight.shape[0], -1), ()
+        if spec.rank:
+            down, up, matrix = lowrank.split(matrix, spec.rank, lowrank.factor_dtype(self.weight.dtype))
+            branch = (down.to(home), up.to(home))
+        packed, scale = self.quantize_matrix(matrix, spec)
+        self.set_quantized_(spec, packed.to(home), scale.to(home), *branch)
 
-    def set_quantized_(self, spec, packed, scale):
+    def quantize_matrix(self, matrix, spec):
+        """(stored codes, scales) of a 2-D float matrix (the weight, or its residual beside the branch)."""
+        codes, scale = numerics.quantize_weight(matrix, spec.w_bits, spec.group_size)
+        return (numerics.pack_int4(codes) if spec.packed_int4 else codes), scale
+
+    def set_quantized_(self, spec, packed, scale, down=None, up=None):
         dtype, shape, scale_shape = self.packed_layout(spec)
         if packed.dtype != dtype or tuple(packed.shape) != shape or tuple(scale.shape) != scale_shape:
             raise ValueError(f"quantized tensors {packed.dtype}{tuple(packed.shape)} / scales {tuple(scale.shape)} "
                              f"do not match {spec} for a weight of shape {self.float_weight_shape()}")
+        shapes = lowrank_shapes(self, spec)
+        if shapes is None and (down is not None or up is not None):
+            raise ValueError(f"low-rank factors given for {spec}, which has no branch")
+        if shapes is not None:
+            if down is None or up is None:
+                raise ValueError(f"{spec} needs its low-rank factors (down {shapes[0]}, up {shapes[1]}); none given")
+            if tuple(down.shape) != shapes[0] or tuple(up.shape) != shapes[1] \
+                    or down.dtype not in lowrank.FACTOR_DTYPES or up.dtype != down.dtype:
+                raise ValueError(f"low-rank factors {down.dtype}{tuple(down.shape)} / {up.dtype}{tuple(up.shape)} do "
+                                 f"not match {spec}: 16-bit down {shapes[0]} and up {shapes[1]}")
         self.quant_spec = spec
         self.weight = nn.Parameter(packed, requires_grad=False)
-        if "weight_scale" in self._buffers:
-            del self._buffers["weight_scale"]
+        for name in ("weight_scale", "lowrank_down", "lowrank_up"):
+            self._buffers.pop(name, None)
         self.register_buffer("weight_scale", scale.to(torch.float32))
+        if shapes is not None:
+            self.register_buffer("lowrank_down", down)
+            self.register_buffer("lowrank_up", up)
 
     def codes(self, packed=None):
         packed = self.weight if packed is None else packed
@@ -75,6 +123,24 @@ class PackedWeightMixin:
         codes = self.codes(packed.to(device))
         matrix = numerics.dequantize_weight(codes, self.weight_scale.to(device), dtype)
         return matrix.reshape(self.float_weight_shape())
+
+    def branch_weight(self, dtype=torch.float32, device=None):
+        """up @ down as a weight of the original shape; None without a branch."""
+        if not self.quant_spec.rank:
+            return None
+        return lowrank.branch_weight(self.lowrank_down, self.lowrank_up, dtype, device).reshape(
+            self.float_weight_shape())
+
+    def float_weight(self, packed=None, dtype=torch.float32, device=None):
+        """The float weight the layer stands for: the dequantized codes plus the low-rank branch (export, LoRA)."""
+        weight = self.dequantize(packed, dtype, device)
+        branch = self.branch_weight(dtype, weight.device)
+        return weight if branch is None else weight + branch
+
+    def requantize_float(self, weight):
+        """Stored-layout codes for a float weight as float_weight gives it (the branch is taken off first)."""
+        branch = self.branch_weight(torch.float32, weight.device)
+        return self.requantize(weight if branch is None else weight.float() - branch)
 
     def requantize(self, weight):
         """Stored-layout codes for a float weight on the existing scales (LoRA merges keep scales fixed,
@@ -93,7 +159,16 @@ class PackedWeightMixin:
         if self.quant_spec is None:
             return super().forward(x, *args, **kwargs)
         bias = None if self.bias is None else self.bias.to(x.device, x.dtype, non_blocking=True)
-        return self.quantized_forward(x, self.weight.to(x.device, non_blocking=True), bias)
+        return self.packed_forward(x, self.weight.to(x.device, non_blocking=True), bias)
+
+    def packed_forward(self, x, packed, bias):
+        """The backend's quantized path plus the low-rank branch on the unquantized input."""
+        out = self.quantized_forward(x, packed, bias)
+        if not self.quant_spec.rank:
+            return out
+        if isinstance(self, nn.Linear):
+            return out.add_(lowrank.branch_output(x, self.lowrank_down, self.lowrank_up))
+        return out.add_(lowrank.conv_branch_output(self, x, self.lowrank_down, self.lowrank_up))
 
     def extra_repr(self):
         base = super().extra_repr()

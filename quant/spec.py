@@ -1,9 +1,12 @@
-"""Quantization specs: "W4A8", "W8A8-g64", "W4A8-tensor", "W4A16" (weight only)."""
+"""Quantization specs: "W4A8", "W8A8-g64", "W4A8-tensor", "W4A16" (weight only), "W4A4-g64-r32" (16-bit low-rank
+branch of rank 32 beside the quantized weight)."""
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = (*range(2, 9), 16)
+RANKS = range(1, 1025)
+FACTOR_BITS = 16  # the low-rank factors and (in the nominal count) the scales are 16-bit
 _SPEC = re.compile(r"W([0-9]{1,4})A([0-9]{1,4})((?:-[A-Z0-9]+)*)")
 
 
@@ -14,12 +17,15 @@ class QuantSpecError(ValueError):
 @dataclass(frozen=True)
 class QuantSpec:
     """Symmetric integer quantization of a layer: weights per output channel or per group of input
-    channels, activations quantized dynamically (per token / per pixel, or per tensor); a_bits 16 = weight-only."""
+    channels, activations quantized dynamically (per token / per pixel, or per tensor); a_bits 16 = weight-only.
+    rank: a 16-bit low-rank branch W ~= up @ down + Q(W - up @ down) of this rank beside the quantized weight
+    (quant/lowrank.py), None for none."""
     w_bits: int
     a_bits: int
     weight_granularity: str = "channel"
     group_size: int | None = None
     act_granularity: str = "token"
+    rank: int | None = None
 
     def __post_init__(self):
         if self.w_bits not in WEIGHT_BITS:
@@ -34,20 +40,26 @@ class QuantSpec:
             raise QuantSpecError(f"group size must be an even number >= 2, got {self.group_size}")
         if self.act_granularity not in ("token", "tensor"):
             raise QuantSpecError(f"activation granularity must be 'token' or 'tensor', got {self.act_granularity!r}")
+        if self.rank is not None and self.rank not in RANKS:
+            raise QuantSpecError(f"low-rank branch rank must be 1..1024, got {self.rank}")
 
     @classmethod
     def parse(cls, text):
-        """'W<w>A<a>' plus optional '-g<N>' (weight groups of N input channels) and '-tensor'/'-token'."""
+        """'W<w>A<a>' plus optional '-g<N>' (weight groups of N input channels), '-tensor'/'-token' and '-r<N>'
+        (a 16-bit low-rank branch of rank N)."""
         if isinstance(text, QuantSpec):
             return text
         match = _SPEC.fullmatch(str(text).strip().upper().replace("_", "-"))
         if not match:
-            raise QuantSpecError(f"cannot parse quantization spec {text!r}; expected e.g. 'W8A8', 'W4A8-g128', 'W4A8-tensor'")
+            raise QuantSpecError(f"cannot parse quantization spec {text!r}; expected e.g. 'W8A8', 'W4A8-g128', 'W4A8-tensor', "
+                                 "'W4A4-g64-r32'")
         fields = {"w_bits": int(match[1]), "a_bits": int(match[2])}
         given = {}  # option kind -> the option text, so that a second one of a kind is refused, not last-wins
         for option in filter(None, match[3].split("-")):
             if re.fullmatch(r"G[0-9]{1,9}", option):
                 kind, update = "weight group size", dict(weight_granularity="group", group_size=int(option[1:]))
+            elif re.fullmatch(r"R[0-9]{1,9}", option):
+                kind, update = "low-rank branch rank", {"rank": int(option[1:])}
             elif option in ("TENSOR", "TOKEN"):
                 kind, update = "activation granularity", {"act_granularity": option.lower()}
             else:
@@ -77,10 +89,42 @@ class QuantSpec:
             text += f"-g{self.group_size}"
         if self.act_granularity == "tensor" and not self.weight_only:
             text += "-tensor"
+        if self.rank:
+            text += f"-r{self.rank}"
         return text
 
+    @property
+    def base(self):
+        """The spec without its low-rank branch: what the quantized path (and a backend's kernels) see."""
+        return self.with_rank(None)
+
     def with_activations(self, a_bits):
-        return QuantSpec(self.w_bits, a_bits, self.weight_granularity, self.group_size, self.act_granularity)
+        return replace(self, a_bits=a_bits)
+
+    def with_rank(self, rank):
+        return replace(self, rank=rank)
 
     def __str__(self):
         return self.name
+
+
+def bits_per_weight(spec, out_features, in_columns, stored=False):
+    """Bits per weight of one [out, in] layer (in: input columns, in/groups * kernel size for convs) under `spec`:
+    weight codes + scales + low-rank factors (r * (out + in) 16-bit numbers), divided by out * in.
+    stored=False: the nominal count papers use (w_bits-bit codes, 16-bit scales), e.g. W4-g64-r32 on 3072 x 3072:
+    4 + 16/64 + 16 * 32 * 6144 / 3072**2 = 4.58.
+    stored=True: what this pack keeps in memory and in its cache: codes in int8 bytes for W5-W8 and two per byte for
+    W2-W4 (an odd row padded), float32 scales, 16-bit factors (fp8 backend W8 codes are e4m3 bytes: also 8 bits)."""
+    spec = QuantSpec.parse(spec)
+    weights = out_features * in_columns
+    if weights <= 0:
+        raise ValueError(f"a layer needs out and in sizes >= 1, got {out_features} x {in_columns}")
+    groups = in_columns // spec.group_size if spec.group_size else 1
+    if stored:
+        code_bits = out_features * ((in_columns + 1) // 2 * 8 if spec.packed_int4 else in_columns * 8)
+        scale_bits = 32
+    else:
+        code_bits, scale_bits = weights * spec.w_bits, FACTOR_BITS
+    rank = min(spec.rank or 0, out_features, in_columns)
+    return (code_bits + out_features * groups * scale_bits + rank * (out_features + in_columns) * FACTOR_BITS) \
+        / weights

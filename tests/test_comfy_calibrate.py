@@ -462,7 +462,7 @@ def test_reference_calibration_and_ptqd_through_the_server(comfy_server):
     Correction -> Q-Sched KSampler."""
     loaders = {
         "1": {"class_type": "QSchedQuantizedCheckpointLoader", "inputs": {
-            "ckpt_name": SD15_CHECKPOINT, "quantization": "W4A8", "backend": "simulate", "layer_policy": "",
+            "ckpt_name": SD15_CHECKPOINT, "quantization": "W4A8-g64-r32", "backend": "simulate", "layer_policy": "",
             "cache": "off"}},
         "2": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": SD15_CHECKPOINT}},
         "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a lighthouse"}},
@@ -493,6 +493,7 @@ def test_reference_calibration_and_ptqd_through_the_server(comfy_server):
     preset = json.loads(open(os.path.join(comfy_server.user_dir, "qsched_presets", "server-reference.json")).read())
     assert preset["version"] == 2 and preset["search"]["refinement"]["form"] == "per_step_channel_offset"
     assert preset["c_x"] == summary["best"]["c_x"] and preset.get("offset") == summary["best"]["offset"]
+    assert preset["quantizer"] == {"spec": "W4A8-g64-r32", "backend": "simulate"}  # what the loader built
 
     reuse = {**loaders, "11": {"class_type": "QSchedLoadPreset", "inputs": {"preset": "server-reference.json",
                                                                             "model": ["1", 0]}},
@@ -507,6 +508,7 @@ def test_reference_calibration_and_ptqd_through_the_server(comfy_server):
     assert len(comfy_server.output_images(comfy_server.run(ptqd, timeout=300), "22")) == 1
     preset = json.loads(open(os.path.join(comfy_server.user_dir, "qsched_presets", "server-ptqd.json")).read())
     assert preset["search"]["method"] == "ptqd" and len(preset["offset"][0]) == 4 and preset["c_x"] == [1.0, 1.0]
+    assert preset["quantizer"] == {"spec": "W4A8-g64-r32", "backend": "simulate"}
 
 
 def test_headless_command_calibrates_against_the_fp_model(comfyui_dir, comfy_models, tmp_path):

@@ -87,11 +87,12 @@ def test_loader_quantizes_the_backbone_and_reports_it(env):
 
 
 @pytest.mark.parametrize("backend", LORA_BACKENDS)
+@pytest.mark.parametrize("spec", ["W8A8", "W8A8-r8"])  # -r8: the LoRA goes into the residual codes beside the branch
 @pytest.mark.parametrize("lowvram", [False, True])
-def test_lora_applies_on_dequantized_weights(env, lowvram, backend):
+def test_lora_applies_on_dequantized_weights(env, lowvram, spec, backend):
     nodes = env["nodes"]
     reference = load(env, None)
-    quantized = load(env, "W8A8", backend=backend)[0]
+    quantized = load(env, spec, backend=backend)[0]
     lora = build_lora(env, reference)
     budget = 1 if lowvram else 0  # 1 byte: every layer stays "offloaded" and casts per call (LowVramPatch)
     ref_lora = nodes.LoraLoaderModelOnly().load_lora_model_only(reference, lora, 1.0)[0]
@@ -104,20 +105,23 @@ def test_lora_applies_on_dequantized_weights(env, lowvram, backend):
     assert rel(with_lora, plain) > 0.5 * lora_effect
     # quantized + LoRA ~ float + LoRA; e4m3 keeps 3 mantissa bits where int8 keeps 7
     assert rel(with_lora, float_lora) < (0.05 if backend == "simulate" else 0.1)
-    after = quantized.model.diffusion_model.middle_block[1].transformer_blocks[0].attn2.to_q.weight
+    layer = quantized.model.diffusion_model.middle_block[1].transformer_blocks[0].attn2.to_q
+    after = layer.weight
+    assert (layer.quant_spec.rank == 8) == spec.endswith("-r8")
     assert codes_before.dtype == (torch.int8 if backend == "simulate" else torch.float8_e4m3fn)
     assert after.dtype == codes_before.dtype and torch.equal(after.cpu(), codes_before.cpu())  # unpatched: codes restored
     assert rel(denoise(env, quantized, budget), plain) == 0.0
 
 
-def test_lora_per_call_in_low_vram_equals_lora_merged_at_load(env, monkeypatch):
+@pytest.mark.parametrize("spec", ["W4A8", "W4A8-g32-r8"])
+def test_lora_per_call_in_low_vram_equals_lora_merged_at_load(env, monkeypatch, spec):
     """Both requantize the LoRA-patched weight onto the layer's scales, whichever way ComfyUI hands it over, in the
     dtype the host does LoRA arithmetic in. ComfyUI 0.33 uses float16 on GPUs that run it well (float32 on the
     CPU), forced here on the CPU through its per-device cache; 0.3.64 always uses float32. In float32 both ways
     give the same codes. In float16 ComfyUI itself rounds a merged patch (float32 product, float16 sum) and a
     per-call one (float16 throughout) differently, and int4 rounding magnifies that: the two must still differ by
     far less than the LoRA changes the output."""
-    quantized = load(env, "W4A8")[0]
+    quantized = load(env, spec)[0]
     q_lora = env["nodes"].LoraLoaderModelOnly().load_lora_model_only(quantized, build_lora(env, quantized), 1.0)[0]
     lora_effect = rel(denoise(env, q_lora), denoise(env, quantized))
     host_dtypes = getattr(env["mm"], "LORA_COMPUTE_DTYPES", None)
@@ -131,20 +135,54 @@ def test_lora_per_call_in_low_vram_equals_lora_merged_at_load(env, monkeypatch):
             assert difference < 0.2 * lora_effect, (difference, lora_effect)
 
 
-def test_lowvram_matches_full_load(env):
-    model = load(env, "W4A8")[0]
+@pytest.mark.parametrize("spec", ["W4A8", "W4A4-g32-r8"])
+def test_lowvram_matches_full_load(env, spec):
+    model = load(env, spec)[0]
     assert rel(denoise(env, model, lowvram_bytes=1), denoise(env, model)) < 1e-6
+    if spec.endswith("-r8"):  # offloading moves the branch with the layer: ComfyUI's size accounting includes it
+        layer = model.model.diffusion_model.middle_block[1].transformer_blocks[0].attn2.to_q
+        assert layer.lowrank_down.shape == (8, layer.in_features)
+        assert "lowrank_down" in dict(layer.named_buffers()) and layer.lowrank_up.dtype in (torch.bfloat16,
+                                                                                           torch.float16)
 
 
-def test_cache_round_trip_through_the_node(env, tmp_path):
+@pytest.mark.parametrize("spec", ["W4A8", "W4A4-g64-r32"])
+def test_cache_round_trip_through_the_node(env, tmp_path, spec):
     import folder_paths
     from comfyui_qsched.quant.options import CACHE_FOLDER
     folder_paths.folder_names_and_paths[CACHE_FOLDER] = ([str(tmp_path)], set())
-    first = load(env, "W4A8", cache="on")
-    second = load(env, "W4A8", cache="on")
+    first = load(env, spec, cache="on")
+    second = load(env, spec, cache="on")
     assert first[3].endswith("cache written") and second[3].endswith("cache hit")
     assert rel(denoise(env, second[0]), denoise(env, first[0])) == 0.0
     assert len(os.listdir(tmp_path)) == 1
+
+
+def test_the_model_knows_its_quantizer_and_the_preset_loader_names_another(env, tmp_path, caplog):
+    import folder_paths
+    from comfyui_qsched.calibration import presets
+    from comfyui_qsched.comfy_adapter.calibration import user_preset_folder
+    from comfyui_qsched.comfy_adapter.loading import quantizer_of
+    from comfyui_qsched.nodes.presets import QSchedLoadPreset
+    from comfyui_qsched.samplers import QSchedSchedule
+    model = load(env, "W4A4-g64-r32")[0]
+    assert quantizer_of(model) == {"spec": "W4A4-g64-r32", "backend": "simulate"}
+    assert quantizer_of(load(env, None)) is None
+    saved = folder_paths.get_user_directory()
+    folder_paths.set_user_directory(str(tmp_path))
+    try:
+        schedule = QSchedSchedule.from_lists([1.0, 1.0], [1.0, 1.0], sampler="lcm")
+        for name, spec in (("same", "W4A4-g64-r32"), ("other", "W4A8")):
+            presets.save_preset(user_preset_folder(), name, presets.make_preset(
+                schedule, model_name="tiny", quantizer={"spec": spec, "backend": "simulate"}))
+        with caplog.at_level("WARNING", logger="qsched.presets"):
+            QSchedLoadPreset.execute("same.json", model=model)
+            assert "fitted on" not in caplog.text
+            QSchedLoadPreset.execute("other.json", model=model)
+        assert ("fitted on W4A8 (simulate backend), this model has W4A4-g64-r32 (simulate backend)"
+                in caplog.text)
+    finally:
+        folder_paths.set_user_directory(saved)
 
 
 def test_bad_files_and_backends_are_named(env):

@@ -175,3 +175,38 @@ def test_the_shipped_version_1_preset_loads_unchanged():
     schedule = P.schedule_of(data)
     assert schedule.c_x == (1.012, 0.997, 0.982, 0.967) and schedule.c_eps == (0.955, 1.003, 1.051, 1.099)
     assert schedule.offset is None and schedule.sampler == "euler_ancestral"
+
+
+def test_the_quantizer_a_preset_was_fitted_on_round_trips_and_another_one_is_named(tmp_path):
+    quantizer = {"spec": "W4A8-g64-r32", "backend": "auto"}
+    P.save_preset(tmp_path, "branch", make(quantizer=quantizer))
+    loaded = P.load_preset(tmp_path, "branch")
+    assert loaded["quantizer"] == quantizer and P.summary(loaded)["quantizer"] == quantizer
+    assert P.quantizer_mismatch(loaded, dict(quantizer)) is None
+    message = P.quantizer_mismatch(loaded, {"spec": "W4A4-g64-r32", "backend": "auto"})
+    assert "fitted on W4A8-g64-r32 (auto backend)" in message and "this model has W4A4-g64-r32 (auto backend)" in message
+    assert "this model has no Q-Sched quantizer" in P.quantizer_mismatch(loaded, None)
+    assert "simulate backend" in P.quantizer_mismatch(loaded, {"spec": "W4A8-g64-r32", "backend": "simulate"})
+    older = make()  # no record (older presets, models from other loaders): nothing to compare
+    assert "quantizer" not in older and P.quantizer_mismatch(older, quantizer) is None
+
+
+@pytest.mark.parametrize("quantizer, message", [
+    ({"spec": "W4A8-r0", "backend": "auto"}, "quantizer.spec: low-rank branch rank must be 1..1024"),
+    ({"spec": "w4a8_g64", "backend": "auto"}, "'w4a8_g64' is not written as 'W4A8-g64'"),
+    ({"spec": "W4A8", "backend": "../x"}, "quantizer must be"),
+    ({"spec": "W4A8"}, "quantizer must be"),
+    ({"spec": 4, "backend": "auto"}, "quantizer must be"),
+    ("W4A8", "field 'quantizer' has the wrong type")])
+def test_a_bad_quantizer_record_is_named(tmp_path, quantizer, message):
+    preset = make()
+    preset["quantizer"] = quantizer
+    with pytest.raises(P.PresetError, match=message):
+        P.validate(preset)
+
+
+def test_a_version_1_preset_has_no_quantizer_field():
+    preset = make(quantizer={"spec": "W4A8", "backend": "auto"})
+    preset["version"] = 1
+    with pytest.raises(P.PresetError, match="unknown fields quantizer"):
+        P.validate(preset)

@@ -4,6 +4,9 @@ import pytest
 import torch
 from torch import nn
 
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from comfyui_qsched.quant.cache import CacheError, quantize_cached, read_cache
 
 
@@ -25,7 +28,7 @@ def cache_files(folder):
 
 
 @pytest.mark.parametrize("backend,spec", [("simulate", "W4A8-g16"), ("simulate", "W6A8"), ("fp8", "W4A8"),
-                                          ("fp8", "W8A8")])
+                                          ("fp8", "W8A8"), ("simulate", "W4A4-g16-r8"), ("fp8", "W4A8-r8")])
 def test_cache_round_trip_gives_identical_layers(tmp_path, source, backend, spec):
     cache = tmp_path / "cache"
     first, second = make_net(), make_net()
@@ -86,3 +89,21 @@ def test_cache_with_wrong_layer_shapes_is_rebuilt(tmp_path, source):
     _, status = quantize_cached(wider.requires_grad_(False), "W8A8", source, str(cache))
     assert status.startswith("rebuilt") and "does not match" in status
     assert wider[3].weight.shape == (128, 32) and wider[3].weight.dtype == torch.int8
+
+
+def test_branch_factors_are_stored_and_a_cache_without_them_is_rebuilt(tmp_path, source):
+    cache = tmp_path / "cache"
+    reference = make_net()
+    quantize_cached(reference, "W4A8-r8", source, str(cache))
+    path = str(cache / cache_files(cache)[0])
+    tensors = load_file(path)
+    assert tensors["4.lowrank_down"].shape == (8, 64) and tensors["4.lowrank_up"].dtype == torch.bfloat16
+    with safe_open(path, framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file({k: v for k, v in tensors.items() if "lowrank" not in k}, path, metadata=metadata)  # as before the branch
+    rebuilt = make_net()
+    _, status = quantize_cached(rebuilt, "W4A8-r8", source, str(cache))
+    assert status.startswith("rebuilt") and "low-rank factors, which were not stored" in status
+    assert torch.equal(rebuilt[4].lowrank_up, reference[4].lowrank_up)
+    _, status = quantize_cached(make_net(), "W4A8-r8", source, str(cache))
+    assert status == "hit"

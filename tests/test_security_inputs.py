@@ -28,7 +28,7 @@ SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[Healt
 # --- quantization specs ------------------------------------------------------------------------------------
 
 OPTIONS = st.sampled_from(["g128", "g64", "g32", "g3", "g0", "tensor", "token", "foo", "g", "G16", "TENSOR", "",
-                           "g" + "9" * 12])
+                           "g" + "9" * 12, "r32", "R8", "r1", "r1024", "r0", "r1025", "r", "r" + "9" * 12])
 
 
 @SETTINGS
@@ -45,9 +45,13 @@ def test_spec_strings_parse_exactly_or_are_refused(w, a, options, separator, upp
     lowered = [option.lower() for option in options]
     groups = [o for o in lowered if re.fullmatch(r"g[0-9]+", o)]
     granularity = [o for o in lowered if o in ("tensor", "token")]
-    assert len(groups) <= 1 and len(granularity) <= 1, "a repeated option kind must be refused, not last-wins"
+    ranks = [o for o in lowered if re.fullmatch(r"r[0-9]+", o)]
+    assert len(groups) <= 1 and len(granularity) <= 1 and len(ranks) <= 1, \
+        "a repeated option kind must be refused, not last-wins"
     assert (spec.w_bits, spec.a_bits) == (w, a)
     assert spec.group_size == (int(groups[0][1:]) if groups else None)
+    assert spec.rank == (int(ranks[0][1:]) if ranks else None) and (not ranks or 1 <= spec.rank <= 1024)
+    assert not ranks or spec.name.endswith(f"-r{spec.rank}"), "the rank is printed last"
     assert spec.act_granularity == (granularity[0] if granularity else "token")
     assert not (a == 16 and granularity), "weight-only specs have no activation granularity to set"
     assert QuantSpec.parse(spec.name) == spec
@@ -56,6 +60,7 @@ def test_spec_strings_parse_exactly_or_are_refused(w, a, options, separator, upp
 @pytest.mark.parametrize("text, message", [("W4A8-g128-g64", "weight group size twice"),
                                            ("W4A8-tensor-token", "activation granularity twice"),
                                            ("W8A8-tensor-tensor", "twice"), ("W4A16-tensor", "weight-only"),
+                                           ("W4A8-r16-r32", "low-rank branch rank twice"),
                                            ("W\u0664A8", "cannot parse")])
 def test_conflicting_or_meaningless_options_are_refused(text, message):
     with pytest.raises(QuantSpecError, match=message):

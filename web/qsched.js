@@ -7,11 +7,13 @@ import { api } from "../../scripts/api.js";
 import { identity, linearSchedule, listSchedule } from "./lib/curves.js";
 import { sourceOf } from "./lib/links.js";
 import { drawCurves, drawSurface, surfacePoints } from "./lib/plot.js";
+import { quantizerWarning } from "./lib/quantspec.js";
 
 const CURVE_NODES = new Set(["QSchedCoefficients", "QSchedKSampler", "QSchedSampler", "QSchedLoadPreset"]);
 const PRESET_NODE = "QSchedLoadPreset";
 const CALIBRATE_NODE = "QSchedCalibrate";
 const CALIBRATION_EVENT = "qsched.calibration";
+const QUANTIZED_LOADERS = new Set(["QSchedQuantizedCheckpointLoader", "QSchedQuantizedDiffusionModelLoader"]);
 
 const widget = (node, ...names) => node.widgets?.find((w) => names.includes(w.name));
 const value = (node, ...names) => widget(node, ...names)?.value;
@@ -72,7 +74,8 @@ function scheduleOf(node, depth = 0) {
     case PRESET_NODE: {
       const p = selectedPreset(node);
       if (p.error) throw withState(new Error(p.error), p.invalid ? "invalid" : "error");
-      return { schedule: { c_x: p.summary.c_x, c_eps: p.summary.c_eps }, note: `preset ${p.name}` };
+      return { schedule: { c_x: p.summary.c_x, c_eps: p.summary.c_eps }, note: `preset ${p.name}`,
+               warning: presetQuantizerWarning(node, p.summary) };
     }
     case CALIBRATE_NODE:
       if (node.qschedBest) return { schedule: node.qschedBest, note: "calibrated" };
@@ -156,12 +159,24 @@ function refreshCurve(node, panel) {
   drawCurves(panel.canvas, schedule);
 }
 
+// The quantizer of the model wired into the preset loader, from its loader's widgets (null: another loader), and
+// the warning the node logs when it differs from the one the preset was fitted on; undefined source: no warning.
+function presetQuantizerWarning(node, summary) {
+  let loader;
+  try { loader = sourceOf(node, "model")?.node; } catch { return null; }
+  if (!loader || !summary.quantizer) return null;
+  const quantizer = QUANTIZED_LOADERS.has(loader.comfyClass)
+    ? { spec: value(loader, "quantization"), backend: value(loader, "backend") } : null;
+  return quantizerWarning(summary.model, summary.quantizer, quantizer);
+}
+
 function presetLines(s) {
   const gain = Number.isFinite(s.identity_score) && Number.isFinite(s.best_score) && s.identity_score !== 0
     ? ` (${s.best_score >= s.identity_score ? "+" : ""}${(100 * (s.best_score / s.identity_score - 1)).toFixed(1)}%)` : "";
   return [
     `model: ${s.model ?? "?"}${s.family ? ` (${s.family})` : ""}${s.example ? " · example" : ""}`,
-    `${s.quant ?? "?"} · ${s.sampler ?? "?"} · ${s.steps ?? "?"} steps`,
+    `${s.quant ?? "?"} · ${s.sampler ?? "?"} · ${s.steps ?? "?"} steps`
+      + (s.quantizer ? ` · fitted on ${s.quantizer.spec} (${s.quantizer.backend})` : ""),
     Number.isFinite(s.best_score) ? `${s.scorer ?? "score"}: identity ${fmt(s.identity_score)} → best ${fmt(s.best_score)}${gain}`
       : "scores: not recorded",
   ];

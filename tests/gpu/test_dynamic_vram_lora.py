@@ -12,10 +12,11 @@ import pytest
 from test_comfy_quant_loaders import build_lora, denoise, env, load, rel  # noqa: F401  (env: the module fixture)
 from comfy_fixtures import SD15_CHECKPOINT
 
-CASES = [("W8A8", "simulate"), ("W8A8", "fp8"), ("W4A8", "simulate")]
+CASES = [("W8A8", "simulate"), ("W8A8", "fp8"), ("W4A8", "simulate"), ("W8A8-r8", "simulate"), ("W8A8-r8", "fp8")]
 # Relative L2 to the float model's output, as in the legacy-patcher tests. The tiny random UNet amplifies 4-bit
 # error (W4A8 is about as far from float as the LoRA's own effect), so W4A8 is checked through its codes only.
-OUTPUT_BOUND = {("W8A8", "simulate"): 0.05, ("W8A8", "fp8"): 0.1}
+OUTPUT_BOUND = {("W8A8", "simulate"): 0.05, ("W8A8", "fp8"): 0.1, ("W8A8-r8", "simulate"): 0.05,
+                ("W8A8-r8", "fp8"): 0.1}
 # Quantizing the float16-cast weights instead of the stored ones (the legacy patcher on this GPU) changes 0.71% of
 # the W8A8 codes and 0.04% of the W4A8 ones (H200): the bound tells the two apart at W8A8 and catches corrupted
 # codes at either width.
@@ -59,8 +60,10 @@ def code_mismatch(patcher, env):  # noqa: F811
     differ = total = 0
     for name, layer in patcher.model.diffusion_model.named_modules():
         if isinstance(layer, PackedWeightMixin) and layer.quant_spec is not None:
-            weight = stored[f"model.diffusion_model.{name}.weight"]
+            weight = stored[f"model.diffusion_model.{name}.weight"].float()
             spec = layer.quant_spec
+            if spec.rank:  # the codes hold the residual beside the branch the layer stores
+                weight = weight - layer.branch_weight(device="cpu")
             expected, _ = numerics.quantize_weight(weight.reshape(weight.shape[0], -1), spec.w_bits, spec.group_size)
             differ += (layer.codes(layer.weight.cpu()) != expected).sum().item()
             total += expected.numel()

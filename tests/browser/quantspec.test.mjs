@@ -1,0 +1,48 @@
+// Unit tests of web/lib/quantspec.js (quantization spec texts as quant/spec.py parses them), run by `node --test`.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { readFileSync } from "node:fs";
+import { parseSpec, quantizerWarning, sameSpec, specName } from "../../web/lib/quantspec.js";
+
+// The cases quant/spec.py is checked against too (tests/test_quant_spec_vectors.py).
+const VECTORS = JSON.parse(readFileSync(new URL("../quant_spec_vectors.json", import.meta.url), "utf8")).cases;
+
+for (const c of VECTORS) {
+  test(`quantization spec as the loader reads it: ${c.why} (${JSON.stringify(c.text)})`, () => {
+    if ("error" in c) {
+      assert.throws(() => parseSpec(c.text), (e) => {
+        assert.equal(e.message, c.error);
+        return true;
+      });
+    } else {
+      const { name, w_bits, a_bits, group_size, act_granularity, rank } = parseSpec(c.text);
+      assert.deepEqual({ name, w_bits, a_bits, group_size, act_granularity, rank },
+                       { name: c.name, w_bits: c.w_bits, a_bits: c.a_bits, group_size: c.group_size,
+                         act_granularity: c.act_granularity, rank: c.rank });
+      assert.equal(parseSpec(name).name, name, "the name parses back to itself");
+    }
+  });
+}
+
+test("specName prints the rank last and -tensor only with quantized activations", () => {
+  assert.equal(specName({ w_bits: 4, a_bits: 8, group_size: 64, act_granularity: "tensor", rank: 32 }),
+               "W4A8-g64-tensor-r32");
+  assert.equal(specName({ w_bits: 4, a_bits: 16, group_size: null, act_granularity: "tensor", rank: null }), "W4A16");
+});
+
+test("sameSpec compares canonical names", () => {
+  assert.ok(sameSpec("w4a8_r32_g64", "W4A8-g64-r32"));
+  assert.ok(!sameSpec("W4A8-g64", "W4A8-g64-r32"));
+  assert.ok(!sameSpec("fp8", "W8A8"));
+});
+
+test("quantizerWarning says what calibration/presets.py quantizer_mismatch says", () => {
+  const recorded = { spec: "W4A8-g64-r32", backend: "auto" };
+  assert.equal(quantizerWarning("tiny", recorded, { spec: "w4a8_r32_g64", backend: "auto" }), null);
+  assert.equal(quantizerWarning("tiny", null, { spec: "W4A8", backend: "auto" }), null);
+  assert.equal(quantizerWarning("tiny", recorded, { spec: "W4A4-g64-r32", backend: "auto" }),
+               "preset 'tiny' was fitted on W4A8-g64-r32 (auto backend), this model has W4A4-g64-r32 (auto backend): "
+               + "its coefficients correct another quantizer's error");
+  assert.match(quantizerWarning("tiny", recorded, null), /this model has no Q-Sched quantizer/);
+  assert.match(quantizerWarning("tiny", recorded, { spec: "W4A8-g64-r32", backend: "simulate" }), /simulate backend/);
+});
