@@ -19,6 +19,8 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | t
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/session.log"
 
 FLUX_CONFIGS=${FLUX_CONFIGS:-"bf16,comfy fp8_fast,W8A8 auto,W4A8 auto,W8A8 int8,W4A8 int8"}
+# the low-rank branch against the same spec without it, in a run of its own (one truncated SVD per layer at load)
+RANK_CONFIGS=${RANK_CONFIGS:-"W4A8 auto,W4A8-r32 auto"}
 SDXL_CONFIGS=${SDXL_CONFIGS:-"bf16,comfy fp8_fast,W8A8 auto,W4A8 auto,W8A8 int8"}
 
 start=$SECONDS
@@ -32,9 +34,16 @@ timeout 260 python3 bench/peers.py --models flux --configs "$FLUX_CONFIGS" --com
 echo "peers flux: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/session.log"
 
 start=$SECONDS
+timeout 200 python3 bench/peers.py --models flux --configs "$RANK_CONFIGS" --compile flux --host-profile \
+    --rounds 10 --warmup 3 --budget-s 150 --log "$OUT/peers_rank.jsonl" > "$OUT/peers_rank.log" 2>&1
+echo "peers flux rank: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/session.log"
+
+start=$SECONDS
 timeout 120 python3 bench/peers.py --models sdxl --configs "$SDXL_CONFIGS" --host-profile --rounds 10 --warmup 3 \
     --log "$OUT/peers.jsonl" > "$OUT/peers_sdxl.log" 2>&1
 echo "peers sdxl: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/session.log"
 
 grep -h "Error\|error" "$OUT"/peers_*.log | grep -v "^ " | sort | uniq -c | head -8
 python3 bench/gpu_table.py "$OUT/peers.jsonl" "$OUT/kernels8.jsonl" | tee "$OUT/table.md"
+echo "low-rank branch, FLUX 8+16 (its own run):" | tee -a "$OUT/table.md"
+python3 bench/gpu_table.py "$OUT/peers_rank.jsonl" | grep "^| flux" | tee -a "$OUT/table.md"

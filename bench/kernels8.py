@@ -38,8 +38,9 @@ def rel(a, b):
 
 
 # relative errors allowed per check kind (booleans must be True): bf16 rounding of x down^T; e4m3 rounding of the
-# folded branch columns; the int8 linear against float64 (bf16 output rounding)
-LIMITS = {"_xd_rel": 8e-3, "_tail_rel": 0.05, "_rel_vs_float64": 8e-3}
+# folded branch columns; the int8 linear against float64 (bf16 output rounding); a layer's fast forward against the
+# torch definition of its form (bf16 rounding); a W4A8 / W8A8 layer against the float layer (quantization error)
+LIMITS = {"_xd_rel": 8e-3, "_tail_rel": 0.05, "_rel_vs_float64": 8e-3, "_vs_reference_rel": 8e-3, "_error": 0.2}
 
 
 def failures(result):
@@ -110,6 +111,40 @@ def checks(device, smoke=False):
         out[f"fp8_linear_w{bits}_equal_reference"] = bool(torch.equal(
             linear_ops.fp8_fast(x, f8, s8, bias[:n], n, bits == 4),
             linear_ops.fp8_reference(x, f8, s8, bias[:n], n, bits == 4)))
+    out.update(layer_checks(device, smoke))
+    return out
+
+
+def layer_checks(device, smoke=False):
+    """Quantized layers with a rank-32 branch, as the loaders build them: the fast forward (fold for W4A8 FP8, fused
+    otherwise) against the torch definition of the same form, and the error of both against float64."""
+    from torch import nn
+
+    from comfyui_qsched.quant import quantize_module
+    size = 256 if smoke else 3072
+    out = {}
+    for spec, backend in (("W8A8-r32", "fp8"), ("W4A8-r32", "fp8"), ("W8A8-r32", "int8"), ("W4A8-r32", "int8")):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(size, size)).to(device, torch.bfloat16).requires_grad_(False)
+        float_weight, float_bias = model[0].weight.double().clone(), model[0].bias.double().clone()
+        quantize_module(model, spec, backend=backend, policy="first_last=off")
+        layer = model[0]
+        x = torch.randn(3, 100, size, device=device, dtype=torch.bfloat16)
+        fast = layer(x)
+        int8_codes = backend == "int8"
+        if not int8_codes and branch_ops.fold_holds(layer.quant_spec):
+            down, codes = branch_ops.fold_factors(layer.lowrank_down, layer.lowrank_up, layer.weight_scale)
+            reference = branch_ops.fp8_fold_reference(x, layer.fp8_weight(layer.weight), layer.weight_scale,
+                                                      layer.bias, down, codes)
+        else:
+            reference = branch_ops.fused_reference(x, layer.weight, layer.weight_scale, layer.bias, size,
+                                                   layer.quant_spec.packed_int4, layer.lowrank_down, layer.lowrank_up,
+                                                   int8_codes)
+        exact = x.double() @ float_weight.t() + float_bias
+        key = f"layer_{spec}_{backend}"
+        out[f"{key}_fast_vs_reference_rel"] = rel(fast, reference)
+        out[f"{key}_fast_error"] = rel(fast, exact)
+        out[f"{key}_reference_error"] = rel(reference, exact)
     return out
 
 

@@ -103,3 +103,34 @@ def fused_reference(x, packed, weight_scale, bias, out_features, int4, down, up,
     if bias is not None:
         out = out + bias.float()
     return out.to(x.dtype)
+
+
+def _prepared(layer, x, fold):
+    """(down, up or up codes) for the fast forms in x's dtype, converted / folded once per set of buffers (a LoRA
+    leaves them alone; moving the layer makes new buffers, which are prepared again)."""
+    sources = (layer.lowrank_down, layer.lowrank_up, layer.weight_scale)
+    cached = layer.__dict__.get("_branch_prepared")
+    if cached is not None and all(a is b for a, b in zip(cached[0], sources)) and cached[1] == (x.dtype, fold):
+        return cached[2]
+    down, up = layer.lowrank_down.to(x.dtype), layer.lowrank_up.to(x.dtype)
+    prepared = fold_factors(down, up, layer.weight_scale) if fold else (down, up)
+    layer.__dict__["_branch_prepared"] = (sources, (x.dtype, fold), prepared)
+    return prepared
+
+
+def fast_branch_forward(layer, x, packed, bias, int8_codes):
+    """The layer's output with its branch through the fast forms (CUDA, Triton, eager, factors on x's device), or
+    None where they do not apply (the layer's shared forward then adds the branch unfused)."""
+    if torch.compiler.is_compiling():
+        return None  # traced as the shared forward's torch code, which inductor fuses
+    if not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
+            and x.dtype in (torch.bfloat16, torch.float16)):
+        layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device
+        return None
+    spec = layer.quant_spec
+    fold = not int8_codes and fold_holds(spec)
+    down, up = _prepared(layer, x, fold)
+    if fold:
+        wide = wide_fp8_weight(packed, spec.packed_int4, up, layer.out_features, layer.in_features)
+        return fold_fast(x, wide, layer.weight_scale, bias, down)
+    return fused_fast(x, packed, layer.weight_scale, bias, layer.out_features, spec.packed_int4, down, up, int8_codes)

@@ -6,7 +6,7 @@ not INT8. W8 weights are stored as e4m3 with one scale per output channel; W4 we
 memory. Per-group weights and bit widths other than W8/W4 with A8 are refused (row-wise scales only)."""
 import torch
 
-from . import linear_ops
+from . import branch_ops, linear_ops
 from .layers import PackedWeightMixin, integer_layout
 
 E4M3 = torch.float8_e4m3fn
@@ -76,6 +76,13 @@ class Fp8Linear(PackedWeightMixin):
     def fp8_weight(self, packed):
         codes = self.codes(packed)
         return codes.to(torch.bfloat16).to(E4M3) if self.quant_spec.packed_int4 else codes
+
+    def packed_forward(self, x, packed, bias):
+        if self.quant_spec.rank and self.in_features % 16 == 0 and self.out_features % 16 == 0:
+            out = branch_ops.fast_branch_forward(self, x, packed, bias, int8_codes=False)
+            if out is not None:
+                return out
+        return super().packed_forward(x, packed, bias)
 
     def quantized_forward(self, x, packed, bias):
         if self.in_features % 16 or self.out_features % 16:

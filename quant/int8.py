@@ -9,7 +9,7 @@ K, N multiples of 8: rows are padded with zero rows (one launch, in the quantiza
 shapes get 16-bit compute (`supports`). The eager path is quant/linear_ops.py."""
 import torch
 
-from . import linear_ops
+from . import branch_ops, linear_ops
 from .layers import PackedWeightMixin
 
 INT8_MAX = 127
@@ -47,6 +47,13 @@ def scale_int32(acc, row_scale, column_scale, bias, count, dtype):
 
 class Int8Linear(PackedWeightMixin):
     """Stored as the simulate backend stores W8 / W4 (int8 codes or packed int4, float32 scales [out, 1])."""
+
+    def packed_forward(self, x, packed, bias):
+        if self.quant_spec.rank:
+            out = branch_ops.fast_branch_forward(self, x, packed, bias, int8_codes=True)
+            if out is not None:
+                return out
+        return super().packed_forward(x, packed, bias)
 
     def quantized_forward(self, x, packed, bias):
         scale = self.weight_scale
