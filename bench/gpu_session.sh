@@ -18,7 +18,7 @@ echo "ComfyUI: ${COMFYUI_DIR:-none}; $(date -u)" | tee "$OUT/session.log"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | tee -a "$OUT/session.log"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/session.log"
 
-FLUX_CONFIGS=${FLUX_CONFIGS:-"bf16,comfy fp8_fast,W8A8 auto,W4A8 auto,W8A8 int8,W4A8 int8"}
+FLUX_CONFIGS=${FLUX_CONFIGS:-"bf16,comfy fp8_fast,W8A8 auto,W4A8 auto,W8A8 auto-int8,W4A8 auto-int8"}
 # the low-rank branch against the same spec without it, in a run of its own (one truncated SVD per layer at load)
 RANK_CONFIGS=${RANK_CONFIGS:-"W4A8 auto,W4A8-r32 auto"}
 SDXL_CONFIGS=${SDXL_CONFIGS:-"bf16,comfy fp8_fast,W8A8 auto,W4A8 auto,W8A8 int8"}

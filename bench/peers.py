@@ -8,7 +8,8 @@ state dict of one random-initialised BF16 model, built from ComfyUI's own classe
     comfy int8      ComfyUI 0.33+: this pack's W8A8 exported as comfy_quant int8_tensorwise (quant/export.py),
                     loaded by plain ComfyUI: comfy-kitchen's int8_linear
     <spec> <backend> this pack: the BF16 load, then quant.quantize_module and ComfyUI's patching protocol, as the
-                    Q-Sched loaders do
+                    Q-Sched loaders do; backend "auto-int8": auto's plan for a GPU without FP8 (Turing, Ampere: int8
+                    GEMMs), run on this GPU (int8 tensor cores) as the stand-in
 Every config is timed eager in interleaved rounds (median, min-max) against the others, and, with --compile, with
 torch.compile (FLUX: each block, as bench/quant.py); rel. L2 of the output against BF16's, weight bytes.
 
@@ -42,8 +43,9 @@ from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 from comfyui_qsched.quant.export import comfy_int8_state_dict  # noqa: E402
 
 CONFIGS = ("bf16", "comfy fp8", "comfy fp8_fast", "comfy int8", "W8A8 auto", "W4A8 auto", "W8A8 fp8", "W4A8 fp8",
-           "W8A8 int8", "W4A8 int8", "W8A8 comfy_kitchen", "W8A8-r32 auto", "W4A8-r32 auto", "W4A8-g64-r32 auto")
-COMPILED = ("bf16", "comfy fp8_fast", "W8A8 auto", "W4A8 auto", "W8A8 int8", "W8A8-r32 auto", "W4A8-r32 auto")
+           "W8A8 int8", "W4A8 int8", "W8A8 auto-int8", "W4A8 auto-int8", "W8A8 comfy_kitchen", "W8A8-r32 auto",
+           "W4A8-r32 auto", "W4A8-g64-r32 auto")
+COMPILED = ("bf16", "comfy fp8_fast", "W8A8 auto", "W4A8 auto", "W8A8 auto-int8", "W8A8-r32 auto", "W4A8-r32 auto")
 # FLUX at full width with fewer blocks (the full model has 19 + 38): every block has the same shapes, so the ratios
 # are the full model's, and nine configs fit on the GPU together for interleaved timing.
 FLUX_BLOCKS = (8, 16)
@@ -102,7 +104,15 @@ def build_config(config, state, device):
     else:
         spec, backend = config.split()
         model = comfy_load(state, torch.bfloat16).to(device)
-        report = quantize_module(model, spec, backend=backend, device=device)
+        if backend == "auto-int8":
+            from comfyui_qsched.quant import fp8
+            saved, fp8.fp8_supported = fp8.fp8_supported, lambda device: False
+            try:
+                report = quantize_module(model, spec, backend="auto", device=device)
+            finally:
+                fp8.fp8_supported = saved
+        else:
+            report = quantize_module(model, spec, backend=backend, device=device)
         with_comfy_patching(model)  # as the Q-Sched loaders do
         row["how"] = ", ".join(f"{n} {how}" for how, n in sorted(report.by_backend().items()))
         row["layers"] = f"{report.quantized}q/{report.kept}k"

@@ -128,7 +128,7 @@ def fast_branch_forward(layer, x, packed, bias, int8_codes):
         layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device
         return None
     spec = layer.quant_spec
-    fold = not int8_codes and fold_holds(spec)
+    fold = not int8_codes and fold_holds(spec) and (layer.in_features + spec.rank) % 16 == 0  # FP8 GEMM's K rule
     down, up = _prepared(layer, x, fold)
     if fold:
         wide = wide_fp8_weight(packed, spec.packed_int4, up, layer.out_features, layer.in_features)
