@@ -243,6 +243,17 @@ def _specialization(value):
     return value == 1, value % 16 == 0, value >= 2 ** 31
 
 
+def _raw_stream(index):
+    """The current CUDA stream's handle, without building a torch.cuda.Stream object per launch (what inductor's
+    launchers call; torch.cuda.current_stream where this torch lacks it)."""
+    if _RAW_STREAM is not None:
+        return _RAW_STREAM(index)
+    return torch.cuda.current_stream(index).cuda_stream
+
+
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 class Launcher:
     """Launches a @triton.jit kernel through its compiled kernel's own launcher (`compiled[grid](*args)`) once a
     specialization is compiled, skipping JITFunction.run's argument binding and cache lookup, to cut the host time
@@ -261,7 +272,7 @@ class Launcher:
                tuple(options.items()))
         compiled = self.compiled.get(key) if Launcher.fast else None
         if compiled is not None:
-            compiled[grid](*args, *constexprs.values(), stream=torch.cuda.current_stream(args[0].device).cuda_stream)
+            compiled[grid](*args, *constexprs.values(), stream=_raw_stream(args[0].device.index))
             return
         compiled = self.kernel[grid](*args, **constexprs, **options)
         if Launcher.fast and compiled is not None and key not in self.compiled:
@@ -270,7 +281,7 @@ class Launcher:
     def _agrees(self, compiled, grid, args, constexprs, outputs):
         expected = [output.clone() for output in outputs]
         try:
-            compiled[grid](*args, *constexprs.values(), stream=torch.cuda.current_stream(args[0].device).cuda_stream)
+            compiled[grid](*args, *constexprs.values(), stream=_raw_stream(args[0].device.index))
             same = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(outputs, expected))
         except Exception:  # an older or newer Triton whose compiled-kernel launcher takes other arguments
             same = False
