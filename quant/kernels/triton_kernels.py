@@ -369,7 +369,8 @@ def quantize_act(rows, padded_rows, int8, down=None, fold=False, block_m=None):
                   {"INT8": int8, "BRANCH": branch, "FOLD": fold, "EXACT_DOT": _interpreted(),
                    "RANK_BLOCK": rank_block(rank), "BLOCK_M": block_m, "BLOCK_K": block_k},
                   tuple(t for t in (codes, scales, xd) if t is not None),
-                  num_warps=4 if branch or block_k <= 1024 else 8)
+                  num_warps=4 if branch or block_k <= 1024 else 8,
+                  enable_fp_fusion=False)  # x * (1 / scale) rounded before the rounding to codes, as torch does
     return codes, scales, xd
 
 
@@ -390,5 +391,6 @@ def int8_epilogue(acc, sx, sw, bias, count, dtype):
     out = torch.empty((count, n), device=acc.device, dtype=dtype)
     grid = (triton.cdiv(count, 32), triton.cdiv(n, 128), 1)
     _int8_epilogue(grid, (acc, sx, sw, bias if bias is not None else out, out, count, n),
-                   {"HAS_BIAS": bias is not None, "BLOCK_M": 32, "BLOCK_N": 128}, (out,), num_warps=4)
+                   {"HAS_BIAS": bias is not None, "BLOCK_M": 32, "BLOCK_N": 128}, (out,), num_warps=4,
+                   enable_fp_fusion=False)  # no fused multiply-add: torch's separate roundings, bit for bit
     return out
