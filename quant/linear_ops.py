@@ -51,11 +51,12 @@ def fp8_fast(x, packed, weight_scale, bias, out_features, int4):
     tk = kernels.triton_kernels
     rows = _columns(x.reshape(-1, x.shape[-1]))
     count, cols = rows.shape
-    codes, scale = tk.quantize_rows_fp8(rows, -(-count // 16) * 16)
+    padded = -(-count // 16) * 16
+    codes, scale = tk.quantize_rows_fp8(rows, padded)
     weight = tk.int4_unpack(packed, out_features, cols, fp8.E4M3) if int4 else packed
     out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias,
                            out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION)
-    return out[:count].view(*x.shape[:-1], out_features)
+    return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)
 
 
 def int8_fast(x, packed, weight_scale, bias, out_features, int4):
