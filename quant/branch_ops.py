@@ -118,11 +118,20 @@ def _prepared(layer, x, fold):
     return prepared
 
 
+def traced_branch_forward(layer, x, packed, bias):
+    """Under torch.compile: the layer's 8-bit path (traced torch) and the branch's up-projection as one addmm into
+    its output (cuBLAS reads y once as the GEMM's C), instead of a GEMM and a separate add."""
+    out = layer.quantized_forward(x, packed, bias)
+    xd = torch.nn.functional.linear(x, layer.lowrank_down.to(x.dtype))
+    up = layer.lowrank_up.to(x.dtype)
+    return torch.addmm(out.reshape(-1, up.shape[0]), xd.reshape(-1, up.shape[1]), up.t()).view(out.shape)
+
+
 def fast_branch_forward(layer, x, packed, bias, int8_codes):
     """The layer's output with its branch through the fast forms (CUDA, Triton, eager, factors on x's device), or
     None where they do not apply (the layer's shared forward then adds the branch unfused)."""
     if torch.compiler.is_compiling():
-        return None  # traced as the shared forward's torch code, which inductor fuses
+        return traced_branch_forward(layer, x, packed, bias)
     if not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
             and x.dtype in (torch.bfloat16, torch.float16)):
         layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device

@@ -104,3 +104,17 @@ def test_custom_ops_take_eager_calls_and_have_fake_shapes(monkeypatch):
         fake = linear_ops.INT8_OP(mode.from_tensor(x), mode.from_tensor(layer.weight),
                                   mode.from_tensor(layer.weight_scale), None, 120, True)
     assert fake.shape == (2, 3, 120) and fake.dtype == x.dtype
+
+
+@pytest.mark.parametrize("backend", ["int8", "fp8"])
+def test_layers_with_a_branch_compile_to_one_graph(backend):
+    """Under torch.compile the branch's up-projection is one addmm into the 8-bit output: the eager result."""
+    model = net()
+    quantize_module(model, "W8A8-r8", backend=backend, policy="first_last=off")
+    assert model[2].quant_spec.rank == 8
+    x = torch.randn(6, 64)
+    eager = model(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert rel(compiled(x), eager) < 1e-5
+    torch._dynamo.reset()
