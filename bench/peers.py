@@ -8,13 +8,16 @@ state dict of one random-initialised BF16 model, built from ComfyUI's own classe
     comfy int8      ComfyUI 0.33+: this pack's W8A8 exported as comfy_quant int8_tensorwise (quant/export.py),
                     loaded by plain ComfyUI: comfy-kitchen's int8_linear
     <spec> <backend> this pack: the BF16 load, then quant.quantize_module and ComfyUI's patching protocol, as the
-                    Q-Sched loaders do
+                    Q-Sched loaders do; backend "auto-int8": auto's plan for a GPU without FP8 (Turing, Ampere: int8
+                    GEMMs), run on this GPU (int8 tensor cores) as the stand-in
 Every config is timed eager in interleaved rounds (median, min-max) against the others, and, with --compile, with
 torch.compile (FLUX: each block, as bench/quant.py); rel. L2 of the output against BF16's, weight bytes.
 
 --kernels: every Linear shape of both models timed alone per kernel path (and the Triton kernels checked against
 their torch references on the GPU). --sampler: the Q-Sched sampler's own cost per step against ComfyUI's euler.
 --profile: a kernel profile of one eager step of BF16 and of this pack's default configs.
+--host-profile: host time per step and per Linear call beside GPU time, per config (bench/host_profile.py), and the
+host cost of each call a quantized linear makes.
 
     COMFYUI_DIR=... python3 bench/peers.py --models flux,sdxl --compile flux --kernels --sampler --profile --log rows.jsonl
     python3 bench/peers_table.py rows.jsonl  (the tables, as in bench/results/peers_h200.md)"""
@@ -40,8 +43,9 @@ from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 from comfyui_qsched.quant.export import comfy_int8_state_dict  # noqa: E402
 
 CONFIGS = ("bf16", "comfy fp8", "comfy fp8_fast", "comfy int8", "W8A8 auto", "W4A8 auto", "W8A8 fp8", "W4A8 fp8",
-           "W8A8 comfy_kitchen")
-COMPILED = ("bf16", "comfy fp8_fast", "W8A8 auto", "W4A8 auto")
+           "W8A8 int8", "W4A8 int8", "W8A8 auto-int8", "W4A8 auto-int8", "W8A8 comfy_kitchen", "W8A8-r32 auto",
+           "W4A8-r32 auto", "W4A8-g64-r32 auto")
+COMPILED = ("bf16", "comfy fp8_fast", "W8A8 auto", "W4A8 auto", "W8A8 auto-int8", "W8A8-r32 auto", "W4A8-r32 auto")
 # FLUX at full width with fewer blocks (the full model has 19 + 38): every block has the same shapes, so the ratios
 # are the full model's, and nine configs fit on the GPU together for interleaved timing.
 FLUX_BLOCKS = (8, 16)
@@ -100,7 +104,15 @@ def build_config(config, state, device):
     else:
         spec, backend = config.split()
         model = comfy_load(state, torch.bfloat16).to(device)
-        report = quantize_module(model, spec, backend=backend, device=device)
+        if backend == "auto-int8":
+            from comfyui_qsched.quant import fp8
+            saved, fp8.fp8_supported = fp8.fp8_supported, lambda device: False
+            try:
+                report = quantize_module(model, spec, backend="auto", device=device)
+            finally:
+                fp8.fp8_supported = saved
+        else:
+            report = quantize_module(model, spec, backend=backend, device=device)
         with_comfy_patching(model)  # as the Q-Sched loaders do
         row["how"] = ", ".join(f"{n} {how}" for how, n in sorted(report.by_backend().items()))
         row["layers"] = f"{report.quantized}q/{report.kept}k"
@@ -169,6 +181,15 @@ def bench_model(name, args, device, log):
                 except Exception as error:
                     traceback.print_exc()
                     log({"model": name, "profile": config, "error": f"{type(error).__name__}: {error}"[:200]})
+    if args.host_profile:
+        from host_profile import profile_config
+        from quant_profile import kernel_profile
+        for config, model in models.items():
+            try:
+                log({"model": name, "host_profile": config, **profile_config(model, batch, device, kernel_profile)})
+            except Exception as error:
+                traceback.print_exc()
+                log({"model": name, "host_profile": config, "error": f"{type(error).__name__}: {error}"[:200]})
     if name in args.compile.split(","):
         compile_phase(name, models, rows, batch, device, args, log)
     models.clear()
@@ -410,6 +431,8 @@ def main(argv=None):
     parser.add_argument("--kernels", action="store_true")
     parser.add_argument("--sampler", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--host-profile", action="store_true", help="host time per step and per layer call "
+                        "beside GPU time (bench/host_profile.py)")
     parser.add_argument("--log", default="")
     parser.add_argument("--budget-s", type=float, default=1e9, help="no compile starts after this many seconds")
     args = parser.parse_args(argv)
@@ -431,6 +454,13 @@ def main(argv=None):
         except Exception as error:
             traceback.print_exc()
             log({"kernels_error": f"{type(error).__name__}: {error}"[:300]})
+    if args.host_profile and device.type == "cuda":
+        from host_profile import pieces
+        try:
+            log({"host_pieces_us": pieces(device)})
+        except Exception as error:
+            traceback.print_exc()
+            log({"host_pieces_error": f"{type(error).__name__}: {error}"[:300]})
     for name in args.models.split(","):
         bench_model(name, args, device, log)
     return 0

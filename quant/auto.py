@@ -4,8 +4,8 @@
 - CUDA, FP8 tensor cores (compute capability 8.9+): W8A8 / W4A8 linears whose GEMM is big enough for 8-bit compute
   to pay (`a8_pays`) run the fp8 backend (Triton activation quantization + cuBLAS FP8 GEMM in eager); the others
   keep their 8/4-bit storage and compute in 16 bit (quant/fast.py): the shape-aware policy.
-- CUDA without FP8 (Ampere, Turing): W8A8 linears that pay run comfy-kitchen's int8_linear where ComfyUI ships it,
-  else they are weight-only like the small ones.
+- CUDA without FP8 but with int8 tensor cores (compute capability 7.5-8.8: Turing, Ampere): W8A8 / W4A8 linears
+  that pay run the int8 backend (torch._int_mm, int8 activations per token); older GPUs keep them weight-only.
 - Specs no fast kernel implements (W6A8, W4A6, W4A4, grouped A8, ...): simulate, so their numerics stay exact.
 - Weight-only specs (A16) and convolutions: weight-only layers (Triton dequantization on CUDA).
 A low-rank branch (-r<N>) never changes the choice: every path adds it unfused beside its own output.
@@ -13,8 +13,8 @@ Every layer's report line says which path it got and why."""
 import torch
 from torch import nn
 
-from . import fp8, kitchen
-from .backends import ComfyKitchenBackend, Fp8Backend, SimulateBackend, weight_only
+from . import fp8, int8
+from .backends import Fp8Backend, Int8Backend, SimulateBackend, weight_only
 
 FAST_A8_SPECS = ("W8A8", "W4A8")
 # 8-bit compute pays only on GEMMs wide in both directions: on an H200 at batch 1 every SDXL linear (at most 1280
@@ -26,6 +26,11 @@ A8_MIN_FEATURES = 2048
 def a8_pays(layer):
     return (isinstance(layer, nn.Linear) and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
             and min(layer.in_features, layer.out_features) >= A8_MIN_FEATURES)
+
+
+def int8_supported(device):
+    """int8 tensor cores through torch._int_mm: compute capability 7.5 (Turing) and later."""
+    return torch.cuda.get_device_capability(device) >= (7, 5)
 
 
 class AutoBackend:
@@ -43,7 +48,7 @@ class AutoBackend:
         return self.device if self.device is not None else layer.weight.device
 
     def choose(self, layer, spec):
-        """(path, spec it runs, why): path is 'fp8', 'comfy_kitchen', 'weight-only' or 'simulate'."""
+        """(path, spec it runs, why): path is 'fp8', 'int8', 'weight-only' or 'simulate'."""
         device = self._device(layer)
         if device.type != "cuda":
             return "simulate", spec, f"{device.type}: exact numerics"
@@ -57,12 +62,12 @@ class AutoBackend:
             return "weight-only", spec.with_activations(16), "GEMM too small for 8-bit compute to pay"
         if fp8.fp8_supported(device):
             return "fp8", spec, "FP8 tensor cores"
-        if spec.name == "W8A8" and kitchen.available():
-            return "comfy_kitchen", spec, "int8 tensor cores (no FP8 on this GPU)"
+        if int8_supported(device) and int8.supports(layer, spec):
+            return "int8", spec, "int8 tensor cores (no FP8 on this GPU)"
         return "weight-only", spec.with_activations(16), "no 8-bit GEMM for it on this GPU"
 
     def _backend(self, path):
-        return {"fp8": Fp8Backend, "comfy_kitchen": ComfyKitchenBackend}.get(path, SimulateBackend)()
+        return {"fp8": Fp8Backend, "int8": Int8Backend}.get(path, SimulateBackend)()
 
     def effective_spec(self, layer, spec):
         return self.choose(layer, spec)[1]

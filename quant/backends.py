@@ -3,6 +3,7 @@
 auto          per device and layer, the fastest of the paths below that keeps the spec (quant/auto.py).
 simulate      any bit width, CPU/GPU: packed int8 / int4 storage, quantize-dequantize numerics.
 fp8           W8A8 / W4A8 linears through torch._scaled_mm (FP8 e4m3 activations); convs -> weight-only.
+int8          W8A8 / W4A8 linears through torch._int_mm (int8 tensor cores: Turing, Ampere and later; CPU too).
 comfy_kitchen W8A8 linears through comfy-kitchen's int8_linear (ComfyUI 0.33+); convs -> weight-only.
 bitsandbytes  W8A8 linears as LLM.int8 (Linear8bitLt, threshold 0), W4A16 as NF4 (Linear4bit); convs -> simulate.
 torchao       W8A8 (int8 dynamic activations), W8A16 / W4A16 weight-only linears; convs -> simulate.
@@ -15,7 +16,7 @@ import importlib
 import torch
 from torch import nn
 
-from . import fp8, kitchen
+from . import fp8, int8, kitchen
 from .fast import FastWeightOnlyConv, FastWeightOnlyLinear
 from .layers import PackedWeightMixin, SimulatedConv, SimulatedLinear, integer_layout, quantized_class
 
@@ -105,6 +106,32 @@ class Fp8Backend:
             _take_class(layer, fp8.Fp8Linear, self.name)
             _install(layer, spec, tensors, compute_device)
             return layer, "fp8"
+        return _weight_only_fallback(layer, spec, tensors, compute_device)
+
+
+class Int8Backend:
+    name = "int8"
+    cacheable = True
+
+    def check(self, spec, device=None):
+        if spec.a_bits != 8 or spec.w_bits not in (4, 8) or spec.group_size or spec.act_granularity != "token":
+            raise BackendError(f"the int8 backend does W8A8 and W4A8 with per-channel weights and per-token "
+                               f"activations only, not {spec}; use backend 'auto' or 'simulate'")
+        device = None if device is None else torch.device(device)
+        if device is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) < (7, 5):
+            raise BackendError(f"the int8 backend needs int8 tensor cores (compute capability 7.5+), not {device}")
+
+    def effective_spec(self, layer, spec):
+        return spec if int8.supports(layer, spec) else spec.with_activations(16)
+
+    def layout(self, layer, spec):
+        return SimulateBackend().layout(layer, spec)
+
+    def quantize(self, layer, spec, tensors=None, compute_device=None):
+        if int8.supports(layer, spec):
+            _take_class(layer, int8.Int8Linear, self.name)
+            _install(layer, spec, tensors, compute_device)
+            return layer, "int8"
         return _weight_only_fallback(layer, spec, tensors, compute_device)
 
 
@@ -223,7 +250,8 @@ def _auto():
     return AutoBackend()
 
 
-BACKENDS = {"auto": _auto, "simulate": SimulateBackend, "fp8": Fp8Backend, "comfy_kitchen": ComfyKitchenBackend,
+BACKENDS = {"auto": _auto, "simulate": SimulateBackend, "fp8": Fp8Backend, "int8": Int8Backend,
+            "comfy_kitchen": ComfyKitchenBackend,
             "bitsandbytes": BitsAndBytesBackend, "torchao": TorchAOBackend}
 DEFAULT_BACKEND = "auto"
 

@@ -6,7 +6,7 @@ not INT8. W8 weights are stored as e4m3 with one scale per output channel; W4 we
 memory. Per-group weights and bit widths other than W8/W4 with A8 are refused (row-wise scales only)."""
 import torch
 
-from . import kernels
+from . import branch_ops, linear_ops
 from .layers import PackedWeightMixin, integer_layout
 
 E4M3 = torch.float8_e4m3fn
@@ -77,24 +77,21 @@ class Fp8Linear(PackedWeightMixin):
         codes = self.codes(packed)
         return codes.to(torch.bfloat16).to(E4M3) if self.quant_spec.packed_int4 else codes
 
+    def packed_forward(self, x, packed, bias):
+        if self.quant_spec.rank and self.in_features % 16 == 0 and self.out_features % 16 == 0:
+            out = branch_ops.fast_branch_forward(self, x, packed, bias, int8_codes=False)
+            if out is not None:
+                return out
+        return super().packed_forward(x, packed, bias)
+
     def quantized_forward(self, x, packed, bias):
         if self.in_features % 16 or self.out_features % 16:
             weight = self.dequantize(packed, dtype=x.dtype, device=x.device)  # _scaled_mm needs multiples of 16
             return torch.nn.functional.linear(self.quantize_input(x, -1), weight, bias)
-        rows = x.reshape(-1, self.in_features)
-        count = rows.shape[0]
-        padded = -(-count // 16) * 16  # e.g. 77 text tokens: zero rows quantize to zero and are cut off again
-        if kernels.runs_triton(rows):
-            x8, scale_a = kernels.triton_kernels.quantize_rows_fp8(rows if rows.stride(-1) == 1 else rows.contiguous(),
-                                                                   padded)  # one launch, padding included
-            weight = kernels.triton_kernels.int4_to_fp8(packed, self.out_features, self.in_features) \
-                if self.quant_spec.packed_int4 else packed
-        else:
-            x8, scale_a = quantize_rows(rows, padded)
-            weight = self.fp8_weight(packed)
-        out = torch._scaled_mm(x8, weight.t(), scale_a=scale_a, scale_b=self.weight_scale.to(x.device).view(1, -1),
-                               bias=bias, out_dtype=x.dtype, use_fast_accum=FAST_ACCUMULATION and x.is_cuda)
-        return out[:count].view(*x.shape[:-1], self.out_features)
+        scale = self.weight_scale
+        if scale.device != x.device:  # low-VRAM: buffers stay on the CPU, the weight comes per call
+            scale = scale.to(x.device)
+        return linear_ops.fp8_linear(x, packed, scale, bias, self.out_features, self.quant_spec.packed_int4)
 
     def quantize_input(self, x, channel_dim):
         xf = x.float()

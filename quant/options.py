@@ -23,9 +23,10 @@ QUANT_OPTIONS = (
                 "64 inputs; -r32: a 16-bit rank-32 low-rank branch beside the quantized weight (SVD of the FP weight "
                 "at load; for 4-bit activations); A16: weight-only."),
     QuantOption("backend", DEFAULT_BACKEND, tuple(BACKENDS), "auto: the fastest path this device has per layer "
-                "(FP8 GEMMs where 8-bit compute pays on Ada/Hopper, 8/4-bit storage with 16-bit compute elsewhere, "
-                "simulate on the CPU). simulate: packed weights, exact quantize-dequantize numerics, any width. fp8: "
-                "W8A8/W4A8 through FP8 matmuls everywhere (Ada/Hopper). comfy_kitchen: W8A8 through ComfyUI's int8 "
+                "(FP8 GEMMs where 8-bit compute pays on Ada/Hopper, int8 GEMMs on Turing/Ampere, 8/4-bit storage with "
+                "16-bit compute elsewhere, simulate on the CPU). simulate: packed weights, exact quantize-dequantize "
+                "numerics, any width. fp8: W8A8/W4A8 through FP8 matmuls everywhere (Ada/Hopper). int8: W8A8/W4A8 "
+                "through int8 matmuls (Turing and later; the CPU too). comfy_kitchen: W8A8 through ComfyUI's int8 "
                 "kernels (0.33+). bitsandbytes / torchao: if installed."),
     QuantOption("layer_policy", "", None, "Extra rules, e.g. 'double_blocks.0.*=keep, *.qkv=W8A8, "
                 "first_last=off'. Sensitive layers (embeddings, first/last, norms) stay in high precision by default."),

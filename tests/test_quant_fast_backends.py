@@ -60,15 +60,17 @@ def test_auto_plans_per_layer_on_an_fp8_gpu(monkeypatch):
                                                                                    "for W4A4)"}
 
 
-def test_auto_on_a_gpu_without_fp8_takes_comfy_kitchen_where_it_can(monkeypatch):
+def test_auto_on_a_gpu_without_fp8_takes_int8_tensor_cores(monkeypatch):
+    """Turing / Ampere (7.5-8.8): W8A8 and W4A8 linears that pay get the int8 backend; older GPUs weight-only."""
     monkeypatch.setattr(fp8, "fp8_supported", lambda device: False)
-    monkeypatch.setattr(kitchen, "available", lambda: True)
+    monkeypatch.setattr(auto, "int8_supported", lambda device: True)
     backend = auto.AutoBackend()
     backend.check(None, "cuda")
     model = net()
-    assert backend.choose(model.wide2, numerics_spec("W8A8"))[0] == "comfy_kitchen"
-    assert backend.choose(model.wide2, numerics_spec("W4A8"))[0] == "weight-only"
-    monkeypatch.setattr(kitchen, "available", lambda: False)
+    assert backend.choose(model.wide2, numerics_spec("W8A8"))[0] == "int8"
+    assert backend.choose(model.wide2, numerics_spec("W4A8"))[0] == "int8"
+    assert backend.choose(model.narrow, numerics_spec("W8A8"))[0] == "weight-only"
+    monkeypatch.setattr(auto, "int8_supported", lambda device: False)
     assert backend.choose(model.wide2, numerics_spec("W8A8"))[0] == "weight-only"
 
 

@@ -74,6 +74,68 @@ def streaming_gemm(tk, bits, rows):
     assert error(out) < 2.5e-3 and error(out) <= error(simulate) + 1e-4, (error(out), error(simulate))
 
 
+def act_quantizer(tk, int8_codes, dtype, block_m):
+    """The fused kernel without a branch: the torch definitions bit for bit (int8 and e4m3), padding rows zero."""
+    from comfyui_qsched.quant import fp8, int8
+    generator = torch.Generator().manual_seed(3)
+    x = (torch.randn(37, 300, generator=generator) * torch.logspace(-4, 2, 37)[:, None]).to(dtype)
+    x[5] = 0
+    codes, scales, xd = tk.quantize_act(x, 48, int8_codes, block_m=block_m)
+    ref_codes, ref_scales = (int8.quantize_rows if int8_codes else fp8.quantize_rows)(x, 48)
+    assert xd is None and same_bits(codes, ref_codes), "codes differ"
+    assert torch.equal(scales, ref_scales), "scales differ"
+    assert torch.count_nonzero(codes[37:].float()) == 0, "padding rows are not zero"
+
+
+def fused_down_projection(tk, int8_codes, rank, fold):
+    """Codes and scales as without the branch; x @ down^T against float64 (bf16 output rounding), or with `fold` its
+    codes on the row's scale in the extra columns (against the same rounding of the float64 product, up to one
+    code where the summation order moves a value across a rounding boundary)."""
+    from comfyui_qsched.quant import fp8, int8
+    generator = torch.Generator().manual_seed(rank)
+    x = torch.randn(21, 200, generator=generator).to(torch.bfloat16)
+    down = (torch.randn(rank, 200, generator=generator) / 200 ** 0.5).to(torch.bfloat16)
+    if rank == 24:  # a transposed layout, as an SVD's factor comes
+        down = down.t().contiguous().t()
+    codes, scales, xd = tk.quantize_act(x, 32, int8_codes, down=down, fold=fold)
+    ref_codes, ref_scales = (int8.quantize_rows if int8_codes else fp8.quantize_rows)(x, 32)
+    assert same_bits(codes[:, :200].contiguous(), ref_codes) and torch.equal(scales, ref_scales)
+    exact = x.double() @ down.double().t()
+    if not fold:
+        assert xd.dtype == torch.bfloat16 and xd.shape == (21, rank)
+        assert float((xd.double() - exact).norm() / exact.norm()) < 4e-3
+        return
+    assert codes.shape == (32, 200 + rank) and torch.count_nonzero(codes[21:].float()) == 0
+    scaled = exact / ref_scales[:21].double()
+    limit = 127 if int8_codes else 448
+    expected = scaled.clamp(-limit, limit).round() if int8_codes else scaled.float().clamp(-limit, limit).to(
+        fp8.E4M3).double()
+    got = codes[:21, 200:].double()
+    step = 1.0 if int8_codes else expected.abs() / 8 + 2 ** -9
+    assert bool(((got - expected).abs() <= step + 1e-12).all())
+
+
+def int4_unpacking(tk, dtype, width):
+    """Packed int4 -> int8 / e4m3 codes, exact, into a buffer wider than the weight (the fold's layout)."""
+    from comfyui_qsched.quant import numerics
+    packed = torch.randint(0, 256, (24, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    out = torch.full((24, width), 3, dtype=torch.int8).to(dtype)
+    tk.int4_unpack(packed, 24, 80, dtype, out=out)
+    assert torch.equal(out[:, :80].float(), numerics.unpack_int4(packed, 80).float())
+    assert bool((out[:, 80:].float() == 3).all()), "columns past the weight were written"
+
+
+def int8_epilogue(tk, dtype, with_bias):
+    from comfyui_qsched.quant import int8
+    generator = torch.Generator().manual_seed(5)
+    acc = torch.randint(-2 ** 20, 2 ** 20, (40, 136), dtype=torch.int32, generator=generator)
+    sx = torch.rand(40, 1, generator=generator) / 100
+    sw = torch.rand(136, 1, generator=generator) / 100
+    bias = torch.randn(136, generator=generator).to(dtype) if with_bias else None
+    out = tk.int8_epilogue(acc, sx, sw, bias, 37, dtype)
+    assert same_bits(out, int8.scale_int32(acc, sx, sw, bias, 37, dtype))
+
+
 def checks():
     cases = {f"row_quantizer_{str(d).split('.')[-1]}": (row_quantizer, d)
              for d in (torch.bfloat16, torch.float16, torch.float32)}
@@ -82,6 +144,20 @@ def checks():
     for bits, group in ((8, None), (4, None), (4, 16), (8, 20)):
         for dtype in (torch.bfloat16, torch.float32):
             cases[f"dequantize_w{bits}_g{group}_{str(dtype).split('.')[-1]}"] = (dequantization, bits, group, dtype)
+    for int8_codes in (True, False):
+        kind = "int8" if int8_codes else "fp8"
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            cases[f"act_quantizer_{kind}_{str(dtype).split('.')[-1]}"] = (act_quantizer, int8_codes, dtype, 1)
+        cases[f"act_quantizer_{kind}_16_rows_per_program"] = (act_quantizer, int8_codes, torch.bfloat16, 16)
+        for rank in (16, 24):
+            for fold in (False, True):
+                cases[f"fused_down_{kind}_rank{rank}_{'fold' if fold else 'xd'}"] = (fused_down_projection, int8_codes,
+                                                                                   rank, fold)
+    for dtype, width in ((torch.int8, 80), (torch.int8, 96), (torch.float8_e4m3fn, 112)):
+        cases[f"int4_unpack_{str(dtype).split('.')[-1]}_width{width}"] = (int4_unpacking, dtype, width)
+    for dtype in (torch.bfloat16, torch.float16):
+        for with_bias in (True, False):
+            cases[f"int8_epilogue_{str(dtype).split('.')[-1]}_bias{with_bias}"] = (int8_epilogue, dtype, with_bias)
     for bits in (8, 4):
         for rows in (1, 5, 16):
             cases[f"streaming_gemm_w{bits}_rows{rows}"] = (streaming_gemm, bits, rows)

@@ -18,6 +18,7 @@ triton = importlib.import_module("triton")
 tl = importlib.import_module("triton.language")
 
 INV_E4M3_MAX = tl.constexpr(1.0 / 448.0)  # rounded to float32 where used, as torch rounds the Python float
+INV_INT8_MAX = tl.constexpr(1.0 / 127.0)
 
 
 @triton.jit
@@ -143,6 +144,91 @@ def _weight_only_matmul_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N,
              mask=mask)
 
 
+@triton.jit
+def _round_int(v):
+    """fp32 -> the nearest integer (still fp32), ties to even, as torch.round: exact for |v| < 2**22."""
+    return (v + 12582912.0) - 12582912.0
+
+
+@triton.jit
+def _act_codes(v, INT8: tl.constexpr):
+    """Scaled activations (fp32, |v| <= the code range up to rounding) -> int8 or e4m3 codes, clamped."""
+    if INT8:
+        return tl.minimum(tl.maximum(_round_int(v), -127.0), 127.0).to(tl.int8)
+    return _round_e4m3(tl.minimum(tl.maximum(v, -448.0), 448.0)).to(tl.float8e4nv)
+
+
+@triton.jit
+def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_rows, cols, rank, x_stride, q_stride,
+                         down_stride_r, down_stride_k, INT8: tl.constexpr, BRANCH: tl.constexpr, FOLD: tl.constexpr, EXACT_DOT: tl.constexpr,
+                         RANK_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Per-token activation quantization of BLOCK_M rows, int8 (scale = max(amax * (1/127), 1e-12)) or e4m3
+    (amax * (1/448)), codes = round(x * (1 / scale)); rows in [rows, padded_rows) get zero codes. With BRANCH the
+    same pass over x also accumulates x @ down^T (the low-rank branch's down-projection, fp32 accumulation): stored
+    in x's dtype to xd [rows, rank], or with FOLD quantized on the row's own scale into the extra `rank` columns of
+    q (the widened-K GEMM [x, x down^T] [W, up]^T). x is read from memory once; the second pass hits L2."""
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    live = m < rows
+    stored = m < padded_rows
+    amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    r = tl.arange(0, RANK_BLOCK)
+    acc = tl.zeros((BLOCK_M, RANK_BLOCK), dtype=tl.float32)
+    for start in range(0, cols, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + m[:, None] * x_stride + k[None, :], mask=live[:, None] & (k[None, :] < cols), other=0.0)
+        amax = tl.maximum(amax, tl.max(tl.abs(x.to(tl.float32)), axis=1))
+        if BRANCH:
+            d = tl.load(down_ptr + r[:, None] * down_stride_r + k[None, :] * down_stride_k, mask=(r[:, None] < rank) & (k[None, :] < cols),
+                        other=0.0)
+            if EXACT_DOT:
+                acc += tl.dot(x.to(tl.float32), tl.trans(d.to(tl.float32)), input_precision="ieee")
+            else:
+                acc += tl.dot(x, tl.trans(d))
+    scale = tl.maximum(amax * (INV_INT8_MAX if INT8 else INV_E4M3_MAX), 1e-12)
+    inverse = tl.math.div_rn(tl.full((BLOCK_M,), 1.0, tl.float32), scale)
+    for start in range(0, cols, BLOCK_K):
+        k = start + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + m[:, None] * x_stride + k[None, :], mask=live[:, None] & (k[None, :] < cols), other=0.0)
+        codes = _act_codes(x.to(tl.float32) * inverse[:, None], INT8)
+        tl.store(q_ptr + m[:, None] * q_stride + k[None, :], codes, mask=stored[:, None] & (k[None, :] < cols))
+    tl.store(s_ptr + m, scale, mask=stored)
+    if BRANCH:
+        if FOLD:
+            tl.store(q_ptr + m[:, None] * q_stride + cols + r[None, :], _act_codes(acc * inverse[:, None], INT8),
+                     mask=stored[:, None] & (r[None, :] < rank))
+        else:
+            tl.store(xd_ptr + m[:, None] * rank + r[None, :], _to_output(acc, xd_ptr),
+                     mask=live[:, None] & (r[None, :] < rank))
+
+
+@triton.jit
+def _int4_unpack_kernel(packed_ptr, out_ptr, cols, out_stride, BLOCK: tl.constexpr):
+    """Row `program_id(0)` of packed signed int4 pairs -> int8 or e4m3 codes (exact), into a row of stride
+    out_stride (a wider buffer whose extra columns hold the folded low-rank factor)."""
+    row = tl.program_id(0).to(tl.int64)
+    half = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    byte = tl.load(packed_ptr + row * (cols // 2) + half, mask=half < cols // 2, other=0x88).to(tl.int32)
+    pair = tl.reshape(tl.join((byte & 15) - 8, (byte >> 4) - 8), [2 * BLOCK])
+    columns = 2 * tl.program_id(1) * BLOCK + tl.arange(0, 2 * BLOCK)
+    tl.store(out_ptr + row * out_stride + columns, pair.to(tl.float32).to(out_ptr.dtype.element_ty), mask=columns < cols)
+
+
+@triton.jit
+def _int8_epilogue_kernel(acc_ptr, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, N, HAS_BIAS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """out = (float(acc) * sx[m]) * sw[n] (+ bias[n]) in fp32, rounded once to out's dtype: the int32 GEMM result
+    scaled back, as quant/int8.py's `scale_int32` computes it in torch."""
+    m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (m[:, None] < M) & (n[None, :] < N)
+    acc = tl.load(acc_ptr + m[:, None] * N + n[None, :], mask=mask, other=0).to(tl.float32)
+    out = acc * tl.load(sx_ptr + m, mask=m < M, other=0.0)[:, None]
+    out = out * tl.load(sw_ptr + n, mask=n < N, other=0.0)[None, :]
+    if HAS_BIAS:
+        out = out + tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + m[:, None] * N + n[None, :], _to_output(out, out_ptr), mask=mask)
+
+
 def _interpreted():
     return os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -155,6 +241,17 @@ def _specialization(value):
     if isinstance(value, bool) or not isinstance(value, int):
         return value
     return value == 1, value % 16 == 0, value >= 2 ** 31
+
+
+def _raw_stream(index):
+    """The current CUDA stream's handle, without building a torch.cuda.Stream object per launch (what inductor's
+    launchers call; torch.cuda.current_stream where this torch lacks it)."""
+    if _RAW_STREAM is not None:
+        return _RAW_STREAM(index)
+    return torch.cuda.current_stream(index).cuda_stream
+
+
+_RAW_STREAM = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
 class Launcher:
@@ -175,7 +272,7 @@ class Launcher:
                tuple(options.items()))
         compiled = self.compiled.get(key) if Launcher.fast else None
         if compiled is not None:
-            compiled[grid](*args, *constexprs.values(), stream=torch.cuda.current_stream(args[0].device).cuda_stream)
+            compiled[grid](*args, *constexprs.values(), stream=_raw_stream(args[0].device.index))
             return
         compiled = self.kernel[grid](*args, **constexprs, **options)
         if Launcher.fast and compiled is not None and key not in self.compiled:
@@ -184,7 +281,7 @@ class Launcher:
     def _agrees(self, compiled, grid, args, constexprs, outputs):
         expected = [output.clone() for output in outputs]
         try:
-            compiled[grid](*args, *constexprs.values(), stream=torch.cuda.current_stream(args[0].device).cuda_stream)
+            compiled[grid](*args, *constexprs.values(), stream=_raw_stream(args[0].device.index))
             same = all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(outputs, expected))
         except Exception:  # an older or newer Triton whose compiled-kernel launcher takes other arguments
             same = False
@@ -240,4 +337,60 @@ def weight_only_linear(x2d, codes, scale, bias, is_int4, out_features):
                         x2d.stride(0), out.stride(0)),
                  {"HAS_BIAS": bias is not None, "PACKED": is_int4, "EXACT_DOT": _interpreted(), "BLOCK_M": 16,
                   "BLOCK_N": 64, "BLOCK_K": 256}, (out,), num_warps=4, num_stages=4)
+    return out
+
+
+_quantize_act = Launcher(_quantize_act_kernel)
+_int4_unpack = Launcher(_int4_unpack_kernel)
+_int8_epilogue = Launcher(_int8_epilogue_kernel)
+
+
+def rank_block(rank):
+    """The power-of-two tile (>= 16, as tl.dot needs) that holds `rank` columns."""
+    return max(16, triton.next_power_of_2(rank))
+
+
+def quantize_act(rows, padded_rows, int8, down=None, fold=False, block_m=None):
+    """(codes [padded_rows, K (+ rank with fold)], scales [padded_rows, 1] fp32, xd [rows, rank] or None) of a 2-D
+    16/32-bit activation with unit column stride; int8 or e4m3 codes per token; `down` [rank, K] (x's dtype; a
+    layout with unit stride along K reads fastest) adds the fused down-projection."""
+    count, cols = rows.shape
+    rank = 0 if down is None else down.shape[0]
+    branch = down is not None
+    width = cols + rank if fold else cols
+    codes = torch.empty((padded_rows, width), device=rows.device, dtype=torch.int8 if int8 else torch.float8_e4m3fn)
+    scales = torch.empty((padded_rows, 1), device=rows.device, dtype=torch.float32)
+    xd = torch.empty((count, rank), device=rows.device, dtype=rows.dtype) if branch and not fold else None
+    block_m = block_m or (16 if branch else 1)
+    block_k = 128 if branch else min(2048, triton.next_power_of_2(cols))
+    _quantize_act((triton.cdiv(padded_rows, block_m), 1, 1),
+                  (rows, codes, scales, down if branch else rows, xd if xd is not None else codes, count, padded_rows,
+                   cols, rank, rows.stride(0), width, *(down.stride() if branch else (0, 0))),
+                  {"INT8": int8, "BRANCH": branch, "FOLD": fold, "EXACT_DOT": _interpreted(),
+                   "RANK_BLOCK": rank_block(rank), "BLOCK_M": block_m, "BLOCK_K": block_k},
+                  tuple(t for t in (codes, scales, xd) if t is not None),
+                  num_warps=4 if branch or block_k <= 1024 else 8,
+                  enable_fp_fusion=False)  # x * (1 / scale) rounded before the rounding to codes, as torch does
+    return codes, scales, xd
+
+
+def int4_unpack(packed, rows, cols, dtype, out=None):
+    """int8 or e4m3 codes [rows, cols] (even cols) from packed int4 [rows, cols / 2], into `out` (a [rows, >= cols]
+    buffer, unit column stride) if given."""
+    if out is None:
+        out = torch.empty((rows, cols), device=packed.device, dtype=dtype)
+    block = min(1024, triton.next_power_of_2(cols // 2))
+    _int4_unpack((rows, triton.cdiv(cols // 2, block), 1), (packed, out, cols, out.stride(0)), {"BLOCK": block},
+                 (out,), num_warps=4)
+    return out
+
+
+def int8_epilogue(acc, sx, sw, bias, count, dtype):
+    """[count, N] in `dtype` from the int32 GEMM result [>= count, N], row scales sx, column scales sw (fp32)."""
+    n = acc.shape[1]
+    out = torch.empty((count, n), device=acc.device, dtype=dtype)
+    grid = (triton.cdiv(count, 32), triton.cdiv(n, 128), 1)
+    _int8_epilogue(grid, (acc, sx, sw, bias if bias is not None else out, out, count, n),
+                   {"HAS_BIAS": bias is not None, "BLOCK_M": 32, "BLOCK_N": 128}, (out,), num_warps=4,
+                   enable_fp_fusion=False)  # no fused multiply-add: torch's separate roundings, bit for bit
     return out

@@ -1,0 +1,62 @@
+"""int8 backend: W8A8 / W4A8 linears through int8 tensor cores (torch._int_mm), for GPUs without FP8 (Turing,
+Ampere: compute capability 7.5-8.8) and on the CPU.
+
+Activations are quantized dynamically per token to int8 (scale = amax / 127, one per row); weights are the simulate
+backend's int8 codes (W8) or packed int4 codes (W4, exact in int8) with one scale per output channel, so caches,
+LoRA and the ComfyUI int8 export treat them like any packed layer. The GEMM accumulates exactly in int32; the result
+is scaled back per row and column in float32 and rounded once. torch._int_mm on CUDA needs more than 16 rows and
+K, N multiples of 8: rows are padded with zero rows (one launch, in the quantization kernel), layers of other
+shapes get 16-bit compute (`supports`). The eager path is quant/linear_ops.py."""
+import torch
+
+from . import branch_ops, linear_ops
+from .layers import PackedWeightMixin
+
+INT8_MAX = 127
+INV_INT8_MAX = 1.0 / INT8_MAX
+
+
+def supports(layer, spec):
+    return (isinstance(layer, torch.nn.Linear) and spec.a_bits == 8 and spec.w_bits in (4, 8)
+            and not spec.group_size and spec.act_granularity == "token" and layer.in_features % 8 == 0
+            and layer.out_features % 8 == 0)
+
+
+def padded_rows(count, device_type):
+    """Rows the int8 GEMM runs on: CUDA's _int_mm needs more than 16; multiples of 16 keep its tiles whole."""
+    return max(32, -(-count // 16) * 16) if device_type == "cuda" else count
+
+
+def quantize_rows(rows, padded):
+    """Per-token int8 codes and scales, the torch definition the Triton kernel reproduces bit for bit: scale =
+    max(amax * (1/127), 1e-12), codes = round(x * (1 / scale)) clamped to +-127; zero rows pad the count."""
+    if padded != rows.shape[0]:
+        rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - rows.shape[0]))
+    scale = (rows.abs().amax(dim=1, keepdim=True).float() * INV_INT8_MAX).clamp(min=1e-12)
+    codes = torch.round(rows.float() * (1.0 / scale)).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return codes, scale
+
+
+def scale_int32(acc, row_scale, column_scale, bias, count, dtype):
+    """(float(acc) * row scale) * column scale (+ bias), float32, rounded once to `dtype`; the first `count` rows."""
+    out = acc[:count].float() * row_scale[:count] * column_scale.view(1, -1)
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(dtype)
+
+
+class Int8Linear(PackedWeightMixin):
+    """Stored as the simulate backend stores W8 / W4 (int8 codes or packed int4, float32 scales [out, 1])."""
+
+    def packed_forward(self, x, packed, bias):
+        if self.quant_spec.rank:
+            out = branch_ops.fast_branch_forward(self, x, packed, bias, int8_codes=True)
+            if out is not None:
+                return out
+        return super().packed_forward(x, packed, bias)
+
+    def quantized_forward(self, x, packed, bias):
+        scale = self.weight_scale
+        if scale.device != x.device:  # low-VRAM: buffers stay on the CPU, the weight comes per call
+            scale = scale.to(x.device)
+        return linear_ops.int8_linear(x, packed, scale, bias, self.out_features, self.quant_spec.packed_int4)

@@ -1,0 +1,114 @@
+"""The 8-bit-compute linears' per-call work, in as few host steps as it can be: one fused activation-quantization
+launch (Triton) and one GEMM (cuBLAS FP8 `_scaled_mm`, or int8 `_int_mm` plus one scaling launch), nothing else.
+
+Each is also a `torch.library` custom op (`torch.ops.qsched.fp8_linear`, `torch.ops.qsched.int8_linear`, with
+fake implementations), so a graph can hold the whole quantized matmul as one node. In eager the layers call the
+functions directly (the dispatcher would add host time per call; `EAGER_THROUGH_OP` switches, for the benchmark),
+and under torch.compile they trace the torch definitions, which inductor fuses into the neighbouring kernels
+(`COMPILE_THROUGH_OP` switches to the opaque op). Off CUDA (or without Triton) the torch definitions run: the
+CPU numerics are the GPU's (same codes, same scaling) up to the GEMM's summation order."""
+from typing import Optional
+
+import torch
+
+from . import fp8, int8, kernels
+
+EAGER_THROUGH_OP = False
+COMPILE_THROUGH_OP = False
+
+
+def _columns(rows):
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def fp8_reference(x, packed, weight_scale, bias, out_features, int4):
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    codes, scale = fp8.quantize_rows(rows, -(-count // 16) * 16)
+    weight = kernels_free_int4(packed, out_features, x.shape[-1], fp8.E4M3) if int4 else packed
+    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias,
+                           out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION and x.is_cuda)
+    return out[:count].view(*x.shape[:-1], out_features)
+
+
+def int8_reference(x, packed, weight_scale, bias, out_features, int4):
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    codes, scale = int8.quantize_rows(rows, int8.padded_rows(count, rows.device.type))
+    weight = kernels_free_int4(packed, out_features, x.shape[-1], torch.int8) if int4 else packed
+    acc = torch._int_mm(codes, weight.t())
+    return int8.scale_int32(acc, scale, weight_scale, bias, count, x.dtype).view(*x.shape[:-1], out_features)
+
+
+def kernels_free_int4(packed, rows, cols, dtype):
+    """Packed int4 -> codes in `dtype` (int8, or e4m3 through bf16: exact for |code| <= 8), in torch."""
+    from .numerics import unpack_int4
+    codes = unpack_int4(packed, cols)
+    return codes if dtype == torch.int8 else codes.to(torch.bfloat16).to(dtype)
+
+
+def fp8_fast(x, packed, weight_scale, bias, out_features, int4):
+    tk = kernels.triton_kernels
+    rows = _columns(x.reshape(-1, x.shape[-1]))
+    count, cols = rows.shape
+    padded = -(-count // 16) * 16
+    codes, scale = tk.quantize_rows_fp8(rows, padded)
+    weight = tk.int4_unpack(packed, out_features, cols, fp8.E4M3) if int4 else packed
+    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias,
+                           out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION)
+    return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)
+
+
+def int8_fast(x, packed, weight_scale, bias, out_features, int4):
+    tk = kernels.triton_kernels
+    rows = _columns(x.reshape(-1, x.shape[-1]))
+    count, cols = rows.shape
+    codes, scale, _ = tk.quantize_act(rows, int8.padded_rows(count, "cuda"), True)
+    weight = tk.int4_unpack(packed, out_features, cols, torch.int8) if int4 else packed
+    out = tk.int8_epilogue(torch._int_mm(codes, weight.t()), scale, weight_scale, bias, count, x.dtype)
+    return out.view(*x.shape[:-1], out_features)
+
+
+def _pick(fast, reference, x):
+    return fast if kernels.triton_kernels is not None and x.is_cuda else reference
+
+
+def _register(name, fast, reference):
+    """torch.ops.qsched.<name>: the fast path on CUDA, the torch definition elsewhere; registered once per process
+    (the pack may be imported under two package names)."""
+    qualified = f"qsched::{name}"
+    if hasattr(torch.ops.qsched, name):
+        return getattr(torch.ops.qsched, name).default
+
+    @torch.library.custom_op(qualified, mutates_args=())
+    def op(x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+           out_features: int, int4: bool) -> torch.Tensor:
+        return _pick(fast, reference, x)(x, packed, weight_scale, bias, out_features, int4)
+
+    @op.register_fake
+    def _(x, packed, weight_scale, bias, out_features, int4):
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    return getattr(torch.ops.qsched, name).default
+
+
+FP8_OP = _register("fp8_linear", fp8_fast, fp8_reference)
+INT8_OP = _register("int8_linear", int8_fast, int8_reference)
+
+
+def _call(op, fast, reference, x, *args):
+    if torch.compiler.is_compiling():
+        return op(x, *args) if COMPILE_THROUGH_OP else reference(x, *args)
+    if EAGER_THROUGH_OP:
+        return op(x, *args)
+    return _pick(fast, reference, x)(x, *args)
+
+
+def fp8_linear(x, packed, weight_scale, bias, out_features, int4):
+    """x [..., K] @ dequantized weight^T + bias through FP8 GEMMs; weight e4m3 [N, K] or packed int4 [N, K / 2]."""
+    return _call(FP8_OP, fp8_fast, fp8_reference, x, packed, weight_scale, bias, out_features, int4)
+
+
+def int8_linear(x, packed, weight_scale, bias, out_features, int4):
+    """x [..., K] @ dequantized weight^T + bias through int8 GEMMs; weight int8 [N, K] or packed int4 [N, K / 2]."""
+    return _call(INT8_OP, int8_fast, int8_reference, x, packed, weight_scale, bias, out_features, int4)
