@@ -62,10 +62,10 @@ class QSchedQuantizedDiffusionModelLoader(io.ComfyNode):
         return check_layer_policy(layer_policy)
 
     @classmethod
-    def execute(cls, unet_name, quantization, backend, layer_policy, cache):
+    def execute(cls, unet_name, quantization, backend, layer_policy, cache, attention="sdpa"):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         patcher, summary = load_diffusion_model(path, quantization, backend=backend, layer_policy=layer_policy,
-                                                cache=cache)
+                                                cache=cache, attention=attention)
         print(summary)
         return io.NodeOutput(patcher, summary)
 
@@ -91,10 +91,10 @@ class QSchedQuantizedCheckpointLoader(io.ComfyNode):
         return check_layer_policy(layer_policy)
 
     @classmethod
-    def execute(cls, ckpt_name, quantization, backend, layer_policy, cache):
+    def execute(cls, ckpt_name, quantization, backend, layer_policy, cache, attention="sdpa"):
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         patcher, clip, vae, summary = load_checkpoint(path, quantization, backend=backend, layer_policy=layer_policy,
-                                                      cache=cache)
+                                                      cache=cache, attention=attention)
         print(summary)
         return io.NodeOutput(patcher, clip, vae, summary)
 
