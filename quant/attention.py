@@ -11,6 +11,8 @@ spent on what differs between tokens."""
 import torch
 import torch.nn.functional as F
 
+from .kernels import attention_available
+
 BLOCK_Q = 128   # query tokens per scale (one kernel program's rows)
 BLOCK_K = 64    # key tokens per scale (one step of the kernel's loop)
 INT8_MAX = 127.0
@@ -61,7 +63,6 @@ def reference(q, k, v, scale=None):
 
 def kernel_supports(q, k, v):
     """Whether the Triton kernel takes these inputs (else `int8_attention` runs `reference`)."""
-    from .kernels import attention_available
     d = q.shape[-1]
     return (attention_available() and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
             and q.dtype == k.dtype == v.dtype and v.shape[-1] == d and 16 <= d <= 256 and d & (d - 1) == 0
