@@ -28,7 +28,7 @@ def quant_inputs():
             inputs.append(io.String.Input(option.name, default=option.default, multiline=True, tooltip=option.help))
         else:
             inputs.append(io.Combo.Input(option.name, options=list(option.choices), default=option.default,
-                                         tooltip=option.help))
+                                         tooltip=option.help, optional=option.optional))
     return inputs
 
 

@@ -16,6 +16,7 @@ class QuantOption:
     default: str
     choices: tuple       # None: free text
     help: str
+    optional: bool = False  # added after workflows were saved: optional, so they load with the default
 
 
 QUANT_OPTIONS = (
@@ -32,5 +33,6 @@ QUANT_OPTIONS = (
                 "the file's content hash) for fast reloads."),
     QuantOption("attention", "sdpa", ATTENTION_CHOICES, "sdpa: ComfyUI's attention. int8: 8-bit attention "
                 "(SageAttention-style: int8 Q.K^T with per-block scales, smoothed K, float32 softmax, 16-bit P.V; "
-                "a Triton kernel on CUDA), installed as ComfyUI's attention override in the model options."),
+                "a Triton kernel on CUDA), installed as ComfyUI's attention override in the model options.",
+                optional=True),
 )
