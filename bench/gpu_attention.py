@@ -17,6 +17,7 @@ Sections (each catches its own failure, so one does not lose the others' numbers
     COMFYUI_DIR=.device/comfyui python3 bench/gpu_attention.py --out $OUT
 Writes $OUT/gpu_attention_rows.jsonl (every row) and prints the short tables last."""
 import argparse
+import functools
 import gc
 import json
 import os
@@ -104,6 +105,23 @@ def checks():
         except Exception as error:
             traceback.print_exc()
             log({"section": "checks", "case": name, "ok": False, "error": f"{type(error).__name__}: {error}"[:300]})
+    for d in (64, 128):
+        name = f"P.V in FP8, B1 H8 N2000 D{d} bf16"
+        try:
+            q, k, v = (torch.randn(1, 2000, 8, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2) * 2
+                       for _ in range(3))
+            poison()
+            out = ak.attention(q, k, v, d ** -0.5, pv_fp8=True)
+            exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+            row = {"section": "checks", "case": name, "finite": bool(torch.isfinite(out).all()),
+                   "kernel_vs_exact": rel(out, exact),
+                   "reference_vs_exact": rel(attn_ref.reference(q, k, v, pv_fp8=True), exact),
+                   "int8_pv16_vs_exact": rel(ak.attention(q, k, v, d ** -0.5), exact)}
+            row["ok"] = row["finite"] and row["kernel_vs_exact"] < 0.06
+            log(row)
+        except Exception as error:
+            traceback.print_exc()
+            log({"section": "checks", "case": name, "ok": False, "error": f"{type(error).__name__}: {error}"[:300]})
     try:
         q, k, v = (torch.randn(1, 8, 1000, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         eager = attn_ref.int8_attention(q, k, v)
@@ -129,8 +147,8 @@ def attention_alone():
     except Exception as error:
         sageattn = None
         log({"section": "attn", "sageattention": f"not importable: {type(error).__name__}: {error}"[:200]})
-    lines = ["| shape | SDPA bf16 ms | int8 ms (best launch) | ratio | sageattention ms | best (warps, stages) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| shape | SDPA bf16 ms | int8 ms (best launch) | ratio | int8 + FP8 P.V ms | sageattention ms | "
+             "best (warps, stages) |", "|---|---|---|---|---|---|---|"]
     for name, (b, h, nq, nk, d) in ATTN_SHAPES.items():
         try:
             q = torch.randn(b, nq, h, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # the models' layout
@@ -149,6 +167,15 @@ def attention_alone():
             best = min(timed, key=timed.get)
             row["int8_default_ms"] = bench_ms(lambda: ak.attention(q, k, v, d ** -0.5))
             row["int8_best_ms"], row["int8_best_launch"] = timed[best], best
+            try:
+                fp8 = {f"{w},{st}": bench_ms(lambda: ak.attention(q, k, v, d ** -0.5, w, st, pv_fp8=True))
+                       for w, st in ((4, 3), (8, 3), (8, 4))}
+                row["pv_fp8_sweep_ms"] = fp8
+                row["pv_fp8_best_ms"] = min(fp8.values())
+                row["pv_fp8_vs_exact"] = rel(ak.attention(q, k, v, d ** -0.5, pv_fp8=True),
+                                             F.scaled_dot_product_attention(q.double(), k.double(), v.double()))
+            except Exception as error:
+                row["pv_fp8_best_ms"] = f"{type(error).__name__}: {error}"[:120]
             if sageattn is not None:
                 try:
                     row["sage_ms"] = bench_ms(lambda: sageattn(q, k, v, tensor_layout="HND", is_causal=False))
@@ -157,9 +184,10 @@ def attention_alone():
                 except Exception as error:
                     row["sage_ms"] = f"{type(error).__name__}: {error}"[:120]
             log(row)
-            sage = row.get("sage_ms", "-")
+            sage, fp8 = row.get("sage_ms", "-"), row.get("pv_fp8_best_ms", "-")
             lines.append(f"| {name} | {row['sdpa_ms']:.3f} | {row['int8_best_ms']:.3f} (default "
                          f"{row['int8_default_ms']:.3f}) | {row['int8_best_ms'] / row['sdpa_ms']:.2f} | "
+                         f"{fp8 if isinstance(fp8, str) else f'{fp8:.3f}'} | "
                          f"{sage if isinstance(sage, str) else f'{sage:.3f}'} | {best} |")
         except Exception as error:
             traceback.print_exc()
@@ -186,12 +214,15 @@ def flux_step(device, rounds, deadline):
         models[config] = model
     batch = bench.inputs("flux", device, False)
     runs = {}
+    overrides = {"sdpa": None, "int8": counted, "int8 + FP8 P.V": functools.partial(counted, pv_fp8=True)}
     for config, model in models.items():
-        for attention in ("sdpa", "int8"):
-            extra = {"transformer_options": {"optimized_attention_override": counted}} if attention == "int8" else {}
+        for attention, override in overrides.items():
+            if attention == "int8 + FP8 P.V" and config == "bf16":
+                continue
+            extra = {"transformer_options": {"optimized_attention_override": override}} if override else {}
             runs[(config, attention)] = (lambda m=model, e=extra: m(**batch, **e))
     outs = {key: bench.timed_forward(fn, {}, device)[1].float() for key, fn in runs.items()}
-    log({"section": "flux", "override_calls_in_two_int8_forwards": calls["n"]})
+    log({"section": "flux", "override_calls_in_three_int8_forwards": calls["n"]})
     reference = outs[("bf16", "sdpa")]
     times = interleaved(runs, device, rounds)
     rows = {}

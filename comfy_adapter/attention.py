@@ -13,7 +13,8 @@ OVERRIDE_KEY = "optimized_attention_override"
 
 
 def int8_attention_override(func, q, k, v, heads, mask=None, attn_precision=None, skip_reshape=False,
-                            skip_output_reshape=False, **kwargs):
+                            skip_output_reshape=False, pv_fp8=False, **kwargs):
+    """pv_fp8 (bench/gpu_attention.py binds it): P.V in FP8 too, the kernel's Hopper variant."""
     if mask is not None or kwargs.get("enable_gqa", False) or kwargs.get("low_precision_attention", True) is False:
         return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
                     skip_output_reshape=skip_output_reshape, **kwargs)
@@ -22,7 +23,7 @@ def int8_attention_override(func, q, k, v, heads, mask=None, attn_precision=None
     else:               # [B, N, H * D]
         batch, head_dim = q.shape[0], q.shape[-1] // heads
         q, k, v = (t.unflatten(-1, (heads, head_dim)).transpose(1, 2) for t in (q, k, v))
-    out = int8_attention(q, k, v, kwargs.get("scale"))
+    out = int8_attention(q, k, v, kwargs.get("scale"), pv_fp8)
     if skip_output_reshape:
         return out
     return out.transpose(1, 2).reshape(batch, -1, heads * head_dim)

@@ -44,20 +44,33 @@ def _expand(scales, block, tokens):
     return scales.repeat_interleave(block, dim=-1)[..., :tokens]
 
 
-def reference(q, k, v, scale=None):
-    """The 8-bit attention in plain torch: [B, H, Nq, D] x [B, H, Nk, D] -> [B, H, Nq, D] in q's dtype."""
+def fp8_values(v):
+    """V as e4m3 values [B, H, N, D] and float32 scales per channel [B, H, 1, D] (amax over the tokens / 448)."""
+    scales = v.abs().amax(dim=2, keepdim=True).float().clamp_min(MIN_AMAX) * (1.0 / 448.0)
+    return (v.float() / scales).to(torch.float8_e4m3fn), scales
+
+
+def reference(q, k, v, scale=None, pv_fp8=False):
+    """The 8-bit attention in plain torch: [B, H, Nq, D] x [B, H, Nk, D] -> [B, H, Nq, D] in q's dtype.
+    pv_fp8: P.V in FP8 too (P * 448 and V per channel as e4m3), the kernel's Hopper variant."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q_codes, q_scales = quantize_blocks(q, BLOCK_Q, scale)
     k_codes, k_scales = quantize_blocks(k, BLOCK_K, mean=key_mean(k))
     q_scales, k_scales = _expand(q_scales, BLOCK_Q, q.shape[2]), _expand(k_scales, BLOCK_K, k.shape[2])
     keys = k_codes.float().transpose(-1, -2)
+    if pv_fp8:
+        v_codes, v_scales = fp8_values(v)
     out = []
     for start in range(0, q.shape[2], REFERENCE_QUERY_CHUNK):
         rows = slice(start, start + REFERENCE_QUERY_CHUNK)
         # integer products of |codes| <= 127 over D <= 1024 entries are exact in float32
         scores = (q_codes[:, :, rows].float() @ keys) * q_scales[:, :, rows, None] * k_scales[:, :, None, :]
-        p = torch.softmax(scores, dim=-1).to(v.dtype)
-        out.append((p.float() @ v.float()).to(q.dtype))
+        p = torch.softmax(scores, dim=-1)
+        if pv_fp8:
+            pv = ((p * 448.0).to(torch.float8_e4m3fn).float() @ v_codes.float()) * (v_scales / 448.0)
+        else:
+            pv = p.to(v.dtype).float() @ v.float()
+        out.append(pv.to(q.dtype))
     return torch.cat(out, dim=2)
 
 
@@ -69,9 +82,9 @@ def kernel_supports(q, k, v):
             and q.shape[:2] == k.shape[:2] == v.shape[:2] and k.shape[2] == v.shape[2])
 
 
-def int8_attention(q, k, v, scale=None):
+def int8_attention(q, k, v, scale=None, pv_fp8=False):
     """8-bit attention of [B, H, N, D] inputs: the kernel where it applies, else `reference`."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if kernel_supports(q, k, v):
-        return torch.ops.qsched.int8_attention(q, k, v, scale)
-    return reference(q, k, v, scale)
+        return torch.ops.qsched.int8_attention(q, k, v, scale, pv_fp8)
+    return reference(q, k, v, scale, pv_fp8)

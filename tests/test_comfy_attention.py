@@ -30,9 +30,9 @@ def reference_calls(monkeypatch):
     calls = []
     original = attention.reference
 
-    def counted(q, k, v, scale=None):
+    def counted(q, k, v, scale=None, pv_fp8=False):
         calls.append(tuple(q.shape))
-        return original(q, k, v, scale)
+        return original(q, k, v, scale, pv_fp8)
 
     monkeypatch.setattr(attention, "reference", counted)
     return calls

@@ -32,18 +32,21 @@ def block_codes(ak, reference, tokens, d, dtype, layout):
         assert torch.equal(scales, ref_scales), "scales differ"
 
 
-def attention(ak, reference, q_tokens, k_tokens, d, dtype, layout, bound):
+def attention(ak, reference, q_tokens, k_tokens, d, dtype, layout, bound, pv_fp8=False):
     q = inputs(1, 2, q_tokens, d, dtype, 1, layout)
     k = inputs(1, 2, k_tokens, d, dtype, 2, layout, offset=1.0)
     v = inputs(1, 2, k_tokens, d, dtype, 3, layout)
-    out = ak.attention(q, k, v, d ** -0.5)
-    ref = reference.reference(q, k, v)
+    out = ak.attention(q, k, v, d ** -0.5, pv_fp8=pv_fp8)
+    ref = reference.reference(q, k, v, pv_fp8=pv_fp8)
     assert out.shape == ref.shape and out.dtype == dtype and torch.isfinite(out).all()
     assert out.transpose(1, 2).is_contiguous(), "the output is not laid out as [B, N, H, D]"
+    if pv_fp8:  # P rounds to e4m3 at the running maximum in the kernel, after normalising in the reference
+        ref = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
     error = float((out.double() - ref.double()).norm() / ref.double().norm())
     assert error < bound, error
-    op = torch.ops.qsched.int8_attention(q, k, v, d ** -0.5)
-    assert torch.equal(op, out), "the registered op differs from the launcher"
+    if not pv_fp8:
+        op = torch.ops.qsched.int8_attention(q, k, v, d ** -0.5)
+        assert torch.equal(op, out), "the registered op differs from the launcher"
 
 
 def checks():
@@ -57,6 +60,9 @@ def checks():
             for layout in ("HND", "NHD"):
                 cases[f"attention_q{q_tokens}_k{k_tokens}_d{d}_{str(dtype)[6:]}_{layout}"] = (
                     attention, q_tokens, k_tokens, d, dtype, layout, bound)
+    for q_tokens, k_tokens, d in ((200, 77, 64), (64, 300, 128)):
+        cases[f"attention_pv_fp8_q{q_tokens}_k{k_tokens}_d{d}"] = (
+            attention, q_tokens, k_tokens, d, torch.bfloat16, "NHD", 0.06, True)  # against float64 attention
     return cases
 
 

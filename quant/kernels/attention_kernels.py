@@ -37,6 +37,17 @@ def _round_half_even(x):
 
 
 @triton.jit
+def _round_e4m3(q):
+    """fp32 (|q| <= 448) -> the nearest float8 e4m3fn value, ties to even, as torch's cast does (the interpreter
+    cannot cast to fp8)."""
+    bits = q.to(tl.int32, bitcast=True)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)
+    magnitude = (tl.abs(q) + 24576.0) - 24576.0  # multiples of 2**-9 below 2**-6
+    subnormal = (magnitude.to(tl.int32, bitcast=True) | (bits & -2147483648)).to(tl.float32, bitcast=True)
+    return tl.where(tl.abs(q) < 0.015625, subnormal, normal)
+
+
+@triton.jit
 def _quantize_blocks_kernel(x_ptr, mean_ptr, codes_ptr, scale_ptr, tokens, heads, blocks, x_sb, x_sh, x_sn,
                             multiplier, BLOCK: tl.constexpr, D: tl.constexpr, HAS_MEAN: tl.constexpr):
     """One block of BLOCK tokens of one (batch, head) per program: codes [B, H, N, D] and scales [B, H, blocks]
@@ -61,9 +72,12 @@ def _quantize_blocks_kernel(x_ptr, mean_ptr, codes_ptr, scale_ptr, tokens, heads
 
 
 @triton.jit
-def _attention_kernel(qc_ptr, qs_ptr, kc_ptr, ks_ptr, v_ptr, out_ptr, q_tokens, k_tokens, heads,
+def _attention_kernel(qc_ptr, qs_ptr, kc_ptr, ks_ptr, v_ptr, vs_ptr, out_ptr, q_tokens, k_tokens, heads,
                       v_sb, v_sh, v_sn, o_sb, o_sh, o_sn,
-                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_DOT: tl.constexpr):
+                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EXACT_DOT: tl.constexpr,
+                      PV_FP8: tl.constexpr):
+    """PV_FP8: V holds e4m3 codes with one float32 scale per channel (vs_ptr), P goes to e4m3 as P * 448 (its
+    running maximum is 1), and the output is divided back."""
     q_block = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b = bh // heads
@@ -95,11 +109,18 @@ def _attention_kernel(qc_ptr, qs_ptr, kc_ptr, ks_ptr, v_ptr, out_ptr, q_tokens, 
         v = tl.load(v_ptr + b * v_sb + h * v_sh + keys[:, None].to(tl.int64) * v_sn + cols[None, :],
                     mask=key_live[:, None], other=0.0)
         acc = acc * alpha[:, None]
-        if EXACT_DOT:
+        if PV_FP8:
+            if EXACT_DOT:
+                acc += tl.dot(_round_e4m3(p * 448.0), v.to(tl.float32))
+            else:
+                acc = tl.dot((p * 448.0).to(v.dtype), v, acc)
+        elif EXACT_DOT:
             acc += tl.dot(p.to(v.dtype).to(tl.float32), v.to(tl.float32))
         else:
             acc = tl.dot(p.to(v.dtype), v, acc)
         m = m_new
+    if PV_FP8:
+        acc = acc * (tl.load(vs_ptr + bh * D + cols) * (1.0 / 448.0))[None, :]
     out = acc / l[:, None]
     tl.store(out_ptr + b * o_sb + h * o_sh + rows[:, None].to(tl.int64) * o_sn + cols[None, :],
              out.to(out_ptr.dtype.element_ty), mask=rows[:, None] < q_tokens)
@@ -131,30 +152,44 @@ def quantize_blocks(x, block, multiplier=1.0, mean=None):
     return codes, scales
 
 
-def attention(q, k, v, scale, num_warps=None, num_stages=None):
+def fp8_values(v):
+    """V as e4m3 codes [B, H, N, D] and float32 scales per channel [B, H, D] (amax over the tokens / 448)."""
+    scales = v.abs().amax(dim=2).float().clamp_min(1e-12) * (1.0 / 448.0)
+    return (v.float() / scales[:, :, None]).to(torch.float8_e4m3fn), scales.contiguous()
+
+
+def attention(q, k, v, scale, num_warps=None, num_stages=None, pv_fp8=False):
     """8-bit attention of [B, H, N, D] half-precision inputs (any strides but the last); the output is
-    [B, H, Nq, D] laid out as [B, Nq, H, D] (the models' own layout: reshaping it to [B, Nq, H * D] is free)."""
+    [B, H, Nq, D] laid out as [B, Nq, H, D] (the models' own layout: reshaping it to [B, Nq, H * D] is free).
+    pv_fp8: P.V on FP8 tensor cores (Ada/Hopper; measured in bench/gpu_attention.py, not a loader choice)."""
     batch, heads, q_tokens, d = q.shape
     k_tokens = k.shape[2]
+    out_dtype = q.dtype
+    v_scales = None
+    if pv_fp8:
+        v, v_scales = fp8_values(v)
+        if _interpreted():
+            v = v.float()
     v = _last_dim_contiguous(v)
     q_codes, q_scales = quantize_blocks(q, BLOCK_Q, scale)
     k_codes, k_scales = quantize_blocks(k, BLOCK_K, 1.0, torch.mean(k, dim=2, keepdim=True, dtype=torch.float32))
-    out = torch.empty((batch, q_tokens, heads, d), dtype=q.dtype, device=q.device).transpose(1, 2)
+    out = torch.empty((batch, q_tokens, heads, d), dtype=out_dtype, device=q.device).transpose(1, 2)
     warps, stages = LAUNCH.get(d, DEFAULT_LAUNCH)
     options = {} if _interpreted() else {"num_warps": num_warps or warps, "num_stages": num_stages or stages}
     _attention_kernel[(triton.cdiv(q_tokens, BLOCK_Q), batch * heads)](
-        q_codes, q_scales, k_codes, k_scales, v, out, q_tokens, k_tokens, heads,
+        q_codes, q_scales, k_codes, k_scales, v, v_scales if pv_fp8 else q_scales, out, q_tokens, k_tokens, heads,
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        D=d, BLOCK_M=BLOCK_Q, BLOCK_N=BLOCK_K, EXACT_DOT=_interpreted(), **options)
+        D=d, BLOCK_M=BLOCK_Q, BLOCK_N=BLOCK_K, EXACT_DOT=_interpreted(), PV_FP8=pv_fp8, **options)
     return out
 
 
 @torch.library.custom_op("qsched::int8_attention", mutates_args=())
-def int8_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    return attention(q, k, v, scale)
+def int8_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                      pv_fp8: bool = False) -> torch.Tensor:
+    return attention(q, k, v, scale, pv_fp8=pv_fp8)
 
 
 @int8_attention_op.register_fake
-def _(q, k, v, scale):
+def _(q, k, v, scale, pv_fp8=False):
     batch, heads, tokens, d = q.shape
     return q.new_empty((batch, tokens, heads, d)).transpose(1, 2)
