@@ -41,11 +41,15 @@ from comfyui_qsched.quant.spec import QuantSpec  # noqa: E402
 
 ROWS = []
 TABLES = []
+ROWS_FILE = []  # the open rows file: every row is written as it comes (a timeout keeps what was measured)
 
 
 def log(row):
     ROWS.append(row)
-    print(json.dumps(row, default=str), flush=True)
+    print(json.dumps(row, default=str)[:200], flush=True)  # the whole row goes to the file
+    for handle in ROWS_FILE:
+        handle.write(json.dumps(row, default=str) + "\n")
+        handle.flush()
 
 
 def rel(a, b):
@@ -58,11 +62,11 @@ def poison():
     del junk
 
 
-def bench_ms(fn, graph=False):
+def bench_ms(fn, graph=False, rep=50):
     import triton.testing
     if graph:
-        return triton.testing.do_bench_cudagraph(fn, rep=50, return_mode="median")
-    return triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median")
+        return triton.testing.do_bench_cudagraph(fn, rep=rep, return_mode="median")
+    return triton.testing.do_bench(fn, warmup=min(10, rep), rep=rep, return_mode="median")
 
 
 # ---------------------------------------------------------------- checks
@@ -229,6 +233,7 @@ def flux_step(device, rounds, deadline):
     for key in runs:
         rows[key] = {"section": "flux", "config": key[0], "attention": key[1], "eager_ms": statistics.median(times[key]),
                      "eager_spread_ms": [min(times[key]), max(times[key])], "rel_l2": rel(outs[key], reference)}
+        log(rows[key])
     if time.time() < deadline:
         for name in ("cache_size_limit", "recompile_limit"):  # two attention variants per block graph
             if hasattr(torch._dynamo.config, name):
@@ -245,11 +250,13 @@ def flux_step(device, rounds, deadline):
             rows[key]["compiled_ms"] = statistics.median(ctimes[key])
             rows[key]["compiled_spread_ms"] = [min(ctimes[key]), max(ctimes[key])]
             rows[key]["rel_l2_compiled"] = rel(compiled_out[key], reference)
+            log({"section": "flux", "compiled": True, **{k: v for k, v in rows[key].items() if k != "section"}})
+    else:
+        log({"section": "flux", "compiled": "skipped: --budget-s reached"})
     base = rows[("bf16", "sdpa")]
     lines = ["| config | attention | eager ms | ratio | compiled ms | ratio | rel L2 | rel L2 compiled |",
              "|---|---|---|---|---|---|---|---|"]
     for key, row in rows.items():
-        log(row)
         c = row.get("compiled_ms")
         lines.append(f"| {key[0]} | {key[1]} | {row['eager_ms']:.1f} | {row['eager_ms'] / base['eager_ms']:.3f} | "
                      + (f"{c:.1f} | {c / base['compiled_ms']:.3f} | " if c else "- | - | ")
@@ -302,7 +309,7 @@ def sdxl_shapes(device):
     return shapes, names
 
 
-def linear_paths(tokens, k, n, device):
+def linear_paths(tokens, k, n, device, graph=True):
     x = torch.randn(tokens, k, device=device, dtype=torch.bfloat16)
     base = torch.nn.Linear(k, n, device=device, dtype=torch.bfloat16)
     layers = {"bf16": base}
@@ -320,9 +327,9 @@ def linear_paths(tokens, k, n, device):
         reference = base(x).float()
         for name, layer in layers.items():
             row[f"{name} rel_l2"] = rel(layer(x).float(), reference)
-            row[f"{name} eager_ms"] = bench_ms(lambda: layer(x))
+            row[f"{name} eager_ms"] = bench_ms(lambda: layer(x), rep=20)
             try:
-                row[f"{name} graph_ms"] = bench_ms(lambda: layer(x), graph=True)
+                row[f"{name} graph_ms"] = bench_ms(lambda: layer(x), graph=True, rep=20) if graph else "-"
             except Exception as error:
                 row[f"{name} graph_ms"] = f"{type(error).__name__}"
     return row
@@ -338,15 +345,16 @@ def conv_paths(h, w, cin, cout, kernel, stride, device):
     b = torch.randn(cout, kk, device=device, dtype=torch.bfloat16)
     row = {}
     with torch.inference_mode():
-        row["cudnn bf16 ms"] = bench_ms(lambda: conv(x))
-        row["gemm bf16 ms"] = bench_ms(lambda: a @ b.t())
+        row["cudnn bf16 ms"] = bench_ms(lambda: conv(x), rep=20)
+        row["gemm bf16 ms"] = bench_ms(lambda: a @ b.t(), rep=20)
         if kk % 16 == 0 and cout % 16 == 0:
             b8 = b.to(torch.float8_e4m3fn)
             one = torch.ones((), device=device)
-            row["gemm fp8 ms"] = bench_ms(lambda: torch._scaled_mm(a.to(torch.float8_e4m3fn), b8.t(), one, one,
-                                                                   out_dtype=torch.bfloat16))
+            a8 = a.to(torch.float8_e4m3fn)
+            row["gemm fp8 ms"] = bench_ms(lambda: torch._scaled_mm(a8, b8.t(), one, one, out_dtype=torch.bfloat16),
+                                          rep=20)
             padded = (m + 15) // 16 * 16
-            row["act quant ms"] = bench_ms(lambda: tk.quantize_rows_fp8(a, padded))
+            row["act quant ms"] = bench_ms(lambda: tk.quantize_rows_fp8(a, padded), rep=20)
     return row
 
 
@@ -355,12 +363,15 @@ def sdxl(device):
     lines = ["| image | tokens | in -> out | calls | bf16 | W8A8 fp8 | W8A8 w-only | W4A8 fp8 | W4A16 w-only | "
              "graph: bf16 / W8A8 fp8 / W8A8 w-only | W8A8 pick |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     totals = {}
+    # 512^2 (SDXL-Turbo's size) too, for the layers whose token count depends on the image
     linear_keys = [(tokens, k, n, count, res) for (kind, tokens, k, n, *_), count in sorted(shapes.items())
-                   if kind == "linear" for tokens, res in ((tokens, 1024), (tokens // 4 if tokens > 77 else tokens, 512))]
+                   if kind == "linear" for tokens, res in ((tokens, 1024), (tokens // 4, 512)) if res == 1024 or
+                   tokens > 77]
     for tokens, k, n, count, resolution in linear_keys:
         try:
             row = {"section": "sdxl_linear", "resolution": resolution, "tokens": tokens, "in": k, "out": n,
-                   "calls": count, "layers": names.get((k, n), [])[:3], **linear_paths(tokens, k, n, device)}
+                   "calls": count, "layers": names.get((k, n), [])[:3],
+                   **linear_paths(tokens, k, n, device, graph=resolution == 1024)}
             log(row)
             if resolution == 1024:
                 for path in ("bf16", "W8A8 fp8", "W8A8 weight-only", "W4A8 fp8", "W4A8 weight-only"):
@@ -402,23 +413,25 @@ def sdxl(device):
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
-    parser.add_argument("--sections", default="checks,attn,flux,sdxl")
+    parser.add_argument("--sections", default="checks,attn,sdxl,flux")
     parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--budget-s", type=float, default=230, help="no FLUX compile starts after this")
+    parser.add_argument("--budget-s", type=float, default=190, help="no FLUX compile starts after this")
     args = parser.parse_args(argv)
     start = time.time()
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
     import triton
+    os.makedirs(args.out, exist_ok=True)
+    ROWS_FILE.append(open(os.path.join(args.out, "gpu_attention_rows.jsonl"), "w", encoding="utf-8"))
     log({"section": "device", "gpu": props.name, "capability": f"{props.major}.{props.minor}",
          "torch": torch.__version__, "triton": triton.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC",
                                                                                          time.gmtime())})
     sections = args.sections.split(",")
-    for section, fn in (("checks", checks), ("attn", attention_alone),
-                        ("flux", lambda: flux_step(device, args.rounds, start + args.budget_s)),
-                        ("sdxl", lambda: sdxl(device))):
-        if section not in sections:
-            continue
+    steps = {"checks": checks, "attn": attention_alone, "sdxl": lambda: sdxl(device),
+             "flux": lambda: flux_step(device, args.rounds, start + args.budget_s)}
+    for section in sections:
+        fn = steps[section]
+        printed = len(TABLES)
         t0 = time.time()
         try:
             fn()
@@ -428,10 +441,8 @@ def main(argv=None):
         gc.collect()
         torch.cuda.empty_cache()
         log({"section": section, "seconds": time.time() - t0})
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_attention_rows.jsonl"), "w") as handle:
-        for row in ROWS:
-            handle.write(json.dumps(row, default=str) + "\n")
+        for table in TABLES[printed:]:  # now too: a timeout later keeps what is done
+            print("\n" + table, flush=True)
     checks_rows = [r for r in ROWS if r.get("section") == "checks" and "ok" in r]
     print(f"\n{props.name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; checks "
           f"{sum(r['ok'] for r in checks_rows)}/{len(checks_rows)} ok; {time.time() - start:.0f} s")
