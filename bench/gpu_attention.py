@@ -231,8 +231,8 @@ def flux_step(device, rounds, deadline):
     times = interleaved(runs, device, rounds)
     rows = {}
     for key in runs:
-        rows[key] = {"section": "flux", "config": key[0], "attention": key[1], "eager_ms": statistics.median(times[key]),
-                     "eager_spread_ms": [min(times[key]), max(times[key])], "rel_l2": rel(outs[key], reference)}
+        rows[key] = {"section": "flux", "config": key[0], "attention": key[1],
+                     "eager_ms": statistics.median(times[key]), "eager_spread_ms": [min(times[key]), max(times[key])], "rel_l2": rel(outs[key], reference)}
         log(rows[key])
     if time.time() < deadline:
         for name in ("cache_size_limit", "recompile_limit"):  # two attention variants per block graph

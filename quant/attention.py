@@ -1,9 +1,10 @@
 """8-bit attention, SageAttention-style: Q and K as int8 codes with one scale per block of tokens, K smoothed by
 subtracting its mean over the tokens first, the softmax in float32, P.V in the 16-bit dtype of V.
 
-Layout [batch, heads, tokens, head_dim]. `int8_attention` runs the Triton kernel (quant/kernels/attention_kernels.py)
-for CUDA half-precision inputs it supports, as one `torch.library` op (torch.compile keeps it whole), and
-`reference` elsewhere (the CPU, no Triton, other head sizes); `reference` is the plain-torch definition the kernel is held to.
+Layout [batch, heads, tokens, head_dim]. `int8_attention` runs the Triton kernel
+(quant/kernels/attention_kernels.py) for CUDA half-precision inputs it supports, as one `torch.library` op
+(torch.compile keeps it whole), and `reference` elsewhere (the CPU, no Triton, other head sizes); `reference` is
+the plain-torch definition the kernel is held to.
 
 Why it works: subtracting the same vector from every key adds one constant per query row to the scores, which the
 softmax removes, and it takes out the channel-wise offset that DiT keys carry, so the per-block int8 range is
