@@ -38,6 +38,7 @@ import quant as bench  # noqa: E402  (bench/quant.py: ComfyUI model configs, see
 
 import comfy.sd  # noqa: E402
 
+from comfyui_qsched.comfy_adapter.attention import OVERRIDE_KEY, int8_attention_override  # noqa: E402
 from comfyui_qsched.comfy_adapter.quant_ops import with_comfy_patching  # noqa: E402
 from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 from comfyui_qsched.quant.export import comfy_int8_state_dict  # noqa: E402
@@ -83,8 +84,25 @@ def source_state_dict(name, device, blocks, tiny):
     return state
 
 
+INT8_ATTENTION = " + int8 attention"  # --attention int8: these configs again with the loaders' attention: int8
+
+
+class WithInt8Attention(torch.nn.Module):
+    """The backbone called with the override the loaders install (transformer_options, as the sampler passes it)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, transformer_options={OVERRIDE_KEY: int8_attention_override}, **kwargs)
+
+
 def build_config(config, state, device):
     """(model on `device`, row with how it was made and its weight bytes)."""
+    if config.endswith(INT8_ATTENTION):
+        model, row = build_config(config[:-len(INT8_ATTENTION)], state, device)
+        return WithInt8Attention(model), {**row, "config": config}
     row = {"config": config}
     start = time.perf_counter()
     if config == "bf16":
@@ -435,7 +453,14 @@ def main(argv=None):
                         "beside GPU time (bench/host_profile.py)")
     parser.add_argument("--log", default="")
     parser.add_argument("--budget-s", type=float, default=1e9, help="no compile starts after this many seconds")
+    parser.add_argument("--attention", choices=("sdpa", "int8"), default="sdpa",
+                        help="int8: also bf16 and W8A8 auto with the 8-bit attention (eager and compiled)")
     args = parser.parse_args(argv)
+    if args.attention == "int8":
+        global COMPILED
+        extra = [config + INT8_ATTENTION for config in ("bf16", "W8A8 auto")]
+        args.configs += "," + ",".join(extra)
+        COMPILED = (*COMPILED, *extra)
     args.deadline = time.time() + args.budget_s
     if not torch.cuda.is_available() and not args.tiny:
         raise SystemExit("bench/peers.py times GPU kernels: run it on a machine with a CUDA GPU (or --tiny)")

@@ -214,7 +214,8 @@ def main(argv):
     from ..comfy_adapter.loading import load_checkpoint
 
     model, clip, vae, quantized = load_checkpoint(args.checkpoint, config.quant or None, backend=args.backend,
-                                                  layer_policy=args.layer_policy, cache=args.quant_cache)
+                                                  layer_policy=args.layer_policy, cache=args.quant_cache,
+                                                  attention=args.attention)
     if quantized:
         print(quantized, file=sys.stderr)
     reference_model = load_checkpoint(reference)[0] if reference is not None else None

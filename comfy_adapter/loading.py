@@ -1,7 +1,7 @@
 """Loading a checkpoint or diffusion model and quantizing its backbone at load time, shared by the quantized
 loader nodes and `python -m qsched calibrate`: the source check, ComfyUI's loaders, quant/ on the backbone and
 ComfyUI's weight patching protocol (quant_ops.py) on top, so the result is a normal ComfyUI MODEL. The options
-(quantization, backend, layer policy, cache) are defined once, in quant/options.py."""
+(quantization, backend, layer policy, cache, attention) are defined once, in quant/options.py."""
 import logging
 import os
 
@@ -13,9 +13,10 @@ from ..quant import LayerPolicy, QuantSpec, quantize_module
 from ..quant.backends import DEFAULT_BACKEND
 from ..quant.cache import quantize_cached
 from ..quant.fp8 import fp8_supported
-from ..quant.options import CACHE_CHOICES, CACHE_FOLDER
+from ..quant.options import ATTENTION_CHOICES, CACHE_CHOICES, CACHE_FOLDER
 from ..quant.source import check_source
 from ..tensor_files import warn_non_finite_weights
+from .attention import set_attention
 from .quant_ops import with_comfy_patching
 
 
@@ -33,8 +34,9 @@ def quantizer_of(model):
     return getattr(backbone, QUANTIZER_ATTRIBUTE, None)
 
 
-def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND, layer_policy="", cache="off"):
-    """Quantize the ModelPatcher's backbone in place; returns the report's summary line."""
+def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND, layer_policy="", cache="off",
+                     attention="sdpa"):
+    """Quantize the ModelPatcher's backbone in place and install the attention choice; returns the summary line."""
     name = os.path.basename(source_path)
     spec = QuantSpec.parse(quantization)
     policy = LayerPolicy.parse(layer_policy)
@@ -44,6 +46,8 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
                          f"this device is {comfy.model_management.get_torch_device_name(device)}")
     if cache not in CACHE_CHOICES:
         raise ValueError(f"cache must be one of {', '.join(CACHE_CHOICES)}, got {cache!r}")
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {attention!r}")
     backbone = patcher.model.diffusion_model
     warn_non_finite_weights(backbone, name, logging)
     if cache == "on":
@@ -57,9 +61,11 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
                          f"({type(backbone).__name__}, {report.kept} kept by the layer policy)")
     with_comfy_patching(backbone)
     setattr(backbone, QUANTIZER_ATTRIBUTE, {"spec": spec.name, "backend": backend})  # presets record it
+    set_attention(patcher, attention)
     patcher.size = 0
     patcher.model_size()  # ComfyUI's memory planning must see the packed size
-    summary = f"Q-Sched quantized {name}: {report.summary()}; cache {status}"
+    summary = f"Q-Sched quantized {name}: {report.summary()}; cache {status}" + (
+        f"; attention {attention}" if attention != "sdpa" else "")
     logging.info(summary)
     return summary
 

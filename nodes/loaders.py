@@ -28,7 +28,7 @@ def quant_inputs():
             inputs.append(io.String.Input(option.name, default=option.default, multiline=True, tooltip=option.help))
         else:
             inputs.append(io.Combo.Input(option.name, options=list(option.choices), default=option.default,
-                                         tooltip=option.help))
+                                         tooltip=option.help, optional=option.optional))
     return inputs
 
 
@@ -68,10 +68,10 @@ class QSchedQuantizedDiffusionModelLoader(io.ComfyNode):
         return check_layer_policy(layer_policy)
 
     @classmethod
-    def execute(cls, unet_name, quantization, backend, layer_policy, cache):
+    def execute(cls, unet_name, quantization, backend, layer_policy, cache, attention="sdpa"):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         patcher, summary = load_diffusion_model(path, quantization, backend=backend, layer_policy=layer_policy,
-                                                cache=cache)
+                                                cache=cache, attention=attention)
         print(summary)
         return io.NodeOutput(patcher, summary)
 
@@ -99,10 +99,10 @@ class QSchedQuantizedCheckpointLoader(io.ComfyNode):
         return check_layer_policy(layer_policy)
 
     @classmethod
-    def execute(cls, ckpt_name, quantization, backend, layer_policy, cache):
+    def execute(cls, ckpt_name, quantization, backend, layer_policy, cache, attention="sdpa"):
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         patcher, clip, vae, summary = load_checkpoint(path, quantization, backend=backend, layer_policy=layer_policy,
-                                                      cache=cache)
+                                                      cache=cache, attention=attention)
         print(summary)
         return io.NodeOutput(patcher, clip, vae, summary)
 

@@ -21,11 +21,17 @@ FAST_A8_SPECS = ("W8A8", "W4A8")
 # wide on one side) runs faster with 16-bit compute, because the activation quantization's extra launch and pass
 # cost more than the FP8 GEMM saves, while FLUX's 3072-wide GEMMs gain (kernel table, bench/results/peers_h200.md).
 A8_MIN_FEATURES = 2048
+# Narrower linears where 8-bit compute measured faster than the same spec's weight-only path at every token count
+# timed (SDXL at 512^2 and 1024^2), per spec, as (in_features, out_features): derived from the per-shape table
+# bench/results/sdxl_linears_h100.jsonl by bench/sdxl_a8_rule.py (tests/test_quant_auto_rule.py keeps them equal).
+A8_MEASURED_SHAPES = {"W8A8": frozenset(), "W4A8": frozenset()}
 
 
-def a8_pays(layer):
-    return (isinstance(layer, nn.Linear) and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
-            and min(layer.in_features, layer.out_features) >= A8_MIN_FEATURES)
+def a8_pays(layer, spec_name="W8A8"):
+    if not (isinstance(layer, nn.Linear) and layer.in_features % 16 == 0 and layer.out_features % 16 == 0):
+        return False
+    shape = (layer.in_features, layer.out_features)
+    return min(shape) >= A8_MIN_FEATURES or shape in A8_MEASURED_SHAPES.get(spec_name, ())
 
 
 def int8_supported(device):
@@ -58,7 +64,7 @@ class AutoBackend:
             return "simulate", spec, f"no fast kernel for {spec}"
         if not isinstance(layer, nn.Linear):
             return "weight-only", spec.with_activations(16), "convolution"
-        if not a8_pays(layer):
+        if not a8_pays(layer, spec.name):
             return "weight-only", spec.with_activations(16), "GEMM too small for 8-bit compute to pay"
         if fp8.fp8_supported(device):
             return "fp8", spec, "FP8 tensor cores"

@@ -8,6 +8,7 @@ SPECS = ("W8A8", "W4A8", "W4A8-g128", "W4A8-g64", "W4A8-g64-r32", "W6A8", "W4A6"
          "W8A16", "W4A16", "W4A16-g128")
 CACHE_FOLDER = "qsched_quant_cache"
 CACHE_CHOICES = ("off", "on")
+ATTENTION_CHOICES = ("sdpa", "int8")
 
 
 @dataclass(frozen=True)
@@ -16,6 +17,7 @@ class QuantOption:
     default: str
     choices: tuple       # None: free text
     help: str
+    optional: bool = False  # added after workflows were saved: optional, so they load with the default
 
 
 QUANT_OPTIONS = (
@@ -32,4 +34,8 @@ QUANT_OPTIONS = (
                 "first_last=off'. Sensitive layers (embeddings, first/last, norms) stay in high precision by default."),
     QuantOption("cache", "off", CACHE_CHOICES, f"on: keep the quantized weights in models/{CACHE_FOLDER} (keyed by "
                 "the file's content hash) for fast reloads."),
+    QuantOption("attention", "sdpa", ATTENTION_CHOICES, "sdpa: ComfyUI's attention. int8: 8-bit attention "
+                "(SageAttention-style: int8 Q.K^T with per-block scales, smoothed K, float32 softmax, 16-bit P.V; "
+                "a Triton kernel on CUDA), installed as ComfyUI's attention override in the model options.",
+                optional=True),
 )

@@ -8,10 +8,18 @@ try:
     from . import triton_kernels
 except Exception:  # no Triton (CPU-only builds of torch, other platforms): the torch code paths run
     triton_kernels = None
+try:
+    from . import attention_kernels
+except Exception:  # as above: quant.attention.reference runs
+    attention_kernels = None
 
 
 def triton_available():
     return triton_kernels is not None
+
+
+def attention_available():
+    return attention_kernels is not None
 
 
 def runs_triton(x):
