@@ -34,7 +34,7 @@ comfy.cli_args.args.cpu = not torch.cuda.is_available()
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 
-from comfyui_qsched.calibration.metrics import clip_scorer  # noqa: E402
+from comfyui_qsched.scoring import clip_scorer  # noqa: E402
 from comfyui_qsched.calibration.pipeline import make_evaluate  # noqa: E402
 from comfyui_qsched.calibration.prompts import DEFAULT_PROMPTS  # noqa: E402
 from comfyui_qsched.calibration.run import CalibrationConfig  # noqa: E402
@@ -120,7 +120,7 @@ def build_tiny(workdir):
 
 
 class TransformersClipTowers(torch.nn.Module):
-    """A random transformers CLIPModel behind the scorer's towers interface (calibration.metrics.towers)."""
+    """A random transformers CLIPModel behind the scorer's towers interface (scoring.towers)."""
     is_resnet, source = False, None   # source None: the scorer's identity hashes the weights' content
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 

@@ -164,7 +164,7 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64, quant="W4A8"):
     import comfy.sd
     from test_metrics_fixtures import save_open_clip, tiny_vit_clip
 
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     from comfyui_qsched.calibration.pipeline import make_evaluate
     from comfyui_qsched.calibration.prompts import DEFAULT_PROMPTS
     from comfyui_qsched.comfy_adapter.calibration import make_generator

@@ -14,6 +14,7 @@ import time
 
 from ..quant.options import QUANT_OPTIONS
 from ..safe_files import UnsafeFileError, read_regular_file
+from ..scoring.options import OPTION as SCORER_OPTION
 from .reference import ReferenceError
 from .run import REFERENCE_MODEL_HELP, SCHEDULERS, CalibrationConfig, ConfigError
 
@@ -88,7 +89,9 @@ def parser():
     p.add_argument("--checkpoint", required=True, help="checkpoint .safetensors (model, CLIP and VAE)")
     p.add_argument("--scorer", default=None, help="CLIP checkpoint for the JAQ scorer (open_clip/HF/OpenAI file); "
                    "needed unless the objective is reference_latent or reference_image")
-    p.add_argument("--scorer-k", type=_number(minimum=0.0), default=2.0, help="JAQ = TC + k * IQ (default 2)")
+    k = SCORER_OPTION["k"]
+    p.add_argument("--scorer-k", type=_number(k.minimum, k.maximum), default=k.default,
+                   help=f"JAQ = TC + k * IQ; {k.help} (default {k.default:g})")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI checkout (or COMFYUI_DIR)")
     flags = config_flags()
     for name, default, setting in CalibrationConfig.settings():
@@ -171,7 +174,7 @@ def main(argv):
         p.error(str(error))
     _import_comfyui(args.comfyui, args.gpu)
     from .heldout import format_report
-    from .metrics import load_scorer
+    from ..scoring import load_scorer
     from ..comfy_adapter.calibration import calibrate
     from ..comfy_adapter.loading import load_checkpoint
 

@@ -10,8 +10,8 @@ import comfy.model_patcher
 import folder_paths
 from comfy_api.v0_0_2 import io
 
-from ..calibration.metrics import CLIP_IQA_PAIRS, CLIP_SCORE_CONVENTIONS, ScorerError, load_scorer
-from ..calibration.metrics.checkpoints import WHERE_TO_PUT
+from ..scoring import SCORER_OPTIONS, ScorerError, load_scorer
+from ..scoring.checkpoints import WHERE_TO_PUT
 from .io_types import Scorer
 
 SCORER_FOLDER = "qsched_scorers"
@@ -45,6 +45,14 @@ def _choice(name, value, choices):
     return value
 
 
+def _option_input(option):
+    """The node input of a scorer option (scoring/options.py)."""
+    if option.number():
+        return io.Float.Input(option.name, default=option.default, min=option.minimum, max=option.maximum,
+                              step=option.step, tooltip=option.help)
+    return io.Combo.Input(option.name, options=list(option.choices), default=option.default, tooltip=option.help)
+
+
 def _stamp(path):
     stat = os.stat(path)
     return stat.st_mtime_ns, stat.st_size
@@ -62,19 +70,7 @@ class QSchedScorerLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("checkpoint", options=files, tooltip="CLIP checkpoint (variant clip) or HPS v2/v2.1 "
                                f"file (variant preference), from models/{SCORER_FOLDER}."),
-                io.Combo.Input("variant", options=["clip", "preference"], tooltip="clip: TC = CLIPScore, IQ = "
-                               "CLIP-IQA. preference: IQ = HPSv2 (checkpoint), TC = CLIPScore (alignment_checkpoint)."),
-                io.Float.Input("k", default=2.0, min=0.0, max=1000.0, step=0.1,
-                               tooltip="JAQ weight; 2 in the paper (Eq. 5) and the official code."),
-                io.Combo.Input("tc_transform", options=["identity", "log"], tooltip="identity: the paper's TC + k*IQ; "
-                               "log: the official code's log(CLIPScore) + k*IQ."),
-                io.Combo.Input("k_weights", options=["iq", "tc"], tooltip="Which term k multiplies: iq (paper Eq. 5) "
-                               "or tc (the paper's Table 3 values: HPSv2 + 2 * AQ-Map)."),
-                io.Combo.Input("clip_score_convention", options=sorted(CLIP_SCORE_CONVENTIONS),
-                               tooltip="torchmetrics: 100*max(cos,0); hessel: 2.5*max(cos,0) with 'A photo depicts ' "
-                                       "before the prompt."),
-                io.Combo.Input("iqa_prompt_pair", options=list(CLIP_IQA_PAIRS),
-                               tooltip="CLIP-IQA antonym pair; quality = 'Good photo.' / 'Bad photo.'"),
+                *(_option_input(option) for option in SCORER_OPTIONS),
                 io.Combo.Input("alignment_checkpoint", options=["none"] + files, optional=True,
                                tooltip="CLIP checkpoint for TC in the preference variant."),
                 io.Combo.Input("quick_gelu", options=list(QUICK_GELU), optional=True,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...safe_files import JSONDocumentError, UnsafeFileError, kind_of, read_json_file
+from ..safe_files import JSONDocumentError, UnsafeFileError, kind_of, read_json_file
 from .torchscript import CONVERT_ONCE, TorchScriptError, is_torchscript_archive, read_torchscript_tensors
 
 WHERE_TO_PUT = (

@@ -35,7 +35,7 @@ def stack(comfyui_dir, comfy_models, tmp_path_factory):
 
     user = tmp_path_factory.mktemp("user")
     folder_paths.set_user_directory(str(user))
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     from comfyui_qsched.nodes import calibrate, presets, sampling
 
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(comfy_models.path("checkpoints", SD15_CHECKPOINT))[:3]

@@ -149,7 +149,7 @@ def test_prompts_of_different_token_lengths_go_in_separate_batches(sd15):
 
 @pytest.fixture(scope="module")
 def scorer(comfyui_dir, tmp_path_factory):
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     path = save_open_clip(tiny_vit_clip(seed=5), tmp_path_factory.mktemp("scorer") / "tiny_clip.safetensors")
     return load_scorer(path, architecture="auto", device="cpu")
 

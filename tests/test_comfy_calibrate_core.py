@@ -77,7 +77,7 @@ def test_the_command_lines_comfyui_side_imports_no_server_and_no_nodes(comfyui_d
             "from comfyui_qsched.calibration import cli\n"
             f"cli._import_comfyui({comfyui_dir!r}, False)\n"
             "import comfyui_qsched.comfy_adapter.calibration, comfyui_qsched.comfy_adapter.loading\n"
-            "import comfyui_qsched.calibration.metrics\n"
+            "import comfyui_qsched.scoring\n"
             "assert 'comfy.sd' in sys.modules\n"
             "print([m for m in sys.modules if m in ('server', 'nodes', 'execution', 'main') "
             "or m.startswith('comfyui_qsched.nodes')])\n")
