@@ -216,7 +216,7 @@ def bench_model(name, models, scorer, size, args, log_path):
         items = [(QSchedSchedule.identity(args.steps), i % len(prompts)) for i in range(batch_size)]
         make_evaluate(make_generator(*models, sampler_name="lcm", scheduler="lcm_original", steps=args.steps, cfg=1.0,
                                      seed=args.seed + 10_000, width=size, height=size, prompts=prompts,
-                                     max_batch=batch_size), scorer, prompts).many([(s, [i]) for s, i in items])
+                                     max_batch=batch_size), scorer, prompts).score_many([(s, [i]) for s, i in items])
     rows, first = [], None
     for batch_size in args.batch_sizes:
         calibration, seconds, phases = calibrate_once(name, models, scorer, prompts, batch_size, args, size)

@@ -191,7 +191,7 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64, quant="W4A8"):
         key = (schedule.c_x, schedule.c_eps)
         missing = [i for i in indices if (key, i) not in cache]
         if missing:
-            cache.update({(key, i): s for i, s in zip(missing, evaluate(schedule, missing))})
+            cache.update({(key, i): s for i, s in zip(missing, evaluate.score(schedule, missing))})
             if len(cache) // 50 != (len(cache) - len(missing)) // 50:
                 print(f"  {len(cache)} distinct images, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         return [cache[(key, i)] for i in indices]

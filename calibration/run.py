@@ -25,8 +25,8 @@ from .prompts import parse_prompts, prompts_hash
 from .reference import (DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES, is_reference_objective,
                         make_objective_evaluate, needs_scorer)
 from .runlog import settings_hash
-from .search import SearchInterrupted, SearchSpace, plan_images, run_search
-from .strategies import DEFAULT_STRATEGY, STRATEGIES
+from .search import (DEFAULT_STRATEGY, STRATEGIES, Remapped, Reporting, SearchInterrupted, SearchSpace, Stoppable,
+                     plan_images, run_search)
 
 log = logging.getLogger("qsched.calibration")
 SCHEDULERS = "schedulers"   # choices only the host knows (ComfyUI's sigma schedules plus the pack's few-step ones)
@@ -305,11 +305,11 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     else:
         evaluate = make_evaluate(generate, scorer, prompts, config.objective, failures)
     fp_control = config.fp_control(generate_reference is not None)
-    search_evaluate = _on_pairs(evaluate, search_pairs)
+    search_evaluate = Remapped(evaluate, search_pairs)   # the held-out pairs are not searched on
     check_images = len(held_out) * (4 if fp_control else 2)   # winner and identity (x2 with the FP control)
     search_progress = None if progress is None else lambda done, total: progress(done, total + check_images)
     if on_candidate is not None:
-        search_evaluate = _reporting(search_evaluate, on_candidate)
+        search_evaluate = Reporting(search_evaluate, on_candidate)
     result = run_search(search_evaluate, config.steps, len(search_pairs), config.strategy,
                         budget_images=config.budget_images or None, c_range=config.c_range,
                         sampler=config.sampler_name, settings=settings, run_log=log_path, progress=search_progress,
@@ -373,38 +373,9 @@ def _finite(value):
     return float(value) if math.isfinite(value) else None
 
 
-def _on_pairs(evaluate, pairs):
-    """The search's prompt index i is pair pairs[i] (the held-out pairs are not searched on)."""
-    def remapped(schedule, indices):
-        return evaluate(schedule, [pairs[i] for i in indices])
-
-    remapped.many = lambda requests: evaluate.many([(s, [pairs[i] for i in indices]) for s, indices in requests])
-    return remapped
-
-
 def _stoppable(evaluate, should_stop):
     """The held-out and FP-control evaluations stop on an interrupt like the search does."""
     if evaluate is None or should_stop is None:
         return evaluate
-
-    def checked(schedule, indices):
-        if should_stop():
-            raise SearchInterrupted("calibration interrupted during the held-out check")
-        return evaluate(schedule, indices)
-    return checked
-
-
-def _reporting(evaluate, on_candidate):
-    def wrapped(schedule, prompt_indices):
-        scores = evaluate(schedule, prompt_indices)
-        on_candidate(schedule, prompt_indices, scores)
-        return scores
-
-    def many(requests):
-        results = evaluate.many(requests)
-        for (schedule, prompt_indices), scores in zip(requests, results):
-            on_candidate(schedule, prompt_indices, scores)
-        return results
-
-    wrapped.many = many
-    return wrapped
+    return Stoppable(evaluate, should_stop,
+                     lambda: SearchInterrupted("calibration interrupted during the held-out check"))

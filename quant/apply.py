@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backends import get_backend
+from .registry import get_backend
 from .policy import DEFAULT_POLICY, LayerDecision, LayerPolicy
 from .spec import QuantSpec
 

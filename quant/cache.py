@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from ..atomic_files import write_atomic
 from .apply import quantize_module
-from .backends import get_backend
+from .registry import get_backend
 from .layers import PackedWeightMixin
 from .policy import DEFAULT_POLICY, LayerPolicy
 from .spec import QuantSpec

@@ -3,7 +3,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import k_qsched
-from .k_qsched import NonFiniteLatentError, default_noise_sampler
+from .k_qsched import NonFiniteLatentError
+from .noise import default_noise_sampler
 from .model_sampling import EPSSampling, FlowSampling, is_flow
 from .schedule import SAMPLER_NAMES, QSchedSchedule, ScheduleError
 from .sigmas import SCHEDULES as SIGMA_SCHEDULES, few_step_sigmas

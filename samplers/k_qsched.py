@@ -20,6 +20,7 @@ from tqdm.auto import trange
 
 from .batch import ScheduleBatch
 from .model_sampling import EPSSampling, discrete_sigma_table, is_flow
+from .noise import default_noise_sampler
 from .schedule import QSchedSchedule, ScheduleError
 
 
@@ -30,19 +31,6 @@ class NonFiniteLatentError(FloatingPointError):
         self.sampler, self.step, self.steps = sampler, step, steps
         super().__init__(f"{sampler}: the latent became NaN/inf at step {step + 1} of {steps} (sigma {sigma:.4g}); "
                          "check the model, its quantization and the Q-Sched coefficients")
-
-
-def default_noise_sampler(x, seed=None):
-    """The plain-torch noise sampler, used when no other is given: one generator seeded once with `seed`, a randn
-    of x's shape per call (the draws of a diffusers scheduler stepping with that seeded generator). Inside
-    ComfyUI the nodes pass ComfyUI's own `default_noise_sampler` as `make_noise_sampler` instead, so identity
-    schedules draw exactly what the host's native samplers draw (its seeding differs between versions)."""
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(seed)
-    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device,
-                                                 generator=generator)
 
 
 def to_d(x, sigma, denoised):

@@ -96,7 +96,7 @@ def test_the_command_line_has_every_config_setting_with_its_default_bounds_and_c
 
 def test_quantized_loading_options_come_from_the_loader_definitions():
     from comfyui_qsched.quant import BACKENDS
-    from comfyui_qsched.quant.backends import DEFAULT_BACKEND
+    from comfyui_qsched.quant.registry import DEFAULT_BACKEND
     from comfyui_qsched.quant.options import CACHE_CHOICES
     actions = {action.dest: action for action in cli.parser()._actions}
     assert tuple(actions["backend"].choices) == tuple(BACKENDS) and actions["backend"].default == DEFAULT_BACKEND

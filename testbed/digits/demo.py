@@ -15,7 +15,7 @@ import time
 import torch
 from PIL import Image, ImageDraw
 
-from ...calibration.strategies import DEFAULT_STRATEGY
+from ...calibration.search import DEFAULT_STRATEGY
 from ...samplers import QSchedSchedule
 from .data import to_comfy_image
 from .experiment import SUPPORTED_BITS, check_bits, evaluate_cell, load_testbed, quantized_student, search_schedule

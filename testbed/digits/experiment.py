@@ -15,8 +15,7 @@ import time
 import torch
 
 from ...atomic_files import write_text_atomic
-from ...calibration.search import run_search
-from ...calibration.strategies import DEFAULT_STRATEGY
+from ...calibration.search import DEFAULT_STRATEGY, run_search
 from ...quant import QuantSpec, quantize_module
 from ...quant.policy import KEEP, LayerPolicy
 from ...samplers import NonFiniteLatentError, QSchedSchedule
