@@ -26,7 +26,7 @@ COMMANDS = {
     "digits-trust": "testbed.digits.trust:main",
     "digits-reference": "testbed.digits.reference_experiment:main",
     "digits-reference-report": "testbed.digits.reference_report:main",
-    "calibrate": "calibration.cli:main",
+    "calibrate": "comfy_adapter.cli:main",
 }
 
 

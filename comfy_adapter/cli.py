@@ -3,7 +3,7 @@
 Needs a ComfyUI checkout to load the checkpoint and sample (--comfyui or env COMFYUI_DIR); ComfyUI is imported
 only when the command runs, and then only its library (never its server or the pack's nodes), so this module stays
 importable without it. The calibration settings are the node's (calibration.run.CalibrationConfig), the loading
-and quantizing the loader node's (comfy_adapter.loading). Resumes from the run log like the node.
+and quantizing the loader node's (loading.py). Resumes from the run log like the node.
 """
 import argparse
 import json
@@ -15,8 +15,8 @@ import time
 from ..quant.options import QUANT_OPTIONS
 from ..safe_files import UnsafeFileError, read_regular_file
 from ..scoring.options import OPTION as SCORER_OPTION
-from .reference import ReferenceError
-from .run import REFERENCE_MODEL_HELP, SCHEDULERS, CalibrationConfig, ConfigError
+from ..calibration.reference import ReferenceError
+from ..calibration.run import REFERENCE_MODEL_HELP, SCHEDULERS, CalibrationConfig, ConfigError
 
 MAX_PROMPTS_FILE_BYTES = 16 << 20
 
@@ -173,10 +173,10 @@ def main(argv):
     except ConfigError as error:
         p.error(str(error))
     _import_comfyui(args.comfyui, args.gpu)
-    from .heldout import format_report
+    from ..calibration.heldout import format_report
     from ..scoring import load_scorer
-    from ..comfy_adapter.calibration import calibrate
-    from ..comfy_adapter.loading import load_checkpoint
+    from .calibration import calibrate
+    from .loading import load_checkpoint
 
     model, clip, vae, quantized = load_checkpoint(args.checkpoint, config.quant or None, backend=args.backend,
                                                   layer_policy=args.layer_policy, cache=args.quant_cache)
@@ -200,7 +200,7 @@ def main(argv):
     print(format_report(calibration.report, calibration.search), file=sys.stderr)
     if args.plot:
         from PIL import Image
-        from .plot import plot_result
+        from ..calibration.plot import plot_result
         Image.fromarray((plot_result(calibration.search)[0].numpy() * 255).round().astype("uint8")).save(args.plot)
     print(json.dumps({**calibration.summary(), "seconds": round(time.monotonic() - started, 1)}, indent=2))
     return 0

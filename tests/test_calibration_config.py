@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from comfyui_qsched.calibration import cli
+from comfyui_qsched.comfy_adapter import cli
 from comfyui_qsched.calibration.reference import ReferenceSampling
 from comfyui_qsched.calibration.run import SCHEDULERS, CalibrationConfig, ConfigError, run
 from comfyui_qsched.calibration.runlog import settings_hash
@@ -104,7 +104,7 @@ def test_quantized_loading_options_come_from_the_loader_definitions():
 
 
 def test_importing_the_command_line_imports_no_node_module_and_no_server():
-    code = ("import sys, qsched; import comfyui_qsched.calibration.cli; "
+    code = ("import sys, qsched; import comfyui_qsched.comfy_adapter.cli; "
             "print([m for m in sys.modules if m in ('server', 'nodes', 'execution') or m.startswith('comfy') "
             "and not m.startswith('comfyui_qsched') or m.startswith('comfyui_qsched.nodes')])")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hostile_files as hostile
-from comfyui_qsched.calibration import cli
+from comfyui_qsched.comfy_adapter import cli
 from comfyui_qsched.calibration.search import STRATEGIES, SearchInterrupted, SearchSpace, plan_images, run_search
 from comfyui_qsched.quant import LayerPolicy, QuantSpec, QuantSpecError, quantize_module
 from comfyui_qsched.samplers.schedule import SAMPLER_NAMES
