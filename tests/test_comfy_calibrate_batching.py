@@ -84,8 +84,7 @@ def _sampled_alone(models, item, sampler, scheduler, cfg, steps=2):
     encode = TextConditioning(clip)
     channels = model.get_model_object("latent_format").latent_channels
     latent = sample_with_schedule(model, 5 + index, steps, cfg, sampler, scheduler, encode(PROMPTS[index]),
-                                  encode(""), {"samples": torch.zeros(1, channels, 8, 8)}, schedule,
-                                  disable_pbar=True)["samples"]
+                                  encode(""), {"samples": torch.zeros(1, channels, 8, 8)}, schedule)["samples"]
     return latent, vae.decode(latent).reshape(-1, 64, 64, 3).float()
 
 

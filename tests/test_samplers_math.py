@@ -278,3 +278,33 @@ def test_tcd_sigma_table_fallbacks():
     assert torch.equal(sigma_table(thinned), full)
     other = SimpleNamespace(sigmas=full[19::20], num_timesteps=1000, linear_start=0.0001, linear_end=0.02)
     assert torch.equal(sigma_table(other), discrete_sigma_table(0.0001, 0.02))
+
+
+def test_a_host_k_diffusion_module_replaces_the_copied_helpers():
+    """Inside ComfyUI the samplers get the host's k-diffusion module (`k_diffusion`) and call its to_d and
+    get_ancestral_step instead of the plain-torch copies; the copies compute the same numbers."""
+    import types
+
+    from comfyui_qsched.samplers import default_noise_sampler, k_qsched
+    calls = []
+
+    def to_d(x, sigma, denoised):
+        calls.append("to_d")
+        return (x - denoised) / sigma
+
+    def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
+        calls.append("get_ancestral_step")
+        return k_qsched.get_ancestral_step(sigma_from, sigma_to, eta)
+
+    host = types.SimpleNamespace(to_d=to_d, get_ancestral_step=get_ancestral_step)
+    sigmas = torch.tensor([14.6, 3.0, 0.9, 0.0])
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    model = lambda x, sigma, **_: x * 0.5
+    for sampler in (k_qsched.sample_euler, k_qsched.sample_euler_ancestral):
+        calls.clear()
+        plain = sampler(model, x, sigmas, disable=True, make_noise_sampler=default_noise_sampler,
+                        extra_args={"seed": 1})
+        hosted = sampler(model, x, sigmas, disable=True, make_noise_sampler=default_noise_sampler,
+                         extra_args={"seed": 1}, k_diffusion=host)
+        assert calls and torch.allclose(hosted, plain, rtol=1e-6, atol=1e-6)
+    assert "get_ancestral_step" in calls
