@@ -22,14 +22,15 @@ from ..calibration.pipeline import model_fingerprint
 from ..calibration.prompts import prompt_seed
 from ..calibration.reference import ReferenceSampling
 from ..calibration.run import ConfigError, run
+from ..folders import PRESETS, RUNS
 from ..samplers import SAMPLERS
 from ..samplers.batch import one_schedule, seeded_noise_sampler
 from .comfy_compat import make_noise_sampler
 from .reference import check_reference_model
 from .sampling import HOST_MATH, SCHEDULERS, check_sampler_fits_model, resolve_schedule, scheduler_sigmas
 
-PRESET_FOLDER_NAME = "qsched_presets"
-RUNS_FOLDER_NAME = "qsched_runs"
+PRESET_FOLDER_NAME = PRESETS
+RUNS_FOLDER_NAME = RUNS
 # calc_cond_batch runs a batch when memory_required * 1.5 fits in free memory: the same margin here.
 MEMORY_MARGIN = 1.5
 

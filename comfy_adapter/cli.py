@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+from ..folders import PRESETS, RUNS
 from ..quant.options import QUANT_OPTIONS
 from ..safe_files import UnsafeFileError, read_regular_file
 from ..scoring.options import OPTION as SCORER_OPTION
@@ -106,8 +107,8 @@ def parser():
         flag = "--quant-cache" if option.name == "cache" else "--" + option.name.replace("_", "-")
         p.add_argument(flag, default=option.default, choices=option.choices, help=f"with --quant: {option.help}")
     p.add_argument("--prompts-file", default=None, help="one prompt per line (default: the pack's 20 prompts)")
-    p.add_argument("--preset-folder", default=None, help="default: <ComfyUI user dir>/qsched_presets")
-    p.add_argument("--runs-folder", default=None, help="default: <ComfyUI user dir>/qsched_runs")
+    p.add_argument("--preset-folder", default=None, help=f"default: <ComfyUI user dir>/{PRESETS}")
+    p.add_argument("--runs-folder", default=None, help=f"default: <ComfyUI user dir>/{RUNS}")
     p.add_argument("--plot", default=None, help="also save the plot as this PNG")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
     p.add_argument("--reference-model", default=None, help=f"{REFERENCE_MODEL_HELP}: 'same' = --checkpoint loaded "

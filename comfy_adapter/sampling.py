@@ -8,15 +8,11 @@ import torch
 from ..samplers import SAMPLERS, QSchedSchedule, ScheduleError, is_flow
 from ..samplers.k_qsched import TCD_DEFAULT_GAMMA
 from ..samplers.model_sampling import flow_sigma_table
-from ..samplers.sigmas import few_step_sigmas
+from ..samplers.sigmas import SCHEDULER_KINDS, few_step_sigmas
 from .comfy_compat import make_noise_sampler, sample_custom_latent
 
-# Few-step sigma schedules the Q-Sched coefficients are tuned on, where ComfyUI's own differ.
-FEW_STEP_SCHEDULERS = {
-    "lcm_original": "LCM/TCD: timesteps from the 50-step original grid (999, 759, 499, 259 at 4 steps)",
-    "turbo_trailing": "SDXL-Turbo: trailing timesteps (999, 749, 499, 249 at 4 steps)",
-    "flow_shift1": "flow models (FLUX-schnell): sigmas 1, .75, .5, .25 at 4 steps (shift 1, whatever the model's)",
-}
+# Few-step sigma schedules the Q-Sched coefficients are tuned on, where ComfyUI's own differ: name -> what for.
+FEW_STEP_SCHEDULERS = {name: help for name, (_, help) in SCHEDULER_KINDS.items()}
 SCHEDULERS = list(comfy.samplers.SCHEDULER_NAMES) + list(FEW_STEP_SCHEDULERS)
 # What every Q-Sched sampler function gets inside ComfyUI: the host's k-diffusion helpers (to_d,
 # get_ancestral_step) in place of the plain-torch copies in samplers/k_qsched.py.
@@ -62,11 +58,11 @@ def qsched_sampler(sampler_name, schedule=None, options=None):
 
 
 def few_step_scheduler_sigmas(model_sampling, scheduler, steps):
-    if scheduler == "flow_shift1":
+    kind = SCHEDULER_KINDS[scheduler][0]
+    if kind == "flow":
         if not is_flow(model_sampling):
-            raise ValueError("scheduler 'flow_shift1' is for flow models (FLUX, SD3); this model is not one")
-        return few_step_sigmas("flow", flow_sigma_table(1.0), steps)
-    kind = {"lcm_original": "lcm", "turbo_trailing": "trailing"}[scheduler]
+            raise ValueError(f"scheduler {scheduler!r} is for flow models (FLUX, SD3); this model is not one")
+        return few_step_sigmas(kind, flow_sigma_table(1.0), steps)
     return few_step_sigmas(kind, model_sampling.sigmas.detach().float().cpu(), steps)
 
 

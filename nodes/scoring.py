@@ -6,15 +6,16 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import comfy.model_management
-import comfy.model_patcher
 import folder_paths
 from comfy_api.v0_0_2 import io
 
+from ..comfy_adapter.scoring import ManagedScorer
+from ..folders import SCORERS
 from ..scoring import SCORER_OPTIONS, ScorerError, load_scorer
 from ..scoring.checkpoints import WHERE_TO_PUT
 from .io_types import Scorer
 
-SCORER_FOLDER = "qsched_scorers"
+SCORER_FOLDER = SCORERS
 SCORER_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
 
 folder_paths.add_model_folder_path(SCORER_FOLDER, os.path.join(folder_paths.models_dir, SCORER_FOLDER))
@@ -110,34 +111,6 @@ class QSchedScorerLoader(io.ComfyNode):
             scorer = load_scorer(path, **settings)
             _CACHE[key] = ManagedScorer(scorer) if managed else scorer
         return io.NodeOutput(_CACHE[key])
-
-
-class ManagedScorer:
-    """A scorer whose models ComfyUI's memory manager loads onto the GPU for each scoring call and offloads
-    (or evicts, to make room for the diffusion model) like any other model. Everything else is the scorer's."""
-
-    def __init__(self, scorer):
-        self.scorer = scorer
-        towers = {id(m.towers): m.towers for m in (scorer.tc_metric, scorer.iq_metric)}
-        holder = torch.nn.Module()  # the towers' read-only `device` property cannot take ModelPatcher's assignment
-        holder.towers = torch.nn.ModuleList(towers.values())
-        self.patcher = comfy.model_patcher.ModelPatcher(
-            holder, load_device=comfy.model_management.get_torch_device(),
-            offload_device=comfy.model_management.text_encoder_offload_device())
-
-    def score(self, images, prompts):
-        # plain torch modules cannot be partially loaded (no comfy cast weights): always the whole scorer
-        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
-        return self.scorer.score(images, prompts)
-
-    def image_features(self, images):
-        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
-        return self.scorer.image_features(images)
-
-    def __getattr__(self, name):
-        if name == "scorer":  # not set yet (copy, unpickling): no delegation loop
-            raise AttributeError(name)
-        return getattr(self.scorer, name)
 
 
 class QSchedJAQScore(io.ComfyNode):

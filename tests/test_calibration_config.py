@@ -20,11 +20,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ["--checkpoint", "c.safetensors", "--scorer", "s.safetensors"]
 
 
-def test_defaults_are_a_valid_config_and_every_setting_has_help():
-    config = CalibrationConfig()
-    assert config.sampler_name == "lcm" and config.steps == 4 and config.batch_size == 16 and config.holdout == 0.25
+def test_defaults_are_a_valid_config_and_every_bound_is_enforced_by_name():
+    CalibrationConfig()   # every default passes the checks
     for name, default, setting in CalibrationConfig.settings():
-        assert setting.help and getattr(config, name) == default
+        assert setting.help
+        if setting.minimum is not None and setting.minimum > 0 and isinstance(default, (int, float)):
+            below = type(default)(setting.minimum) - (1 if isinstance(default, int) else 0.001 * setting.minimum)
+            with pytest.raises(ConfigError, match=f"^{name} is"):
+                CalibrationConfig(**{name: below})
+        if setting.maximum is not None and isinstance(default, (int, float)):
+            above = type(default)(setting.maximum) + (1 if isinstance(default, int) else 0.001 * setting.maximum)
+            with pytest.raises(ConfigError, match=f"^{name} is"):
+                CalibrationConfig(**{name: above})
 
 
 @pytest.mark.parametrize("changes,message", [

@@ -230,11 +230,28 @@ def test_nan_latent_stops_with_the_step_named(name):
     assert caught.value.step == 1 and model.calls == 2
 
 
-def test_samplers_spec_lists_the_agreed_names():
-    assert set(SAMPLERS) == {"lcm", "tcd", "euler", "euler_ancestral"}
-    assert [name for name, spec in SAMPLERS.items() if not spec.flow_ok] == ["tcd"]
-    for name, spec in SAMPLERS.items():
-        assert spec.name == name and callable(spec.function)
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_each_sampler_spec_says_what_its_function_does(name):
+    """A spec's options are what its function takes (with those defaults, the same result as without them), and
+    flow_ok is whether it runs on a flow model (otherwise it refuses one before the first model call)."""
+    spec = SAMPLERS[name]
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 2)
+    plain = spec.function(ToyModel(EPSSampling()), initial_noise() * sigmas[0], sigmas, extra_args={"seed": 0},
+                          disable=True)
+    with_options = spec.function(ToyModel(EPSSampling()), initial_noise() * sigmas[0], sigmas, extra_args={"seed": 0},
+                                 disable=True, **dict(spec.options))
+    assert torch.equal(plain, with_options)
+    with pytest.raises(TypeError, match="unknown option"):
+        spec.function(ToyModel(EPSSampling()), initial_noise() * sigmas[0], sigmas, disable=True, not_an_option=1)
+    flow_sigmas = few_step_sigmas("flow", FlowSampling().sigmas, 2)
+    model = ToyModel(FlowSampling(), flow=True)
+    if spec.flow_ok:
+        assert torch.isfinite(spec.function(model, initial_noise() * flow_sigmas[0], flow_sigmas,
+                                            extra_args={"seed": 0}, disable=True)).all()
+    else:
+        with pytest.raises(ValueError, match="EPS .*models only"):
+            spec.function(model, initial_noise() * flow_sigmas[0], flow_sigmas, extra_args={"seed": 0}, disable=True)
+        assert model.calls == 0
 
 
 def _comfyui_tcd_rule(sigmas, noises, gamma):
