@@ -22,7 +22,7 @@ if PACKAGE not in sys.modules:
 COMMANDS = {
     "demo": ("testbed.digits.demo:main",
              "quantize the shipped digits model, calibrate Q-Sched and compare FID/JAQ with FP32 (CPU)"),
-    "calibrate": ("calibration.cli:main",
+    "calibrate": ("comfy_adapter.cli:main",
                   "calibrate a checkpoint headless, as the Q-Sched Calibrate node does (needs ComfyUI)"),
     "train-digits": ("testbed.digits.train:main", "retrain the digits testbed's shipped weights (GPU advised)"),
     "digits-experiment": ("testbed.digits.experiment:main",

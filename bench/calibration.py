@@ -34,7 +34,7 @@ comfy.cli_args.args.cpu = not torch.cuda.is_available()
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 
-from comfyui_qsched.calibration.metrics import clip_scorer  # noqa: E402
+from comfyui_qsched.scoring import clip_scorer  # noqa: E402
 from comfyui_qsched.calibration.pipeline import make_evaluate  # noqa: E402
 from comfyui_qsched.calibration.prompts import DEFAULT_PROMPTS  # noqa: E402
 from comfyui_qsched.calibration.run import CalibrationConfig  # noqa: E402
@@ -120,7 +120,7 @@ def build_tiny(workdir):
 
 
 class TransformersClipTowers(torch.nn.Module):
-    """A random transformers CLIPModel behind the scorer's towers interface (calibration.metrics.towers)."""
+    """A random transformers CLIPModel behind the scorer's towers interface (scoring.towers)."""
     is_resnet, source = False, None   # source None: the scorer's identity hashes the weights' content
     mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
@@ -216,7 +216,7 @@ def bench_model(name, models, scorer, size, args, log_path):
         items = [(QSchedSchedule.identity(args.steps), i % len(prompts)) for i in range(batch_size)]
         make_evaluate(make_generator(*models, sampler_name="lcm", scheduler="lcm_original", steps=args.steps, cfg=1.0,
                                      seed=args.seed + 10_000, width=size, height=size, prompts=prompts,
-                                     max_batch=batch_size), scorer, prompts).many([(s, [i]) for s, i in items])
+                                     max_batch=batch_size), scorer, prompts).score_many([(s, [i]) for s, i in items])
     rows, first = [], None
     for batch_size in args.batch_sizes:
         calibration, seconds, phases = calibrate_once(name, models, scorer, prompts, batch_size, args, size)

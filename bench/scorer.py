@@ -19,8 +19,8 @@ import qsched  # noqa: E402,F401  registers comfyui_qsched
 
 import open_clip  # noqa: E402
 
-from comfyui_qsched.calibration.metrics import clip_scorer  # noqa: E402
-from comfyui_qsched.calibration.metrics.towers import OpenClipTowers  # noqa: E402
+from comfyui_qsched.scoring import clip_scorer  # noqa: E402
+from comfyui_qsched.scoring.towers import OpenClipTowers  # noqa: E402
 
 
 def build(arch, device, dtype):

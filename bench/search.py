@@ -164,7 +164,7 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64, quant="W4A8"):
     import comfy.sd
     from test_metrics_fixtures import save_open_clip, tiny_vit_clip
 
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     from comfyui_qsched.calibration.pipeline import make_evaluate
     from comfyui_qsched.calibration.prompts import DEFAULT_PROMPTS
     from comfyui_qsched.comfy_adapter.calibration import make_generator
@@ -191,7 +191,7 @@ def real_pipeline(comfyui_dir, n_prompts=6, steps=4, size=64, quant="W4A8"):
         key = (schedule.c_x, schedule.c_eps)
         missing = [i for i in indices if (key, i) not in cache]
         if missing:
-            cache.update({(key, i): s for i, s in zip(missing, evaluate(schedule, missing))})
+            cache.update({(key, i): s for i, s in zip(missing, evaluate.score(schedule, missing))})
             if len(cache) // 50 != (len(cache) - len(missing)) // 50:
                 print(f"  {len(cache)} distinct images, {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
         return [cache[(key, i)] for i in indices]

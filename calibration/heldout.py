@@ -4,13 +4,15 @@ interval, gives the verdict "better than identity: yes / no / not significant". 
 connected, the same coefficients applied to it say whether the gain is specific to the quantized model (FP
 control). Warnings say when the calibration set is too small for the differences it is asked to resolve.
 
-No ComfyUI import: `evaluate(schedule, pair_indices) -> list[float]` (NaN = failed image) is supplied by the node,
-the headless command or the testbed.
+No ComfyUI import: the objective, an Evaluator (calibration.search.evaluator: `score(schedule, pair_indices) ->
+list[float]`, NaN = failed image; or such a function), is supplied by the node, the headless command or the
+testbed.
 """
 import math
 from dataclasses import dataclass, field
 
-from .noise_aware import stratified_order
+from .search.evaluator import as_evaluator
+from .search.space import stratified_order
 from .paired import CONFIDENCE, POWER, paired_difference, pairs_needed, resolvable_difference
 from .runlog import schedule_key
 
@@ -183,6 +185,8 @@ def check_winner(evaluate, result, held_out, evaluate_fp=None, fraction=HOLDOUT_
     """Score the search's winner and the identity on the held-out pairs (and on the FP model when evaluate_fp is
     given); returns a TrustReport. `result` is run_search's SearchResult (search pairs)."""
     from ..samplers.schedule import QSchedSchedule
+    evaluate = as_evaluator(evaluate).score
+    evaluate_fp = None if evaluate_fp is None else as_evaluator(evaluate_fp).score
     winner = result.best
     identity = QSchedSchedule.constant(winner.steps, 1.0, 1.0, sampler=winner.sampler, label="identity")
     identity_scores = list(evaluate(identity, list(held_out)))

@@ -1,5 +1,5 @@
-"""Glue between a generator, a scorer and the search: the `evaluate` run_search calls, failure detection,
-the settings that key the run log, and a cheap model fingerprint. No ComfyUI import: the generator is a callable
+"""Glue between a generator, a scorer and the search: the Evaluator run_search maximises (`make_evaluate`), the
+detection of failed images, and a cheap model fingerprint. No ComfyUI import: the generator is a callable
 `generate([(schedule, prompt_index), ...]) -> IMAGE [N, H, W, C]` supplied by the node or the headless command."""
 import hashlib
 import math
@@ -7,6 +7,7 @@ import math
 import torch
 
 from ..samplers import NonFiniteLatentError
+from .search.evaluator import BatchEvaluator
 
 BLACK_LEVEL = 1.0 / 255.0
 OBJECTIVES = ("jaq", "tc", "iq")
@@ -49,8 +50,8 @@ def generate_images(generate, items):
 
 
 def make_evaluate(generate, scorer, prompts, objective="jaq", failures=None):
-    """`evaluate(schedule, prompt_indices) -> list[float]` for run_search, with `evaluate.many(requests)` scoring
-    several (schedule, prompt_indices) requests from one generator call. `generate(items) -> IMAGE [N, H, W, C]`
+    """The Evaluator run_search maximises: `score(schedule, prompt_indices) -> list[float]`, and `score_many(requests)`
+    scoring several (schedule, prompt_indices) requests from one generator call. `generate(items) -> IMAGE [N, H, W, C]`
     makes one image per (schedule, prompt_index) item (prompt i always with its own noise), batching as it can.
     Images are scored with the user's objective (an attribute of the scorer's result: 'jaq' by default, never a
     component by accident). Failed images (NaN latent, NaN or black pixels) score NaN, which the search treats as
@@ -77,7 +78,7 @@ def make_evaluate(generate, scorer, prompts, objective="jaq", failures=None):
                 scores[slot] = value
         return split_per_request(scores, requests)
 
-    return evaluate_over(many)
+    return BatchEvaluator(many)
 
 
 def split_per_request(scores, requests):
@@ -87,15 +88,6 @@ def split_per_request(scores, requests):
         per_request.append(scores[start:start + len(indices)])
         start += len(indices)
     return per_request
-
-
-def evaluate_over(many):
-    """`evaluate(schedule, prompt_indices) -> list[float]` for run_search, carrying `many` as `evaluate.many`."""
-    def evaluate(schedule, prompt_indices):
-        return many([(schedule, list(prompt_indices))])[0]
-
-    evaluate.many = many
-    return evaluate
 
 
 def model_fingerprint(state_dict, samples_per_tensor=256):

@@ -293,12 +293,22 @@ def save_preset(folder, name, preset):
 
 
 def summary(data):
-    """The fields a preset list shows."""
+    """The one summary of a loaded preset: what the preset lists (list_presets, the web extension's routes and the
+    Load Q-Sched Preset panel) show; JSON-safe."""
+    scorer = data.get("scorer") if isinstance(data.get("scorer"), dict) else {}
+    scores = data.get("scores") or {}
     return {"model": data["model"]["name"], "model_sha256": data["model"].get("sha256"),
             "family": data["model"].get("family"), "quant": data.get("quant"), "sampler": data["sampler"],
-            "steps": data["steps"], "example": data.get("example", False), "scores": data.get("scores", {}),
-            "created": data.get("created"), "c_x": data["c_x"], "c_eps": data["c_eps"],
-            "offset": data.get("offset"), "quantizer": data.get("quantizer")}
+            "steps": data["steps"], "example": bool(data.get("example", False)), "scores": scores,
+            "scorer": scorer.get("name"), "k": _finite_or_none(scorer.get("k")),
+            "identity_score": _finite_or_none(scores.get("identity")), "best_score": _finite_or_none(scores.get("best")),
+            "created": data.get("created"), "c_x": data["c_x"], "c_eps": data["c_eps"], "offset": data.get("offset"),
+            "quantizer": data.get("quantizer")}
+
+
+def _finite_or_none(value):
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        else None
 
 
 def list_presets(folder):

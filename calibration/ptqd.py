@@ -11,6 +11,7 @@ applied by the samplers: the fitted variance is reported with each step.
 """
 import torch
 
+from ..samplers.k_qsched import to_d
 from ..samplers.schedule import QSchedSchedule
 
 
@@ -43,7 +44,6 @@ def ptqd_schedule(fits, sampler=None, label="PTQD-style correction"):
 
 
 def eps_from_denoised(x, sigma, denoised):
-    """(x - D) / sigma, the noise prediction (or velocity) a denoiser's output implies at noise level sigma."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1)
-    sigma = sigma.reshape((-1,) + (1,) * (x.ndim - 1)) if sigma.numel() > 1 else sigma.reshape(())
-    return (x - denoised) / sigma
+    """(x - D) / sigma (the samplers' to_d), the noise prediction (or velocity) a denoiser's output implies at noise
+    level sigma: one number, or one per sample."""
+    return to_d(x, torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1), denoised)

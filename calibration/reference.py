@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 
 from ..samplers import QSchedSchedule
-from .pipeline import evaluate_over, generate_checked, image_failure, split_per_request
+from .pipeline import generate_checked, image_failure, split_per_request
+from .search.evaluator import BatchEvaluator
 
 CLOSED_FORM = "reference_closed_form"
 REFERENCE_OBJECTIVES = ("reference_latent", "reference_image", "reference_clip", "jaq_reference", CLOSED_FORM)
@@ -135,8 +136,7 @@ def generate_latents(generate, items):
 
 def make_reference_evaluate(generate, decode, reference, objective, scorer=None, prompts=None,
                             weight=DEFAULT_REFERENCE_WEIGHT, failures=None, image_failure=None):
-    """`evaluate(schedule, prompt_indices) -> list[float]` (and `evaluate.many(requests)`) for run_search with a
-    reference objective.
+    """The Evaluator (score / score_many) run_search maximises with a reference objective.
 
     generate(items) -> the quantized model's final latents [N, ...] for items [(schedule, prompt_index)];
     decode(latents) -> IMAGE [N, H, W, C]; reference: a ReferenceOutputs. A candidate whose sampling fails (NaN
@@ -174,7 +174,7 @@ def make_reference_evaluate(generate, decode, reference, objective, scorer=None,
                 scores[slot] = value
         return split_per_request(scores, requests)
 
-    return evaluate_over(many)
+    return BatchEvaluator(many)
 
 
 def _scores(objective, latents, images, indices, reference, scorer, prompts, weight):

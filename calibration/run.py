@@ -28,8 +28,8 @@ from .closed_form import (DEFAULT_FORM as CLOSED_FORM_DEFAULT, DEFAULT_MAP_SIZE 
 from .reference import (CLOSED_FORM, DEFAULT_REFERENCE_WEIGHT, REFERENCE_OBJECTIVES, is_reference_objective,
                         make_objective_evaluate, needs_scorer)
 from .runlog import record_run, schedule_key, settings_hash
-from .search import SearchInterrupted, SearchResult, SearchSpace, plan_images, run_search
-from .strategies import DEFAULT_STRATEGY, STRATEGIES
+from .search import (DEFAULT_STRATEGY, STRATEGIES, Remapped, Reporting, SearchInterrupted, SearchResult, SearchSpace,
+                     Stoppable, plan_images, run_search)
 
 log = logging.getLogger("qsched.calibration")
 SCHEDULERS = "schedulers"   # choices only the host knows (ComfyUI's sigma schedules plus the pack's few-step ones)
@@ -381,13 +381,13 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
                                            config.reference_weight, failures)
     else:
         evaluate = make_evaluate(generate, scorer, prompts, config.objective, failures)
-    search_evaluate = _on_pairs(evaluate, search_pairs)
+    search_evaluate = Remapped(evaluate, search_pairs)   # the held-out pairs are not searched on
     log.info("Q-Sched calibration: at most %s images: the search %s, the rest (check, FP control, reference, "
              "refinement) %d",
              config.budget_images or "(no budget)", search_budget or "(the strategy's default)", kept)
     search_progress = None if progress is None else lambda done, total: progress(done, total + kept)
     if on_candidate is not None:
-        search_evaluate = _reporting(search_evaluate, on_candidate)
+        search_evaluate = Reporting(search_evaluate, on_candidate)
     closed_form = None
     if config.objective == CLOSED_FORM:
         result, closed_form = fit_closed_form(config, reference, search_evaluate, search_pairs, search_progress,
@@ -462,7 +462,7 @@ def fit_closed_form(config, reference, evaluate, search_pairs, progress=None, sh
     stop()
     identity = QSchedSchedule.constant(steps, 1.0, 1.0, sampler=config.sampler_name, label="identity")
     indices = list(range(len(pairs)))
-    winner_scores, identity_scores = evaluate.many([(schedule, indices), (identity, indices)])
+    winner_scores, identity_scores = evaluate.score_many([(schedule, indices), (identity, indices)])
     mean = lambda scores: math.fsum(scores) / len(scores) if scores else math.nan   # noqa: E731
     per_prompt = {schedule_key(identity.c_x, identity.c_eps): list(identity_scores)}
     per_prompt[schedule_key(schedule.c_x, schedule.c_eps, schedule.offset)] = list(winner_scores)
@@ -500,15 +500,6 @@ def _finite(value):
     return float(value) if math.isfinite(value) else None
 
 
-def _on_pairs(evaluate, pairs):
-    """The search's prompt index i is pair pairs[i] (the held-out pairs are not searched on)."""
-    def remapped(schedule, indices):
-        return evaluate(schedule, [pairs[i] for i in indices])
-
-    remapped.many = lambda requests: evaluate.many([(s, [pairs[i] for i in indices]) for s, indices in requests])
-    return remapped
-
-
 def _counting(sample, count):
     def counted(items):
         latents = sample(items)
@@ -521,25 +512,5 @@ def _stoppable(evaluate, should_stop):
     """The held-out and FP-control evaluations stop on an interrupt like the search does."""
     if evaluate is None or should_stop is None:
         return evaluate
-
-    def checked(schedule, indices):
-        if should_stop():
-            raise SearchInterrupted("calibration interrupted during the held-out check")
-        return evaluate(schedule, indices)
-    return checked
-
-
-def _reporting(evaluate, on_candidate):
-    def wrapped(schedule, prompt_indices):
-        scores = evaluate(schedule, prompt_indices)
-        on_candidate(schedule, prompt_indices, scores)
-        return scores
-
-    def many(requests):
-        results = evaluate.many(requests)
-        for (schedule, prompt_indices), scores in zip(requests, results):
-            on_candidate(schedule, prompt_indices, scores)
-        return results
-
-    wrapped.many = many
-    return wrapped
+    return Stoppable(evaluate, should_stop,
+                     lambda: SearchInterrupted("calibration interrupted during the held-out check"))

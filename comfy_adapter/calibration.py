@@ -22,15 +22,16 @@ from ..calibration.pipeline import model_fingerprint
 from ..calibration.prompts import prompt_seed
 from ..calibration.reference import ReferenceSampling
 from ..calibration.run import ConfigError, run
+from ..folders import PRESETS, RUNS
 from ..samplers import SAMPLERS
 from ..samplers.batch import one_schedule, seeded_noise_sampler
 from .comfy_compat import make_noise_sampler
 from .loading import quantizer_of
 from .reference import check_reference_model
-from .sampling import SCHEDULERS, check_sampler_fits_model, resolve_schedule, scheduler_sigmas
+from .sampling import HOST_MATH, SCHEDULERS, check_sampler_fits_model, resolve_schedule, scheduler_sigmas
 
-PRESET_FOLDER_NAME = "qsched_presets"
-RUNS_FOLDER_NAME = "qsched_runs"
+PRESET_FOLDER_NAME = PRESETS
+RUNS_FOLDER_NAME = RUNS
 # calc_cond_batch runs a batch when memory_required * 1.5 fits in free memory: the same margin here.
 MEMORY_MARGIN = 1.5
 
@@ -196,7 +197,7 @@ def make_generator(model, clip, vae, *, sampler_name, scheduler, steps, cfg, see
         noise = torch.cat([comfy.sample.prepare_noise(latent[:1], s) for s in seeds])
         schedule = one_schedule(resolve_schedule(s, steps, sampler_name) for s in schedules)
         sampler = comfy.samplers.KSAMPLER(_with_seeds(SAMPLERS[sampler_name].function, seeds, make_noise_sampler),
-                                          extra_options={"schedule": schedule, **(sampler_options or {})})
+                                          extra_options={"schedule": schedule, **HOST_MATH, **(sampler_options or {})})
         samples = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, encode(negative_prompt),
                                              latent, callback=_interrupt_check, disable_pbar=True, seed=seeds[0])
         return samples if vae is None else decode_images(vae, samples)

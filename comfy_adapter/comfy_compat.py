@@ -10,6 +10,9 @@ number, so releases in between get whichever behaviour they have:
   VRAM the LoRA sits in `weight_lowvram_function`, ahead of `weight_function`).
 - LoRA arithmetic dtype: 0.33 patches weights in `lora_compute_dtype(device)` (float16 on GPUs that run fp16 well,
   float32 on the CPU), for a LoRA merged at load and for its own layers' per-call patches alike; 0.3.64 in float32.
+- Custom sampling: ComfyUI's SamplerCustom node (comfy_extras) is a V1 class in 0.3.64 and a V3 node in 0.33;
+  the Q-Sched KSampler samples through it, so what the host reads off a latent and drops from it (0.33:
+  `downscale_ratio_*`) flows through without the pack knowing.
 - Flux's constructor: 0.33 also takes `txt_ids_dims` (none for FLUX.1, as its model detection sets).
 - The V3 progress API (v3_api.py, execution.set_progress): 0.33's synchronous ComfyAPISync has it; in
   0.3.64 ComfyAPISync has no `execution` (its sync stub generator could not read the string annotations), so
@@ -24,6 +27,15 @@ import comfy.model_patcher
 import torch
 
 make_noise_sampler = comfy.k_diffusion.sampling.default_noise_sampler
+
+
+def sample_custom_latent(model, noise_seed, cfg, positive, negative, sampler, sigmas, latent):
+    """The output LATENT of ComfyUI's own SamplerCustom (noise added) with a SAMPLER and SIGMAS."""
+    from comfy_extras.nodes_custom_sampler import SamplerCustom
+    arguments = (model, True, noise_seed, cfg, positive, negative, sampler, sigmas, latent)
+    if hasattr(SamplerCustom, "define_schema"):   # a V3 node (0.33)
+        return SamplerCustom.execute(*arguments)[0]
+    return SamplerCustom().sample(*arguments)[0]
 
 
 def _low_vram_patch_converts_the_stored_weight():

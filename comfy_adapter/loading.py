@@ -10,7 +10,7 @@ import comfy.sd
 import folder_paths
 
 from ..quant import LayerPolicy, QuantSpec, quantize_module
-from ..quant.backends import DEFAULT_BACKEND
+from ..quant.registry import DEFAULT_BACKEND
 from ..quant.cache import quantize_cached
 from ..quant.fp8 import fp8_supported
 from ..quant.options import ATTENTION_CHOICES, CACHE_CHOICES, CACHE_FOLDER

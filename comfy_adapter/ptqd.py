@@ -20,7 +20,7 @@ from ..samplers import SAMPLERS
 from .calibration import TextConditioning, quiet_step_progress
 from .comfy_compat import make_noise_sampler
 from .reference import check_reference_model
-from .sampling import check_sampler_fits_model, sampler_options, scheduler_sigmas
+from .sampling import HOST_MATH, check_sampler_fits_model, sampler_options, scheduler_sigmas
 
 
 class _RecordingModel:
@@ -40,7 +40,7 @@ def _recording_sampler(function, record, options):
     def sample(model, x, sigmas, **kwargs):
         return function(_RecordingModel(model, record), x, sigmas, **kwargs)
     return comfy.samplers.KSAMPLER(sample, extra_options={"schedule": None, "make_noise_sampler": make_noise_sampler,
-                                                          **options})
+                                                          **HOST_MATH, **options})
 
 
 def _replaying_sampler(record, out):

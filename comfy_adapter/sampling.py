@@ -1,24 +1,22 @@
 """Sampling with the Q-Sched samplers through ComfyUI, shared by the sampling nodes and the calibration: sigma
-schedules (ComfyUI's and the few-step ones the coefficients are tuned on), checks before the first model call, the
-SAMPLER object, and ComfyUI's common_ksampler path with a Q-Sched sampler."""
-import comfy.sample
+schedules (ComfyUI's and the few-step ones the coefficients are tuned on, through ComfyUI's own KSampler.set_steps),
+checks before the first model call, the SAMPLER object, and ComfyUI's custom-sampler path with a Q-Sched sampler."""
+import comfy.k_diffusion.sampling
 import comfy.samplers
-import latent_preview
 import torch
 
 from ..samplers import SAMPLERS, QSchedSchedule, ScheduleError, is_flow
 from ..samplers.k_qsched import TCD_DEFAULT_GAMMA
 from ..samplers.model_sampling import flow_sigma_table
-from ..samplers.sigmas import few_step_sigmas
-from .comfy_compat import make_noise_sampler
+from ..samplers.sigmas import SCHEDULER_KINDS, few_step_sigmas
+from .comfy_compat import make_noise_sampler, sample_custom_latent
 
-# Few-step sigma schedules the Q-Sched coefficients are tuned on, where ComfyUI's own differ.
-FEW_STEP_SCHEDULERS = {
-    "lcm_original": "LCM/TCD: timesteps from the 50-step original grid (999, 759, 499, 259 at 4 steps)",
-    "turbo_trailing": "SDXL-Turbo: trailing timesteps (999, 749, 499, 249 at 4 steps)",
-    "flow_shift1": "flow models (FLUX-schnell): sigmas 1, .75, .5, .25 at 4 steps (shift 1, whatever the model's)",
-}
+# Few-step sigma schedules the Q-Sched coefficients are tuned on, where ComfyUI's own differ: name -> what for.
+FEW_STEP_SCHEDULERS = {name: help for name, (_, help) in SCHEDULER_KINDS.items()}
 SCHEDULERS = list(comfy.samplers.SCHEDULER_NAMES) + list(FEW_STEP_SCHEDULERS)
+# What every Q-Sched sampler function gets inside ComfyUI: the host's k-diffusion helpers (to_d,
+# get_ancestral_step) in place of the plain-torch copies in samplers/k_qsched.py.
+HOST_MATH = {"k_diffusion": comfy.k_diffusion.sampling}
 
 
 def _sampler_spec(sampler_name):
@@ -56,51 +54,45 @@ def qsched_sampler(sampler_name, schedule=None, options=None):
     spec = _sampler_spec(sampler_name)
     return comfy.samplers.KSAMPLER(spec.function, extra_options={"schedule": schedule,
                                                                  "make_noise_sampler": make_noise_sampler,
-                                                                 **(options or {})})
+                                                                 **HOST_MATH, **(options or {})})
 
 
 def few_step_scheduler_sigmas(model_sampling, scheduler, steps):
-    if scheduler == "flow_shift1":
+    kind = SCHEDULER_KINDS[scheduler][0]
+    if kind == "flow":
         if not is_flow(model_sampling):
-            raise ValueError("scheduler 'flow_shift1' is for flow models (FLUX, SD3); this model is not one")
-        return few_step_sigmas("flow", flow_sigma_table(1.0), steps)
-    kind = {"lcm_original": "lcm", "turbo_trailing": "trailing"}[scheduler]
+            raise ValueError(f"scheduler {scheduler!r} is for flow models (FLUX, SD3); this model is not one")
+        return few_step_sigmas(kind, flow_sigma_table(1.0), steps)
     return few_step_sigmas(kind, model_sampling.sigmas.detach().float().cpu(), steps)
 
 
+class _ScheduleSigmas(comfy.samplers.KSampler):
+    """ComfyUI's KSampler, for its sigmas only: its own set_steps (the denoise rule) over its schedulers and the
+    pack's few-step ones."""
+    SCHEDULERS = SCHEDULERS
+
+    def calculate_sigmas(self, steps):
+        if self.scheduler in FEW_STEP_SCHEDULERS:
+            return few_step_scheduler_sigmas(self.model.get_model_object("model_sampling"), self.scheduler, steps)
+        return super().calculate_sigmas(steps)
+
+
 def scheduler_sigmas(model, scheduler, steps, denoise=1.0):
-    """steps + 1 sigmas, with KSampler's denoise rule: the last steps + 1 of int(steps / denoise)."""
+    """steps + 1 sigmas on the CPU, with KSampler's denoise rule (ComfyUI's set_steps)."""
     if scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; known: {', '.join(SCHEDULERS)}")
-    model_sampling = model.get_model_object("model_sampling")
-
-    def sigmas_for(n):
-        if scheduler in FEW_STEP_SCHEDULERS:
-            return few_step_scheduler_sigmas(model_sampling, scheduler, n)
-        return comfy.samplers.calculate_sigmas(model_sampling, scheduler, n).cpu()
-
-    if denoise is None or denoise > 0.9999:
-        return sigmas_for(steps)
-    if denoise <= 0.0:
-        return torch.zeros(0)
-    return sigmas_for(int(steps / denoise))[-(steps + 1):]
+    return _ScheduleSigmas(model, steps, torch.device("cpu"), scheduler=scheduler, denoise=denoise).sigmas
 
 
 def sample_with_schedule(model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
-                         schedule, denoise=1.0, sampler_options=None, disable_pbar=False):
-    """ComfyUI's common_ksampler with a Q-Sched sampler; returns the LATENT dict. Every input is validated
-    (sampler, model type, schedule length, scheduler) before the first model call."""
+                         schedule, denoise=1.0, sampler_options=None):
+    """ComfyUI's custom-sampler path (its SamplerCustom: empty-latent fix, seeded noise, mask, preview callback,
+    the latent keys the host reads and drops) with a Q-Sched sampler; returns the LATENT dict. Every input is
+    validated (sampler, model type, schedule length, scheduler) before the first model call."""
     check_sampler_fits_model(sampler_name, model)
     schedule = resolve_schedule(schedule, steps, sampler_name)
     sigmas = scheduler_sigmas(model, scheduler, steps, denoise)
-    out = latent_image.copy()
     if len(sigmas) == 0:  # denoise 0: nothing to do, like KSampler
-        return out
-    latent = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-    noise = comfy.sample.prepare_noise(latent, noise_seed, latent_image.get("batch_index"))
-    callback = latent_preview.prepare_callback(model, len(sigmas) - 1)
+        return latent_image.copy()
     sampler = qsched_sampler(sampler_name, schedule, sampler_options)
-    out["samples"] = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, latent,
-                                                noise_mask=latent_image.get("noise_mask"), callback=callback,
-                                                disable_pbar=disable_pbar, seed=noise_seed)
-    return out
+    return sample_custom_latent(model, noise_seed, cfg, positive, negative, sampler, sigmas, latent_image)

@@ -3,26 +3,16 @@ int8_tensorwise), which a plain UNETLoader of ComfyUI 0.33+ loads without this p
 import logging
 import os
 
-import comfy.model_management
-import comfy.sd
 import folder_paths
 
+from ..comfy_adapter.export import comfy_reads_int8, export_comfy_int8
 from ..comfy_adapter.v3_api import io
-from ..quant import LayerPolicy, quantize_module
-from ..quant.export import file_stem, save_comfy_int8
-from ..quant.source import check_source
-from ..tensor_files import warn_non_finite_weights
+from ..quant import LayerPolicy
+from ..quant.export import file_stem
 from . import categories
 from .loaders import check_layer_policy
 
-
-def comfy_reads_int8():
-    """Whether the running ComfyUI decodes int8_tensorwise layers (0.33+)."""
-    try:
-        import comfy.quant_ops
-    except ImportError:
-        return False
-    return "int8_tensorwise" in getattr(comfy.quant_ops, "QUANT_ALGOS", {})
+log = logging.getLogger("qsched.export")
 
 
 def output_path(filename):
@@ -76,19 +66,12 @@ class QSchedExportComfyInt8(io.ComfyNode):
         policy = LayerPolicy.parse(layer_policy)
         path = output_path(filename)
         source = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
-        check_source(source)
-        patcher = comfy.sd.load_diffusion_model(source)
-        backbone = patcher.model.diffusion_model
-        warn_non_finite_weights(backbone, unet_name, logging)
-        dtype = next(p.dtype for p in backbone.parameters() if p.is_floating_point())
-        report = quantize_module(backbone, "W8A8", policy, backend="simulate",
-                                 compute_device=comfy.model_management.get_torch_device())
-        layers = save_comfy_int8(backbone, path, dtype=dtype)
+        layers, report = export_comfy_int8(source, path, policy)
         summary = f"Q-Sched exported {unet_name} as {os.path.basename(path)}: {layers}; " \
                   f"{report.bytes_before / 2 ** 20:.1f} MiB of weights before quantization"
         if not comfy_reads_int8():
             summary += "; this ComfyUI cannot load int8_tensorwise files (ComfyUI 0.33+ can)"
-        print(summary)
+        log.info(summary)
         return io.NodeOutput(summary)
 
 

@@ -3,4 +3,4 @@ carry, so they never change."""
 from ..comfy_adapter.v3_api import io
 
 Schedule = io.Custom("QSCHED_SCHEDULE")  # samplers.schedule.QSchedSchedule: per-step c_x, c_eps
-Scorer = io.Custom("QSCHED_SCORER")      # a calibration.metrics scorer (cached across runs by its loader)
+Scorer = io.Custom("QSCHED_SCORER")      # a scoring/ scorer (cached across runs by its loader)

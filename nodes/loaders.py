@@ -7,6 +7,8 @@ offloading / --lowvram move the packed weights, and a LoRA is applied on the deq
 onto the layer's existing scales (at load in normal mode, per call in low-VRAM mode); unpatching restores the
 codes. Loading and quantizing is comfy_adapter/loading.py, shared with the command line. Text encoders and VAE are
 untouched."""
+import logging
+
 import folder_paths
 
 from ..comfy_adapter.loading import load_checkpoint, load_diffusion_model, register_cache_folder
@@ -16,6 +18,7 @@ from ..quant.policy import LayerPolicy
 from ..quant.spec import QuantSpecError
 from . import categories
 
+log = logging.getLogger("qsched.loaders")
 
 register_cache_folder()
 
@@ -72,7 +75,7 @@ class QSchedQuantizedDiffusionModelLoader(io.ComfyNode):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         patcher, summary = load_diffusion_model(path, quantization, backend=backend, layer_policy=layer_policy,
                                                 cache=cache, attention=attention)
-        print(summary)
+        log.info(summary)
         return io.NodeOutput(patcher, summary)
 
 
@@ -103,7 +106,7 @@ class QSchedQuantizedCheckpointLoader(io.ComfyNode):
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         patcher, clip, vae, summary = load_checkpoint(path, quantization, backend=backend, layer_policy=layer_policy,
                                                       cache=cache, attention=attention)
-        print(summary)
+        log.info(summary)
         return io.NodeOutput(patcher, clip, vae, summary)
 
 

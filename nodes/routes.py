@@ -7,7 +7,6 @@ worker thread, never on the server's event loop: whatever sits in the folder, th
 import asyncio
 import concurrent.futures
 import logging
-import math
 import os
 
 from aiohttp import web
@@ -17,34 +16,12 @@ PREFIX = "/qsched"
 log = logging.getLogger("comfyui_qsched.routes")
 
 
-def _finite_or_none(value):
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
-
-
-def summarize(preset):
-    """What the Load Q-Sched Preset node shows, from a preset dict or calibration.presets.summary()."""
-    model = preset.get("model")
-    model = model if isinstance(model, dict) else {"name": model, "family": preset.get("family")}
-    scorer = preset.get("scorer") if isinstance(preset.get("scorer"), dict) else {}
-    scores = preset.get("scores") or {}
-    return {
-        "model": model.get("name"), "family": model.get("family"), "quant": preset.get("quant"),
-        "sampler": preset.get("sampler"), "steps": preset.get("steps"),
-        "c_x": [_finite_or_none(v) for v in preset.get("c_x", [])],
-        "c_eps": [_finite_or_none(v) for v in preset.get("c_eps", [])],
-        "scorer": scorer.get("name"), "k": _finite_or_none(scorer.get("k")),
-        "identity_score": _finite_or_none(scores.get("identity")), "best_score": _finite_or_none(scores.get("best")),
-        "example": bool(preset.get("example")), "created": preset.get("created"),
-        "quantizer": preset.get("quantizer"),
-    }
-
-
 def _entry_json(entry):
     """One entry of calibration.presets.list_presets() as JSON: name, valid, reason, summary."""
     valid = bool(entry.get("valid"))
     summary = entry.get("summary") if valid else None
     return {"name": entry.get("name"), "valid": valid, "reason": None if valid else str(entry.get("error")),
-            "summary": summarize(summary) if summary is not None else None}
+            "summary": summary}
 
 
 def default_preset_folders():
@@ -108,7 +85,7 @@ def read_one_preset(preset_folders, raw_name):
             preset = preset_store.load_preset(folder, name)
         except preset_store.PresetError as e:
             return 422, {"name": name, "valid": False, "reason": str(e)}
-        return 200, {"name": name, "valid": True, "summary": summarize(preset), "preset": preset}
+        return 200, {"name": name, "valid": True, "summary": preset_store.summary(preset), "preset": preset}
     return 404, {"error": f"no preset named {name!r}"}
 
 

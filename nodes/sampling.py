@@ -2,11 +2,10 @@
 
 The sampler math lives in samplers/, ComfyUI's sampling path with it in comfy_adapter/sampling.py (shared with the
 calibration): the sampler functions are wrapped by comfy.samplers.KSAMPLER (so CFG, previews, progress and
-interrupts work as with native samplers) and the all-in-one KSampler repeats what ComfyUI's common_ksampler does,
-with our sampler and sigma schedules.
+interrupts work as with native samplers) and the all-in-one KSampler runs ComfyUI's own custom-sampler path
+(SamplerCustom, with sigmas from its KSampler.set_steps) with our sampler and sigma schedules.
 """
 
-import comfy.utils
 
 from ..comfy_adapter.sampling import (FEW_STEP_SCHEDULERS, SCHEDULERS, qsched_sampler, sample_with_schedule,
                                       sampler_options, scheduler_sigmas)
@@ -96,8 +95,7 @@ class QSchedKSampler(io.ComfyNode):
                 denoise=1.0, schedule=None, tcd_gamma=TCD_DEFAULT_GAMMA):
         return io.NodeOutput(sample_with_schedule(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                   latent_image, schedule, denoise=denoise,
-                                                  sampler_options=sampler_options(sampler_name, tcd_gamma),
-                                                  disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED))
+                                                  sampler_options=sampler_options(sampler_name, tcd_gamma)))
 
 
 class QSchedSampler(io.ComfyNode):

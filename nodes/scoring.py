@@ -6,16 +6,17 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import comfy.model_management
-import comfy.model_patcher
 import folder_paths
 
-from ..calibration.metrics import CLIP_IQA_PAIRS, CLIP_SCORE_CONVENTIONS, ScorerError, load_scorer
-from ..calibration.metrics.checkpoints import WHERE_TO_PUT
+from ..comfy_adapter.scoring import ManagedScorer
 from ..comfy_adapter.v3_api import io
+from ..folders import SCORERS
+from ..scoring import SCORER_OPTIONS, ScorerError, load_scorer
+from ..scoring.checkpoints import WHERE_TO_PUT
 from . import categories
 from .io_types import Scorer
 
-SCORER_FOLDER = "qsched_scorers"
+SCORER_FOLDER = SCORERS
 SCORER_EXTENSIONS = {".safetensors", ".pt", ".pth", ".bin"}
 
 folder_paths.add_model_folder_path(SCORER_FOLDER, os.path.join(folder_paths.models_dir, SCORER_FOLDER))
@@ -46,6 +47,14 @@ def _choice(name, value, choices):
     return value
 
 
+def _option_input(option):
+    """The node input of a scorer option (scoring/options.py)."""
+    if option.number():
+        return io.Float.Input(option.name, default=option.default, min=option.minimum, max=option.maximum,
+                              step=option.step, tooltip=option.help)
+    return io.Combo.Input(option.name, options=list(option.choices), default=option.default, tooltip=option.help)
+
+
 def _stamp(path):
     stat = os.stat(path)
     return stat.st_mtime_ns, stat.st_size
@@ -63,19 +72,7 @@ class QSchedScorerLoader(io.ComfyNode):
             inputs=[
                 io.Combo.Input("checkpoint", options=files, tooltip="CLIP checkpoint (variant clip) or HPS v2/v2.1 "
                                f"file (variant preference), from models/{SCORER_FOLDER}."),
-                io.Combo.Input("variant", options=["clip", "preference"], tooltip="clip: TC = CLIPScore, IQ = "
-                               "CLIP-IQA. preference: IQ = HPSv2 (checkpoint), TC = CLIPScore (alignment_checkpoint)."),
-                io.Float.Input("k", default=2.0, min=0.0, max=1000.0, step=0.1,
-                               tooltip="JAQ weight; 2 in the paper (Eq. 5) and the official code."),
-                io.Combo.Input("tc_transform", options=["identity", "log"], tooltip="identity: the paper's TC + k*IQ; "
-                               "log: the official code's log(CLIPScore) + k*IQ."),
-                io.Combo.Input("k_weights", options=["iq", "tc"], tooltip="Which term k multiplies: iq (paper Eq. 5) "
-                               "or tc (the paper's Table 3 values: HPSv2 + 2 * AQ-Map)."),
-                io.Combo.Input("clip_score_convention", options=sorted(CLIP_SCORE_CONVENTIONS),
-                               tooltip="torchmetrics: 100*max(cos,0); hessel: 2.5*max(cos,0) with 'A photo depicts ' "
-                                       "before the prompt."),
-                io.Combo.Input("iqa_prompt_pair", options=list(CLIP_IQA_PAIRS),
-                               tooltip="CLIP-IQA antonym pair; quality = 'Good photo.' / 'Bad photo.'"),
+                *(_option_input(option) for option in SCORER_OPTIONS),
                 io.Combo.Input("alignment_checkpoint", options=["none"] + files, optional=True,
                                tooltip="CLIP checkpoint for TC in the preference variant."),
                 io.Combo.Input("quick_gelu", options=list(QUICK_GELU), optional=True,
@@ -116,34 +113,6 @@ class QSchedScorerLoader(io.ComfyNode):
             scorer = load_scorer(path, **settings)
             _CACHE[key] = ManagedScorer(scorer) if managed else scorer
         return io.NodeOutput(_CACHE[key])
-
-
-class ManagedScorer:
-    """A scorer whose models ComfyUI's memory manager loads onto the GPU for each scoring call and offloads
-    (or evicts, to make room for the diffusion model) like any other model. Everything else is the scorer's."""
-
-    def __init__(self, scorer):
-        self.scorer = scorer
-        towers = {id(m.towers): m.towers for m in (scorer.tc_metric, scorer.iq_metric)}
-        holder = torch.nn.Module()  # the towers' read-only `device` property cannot take ModelPatcher's assignment
-        holder.towers = torch.nn.ModuleList(towers.values())
-        self.patcher = comfy.model_patcher.ModelPatcher(
-            holder, load_device=comfy.model_management.get_torch_device(),
-            offload_device=comfy.model_management.text_encoder_offload_device())
-
-    def score(self, images, prompts):
-        # plain torch modules cannot be partially loaded (no comfy cast weights): always the whole scorer
-        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
-        return self.scorer.score(images, prompts)
-
-    def image_features(self, images):
-        comfy.model_management.load_models_gpu([self.patcher], force_full_load=True)
-        return self.scorer.image_features(images)
-
-    def __getattr__(self, name):
-        if name == "scorer":  # not set yet (copy, unpickling): no delegation loop
-            raise AttributeError(name)
-        return getattr(self.scorer, name)
 
 
 class QSchedJAQScore(io.ComfyNode):

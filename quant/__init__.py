@@ -1,6 +1,7 @@
 """Backbone quantization in plain torch: specs, layer policy, packed layers, backends, cache."""
 from .apply import QuantReport, module_bytes, quantize_module
-from .backends import BACKENDS, BackendError
+from .backends import BackendError
+from .registry import BACKENDS
 from .policy import DEFAULT_POLICY, LayerPolicy
 from .spec import QuantSpec, QuantSpecError
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .backends import get_backend
+from .registry import get_backend
 from .layers import bits_per_weight_of, float_weight_shape, lowrank_shapes, rank_problem
 from .lowrank import FACTOR_DTYPES
 from .policy import DEFAULT_POLICY, LayerDecision, LayerPolicy

@@ -243,20 +243,3 @@ class TorchAOBackend:
         wrapper = nn.Sequential(layer)
         self.quantization.quantize_(wrapper, config)
         return wrapper[0], how
-
-
-def _auto():
-    from .auto import AutoBackend  # it builds on the classes above
-    return AutoBackend()
-
-
-BACKENDS = {"auto": _auto, "simulate": SimulateBackend, "fp8": Fp8Backend, "int8": Int8Backend,
-            "comfy_kitchen": ComfyKitchenBackend,
-            "bitsandbytes": BitsAndBytesBackend, "torchao": TorchAOBackend}
-DEFAULT_BACKEND = "auto"
-
-
-def get_backend(name):
-    if name not in BACKENDS:
-        raise BackendError(f"unknown quantization backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[name]()

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from ..atomic_files import write_atomic
 from ..tensor_files import TensorFileError, check_regular, check_safetensors, name_list, non_finite_names
 from .apply import quantize_module
-from .backends import get_backend
+from .registry import get_backend
 from .layers import PackedWeightMixin
 from .policy import DEFAULT_POLICY, LayerPolicy
 from .spec import QuantSpec

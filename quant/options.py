@@ -2,11 +2,12 @@
 loader nodes' inputs and the command line's arguments."""
 from dataclasses import dataclass
 
-from .backends import BACKENDS, DEFAULT_BACKEND
+from ..folders import QUANT_CACHE
+from .registry import BACKENDS, DEFAULT_BACKEND
 
 SPECS = ("W8A8", "W4A8", "W4A8-g128", "W4A8-g64", "W4A8-g64-r32", "W6A8", "W4A6", "W4A5", "W4A4", "W4A4-g64-r32",
          "W8A16", "W4A16", "W4A16-g128")
-CACHE_FOLDER = "qsched_quant_cache"
+CACHE_FOLDER = QUANT_CACHE
 CACHE_CHOICES = ("off", "on")
 ATTENTION_CHOICES = ("sdpa", "int8")
 

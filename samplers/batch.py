@@ -7,6 +7,7 @@ calibration can batch candidates and prompts freely.
 """
 import torch
 
+from .noise import default_noise_sampler
 from .schedule import QSchedSchedule, ScheduleError
 
 
@@ -80,7 +81,6 @@ def one_schedule(schedules):
 def seeded_noise_sampler(x, seeds, make_noise_sampler=None):
     """A noise sampler drawing, for sample b, what make_noise_sampler(x[b:b+1], seed=seeds[b]) draws at batch 1
     (default: the samplers' plain-torch default_noise_sampler; in ComfyUI pass ComfyUI's own)."""
-    from .k_qsched import default_noise_sampler
     if len(seeds) != x.shape[0]:
         raise ValueError(f"{len(seeds)} noise seeds for a batch of {x.shape[0]}")
     make_noise_sampler = make_noise_sampler or default_noise_sampler

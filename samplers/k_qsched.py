@@ -20,6 +20,7 @@ from tqdm.auto import trange
 
 from .batch import ScheduleBatch
 from .model_sampling import EPSSampling, discrete_sigma_table, is_flow
+from .noise import default_noise_sampler
 from .schedule import QSchedSchedule, ScheduleError
 
 
@@ -32,26 +33,16 @@ class NonFiniteLatentError(FloatingPointError):
                          "check the model, its quantization and the Q-Sched coefficients")
 
 
-def default_noise_sampler(x, seed=None):
-    """The plain-torch noise sampler, used when no other is given: one generator seeded once with `seed`, a randn
-    of x's shape per call (the draws of a diffusers scheduler stepping with that seeded generator). Inside
-    ComfyUI the nodes pass ComfyUI's own `default_noise_sampler` as `make_noise_sampler` instead, so identity
-    schedules draw exactly what the host's native samplers draw (its seeding differs between versions)."""
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(seed)
-    return lambda sigma, sigma_next: torch.randn(x.size(), dtype=x.dtype, layout=x.layout, device=x.device,
-                                                 generator=generator)
-
-
+# Copied from comfy/k_diffusion/sampling.py (k-diffusion): the samplers run outside ComfyUI too; inside it they
+# are handed the host's module as `k_diffusion` and call its to_d / get_ancestral_step instead.
 def to_d(x, sigma, denoised):
     """(x - D) / sigma: the noise prediction (EPS models) or the velocity (flow models)."""
     return (x - denoised) / sigma[(...,) + (None,) * (x.ndim - sigma.ndim)]
 
 
-def ancestral_step(sigma_from, sigma_to, eta=1.0):
-    """(sigma_down, sigma_up) of an ancestral step, the same arithmetic as k-diffusion's get_ancestral_step."""
+# Copied from comfy/k_diffusion/sampling.py (k-diffusion), as to_d above.
+def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
+    """(sigma_down, sigma_up) of an ancestral step."""
     if not eta:
         return sigma_to, 0.0
     sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
@@ -75,7 +66,7 @@ def qsched_denoised(x, denoised, c_x, c_eps, sigma=None, offset=None):
     return c_eps * denoised + (c_x - c_eps) * x
 
 
-def noise_prediction(x, sigma, denoised, c_eps, offset=None):
+def noise_prediction(x, sigma, denoised, c_eps, offset=None, to_d=to_d):
     """eps' = c_eps (x - D) / sigma - b: the scaled noise prediction (the velocity on flow models)."""
     d = scale(to_d(x, sigma, denoised), c_eps)
     return d if offset is None else d - offset
@@ -120,10 +111,14 @@ def check_offset_channels(schedule, x):
 
 
 class _Run:
-    """What every sampler validates and resolves before its first model call."""
+    """What every sampler validates and resolves before its first model call. Option `k_diffusion`: the host's
+    k-diffusion sampling module (ComfyUI's), whose to_d / get_ancestral_step the steps then use."""
 
     def __init__(self, name, model, x, sigmas, extra_args, schedule, noise_sampler, make_noise_sampler, model_sampling,
                  options, flow_ok=True):
+        k_diffusion = options.pop("k_diffusion", None)
+        self.to_d = to_d if k_diffusion is None else k_diffusion.to_d
+        self.get_ancestral_step = get_ancestral_step if k_diffusion is None else k_diffusion.get_ancestral_step
         if options:
             raise TypeError(f"sampler {name!r} got unknown option(s): {', '.join(sorted(options))}")
         if not isinstance(sigmas, torch.Tensor) or sigmas.ndim != 1 or len(sigmas) < 2:
@@ -177,7 +172,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
         c_x, c_eps = run.coefficients(i)
         b = step_offset(run.schedule, i, x)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
-        d = noise_prediction(x, sigmas[i], denoised, c_eps, b)
+        d = noise_prediction(x, sigmas[i], denoised, c_eps, b, run.to_d)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i],
                       "denoised": qsched_denoised(x, denoised, c_x, c_eps, sigmas[i], b)})
@@ -207,11 +202,11 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 
 
 def _ancestral_eps_step(run, x, denoised, denoised_q, sigmas, i, eta, s_noise):
-    sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
+    sigma_down, sigma_up = run.get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
     if sigma_down == 0:
         return denoised_q
     c_x, c_eps = run.coefficients(i)
-    d = noise_prediction(x, sigmas[i], denoised, c_eps, step_offset(run.schedule, i, x))
+    d = noise_prediction(x, sigmas[i], denoised, c_eps, step_offset(run.schedule, i, x), run.to_d)
     dt = sigma_down - sigmas[i]
     return scale(x, c_x) + d * dt + run.noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
 
@@ -305,7 +300,7 @@ def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, s
         c_x, c_eps = run.coefficients(i)
         b = step_offset(run.schedule, i, x)
         denoised = model(x, sigmas[i] * run.s_in, **run.extra_args)
-        eps = noise_prediction(x, sigmas[i], denoised, c_eps, b)
+        eps = noise_prediction(x, sigmas[i], denoised, c_eps, b, run.to_d)
         denoised_q = qsched_denoised(x, denoised, c_x, c_eps, sigmas[i], b)
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised_q})

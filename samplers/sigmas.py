@@ -9,6 +9,14 @@ import numpy as np
 import torch
 
 SCHEDULES = ("lcm", "trailing", "flow")
+# The few-step schedules by the scheduler names a host lists beside its own (ComfyUI's scheduler widget), with
+# the kind each is and what it is for; the flow one reads a shift-1 flow table whatever the model's shift.
+SCHEDULER_KINDS = {
+    "lcm_original": ("lcm", "LCM/TCD: timesteps from the 50-step original grid (999, 759, 499, 259 at 4 steps)"),
+    "turbo_trailing": ("trailing", "SDXL-Turbo: trailing timesteps (999, 749, 499, 249 at 4 steps)"),
+    "flow_shift1": ("flow", "flow models (FLUX-schnell): sigmas 1, .75, .5, .25 at 4 steps (shift 1, whatever the "
+                    "model's)"),
+}
 
 
 def lcm_timesteps(steps, original_steps=50, train_steps=1000):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from comfyui_qsched.calibration import cli
+from comfyui_qsched.comfy_adapter import cli
 from comfyui_qsched.calibration.reference import ReferenceSampling
 from comfyui_qsched.calibration.run import SCHEDULERS, CalibrationConfig, ConfigError, run
 from comfyui_qsched.calibration.runlog import settings_hash
@@ -21,11 +21,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = ["--checkpoint", __file__, "--scorer", __file__]
 
 
-def test_defaults_are_a_valid_config_and_every_setting_has_help():
-    config = CalibrationConfig()
-    assert config.sampler_name == "lcm" and config.steps == 4 and config.batch_size == 16 and config.holdout == 0.25
+def test_defaults_are_a_valid_config_and_every_bound_is_enforced_by_name():
+    CalibrationConfig()   # every default passes the checks
     for name, default, setting in CalibrationConfig.settings():
-        assert setting.help and getattr(config, name) == default
+        assert setting.help
+        if setting.minimum is not None and setting.minimum > 0 and isinstance(default, (int, float)):
+            below = type(default)(setting.minimum) - (1 if isinstance(default, int) else 0.001 * setting.minimum)
+            with pytest.raises(ConfigError, match=f"^{name} is"):
+                CalibrationConfig(**{name: below})
+        if setting.maximum is not None and isinstance(default, (int, float)):
+            above = type(default)(setting.maximum) + (1 if isinstance(default, int) else 0.001 * setting.maximum)
+            with pytest.raises(ConfigError, match=f"^{name} is"):
+                CalibrationConfig(**{name: above})
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -97,7 +104,7 @@ def test_the_command_line_has_every_config_setting_with_its_default_bounds_and_c
 
 def test_quantized_loading_options_come_from_the_loader_definitions():
     from comfyui_qsched.quant import BACKENDS
-    from comfyui_qsched.quant.backends import DEFAULT_BACKEND
+    from comfyui_qsched.quant.registry import DEFAULT_BACKEND
     from comfyui_qsched.quant.options import CACHE_CHOICES
     actions = {action.dest: action for action in cli.parser()._actions}
     assert tuple(actions["backend"].choices) == tuple(BACKENDS) and actions["backend"].default == DEFAULT_BACKEND
@@ -105,7 +112,7 @@ def test_quantized_loading_options_come_from_the_loader_definitions():
 
 
 def test_importing_the_command_line_imports_no_node_module_and_no_server():
-    code = ("import sys, qsched; import comfyui_qsched.calibration.cli; "
+    code = ("import sys, qsched; import comfyui_qsched.comfy_adapter.cli; "
             "print([m for m in sys.modules if m in ('server', 'nodes', 'execution') or m.startswith('comfy') "
             "and not m.startswith('comfyui_qsched') or m.startswith('comfyui_qsched.nodes')])")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -211,7 +211,7 @@ class Terminal:
 
 
 def test_calibrate_progress_is_one_updating_line_on_a_terminal_with_a_steady_total():
-    from comfyui_qsched.calibration.cli import Progress
+    from comfyui_qsched.comfy_adapter.cli import Progress
     terminal = Terminal(tty=True)
     progress = Progress(started=0.0, stream=terminal)
     # The search plans 25 images plus 4 for the check, stops early at 20, then the run reports done/done.
@@ -225,7 +225,7 @@ def test_calibrate_progress_is_one_updating_line_on_a_terminal_with_a_steady_tot
 
 
 def test_calibrate_progress_prints_nothing_into_a_log():
-    from comfyui_qsched.calibration.cli import Progress
+    from comfyui_qsched.comfy_adapter.cli import Progress
     log = Terminal(tty=False)
     progress = Progress(started=0.0, stream=log)
     progress(3, 29)

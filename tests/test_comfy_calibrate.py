@@ -35,7 +35,7 @@ def stack(comfyui_dir, comfy_models, tmp_path_factory):
 
     user = tmp_path_factory.mktemp("user")
     folder_paths.set_user_directory(str(user))
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     from comfyui_qsched.nodes import calibrate, presets, sampling
 
     model, clip, vae = comfy.sd.load_checkpoint_guess_config(comfy_models.path("checkpoints", SD15_CHECKPOINT))[:3]
@@ -93,19 +93,15 @@ def test_calibration_writes_a_preset_the_loader_applies(stack):
     positive = nodes.CLIPTextEncode().encode(stack["clip"], "a red cube")[0]
     latent = {"samples": torch.zeros(1, 4, 8, 8)}
     sample = stack["sampling"].sample_with_schedule
-    applied = sample(stack["model"], 1, 2, 1.0, "lcm", "lcm_original", positive, positive, latent, loaded,
-                     disable_pbar=True)["samples"]
-    plain = sample(stack["model"], 1, 2, 1.0, "lcm", "lcm_original", positive, positive, latent, None,
-                   disable_pbar=True)["samples"]
+    applied = sample(stack["model"], 1, 2, 1.0, "lcm", "lcm_original", positive, positive, latent, loaded)["samples"]
+    plain = sample(stack["model"], 1, 2, 1.0, "lcm", "lcm_original", positive, positive, latent, None)["samples"]
     assert torch.isfinite(applied).all()
     assert loaded.is_identity or not torch.equal(applied, plain)
     from comfyui_qsched.samplers import ScheduleError
     with pytest.raises(ScheduleError, match="2 coefficient pairs but sampling runs 4"):
-        sample(stack["model"], 1, 4, 1.0, "lcm", "lcm_original", positive, positive, latent, loaded,
-               disable_pbar=True)
+        sample(stack["model"], 1, 4, 1.0, "lcm", "lcm_original", positive, positive, latent, loaded)
     with pytest.raises(ScheduleError, match="tuned for the lcm sampler but sampling uses euler"):
-        sample(stack["model"], 1, 2, 1.0, "euler", "lcm_original", positive, positive, latent, loaded,
-               disable_pbar=True)
+        sample(stack["model"], 1, 2, 1.0, "euler", "lcm_original", positive, positive, latent, loaded)
 
 
 def test_rerun_with_same_settings_resumes_from_the_log_and_other_seed_does_not(stack):
@@ -365,8 +361,7 @@ def _latent(stack, model, schedule, prompt, seed):
     positive = nodes.CLIPTextEncode().encode(stack["clip"], prompt)[0]
     negative = nodes.CLIPTextEncode().encode(stack["clip"], "")[0]
     return stack["sampling"].sample_with_schedule(model, seed, 2, 1.0, "lcm", "lcm_original", positive, negative,
-                                                  {"samples": torch.zeros(1, 4, 8, 8)}, schedule,
-                                                  disable_pbar=True)["samples"]
+                                                  {"samples": torch.zeros(1, 4, 8, 8)}, schedule)["samples"]
 
 
 def test_reference_calibration_with_offsets_writes_a_preset_the_loader_and_sampler_apply(stack, quantized):

@@ -84,8 +84,7 @@ def _sampled_alone(models, item, sampler, scheduler, cfg, steps=2):
     encode = TextConditioning(clip)
     channels = model.get_model_object("latent_format").latent_channels
     latent = sample_with_schedule(model, 5 + index, steps, cfg, sampler, scheduler, encode(PROMPTS[index]),
-                                  encode(""), {"samples": torch.zeros(1, channels, 8, 8)}, schedule,
-                                  disable_pbar=True)["samples"]
+                                  encode(""), {"samples": torch.zeros(1, channels, 8, 8)}, schedule)["samples"]
     return latent, vae.decode(latent).reshape(-1, 64, 64, 3).float()
 
 
@@ -149,7 +148,7 @@ def test_prompts_of_different_token_lengths_go_in_separate_batches(sd15):
 
 @pytest.fixture(scope="module")
 def scorer(comfyui_dir, tmp_path_factory):
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     path = save_open_clip(tiny_vit_clip(seed=5), tmp_path_factory.mktemp("scorer") / "tiny_clip.safetensors")
     return load_scorer(path, architecture="auto", device="cpu")
 

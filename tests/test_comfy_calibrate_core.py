@@ -24,7 +24,7 @@ def node_inputs(comfyui_dir):
 
 
 def _accepts(flag, value):
-    from comfyui_qsched.calibration import cli
+    from comfyui_qsched.comfy_adapter import cli
     try:
         cli.parser().parse_args([*REQUIRED, flag, str(value)])
     except SystemExit:
@@ -35,7 +35,7 @@ def _accepts(flag, value):
 def test_node_and_command_line_agree_on_every_setting(node_inputs):
     """A setting on both: the same default, the node's min/max are exactly what the command line takes (and one
     step beyond is refused by both), the same choices. Settings only one side has are listed explicitly."""
-    from comfyui_qsched.calibration import cli
+    from comfyui_qsched.comfy_adapter import cli
     from comfyui_qsched.calibration.run import SCHEDULERS as HOST, CalibrationConfig, ConfigError
     from comfyui_qsched.comfy_adapter.sampling import SCHEDULERS
     flags = cli.config_flags()
@@ -74,10 +74,10 @@ def test_node_and_command_line_agree_on_every_setting(node_inputs):
 
 def test_the_command_lines_comfyui_side_imports_no_server_and_no_nodes(comfyui_dir):
     code = ("import sys, qsched\n"
-            "from comfyui_qsched.calibration import cli\n"
+            "from comfyui_qsched.comfy_adapter import cli\n"
             f"cli._import_comfyui({comfyui_dir!r}, False)\n"
             "import comfyui_qsched.comfy_adapter.calibration, comfyui_qsched.comfy_adapter.loading\n"
-            "import comfyui_qsched.calibration.metrics\n"
+            "import comfyui_qsched.scoring\n"
             "assert 'comfy.sd' in sys.modules\n"
             "print([m for m in sys.modules if m in ('server', 'nodes', 'execution', 'main') "
             "or m.startswith('comfyui_qsched.nodes')])\n")

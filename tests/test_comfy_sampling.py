@@ -50,8 +50,7 @@ def _native(comfy, m, sampler, scheduler, steps=3, cfg=2.0, denoise=1.0):
 
 def _qsched(comfy, m, sampler, scheduler, schedule=None, steps=3, cfg=2.0, denoise=1.0):
     return comfy.sampling.sample_with_schedule(m["model"], SEED, steps, cfg, sampler, scheduler, m["positive"],
-                                               m["negative"], m["latent"], schedule, denoise=denoise,
-                                               disable_pbar=True)["samples"]
+                                               m["negative"], m["latent"], schedule, denoise=denoise)["samples"]
 
 
 @pytest.mark.parametrize("sampler,scheduler", [("lcm", "sgm_uniform"), ("euler", "normal"),
@@ -66,6 +65,25 @@ def test_identity_schedule_equals_native_ksampler_bit_for_bit_on_sd15(comfy, sd1
 def test_no_schedule_means_identity_and_denoise_follows_ksampler(comfy, sd15):
     assert torch.equal(_qsched(comfy, sd15, "euler", "normal", None, denoise=0.6),
                        _native(comfy, sd15, "euler", "normal", denoise=0.6))
+
+
+def test_the_ksampler_node_takes_the_hosts_path_with_what_only_the_host_knows(comfy, sd15):
+    """The latent keys ComfyUI reads and drops flow through the node untouched by the pack: 0.33's
+    downscale_ratio_spacial (here 16 on a model that downscales by 8) resizes the empty latent 2x and leaves the
+    output, exactly as in ComfyUI's own KSampler; 0.3.64 knows no such key and keeps it, as its KSampler does."""
+    import inspect
+
+    from comfy.sample import fix_empty_latent_channels
+    latent = {"samples": torch.zeros(1, 4, 8, 8), "downscale_ratio_spacial": 16}
+    native = comfy.nodes.common_ksampler(sd15["model"], SEED, 2, 2.0, "euler", "normal", sd15["positive"],
+                                         sd15["negative"], latent)[0]
+    ours = comfy.sampling.QSchedKSampler.execute(sd15["model"], SEED, 2, 2.0, "euler", "normal", sd15["positive"],
+                                                 sd15["negative"], latent, schedule=None)[0]
+    assert sorted(ours) == sorted(native) and torch.equal(ours["samples"], native["samples"])
+    host_reads_it = "downscale_ratio_spacial" in inspect.signature(fix_empty_latent_channels).parameters
+    assert ours["samples"].shape[-1] == (16 if host_reads_it else 8)
+    assert ("downscale_ratio_spacial" in ours) == (not host_reads_it)
+    assert latent == {"samples": latent["samples"], "downscale_ratio_spacial": 16}   # the input is not changed
 
 
 @pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "lcm"])

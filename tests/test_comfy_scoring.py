@@ -87,7 +87,7 @@ def test_loader_caches_the_scorer_until_an_input_or_the_file_changes(scoring_nod
     os.utime(folder / "inproc.safetensors", ns=(1, 1))
     assert loader.fingerprint_inputs("inproc.safetensors") != changed_before
     assert loader.execute("inproc.safetensors", **SETTINGS)[0] is not again
-    from comfyui_qsched.calibration.metrics import ScorerError
+    from comfyui_qsched.scoring import ScorerError
     with pytest.raises(ScorerError, match="qsched_scorers"):
         loader.execute("missing.safetensors", **SETTINGS)
     # a value none of the combo's choices (ComfyUI 0.3.64 lets V3 combo values through when the prompt is queued)

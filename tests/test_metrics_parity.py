@@ -4,7 +4,7 @@ import warnings
 import pytest
 import torch
 
-from comfyui_qsched.calibration.metrics import load_scorer
+from comfyui_qsched.scoring import load_scorer
 from test_metrics_fixtures import (as_uint8_chw, clip_processor, comfy_images, save_hf_clip, save_open_clip,
                                    tiny_rn_clip, tiny_vit_clip, torchmetrics_model)
 

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from comfyui_qsched.calibration.metrics import JAQOptions, ScorerError, load_scorer
-from comfyui_qsched.calibration.metrics.checkpoints import read_scorer_weights
-from comfyui_qsched.calibration.metrics.towers import _model_config, build_towers, infer_config
+from comfyui_qsched.scoring import JAQOptions, ScorerError, load_scorer
+from comfyui_qsched.scoring.checkpoints import read_scorer_weights
+from comfyui_qsched.scoring.towers import _model_config, build_towers, infer_config
 from test_metrics_fixtures import as_uint8_chw, comfy_images, save_open_clip, tiny_vit_clip
 
 PROMPTS = ["a red bus", "a cat on a sofa"]
@@ -99,7 +99,7 @@ def test_architecture_found_by_shapes_including_head_width(name):
 
 
 def read_weights_stub():
-    from comfyui_qsched.calibration.metrics.checkpoints import ScorerWeights
+    from comfyui_qsched.scoring.checkpoints import ScorerWeights
     return ScorerWeights("mem", "open_clip")
 
 

@@ -101,8 +101,8 @@ def test_reference_evaluate_scores_minus_the_distance_and_samples_the_reference_
     calls = []
     evaluate = reference.make_reference_evaluate(_generator(quantized), None, _references(fp, calls),
                                                  "reference_latent")
-    naive = evaluate(QSchedSchedule.identity(STEPS), [0, 1, 2])
-    exact, partly = evaluate.many([(_exact_schedule(), [0, 1, 2]), (QSchedSchedule.identity(STEPS), [3, 0])])
+    naive = evaluate.score(QSchedSchedule.identity(STEPS), [0, 1, 2])
+    exact, partly = evaluate.score_many([(_exact_schedule(), [0, 1, 2]), (QSchedSchedule.identity(STEPS), [3, 0])])
     assert calls == [[0, 1, 2], [3]]            # one batch per call, cached: later candidates reuse the FP latents
     assert partly[1] == naive[0]
     for i, value in enumerate(naive):
@@ -121,13 +121,13 @@ def test_reference_evaluate_scores_failures_worst_and_reports_them():
         return torch.stack([torch.full((4, 2, 2), float("nan") if index == 1 else 0.5) for _, index in items])
 
     evaluate = reference.make_reference_evaluate(generate, None, outputs, "reference_latent", failures=failures)
-    scores = evaluate(QSchedSchedule.identity(1), [0, 1, 2, 3])
+    scores = evaluate.score(QSchedSchedule.identity(1), [0, 1, 2, 3])
     assert scores[0] == scores[3] == pytest.approx(-0.25) and math.isnan(scores[1]) and math.isnan(scores[2])
     assert [(f["prompt"], f["reason"][:18]) for f in failures] == [(1, "non-finite latent"), (2, "euler: the latent ")]
     bad = reference.ReferenceOutputs(lambda indices: torch.full((len(indices), 4, 2, 2), float("inf")))
     with pytest.raises(reference.ReferenceError, match="reference produced NaN"):
         reference.make_reference_evaluate(lambda items: torch.zeros(len(items), 4, 2, 2), None, bad,
-                                          "reference_latent")(QSchedSchedule.identity(1), [0])
+                                          "reference_latent").score(QSchedSchedule.identity(1), [0])
 
 
 # --- the free per-step parameters and the optimiser ---------------------------------------------------------------

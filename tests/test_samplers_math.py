@@ -230,11 +230,28 @@ def test_nan_latent_stops_with_the_step_named(name):
     assert caught.value.step == 1 and model.calls == 2
 
 
-def test_samplers_spec_lists_the_agreed_names():
-    assert set(SAMPLERS) == {"lcm", "tcd", "euler", "euler_ancestral"}
-    assert [name for name, spec in SAMPLERS.items() if not spec.flow_ok] == ["tcd"]
-    for name, spec in SAMPLERS.items():
-        assert spec.name == name and callable(spec.function)
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_each_sampler_spec_says_what_its_function_does(name):
+    """A spec's options are what its function takes (with those defaults, the same result as without them), and
+    flow_ok is whether it runs on a flow model (otherwise it refuses one before the first model call)."""
+    spec = SAMPLERS[name]
+    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 2)
+    plain = spec.function(ToyModel(EPSSampling()), initial_noise() * sigmas[0], sigmas, extra_args={"seed": 0},
+                          disable=True)
+    with_options = spec.function(ToyModel(EPSSampling()), initial_noise() * sigmas[0], sigmas, extra_args={"seed": 0},
+                                 disable=True, **dict(spec.options))
+    assert torch.equal(plain, with_options)
+    with pytest.raises(TypeError, match="unknown option"):
+        spec.function(ToyModel(EPSSampling()), initial_noise() * sigmas[0], sigmas, disable=True, not_an_option=1)
+    flow_sigmas = few_step_sigmas("flow", FlowSampling().sigmas, 2)
+    model = ToyModel(FlowSampling(), flow=True)
+    if spec.flow_ok:
+        assert torch.isfinite(spec.function(model, initial_noise() * flow_sigmas[0], flow_sigmas,
+                                            extra_args={"seed": 0}, disable=True)).all()
+    else:
+        with pytest.raises(ValueError, match="EPS .*models only"):
+            spec.function(model, initial_noise() * flow_sigmas[0], flow_sigmas, extra_args={"seed": 0}, disable=True)
+        assert model.calls == 0
 
 
 def _comfyui_tcd_rule(sigmas, noises, gamma):
@@ -278,3 +295,33 @@ def test_tcd_sigma_table_fallbacks():
     assert torch.equal(sigma_table(thinned), full)
     other = SimpleNamespace(sigmas=full[19::20], num_timesteps=1000, linear_start=0.0001, linear_end=0.02)
     assert torch.equal(sigma_table(other), discrete_sigma_table(0.0001, 0.02))
+
+
+def test_a_host_k_diffusion_module_replaces_the_copied_helpers():
+    """Inside ComfyUI the samplers get the host's k-diffusion module (`k_diffusion`) and call its to_d and
+    get_ancestral_step instead of the plain-torch copies; the copies compute the same numbers."""
+    import types
+
+    from comfyui_qsched.samplers import default_noise_sampler, k_qsched
+    calls = []
+
+    def to_d(x, sigma, denoised):
+        calls.append("to_d")
+        return (x - denoised) / sigma
+
+    def get_ancestral_step(sigma_from, sigma_to, eta=1.0):
+        calls.append("get_ancestral_step")
+        return k_qsched.get_ancestral_step(sigma_from, sigma_to, eta)
+
+    host = types.SimpleNamespace(to_d=to_d, get_ancestral_step=get_ancestral_step)
+    sigmas = torch.tensor([14.6, 3.0, 0.9, 0.0])
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * sigmas[0]
+    model = lambda x, sigma, **_: x * 0.5
+    for sampler in (k_qsched.sample_euler, k_qsched.sample_euler_ancestral):
+        calls.clear()
+        plain = sampler(model, x, sigmas, disable=True, make_noise_sampler=default_noise_sampler,
+                        extra_args={"seed": 1})
+        hosted = sampler(model, x, sigmas, disable=True, make_noise_sampler=default_noise_sampler,
+                         extra_args={"seed": 1}, k_diffusion=host)
+        assert calls and torch.allclose(hosted, plain, rtol=1e-6, atol=1e-6)
+    assert "get_ancestral_step" in calls

@@ -11,7 +11,9 @@ from comfyui_qsched.samplers.schedule import SAMPLER_NAMES
 
 def test_linear_is_the_papers_linspace_with_end_fixed_at_one():
     schedule = QSchedSchedule.linear(4, 0.85, 1.15)
-    assert schedule.c_x == tuple(np.linspace(0.85, 1.0, 4)) and schedule.c_eps == tuple(np.linspace(1.15, 1.0, 4))
+    # written out by hand: start + (1 - start) * i / 3
+    assert schedule.c_x == pytest.approx((0.85, 0.90, 0.95, 1.0), abs=1e-15)
+    assert schedule.c_eps == pytest.approx((1.15, 1.10, 1.05, 1.0), abs=1e-15)
     assert schedule.c_x[0] == 0.85 and schedule.c_x[-1] == 1.0 and schedule.c_eps[-1] == 1.0
     assert schedule.steps == 4 and not schedule.is_identity
     general = QSchedSchedule.linear(3, 0.9, 1.1, x_end=1.05, eps_end=0.95)

@@ -4,8 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from comfyui_qsched.calibration.search import SearchInterrupted, run_search
-from comfyui_qsched.calibration.strategies import STRATEGIES
+from comfyui_qsched.calibration.search import STRATEGIES, SearchInterrupted, run_search
 
 STEPS, PROMPTS = 4, 20
 

@@ -1,4 +1,4 @@
-"""Batched calibration search: several candidates' images in one evaluate.many call give the same search as one
+"""Batched calibration search: several candidates' images in one score_many call of the objective give the same search as one
 candidate at a time (winner, trace, budget, run log, resume), and a NaN sample costs its batch mates nothing."""
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comfyui_qsched.calibration.pipeline import make_evaluate
-from comfyui_qsched.calibration.search import SearchInterrupted, run_search
+from comfyui_qsched.calibration.search import Evaluator, SearchInterrupted, run_search
 from comfyui_qsched.samplers import NonFiniteLatentError
 from test_search import PROMPTS, STEPS, Bowl
 
@@ -15,14 +15,18 @@ STRATEGY_OPTIONS = {"paper_grid": {"grid_points": 5}, "grid_general": {"grid_poi
                     "racing": {"grid_points": 5}, "halving_floor": {"grid_points": 5}, "coarse_to_fine_racing": {}}
 
 
-class BatchedBowl(Bowl):
-    """Bowl whose `many` is the batched entry point; records every call's requests."""
+class BatchedBowl(Bowl, Evaluator):
+    """Bowl as a batched Evaluator: score_many is the batched entry point; records every call's requests."""
+    batched = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.batches = []
 
-    def many(self, requests):
+    def score(self, schedule, prompts):
+        return self(schedule, prompts)
+
+    def score_many(self, requests):
         self.batches.append([(schedule, list(indices)) for schedule, indices in requests])
         return [[self.value(schedule, i) for i in indices] for schedule, indices in requests]
 

@@ -5,12 +5,11 @@ import hashlib
 import numpy as np
 import pytest
 
-from comfyui_qsched.calibration.noise_aware import (MIN_JUDGE_PROMPTS, doubling_rungs, halving_rungs,
-                                                    stratified_order)
 from comfyui_qsched.calibration.paired import paired_difference
 from comfyui_qsched.calibration.runlog import schedule_key
-from comfyui_qsched.calibration.search import run_search
-from comfyui_qsched.calibration.strategies import DEFAULT_STRATEGY, STRATEGIES
+from comfyui_qsched.calibration.search import DEFAULT_STRATEGY, STRATEGIES, run_search
+from comfyui_qsched.calibration.search.space import (MIN_JUDGE_PROMPTS, doubling_rungs, halving_rungs,
+                                                     stratified_order)
 from test_search import PROMPTS, STEPS, Bowl
 
 NOISE_AWARE = ("racing", "halving_floor", "coarse_to_fine_racing")

@@ -55,7 +55,7 @@ def test_nan_black_and_non_finite_latents_score_nan_and_are_reported():
 
     failures = []
     evaluate = make_evaluate(generate, ComponentScorer(), list("abcd"), failures=failures)
-    scores = evaluate(QSchedSchedule.identity(4), [0, 1, 2, 3])
+    scores = evaluate.score(QSchedSchedule.identity(4), [0, 1, 2, 3])
     assert [math.isnan(s) for s in scores] == [True, True, True, False]
     assert [f["reason"] for f in failures] == ["all-black image", "non-finite pixels",
                                                 str(NonFiniteLatentError("lcm", 2, 4, 0.5))]

@@ -125,7 +125,7 @@ def _run(stack, scorer, **changes):
 
 
 def test_a_scorer_file_changed_in_place_does_not_reuse_old_scores(stack):
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     path = save_open_clip(tiny_vit_clip(seed=21), stack["scorer_folder"] / "scorer.safetensors")
     first = _run(stack, load_scorer(path, device="cpu"), budget_images=5, preset_name="changed-scorer")
     again = _run(stack, load_scorer(path, device="cpu"), budget_images=5, preset_name="changed-scorer")
@@ -137,7 +137,7 @@ def test_a_scorer_file_changed_in_place_does_not_reuse_old_scores(stack):
 
 @pytest.mark.parametrize("model_name", ["(beta) tiny", "+plus", "-minus", "\u6a21\u578b"])
 def test_model_names_that_were_refused_calibrate(stack, model_name):
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     path = save_open_clip(tiny_vit_clip(seed=23), stack["scorer_folder"] / "names.safetensors")
     summary = _run(stack, load_scorer(path, device="cpu"), budget_images=3, model_name=model_name)
     preset = json.loads((stack["user"] / "qsched_presets" / f"{summary['preset']}.json").read_text())
@@ -145,7 +145,7 @@ def test_model_names_that_were_refused_calibrate(stack, model_name):
 
 
 def test_two_long_model_names_get_two_presets(stack):
-    from comfyui_qsched.calibration.metrics import load_scorer
+    from comfyui_qsched.scoring import load_scorer
     path = save_open_clip(tiny_vit_clip(seed=23), stack["scorer_folder"] / "names.safetensors")
     scorer = load_scorer(path, device="cpu")
     names = ["a-very-long-model-name-" * 6 + "first", "a-very-long-model-name-" * 6 + "second"]

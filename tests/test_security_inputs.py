@@ -16,9 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import hostile_files as hostile
-from comfyui_qsched.calibration import cli
-from comfyui_qsched.calibration.search import SearchInterrupted, SearchSpace, plan_images, run_search
-from comfyui_qsched.calibration.strategies import STRATEGIES
+from comfyui_qsched.comfy_adapter import cli
+from comfyui_qsched.calibration.search import STRATEGIES, SearchInterrupted, SearchSpace, plan_images, run_search
 from comfyui_qsched.quant import LayerPolicy, QuantSpec, QuantSpecError, quantize_module
 from comfyui_qsched.samplers.schedule import SAMPLER_NAMES
 
@@ -190,7 +189,7 @@ BUDGETS = st.one_of(st.integers(0, 10 ** 6), st.integers(10 ** 6, 10 ** 30), st.
 @SETTINGS
 @given(strategy=st.sampled_from(sorted(STRATEGIES)), budget=BUDGETS, n_prompts=st.integers(1, 25))
 def test_any_budget_plans_a_bounded_number_of_images(strategy, budget, n_prompts):
-    from comfyui_qsched.calibration.strategies import MAX_GRID_CANDIDATES
+    from comfyui_qsched.calibration.search import MAX_GRID_CANDIDATES
     space = SearchSpace(STRATEGIES[strategy].space, 4, (0.8, 1.2))
     planned = plan_images(strategy, space, n_prompts, budget or None)
     assert isinstance(planned, int) and 0 < planned

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import hostile_files as hostile
-from comfyui_qsched.calibration.metrics import ScorerError, load_scorer, read_scorer_weights
+from comfyui_qsched.scoring import ScorerError, load_scorer, read_scorer_weights
 from comfyui_qsched.calibration.run import CalibrationConfig
 from comfyui_qsched.calibration.runlog import settings_hash
 from test_metrics_fixtures import comfy_images, save_open_clip, tiny_rn_clip, tiny_vit_clip
@@ -221,7 +221,7 @@ def test_hostile_pickles_are_refused_and_run_nothing(payload, depth, position, n
        nested=st.booleans())
 def test_benign_archives_give_exactly_their_tensors(layout, nested):
     """Tensors at any offset and length of their storage come back bit for bit, named by attribute path."""
-    from comfyui_qsched.calibration.metrics.torchscript import read_torchscript_tensors
+    from comfyui_qsched.scoring.torchscript import read_torchscript_tensors
     storage = torch.arange(8, dtype=torch.float32)
     expected, attributes = {}, []
     for name, offset, length in layout:

@@ -87,7 +87,7 @@ def test_corrupt_safetensors_are_named_for_checkpoints_caches_scorers_and_export
         check_source(path)
     with pytest.raises(CacheError, match=f"cache file {path} is unreadable: .*{words}"):
         read_cache(path, {})
-    from comfyui_qsched.calibration.metrics.checkpoints import ScorerError, read_scorer_weights
+    from comfyui_qsched.scoring.checkpoints import ScorerError, read_scorer_weights
     with pytest.raises(ScorerError, match=f"scorer weights {path} .*{words}"):
         read_scorer_weights(path)
     with pytest.raises(TensorFileError, match=f"exported file {path} .*{words}"):

@@ -15,7 +15,7 @@ import time
 import torch
 from PIL import Image, ImageDraw
 
-from ...calibration.strategies import DEFAULT_STRATEGY, STRATEGIES
+from ...calibration.search import DEFAULT_STRATEGY, STRATEGIES
 from ...cli_args import Parser, choice_of, integer, output_folder
 from ...samplers import QSchedSchedule
 from .data import to_comfy_image

@@ -14,8 +14,7 @@ import time
 import torch
 
 from ...atomic_files import write_text_atomic
-from ...calibration.search import run_search
-from ...calibration.strategies import DEFAULT_STRATEGY, STRATEGIES
+from ...calibration.search import DEFAULT_STRATEGY, STRATEGIES, run_search
 from ...cli_args import Parser, integer, output_file
 from ...quant import QuantSpec, quantize_module
 from ...quant.policy import KEEP, LayerPolicy

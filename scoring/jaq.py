@@ -21,20 +21,17 @@ from dataclasses import dataclass, field
 import torch
 
 from .checkpoints import ScorerError, read_scorer_weights
+from .options import DEFAULT_K, K_WEIGHTS, OPTION, TC_TRANSFORMS, VARIANTS
 from .preprocess import check_images, prepare, to_levels
 from .scores import CLIPIQA, HPSv2, CLIPScore
-
-TC_TRANSFORMS = ("identity", "log")
-K_WEIGHTS = ("iq", "tc")
-VARIANTS = ("clip", "preference")
 LOG_FLOOR = 1e-6  # log(0) would make a non-aligned image -inf; it becomes log(1e-6) instead
 
 
 @dataclass(frozen=True)
 class JAQOptions:
-    k: float = 2.0
-    tc_transform: str = "identity"
-    k_weights: str = "iq"
+    k: float = DEFAULT_K
+    tc_transform: str = OPTION["tc_transform"].default
+    k_weights: str = OPTION["k_weights"].default
 
     def __post_init__(self):
         if self.tc_transform not in TC_TRANSFORMS:
@@ -179,8 +176,10 @@ def default_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_scorer(checkpoint, variant="clip", tc_checkpoint=None, k=2.0, tc_transform="identity", k_weights="iq",
-                clip_score_convention="torchmetrics", iqa_pairs=("quality",), iqa_logit_scale="model",
+def load_scorer(checkpoint, variant=OPTION["variant"].default, tc_checkpoint=None, k=DEFAULT_K,
+                tc_transform=OPTION["tc_transform"].default, k_weights=OPTION["k_weights"].default,
+                clip_score_convention=OPTION["clip_score_convention"].default,
+                iqa_pairs=(OPTION["iqa_prompt_pair"].default,), iqa_logit_scale="model",
                 architecture="auto", quick_gelu=None, device=None, dtype=torch.float32, batch_size=16):
     """Build a JAQ scorer from local weight files.
 
@@ -208,7 +207,8 @@ def load_scorer(checkpoint, variant="clip", tc_checkpoint=None, k=2.0, tc_transf
     return JAQScorer(tc_metric, iq_metric, options, variant, batch_size, label=str(checkpoint))
 
 
-def clip_scorer(towers, options=JAQOptions(), clip_score_convention="torchmetrics", iqa_pairs=("quality",),
+def clip_scorer(towers, options=JAQOptions(), clip_score_convention=OPTION["clip_score_convention"].default,
+                iqa_pairs=(OPTION["iqa_prompt_pair"].default,),
                 iqa_logit_scale="model", batch_size=16, label=""):
     """The CLIP variant on towers already built (ClipTowers), e.g. for benchmarks."""
     return JAQScorer(CLIPScore(towers, clip_score_convention), CLIPIQA(towers, iqa_pairs, iqa_logit_scale), options,

@@ -14,13 +14,15 @@ import zipfile
 
 import torch
 
+from ..folders import SCORERS
+
 MAX_PICKLE_BYTES = 64 << 20   # data.pkl describes the tensors; the tensors themselves are separate records
 
 CONVERT_ONCE = (
     "Convert it once to safetensors in a Python you trust (this runs the file's code, so only for a file from a "
     "source you trust): python -c \"import torch, safetensors.torch as st; m = torch.jit.load('IN.pt', "
     "map_location='cpu'); st.save_file({k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}, "
-    "'OUT.safetensors')\" and put OUT.safetensors in models/qsched_scorers/.")
+    f"'OUT.safetensors')\" and put OUT.safetensors in models/{SCORERS}/.")
 
 _STORAGE_DTYPES = {
     "FloatStorage": torch.float32, "DoubleStorage": torch.float64, "HalfStorage": torch.float16,

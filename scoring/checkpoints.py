@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...safe_files import JSONDocumentError, UnsafeFileError, kind_of, read_json_file
+from ..folders import SCORERS
+from ..safe_files import JSONDocumentError, UnsafeFileError, kind_of, read_json_file
 from .torchscript import CONVERT_ONCE, TorchScriptError, is_torchscript_archive, read_torchscript_tensors
 
 WHERE_TO_PUT = (
-    "Put a CLIP checkpoint with both towers into ComfyUI/models/qsched_scorers/: an open_clip file "
+    f"Put a CLIP checkpoint with both towers into ComfyUI/models/{SCORERS}/: an open_clip file "
     "(e.g. open_clip_model.safetensors of laion/CLIP-ViT-L-14-laion2B-s32B-b82K), an OpenAI file (ViT-L-14.pt, RN50.pt), "
     "a transformers CLIPModel folder (openai/clip-vit-large-patch14 with config.json), or for the preference variant "
     "HPS_v2.1_compressed.pt (xswu/HPSv2 on Hugging Face)."

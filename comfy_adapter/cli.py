@@ -3,7 +3,7 @@
 Needs a ComfyUI checkout to load the checkpoint and sample (--comfyui or env COMFYUI_DIR); ComfyUI is imported
 only when the command runs, and then only its library (never its server or the pack's nodes), so this module stays
 importable without it. The calibration settings are the node's (calibration.run.CalibrationConfig), the loading
-and quantizing the loader node's (comfy_adapter.loading). Resumes from the run log like the node.
+and quantizing the loader node's (loading.py). Resumes from the run log like the node.
 """
 import argparse
 import json
@@ -11,12 +11,14 @@ import os
 import sys
 import time
 
+from ..calibration.heldout import split_pairs
+from ..calibration.reference import ReferenceError
+from ..calibration.run import REFERENCE_MODEL_HELP, SCHEDULERS, CalibrationConfig, ConfigError
 from ..cli_args import Parser, existing_file, integer, number, output_file, output_folder
+from ..folders import PRESETS, RUNS
 from ..quant.options import QUANT_OPTIONS
 from ..safe_files import UnsafeFileError, read_regular_file
-from .heldout import split_pairs
-from .reference import ReferenceError
-from .run import REFERENCE_MODEL_HELP, SCHEDULERS, CalibrationConfig, ConfigError
+from ..scoring.options import OPTION as SCORER_OPTION
 
 MAX_PROMPTS_FILE_BYTES = 16 << 20
 
@@ -67,7 +69,9 @@ def parser():
                    help="checkpoint .safetensors (model, CLIP and VAE)")
     p.add_argument("--scorer", default=None, type=existing_file, help="CLIP checkpoint for the JAQ scorer "
                    "(open_clip/HF/OpenAI file); needed unless the objective is reference_latent or reference_image")
-    p.add_argument("--scorer-k", type=number(minimum=0.0), default=2.0, help="JAQ = TC + k * IQ (default 2)")
+    k = SCORER_OPTION["k"]
+    p.add_argument("--scorer-k", type=number(k.minimum, k.maximum), default=k.default,
+                   help=f"JAQ = TC + k * IQ; {k.help} (default {k.default:g})")
     p.add_argument("--comfyui", default=os.environ.get("COMFYUI_DIR"), help="ComfyUI checkout (or COMFYUI_DIR)")
     flags = config_flags()
     for name, default, setting in CalibrationConfig.settings():
@@ -84,9 +88,9 @@ def parser():
     p.add_argument("--prompts-file", default=None, type=existing_file,
                    help="one prompt per line, at least 2 (default: the pack's 20 prompts)")
     p.add_argument("--preset-folder", default=None, type=output_folder,
-                   help="where the preset is written (default: <ComfyUI user dir>/qsched_presets)")
+                   help=f"where the preset is written (default: <ComfyUI user dir>/{PRESETS})")
     p.add_argument("--runs-folder", default=None, type=output_folder,
-                   help="where the run log is kept for resuming (default: <ComfyUI user dir>/qsched_runs)")
+                   help=f"where the run log is kept for resuming (default: <ComfyUI user dir>/{RUNS})")
     p.add_argument("--plot", default=None, type=output_file, help="also save the plot as this PNG (its folder must "
                    "exist)")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")
@@ -183,7 +187,7 @@ def check_before_loading(config, args, reference):
     the files the node's loaders check (the checkpoints, a scorer file)."""
     from ..quant.source import check_source
     from ..tensor_files import check_regular, check_safetensors
-    from .run import check_folder
+    from ..calibration.run import check_folder
 
     config.check_before_run(reference=reference is not None, scorer=args.scorer is not None)
     for folder, what in ((args.preset_folder, "preset folder"), (args.runs_folder, "run-log folder")):
@@ -208,10 +212,10 @@ def main(argv):
     except ValueError as error:   # ConfigError, TensorFileError, ...: the node's messages
         p.error(str(error))
     _import_comfyui(args.comfyui, args.gpu)
-    from .heldout import format_report
-    from .metrics import load_scorer
-    from ..comfy_adapter.calibration import calibrate
-    from ..comfy_adapter.loading import load_checkpoint
+    from ..calibration.heldout import format_report
+    from ..scoring import load_scorer
+    from .calibration import calibrate
+    from .loading import load_checkpoint
 
     model, clip, vae, quantized = load_checkpoint(args.checkpoint, config.quant or None, backend=args.backend,
                                                   layer_policy=args.layer_policy, cache=args.quant_cache,
@@ -234,7 +238,7 @@ def main(argv):
     print(format_report(calibration.report, calibration.search), file=sys.stderr)
     if args.plot:
         from PIL import Image
-        from .plot import plot_result
+        from ..calibration.plot import plot_result
         Image.fromarray((plot_result(calibration.search)[0].numpy() * 255).round().astype("uint8")).save(args.plot)
     print(json.dumps({**calibration.summary(), "seconds": round(time.monotonic() - started, 1)}, indent=2))
     return 0

@@ -1,27 +1,29 @@
-"""Coefficient search (paper Algorithm 1 and faster strategies) over a user-supplied objective.
+"""The coefficient search (paper Algorithm 1 and faster strategies) over an objective: `run_search` and the score
+cache (`Evaluations`) every strategy scores through.
 
-`evaluate(schedule, prompt_indices) -> list[float]` generates and scores one image per prompt index (higher is
-better, NaN = failed); an `evaluate.many([(schedule, prompt_indices), ...])` lets the search generate the images
-of several candidates in one batch, with the same results as one candidate at a time. Common random numbers:
-prompt index i always means the same prompt *and* the same seed, so every candidate is compared on identical
-noise. A candidate's score is the mean over prompts; a NaN on any prompt makes it the worst. Only candidates scored
-on every prompt can win, and the identity schedule always is.
+The objective is an Evaluator (evaluator.py; a plain function `evaluate(schedule, prompt_indices)` is taken as one):
+one image per prompt index, higher is better, NaN = failed. Common random numbers: prompt index i always means the
+same prompt *and* the same seed, so every candidate is compared on identical noise. A candidate's score is the mean
+over prompts; a NaN on any prompt makes it the worst. Only candidates scored on every prompt can win, and the
+identity schedule always is.
 """
 import math
 import time
 from dataclasses import dataclass, field
 
-from ..samplers.schedule import QSchedSchedule
-from .noise_aware import stratified_order
-from .runlog import RunLog, schedule_key
+from ...samplers.schedule import QSchedSchedule
+from ..runlog import RunLog, schedule_key
+from .evaluator import as_evaluator
+from .registry import STRATEGIES
+from .space import SearchSpace, stratified_order
 
 
 class SearchInterrupted(Exception):
     """`should_stop` asked to stop; everything evaluated so far is in the run log."""
 
 
-class _BudgetSpent(Exception):
-    pass
+class BudgetSpent(Exception):
+    """The image budget cannot pay for the next request; the search ends with what it has scored."""
 
 
 @dataclass
@@ -45,40 +47,12 @@ class SearchResult:
         return self.best_score - self.identity_score
 
 
-class SearchSpace:
-    """Maps parameter vectors to schedules: 'paper' = (x_start, eps_start), ends fixed at 1 as in the official
-    code; 'general' = (x_start, eps_start, x_end, eps_end). Values are clipped to c_range."""
+class Evaluations:
+    """Cache of per-prompt scores, budget, run log, progress and stop checks: what strategies score through
+    (`ev.score(schedule, prompts, params)`, `ev.score_many(requests)`, `ev.best()`, `ev.params`, `ev.order`)."""
 
-    def __init__(self, kind, steps, c_range, sampler=None):
-        if kind not in ("paper", "general"):
-            raise ValueError(f"unknown search space {kind!r}; use 'paper' or 'general'")
-        low, high = (float(c) for c in c_range)
-        if not (0 < low < high) or not (low <= 1.0 <= high):
-            raise ValueError(f"c_range must satisfy 0 < c_min <= 1 <= c_max with c_min < c_max, got {c_range!r}")
-        self.kind, self.steps, self.low, self.high, self.sampler = kind, steps, low, high, sampler
-        self.dims = 2 if kind == "paper" else 4
-
-    @property
-    def identity(self):
-        return (1.0,) * self.dims
-
-    def clip(self, params):
-        return tuple(min(self.high, max(self.low, float(p))) for p in params)
-
-    def schedule(self, params):
-        params = self.clip(params)
-        x_start, eps_start = params[:2]
-        x_end, eps_end = params[2:] if self.dims == 4 else (1.0, 1.0)
-        label = f"c_x {x_start:.4g}->{x_end:.4g}, c_eps {eps_start:.4g}->{eps_end:.4g}"
-        return QSchedSchedule.linear(self.steps, x_start, eps_start, x_end, eps_end, sampler=self.sampler,
-                                     label=label)
-
-
-class _Evaluations:
-    """Cache of per-prompt scores, budget, run log, progress and stop checks: what strategies score through."""
-
-    def __init__(self, evaluate, n_prompts, budget, run_log, progress, should_stop, planned, batch_images=1):
-        self._evaluate, self.n_prompts, self.budget = evaluate, n_prompts, budget
+    def __init__(self, evaluator, n_prompts, budget, run_log, progress, should_stop, planned, batch_images=1):
+        self._evaluator, self.n_prompts, self.budget = as_evaluator(evaluator), n_prompts, budget
         self.batch_images = batch_images
         self._fresh = {}        # key -> {prompt: score} generated ahead by score_many, not yet counted
         self.run_log, self._progress, self._should_stop = run_log, progress, should_stop
@@ -110,11 +84,11 @@ class _Evaluations:
         missing = [i for i in prompt_indices if i not in known]
         if missing:
             if len(missing) > self.remaining:
-                raise _BudgetSpent()
+                raise BudgetSpent()
             values = self._take_fresh(key, missing)
             if values is None:
                 self._check_stop()
-                values = [float(v) for v in self._evaluate(schedule, list(missing))]
+                values = [float(v) for v in self._evaluator.score(schedule, list(missing))]
             if len(values) != len(missing):
                 raise ValueError(f"evaluate returned {len(values)} scores for {len(missing)} prompts")
             known.update(zip(missing, values))
@@ -138,8 +112,8 @@ class _Evaluations:
     def score_many(self, requests):
         """[score(schedule, prompt_indices, params) for each request], with the same trace, run log, budget and
         results, but the missing images of consecutive requests are generated together (up to batch_images per
-        evaluate.many call) when the evaluate supports it."""
-        if self.batch_images <= 1 or not hasattr(self._evaluate, "many"):
+        score_many call of the objective) when the objective is batched."""
+        if self.batch_images <= 1 or not self._evaluator.batched:
             return [self.score(*request) for request in requests]
         means = []
         for chunk in self._chunks(iter(requests)):
@@ -168,7 +142,8 @@ class _Evaluations:
             yield chunk
 
     def _generate_ahead(self, chunk):
-        """Score the chunk's missing images in one evaluate.many call; score() then takes them in order."""
+        """Score the chunk's missing images in one score_many call of the objective; score() then takes them in
+        order."""
         wanted = {}   # key -> (schedule, [prompt indices]) in request order
         for schedule, prompt_indices, *_ in chunk:
             for key, index in self._missing(schedule, prompt_indices):
@@ -180,12 +155,12 @@ class _Evaluations:
             return    # nothing to do, or score() stops at the request that does not fit
         self._check_stop()
         requests = list(wanted.values())
-        results = self._evaluate.many(requests)
+        results = self._evaluator.score_many(requests)
         if len(results) != len(requests):
-            raise ValueError(f"evaluate.many returned {len(results)} results for {len(requests)} requests")
+            raise ValueError(f"score_many returned {len(results)} results for {len(requests)} requests")
         for key, (_, indices), values in zip(wanted, requests, results):
             if len(values) != len(indices):
-                raise ValueError(f"evaluate.many returned {len(values)} scores for {len(indices)} prompts")
+                raise ValueError(f"score_many returned {len(values)} scores for {len(indices)} prompts")
             self._fresh.setdefault(key, {}).update(zip(indices, (float(v) for v in values)))
 
     def _take_fresh(self, key, missing):
@@ -217,7 +192,6 @@ class _Evaluations:
 
 def plan_images(strategy, space, n_prompts, budget_images=None, **options):
     """Images the strategy expects to generate (an upper bound when candidates coincide), for progress bars."""
-    from .strategies import STRATEGIES
     return STRATEGIES[strategy].plan(space, n_prompts, budget_images, **options)
 
 
@@ -226,21 +200,22 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
                refine=None, **options):
     """Search per-step coefficients maximising the mean of `evaluate` over `n_prompts` prompts.
 
-    strategy: a name from calibration.strategies.STRATEGIES (paper_grid, grid_general, coarse_to_fine,
-    successive_halving, bayes). budget_images caps newly generated images (the identity's n_prompts included).
+    evaluate: the objective, an Evaluator or a function (schedule, prompt_indices) -> scores (evaluator.py).
+    strategy: a name registered in calibration.search.STRATEGIES (racing, the default; halving_floor,
+    coarse_to_fine_racing, paper_grid, grid_general, successive_halving, coarse_to_fine, bayes; and any
+    registered later). budget_images caps newly generated images (the identity's n_prompts included).
     space: 'paper' (end fixed at 1) or 'general'; strategy default if None. settings: JSON-able dict of whatever
     decides a score's meaning (model, prompts hash, seeds, sampler, cfg, scorer); with `run_log` (a path) it keys
     the log, so a rerun with equal settings skips done evaluations and a log of other settings is not mixed in.
     progress(done_images, planned_images) is called after each evaluation; should_stop() -> True stops the
     search with SearchInterrupted (what was evaluated stays in the log). strata: one label per prompt (its
     prompt text or class); strategies that judge on part of the prompts take them round-robin over strata.
-    batch_images: up to this many images of consecutive candidates are generated in one `evaluate.many` call (if
-    evaluate has one); results, trace and run log are those of batch_images=1.
+    batch_images: up to this many images of consecutive candidates are generated in one `score_many` call (if
+    the objective is batched); results, trace and run log are those of batch_images=1.
     refine: None, or a dict for optimise.refine_best: {"form": one of optimise.FORMS, "evaluations": candidates,
     "channels": latent channels, "c_range": bounds of the free coefficients, "offset_bound": |b| bound}. It fits
     per-step free parameters from the strategy's winner, with its own budget (evaluations x n_prompts images).
     """
-    from .strategies import STRATEGIES
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
     if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
@@ -256,11 +231,11 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
     log_file = RunLog(run_log, log_settings) if run_log is not None else None
     planned = plan_images(strategy, search_space, n_prompts, budget_images, **options)
     if refine:
-        from .optimise import planned_evaluations
+        from ..optimise import planned_evaluations
         planned += planned_evaluations(refine) * n_prompts
     if isinstance(batch_images, bool) or not isinstance(batch_images, int) or batch_images < 1:
         raise ValueError(f"batch_images must be a positive integer, got {batch_images!r}")
-    evaluations = _Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned,
+    evaluations = Evaluations(evaluate, n_prompts, budget_images, log_file, progress, should_stop, planned,
                                batch_images)
     if strata is not None:
         evaluations.order = stratified_order(strata)
@@ -270,13 +245,13 @@ def run_search(evaluate, steps, n_prompts, strategy, budget_images=None, c_range
         identity_score = evaluations.score(search_space.schedule(search_space.identity), all_prompts,
                                            search_space.identity)
         try:
-            spec.function(evaluations, search_space, **options)
-        except _BudgetSpent:
+            spec.run(evaluations, search_space, **options)
+        except BudgetSpent:
             pass
         refinement = {}
         if refine:
-            from .optimise import refine_best
-            refinement = refine_best(evaluations, steps, sampler, refine, _BudgetSpent)
+            from ..optimise import refine_best
+            refinement = refine_best(evaluations, steps, sampler, refine, BudgetSpent)
     finally:
         if log_file is not None:
             log_file.close()
