@@ -111,8 +111,10 @@ def read_cache(path, identity):
         raise CacheError(f"cache file {path} is unreadable: {error}") from error
     if not stored:
         raise CacheError(f"cache file {path} holds no quantized layers")
-    bad = non_finite_names({name: scale for name, (_, _, scale) in stored.items()})
-    bad += non_finite_names({name: packed for name, (_, packed, _) in stored.items()})
+    bad = non_finite_names({name: scale for name, (_, _, scale, *_) in stored.items()})
+    bad += non_finite_names({name: packed for name, (_, packed, *_) in stored.items()})
+    bad += non_finite_names({f"{name}.lowrank_{part}": factor for name, (*_, down, up) in stored.items()
+                             for part, factor in (("down", down), ("up", up)) if factor is not None})
     if bad:
         raise CacheError(f"cache file {path} holds NaN or infinite values in layers {name_list(sorted(set(bad)))}")
     return stored

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from comfyui_qsched.quant import BackendError, int8, linear_ops, numerics, quantize_module
-from comfyui_qsched.quant.backends import get_backend
+from comfyui_qsched.quant.registry import get_backend
 
 
 def net(seed=0):
