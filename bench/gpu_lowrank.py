@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import qsched  # noqa: E402,F401  (registers the pack as comfyui_qsched)
 
-from comfyui_qsched.quant import registry as backends, lowrank  # noqa: E402
+from comfyui_qsched.quant import backends, lowrank, registry  # noqa: E402
 from comfyui_qsched.quant.spec import QuantSpec, bits_per_weight  # noqa: E402
 
 # (out, in) of FLUX.1's linears: qkv/proj 3072 x 3072, mlp up 12288 x 3072, mlp down 3072 x 12288
@@ -43,7 +43,7 @@ def make(case, layer):
     spec, backend = QuantSpec.parse(case[0]), case[1]
     if backend == "weight-only":
         return backends.weight_only(layer, spec, "weight-only")[0]
-    return backends.get_backend(backend).quantize(layer, spec)[0]
+    return registry.get_backend(backend).quantize(layer, spec)[0]
 
 
 def rel(a, b):
