@@ -355,7 +355,7 @@ def test_deeply_nested_offsets_are_refused_never_crash(tmp_path, shape):
 
 def test_an_oversized_preset_is_refused_by_size(tmp_path):
     preset = json.loads(hostile.valid_preset_text(version=2))
-    preset["offset"] = [[0.001] * 70_000, [0.001] * 70_000]   # well-formed, but past the 1 MiB a preset may have
+    preset["offset"] = [[0.001] * 100_000, [0.001] * 100_000]   # well-formed, but past the 1 MiB a preset may have
     (tmp_path / "p.json").write_text(json.dumps(preset))
     with pytest.raises(P.PresetError, match=r"preset p.json: is \d+ bytes, more than the 1048576 bytes allowed"):
         P.load_preset(tmp_path, "p")
