@@ -246,7 +246,7 @@ def test_export_names_are_plain_file_names_or_refused(name):
        tail=st.sampled_from(["\n", "\r", "\x00", "\t", " ", "/", "\\", "\u2028", "\x85", "\n.safetensors"]))
 def test_a_control_character_or_separator_anywhere_is_refused(stem, tail):
     for name in (stem + tail, tail + stem, stem + tail + stem):
-        with pytest.raises(ExportError, match="use 1-151 letters"):
+        with pytest.raises(ExportError, match="use letters, digits"):
             file_stem(name)
 
 
