@@ -226,8 +226,8 @@ class CalibrationConfig:
         """(images the search may generate, None = the strategy's default; images kept for the rest) of
         budget_images, which counts every image: the held-out check takes winner and identity on each held-out pair
         (twice with the FP control), a reference objective one full-precision sample per prompt, the refinement
-        its evaluations on every search pair. ConfigError when
-        the budget cannot even score the identity on the search pairs. reference: the FP model is given."""
+        its evaluations on every search pair. ConfigError when the budget cannot even score the identity on the
+        search pairs. reference: the FP model is given."""
         prompts = self.prompt_list()
         search_pairs, held_out = split_pairs(len(prompts), self.holdout)
         refine = self.refine_options(1)
@@ -385,7 +385,9 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     log.info("Q-Sched calibration: at most %s images: the search %s, the rest (check, FP control, reference, "
              "refinement) %d",
              config.budget_images or "(no budget)", search_budget or "(the strategy's default)", kept)
-    search_progress = None if progress is None else lambda done, total: progress(done, total + kept)
+    refine = config.refine_options(latent_channels)
+    after_search = kept - (refine["evaluations"] * len(search_pairs) if refine else 0)   # the search plans its refinement
+    search_progress = None if progress is None else lambda done, total: progress(done, total + after_search)
     if on_candidate is not None:
         search_evaluate = Reporting(search_evaluate, on_candidate)
     closed_form = None
@@ -398,7 +400,7 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
                             sampler=config.sampler_name, settings=settings, run_log=log_path,
                             progress=search_progress, should_stop=should_stop,
                             strata=[prompts[i] for i in search_pairs], batch_images=config.batch_size,
-                            refine=config.refine_options(latent_channels))
+                            refine=refine)
     evaluate_fp = None
     if fp_control:
         evaluate_fp = make_evaluate(generate_reference, scorer, prompts, config.objective, failures)

@@ -122,7 +122,7 @@ class QSchedCalibrate(io.ComfyNode):
                             "prompts": len(indices)}})
 
         planned = config.planned_images(reference_model is not None)
-        send({"planned_images": planned})   # the total, before the first image
+        send({"done": 0, "budget": planned})   # the panel shows the total before the first image
         progress(0, planned)
         calibration = calibrate(config, model, clip, vae, scorer, reference_model=reference_model,
                                 progress=progress, should_stop=should_stop, on_candidate=on_candidate)

@@ -34,8 +34,8 @@ def file_stem(filename):
     stem = filename[:-len(".safetensors")] if isinstance(filename, str) and filename.endswith(".safetensors") \
         else filename
     if not isinstance(stem, str) or not _NAME.fullmatch(stem):
-        raise ExportError(f"file name {filename!r}: use 1-151 letters, digits, '.', '_' and '-', starting with a "
-                          "letter or digit (no folders, spaces or control characters)")
+        raise ExportError(f"file name {filename!r}: use letters, digits, '.', '_' and '-' only (1-151, the first a "
+                          "letter or digit; no folders, spaces or control characters)")
     return stem
 
 

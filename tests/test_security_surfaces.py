@@ -246,7 +246,7 @@ def test_export_names_are_plain_file_names_or_refused(name):
        tail=st.sampled_from(["\n", "\r", "\x00", "\t", " ", "/", "\\", "\u2028", "\x85", "\n.safetensors"]))
 def test_a_control_character_or_separator_anywhere_is_refused(stem, tail):
     for name in (stem + tail, tail + stem, stem + tail + stem):
-        with pytest.raises(ExportError, match="use 1-151 letters"):
+        with pytest.raises(ExportError, match="use letters, digits"):
             file_stem(name)
 
 
@@ -340,11 +340,12 @@ def test_the_presets_v2_schedule_is_exactly_what_was_written_or_refused(tmp_path
 
 
 @SETTINGS
-@given(depth=st.integers(2, 80), width=st.integers(0, 3))
-def test_deeply_nested_offsets_are_refused_never_crash(tmp_path, depth, width):
+@given(shape=st.tuples(st.integers(2, 80), st.just(1)) | st.tuples(st.integers(2, 6), st.integers(2, 3)))
+def test_deeply_nested_offsets_are_refused_never_crash(tmp_path, shape):
+    depth, width = shape   # at most 3^6 numbers
     nested = 0.1
     for _ in range(depth):
-        nested = [nested] * max(width, 1)
+        nested = [nested] * width
     preset = json.loads(hostile.valid_preset_text(version=2))
     preset["offset"] = [nested, nested]
     (tmp_path / "p.json").write_text(json.dumps(preset))
@@ -354,7 +355,7 @@ def test_deeply_nested_offsets_are_refused_never_crash(tmp_path, depth, width):
 
 def test_an_oversized_preset_is_refused_by_size(tmp_path):
     preset = json.loads(hostile.valid_preset_text(version=2))
-    preset["offset"] = [[0.001] * 70_000, [0.001] * 70_000]   # well-formed, but past the 1 MiB a preset may have
+    preset["offset"] = [[0.001] * 100_000, [0.001] * 100_000]   # well-formed, but past the 1 MiB a preset may have
     (tmp_path / "p.json").write_text(json.dumps(preset))
     with pytest.raises(P.PresetError, match=r"preset p.json: is \d+ bytes, more than the 1048576 bytes allowed"):
         P.load_preset(tmp_path, "p")
@@ -416,7 +417,7 @@ def _generator(calls):
 
 
 @pytest.mark.parametrize("fp_control", [False, True])
-@pytest.mark.parametrize("budget", [0, 12, 30, 47])
+@pytest.mark.parametrize("budget", [0, 16, 30, 47])
 def test_budget_images_counts_every_image_and_the_summary_and_run_log_agree(tmp_path, budget, fp_control):
     config = CalibrationConfig(strategy="paper_grid", prompts="\n".join("abcdefgh"), budget_images=budget)
     calls, fp_calls = [], []
@@ -432,7 +433,7 @@ def test_budget_images_counts_every_image_and_the_summary_and_run_log_agree(tmp_
     assert run_records(os.path.join(tmp_path, done.preset["search"]["run_log"]))[-1] == images
 
 
-@pytest.mark.parametrize("fp_control,needed", [(False, 8), (True, 12)])
+@pytest.mark.parametrize("fp_control,needed", [(False, 10), (True, 14)])
 def test_a_budget_that_cannot_cover_the_check_is_refused_before_any_image(tmp_path, fp_control, needed):
     config = CalibrationConfig(strategy="paper_grid", prompts="\n".join("abcdefgh"), budget_images=needed - 1)
     calls = []
