@@ -148,7 +148,7 @@ def _read_tensors(path):
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        from ...tensor_files import TensorFileError, check_safetensors
+        from ..tensor_files import TensorFileError, check_safetensors
         try:
             check_safetensors(path, "scorer weights")
         except TensorFileError as error:

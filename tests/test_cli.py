@@ -117,7 +117,7 @@ def test_the_demo_takes_bit_widths_in_any_case(demo):
 @pytest.fixture
 def calibrate(monkeypatch):
     """calibrate's main, with importing ComfyUI (the first loading step) made an error."""
-    from comfyui_qsched.calibration import cli
+    from comfyui_qsched.comfy_adapter import cli
 
     def no_loading(*args):
         raise AssertionError("calibrate imported ComfyUI before checking its arguments")
