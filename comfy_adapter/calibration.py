@@ -6,7 +6,6 @@ The generator: `generate([(schedule, prompt_index), ...])` returns one decoded I
 items per model call as the batch limit and ComfyUI's free memory allow. Prompt i always gets seed + i, for its
 starting noise and for every noise the sampler draws later (ComfyUI's own noise sampler, per sample), so a batched
 image equals what Q-Sched KSampler gives for that prompt and seed alone, up to float rounding."""
-import contextlib
 import math
 import os
 
@@ -26,7 +25,9 @@ from ..folders import PRESETS, RUNS
 from ..samplers import SAMPLERS
 from ..samplers.batch import one_schedule, seeded_noise_sampler
 from .comfy_compat import make_noise_sampler
+from .conditioning import TextConditioning, quiet_step_progress
 from .loading import quantizer_of
+from .ptqd import closed_form_trajectory
 from .reference import check_reference_model
 from .sampling import HOST_MATH, SCHEDULERS, check_sampler_fits_model, resolve_schedule, scheduler_sigmas
 
@@ -73,7 +74,6 @@ def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_
     if config.scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler is {config.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     config.check_before_run(reference=reference_model is not None, scorer=scorer is not None)
-    from .ptqd import closed_form_trajectory   # ptqd imports this module: here, not at the top
     if reference_model is not None:
         check_reference_model(model, reference_model)
     # One encoding per prompt, shared by every generator (the FP model uses the same text encoder).
@@ -97,28 +97,6 @@ def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_
                latent_channels=model.get_model_object("latent_format").latent_channels, model_name=model_name,
                scorer_name=scorer_name, scorer_k=scorer_k, progress=progress, should_stop=should_stop,
                on_candidate=on_candidate, quantizer=quantizer_of(model))
-
-
-@contextlib.contextmanager
-def quiet_step_progress():
-    """The sampler's per-step progress bar would overwrite the node's candidates-done bar: mute it meanwhile."""
-    hook, comfy.utils.PROGRESS_BAR_HOOK = comfy.utils.PROGRESS_BAR_HOOK, None
-    try:
-        yield
-    finally:
-        comfy.utils.PROGRESS_BAR_HOOK = hook
-
-
-class TextConditioning:
-    """Encodes each calibration prompt once (the search reuses it for every candidate)."""
-
-    def __init__(self, clip):
-        self.clip, self.cache = clip, {}
-
-    def __call__(self, text):
-        if text not in self.cache:
-            self.cache[text] = self.clip.encode_from_tokens_scheduled(self.clip.tokenize(text))
-        return self.cache[text]
 
 
 def _extra_signature(value):

@@ -17,8 +17,8 @@ from ..calibration.closed_form import StepReached, step_recorder
 from ..calibration.prompts import prompt_seed
 from ..calibration.ptqd import eps_from_denoised, fit_step, ptqd_schedule
 from ..samplers import SAMPLERS
-from .calibration import TextConditioning, quiet_step_progress
 from .comfy_compat import make_noise_sampler
+from .conditioning import TextConditioning, quiet_step_progress
 from .reference import check_reference_model
 from .sampling import HOST_MATH, check_sampler_fits_model, sampler_options, scheduler_sigmas
 

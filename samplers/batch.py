@@ -8,7 +8,7 @@ calibration can batch candidates and prompts freely.
 import torch
 
 from .noise import default_noise_sampler
-from .schedule import QSchedSchedule, ScheduleError
+from .schedule import QSchedSchedule, ScheduleError, resize_offset_map
 
 
 class ScheduleBatch:
@@ -62,7 +62,6 @@ class ScheduleBatch:
             (len(self), channels) + (1,) * (like.ndim - 2))
         if not has_maps:
             return offsets
-        from .k_qsched import resize_offset_map
         maps = [torch.zeros_like(like[:1]) if s.map_at(step) is None else resize_offset_map(s.map_at(step), like)
                 for s in self.schedules]
         return offsets + torch.cat(maps)

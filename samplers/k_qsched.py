@@ -21,7 +21,7 @@ from tqdm.auto import trange
 from .batch import ScheduleBatch
 from .model_sampling import EPSSampling, discrete_sigma_table, is_flow
 from .noise import default_noise_sampler
-from .schedule import QSchedSchedule, ScheduleError
+from .schedule import QSchedSchedule, ScheduleError, resize_offset_map
 
 
 class NonFiniteLatentError(FloatingPointError):
@@ -86,14 +86,6 @@ def step_offset(schedule, i, x):
         return offset
     resized = resize_offset_map(grid, x)
     return resized if offset is None else offset + resized
-
-
-def resize_offset_map(grid, x):
-    """A [C][h][w] offset map resized bilinearly (align_corners=False) to x's [H, W]: a [1, C, H, W] tensor."""
-    grid = torch.tensor(grid, dtype=torch.float32, device=x.device)[None]
-    if tuple(grid.shape[-2:]) != tuple(x.shape[-2:]):
-        grid = torch.nn.functional.interpolate(grid, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
-    return grid.to(x.dtype)
 
 
 def check_offset_channels(schedule, x):

@@ -6,6 +6,7 @@ import numbers
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 # Samplers a schedule can be tuned for / applied with (kept here so validation needs no sampler import).
 SAMPLER_NAMES = ("lcm", "tcd", "euler", "euler_ancestral")
@@ -238,3 +239,11 @@ class QSchedSchedule:
 def map_lists(offset_map):
     """An offset map as nested lists (JSON)."""
     return [[[list(row) for row in channel] for channel in grid] for grid in offset_map]
+
+
+def resize_offset_map(grid, x):
+    """A [C][h][w] offset map resized bilinearly (align_corners=False) to x's [H, W]: a [1, C, H, W] tensor."""
+    grid = torch.tensor(grid, dtype=torch.float32, device=x.device)[None]
+    if tuple(grid.shape[-2:]) != tuple(x.shape[-2:]):
+        grid = torch.nn.functional.interpolate(grid, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+    return grid.to(x.dtype)

@@ -77,7 +77,7 @@ def assert_same_images(images, expected, dtype):
 
 def _sampled_alone(models, item, sampler, scheduler, cfg, steps=2):
     """The batch-1 twin: what Q-Sched KSampler's path gives for this prompt with seed + i (latent, image)."""
-    from comfyui_qsched.comfy_adapter.calibration import TextConditioning
+    from comfyui_qsched.comfy_adapter.conditioning import TextConditioning
     from comfyui_qsched.comfy_adapter.sampling import sample_with_schedule
     model, clip, vae = models
     schedule, index = item
@@ -138,7 +138,8 @@ def test_batches_follow_comfyuis_free_memory(sd15, monkeypatch):
 
 
 def test_prompts_of_different_token_lengths_go_in_separate_batches(sd15):
-    from comfyui_qsched.comfy_adapter.calibration import TextConditioning, conditioning_signature
+    from comfyui_qsched.comfy_adapter.calibration import conditioning_signature
+    from comfyui_qsched.comfy_adapter.conditioning import TextConditioning
     encode = TextConditioning(sd15[1])
     short, long = encode(PROMPTS[0]), encode(LONG_PROMPT)
     assert short[0][0].shape[1] == 77 and long[0][0].shape[1] == 154
