@@ -261,9 +261,9 @@ class CalibrationConfig:
         """Images the calibration expects to generate (an upper bound, never past budget_images), for progress
         bars and the total shown before it starts; reference: the FP model is given."""
         search_budget, kept = self.image_budget(reference)
-        search_pairs, _ = split_pairs(len(self.prompt_list()), self.holdout)
+        search_pairs, held_out = split_pairs(len(self.prompt_list()), self.holdout)
         if self.objective == CLOSED_FORM:   # a partial trajectory per step and pair, then winner and identity
-            return (self.steps + 2) * len(search_pairs) + kept
+            return (self.steps + 2) * len(search_pairs) + 2 * len(held_out)
         space = SearchSpace(STRATEGIES[self.strategy].space, self.steps, self.c_range)
         search = plan_images(self.strategy, space, len(search_pairs), search_budget)
         return (min(search, search_budget) if search_budget else search) + kept
@@ -413,7 +413,8 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     images = {"search": result.images_generated, "heldout_check": report.images - fp_images, "fp_control": fp_images,
               "reference": reference_images[0]}
     images["total"] = sum(images.values())
-    record_run(log_path, images)
+    if closed_form is None:   # the closed form keeps no run log
+        record_run(log_path, images)
     for failure in failures:
         log.warning("calibration candidate %s failed on prompt %d: %s (scored worst)", failure["schedule"],
                     failure["prompt"], failure["reason"])

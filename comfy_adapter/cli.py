@@ -88,9 +88,9 @@ def parser():
     p.add_argument("--prompts-file", default=None, type=existing_file,
                    help="one prompt per line, at least 2 (default: the pack's 20 prompts)")
     p.add_argument("--preset-folder", default=None, type=output_folder,
-                   help=f"where the preset is written (default: <ComfyUI user dir>/{PRESETS})")
+                   help=f"where the preset is written; default: <ComfyUI user dir>/{PRESETS}")
     p.add_argument("--runs-folder", default=None, type=output_folder,
-                   help=f"where the run log is kept for resuming (default: <ComfyUI user dir>/{RUNS})")
+                   help=f"where the run log is kept for resuming; default: <ComfyUI user dir>/{RUNS}")
     p.add_argument("--plot", default=None, type=output_file, help="also save the plot as this PNG (its folder must "
                    "exist)")
     p.add_argument("--gpu", action="store_true", help="let ComfyUI use the GPU (default: CPU)")

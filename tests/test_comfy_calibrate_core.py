@@ -13,7 +13,15 @@ import pytest
 from comfy_fixtures import combo_options
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REQUIRED = ["--checkpoint", "c.safetensors", "--scorer", "s.safetensors"]
+
+
+@pytest.fixture(scope="module")
+def required(tmp_path_factory):
+    """The command's required files (it checks that they exist while parsing)."""
+    folder = tmp_path_factory.mktemp("cli_files")
+    for name in ("c.safetensors", "s.safetensors"):
+        (folder / name).write_bytes(b"")
+    return ["--checkpoint", str(folder / "c.safetensors"), "--scorer", str(folder / "s.safetensors")]
 
 
 @pytest.fixture(scope="module")
@@ -23,16 +31,16 @@ def node_inputs(comfyui_dir):
     return {**spec["required"], **spec["optional"]}
 
 
-def _accepts(flag, value):
+def _accepts(required, flag, value):
     from comfyui_qsched.comfy_adapter import cli
     try:
-        cli.parser().parse_args([*REQUIRED, flag, str(value)])
+        cli.parser().parse_args([*required, flag, str(value)])
     except SystemExit:
         return False
     return True
 
 
-def test_node_and_command_line_agree_on_every_setting(node_inputs):
+def test_node_and_command_line_agree_on_every_setting(node_inputs, required):
     """A setting on both: the same default, the node's min/max are exactly what the command line takes (and one
     step beyond is refused by both), the same choices. Settings only one side has are listed explicitly."""
     from comfyui_qsched.comfy_adapter import cli
@@ -58,7 +66,7 @@ def test_node_and_command_line_agree_on_every_setting(node_inputs):
         if "min" in options:
             step = options.get("step", 1) if kind == "INT" else 1e-6
             for edge, beyond in ((options["min"], options["min"] - step), (options["max"], options["max"] + step)):
-                assert _accepts(flag, edge) and not _accepts(flag, beyond), (name, edge, beyond)
+                assert _accepts(required, flag, edge) and not _accepts(required, flag, beyond), (name, edge, beyond)
                 with pytest.raises(ConfigError, match=name):
                     CalibrationConfig(**{name: type(default)(beyond)})
         else:

@@ -245,16 +245,19 @@ def available_rows(keys):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m qsched digits-quantizer", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default="2,4")
+    parser = argparse.ArgumentParser(prog="python -m qsched digits-quantizer", description=(
+        "The digits testbed's quantizer table: per channel, group-wise, wider codes and a 16-bit low-rank branch, "
+        "with the closed-form per-step correction fitted to the FP model; every row with its stored bits per weight."))
+    parser.add_argument("--steps", default="2,4", help="comma-separated sampling step counts (default 2,4)")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows of {', '.join(ROWS)} (default "
                         f"{DEFAULT_ROWS}; for the wide variant: {WIDE_ROWS})")
     parser.add_argument("--samples", type=int, default=700, help="samples per seed (classes balanced)")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated held-out sampling seeds (default 0,1,2)")
     parser.add_argument("--weights", default="weights,weights_retrained",
                         help="comma-separated weight folders (relative to testbed/digits/ or absolute)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--out", default=os.path.join(HERE, "results_quantizer.json"))
+    parser.add_argument("--out", default=os.path.join(HERE, "results_quantizer.json"),
+                        help="results JSON to write (default: testbed/digits/results_quantizer.json)")
     parser.add_argument("--markdown", default=None, help="also write the table here")
     parser.add_argument("--jobs", type=int, default=1, help="N > 1: run every (weights, steps, row) as its own "
                         "process (each with its FP32 row), N at a time, then merge them into --out")
