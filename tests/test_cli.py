@@ -127,8 +127,11 @@ def calibrate(monkeypatch):
 
 @pytest.fixture
 def checkpoint(tmp_path):
+    """A sound (tiny) safetensors file: the command checks the header before it loads anything."""
+    import torch
+    from safetensors.torch import save_file
     path = tmp_path / "model.safetensors"
-    path.write_bytes(b"{}")
+    save_file({"weight": torch.zeros(2)}, str(path))
     return str(path)
 
 
