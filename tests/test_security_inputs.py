@@ -128,13 +128,22 @@ OPTIONS_WITH_VALUES = ["--steps", "--budget", "--seed", "--n-prompts", "--width"
                        "--c-min", "--c-max", "--sampler", "--strategy", "--quant", "--objective"]
 
 
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    """The command's required files: it checks that they exist while parsing."""
+    folder = tmp_path_factory.mktemp("cli_files")
+    for name in ("c.safetensors", "s.pt"):
+        (folder / name).write_bytes(b"")
+    return ["--checkpoint", str(folder / "c.safetensors"), "--scorer", str(folder / "s.pt")]
+
+
 @SETTINGS
 @given(values=st.dictionaries(st.sampled_from(OPTIONS_WITH_VALUES),
                               NUMBER_TEXT | st.sampled_from(["lcm", "euler", "bayes", "paper_grid", "W4A8",
                                                              "W4A8-g128-g64", "dpmpp", "jaq", "W8A8-TENSOR"]),
                               max_size=6))
-def test_cli_arguments_parse_to_sane_values_or_exit_with_a_message(values):
-    argv = ["--checkpoint", "c.safetensors", "--scorer", "s.pt"]
+def test_cli_arguments_parse_to_sane_values_or_exit_with_a_message(cli_files, values):
+    argv = list(cli_files)
     for option, value in values.items():
         argv += [f"{option}={value}"]
     errors = io.StringIO()
@@ -157,9 +166,9 @@ def test_cli_arguments_parse_to_sane_values_or_exit_with_a_message(values):
 @pytest.mark.parametrize("argv", [["--n-prompts", "-1"], ["--n-prompts=-1"], ["--steps", "0"], ["--budget", "-5"],
                                   ["--width", "500"], ["--cfg", "nan"], ["--quant", "W4A8-g128-g64"],
                                   ["--sampler", "dpmpp_2m"]])
-def test_cli_refuses_values_that_used_to_be_taken(argv, capsys):
+def test_cli_refuses_values_that_used_to_be_taken(cli_files, argv, capsys):
     with pytest.raises(SystemExit) as exit_:
-        cli.parser().parse_args(["--checkpoint", "c", "--scorer", "s", *argv])
+        cli.parser().parse_args([*cli_files, *argv])
     assert exit_.value.code == 2 and argv[0].split("=")[0] in capsys.readouterr().err
 
 
