@@ -3,6 +3,9 @@ parsed, before any model loads, and refuses a bad one with argparse's one-line e
 import argparse
 import math
 import os
+import stat
+
+from .safe_files import kind_of
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,9 +72,12 @@ def choice_of(choices, normalise=str):
 
 
 def existing_file(text):
-    """A path to an existing regular file."""
-    if not os.path.isfile(text):
-        raise argparse.ArgumentTypeError(f"{text}: no such file" if not os.path.exists(text) else f"{text}: not a file")
+    """A path to an existing regular file (a FIFO or device is named as what it is: reading it could hang)."""
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text}: no such file")
+    mode = os.stat(text).st_mode
+    if not stat.S_ISREG(mode):
+        raise argparse.ArgumentTypeError(f"{text} is {kind_of(mode)}, not a regular file")
     return text
 
 

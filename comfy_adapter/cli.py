@@ -14,7 +14,7 @@ import time
 from ..calibration.heldout import split_pairs
 from ..calibration.reference import ReferenceError
 from ..calibration.run import REFERENCE_MODEL_HELP, SCHEDULERS, CalibrationConfig, ConfigError
-from ..cli_args import Parser, existing_file, integer, number, output_file, output_folder
+from ..cli_args import Parser, existing_file, integer, number, output_file
 from ..folders import PRESETS, RUNS
 from ..quant.options import QUANT_OPTIONS
 from ..safe_files import UnsafeFileError, read_regular_file
@@ -87,9 +87,9 @@ def parser():
         p.add_argument(flag, default=option.default, choices=option.choices, help=f"with --quant: {option.help}")
     p.add_argument("--prompts-file", default=None, type=existing_file,
                    help="one prompt per line, at least 2 (default: the pack's 20 prompts)")
-    p.add_argument("--preset-folder", default=None, type=output_folder,
+    p.add_argument("--preset-folder", default=None,
                    help=f"where the preset is written; default: <ComfyUI user dir>/{PRESETS}")
-    p.add_argument("--runs-folder", default=None, type=output_folder,
+    p.add_argument("--runs-folder", default=None,
                    help=f"where the run log is kept for resuming; default: <ComfyUI user dir>/{RUNS}")
     p.add_argument("--plot", default=None, type=output_file, help="also save the plot as this PNG (its folder must "
                    "exist)")

@@ -164,15 +164,25 @@ def test_calibrate_takes_a_two_prompt_file(calibrate, checkpoint, tmp_path):
 @pytest.mark.parametrize("option,target,message", [
     ("--plot", "missing/plot.png", "missing: no such folder"),
     ("--plot", ".", "is a folder, give a file name"),
-    ("--preset-folder", "missing/presets", "missing: no such folder"),
-    ("--runs-folder", "missing/runs", "missing: no such folder"),
-    ("--runs-folder", "model.safetensors", "not a folder"),
 ])
 def test_calibrate_refuses_outputs_it_could_not_write(calibrate, capsys, checkpoint, tmp_path, monkeypatch,
                                                       option, target, message):
     monkeypatch.chdir(tmp_path)
     err = refused(capsys, calibrate, ["--checkpoint", checkpoint, option, target])
     assert f"argument {option}:" in err and message in err
+
+
+@pytest.mark.parametrize("option,target,message", [
+    ("--preset-folder", "model.safetensors/presets", "preset folder model.safetensors/presets: "),
+    ("--runs-folder", "model.safetensors", "run-log folder model.safetensors: "),
+])
+def test_calibrate_refuses_folders_the_node_would_refuse_with_its_message(calibrate, capsys, checkpoint, tmp_path,
+                                                                          monkeypatch, option, target, message):
+    """A folder the node could not write (here: a file in its way) is refused before anything loads, with the
+    node's own message; a missing folder the node would create is taken, as the node takes it."""
+    monkeypatch.chdir(tmp_path)
+    err = refused(capsys, calibrate, ["--checkpoint", checkpoint, "--scorer", checkpoint, option, target])
+    assert message in err and "is a file, not a folder" in err
 
 
 @pytest.mark.parametrize("argv,message", [
