@@ -19,6 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | t
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/session.log"
 
 FLUX_CONFIGS=${FLUX_CONFIGS:-"bf16,comfy fp8_fast,W8A8 auto,W4A8 auto,W8A8 auto-int8,W4A8 auto-int8"}
+FLUX_EXTRA=${FLUX_EXTRA:-}  # e.g. --full-flux (all 19 + 38 blocks; then fewer FLUX_CONFIGS fit on one GPU)
 # the low-rank branch against the same spec without it, in a run of its own (one truncated SVD per layer at load)
 RANK_CONFIGS=${RANK_CONFIGS:-"W4A8 auto,W4A8-r32 auto"}
 SDXL_CONFIGS=${SDXL_CONFIGS:-"bf16,comfy fp8_fast,W8A8 auto,W4A8 auto,W8A8 int8"}
@@ -29,7 +30,7 @@ echo "kernels8: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/session.log
 tail -12 "$OUT/kernels8.log"
 
 start=$SECONDS
-timeout 260 python3 bench/peers.py --models flux --configs "$FLUX_CONFIGS" --compile flux --host-profile \
+timeout 260 python3 bench/peers.py --models flux --configs "$FLUX_CONFIGS" --compile flux --host-profile $FLUX_EXTRA \
     --rounds 10 --warmup 3 --budget-s 150 --log "$OUT/peers.jsonl" > "$OUT/peers_flux.log" 2>&1
 echo "peers flux: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/session.log"
 
