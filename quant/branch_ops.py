@@ -14,7 +14,7 @@ fold   widened K: [x, x down^T] [W, up]^T in ONE FP8 GEMM. The branch columns ar
 Every function has a torch definition that runs anywhere (the CPU tests) beside the Triton one."""
 import torch
 
-from . import fp8, int8, kernels
+from . import fp8_codes as fp8, int8_codes as int8, kernels
 
 FOLD_B_MAX = 448.0
 

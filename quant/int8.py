@@ -12,37 +12,13 @@ import torch
 from . import branch_ops, linear_ops
 from .layers import PackedWeightMixin
 
-INT8_MAX = 127
-INV_INT8_MAX = 1.0 / INT8_MAX
+from .int8_codes import INT8_MAX, INV_INT8_MAX, padded_rows, quantize_rows, scale_int32  # noqa: F401 (the int8 API)
 
 
 def supports(layer, spec):
     return (isinstance(layer, torch.nn.Linear) and spec.a_bits == 8 and spec.w_bits in (4, 8)
             and not spec.group_size and spec.act_granularity == "token" and layer.in_features % 8 == 0
             and layer.out_features % 8 == 0)
-
-
-def padded_rows(count, device_type):
-    """Rows the int8 GEMM runs on: CUDA's _int_mm needs more than 16; multiples of 16 keep its tiles whole."""
-    return max(32, -(-count // 16) * 16) if device_type == "cuda" else count
-
-
-def quantize_rows(rows, padded):
-    """Per-token int8 codes and scales, the torch definition the Triton kernel reproduces bit for bit: scale =
-    max(amax * (1/127), 1e-12), codes = round(x * (1 / scale)) clamped to +-127; zero rows pad the count."""
-    if padded != rows.shape[0]:
-        rows = torch.nn.functional.pad(rows, (0, 0, 0, padded - rows.shape[0]))
-    scale = (rows.abs().amax(dim=1, keepdim=True).float() * INV_INT8_MAX).clamp(min=1e-12)
-    codes = torch.round(rows.float() * (1.0 / scale)).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
-    return codes, scale
-
-
-def scale_int32(acc, row_scale, column_scale, bias, count, dtype):
-    """(float(acc) * row scale) * column scale (+ bias), float32, rounded once to `dtype`; the first `count` rows."""
-    out = acc[:count].float() * row_scale[:count] * column_scale.view(1, -1)
-    if bias is not None:
-        out = out + bias.float()
-    return out.to(dtype)
 
 
 class Int8Linear(PackedWeightMixin):

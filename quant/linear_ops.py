@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from . import fp8, int8, kernels
+from . import fp8_codes as fp8, int8_codes as int8, kernels
 
 EAGER_THROUGH_OP = False
 COMPILE_THROUGH_OP = False
