@@ -35,3 +35,12 @@ def pytest_make_collect_report(collector):
 
 # GPU-only cases (tests/gpu/) are collected only for the GPU run, never skipped on the CPU.
 collect_ignore = [] if os.environ.get("QSCHED_TEST_DEVICE") == "cuda" else ["gpu"]
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    """`python -m qsched calibrate`'s required files (the command checks while parsing that they exist)."""
+    folder = tmp_path_factory.mktemp("cli_files")
+    for name in ("c.safetensors", "s.safetensors"):
+        (folder / name).write_bytes(b"")
+    return ["--checkpoint", str(folder / "c.safetensors"), "--scorer", str(folder / "s.safetensors")]

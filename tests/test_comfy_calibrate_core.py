@@ -16,15 +16,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def required(tmp_path_factory):
-    """The command's required files (it checks that they exist while parsing)."""
-    folder = tmp_path_factory.mktemp("cli_files")
-    for name in ("c.safetensors", "s.safetensors"):
-        (folder / name).write_bytes(b"")
-    return ["--checkpoint", str(folder / "c.safetensors"), "--scorer", str(folder / "s.safetensors")]
-
-
-@pytest.fixture(scope="module")
 def node_inputs(comfyui_dir):
     from comfyui_qsched.nodes.calibrate import QSchedCalibrate
     spec = QSchedCalibrate.INPUT_TYPES()
@@ -40,7 +31,7 @@ def _accepts(required, flag, value):
     return True
 
 
-def test_node_and_command_line_agree_on_every_setting(node_inputs, required):
+def test_node_and_command_line_agree_on_every_setting(node_inputs, cli_files):
     """A setting on both: the same default, the node's min/max are exactly what the command line takes (and one
     step beyond is refused by both), the same choices. Settings only one side has are listed explicitly."""
     from comfyui_qsched.comfy_adapter import cli
@@ -66,7 +57,7 @@ def test_node_and_command_line_agree_on_every_setting(node_inputs, required):
         if "min" in options:
             step = options.get("step", 1) if kind == "INT" else 1e-6
             for edge, beyond in ((options["min"], options["min"] - step), (options["max"], options["max"] + step)):
-                assert _accepts(required, flag, edge) and not _accepts(required, flag, beyond), (name, edge, beyond)
+                assert _accepts(cli_files, flag, edge) and not _accepts(cli_files, flag, beyond), (name, edge, beyond)
                 with pytest.raises(ConfigError, match=name):
                     CalibrationConfig(**{name: type(default)(beyond)})
         else:

@@ -128,15 +128,6 @@ OPTIONS_WITH_VALUES = ["--steps", "--budget", "--seed", "--n-prompts", "--width"
                        "--c-min", "--c-max", "--sampler", "--strategy", "--quant", "--objective"]
 
 
-@pytest.fixture(scope="module")
-def cli_files(tmp_path_factory):
-    """The command's required files: it checks that they exist while parsing."""
-    folder = tmp_path_factory.mktemp("cli_files")
-    for name in ("c.safetensors", "s.pt"):
-        (folder / name).write_bytes(b"")
-    return ["--checkpoint", str(folder / "c.safetensors"), "--scorer", str(folder / "s.pt")]
-
-
 @SETTINGS
 @given(values=st.dictionaries(st.sampled_from(OPTIONS_WITH_VALUES),
                               NUMBER_TEXT | st.sampled_from(["lcm", "euler", "bayes", "paper_grid", "W4A8",
