@@ -1,5 +1,6 @@
 """Hostile entries for a folder the pack reads (no tests here): what a careless user or an attacker can leave in
 the preset or scorer folder. Each maker creates `folder/name` and returns what a reader must do with it."""
+import contextlib
 import json
 import os
 import socket
@@ -136,3 +137,18 @@ class FifoFeeder:
     def close(self):
         self.stop.set()
         self.thread.join()
+
+
+@contextlib.contextmanager
+def planted(maker, folder, name, fifo_text="junk"):
+    """`maker(folder, name)`, yielding its path; a FIFO is fed (FifoFeeder) while the block runs, and after the
+    block it must not have been opened for reading."""
+    maker(folder, name)
+    path = os.path.join(folder, name)
+    feeder = FifoFeeder(path, fifo_text) if maker is make_fifo else None
+    try:
+        yield path
+    finally:
+        if feeder:
+            feeder.close()
+    assert feeder is None or not feeder.fed, f"{path}: a FIFO was opened for reading"

@@ -142,33 +142,19 @@ def test_a_non_regular_cache_entry_is_never_opened_and_the_cache_is_rebuilt(tmp_
 @pytest.mark.parametrize("maker,words", [(hostile.make_fifo, "FIFO"), (hostile.make_directory, "folder"),
                                          (hostile.make_dev_zero_link, "character device")])
 def test_a_non_regular_model_file_is_refused_before_hashing_or_loading(tmp_path, maker, words):
-    maker(str(tmp_path), "model.safetensors")
-    path = str(tmp_path / "model.safetensors")
-    feeder = hostile.FifoFeeder(path, "junk") if maker is hostile.make_fifo else None
-    try:
+    with hostile.planted(maker, str(tmp_path), "model.safetensors") as path:
         with pytest.raises(TensorFileError, match=f"model file {path} is .*{words}"):
             check_source(path)
         with pytest.raises(TensorFileError, match=words):
             quantize_cached(make_net(), "W8A8", path, str(tmp_path / "cache"))
-    finally:
-        if feeder:
-            feeder.close()
-    assert feeder is None or not feeder.fed
 
 
 @pytest.mark.parametrize("maker,words", [(hostile.make_fifo, "FIFO"), (hostile.make_directory, "folder"),
                                          (hostile.make_dev_zero_link, "character device")])
 def test_a_non_regular_run_log_is_refused_by_name(tmp_path, maker, words):
-    maker(str(tmp_path), "run.jsonl")
-    path = str(tmp_path / "run.jsonl")
-    feeder = hostile.FifoFeeder(path, "") if maker is hostile.make_fifo else None
-    try:
+    with hostile.planted(maker, str(tmp_path), "run.jsonl", fifo_text="") as path:
         with pytest.raises(RunLogError, match=f"run log {path} is .*{words}"):
             RunLog(path, {"a": 1})
-    finally:
-        if feeder:
-            feeder.close()
-    assert feeder is None or not feeder.fed
 
 
 # --- finiteness ---------------------------------------------------------------------------------------------
