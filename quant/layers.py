@@ -51,6 +51,23 @@ def rank_problem(layer, spec):
     return None
 
 
+def packed_codes(codes, spec):
+    """int8 codes as stored for `spec`: two per byte for W2-W4, as they are for W5-W8."""
+    return numerics.pack_int4(codes) if spec.packed_int4 else codes
+
+
+def quantized_tensors(weight, spec, quantize_matrix, compute_device=None):
+    """(packed codes, scales[, low-rank down, up]) of a float weight under `spec`, on the weight's device:
+    the branch's truncated SVD first when the spec has one, then `quantize_matrix(matrix, spec)` -> (packed, scales)
+    of the [out, in columns] matrix (the weight, or its residual beside the branch), computed on `compute_device`."""
+    home, weight = weight.device, weight.detach().to(compute_device or weight.device)
+    matrix, branch = weight.reshape(weight.shape[0], -1), ()
+    if spec.rank:
+        down, up, matrix = lowrank.split(matrix, spec.rank, lowrank.factor_dtype(weight.dtype))
+        branch = (down, up)
+    return tuple(tensor.to(home) for tensor in (*quantize_matrix(matrix, spec), *branch))
+
+
 class PackedWeightMixin:
     quant_spec = None  # QuantSpec once quantized
 
@@ -73,18 +90,12 @@ class PackedWeightMixin:
         problem = rank_problem(self, spec)
         if problem:
             raise ValueError(f"{spec}: {problem}")
-        home, weight = self.weight.device, self.weight.detach().to(compute_device or self.weight.device)
-        matrix, branch = weight.reshape(weight.shape[0], -1), ()
-        if spec.rank:
-            down, up, matrix = lowrank.split(matrix, spec.rank, lowrank.factor_dtype(self.weight.dtype))
-            branch = (down.to(home), up.to(home))
-        packed, scale = self.quantize_matrix(matrix, spec)
-        self.set_quantized_(spec, packed.to(home), scale.to(home), *branch)
+        self.set_quantized_(spec, *quantized_tensors(self.weight, spec, self.quantize_matrix, compute_device))
 
     def quantize_matrix(self, matrix, spec):
         """(stored codes, scales) of a 2-D float matrix (the weight, or its residual beside the branch)."""
         codes, scale = numerics.quantize_weight(matrix, spec.w_bits, spec.group_size)
-        return (numerics.pack_int4(codes) if spec.packed_int4 else codes), scale
+        return packed_codes(codes, spec), scale
 
     def set_quantized_(self, spec, packed, scale, down=None, up=None):
         dtype, shape, scale_shape = self.packed_layout(spec)

@@ -22,6 +22,33 @@ def quantize_weight(weight, bits, group_size=None):
     return codes.reshape(rows, cols), scale.squeeze(-1)
 
 
+# Clip ratios tried by mse_scales: the scale s = ratio * amax / qmax that rounds a row (or group) with the least squared
+# error. Below about half of amax the clipped outliers cost more than the finer grid saves at any bit width >= 2.
+CLIP_RATIOS = tuple(0.5 + 0.5 * i / 39 for i in range(40))
+
+
+def mse_scales(weight, bits, group_size=None):
+    """float32 scales [out, 1 or in/group] of a 2-D weight: per row (or group), the clip ratio of CLIP_RATIOS whose
+    round-to-nearest codes reproduce the weight with the least squared error (ties: the larger ratio). Used where the
+    codes are then chosen by something better than rounding each weight on its own (quant/gptq.py)."""
+    w = weight.detach().float()
+    rows, cols = w.shape
+    if group_size and cols % group_size:
+        raise ValueError(f"input size {cols} is not a multiple of the group size {group_size}")
+    w = w.reshape(rows, cols // group_size, group_size) if group_size else w.reshape(rows, 1, cols)
+    amax = w.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
+    best_error = best_scale = None
+    for ratio in reversed(CLIP_RATIOS):
+        scale = (amax * ratio / qmax(bits)).clamp(min=torch.finfo(torch.float32).tiny)
+        error = ((torch.round(w / scale).clamp(-qmax(bits), qmax(bits)) * scale - w) ** 2).sum(-1, keepdim=True)
+        if best_error is None:
+            best_error, best_scale = error, scale
+        else:
+            better = error < best_error
+            best_error, best_scale = torch.where(better, error, best_error), torch.where(better, scale, best_scale)
+    return best_scale.squeeze(-1)
+
+
 def requantize_weight(weight, scale, bits):
     """Codes of `weight` on an existing grid (used to merge LoRA deltas without moving the scales)."""
     w = weight.detach().float()

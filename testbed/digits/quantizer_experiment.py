@@ -24,6 +24,8 @@ import torch
 from ...atomic_files import write_text_atomic
 from ...calibration.closed_form import StepReached, fit_schedule, record_fits, step_recorder
 from ...quant import QuantSpec, quantize_module
+from ...quant.gptq import InputMoments
+from ...quant.policy import DEFAULT_POLICY
 from ...samplers import SAMPLERS, QSchedSchedule
 from ...samplers.model_sampling import EPSSampling
 from .diffusion import LCMDenoiser, vp_sigmas
@@ -33,9 +35,11 @@ from .pixel_fid import PixelFID
 from .scoring import FeatureFID
 
 FIT_PAIRS = 40
+GPTQ = "gptq"
 MAP_SIZE = 8
 HERE = os.path.dirname(os.path.abspath(__file__))
-# (row name, quantization spec or None for FP32, correction: None, "channel" or "map")
+# (row name, quantization spec or None for FP32, correction: None, "channel" or "map"[, rounding: "gptq"]); rows
+# without a rounding round to nearest
 ROWS = {
     "fp32": ("FP32", None, None),
     "w4a8": ("W4A8 per channel, none", "W4A8", None),
@@ -54,7 +58,15 @@ ROWS = {
     "w4a4-g64-r8-map": ("W4A4 g64 + rank 8 + bias map", "W4A4-g64-r8", "map"),
     "w4a4-g64-r16-map": ("W4A4 g64 + rank 16 + bias map", "W4A4-g64-r16", "map"),
     "w4a4-g64-r32-map": ("W4A4 g64 + rank 32 + bias map", "W4A4-g64-r32", "map"),
+    # calibrated rounding (quant/gptq.py): GPTQ against each layer's input moments on the calibration pairs
+    "w4a8-gptq-map": ("W4A8 per channel, GPTQ + bias map", "W4A8", "map", GPTQ),
+    "w4a8-g16-gptq-map": ("W4A8 g16, GPTQ + bias map", "W4A8-g16", "map", GPTQ),
+    "w4a8-g8-gptq-map": ("W4A8 g8, GPTQ + bias map", "W4A8-g8", "map", GPTQ),
+    "w4a4-g16-r16-gptq-map": ("W4A4 g16 + rank 16, GPTQ + bias map", "W4A4-g16-r16", "map", GPTQ),
+    "w4a8-g64-gptq-map": ("W4A8 g64, GPTQ + bias map", "W4A8-g64", "map", GPTQ),
+    "w4a4-g64-r16-gptq-map": ("W4A4 g64 + rank 16, GPTQ + bias map", "W4A4-g64-r16", "map", GPTQ),
 }
+GPTQ_ROWS = "fp32,w4a8-gptq-map,w4a8-g16-gptq-map,w4a8-g8-gptq-map,w4a4-g16-r16-gptq-map"
 DEFAULT_ROWS = ",".join(list(ROWS)[:11])
 WIDE_ROWS = "fp32,w4a8,w4a8-map,w4a8-g64-map,w4a8-g16-map,w4a8-g8-map,w4a4,w4a4-g64-map,w4a4-g64-r8-map,w4a4-g64-r16-map,w4a4-g64-r32-map"
 # The best quantizer measured for a bit width (the demo's last row; results_quantizer*.json)
@@ -87,16 +99,33 @@ def bits_per_weight(spec, shapes, quantized):
     return total_bits / total
 
 
-def quantize(unet, spec_text):
-    """(LCMDenoiser over a quantized copy, bits per weight) with the pack's quantizer, simulate backend."""
+def quantize(unet, spec_text, hessians=None):
+    """(LCMDenoiser over a quantized copy, bits per weight) with the pack's quantizer, simulate backend; with
+    `hessians` (calibration_moments) the layers' codes are rounded by GPTQ."""
     unet = copy.deepcopy(unet)
     if spec_text is None:
         return LCMDenoiser(unet).eval(), 32.0
     spec = QuantSpec.parse(spec_text)
     shapes = weight_shapes(unet)
-    report = quantize_module(unet, spec, backend="simulate")
+    report = quantize_module(unet, spec, backend="simulate", hessians=hessians)
     quantized = [layer.name for layer in report.layers if layer.spec is not None]
     return LCMDenoiser(unet).eval(), bits_per_weight(spec, shapes, quantized)
+
+
+@torch.no_grad()
+def calibration_moments(unet, spec_text, steps, pairs=FIT_PAIRS, seed=CALIBRATION_SEED):
+    """{layer: E[x xᵀ] of its input} for the layers `spec_text` quantizes, while the FP model samples the closed
+    form's calibration class/noise pairs (its noise, never evaluated) with the LCM sampler at `steps`."""
+    unet = copy.deepcopy(unet)
+    planned = [d.name for d in DEFAULT_POLICY.plan(unet, QuantSpec.parse(spec_text)) if d.spec is not None]
+    fp = LCMDenoiser(unet).eval()
+    labels, noise, sigmas = torch.arange(pairs) % 10, FixedNoise(pairs, steps, seed), sampling_sigmas(steps)
+    with InputMoments(unet, planned) as moments:
+        SAMPLERS["lcm"].function(fp, noise.initial * (1 + sigmas[0] ** 2) ** 0.5, sigmas, extra_args={"labels": labels},
+                                 disable=True, schedule=QSchedSchedule.identity(steps),
+                                 noise_sampler=noise.sampler_for(torch.arange(pairs)),
+                                 model_sampling=EPSSampling(vp_sigmas()))
+    return moments.hessians
 
 
 class Trajectory:
@@ -215,13 +244,15 @@ def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, ou
     models = {}
     for steps in steps_list:
         for key in row_keys:
-            method, spec, form = ROWS[key]
-            if spec not in models:
-                models[spec] = quantize(unet, spec)
-            denoiser, bits = models[spec]
+            method, spec, form, *rounding = ROWS[key]
+            model_key = (spec, steps) if rounding else spec   # GPTQ's moments come from the sampler at `steps`
+            if model_key not in models:
+                models[model_key] = quantize(unet, spec, calibration_moments(unet, spec, steps) if rounding else None)
+            denoiser, bits = models[model_key]
             schedule, fit = correction(fp, denoiser, steps, form)
             cell = evaluate_row(method, denoiser, steps, schedule, None, scorer, fids, seeds, samples)
-            cell.update({"row": key, "spec": spec, "correction": form, "bits_per_weight": bits, "fit": fit})
+            cell.update({"row": key, "spec": spec, "correction": form, "rounding": rounding[0] if rounding else
+                         "nearest", "bits_per_weight": bits, "fit": fit})
             run["cells"].append(cell)
             write_text_atomic(out, json.dumps(results, indent=1))
             mean = lambda name: sum(r[name] for r in cell["per_seed"]) / len(cell["per_seed"])   # noqa: E731

@@ -1,0 +1,131 @@
+"""Calibrated rounding: GPTQ (Frantar, Ashkboos, Hoefler, Alistarh 2023, "GPTQ: Accurate Post-Training
+Quantization for Generative Pre-trained Transformers", Algorithm 1) on the pack's integer codes.
+
+Round-to-nearest rounds every weight on its own. GPTQ rounds the columns of a layer's [out, in] weight one by one
+and moves each column's rounding error onto the columns not yet rounded, weighted by the inverse of the layer's input
+second moment H = E[x xᵀ] (x: the layer's input on calibration samples, one row per token or conv patch), so
+that the layer's output on such inputs (not its weights) stays close to the float layer's:
+    argmin_Q  E ||(W - Q) x||²  =  argmin_Q  tr((W - Q) H (W - Q)ᵀ)
+The scales are fixed before the rounding (`numerics.mse_scales`, per row or per group), so the result is stored,
+cached and run exactly like `numerics.quantize_weight`'s codes. The low-rank branch's residual is rounded the same
+way (its input is the layer's input too). Only the rounding changes; the format, kernels and bits per weight do not.
+"""
+import torch
+import torch.nn.functional as F
+
+from . import numerics
+from .layers import packed_codes, quantized_tensors
+
+# Added to H's diagonal, as a fraction of its mean: keeps the Cholesky factorisation defined for inputs that do
+# not span every direction (Frantar et al. use 1%).
+DAMPING = 0.01
+# Columns rounded between two updates of the rest of the weight (the paper's lazy batch updates, section 3 step 2):
+# same result as one column at a time, fewer large matrix products.
+BLOCK = 128
+
+
+class InputMoments:
+    """E[x xᵀ] of the input of each named Linear / Conv2d layer of a module, accumulated by forward hooks while a
+    calibration run goes through the module: `with InputMoments(module, names) as moments: run(); moments.hessians`.
+    A convolution's input is taken as its patches (F.unfold with the layer's kernel, stride, padding and dilation,
+    [in * kh * kw] per output pixel), which is what its [out, in * kh * kw] weight multiplies."""
+
+    def __init__(self, module, names):
+        self.module, self.names = module, list(names)
+        self.sums, self.counts, self._hooks = {}, {}, []
+
+    def __enter__(self):
+        for name in self.names:
+            layer = self.module.get_submodule(name)
+            if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+                raise TypeError(f"layer {name!r} is a {type(layer).__name__}; input moments are taken of Linear "
+                                "and Conv2d layers")
+            if isinstance(layer, torch.nn.Conv2d) and layer.groups != 1:
+                raise ValueError(f"layer {name!r} is a grouped convolution (groups={layer.groups}); its input "
+                                 "moments would not match its weight's columns")
+            self._hooks.append(layer.register_forward_hook(self._hook(name)))
+        return self
+
+    def __exit__(self, *exc):
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        return False
+
+    def _hook(self, name):
+        def hook(layer, inputs, output):
+            rows = layer_input_rows(layer, inputs[0])
+            accumulate = torch.float64 if rows.device.type == "cpu" else torch.float32
+            rows = rows.to(accumulate)
+            self.sums[name] = self.sums.get(name, 0) + rows.T @ rows
+            self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
+        return hook
+
+    @property
+    def hessians(self):
+        """{layer name: E[x xᵀ], [in_columns, in_columns] float32} of the layers the run went through."""
+        return {name: (total / self.counts[name]).float() for name, total in self.sums.items()}
+
+
+def layer_input_rows(layer, x):
+    """The input as the rows its weight matrix multiplies: [tokens, in] for a Linear, [pixels, in * kh * kw] for a
+    Conv2d."""
+    x = x.detach()
+    if isinstance(layer, torch.nn.Conv2d):
+        patches = F.unfold(x, layer.kernel_size, dilation=layer.dilation, padding=layer.padding, stride=layer.stride)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def gptq_quantize_weight(weight, hessian, bits, group_size=None, damping=DAMPING, block=BLOCK):
+    """(int8 codes [out, in], float32 scales [out, 1 or in / group]) of a 2-D weight, in numerics.quantize_weight's
+    format, rounded by GPTQ against the input second moment `hessian` [in, in]. Columns the calibration never saw
+    (zero on H's diagonal) keep round-to-nearest codes and take no error from the others."""
+    if weight.dim() != 2:
+        raise ValueError(f"GPTQ takes a 2-D weight, got shape {tuple(weight.shape)}")
+    rows, columns = weight.shape
+    if tuple(hessian.shape) != (columns, columns):
+        raise ValueError(f"input moments of shape {tuple(hessian.shape)} do not match a weight with {columns} "
+                         f"input columns")
+    if not torch.isfinite(hessian).all():
+        raise ValueError("the input moments are not finite (a calibration input held inf or NaN)")
+    work = torch.float64 if weight.device.type == "cpu" else torch.float32
+    scale = numerics.mse_scales(weight, bits, group_size)                  # [rows, groups], fixed from here on
+    column_scale = scale.to(work).repeat_interleave(columns // scale.shape[1], dim=1)
+    w = weight.detach().to(work).clone()
+    h = hessian.detach().to(w.device, work).clone()
+    unseen = torch.diagonal(h) <= 0
+    h[unseen, unseen] = 1
+    h += damping * torch.diagonal(h).mean() * torch.eye(columns, dtype=work, device=w.device)
+    # The upper Cholesky factor of H⁻¹: row j holds the weights that spread column j's error over columns > j.
+    spread = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    spread[unseen] = 0
+    spread[unseen, unseen] = 1
+    limit = numerics.qmax(bits)
+    codes = torch.empty_like(w)
+    for start in range(0, columns, block):
+        end = min(start + block, columns)
+        errors = torch.empty(rows, end - start, dtype=work, device=w.device)
+        for j in range(start, end):
+            codes[:, j] = torch.round(w[:, j] / column_scale[:, j]).clamp(-limit, limit)
+            error = (w[:, j] - codes[:, j] * column_scale[:, j]) / spread[j, j]
+            w[:, j + 1:end] -= error[:, None] * spread[j, j + 1:end][None, :]
+            errors[:, j - start] = error
+        w[:, end:] -= errors @ spread[start:end, end:]
+    return codes.to(torch.int8), scale
+
+
+def calibrated_tensors(layer, spec, hessian, layout, compute_device=None):
+    """(packed codes, scales[, down, up]) of a float Linear / Conv2d layer under `spec` with GPTQ's rounding: what
+    quantize_module installs in place of round-to-nearest codes (the same layout, checked by the layer).
+    layout: the backend's (dtype, shape, scale shape) for the layer; GPTQ chooses integer codes, so a backend that
+    stores other codes (fp8's e4m3 bytes) cannot take it."""
+    if layout[0] not in (torch.int8, torch.uint8):
+        raise ValueError(f"calibrated rounding (GPTQ) chooses integer codes; this backend stores {spec} as "
+                         f"{layout[0]} (use backend 'simulate', 'int8' or 'auto' for calibrated rounding)")
+
+    def quantize_matrix(matrix, spec):
+        codes, scale = gptq_quantize_weight(matrix, hessian.to(matrix.device), spec.w_bits, spec.group_size)
+        return packed_codes(codes, spec), scale
+
+    return quantized_tensors(layer.weight, spec, quantize_matrix, compute_device)
