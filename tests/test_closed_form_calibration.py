@@ -2,6 +2,7 @@
 search pairs through the host's trajectories, the winner checked on the held-out pairs like a search's, the
 preset carrying the offset map and the fits; its settings key the run log and the record only where they apply."""
 import json
+import os
 
 import pytest
 import torch
@@ -102,3 +103,35 @@ def test_closed_form_settings_apply_only_with_their_objective_and_form():
         (4 + 2) * 3 + 2 * 1
     with pytest.raises(ConfigError, match="map_size is 0"):
         CalibrationConfig(map_size=0)
+
+
+def test_the_default_objective_with_the_fp_model_is_the_closed_form(tmp_path):
+    """objective auto (the default) with the host's FP sampling fits the closed form, and the preset and summary
+    name the objective that ran."""
+    config = CalibrationConfig(prompts="\n".join("abcdefgh"), map_size=2, steps=1, preset_name="auto")
+    assert config.objective == "auto"
+    calls = []
+    result = run(config, None, None, model_hash="f" * 64, family="Toy", preset_folder=tmp_path,
+                 runs_folder=tmp_path / "runs", reference=_host(calls), reference_hash="r" * 64, latent_channels=2)
+    best = result.search.best
+    assert best.c_x == pytest.approx((1.05,), abs=1e-6) and best.c_eps == pytest.approx((0.9,), abs=1e-6)
+    assert torch.allclose(torch.tensor(best.offset_map[0], dtype=torch.float64), TRUE_MAP, atol=1e-6)
+    assert [c[0] for c in calls].count("trajectory") == 1
+    preset = json.loads((tmp_path / "auto.json").read_text())
+    assert preset["search"]["objective"] == "reference_closed_form" and preset["search"]["map_size"] == 2
+    assert preset["scorer"]["name"] == "none" and preset["search"]["reference_model_sha256"] == "r" * 64
+    summary = result.summary()
+    assert summary["objective"] == "reference_closed_form"
+    assert summary["summary"].startswith("objective: reference_closed_form\nwinner: closed form (map)")
+
+
+@pytest.mark.parametrize("objective", ["auto", "reference_closed_form"])
+def test_a_refinement_with_the_closed_form_is_refused_before_any_trajectory(tmp_path, objective):
+    config = CalibrationConfig(prompts="a\nb\nc\nd", objective=objective, refine="per_step", steps=1)
+    calls = []
+    with pytest.raises(ConfigError, match="refine is 'per_step', but objective 'reference_closed_form'"):
+        run(config, None, None, model_hash="f" * 64, family="Toy", preset_folder=tmp_path, runs_folder=tmp_path,
+            reference=_host(calls), reference_hash="r" * 64)
+    assert calls == [] and not os.listdir(tmp_path)
+    if objective == "auto":   # without the FP model auto is jaq, which may refine
+        config.check_inputs(reference=False, scorer=True)
