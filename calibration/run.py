@@ -252,7 +252,7 @@ class CalibrationConfig:
         budget_images, which counts every image: the held-out check takes winner and identity on each held-out pair
         (twice with the FP control), a reference objective one full-precision sample per prompt, the refinement
         its evaluations on every search pair. ConfigError when the budget cannot even score the identity on the
-        search pairs. reference: the FP model is given."""
+        search pairs, or cannot cover the closed form's fixed count. reference: the FP model is given."""
         if self.objective == AUTO:
             return self.resolved(reference).image_budget(reference)
         prompts = self.prompt_list()
@@ -261,6 +261,14 @@ class CalibrationConfig:
         refined = refine["evaluations"] * len(search_pairs) if refine else 0
         kept = (len(held_out) * (4 if self.fp_control(reference) else 2) + (len(prompts) if self.needs_reference else 0)
                 + refined)
+        if self.objective == CLOSED_FORM:   # no search: a fixed count, which the budget can only refuse
+            fit = (self.steps + 2) * len(search_pairs)
+            if self.budget_images and self.budget_images < fit + kept:
+                raise ConfigError(f"budget_images is {self.budget_images}, but the closed form generates {fit + kept}: "
+                                  f"{fit} on the {len(search_pairs)} search pairs (a partial trajectory per step, then "
+                                  f"winner and identity), the held-out check {len(held_out) * 2} and the "
+                                  f"full-precision reference samples {len(prompts)}: give at least {fit + kept}, or 0")
+            return None, kept
         if not self.budget_images:
             return None, kept
         search = self.budget_images - kept

@@ -123,6 +123,12 @@ def test_the_default_objective_with_the_fp_model_is_the_closed_form(tmp_path):
     summary = result.summary()
     assert summary["objective"] == "reference_closed_form"
     assert summary["summary"].startswith("objective: reference_closed_form\nwinner: closed form (map)")
+    # every image counted against budget_images: (1 step + winner + identity) x 6 search pairs, the held-out
+    # check's 2 x 2, one FP sample per prompt; a budget below that is refused, whatever the search would need
+    assert result.images["total"] == 3 * 6 + 2 * 2 + 8 == result.search.images_generated + 4 + 8
+    CalibrationConfig(prompts="\n".join("abcdefgh"), steps=1, budget_images=30).check_before_run(reference=True)
+    with pytest.raises(ConfigError, match="budget_images is 29, but the closed form generates 30: 18 on the 6 "):
+        CalibrationConfig(prompts="\n".join("abcdefgh"), steps=1, budget_images=29).check_before_run(reference=True)
 
 
 @pytest.mark.parametrize("objective", ["auto", "reference_closed_form"])

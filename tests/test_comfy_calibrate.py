@@ -649,7 +649,6 @@ def test_branch_spec_closed_form_by_default_lora_and_quant_cache_end_to_end(stac
         return sum(torch.nn.functional.mse_loss(_ksample(stack, quantized, schedule, p, s),
                                                 _ksample(stack, fp, None, p, s)).item() for p, s in UNSEEN)
     corrected, plain = error(loaded), error(None)
-    print("E2E", corrected, plain)
     assert corrected < plain, (corrected, plain)
 
     # A LoRA on the quantized model (its weights patched beside the branch) changes the corrected output as it
@@ -667,7 +666,6 @@ def test_branch_spec_closed_form_by_default_lora_and_quant_cache_end_to_end(stac
     # about 0.4 of the output there)
     assert cosine > 0.7 and 0.7 < ratio < 1.4, (cosine, ratio)
     lora_fit = error(loaded, with_lora, fp_lora)
-    print("E2E lora", cosine, ratio, lora_fit, error(None, with_lora, fp_lora), error(loaded, with_lora))
     assert lora_fit < error(None, with_lora, fp_lora) and lora_fit < error(loaded, with_lora)
 
     # Saved: the quant cache gives back the same quantized model, branch included, and the preset applies to it.
