@@ -38,6 +38,8 @@ REFINE_OFF = "off"
 # correction), the paper's reference-free JAQ without it. Saved workflows store their objective, so they keep it.
 AUTO = "auto"
 AUTO_OBJECTIVE = {True: CLOSED_FORM, False: "jaq"}
+OBJECTIVE_CHOICES = (AUTO, *OBJECTIVES, *REFERENCE_OBJECTIVES)
+SEARCHED_OBJECTIVES = tuple(o for o in OBJECTIVE_CHOICES if o != CLOSED_FORM)
 # The full-precision model is a model input (the node's link, the command line's checkpoint), not a setting: its
 # help is written once here.
 REFERENCE_MODEL_HELP = ("the full-precision model the quantized one was made from: the reference objectives compare "
@@ -90,8 +92,9 @@ class CalibrationConfig:
     strategy: str = _setting(DEFAULT_STRATEGY, "racing (default) = the paper grid raced with confidence intervals, "
                              "never judging on fewer than 10 prompts; paper_grid = the official search, every "
                              "candidate on every prompt; successive_halving and coarse_to_fine judge on 1-2 prompts "
-                             "first: fast, but noise can decide", choices=tuple(STRATEGIES), node="required",
-                             record=True)
+                             "first: fast, but noise can decide (the closed form searches nothing)",
+                             choices=tuple(STRATEGIES), node="required", record=True,
+                             only_if=("objective", SEARCHED_OBJECTIVES))
     budget_images: int = _setting(0, "most images the calibration generates, all counted: the search, the held-out "
                                   "check (winner and identity), the FP control and the full-precision reference "
                                   "samples; 0 = the strategy's default search plus those", minimum=0,
@@ -115,7 +118,7 @@ class CalibrationConfig:
                               "step of the FP model's prediction (coefficients and an offset, see closed_form), "
                               "fast and deterministic. reference_latent, reference_image and reference_closed_form "
                               "need no scorer.",
-                              choices=(AUTO, *OBJECTIVES, *REFERENCE_OBJECTIVES), log_key="objective", record=True)
+                              choices=OBJECTIVE_CHOICES, log_key="objective", record=True)
     c_min: float = _setting(0.8, "Lowest start coefficient searched.", minimum=0.05, maximum=1.0, step=0.01)
     c_max: float = _setting(1.2, "Highest start coefficient searched.", minimum=1.0, maximum=3.0, step=0.01)
     model_name: str = _setting("", "recorded in the preset (empty: the model's family and hash)")
@@ -374,7 +377,7 @@ class CalibrationRun:
                 "images_generated": result.images_generated, "images_reused": result.images_reused,
                 "images": self.images,
                 "failures": len(self.failures), "preset": self.preset_name, "preset_path": self.path,
-                "strategy": self.config.strategy, "objective": self.config.objective,
+                "strategy": result.strategy, "objective": self.config.objective,
                 "refinement": refinement_record(result), **self.report.to_dict(),
                 "summary": f"objective: {self.config.objective}\n" + format_report(self.report, result),
                 "trace": trace_points(result)}

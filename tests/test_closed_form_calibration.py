@@ -67,6 +67,7 @@ def test_the_closed_form_calibration_fits_checks_held_out_and_writes_the_map(tmp
     assert preset["search"]["closed_form"] == "map" and preset["search"]["map_size"] == 2
     assert preset["search"]["closed_form_fits"]["steps"][0]["error_after"] < 1e-12
     assert preset["search"]["run_log"] is None and "refine" in preset["search"]
+    assert "strategy" not in preset["search"] and result.summary()["strategy"] == "closed_form"   # nothing searched
     summary = result.summary()
     json.dumps(summary)
     assert summary["best"]["offset_map"] == preset["offset_map"]
