@@ -34,8 +34,8 @@ from .search import (DEFAULT_STRATEGY, STRATEGIES, Remapped, Reporting, SearchIn
 log = logging.getLogger("qsched.calibration")
 SCHEDULERS = "schedulers"   # choices only the host knows (ComfyUI's sigma schedules plus the pack's few-step ones)
 REFINE_OFF = "off"
-# The default objective: the closed form with the full-precision model (one pass, deterministic, the testbed's best
-# correction), the paper's reference-free JAQ without it. Saved workflows store their objective, so they keep it.
+# The default objective: the closed form with the full-precision model (one pass, no scorer, deterministic; issue 22),
+# the paper's reference-free JAQ without it. Saved workflows store their objective, so they keep it.
 AUTO = "auto"
 AUTO_OBJECTIVE = {True: CLOSED_FORM, False: "jaq"}
 OBJECTIVE_CHOICES = (AUTO, *OBJECTIVES, *REFERENCE_OBJECTIVES)
@@ -201,8 +201,8 @@ class CalibrationConfig:
                                   "the closed-form correction, which needs none")
             return self.resolved(reference).check_inputs(reference, scorer)
         if self.objective == CLOSED_FORM and self.refine != REFINE_OFF:
-            raise ConfigError(f"refine is {self.refine!r}, but objective {CLOSED_FORM!r} (auto's choice with the "
-                              "full-precision model) is a closed-form fit, with no search winner to refine: set "
+            raise ConfigError(f"refine is {self.refine!r}, but objective {CLOSED_FORM!r} (also auto's choice with "
+                              "the full-precision model) is a closed-form fit, with no search winner to refine: set "
                               "refine 'off', or choose a searched objective such as reference_latent")
         if self.needs_reference and not reference:
             raise ConfigError(f"objective {self.objective!r} compares with the full-precision model: connect it as "

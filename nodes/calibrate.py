@@ -1,8 +1,8 @@
 """Q-Sched Calibrate: search c_x / c_eps for a (quantized) MODEL by generating the calibration prompts with
 each candidate schedule and scoring them (JAQ), or, with the full-precision model connected, fit the closed-form
-per-step correction to it (the default objective, auto, picks between the two); writes a preset and returns the best schedule, a plot
-and the held-out summary. The calibration itself is comfy_adapter.calibration.calibrate (shared with the command
-line); its settings and their bounds come from calibration.run.CalibrationConfig. Progress goes to ComfyUI's bar
+per-step correction to it (the default objective, auto, picks between the two); writes a preset and returns the
+best schedule, a plot and the held-out summary. The calibration itself is comfy_adapter.calibration.calibrate
+(shared with the command line); its settings and their bounds come from calibration.run.CalibrationConfig. Progress goes to ComfyUI's bar
 through the V3 progress API (images done / planned) and to the web panel; an interrupt stops at the next batch
 and the run log (<user dir>/qsched_runs) lets a rerun with the same settings skip what was done."""
 import math
