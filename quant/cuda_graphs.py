@@ -298,12 +298,9 @@ class CudaBackend:
 
     def capture(self, fn, pool, device):
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(self.stream(device)):
-            graph.capture_begin(pool=pool, capture_error_mode="thread_local")  # other threads may use the GPU
-            try:
-                out = fn()
-            finally:
-                graph.capture_end()
+        # thread_local: other threads may use the GPU meanwhile (only this thread's unsafe calls break a capture)
+        with torch.cuda.graph(graph, pool=pool, stream=self.stream(device), capture_error_mode="thread_local"):
+            out = fn()
         return graph, out
 
     def reset(self, graph):
