@@ -3,11 +3,12 @@ wrapper that ComfyUI's sampling calls, on the CPU it runs eager with the no-opti
 ComfyUI's state decides what may replay. Those decisions are checked with the CPU stand-in of the capture
 (ReplayingBackend, tests/test_cuda_graphs.py: a replay re-runs the captured call on the captured input buffers),
 so the counts and the outputs follow ComfyUI's real calls: LoRA, low VRAM, model patches, another wrapper,
-unloading. Real CUDA graphs against eager, bit for bit: tests/gpu/test_cuda_graphs_gpu.py."""
+unloading. In the GPU run (QSCHED_TEST_DEVICE=cuda) the stand-in works on the GPU's tensors and the loader's own
+graphs are real ones; real CUDA graphs against eager in more cases: tests/gpu/test_cuda_graphs_gpu.py."""
 import pytest
 import torch
 
-from comfy_fixtures import SD15_CHECKPOINT
+from comfy_fixtures import SD15_CHECKPOINT, TEST_DEVICE
 from test_comfy_quant_loaders import build_lora
 from test_cuda_graphs import ReplayingBackend
 
@@ -44,7 +45,7 @@ def sample(env, model, clip, steps=3, side=16):
 
 def stand_in(env, model):
     """The model's graphs with the CPU stand-in of the capture (the loader installed torch.cuda's)."""
-    wrapper = env["cg"].set_cuda_graphs(model, "on", backend=ReplayingBackend())
+    wrapper = env["cg"].set_cuda_graphs(model, "on", backend=ReplayingBackend(device_type=TEST_DEVICE))
     return wrapper.runner, wrapper.runner.backend
 
 
@@ -56,6 +57,7 @@ def test_loader_input_is_last_optional_and_defaults_to_off(env):
 
 
 def test_option_reaches_the_model_and_runs_eager_on_the_cpu(env):
+    """On the CPU every call runs eager; in the GPU run the same sampling captures once and replays."""
     model, clip, _, summary = load(env, "on")
     wrapper = env["cg"].graphs_of(model)
     assert isinstance(wrapper, env["cg"].GraphedDiffusionModel) and "CUDA graphs on" in summary
@@ -64,7 +66,9 @@ def test_option_reaches_the_model_and_runs_eager_on_the_cpu(env):
     assert env["cg"].graphs_of(baseline_model) is None and "CUDA graphs" not in baseline_summary
     out = sample(env, model, clip)
     assert torch.equal(out, sample(env, baseline_model, clip))
-    assert wrapper.runner.counts == {"eager: inputs on cpu": 3}   # cond and uncond batched: one call per step
+    # cond and uncond batched: one call per step
+    expected = {"eager: inputs on cpu": 3} if TEST_DEVICE == "cpu" else {"capture": 1, "replay": 2}
+    assert wrapper.runner.counts == expected
 
 
 def test_sampling_captures_once_and_replays_the_other_steps(env):
@@ -107,11 +111,12 @@ def test_low_vram_runs_eager_and_releases_the_graphs(env):
     env["mm"].unload_all_models()
     assert backend.resets == 1, "unloading the model releases its graphs"
     model.load(device, lowvram_model_memory=1, force_patch_weights=False)   # every layer cast per call
-    x, context = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 768)
+    x, context, sigma = torch.randn(1, 4, 16, 16), torch.randn(1, 77, 768), torch.tensor([1.0])
+    x, context, sigma = x.to(device), context.to(device), sigma.to(device)
     options = {"wrappers": model.wrappers}   # what sampling hands the backbone
     with torch.no_grad():
-        out = model.model.apply_model(x, torch.tensor([1.0]), c_crossattn=context, transformer_options=options)
-        eager = model.model.apply_model(x, torch.tensor([1.0]), c_crossattn=context)
+        out = model.model.apply_model(x, sigma, c_crossattn=context, transformer_options=options)
+        eager = model.model.apply_model(x, sigma, c_crossattn=context)
     model.unpatch_model()
     assert torch.equal(out, eager)
     assert runner.counts["eager: weights partly offloaded (low VRAM)"] == 1 and backend.captures == 1

@@ -25,10 +25,8 @@ class ReplayingGraph:
 
 
 class ReplayingBackend:
-    device_type = "cpu"
-
-    def __init__(self, fail_capture=False):
-        self.fail_capture = fail_capture
+    def __init__(self, fail_capture=False, device_type="cpu"):
+        self.fail_capture, self.device_type = fail_capture, device_type
         self.inside = False
         self.warmups = self.captures = self.resets = self.pools = 0
 

@@ -2,7 +2,8 @@
 the eager result bit for bit: tiny SDXL UNet and FLUX DiT built from ComfyUI's classes, in BF16 and quantized
 W8A8 (`auto`: FP8 or int8 GEMMs, Triton activation quantization), called as a sampler calls them (the wrapper in
 transformer_options); a new input shape captures again; new weights release the graphs and capture again. Then
-through the Q-Sched loader and ComfyUI's sampling, a LoRA through LoraLoaderModelOnly included.
+through the Q-Sched loader and ComfyUI's sampling, a LoRA through LoraLoaderModelOnly included; and under
+DynamicVRAM (ComfyUI 0.33's default patcher through main.py), which streams the weights: eager, the same result.
 
 Each case first checks that eager itself repeats bit for bit on this GPU (the premise of the comparison)."""
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from comfy_fixtures import SD15_CHECKPOINT
 from test_comfy_quant_loaders import build_lora, env  # noqa: F401  (env: the module fixture)
+from test_dynamic_vram_lora import dynamic_vram  # noqa: F401  (module fixture: the last test of this file uses it)
 
 # bench/quant.py's tiny configs (ComfyUI's classes at small width; FLUX keeps head size 128)
 SDXL_TINY = dict(use_checkpoint=False, image_size=32, out_channels=4, use_spatial_transformer=True, legacy=False,
@@ -147,3 +149,14 @@ def test_sampling_and_lora_through_the_loader(env, quantization):  # noqa: F811
     assert torch.equal(sample(env, model, clip), eager)   # the LoRA unpatched: the plain weights again
     assert runner.counts["capture"] == 3 and runner.counts["replay"] == 9, runner.counts
     assert not [reason for reason in runner.counts if reason.startswith("eager")], runner.counts
+
+
+def test_dynamic_vram_runs_eager(env, dynamic_vram):  # noqa: F811  (last: the fixture swaps ComfyUI's patcher)
+    from comfyui_qsched.comfy_adapter.cuda_graphs import graphs_of
+    loader = env["loaders"].QSchedQuantizedCheckpointLoader
+    model, clip, _, _ = loader.execute(SD15_CHECKPOINT, "W8A8", "auto", "", "off", "sdpa", "on").result
+    assert isinstance(model, dynamic_vram)
+    eager = sample(env, without_graphs(model), clip)
+    assert torch.equal(sample(env, without_graphs(model), clip), eager), "eager does not repeat bit for bit"
+    assert torch.equal(sample(env, model, clip), eager)
+    assert graphs_of(model).runner.counts == {"eager: DynamicVRAM streams the weights": 3}
