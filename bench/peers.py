@@ -21,7 +21,7 @@ host cost of each call a quantized linear makes.
 --cuda-graphs: bf16, W8A8 auto and W4A8 auto again with the loaders' `cuda_graphs: on` (config suffix
 " + cuda graphs", any config takes it): the backbone's forward replayed as a CUDA graph, eager otherwise. Their rows
 add `graph_counts` (captures, replays, eager calls and why), `equal_to_eager` (the output against the same config
-without graphs, bit for bit) and `host_call_ms` (host time of one call on an idle GPU).
+without graphs, bit for bit) and `host_call_ms` (host time of one call on an idle GPU; also on that config's row).
 
     COMFYUI_DIR=... python3 bench/peers.py --models flux,sdxl --compile flux --kernels --sampler --profile --log rows.jsonl
     python3 bench/peers_table.py rows.jsonl  (the tables, as in bench/results/peers_h200.md)"""
@@ -213,9 +213,12 @@ def bench_model(name, args, device, log):
         row["eager_spread_ms"] = [min(times[config]), max(times[config])]
         if reference is not None:
             row["rel_l2"] = rel_l2(row["out"], reference["out"])
-    for config, model in models.items():
+    for config, model in list(models.items()):
         if isinstance(model, WithCudaGraphs):
-            graphs_row(rows[config], rows.get(config[:-len(CUDA_GRAPHS)]), model, batch, device)
+            base = config[:-len(CUDA_GRAPHS)]
+            graphs_row(rows[config], rows.get(base), model, batch, device)
+            if base in models and "host_call_ms" not in rows[base]:  # the same call eager, for comparison
+                rows[base]["host_call_ms"] = host_call_ms(models[base], batch, device)
     for row in rows.values():
         log({key: value for key, value in row.items() if key != "out"})
     if args.sampler and name == "sdxl" and "bf16" in models:
@@ -252,16 +255,21 @@ def bench_model(name, args, device, log):
         torch.cuda.empty_cache()
 
 
-def graphs_row(row, eager_row, model, batch, device):
-    """A CUDA-graph config's checks beside its timing: what ran (captures, replays, eager and why), its output
-    against the same config without graphs (bit for bit), the host time of one call."""
+def host_call_ms(model, batch, device):
+    """Host milliseconds of one forward started on an idle GPU (bench/host_profile.py's host_us)."""
     from host_profile import host_us
 
     def step():
         with torch.inference_mode():
             model(**batch)
 
-    row["host_call_ms"] = host_us(step, device, calls=20) / 1e3
+    return host_us(step, device, calls=20) / 1e3
+
+
+def graphs_row(row, eager_row, model, batch, device):
+    """A CUDA-graph config's checks beside its timing: what ran (captures, replays, eager and why), its output
+    against the same config without graphs (bit for bit), the host time of one call."""
+    row["host_call_ms"] = host_call_ms(model, batch, device)
     counts = row["graph_counts"] = dict(model.graphs.runner.counts)
     eager = sum(n for key, n in counts.items() if key.startswith("eager"))
     summary = f"graphs: {counts.get('capture', 0)} captured, {counts.get('replay', 0)} replays, {eager} eager"
