@@ -222,7 +222,7 @@ def main(argv):
 
     model, clip, vae, quantized = load_checkpoint(args.checkpoint, config.quant or None, backend=args.backend,
                                                   layer_policy=args.layer_policy, cache=args.quant_cache,
-                                                  attention=args.attention)
+                                                  attention=args.attention, cuda_graphs=args.cuda_graphs)
     if quantized:
         print(quantized, file=sys.stderr)
     reference_model = load_checkpoint(reference)[0] if reference is not None else None
