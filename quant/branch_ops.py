@@ -17,6 +17,13 @@ import torch
 from . import fp8_codes as fp8, int8_codes as int8, kernels
 
 FOLD_B_MAX = 448.0
+# The eager form a quantized layer's branch takes on CUDA. Measured on an H100 (2026-12-07, bench/kernels8.py, full
+# FLUX's linears per step, rank 32, bench/results/kernels8_h100.md): unfused +17.9 ms (W4A8 fp8) / +19.0 (W8A8 fp8),
+# fused +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit reference). The fused
+# down-projection makes the quantization kernel 3-4x slower at K = 12288-15360, so the two extra cuBLAS GEMMs win:
+# "unfused" (the layer's shared forward adds the branch). "fused" and "fold" stay selectable for measurements.
+EAGER_FORM = "unfused"
+EAGER_FORMS = ("unfused", "fused", "fold")
 
 
 def fold_holds(spec):
@@ -127,17 +134,22 @@ def traced_branch_forward(layer, x, packed, bias):
     return torch.addmm(out.reshape(-1, up.shape[0]), xd.reshape(-1, up.shape[1]), up.t()).view(out.shape)
 
 
-def fast_branch_forward(layer, x, packed, bias, int8_codes):
+def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
     """The layer's output with its branch through the fast forms (CUDA, Triton, eager, factors on x's device), or
-    None where they do not apply (the layer's shared forward then adds the branch unfused)."""
+    None where they do not apply or the form is "unfused" (the layer's shared forward then adds the branch as two
+    GEMMs). form: one of EAGER_FORMS, None for EAGER_FORM; "fold" falls back to "fused" where it does not hold."""
+    form = EAGER_FORM if form is None else form
+    if form not in EAGER_FORMS:
+        raise ValueError(f"low-rank branch form must be one of {', '.join(EAGER_FORMS)}, got {form!r}")
     if torch.compiler.is_compiling():
         return traced_branch_forward(layer, x, packed, bias)
-    if not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
-            and x.dtype in (torch.bfloat16, torch.float16)):
+    if form == "unfused" or not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
+                                 and x.dtype in (torch.bfloat16, torch.float16)):
         layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device
         return None
     spec = layer.quant_spec
-    fold = not int8_codes and fold_holds(spec) and (layer.in_features + spec.rank) % 16 == 0  # FP8 GEMM's K rule
+    fold = form == "fold" and not int8_codes and fold_holds(spec) \
+        and (layer.in_features + spec.rank) % 16 == 0  # FP8 GEMM's K rule
     down, up = _prepared(layer, x, fold)
     if fold:
         wide = wide_fp8_weight(packed, spec.packed_int4, up, layer.out_features, layer.in_features)

@@ -94,12 +94,12 @@ def main(argv=None):
           f"{reference.best.label}; pixel MSE to FP {-reference.best_score:.4f} vs identity "
           f"{-reference.identity_score:.4f}")
     identity = QSchedSchedule.identity(steps)
-    from .quantizer_experiment import BEST_QUANTIZER, correction, quantize
+    from .quantizer_experiment import BEST_QUANTIZER, calibration_moments, correction, quantize
     best_spec = BEST_QUANTIZER.get(bits, bits)
-    best, best_bits = quantize(unet, best_spec)
+    best, best_bits = quantize(unet, best_spec, calibration_moments(unet, best_spec, steps))
     rows = [("FP32", fp, identity), (f"{bits} naive", quantized, identity), (f"{bits} + Q-Sched", quantized, result.best),
             (f"{bits} + reference+offset", quantized, reference.best),
-            (f"{best_spec} + map ({best_bits:.1f} b/w)", best, correction(fp, best, steps, "map")[0])]
+            (f"{best_spec} GPTQ + map ({best_bits:.1f} b/w)", best, correction(fp, best, steps, "map")[0])]
     print(f"\n{steps}-step LCM, {args.samples} samples, seed {args.seed}; FID on classifier features vs "
           f"{fid.real_count} real digits")
     print(f"| {'method':<32} | FID ↓  | TC ↑  | IQ ↑  | JAQ ↑ |")

@@ -5,9 +5,15 @@ transformer_options); a new input shape captures again; new weights release the 
 through the Q-Sched loader and ComfyUI's sampling, a LoRA through LoraLoaderModelOnly included; and under
 DynamicVRAM (ComfyUI 0.33's default patcher through main.py), which streams the weights: eager, the same result.
 
-Each case first checks that eager itself repeats bit for bit on this GPU (the premise of the comparison)."""
-import pytest
-import torch
+Each case first checks that eager itself repeats bit for bit on this GPU (the premise of the comparison). Sampling
+through ComfyUI did not on an H100 (2026-12-07: cuDNN and cuBLAS choose among non-deterministic algorithms), so this
+module asks torch for deterministic ones (CUBLAS_WORKSPACE_CONFIG is read when cuBLAS starts: set before CUDA is)."""
+import os
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from comfy_fixtures import SD15_CHECKPOINT
 from test_comfy_quant_loaders import build_lora, env  # noqa: F401  (env: the module fixture)
@@ -24,6 +30,17 @@ FLUX_TINY = dict(in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=
                  num_heads=2, depth=1, depth_single_blocks=2, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
                  qkv_bias=True, guidance_embed=False)
 DEVICE = torch.device("cuda")
+
+
+@pytest.fixture(autouse=True)
+def deterministic_kernels():
+    settings = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = settings[:2]
+    torch.use_deterministic_algorithms(settings[2], warn_only=settings[3])
 
 
 def build(name, quantization):
