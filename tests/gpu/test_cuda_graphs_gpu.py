@@ -130,6 +130,16 @@ def sample(env, model, clip, steps=3):  # noqa: F811
     return nodes.common_ksampler(model, 7, steps, 2.0, "euler", "normal", positive, negative, latent)[0]["samples"]
 
 
+def matcher(eager, eager_again):
+    """Whether a sample equals eager's: bit for bit where eager repeats itself bit for bit, else within eager's own
+    run-to-run difference. Sampling through ComfyUI did not repeat bit for bit on an H100 (2026-12-07, ComfyUI 0.3.64,
+    deterministic algorithms requested: about 1e-4 relative after 3 steps); the direct model calls above do."""
+    if torch.equal(eager, eager_again):
+        return lambda sample: torch.equal(sample, eager)
+    spread = float((eager - eager_again).abs().max())
+    return lambda sample: float((sample - eager).abs().max()) <= 2 * spread
+
+
 def without_graphs(patcher):
     """The same model (shared weights) without the wrapper: the eager reference."""
     from comfyui_qsched.comfy_adapter.cuda_graphs import DIFFUSION_MODEL, KEY
@@ -151,19 +161,19 @@ def test_sampling_and_lora_through_the_loader(env, quantization):  # noqa: F811
         assert "CUDA graphs on" in summary
     runner = graphs_of(model).runner
     eager = sample(env, without_graphs(model), clip)
-    assert torch.equal(sample(env, without_graphs(model), clip), eager), "eager does not repeat bit for bit"
-    assert torch.equal(sample(env, model, clip), eager)
+    same_as_eager = matcher(eager, sample(env, without_graphs(model), clip))
+    assert same_as_eager(sample(env, model, clip))
     assert runner.counts["capture"] == 1 and runner.counts["replay"] == 2, runner.counts   # cond + uncond: one call
-    assert torch.equal(sample(env, model, clip), eager)   # the next run replays every step
+    assert same_as_eager(sample(env, model, clip))   # the next run replays every step
     assert runner.counts["capture"] == 1 and runner.counts["replay"] == 5, runner.counts
 
     lora = nodes.LoraLoaderModelOnly().load_lora_model_only(model, build_lora(env, model), 1.0)[0]
     assert graphs_of(lora) is graphs_of(model)
     eager_lora = sample(env, without_graphs(lora), clip)
-    assert not torch.equal(eager_lora, eager)
-    assert torch.equal(sample(env, lora, clip), eager_lora)
+    assert not same_as_eager(eager_lora)
+    assert matcher(eager_lora, sample(env, without_graphs(lora), clip))(sample(env, lora, clip))
     assert runner.counts["capture"] == 2 and runner.counts["replay"] == 7, runner.counts
-    assert torch.equal(sample(env, model, clip), eager)   # the LoRA unpatched: the plain weights again
+    assert same_as_eager(sample(env, model, clip))   # the LoRA unpatched: the plain weights again
     assert runner.counts["capture"] == 3 and runner.counts["replay"] == 9, runner.counts
     assert not [reason for reason in runner.counts if reason.startswith("eager")], runner.counts
 
@@ -174,6 +184,5 @@ def test_dynamic_vram_runs_eager(env, dynamic_vram):  # noqa: F811  (last: the f
     model, clip, _, _ = loader.execute(SD15_CHECKPOINT, "W8A8", "auto", "", "off", "sdpa", "on").result
     assert isinstance(model, dynamic_vram)
     eager = sample(env, without_graphs(model), clip)
-    assert torch.equal(sample(env, without_graphs(model), clip), eager), "eager does not repeat bit for bit"
-    assert torch.equal(sample(env, model, clip), eager)
+    assert matcher(eager, sample(env, without_graphs(model), clip))(sample(env, model, clip))
     assert graphs_of(model).runner.counts == {"eager: DynamicVRAM streams the weights": 3}
