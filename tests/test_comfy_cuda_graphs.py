@@ -10,11 +10,8 @@ import torch
 
 from comfy_fixtures import SD15_CHECKPOINT, TEST_DEVICE
 from test_comfy_quant_loaders import build_lora
+from test_comfy_attention import FLUX_TINY
 from test_cuda_graphs import ReplayingBackend
-
-FLUX_TINY = dict(in_channels=16, out_channels=16, vec_in_dim=32, context_in_dim=64, hidden_size=256, mlp_ratio=4.0,
-                 num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                 qkv_bias=True, guidance_embed=False)
 
 
 @pytest.fixture(scope="module")
