@@ -405,7 +405,9 @@ def _generator(calls):
 @pytest.mark.parametrize("fp_control", [False, True])
 @pytest.mark.parametrize("budget", [0, 16, 30, 47])
 def test_budget_images_counts_every_image_and_the_summary_and_run_log_agree(tmp_path, budget, fp_control):
-    config = CalibrationConfig(strategy="paper_grid", prompts="\n".join("abcdefgh"), budget_images=budget)
+    # jaq, as a saved workflow stores it: auto would mean the closed form where the FP model is given
+    config = CalibrationConfig(strategy="paper_grid", prompts="\n".join("abcdefgh"), budget_images=budget,
+                               objective="jaq")
     calls, fp_calls = [], []
     done = run(config, _generator(calls), Scorer(), model_hash="0" * 64, family="Toy", preset_folder=tmp_path,
                runs_folder=tmp_path, generate_reference=_generator(fp_calls) if fp_control else None)
