@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 
 from . import gptq
-from .apply import GPTQ_MARK, layer_plan
+from .apply import GPTQ_MARK, layer_plan, quantize_module
 
 
 def gptq_layers(module, spec, policy=None, backend="simulate", device=None):
@@ -74,3 +74,11 @@ def mark_calibrated(report, names):
                      if layer.name in names and layer.backend and not layer.backend.endswith(GPTQ_MARK) else layer
                      for layer in report.layers]
     return report
+
+
+def quantize_calibrated(module, spec, policy, backend, device, round_layers, compute_device=None):
+    """quantize_module with GPTQ rounding for the layers gptq_layers names: `round_layers(layers)` returns their
+    rounded tensors (round_in_passes with the caller's calibration run); the other layers round to nearest."""
+    layers = gptq_layers(module, spec, policy, backend, device)
+    rounded = round_layers(layers) if layers else {}
+    return quantize_module(module, spec, policy, backend, device, compute_device=compute_device, calibrated=rounded)

@@ -132,3 +132,35 @@ def test_rounded_codes_for_an_unplanned_layer_are_refused():
     rounded["tail"] = rounded["fc2"]
     with pytest.raises(ValueError, match=r"GPTQ-rounded codes for layers the plan does not quantize: \['tail'\]"):
         quantize_module(Toy(), "W4A8", calibrated=rounded)
+
+
+def test_the_cache_keys_calibrated_codes_by_their_settings(tmp_path):
+    from comfyui_qsched.quant.cache import quantize_cached
+    source = tmp_path / "toy.safetensors"
+    source.write_bytes(b"the source file's bytes: only its hash matters here")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    calls = []
+
+    def load(settings):
+        model = Toy()
+        _, run, _ = calibration(model)
+
+        def round_layers(layers):
+            calls.append(settings)
+            return round_in_passes(model, layers, run, 10**9, "cpu")
+        report, status = quantize_cached(model, "W4A8", str(source), str(cache), calibration=(settings, round_layers))
+        return model, report, status
+
+    first, report, status = load({"seed": 0})
+    second, report_hit, status_hit = load({"seed": 0})
+    assert (status, status_hit, len(calls)) == ("written", "hit", 1)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+    assert [layer.backend for layer in report_hit.layers] == [layer.backend for layer in report.layers]
+    assert sum(GPTQ_MARK in (layer.backend or "") for layer in report_hit.layers) == 3
+    _, _, status_other = load({"seed": 1})          # other settings: their own file, never the first one's codes
+    nearest = Toy()
+    _, status_nearest = quantize_cached(nearest, "W4A8", str(source), str(cache))
+    assert (status_other, status_nearest, len(calls)) == ("written", "written", 2)
+    assert len(list(cache.iterdir())) == 3
+    assert not torch.equal(nearest.fc1.weight, first.fc1.weight)  # GPTQ moved some codes off the nearest ones
