@@ -12,6 +12,8 @@ import torch
 from . import gptq
 from .apply import GPTQ_MARK, layer_plan, quantize_module
 
+GPTQ_ROUNDING = "GPTQ"  # the rounding a calibrated load records (presets: quantizer.rounding); absent = nearest
+
 
 def gptq_layers(module, spec, policy=None, backend="simulate", device=None):
     """{layer name: (fitted spec, stored layout)} of the layers the plan quantizes whose codes GPTQ can round: Linear
