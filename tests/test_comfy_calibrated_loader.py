@@ -31,6 +31,12 @@ def env(comfyui_dir, comfy_models):
             "mm": comfy.model_management, "clip": clip}
 
 
+@pytest.fixture(scope="module")
+def calibrated(env):
+    """(MODEL, summary) of the calibrated W4A8 load with every layer in one pass, shared by the tests that read it."""
+    return load(env)
+
+
 def load(env, quantization="W4A8", budget=LARGE_BUDGET, cache="off", **changes):
     return env["node"].execute(SD15_CHECKPOINT, env["clip"], quantization, "simulate", "", cache, budget,
                                **{**SETTINGS, **changes}).result
@@ -65,12 +71,12 @@ def rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def test_planned_layers_are_gptq_rounded_and_closer_to_the_fp_model_than_nearest(env):
+def test_planned_layers_are_gptq_rounded_and_closer_to_the_fp_model_than_nearest(env, calibrated):
     from comfyui_qsched.comfy_adapter.loading import quantizer_of
     from comfyui_qsched.quant.calibrated import gptq_layers
     fp = load_float(env)
     planned = gptq_layers(fp.model.diffusion_model, "W4A8")
-    model, summary = load(env)
+    model, summary = calibrated
     assert f"GPTQ rounding on {len(planned)} of {len(planned)} quantized layers" in summary, summary
     assert "calibration: 3 prompts, lcm/lcm_original 2 steps, 64x64, cfg 1, seed 3, 1 passes" in summary
     assert len(planned) > 20 and any(".conv" in name or "in_layers.2" in name for name in planned)
@@ -82,7 +88,7 @@ def test_planned_layers_are_gptq_rounded_and_closer_to_the_fp_model_than_nearest
     assert error_gptq < 0.8 * error_nearest, (error_gptq, error_nearest)
 
 
-def test_a_small_budget_runs_more_passes_and_gives_the_codes_of_one_pass(env):
+def test_a_small_budget_runs_more_passes_and_gives_the_codes_of_one_pass(env, calibrated):
     from comfyui_qsched.quant.calibrated import gptq_layers, plan_module_passes
     from comfyui_qsched.quant.gptq import accumulator_bytes, moment_columns
     fp = load_float(env).model.diffusion_model
@@ -91,7 +97,7 @@ def test_a_small_budget_runs_more_passes_and_gives_the_codes_of_one_pass(env):
     passes = plan_module_passes(fp, list(layers), largest, "cpu")
     assert len(passes) > 2
     small, small_summary = load(env, budget=largest / 2**30)
-    one, _ = load(env)
+    one = calibrated[0]
     assert f"{len(passes)} passes" in small_summary
     small_codes, one_codes = codes(small), codes(one)
     assert small_codes.keys() == one_codes.keys()
@@ -112,10 +118,9 @@ def test_the_cache_returns_the_same_tensors_and_misses_on_other_settings(env, tm
     first_codes, second_codes = codes(first), codes(second)
     assert all(torch.equal(first_codes[key], second_codes[key]) for key in first_codes)
     _, other_seed = load(env, cache="on", seed=4)
-    _, other_prompts = load(env, cache="on", prompts="a red fox in the snow\na lighthouse in a storm")
     _, nearest = load_nearest_cached(env)
-    assert all("cache written" in s for s in (other_seed, other_prompts, nearest)), (other_seed, other_prompts)
-    assert len(os.listdir(tmp_path)) == 4
+    assert all("cache written" in s for s in (other_seed, nearest)), (other_seed, nearest)
+    assert len(os.listdir(tmp_path)) == 3
 
 
 def load_nearest_cached(env):
@@ -153,13 +158,13 @@ def test_bad_settings_are_named(env):
         env["node"].execute(SD15_CHECKPOINT, None, "W4A8", "simulate", "", "off", 1.0, **SETTINGS)
 
 
-def test_a_preset_fitted_on_nearest_rounding_is_named_on_a_calibrated_model(env, tmp_path, caplog):
+def test_a_preset_fitted_on_nearest_rounding_is_named_on_a_calibrated_model(env, calibrated, tmp_path, caplog):
     import folder_paths
     from comfyui_qsched.calibration import presets
     from comfyui_qsched.comfy_adapter.calibration import user_preset_folder
     from comfyui_qsched.nodes.presets import QSchedLoadPreset
     from comfyui_qsched.samplers import QSchedSchedule
-    model, _ = load(env)
+    model = calibrated[0]
     saved = folder_paths.get_user_directory()
     folder_paths.set_user_directory(str(tmp_path))
     try:
@@ -176,3 +181,17 @@ def test_a_preset_fitted_on_nearest_rounding_is_named_on_a_calibrated_model(env,
                 in caplog.text)
     finally:
         folder_paths.set_user_directory(saved)
+
+
+def test_the_cache_key_follows_the_prompts_and_the_text_encoder_not_the_batch(env):
+    from comfy_fixtures import CLIP_L
+    from comfyui_qsched.comfy_adapter.calibrated_loading import CalibrationSampling
+    other_clip = env["nodes"].CLIPLoader().load_clip(CLIP_L, "stable_diffusion")[0]
+    key = CalibrationSampling(env["clip"], 1.0, **SETTINGS).settings()
+    assert CalibrationSampling(env["clip"], 2.0, **{**SETTINGS, "batch_size": 1}).settings() == key
+    for clip, changes in ((env["clip"], {"prompts": "a red fox in the snow"}), (env["clip"], {"steps": 3}),
+                          (other_clip, {})):
+        other = CalibrationSampling(clip, 1.0, **{**SETTINGS, **changes}).settings()
+        assert other != key
+    assert CalibrationSampling(other_clip, 1.0, **SETTINGS).settings()["text_encoding_sha256"] != \
+        key["text_encoding_sha256"]
