@@ -37,7 +37,7 @@ class QSchedCalibratedDiffusionModelLoader(io.ComfyNode):
                         "n_prompts": {"default": DEFAULT_PROMPT_COUNT},
                         "prompts": {"tooltip": "Calibration prompts, one per line; empty = the pack's calibration "
                                                "prompts (the first n_prompts are used)."}}),
-                    io.Float.Input("moments_budget_gib", default=DEFAULT_BUDGET_GIB, min=0.01, max=1024.0, step=0.5,
+                    io.Float.Input("moments_budget_gib", default=DEFAULT_BUDGET_GIB, min=0.001, max=1024.0, step=0.5,
                                    tooltip=BUDGET_HELP)],
             outputs=[io.Model.Output(display_name="model", tooltip=MODEL_TOOLTIP),
                      io.String.Output(display_name="summary", tooltip=SUMMARY_TOOLTIP + " Calibration settings and "

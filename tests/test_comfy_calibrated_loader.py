@@ -195,3 +195,34 @@ def test_the_cache_key_follows_the_prompts_and_the_text_encoder_not_the_batch(en
         assert other != key
     assert CalibrationSampling(other_clip, 1.0, **SETTINGS).settings()["text_encoding_sha256"] != \
         key["text_encoding_sha256"]
+
+
+def test_a_flow_model_workflow_with_the_calibrated_loader_runs_on_the_server(comfy_server):
+    """The tiny SD3 MMDiT (a flow model, Linear layers only) with its CLIP, calibrated in several passes inside a
+    queued prompt (ComfyUI's inference mode, progress hook), then sampled and saved."""
+    from comfy_fixtures import CLIP_L, SD3_UNET
+    graph = {
+        "clip": {"class_type": "CLIPLoader", "inputs": {"clip_name": CLIP_L, "type": "sd3"}},
+        "unet": {"class_type": "QSchedCalibratedDiffusionModelLoader", "inputs": {
+            "unet_name": SD3_UNET, "clip": ["clip", 0], "quantization": "W4A8-g64", "backend": "simulate",
+            "layer_policy": "", "cache": "off", "prompts": "a red cube\na blue sphere", "n_prompts": 0, "seed": 1,
+            "sampler_name": "euler", "scheduler": "simple", "steps": 2, "cfg": 1.0, "width": 64, "height": 64,
+            "batch_size": 2, "moments_budget_gib": 0.004}},
+        "vae": {"class_type": "VAELoader", "inputs": {"vae_name": "taesd3"}},
+        "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red cube", "clip": ["clip", 0]}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "sample": {"class_type": "KSampler", "inputs": {
+            "model": ["unet", 0], "seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
+            "positive": ["pos", 0], "negative": ["pos", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
+        "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["vae", 0]}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": "qsched_gptq"}},
+    }
+    images = comfy_server.output_images(comfy_server.run(graph, timeout=300))
+    assert len(images) == 1 and os.path.isfile(images[0])
+    log = comfy_server.log()
+    match = re.search(r"Q-Sched quantized qsched_tiny_sd3\.safetensors: W4A8-g64 via simulate.*GPTQ rounding on "
+                      r"(\d+) of (\d+) quantized layers.*calibration: 2 prompts, euler/simple 2 steps, 64x64, cfg 1, "
+                      r"seed 1, (\d+) passes", log)
+    assert match, log[-3000:]
+    print(match.group(0))
+    assert match.group(1) == match.group(2) and int(match.group(1)) > 8 and int(match.group(3)) > 1
