@@ -21,6 +21,7 @@ import qsched  # noqa: E402,F401,I001  (registers the pack as comfyui_qsched)
 
 from comfyui_qsched.quant import numerics  # noqa: E402
 from comfyui_qsched.quant.gptq import InputMoments, gptq_quantize_weight  # noqa: E402
+from gpu_lowrank import trained_like  # noqa: E402  (bench/, the script's folder, is on sys.path)
 
 # (out, in) of the FLUX.1 DiT's quantized linears and how many it has: 19 double blocks x 2 streams (qkv, proj,
 # mlp up, mlp down, modulation), 38 single blocks (linear1, linear2, modulation).
@@ -30,15 +31,6 @@ TINY_SHAPES = (((96, 64), 2), ((64, 128), 1))
 TOKENS, TINY_TOKENS = 4352, 300
 SPECS = ((4, None), (4, 64))
 CPU_ROWS = 256   # (weight bits, group size): W4 per channel, W4 groups of 64
-
-
-def trained_like(out_features, in_features, device, generator):
-    """A weight with a few strong directions and outlier input channels over a noisy rest (as trained ones have)."""
-    strong = torch.randn(out_features, 8, generator=generator, device=device) @ \
-        torch.randn(8, in_features, generator=generator, device=device)
-    strong[:, :4] *= 10
-    return (strong / in_features ** 0.5 + 0.02 * torch.randn(out_features, in_features, generator=generator,
-                                                             device=device)).to(torch.bfloat16)
 
 
 def activations(tokens, in_features, device, generator, mixing):
