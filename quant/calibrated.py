@@ -11,6 +11,7 @@ import torch
 
 from . import gptq
 from .apply import GPTQ_MARK, layer_plan, quantize_module
+from .registry import get_backend
 
 GPTQ_ROUNDING = "GPTQ"  # the rounding a calibrated load records (presets: quantizer.rounding); absent = nearest
 
@@ -18,6 +19,9 @@ GPTQ_ROUNDING = "GPTQ"  # the rounding a calibrated load records (presets: quant
 def gptq_layers(module, spec, policy=None, backend="simulate", device=None):
     """{layer name: (fitted spec, stored layout)} of the layers the plan quantizes whose codes GPTQ can round: Linear
     and ungrouped Conv2d layers the backend stores as integer codes (not fp8 bytes). The others round to nearest."""
+    if not getattr(get_backend(backend), "cacheable", False):
+        raise ValueError(f"backend {backend!r} quantizes in its own library and cannot take calibrated rounding "
+                         "(GPTQ); use 'simulate', 'int8' or 'auto'")
     quantizer, decisions = layer_plan(module, spec, policy, backend, device)
     layers = {}
     for decision in decisions:
@@ -82,5 +86,9 @@ def quantize_calibrated(module, spec, policy, backend, device, round_layers, com
     """quantize_module with GPTQ rounding for the layers gptq_layers names: `round_layers(layers)` returns their
     rounded tensors (round_in_passes with the caller's calibration run); the other layers round to nearest."""
     layers = gptq_layers(module, spec, policy, backend, device)
-    rounded = round_layers(layers) if layers else {}
-    return quantize_module(module, spec, policy, backend, device, compute_device=compute_device, calibrated=rounded)
+    if not layers:
+        raise ValueError(f"no layer this plan quantizes can take calibrated rounding (GPTQ chooses integer codes; "
+                         f"backend {backend!r} stores these layers otherwise, e.g. as FP8 bytes): use 'simulate' or "
+                         "'int8', or the plain quantized loader")
+    return quantize_module(module, spec, policy, backend, device, compute_device=compute_device,
+                           calibrated=round_layers(layers))

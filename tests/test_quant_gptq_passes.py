@@ -164,3 +164,20 @@ def test_the_cache_keys_calibrated_codes_by_their_settings(tmp_path):
     assert (status_other, status_nearest, len(calls)) == ("written", "written", 2)
     assert len(list(cache.iterdir())) == 3
     assert not torch.equal(nearest.fc1.weight, first.fc1.weight)  # GPTQ moved some codes off the nearest ones
+
+
+@pytest.mark.parametrize("backend", ["bitsandbytes", "torchao"])
+def test_a_backend_that_quantizes_in_its_own_library_is_refused_before_any_calibration(backend):
+    with pytest.raises(ValueError, match=f"backend '{backend}' quantizes in its own library and cannot take "
+                                         "calibrated rounding"):
+        gptq_layers(Toy(), "W8A8", backend=backend)
+
+
+def test_a_plan_without_integer_codes_is_refused_before_any_calibration():
+    from comfyui_qsched.quant.calibrated import quantize_calibrated
+    linears = nn.Sequential(*(nn.Linear(32, 32) for _ in range(4)))   # fp8 stores every linear as e4m3 bytes
+    calls = []
+    with pytest.raises(ValueError, match="no layer this plan quantizes can take calibrated rounding .*'fp8'"):
+        quantize_calibrated(linears, "W8A8", None, "fp8", None, calls.append)
+    assert calls == [] and all(p.is_floating_point() for p in linears.parameters())
+    assert set(gptq_layers(Toy(), "W8A8", backend="fp8")) == {"conv"}  # its convolutions keep integer codes
