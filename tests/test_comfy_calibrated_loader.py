@@ -84,7 +84,8 @@ def test_planned_layers_are_gptq_rounded_and_closer_to_the_fp_model_than_nearest
     reference = calibration_latents(env, fp)
     error_gptq = rel(calibration_latents(env, model), reference)
     error_nearest = rel(calibration_latents(env, load_nearest(env)[0]), reference)
-    print(f"W4A8 per channel, tiny SD1.5, calibration samples vs FP: GPTQ {error_gptq:.4f}, nearest {error_nearest:.4f}")
+    print(f"W4A8 per channel, tiny SD1.5, calibration samples vs FP: GPTQ {error_gptq:.4f}, "
+          f"nearest {error_nearest:.4f}")
     assert error_gptq < 0.8 * error_nearest, (error_gptq, error_nearest)
 
 
