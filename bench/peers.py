@@ -18,6 +18,10 @@ their torch references on the GPU). --sampler: the Q-Sched sampler's own cost pe
 --profile: a kernel profile of one eager step of BF16 and of this pack's default configs.
 --host-profile: host time per step and per Linear call beside GPU time, per config (bench/host_profile.py), and the
 host cost of each call a quantized linear makes.
+--cuda-graphs: bf16, W8A8 auto and W4A8 auto again with the loaders' `cuda_graphs: on` (config suffix
+" + cuda graphs", any config takes it): the backbone's forward replayed as a CUDA graph, eager otherwise. Their rows
+add `graph_counts` (captures, replays, eager calls and why), `equal_to_eager` (the output against the same config
+without graphs, bit for bit) and `host_call_ms` (host time of one call on an idle GPU; also on that config's row).
 
     COMFYUI_DIR=... python3 bench/peers.py --models flux,sdxl --compile flux --kernels --sampler --profile --log rows.jsonl
     python3 bench/peers_table.py rows.jsonl  (the tables, as in bench/results/peers_h200.md)"""
@@ -39,6 +43,7 @@ import quant as bench  # noqa: E402  (bench/quant.py: ComfyUI model configs, see
 import comfy.sd  # noqa: E402
 
 from comfyui_qsched.comfy_adapter.attention import OVERRIDE_KEY, int8_attention_override  # noqa: E402
+from comfyui_qsched.comfy_adapter.cuda_graphs import backbone_options  # noqa: E402
 from comfyui_qsched.comfy_adapter.quant_ops import with_comfy_patching  # noqa: E402
 from comfyui_qsched.quant import module_bytes, quantize_module  # noqa: E402
 from comfyui_qsched.quant.export import comfy_int8_state_dict  # noqa: E402
@@ -94,12 +99,33 @@ class WithInt8Attention(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, *args, **kwargs):
-        return self.model(*args, transformer_options={OVERRIDE_KEY: int8_attention_override}, **kwargs)
+    def forward(self, *args, transformer_options=None, **kwargs):
+        options = {**(transformer_options or {}), OVERRIDE_KEY: int8_attention_override}
+        return self.model(*args, transformer_options=options, **kwargs)
+
+
+CUDA_GRAPHS = " + cuda graphs"  # --cuda-graphs: these configs again with the loaders' cuda_graphs: on
+GRAPHED = ("bf16", "W8A8 auto", "W4A8 auto")
+
+
+class WithCudaGraphs(torch.nn.Module):
+    """The backbone called with the loaders' CUDA-graph wrapper in transformer_options, as the sampler passes it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        backbone = model.model if isinstance(model, WithInt8Attention) else model
+        self.options, self.graphs = backbone_options(backbone)
+
+    def forward(self, *args, transformer_options=None, **kwargs):
+        return self.model(*args, transformer_options={**(transformer_options or {}), **self.options}, **kwargs)
 
 
 def build_config(config, state, device):
     """(model on `device`, row with how it was made and its weight bytes)."""
+    if config.endswith(CUDA_GRAPHS):
+        model, row = build_config(config[:-len(CUDA_GRAPHS)], state, device)
+        return WithCudaGraphs(model), {**row, "config": config}
     if config.endswith(INT8_ATTENTION):
         model, row = build_config(config[:-len(INT8_ATTENTION)], state, device)
         return WithInt8Attention(model), {**row, "config": config}
@@ -166,7 +192,12 @@ def bench_model(name, args, device, log):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         try:
-            model, row = build_config(config, state, device)
+            base = config[:-len(CUDA_GRAPHS)] if config.endswith(CUDA_GRAPHS) else None
+            if base in models:  # the same model with the graphs' wrapper: no second copy of the weights
+                model = WithCudaGraphs(models[base])
+                row = {**{k: v for k, v in rows[base].items() if k not in ("model", "out")}, "config": config}
+            else:
+                model, row = build_config(config, state, device)
             row["out"] = bench.timed_forward(model, batch, device)[1].float()
         except Exception as error:  # one failing peer must not lose the others' numbers
             traceback.print_exc()
@@ -182,6 +213,12 @@ def bench_model(name, args, device, log):
         row["eager_spread_ms"] = [min(times[config]), max(times[config])]
         if reference is not None:
             row["rel_l2"] = rel_l2(row["out"], reference["out"])
+    for config, model in list(models.items()):
+        if isinstance(model, WithCudaGraphs):
+            base = config[:-len(CUDA_GRAPHS)]
+            graphs_row(rows[config], rows.get(base), model, batch, device)
+            if base in models and "host_call_ms" not in rows[base]:  # the same call eager, for comparison
+                rows[base]["host_call_ms"] = host_call_ms(models[base], batch, device)
     for row in rows.values():
         log({key: value for key, value in row.items() if key != "out"})
     if args.sampler and name == "sdxl" and "bf16" in models:
@@ -203,6 +240,8 @@ def bench_model(name, args, device, log):
         from host_profile import profile_config
         from quant_profile import kernel_profile
         for config, model in models.items():
+            if isinstance(model, WithCudaGraphs):  # replays run no module code to time: see host_call_ms
+                continue
             try:
                 log({"model": name, "host_profile": config, **profile_config(model, batch, device, kernel_profile)})
             except Exception as error:
@@ -214,6 +253,30 @@ def bench_model(name, args, device, log):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def host_call_ms(model, batch, device):
+    """Host milliseconds of one forward started on an idle GPU (bench/host_profile.py's host_us)."""
+    from host_profile import host_us
+
+    def step():
+        with torch.inference_mode():
+            model(**batch)
+
+    return host_us(step, device, calls=20) / 1e3
+
+
+def graphs_row(row, eager_row, model, batch, device):
+    """A CUDA-graph config's checks beside its timing: what ran (captures, replays, eager and why), its output
+    against the same config without graphs (bit for bit), the host time of one call."""
+    row["host_call_ms"] = host_call_ms(model, batch, device)
+    counts = row["graph_counts"] = dict(model.graphs.runner.counts)
+    eager = sum(n for key, n in counts.items() if key.startswith("eager"))
+    summary = f"graphs: {counts.get('capture', 0)} captured, {counts.get('replay', 0)} replays, {eager} eager"
+    if eager_row is not None:
+        row["equal_to_eager"] = bool(torch.equal(row["out"], eager_row["out"]))
+        summary += ", equal to eager" if row["equal_to_eager"] else ", DIFFERS from eager"
+    row["how"] = "; ".join(part for part in (row.get("how"), summary) if part)  # shown in peers_table.py's table
 
 
 def compile_phase(name, models, rows, batch, device, args, log):
@@ -455,7 +518,11 @@ def main(argv=None):
     parser.add_argument("--budget-s", type=float, default=1e9, help="no compile starts after this many seconds")
     parser.add_argument("--attention", choices=("sdpa", "int8"), default="sdpa",
                         help="int8: also bf16 and W8A8 auto with the 8-bit attention (eager and compiled)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help=f"also {', '.join(GRAPHED)} with the loaders' cuda_graphs: on (eager, replayed)")
     args = parser.parse_args(argv)
+    if args.cuda_graphs:
+        args.configs += "," + ",".join(config + CUDA_GRAPHS for config in GRAPHED)
     if args.attention == "int8":
         global COMPILED
         extra = [config + INT8_ATTENTION for config in ("bf16", "W8A8 auto")]

@@ -14,7 +14,8 @@ are "higher is better" like JAQ, so the search code is shared:
 - reference_closed_form: no search: the closed-form per-step correction (calibration/closed_form.py), least
                     squares of the FP model's prediction on the quantized one along the corrected trajectory; its
                     winner and the identity are scored as reference_latent.
-JAQ (reference-free, the paper's form) stays the default objective of the calibration.
+The calibration's default objective, auto, is reference_closed_form with the FP model and JAQ (reference-free, the
+paper's form) without it (calibration/run.py).
 """
 import math
 from dataclasses import dataclass

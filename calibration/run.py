@@ -34,6 +34,12 @@ from .search import (DEFAULT_STRATEGY, STRATEGIES, Remapped, Reporting, SearchIn
 log = logging.getLogger("qsched.calibration")
 SCHEDULERS = "schedulers"   # choices only the host knows (ComfyUI's sigma schedules plus the pack's few-step ones)
 REFINE_OFF = "off"
+# The default objective: the closed form with the full-precision model (one pass, no scorer, deterministic; issue 22),
+# the paper's reference-free JAQ without it. Saved workflows store their objective, so they keep it.
+AUTO = "auto"
+AUTO_OBJECTIVE = {True: CLOSED_FORM, False: "jaq"}
+OBJECTIVE_CHOICES = (AUTO, *OBJECTIVES, *REFERENCE_OBJECTIVES)
+SEARCHED_OBJECTIVES = tuple(o for o in OBJECTIVE_CHOICES if o != CLOSED_FORM)
 # The full-precision model is a model input (the node's link, the command line's checkpoint), not a setting: its
 # help is written once here.
 REFERENCE_MODEL_HELP = ("the full-precision model the quantized one was made from: the reference objectives compare "
@@ -86,8 +92,9 @@ class CalibrationConfig:
     strategy: str = _setting(DEFAULT_STRATEGY, "racing (default) = the paper grid raced with confidence intervals, "
                              "never judging on fewer than 10 prompts; paper_grid = the official search, every "
                              "candidate on every prompt; successive_halving and coarse_to_fine judge on 1-2 prompts "
-                             "first: fast, but noise can decide", choices=tuple(STRATEGIES), node="required",
-                             record=True)
+                             "first: fast, but noise can decide (the closed form searches nothing)",
+                             choices=tuple(STRATEGIES), node="required", record=True,
+                             only_if=("objective", SEARCHED_OBJECTIVES))
     budget_images: int = _setting(0, "most images the calibration generates, all counted: the search, the held-out "
                                   "check (winner and identity), the FP control and the full-precision reference "
                                   "samples; 0 = the strategy's default search plus those", minimum=0,
@@ -101,7 +108,9 @@ class CalibrationConfig:
                           record=True)
     height: int = _setting(512, "Calibration image height.", minimum=64, maximum=4096, step=8, log_key="height",
                            record=True)
-    objective: str = _setting("jaq", "What the winner is chosen by. jaq (the paper's reference-free score) or one of "
+    objective: str = _setting(AUTO, "What the winner is chosen by. auto (default) = reference_closed_form when the "
+                              "full-precision model is given (reference_model), else jaq; the summary and the preset "
+                              "name the one that ran. jaq (the paper's reference-free score) or one of "
                               "its terms; with the full-precision model (reference_model): reference_latent / "
                               "reference_image / reference_clip = closest to its latent / decoded image / CLIP image "
                               "features from the same noise and prompt; jaq_reference = JAQ - reference_weight x the "
@@ -109,7 +118,7 @@ class CalibrationConfig:
                               "step of the FP model's prediction (coefficients and an offset, see closed_form), "
                               "fast and deterministic. reference_latent, reference_image and reference_closed_form "
                               "need no scorer.",
-                              choices=OBJECTIVES + REFERENCE_OBJECTIVES, log_key="objective", record=True)
+                              choices=OBJECTIVE_CHOICES, log_key="objective", record=True)
     c_min: float = _setting(0.8, "Lowest start coefficient searched.", minimum=0.05, maximum=1.0, step=0.01)
     c_max: float = _setting(1.2, "Highest start coefficient searched.", minimum=1.0, maximum=3.0, step=0.01)
     model_name: str = _setting("", "recorded in the preset (empty: the model's family and hash)")
@@ -164,6 +173,13 @@ class CalibrationConfig:
     def c_range(self):
         return (self.c_min, self.c_max)
 
+    def resolved(self, reference):
+        """This config with objective auto replaced by the one it stands for (reference: the FP model is given);
+        every calibration runs, keys its run log and records its preset with that one."""
+        if self.objective != AUTO:
+            return self
+        return dataclasses.replace(self, objective=AUTO_OBJECTIVE[bool(reference)])
+
     @property
     def needs_reference(self):
         """The objective compares with the full-precision model."""
@@ -175,20 +191,32 @@ class CalibrationConfig:
         return only_if is None or (self.applies(only_if[0]) and getattr(self, only_if[0]) in only_if[1])
 
     def check_inputs(self, reference, scorer):
-        """Refuse, before any image, an objective whose model or scorer is missing (reference, scorer: given?)."""
+        """Refuse, before any image, an objective whose model or scorer is missing (reference, scorer: given?), and
+        a refinement with the closed form, which has no search winner to refine."""
+        if self.objective == AUTO:
+            if not reference and not scorer:
+                raise ConfigError("objective 'auto' without the full-precision model is jaq, which needs a scorer: "
+                                  "connect Load JAQ Scorer (Q-Sched) (command line: --scorer), or connect the "
+                                  "full-precision model as 'reference_model' (command line: --reference-model) for "
+                                  "the closed-form correction, which needs none")
+            return self.resolved(reference).check_inputs(reference, scorer)
+        if self.objective == CLOSED_FORM and self.refine != REFINE_OFF:
+            raise ConfigError(f"refine is {self.refine!r}, but objective {CLOSED_FORM!r} (also auto's choice with "
+                              "the full-precision model) is a closed-form fit, with no search winner to refine: set "
+                              "refine 'off', or choose a searched objective such as reference_latent")
         if self.needs_reference and not reference:
             raise ConfigError(f"objective {self.objective!r} compares with the full-precision model: connect it as "
                               "'reference_model' (command line: give --reference-model), or choose 'jaq', which "
                               "needs no reference")
         if needs_scorer(self.objective) and not scorer:
             raise ConfigError(f"objective {self.objective!r} needs a scorer: connect Load JAQ Scorer (Q-Sched) "
-                              "(command line: --scorer), or use reference_latent / reference_image with the "
-                              "full-precision model")
+                              "(command line: --scorer), or use reference_closed_form / reference_latent / "
+                              "reference_image with the full-precision model")
 
     def fp_control(self, reference):
         """The FP control (the winner applied to the FP model) runs with a reference-free objective and the FP
         model given; with a reference objective the FP model is what the score compares with."""
-        return bool(reference) and not self.needs_reference
+        return bool(reference) and not self.resolved(reference).needs_reference
 
     def refine_options(self, channels):
         """run_search's `refine` (None when off): the free coefficients may leave the start range (at least
@@ -227,13 +255,23 @@ class CalibrationConfig:
         budget_images, which counts every image: the held-out check takes winner and identity on each held-out pair
         (twice with the FP control), a reference objective one full-precision sample per prompt, the refinement
         its evaluations on every search pair. ConfigError when the budget cannot even score the identity on the
-        search pairs. reference: the FP model is given."""
+        search pairs, or cannot cover the closed form's fixed count. reference: the FP model is given."""
+        if self.objective == AUTO:
+            return self.resolved(reference).image_budget(reference)
         prompts = self.prompt_list()
         search_pairs, held_out = split_pairs(len(prompts), self.holdout)
         refine = self.refine_options(1)
         refined = refine["evaluations"] * len(search_pairs) if refine else 0
         kept = (len(held_out) * (4 if self.fp_control(reference) else 2) + (len(prompts) if self.needs_reference else 0)
                 + refined)
+        if self.objective == CLOSED_FORM:   # no search: a fixed count, which the budget can only refuse
+            fit = (self.steps + 2) * len(search_pairs)
+            if self.budget_images and self.budget_images < fit + kept:
+                raise ConfigError(f"budget_images is {self.budget_images}, but the closed form generates {fit + kept}: "
+                                  f"{fit} on the {len(search_pairs)} search pairs (a partial trajectory per step, then "
+                                  f"winner and identity), the held-out check {len(held_out) * 2} and the "
+                                  f"full-precision reference samples {len(prompts)}: give at least {fit + kept}, or 0")
+            return None, kept
         if not self.budget_images:
             return None, kept
         search = self.budget_images - kept
@@ -260,6 +298,8 @@ class CalibrationConfig:
     def planned_images(self, reference=False):
         """Images the calibration expects to generate (an upper bound, never past budget_images), for progress
         bars and the total shown before it starts; reference: the FP model is given."""
+        if self.objective == AUTO:
+            return self.resolved(reference).planned_images(reference)
         search_budget, kept = self.image_budget(reference)
         search_pairs, held_out = split_pairs(len(self.prompt_list()), self.holdout)
         if self.objective == CLOSED_FORM:   # a partial trajectory per step and pair, then winner and identity
@@ -337,9 +377,10 @@ class CalibrationRun:
                 "images_generated": result.images_generated, "images_reused": result.images_reused,
                 "images": self.images,
                 "failures": len(self.failures), "preset": self.preset_name, "preset_path": self.path,
-                "strategy": self.config.strategy, "objective": self.config.objective,
+                "strategy": result.strategy, "objective": self.config.objective,
                 "refinement": refinement_record(result), **self.report.to_dict(),
-                "summary": format_report(self.report, result), "trace": trace_points(result)}
+                "summary": f"objective: {self.config.objective}\n" + format_report(self.report, result),
+                "trace": trace_points(result)}
 
 
 def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_folder, generate_reference=None,
@@ -354,7 +395,9 @@ def run(config, generate, scorer, *, model_hash, family, preset_folder, runs_fol
     need none. latent_channels: offsets per step of the per-channel refinement. model_hash / family describe the
     model (the preset and the run-log key); progress(done, planned), should_stop() -> True interrupts
     (SearchInterrupted; what was scored stays in the run log), on_candidate(schedule, prompt_indices, scores) after
-    each scored request. quantizer: {"spec", "backend"} the model was quantized with, recorded in the preset."""
+    each scored request. quantizer: {"spec", "backend"} the model was quantized with, recorded in the preset.
+    Objective auto is the closed form with `reference`, else jaq."""
+    config = config.resolved(reference is not None)
     fp_control = config.fp_control(generate_reference is not None)
     prompts = config.check_before_run(reference=reference is not None or fp_control, scorer=scorer is not None)
     search_budget, kept = config.image_budget(fp_control)

@@ -70,7 +70,9 @@ def calibrate(config, model, clip, vae, scorer, *, reference_model=None, preset_
               model_name="", scorer_name=None, scorer_k=None, progress=None, should_stop=None, on_candidate=None):
     """Calibrate `model` (a ComfyUI MODEL) with `config` (calibration.run.CalibrationConfig) against
     `reference_model`, the full-precision model, when given: a reference objective compares with its outputs, a
-    reference-free one runs the FP control on it. Returns calibration.run.CalibrationRun."""
+    reference-free one runs the FP control on it; objective auto is the closed form with it, jaq without. Returns
+    calibration.run.CalibrationRun."""
+    config = config.resolved(reference_model is not None)
     if config.scheduler not in SCHEDULERS:
         raise ConfigError(f"scheduler is {config.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
     config.check_before_run(reference=reference_model is not None, scorer=scorer is not None)

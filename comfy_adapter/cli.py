@@ -68,7 +68,8 @@ def parser():
     p.add_argument("--checkpoint", required=True, type=existing_file,
                    help="checkpoint .safetensors (model, CLIP and VAE)")
     p.add_argument("--scorer", default=None, type=existing_file, help="CLIP checkpoint for the JAQ scorer "
-                   "(open_clip/HF/OpenAI file); needed unless the objective is reference_latent or reference_image")
+                   "(open_clip/HF/OpenAI file); needed unless the objective is reference_latent, reference_image or "
+                   "reference_closed_form (auto with --reference-model)")
     k = SCORER_OPTION["k"]
     p.add_argument("--scorer-k", type=number(k.minimum, k.maximum), default=k.default,
                    help=f"JAQ = TC + k * IQ; {k.help} (default {k.default:g})")
@@ -98,7 +99,8 @@ def parser():
                    help=f"{REFERENCE_MODEL_HELP}: 'same' = --checkpoint loaded "
                    "again without --quant, or another checkpoint")
     p.add_argument("--fp-control", action="store_true", help="with --quant: --reference-model same, for the FP "
-                   "control of a jaq/tc/iq calibration (say whether the gain is quantization-specific)")
+                   "control of a jaq/tc/iq calibration (say whether the gain is quantization-specific); objective "
+                   "auto is then jaq")
     return p
 
 
@@ -207,19 +209,20 @@ def main(argv):
     reference = reference_path(args)
     try:
         config = config_of(args, read_prompts_text(args.prompts_file))
+        if args.fp_control:   # the FP control of a reference-free calibration: auto is jaq there
+            config = config.resolved(reference=False)
         check_prompts(config, args.prompts_file)
         check_before_loading(config, args, reference)
     except ValueError as error:   # ConfigError, TensorFileError, ...: the node's messages
         p.error(str(error))
     _import_comfyui(args.comfyui, args.gpu)
-    from ..calibration.heldout import format_report
     from ..scoring import load_scorer
     from .calibration import calibrate
     from .loading import load_checkpoint
 
     model, clip, vae, quantized = load_checkpoint(args.checkpoint, config.quant or None, backend=args.backend,
                                                   layer_policy=args.layer_policy, cache=args.quant_cache,
-                                                  attention=args.attention)
+                                                  attention=args.attention, cuda_graphs=args.cuda_graphs)
     if quantized:
         print(quantized, file=sys.stderr)
     reference_model = load_checkpoint(reference)[0] if reference is not None else None
@@ -235,10 +238,11 @@ def main(argv):
         raise SystemExit(f"calibrate: {error}") from None
     finally:
         progress.finish()
-    print(format_report(calibration.report, calibration.search), file=sys.stderr)
+    summary = calibration.summary()
+    print(summary["summary"], file=sys.stderr)
     if args.plot:
         from PIL import Image
         from ..calibration.plot import plot_result
         Image.fromarray((plot_result(calibration.search)[0].numpy() * 255).round().astype("uint8")).save(args.plot)
-    print(json.dumps({**calibration.summary(), "seconds": round(time.monotonic() - started, 1)}, indent=2))
+    print(json.dumps({**summary, "seconds": round(time.monotonic() - started, 1)}, indent=2))
     return 0

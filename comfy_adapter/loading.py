@@ -1,7 +1,7 @@
 """Loading a checkpoint or diffusion model and quantizing its backbone at load time, shared by the quantized
 loader nodes and `python -m qsched calibrate`: the source check, ComfyUI's loaders, quant/ on the backbone and
 ComfyUI's weight patching protocol (quant_ops.py) on top, so the result is a normal ComfyUI MODEL. The options
-(quantization, backend, layer policy, cache, attention) are defined once, in quant/options.py."""
+(quantization, backend, layer policy, cache, attention, cuda_graphs) are defined once, in quant/options.py."""
 import logging
 import os
 
@@ -15,10 +15,11 @@ from ..quant.cache import quantize_cached
 from ..quant.apply import GPTQ_MARK
 from ..quant.calibrated import GPTQ_ROUNDING, quantize_calibrated
 from ..quant.fp8 import fp8_supported
-from ..quant.options import ATTENTION_CHOICES, CACHE_CHOICES, CACHE_FOLDER
+from ..quant.options import ATTENTION_CHOICES, CACHE_CHOICES, CACHE_FOLDER, CUDA_GRAPHS_CHOICES
 from ..quant.source import check_source
 from ..tensor_files import warn_non_finite_weights
 from .attention import set_attention
+from .cuda_graphs import set_cuda_graphs
 from .quant_ops import with_comfy_patching
 
 
@@ -38,9 +39,9 @@ def quantizer_of(model):
 
 
 def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND, layer_policy="", cache="off",
-                     attention="sdpa", calibration=None):
-    """Quantize the ModelPatcher's backbone in place and install the attention choice; returns the summary line.
-    calibration: for calibrated (GPTQ) rounding, calibration(patcher) -> (settings, round_layers)
+                     attention="sdpa", cuda_graphs="off", calibration=None):
+    """Quantize the ModelPatcher's backbone in place and install the attention and CUDA-graph choices; returns the
+    summary line. calibration: for calibrated (GPTQ) rounding, calibration(patcher) -> (settings, round_layers)
     (comfy_adapter/calibrated_loading.py); the settings key the cache, round_layers runs on a cache miss only."""
     name = os.path.basename(source_path)
     spec = QuantSpec.parse(quantization)
@@ -53,6 +54,8 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
         raise ValueError(f"cache must be one of {', '.join(CACHE_CHOICES)}, got {cache!r}")
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {attention!r}")
+    if cuda_graphs not in CUDA_GRAPHS_CHOICES:
+        raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS_CHOICES)}, got {cuda_graphs!r}")
     backbone = patcher.model.diffusion_model
     warn_non_finite_weights(backbone, name, logging)
     calibrated = calibration(patcher) if calibration is not None else None
@@ -74,12 +77,14 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
         quantizer["rounding"] = GPTQ_ROUNDING
     setattr(backbone, QUANTIZER_ATTRIBUTE, quantizer)  # presets record it
     set_attention(patcher, attention)
+    set_cuda_graphs(patcher, cuda_graphs)
     patcher.size = 0
     patcher.model_size()  # ComfyUI's memory planning must see the packed size
     rounded = sum(bool(layer.backend) and layer.backend.endswith(GPTQ_MARK) for layer in report.layers)
     summary = f"Q-Sched quantized {name}: {report.summary()}; cache {status}" + (
         f"; GPTQ rounding on {rounded} of {report.quantized} quantized layers" if calibrated is not None else "") + (
-        f"; attention {attention}" if attention != "sdpa" else "")
+        f"; attention {attention}" if attention != "sdpa" else "") + (
+        "; CUDA graphs on" if cuda_graphs == "on" else "")
     logging.info(summary)
     return summary
 

@@ -1,7 +1,8 @@
 """Q-Sched Calibrate: search c_x / c_eps for a (quantized) MODEL by generating the calibration prompts with
-each candidate schedule and scoring them (JAQ by default); writes a preset and returns the best schedule, a plot
-and the held-out summary. The calibration itself is comfy_adapter.calibration.calibrate (shared with the command
-line); its settings and their bounds come from calibration.run.CalibrationConfig. Progress goes to ComfyUI's bar
+each candidate schedule and scoring them (JAQ), or, with the full-precision model connected, fit the closed-form
+per-step correction to it (the default objective, auto, picks between the two); writes a preset and returns the
+best schedule, a plot and the held-out summary. The calibration itself is comfy_adapter.calibration.calibrate
+(shared with the command line); its settings and their bounds come from calibration.run.CalibrationConfig. Progress goes to ComfyUI's bar
 through the V3 progress API (images done / planned) and to the web panel; an interrupt stops at the next batch
 and the run log (<user dir>/qsched_runs) lets a rerun with the same settings skip what was done."""
 import math
@@ -66,18 +67,21 @@ class QSchedCalibrate(io.ComfyNode):
     def define_schema(cls):
         return io.Schema(
             node_id="QSchedCalibrate", display_name="Q-Sched Calibrate", category=categories.CALIBRATION,
-            description=("Find Q-Sched coefficients for this model: every candidate schedule generates the "
-                         "calibration prompts (prompt i with seed + i) and is scored by the scorer; the best (never "
-                         "worse than identity on these prompts) is saved as a preset. A quarter of the prompt/seed "
-                         "pairs is kept out of the search: the summary says whether the winner beats identity there "
-                         "(yes / no / not significant, with a confidence interval) and, with the FP model connected, "
-                         "whether the gain is specific to the quantized model. With the FP model it can instead "
-                         "calibrate against it (the reference objectives) and refine free per-step coefficients and "
-                         "offsets after the search. Resumes an interrupted run with the same settings."),
+            description=("Find Q-Sched coefficients for this model and save them as a preset. Without the "
+                         "full-precision model: every candidate schedule generates the calibration prompts (prompt i "
+                         "with seed + i) and is scored by the scorer (JAQ); the best is never worse than identity on "
+                         "these prompts. With the full-precision model connected (reference_model), the default "
+                         "objective (auto) fits the closed-form per-step correction to it instead: no search, no "
+                         "scorer, one pass over the prompts, deterministic; the other reference objectives search "
+                         "against it and can refine per-step coefficients and offsets, and jaq/tc/iq add the FP "
+                         "control (is the gain specific to the quantized model?). A quarter of the prompt/seed pairs "
+                         "is kept out: the summary says whether the winner beats identity there (yes / no / not "
+                         "significant, with a confidence interval) and which objective ran. Resumes an interrupted "
+                         "search with the same settings."),
             inputs=[*link_inputs(),
                     Scorer.Input("scorer", optional=True, tooltip="From Load JAQ Scorer (Q-Sched): what 'best' means "
-                                 "for jaq/tc/iq (and reference_clip, jaq_reference); reference_latent and "
-                                 "reference_image need none."),
+                                 "for jaq/tc/iq (and reference_clip, jaq_reference); reference_latent, "
+                                 "reference_image and reference_closed_form (auto with reference_model) need none."),
                     *setting_inputs(),
                     io.Model.Input("reference_model", optional=True, tooltip="optional: " + REFERENCE_MODEL_HELP)],
             outputs=[Schedule.Output(display_name="schedule", tooltip="The winning per-step coefficients, for the "
@@ -104,7 +108,7 @@ class QSchedCalibrate(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, vae, scorer=None, reference_model=None, **settings):
-        config = CalibrationConfig(**settings)
+        config = CalibrationConfig(**settings).resolved(reference_model is not None)   # auto: closed form or jaq
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
         send = _sender(unique_id)
 

@@ -50,11 +50,12 @@ class QSchedCalibratedDiffusionModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, unet_name, clip, quantization, backend, layer_policy, cache, moments_budget_gib,
-                attention="sdpa", **settings):
+                attention="sdpa", cuda_graphs="off", **settings):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         sampling = CalibrationSampling(clip, moments_budget_gib, **settings)
         patcher, summary = load_diffusion_model(path, quantization, backend=backend, layer_policy=layer_policy,
-                                                cache=cache, attention=attention, calibration=sampling)
+                                                cache=cache, attention=attention, cuda_graphs=cuda_graphs,
+                                                calibration=sampling)
         summary += f"; calibration: {sampling.describe()}, {sampling.passes} passes"
         log.info(summary)
         return io.NodeOutput(patcher, summary)

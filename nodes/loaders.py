@@ -71,10 +71,10 @@ class QSchedQuantizedDiffusionModelLoader(io.ComfyNode):
         return check_layer_policy(layer_policy)
 
     @classmethod
-    def execute(cls, unet_name, quantization, backend, layer_policy, cache, attention="sdpa"):
+    def execute(cls, unet_name, quantization, backend, layer_policy, cache, attention="sdpa", cuda_graphs="off"):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
         patcher, summary = load_diffusion_model(path, quantization, backend=backend, layer_policy=layer_policy,
-                                                cache=cache, attention=attention)
+                                                cache=cache, attention=attention, cuda_graphs=cuda_graphs)
         log.info(summary)
         return io.NodeOutput(patcher, summary)
 
@@ -102,10 +102,10 @@ class QSchedQuantizedCheckpointLoader(io.ComfyNode):
         return check_layer_policy(layer_policy)
 
     @classmethod
-    def execute(cls, ckpt_name, quantization, backend, layer_policy, cache, attention="sdpa"):
+    def execute(cls, ckpt_name, quantization, backend, layer_policy, cache, attention="sdpa", cuda_graphs="off"):
         path = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
         patcher, clip, vae, summary = load_checkpoint(path, quantization, backend=backend, layer_policy=layer_policy,
-                                                      cache=cache, attention=attention)
+                                                      cache=cache, attention=attention, cuda_graphs=cuda_graphs)
         log.info(summary)
         return io.NodeOutput(patcher, clip, vae, summary)
 

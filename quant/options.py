@@ -10,6 +10,7 @@ SPECS = ("W8A8", "W4A8", "W4A8-g128", "W4A8-g64", "W4A8-g64-r32", "W6A8", "W4A6"
 CACHE_FOLDER = QUANT_CACHE
 CACHE_CHOICES = ("off", "on")
 ATTENTION_CHOICES = ("sdpa", "int8")
+CUDA_GRAPHS_CHOICES = ("off", "on")
 
 
 @dataclass(frozen=True)
@@ -38,5 +39,13 @@ QUANT_OPTIONS = (
     QuantOption("attention", "sdpa", ATTENTION_CHOICES, "sdpa: ComfyUI's attention. int8: 8-bit attention "
                 "(SageAttention-style: int8 Q.K^T with per-block scales, smoothed K, float32 softmax, 16-bit P.V; "
                 "a Triton kernel on CUDA), installed as ComfyUI's attention override in the model options.",
+                optional=True),
+    QuantOption("cuda_graphs", "off", CUDA_GRAPHS_CHOICES, "on: the diffusion model's forward is captured as a "
+                "CUDA graph per input shape and replayed (a step costs the host a few launches; for small-batch "
+                "SDXL/FLUX where the CPU cannot launch kernels as fast as the GPU runs them). Up to 4 shapes, kept "
+                "while the model stays loaded: it holds one forward's activations per shape on the GPU. Runs eager "
+                "(same result) on the CPU, with weights offloaded (low VRAM, DynamicVRAM: start ComfyUI with "
+                "--disable-dynamic-vram), with model patches or another diffusion-model wrapper (torch.compile), "
+                "and for a forward that cannot be captured; a LoRA or other new weights capture again.",
                 optional=True),
 )

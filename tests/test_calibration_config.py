@@ -165,7 +165,9 @@ def test_run_calibrates_writes_the_preset_and_resumes(tmp_path):
     preset = json.loads((tmp_path / "plain.json").read_text())
     assert preset["model"] == {"name": "Toy-ffffffff", "sha256": "f" * 64, "family": "Toy"}
     assert preset["quant"] == "W8A8" and preset["n_prompts"] == 4
-    assert {k: preset["search"][k] for k in config.search_record()} == json.loads(json.dumps(config.search_record()))
+    ran = config.resolved(reference=False)            # objective auto without the FP model: jaq, recorded as such
+    assert preset["search"]["objective"] == ran.objective == "jaq" and first.summary()["objective"] == "jaq"
+    assert {k: preset["search"][k] for k in ran.search_record()} == json.loads(json.dumps(ran.search_record()))
     assert max(calls) <= 8 and sum(calls) == first.search.images_generated + first.report.images
     summary = first.summary()
     json.dumps(summary)
@@ -176,6 +178,23 @@ def test_run_calibrates_writes_the_preset_and_resumes(tmp_path):
                 runs_folder=tmp_path / "runs")
     assert again.search.images_generated == 0 and again.search.best == first.search.best
     assert sum(calls) == again.report.images                          # only the held-out check generates
+
+
+def test_objective_auto_without_the_fp_model_is_jaq_bit_for_bit(tmp_path):
+    """The default objective (auto) with no FP model calibrates exactly as objective jaq did: the same run-log key
+    (a jaq run resumes it), the same images, scores and preset."""
+    results = {}
+    for objective in ("auto", "jaq"):
+        config = CalibrationConfig(strategy="paper_grid", prompts="a\nb\nc\nd", objective=objective, preset_name="p")
+        calls = []
+        results[objective] = run(config, _generator(calls), Scorer(), model_hash="f" * 64, family="Toy",
+                                 preset_folder=tmp_path / objective, runs_folder=tmp_path / objective / "runs"), calls
+    (auto, auto_calls), (jaq, jaq_calls) = results["auto"], results["jaq"]
+    assert auto_calls == jaq_calls and os.listdir(tmp_path / "auto" / "runs") == os.listdir(tmp_path / "jaq" / "runs")
+    assert auto.search.per_prompt == jaq.search.per_prompt and auto.search.best == jaq.search.best
+    assert {**auto.preset, "created": None} == {**jaq.preset, "created": None}
+    summaries = [{k: v for k, v in r.summary().items() if k != "preset_path"} for r in (auto, jaq)]
+    assert summaries[0] == summaries[1] and summaries[0]["summary"].startswith("objective: jaq\n")
 
 
 def test_the_default_preset_name_is_made_safe_from_the_model_name(tmp_path):
@@ -198,6 +217,8 @@ def test_schedulers_are_the_hosts_choice():
     ("jaq_reference", True, False, "objective 'jaq_reference' needs a scorer"),
     ("reference_clip", True, False, "needs a scorer"), ("jaq", True, False, "objective 'jaq' needs a scorer"),
     ("reference_latent", True, False, None), ("reference_image", True, False, None), ("jaq", False, True, None),
+    ("auto", False, False, "objective 'auto' without the full-precision model is jaq, which needs a scorer"),
+    ("auto", True, False, None), ("auto", False, True, None), ("reference_closed_form", True, False, None),
 ])
 def test_the_inputs_an_objective_needs_are_checked(objective, reference, scorer, message):
     config = CalibrationConfig(objective=objective)
@@ -239,9 +260,11 @@ def test_planned_images_count_the_refinement_and_the_fp_control():
     search_pairs, held_out = 3, 1                         # split_pairs(4, 0.25)
     assert planned(refine="per_step", refine_evaluations=7) - planned() == 7 * search_pairs
     assert planned(refine="per_step") - planned() == 200 * search_pairs           # 0 = the default evaluations
-    assert planned(reference=True) - planned() == 2 * held_out                     # winner and identity on the FP
+    assert planned(reference=True, objective="jaq") - planned() == 2 * held_out    # winner and identity on the FP
     # no FP control there, but one full-precision reference sample per prompt
     assert planned(reference=True, objective="reference_latent") == planned() + 4
+    # auto with the FP model: the closed form, a partial trajectory per step and search pair, winner and identity
+    assert planned(reference=True) == planned(objective="reference_closed_form") == (4 + 2) * search_pairs + 2
 
 
 FP_LEVEL = 0.7        # what the fake FP model paints; the grid's candidates reach 0.6 at most (c_x start 1.2)
@@ -317,6 +340,8 @@ def test_a_reference_objective_without_the_fp_model_is_refused_before_any_image(
     (["--objective", "reference_latent"], "give --reference-model"),
     (["--objective", "jaq"], "needs a scorer"),
     (["--reference-model", "same", "--objective", "reference_latent"], "give --quant too"),
+    ([], "objective 'auto' without the full-precision model is jaq, which needs a scorer"),
+    (["--quant", "W4A8", "--fp-control"], "objective 'jaq' needs a scorer"),    # the FP control is jaq's
 ])
 def test_the_command_line_refuses_missing_models_before_loading_anything(argv, message, capsys, tmp_path):
     """--comfyui points nowhere: the refusal must come first (loading would fail differently)."""
@@ -326,3 +351,15 @@ def test_the_command_line_refuses_missing_models_before_loading_anything(argv, m
         cli.main(["--checkpoint", str(checkpoint), "--comfyui", str(tmp_path), *argv])
     said = f"{exit.value.code} {capsys.readouterr().err}"     # argparse's error, or SystemExit's message
     assert message in said and "ComfyUI checkout" not in said
+
+
+def test_auto_with_the_fp_model_needs_no_scorer_on_the_command_line(capsys, tmp_path):
+    """The closed form (auto's choice with --reference-model) passes the checks without --scorer: the command goes
+    on to look for ComfyUI, which is missing here."""
+    from safetensors.torch import save_file
+    checkpoint = tmp_path / "model.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(checkpoint))   # a sound header: the command checks it first
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--checkpoint", str(checkpoint), "--comfyui", str(tmp_path), "--quant", "W4A8",
+                  "--reference-model", "same"])
+    assert "calibrate needs a ComfyUI checkout" in f"{exit.value.code} {capsys.readouterr().err}"

@@ -2,6 +2,7 @@
 search pairs through the host's trajectories, the winner checked on the held-out pairs like a search's, the
 preset carrying the offset map and the fits; its settings key the run log and the record only where they apply."""
 import json
+import os
 
 import pytest
 import torch
@@ -66,6 +67,7 @@ def test_the_closed_form_calibration_fits_checks_held_out_and_writes_the_map(tmp
     assert preset["search"]["closed_form"] == "map" and preset["search"]["map_size"] == 2
     assert preset["search"]["closed_form_fits"]["steps"][0]["error_after"] < 1e-12
     assert preset["search"]["run_log"] is None and "refine" in preset["search"]
+    assert "strategy" not in preset["search"] and result.summary()["strategy"] == "closed_form"   # nothing searched
     summary = result.summary()
     json.dumps(summary)
     assert summary["best"]["offset_map"] == preset["offset_map"]
@@ -102,3 +104,41 @@ def test_closed_form_settings_apply_only_with_their_objective_and_form():
         (4 + 2) * 3 + 2 * 1
     with pytest.raises(ConfigError, match="map_size is 0"):
         CalibrationConfig(map_size=0)
+
+
+def test_the_default_objective_with_the_fp_model_is_the_closed_form(tmp_path):
+    """objective auto (the default) with the host's FP sampling fits the closed form, and the preset and summary
+    name the objective that ran."""
+    config = CalibrationConfig(prompts="\n".join("abcdefgh"), map_size=2, steps=1, preset_name="auto")
+    assert config.objective == "auto"
+    calls = []
+    result = run(config, None, None, model_hash="f" * 64, family="Toy", preset_folder=tmp_path,
+                 runs_folder=tmp_path / "runs", reference=_host(calls), reference_hash="r" * 64, latent_channels=2)
+    best = result.search.best
+    assert best.c_x == pytest.approx((1.05,), abs=1e-6) and best.c_eps == pytest.approx((0.9,), abs=1e-6)
+    assert torch.allclose(torch.tensor(best.offset_map[0], dtype=torch.float64), TRUE_MAP, atol=1e-6)
+    assert [c[0] for c in calls].count("trajectory") == 1
+    preset = json.loads((tmp_path / "auto.json").read_text())
+    assert preset["search"]["objective"] == "reference_closed_form" and preset["search"]["map_size"] == 2
+    assert preset["scorer"]["name"] == "none" and preset["search"]["reference_model_sha256"] == "r" * 64
+    summary = result.summary()
+    assert summary["objective"] == "reference_closed_form"
+    assert summary["summary"].startswith("objective: reference_closed_form\nwinner: closed form (map)")
+    # every image counted against budget_images: (1 step + winner + identity) x 6 search pairs, the held-out
+    # check's 2 x 2, one FP sample per prompt; a budget below that is refused, whatever the search would need
+    assert result.images["total"] == 3 * 6 + 2 * 2 + 8 == result.search.images_generated + 4 + 8
+    CalibrationConfig(prompts="\n".join("abcdefgh"), steps=1, budget_images=30).check_before_run(reference=True)
+    with pytest.raises(ConfigError, match="budget_images is 29, but the closed form generates 30: 18 on the 6 "):
+        CalibrationConfig(prompts="\n".join("abcdefgh"), steps=1, budget_images=29).check_before_run(reference=True)
+
+
+@pytest.mark.parametrize("objective", ["auto", "reference_closed_form"])
+def test_a_refinement_with_the_closed_form_is_refused_before_any_trajectory(tmp_path, objective):
+    config = CalibrationConfig(prompts="a\nb\nc\nd", objective=objective, refine="per_step", steps=1)
+    calls = []
+    with pytest.raises(ConfigError, match="refine is 'per_step', but objective 'reference_closed_form'"):
+        run(config, None, None, model_hash="f" * 64, family="Toy", preset_folder=tmp_path, runs_folder=tmp_path,
+            reference=_host(calls), reference_hash="r" * 64)
+    assert calls == [] and not os.listdir(tmp_path)
+    if objective == "auto":   # without the FP model auto is jaq, which may refine
+        config.check_inputs(reference=False, scorer=True)

@@ -46,12 +46,13 @@ def override_of(patcher):
     return patcher.model_options.get("transformer_options", {}).get("optimized_attention_override")
 
 
-def test_loader_input_is_last_optional_and_defaults_to_sdpa(env):
+def test_loader_input_is_optional_and_defaults_to_sdpa(env):
     for node in (env["loaders"].QSchedQuantizedCheckpointLoader, env["loaders"].QSchedQuantizedDiffusionModelLoader):
-        schema = node.define_schema()
-        last = schema.inputs[-1]
-        assert last.id == "attention" and last.default == "sdpa" and last.optional
-        assert list(last.options) == ["sdpa", "int8"]
+        inputs = [i.id for i in node.define_schema().inputs]
+        attention = node.define_schema().inputs[inputs.index("attention")]
+        assert inputs[inputs.index("cache") + 1] == "attention"   # the inputs before it as saved workflows have them
+        assert attention.default == "sdpa" and attention.optional
+        assert list(attention.options) == ["sdpa", "int8"]
 
 
 def sample(env, attention):

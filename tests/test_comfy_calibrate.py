@@ -318,7 +318,7 @@ def test_held_out_pairs_stay_out_of_the_search_and_the_fp_control_runs_on_the_re
     node = stack["calibrate"].QSchedCalibrate
     output = node.execute(quantized, stack["clip"], stack["vae"], scorer, **{
         **SETTINGS, "prompts": "\n".join(prompts), "budget_images": 28, "seed": 31, "preset_name": "fp-control",
-        "quant": "W4A8", "reference_model": stack["model"]})
+        "quant": "W4A8", "reference_model": stack["model"], "objective": "jaq"})   # as saved workflows store it
     summary = output.ui["qsched_calibration"][0]
     held_out = {prompts[4], prompts[5]}                                  # split_pairs(6) keeps out pairs 4 and 5
     # Told apart by their prompts, not by their order or number (which follow the batching and the winner).
@@ -487,10 +487,11 @@ def test_ptqd_node_is_identity_on_the_fp_model_and_corrects_the_quantized_one(st
     assert errors["ptqd"] < errors["naive"]
 
 
-def test_reference_calibration_and_ptqd_through_the_server(comfy_server):
+def test_reference_calibration_and_ptqd_through_the_server(comfyui_dir, comfy_server):
     """FP checkpoint + the same checkpoint quantized at load -> Q-Sched Calibrate (reference_model, per-step
-    refinement with channel offsets) -> preset -> Load Q-Sched Preset -> Q-Sched KSampler -> image; and Q-Sched PTQD
-    Correction -> Q-Sched KSampler."""
+    refinement with channel offsets) -> preset -> Load Q-Sched Preset -> Q-Sched KSampler -> image; Q-Sched PTQD
+    Correction -> Q-Sched KSampler; Q-Sched Calibrate with its default objective (the closed form) -> preset ->
+    LoRA on the quantized model -> Load Q-Sched Preset -> Q-Sched KSampler -> image."""
     loaders = {
         "1": {"class_type": "QSchedQuantizedCheckpointLoader", "inputs": {
             "ckpt_name": SD15_CHECKPOINT, "quantization": "W4A8-g64-r32", "backend": "simulate", "layer_policy": "",
@@ -500,10 +501,10 @@ def test_reference_calibration_and_ptqd_through_the_server(comfy_server):
         "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
     }
 
-    def sampler_graph(schedule_source):
+    def sampler_graph(schedule_source, model=("1", 0)):
         return {
             "20": {"class_type": "QSchedKSampler", "inputs": {
-                "model": ["1", 0], "seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "lcm",
+                "model": list(model), "seed": 1, "steps": 2, "cfg": 1.0, "sampler_name": "lcm",
                 "scheduler": "lcm_original", "positive": ["3", 0], "negative": ["3", 0], "latent_image": ["4", 0],
                 "denoise": 1.0, "schedule": schedule_source}},
             "21": {"class_type": "VAEDecode", "inputs": {"samples": ["20", 0], "vae": ["1", 2]}},
@@ -541,6 +542,28 @@ def test_reference_calibration_and_ptqd_through_the_server(comfy_server):
     assert preset["search"]["method"] == "ptqd" and len(preset["offset"][0]) == 4 and preset["c_x"] == [1.0, 1.0]
     assert preset["quantizer"] == {"spec": "W4A8-g64-r32", "backend": "simulate"}
 
+    # The objective left out, as a new node has it: auto, the closed form with the FP model connected (no scorer);
+    # then its preset on the quantized model with a LoRA, through the sampler, saved as an image.
+    closed = {**loaders, "13": {"class_type": "QSchedCalibrate", "inputs": {
+        **calibrate["10"]["inputs"], "strategy": "racing", "budget_images": 0, "preset_name": "server-closed-form",
+        "prompts": "a red cube\na blue sphere\na green cone\na white house"}}}
+    for unset in ("objective", "refine", "refine_evaluations"):
+        del closed["13"]["inputs"][unset]
+    summary = comfy_server.run(closed, timeout=600)["outputs"]["13"]["qsched_calibration"][0]
+    assert summary["objective"] == "reference_closed_form" and summary["summary"].startswith("objective: reference_")
+    preset = json.loads(open(os.path.join(comfy_server.user_dir, "qsched_presets", "server-closed-form.json")).read())
+    assert preset["search"]["objective"] == "reference_closed_form" and preset["offset_map"]
+    assert preset["quantizer"] == {"spec": "W4A8-g64-r32", "backend": "simulate"}
+    from test_comfy_quant_loaders import build_lora
+    import comfy.sd
+    fp = comfy.sd.load_checkpoint_guess_config(comfy_server.models.path("checkpoints", SD15_CHECKPOINT))[0]
+    lora = build_lora({"models": comfy_server.models}, fp)   # its layer names: the file the server loads
+    with_lora = {**loaders, "14": {"class_type": "LoraLoaderModelOnly", "inputs": {
+        "model": ["1", 0], "lora_name": lora, "strength_model": 1.0}},
+        "11": {"class_type": "QSchedLoadPreset", "inputs": {"preset": "server-closed-form.json", "model": ["14", 0]}},
+        **sampler_graph(["11", 0], model=("14", 0))}
+    assert len(comfy_server.output_images(comfy_server.run(with_lora, timeout=300), "22")) == 1
+
 
 def test_headless_command_calibrates_against_the_fp_model(comfyui_dir, comfy_models, tmp_path):
     import subprocess
@@ -563,3 +586,90 @@ def test_headless_command_calibrates_against_the_fp_model(comfyui_dir, comfy_mod
     assert report["best_score"] >= report["identity_score"] and report["refinement"]["images"] > 0
     preset = json.loads((tmp_path / "presets" / "headless-reference.json").read_text())
     assert preset["quant"] == "W4A8" and preset["search"]["reference_model_sha256"]
+
+
+# --- issue 22 end to end: a branch spec, the closed form as the default with the FP model, a LoRA, the cache -----
+
+BRANCH_SPEC = "W4A8-g64-r8"
+E2E_PROMPTS = [f"a {c} {t}" for c, t in zip(("red", "blue", "green", "yellow", "white", "black", "grey", "pink"),
+                                              ("cube", "sphere", "cone", "house", "tree", "boat", "cat", "car"))]
+UNSEEN = [("a purple lamp on a desk", 101), ("an orange kite in the sky", 202), ("a brown dog on a sofa", 303)]
+
+
+def _ksample(stack, model, schedule, prompt, seed, steps=2):
+    """Q-Sched KSampler, as a workflow runs it (schedule None: the plain sampler)."""
+    import nodes
+    encode = nodes.CLIPTextEncode().encode
+    return stack["sampling"].QSchedKSampler.execute(
+        model, seed, steps, 1.0, "lcm", "lcm_original", encode(stack["clip"], prompt)[0],
+        encode(stack["clip"], "")[0], {"samples": torch.zeros(1, 4, 8, 8)}, schedule=schedule)[0]["samples"]
+
+
+def test_branch_spec_closed_form_by_default_lora_and_quant_cache_end_to_end(stack, comfy_models, tmp_path,
+                                                                             monkeypatch):
+    """Issue 22's check in ComfyUI: the loader builds W4A8 with groups of 64 and a rank-8 branch (the quant cache on);
+    Q-Sched Calibrate with the FP model connected and the objective left at its default fits the closed form; Load
+    Q-Sched Preset + Q-Sched KSampler sample with it; a LoRA applies on top; the cache gives the same model back."""
+    import folder_paths
+    import nodes
+    from comfyui_qsched.nodes.loaders import QSchedQuantizedCheckpointLoader
+    from comfyui_qsched.quant.options import CACHE_FOLDER
+    from test_comfy_quant_loaders import build_lora
+    for name, path in comfy_models.folders.items():
+        folder_paths.add_model_folder_path(name, path)
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, CACHE_FOLDER, ([str(tmp_path / "cache")], set()))
+    model, _, _, report = QSchedQuantizedCheckpointLoader.execute(SD15_CHECKPOINT, BRANCH_SPEC, "simulate", "",
+                                                                  "on").result
+    assert report.endswith("cache written")
+    layer = model.model.diffusion_model.middle_block[1].transformer_blocks[0].attn2.to_q
+    assert layer.quant_spec.rank == 8 and layer.lowrank_down.shape == (8, layer.in_features)
+
+    settings = {key: value for key, value in SETTINGS.items() if key != "budget_images"}
+    output = stack["calibrate"].QSchedCalibrate.execute(
+        model, stack["clip"], stack["vae"], None, reference_model=stack["model"],
+        **{**settings, "prompts": "\n".join(E2E_PROMPTS), "map_size": 4, "quant": BRANCH_SPEC,
+           "preset_name": "e2e-branch"})
+    schedule, _, name, text = output.result
+    summary = output.ui["qsched_calibration"][0]
+    assert summary["objective"] == "reference_closed_form" and text.startswith("objective: reference_closed_form\n")
+    assert summary["images"]["search"] == (2 + 2) * 6                   # trajectories of 2 steps, winner, identity
+    assert summary["best_score"] > summary["identity_score"]
+    preset = json.loads((stack["user"] / "qsched_presets" / "e2e-branch.json").read_text())
+    assert preset["quantizer"] == {"spec": BRANCH_SPEC, "backend": "simulate"} and preset["quant"] == BRANCH_SPEC
+    assert preset["search"]["objective"] == "reference_closed_form" and preset["scorer"]["name"] == "none"
+    assert preset["search"]["reference_model_sha256"] == stack["presets"].model_hash(stack["model"])
+    assert [len(preset["offset_map"][0]), len(preset["offset_map"][0][0])] == [4, 4]
+
+    loaded, sampler_name, steps = stack["presets"].QSchedLoadPreset.execute(f"{name}.json", model=model).result
+    assert (sampler_name, steps, loaded.offset_map) == ("lcm", 2, schedule.offset_map)
+
+    # On prompts and seeds the fit never saw, the corrected quantized model is closer to the FP model than the
+    # plain sampler on the quantized model.
+    def error(schedule, quantized=model, fp=stack["model"]):
+        return sum(torch.nn.functional.mse_loss(_ksample(stack, quantized, schedule, p, s),
+                                                _ksample(stack, fp, None, p, s)).item() for p, s in UNSEEN)
+    corrected, plain = error(loaded), error(None)
+    assert corrected < plain, (corrected, plain)
+
+    # A LoRA on the quantized model (its weights patched beside the branch) changes the corrected output as it
+    # changes the FP model's.
+    lora = build_lora({"models": comfy_models}, stack["model"])
+    with_lora = nodes.LoraLoaderModelOnly().load_lora_model_only(model, lora, 1.0)[0]
+    fp_lora = nodes.LoraLoaderModelOnly().load_lora_model_only(stack["model"], lora, 1.0)[0]
+    prompt, seed = UNSEEN[0]
+    q_change = _ksample(stack, with_lora, loaded, prompt, seed) - _ksample(stack, model, loaded, prompt, seed)
+    fp_change = _ksample(stack, fp_lora, None, prompt, seed) - _ksample(stack, stack["model"], None, prompt, seed)
+    cosine = torch.nn.functional.cosine_similarity(q_change.flatten(), fp_change.flatten(), dim=0).item()
+    ratio = (q_change.norm() / fp_change.norm()).item()
+    assert fp_change.norm() > 0.05 * _ksample(stack, stack["model"], None, prompt, seed).norm()
+    # 0.78 and 1.06 measured: W4's rounding on this random model moves the rest (the plain sampler's error to FP is
+    # about 0.4 of the output there)
+    assert cosine > 0.7 and 0.7 < ratio < 1.4, (cosine, ratio)
+    lora_fit = error(loaded, with_lora, fp_lora)
+    assert lora_fit < error(None, with_lora, fp_lora) and lora_fit < error(loaded, with_lora)
+
+    # Saved: the quant cache gives back the same quantized model, branch included, and the preset applies to it.
+    again, _, _, report = QSchedQuantizedCheckpointLoader.execute(SD15_CHECKPOINT, BRANCH_SPEC, "simulate", "",
+                                                                  "on").result
+    assert report.endswith("cache hit")
+    assert torch.equal(_ksample(stack, again, loaded, prompt, seed), _ksample(stack, model, loaded, prompt, seed))

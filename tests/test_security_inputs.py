@@ -150,7 +150,7 @@ def test_cli_arguments_parse_to_sane_values_or_exit_with_a_message(cli_files, va
     for value in (args.cfg, args.scorer_k, args.c_min, args.c_max):
         assert math.isfinite(value)
     assert args.cfg >= 0 and args.scorer_k >= 0 and args.c_min > 0 and args.c_max > 0
-    assert args.sampler in SAMPLER_NAMES and args.strategy in STRATEGIES and args.objective in ("jaq", "tc", "iq")
+    assert args.sampler in SAMPLER_NAMES and args.strategy in STRATEGIES and args.objective in ("auto", "jaq")
     assert not args.quant or QuantSpec.parse(args.quant).name == args.quant
 
 

@@ -19,7 +19,7 @@ tl = importlib.import_module("triton.language")
 
 BLOCK_Q = 128   # must equal quant.attention.BLOCK_Q / BLOCK_K (the scales' blocks are the kernel's tiles)
 BLOCK_K = 64
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)  # a kernel reads only constexpr globals
 INV_INT8_MAX = tl.constexpr(1.0 / 127.0)  # rounded to float32 where used, as torch rounds the Python float
 # (num_warps, num_stages) per head dim, from the H100 sweep of bench/gpu_attention.py
 LAUNCH = {64: (4, 3), 128: (8, 3)}

@@ -153,9 +153,10 @@ def _round_int(v):
 @triton.jit
 def _act_codes(v, INT8: tl.constexpr):
     """Scaled activations (fp32, |v| <= the code range up to rounding) -> int8 or e4m3 codes, clamped."""
-    if INT8:
+    if INT8:   # an explicit else: Triton compiles only the taken branch of a constexpr if, but the code after it too
         return tl.minimum(tl.maximum(_round_int(v), -127.0), 127.0).to(tl.int8)
-    return _round_e4m3(tl.minimum(tl.maximum(v, -448.0), 448.0)).to(tl.float8e4nv)
+    else:
+        return _round_e4m3(tl.minimum(tl.maximum(v, -448.0), 448.0)).to(tl.float8e4nv)
 
 
 @triton.jit
