@@ -94,8 +94,9 @@ def test_a_small_budget_runs_more_passes_and_gives_the_codes_of_one_pass(env, ca
     from comfyui_qsched.quant.gptq import accumulator_bytes, moment_columns
     fp = load_float(env).model.diffusion_model
     layers = gptq_layers(fp, "W4A8")
-    largest = max(accumulator_bytes(moment_columns(fp.get_submodule(name)), "cpu") for name in layers)
-    passes = plan_module_passes(fp, list(layers), largest, "cpu")
+    device = env["mm"].get_torch_device()   # where the activations and so the accumulators are
+    largest = max(accumulator_bytes(moment_columns(fp.get_submodule(name)), device) for name in layers)
+    passes = plan_module_passes(fp, list(layers), largest, device)
     assert len(passes) > 2
     small, small_summary = load(env, budget=largest / 2**30)
     one = calibrated[0]
