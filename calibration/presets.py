@@ -116,7 +116,7 @@ def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=Non
     """Build a preset dict (schema version 2) for `schedule`; `sampler` defaults to the schedule's; the
     schedule's per-step offset, if any, is stored as "offset" (absent when the schedule has none). checks: the
     held-out verdict (and FP control) from calibration.heldout.TrustReport.to_dict(), kept under `scores`.
-    quantizer: {"spec", "backend"} of the quantized loader the model came from (absent when unknown)."""
+    quantizer: {"spec", "backend"[, "rounding"]} of the quantized loader the model came from (absent when unknown)."""
     sampler = sampler or schedule.sampler
     preset = {
         "format": FORMAT, "version": SCHEMA_VERSION, "example": bool(example), "notes": notes,
@@ -202,14 +202,21 @@ def _validate_checks(scores, where):
                 raise PresetError(f"{where}: scores.{key}.{name}.ci must be two finite numbers or nulls")
 
 
+ROUNDINGS = ("GPTQ",)  # a calibrated load's rounding (quant.calibrated.GPTQ_ROUNDING)
+
+
 def _validate_quantizer(quantizer, where):
-    """The optional record of the quantizer the preset was fitted on: {"spec": canonical spec name, "backend"}."""
+    """The optional record of the quantizer the preset was fitted on: {"spec": canonical spec name, "backend"[,
+    "rounding": "GPTQ"]} (rounding absent: round-to-nearest)."""
     if quantizer is None:
         return
     from ..quant.spec import QuantSpec, QuantSpecError
-    if set(quantizer) != {"spec", "backend"} or not isinstance(quantizer["spec"], str) \
+    if set(quantizer) - {"rounding"} != {"spec", "backend"} or not isinstance(quantizer["spec"], str) \
             or not isinstance(quantizer["backend"], str) or not _BACKEND_NAME.fullmatch(quantizer["backend"]):
         raise PresetError(f"{where}: quantizer must be {{\"spec\": <spec>, \"backend\": <backend name>}}")
+    if "rounding" in quantizer and quantizer["rounding"] not in ROUNDINGS:
+        raise PresetError(f"{where}: quantizer.rounding must be {' or '.join(map(repr, ROUNDINGS))} (absent: "
+                          f"round-to-nearest), got {quantizer['rounding']!r}")
     try:
         canonical = QuantSpec.parse(quantizer["spec"]).name
     except QuantSpecError as error:
@@ -219,7 +226,10 @@ def _validate_quantizer(quantizer, where):
 
 
 def describe_quantizer(quantizer):
-    return "no Q-Sched quantizer" if not quantizer else f"{quantizer['spec']} ({quantizer['backend']} backend)"
+    if not quantizer:
+        return "no Q-Sched quantizer"
+    rounding = f", {quantizer['rounding']} rounding" if quantizer.get("rounding") else ""
+    return f"{quantizer['spec']} ({quantizer['backend']} backend{rounding})"
 
 
 def quantizer_mismatch(data, quantizer):

@@ -12,6 +12,8 @@ import folder_paths
 from ..quant import LayerPolicy, QuantSpec, quantize_module
 from ..quant.registry import DEFAULT_BACKEND
 from ..quant.cache import quantize_cached
+from ..quant.apply import GPTQ_MARK
+from ..quant.calibrated import GPTQ_ROUNDING, quantize_calibrated
 from ..quant.fp8 import fp8_supported
 from ..quant.options import ATTENTION_CHOICES, CACHE_CHOICES, CACHE_FOLDER, CUDA_GRAPHS_CHOICES
 from ..quant.source import check_source
@@ -30,15 +32,17 @@ QUANTIZER_ATTRIBUTE = "qsched_quantizer"
 
 
 def quantizer_of(model):
-    """{"spec", "backend"} the quantized loaders built a ComfyUI MODEL's backbone with, None for any other model."""
+    """{"spec", "backend"[, "rounding": "GPTQ"]} the quantized loaders built a ComfyUI MODEL's backbone with (rounding:
+    present for calibrated rounding, absent for round-to-nearest), None for any other model."""
     backbone = getattr(getattr(model, "model", None), "diffusion_model", None)
     return getattr(backbone, QUANTIZER_ATTRIBUTE, None)
 
 
 def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND, layer_policy="", cache="off",
-                     attention="sdpa", cuda_graphs="off"):
+                     attention="sdpa", cuda_graphs="off", calibration=None):
     """Quantize the ModelPatcher's backbone in place and install the attention and CUDA-graph choices; returns the
-    summary line."""
+    summary line. calibration: for calibrated (GPTQ) rounding, calibration(patcher) -> (settings, round_layers)
+    (comfy_adapter/calibrated_loading.py); the settings key the cache, round_layers runs on a cache miss only."""
     name = os.path.basename(source_path)
     spec = QuantSpec.parse(quantization)
     policy = LayerPolicy.parse(layer_policy)
@@ -54,22 +58,31 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
         raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS_CHOICES)}, got {cuda_graphs!r}")
     backbone = patcher.model.diffusion_model
     warn_non_finite_weights(backbone, name, logging)
+    calibrated = calibration(patcher) if calibration is not None else None
     if cache == "on":
         register_cache_folder()
         report, status = quantize_cached(backbone, spec, source_path, folder_paths.get_folder_paths(CACHE_FOLDER)[0],
-                                         policy, backend, device, compute_device=device)
+                                         policy, backend, device, compute_device=device, calibration=calibrated)
+    elif calibrated is not None:
+        report, status = quantize_calibrated(backbone, spec, policy, backend, device, calibrated[1],
+                                             compute_device=device), "off"
     else:
         report, status = quantize_module(backbone, spec, policy, backend, device, compute_device=device), "off"
     if report.quantized == 0:
         raise ValueError(f"{name}: no Linear/Conv layer of this backbone was quantized "
                          f"({type(backbone).__name__}, {report.kept} kept by the layer policy)")
     with_comfy_patching(backbone)
-    setattr(backbone, QUANTIZER_ATTRIBUTE, {"spec": spec.name, "backend": backend})  # presets record it
+    quantizer = {"spec": spec.name, "backend": backend}
+    if calibrated is not None:
+        quantizer["rounding"] = GPTQ_ROUNDING
+    setattr(backbone, QUANTIZER_ATTRIBUTE, quantizer)  # presets record it
     set_attention(patcher, attention)
     set_cuda_graphs(patcher, cuda_graphs)
     patcher.size = 0
     patcher.model_size()  # ComfyUI's memory planning must see the packed size
+    rounded = sum(bool(layer.backend) and layer.backend.endswith(GPTQ_MARK) for layer in report.layers)
     summary = f"Q-Sched quantized {name}: {report.summary()}; cache {status}" + (
+        f"; GPTQ rounding on {rounded} of {report.quantized} quantized layers" if calibrated is not None else "") + (
         f"; attention {attention}" if attention != "sdpa" else "") + (
         "; CUDA graphs on" if cuda_graphs == "on" else "")
     logging.info(summary)

@@ -2,11 +2,11 @@
 samplers/, quant/ and calibration/. ComfyUI picks them up through comfy_entrypoint (the pack's __init__.py)."""
 from ..comfy_adapter.v3_api import ComfyExtension
 
-from . import calibrate, export, loaders, presets, ptqd, sampling, scoring
+from . import calibrate, calibrated_loader, export, loaders, presets, ptqd, sampling, scoring
 from . import routes  # noqa: F401  registers the /qsched/* server routes the web extension reads
 
-NODES = [*sampling.NODES, *loaders.NODES, *export.NODES, *scoring.NODES, *calibrate.NODES, *presets.NODES,
-         *ptqd.NODES]
+NODES = [*sampling.NODES, *loaders.NODES, *calibrated_loader.NODES, *export.NODES, *scoring.NODES, *calibrate.NODES,
+         *presets.NODES, *ptqd.NODES]
 
 
 class QSchedExtension(ComfyExtension):

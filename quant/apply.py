@@ -142,16 +142,12 @@ def _check_branch(name, layer, spec, branch):
                          f"{up.dtype}{tuple(up.shape)} do not match {spec.name}: 16-bit {shapes[0]} / {shapes[1]}")
 
 
-def quantize_module(module, spec, policy=None, backend="simulate", device=None, stored=None, compute_device=None,
-                    hessians=None):
-    """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
-    policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
-    device: where the fp8 backend will run (checked up front); None skips that check.
-    stored: {layer name: (spec name, packed weight, scales[, low-rank down, up])} already quantized (a cache),
-    used instead of quantizing; checked against the plan before any layer changes.
-    compute_device: where the weights are quantized (e.g. the GPU for a model resident on the CPU).
-    hessians: {layer name: E[x xᵀ] of its input on calibration samples} (quant.gptq.InputMoments): those layers'
-    codes are rounded by GPTQ (quant/gptq.py) instead of to nearest; the others round to nearest."""
+GPTQ_MARK = ", GPTQ rounding"  # ends the backend text of a layer whose codes GPTQ rounded
+
+
+def layer_plan(module, spec, policy=None, backend="simulate", device=None):
+    """(backend, decisions): what quantize_module does to each quantizable layer of `module`, each spec fitted to
+    its layer (group size, rank) and checked against the backend on `device`."""
     spec = QuantSpec.parse(spec)
     if policy is None:
         policy = DEFAULT_POLICY
@@ -163,13 +159,35 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
     for decision in decisions:
         if decision.spec is not None and decision.spec != spec and not decision.spec.weight_only:
             quantizer.check(decision.spec, device)
-    if stored is not None and hessians:
+    return quantizer, decisions
+
+
+def quantize_module(module, spec, policy=None, backend="simulate", device=None, stored=None, compute_device=None,
+                    hessians=None, calibrated=None):
+    """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
+    policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
+    device: where the fp8 backend will run (checked up front); None skips that check.
+    stored: {layer name: (spec name, packed weight, scales[, low-rank down, up])} already quantized (a cache),
+    used instead of quantizing; checked against the plan before any layer changes.
+    compute_device: where the weights are quantized (e.g. the GPU for a model resident on the CPU).
+    hessians: {layer name: E[x xᵀ] of its input on calibration samples} (quant.gptq.InputMoments): those layers'
+    codes are rounded by GPTQ (quant/gptq.py) instead of to nearest; the others round to nearest.
+    calibrated: {layer name: (spec name, packed weight, scales[, down, up])} that GPTQ already rounded (moments
+    collected in passes, quant/calibrated.py): used for those layers and reported as GPTQ rounding, checked like
+    `stored`; the others round to nearest."""
+    spec = QuantSpec.parse(spec)
+    quantizer, decisions = layer_plan(module, spec, policy, backend, device)
+    if stored is not None and (hessians or calibrated):
         raise ValueError("stored (cached) tensors and calibration moments for GPTQ exclude each other: stored "
                          "tensors are already rounded")
-    if hessians:
-        unknown = sorted(set(hessians) - {d.name for d in decisions if d.spec is not None})
+    if hessians and calibrated:
+        raise ValueError("give either calibration moments or codes GPTQ already rounded, not both")
+    rounded = hessians or calibrated or {}
+    if rounded:
+        unknown = sorted(set(rounded) - {d.name for d in decisions if d.spec is not None})
         if unknown:
-            raise ValueError(f"calibration moments for layers the plan does not quantize: {unknown[:3]}")
+            what = "calibration moments" if hessians else "GPTQ-rounded codes"
+            raise ValueError(f"{what} for layers the plan does not quantize: {unknown[:3]}")
         if not getattr(quantizer, "cacheable", False):
             raise ValueError(f"backend {quantizer.name!r} quantizes in its own library and cannot take calibrated "
                              "rounding (GPTQ); use 'simulate', 'int8' or 'auto'")
@@ -177,6 +195,8 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
         if not getattr(quantizer, "cacheable", False):
             raise ValueError(f"backend {quantizer.name!r} cannot take stored quantized weights")
         _check_stored(module, decisions, quantizer, stored)
+    if calibrated:
+        _check_stored(module, [d for d in decisions if d.name in calibrated], quantizer, calibrated)
     report = QuantReport(spec.name, quantizer.name, module_bytes(module))
     for decision in decisions:
         layer = module.get_submodule(decision.name)
@@ -186,13 +206,15 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
             continue
         try:
             tensors = None if stored is None else stored[decision.name][1:]
+            if calibrated and decision.name in calibrated:
+                tensors = calibrated[decision.name][1:]
             if hessians and decision.name in hessians:
                 spec_here = quantizer.effective_spec(layer, decision.spec)
                 tensors = gptq.calibrated_tensors(layer, spec_here, hessians[decision.name],
                                                   quantizer.layout(layer, spec_here), compute_device)
             new_layer, how = quantizer.quantize(layer, decision.spec, tensors, compute_device)
-            if hessians and decision.name in hessians:
-                how += ", GPTQ rounding"
+            if decision.name in rounded:
+                how += GPTQ_MARK
         except (ValueError, RuntimeError) as error:
             raise type(error)(f"layer {decision.name!r}: {error}") from error
         if new_layer is not layer:

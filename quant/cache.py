@@ -1,4 +1,5 @@
-"""Cache of quantized weights in safetensors, keyed by the source file's content hash + spec + policy + backend.
+"""Cache of quantized weights in safetensors, keyed by the source file's content hash + spec + policy + backend
+(+ the calibration settings of a calibrated, GPTQ-rounded load).
 
 Per quantized layer it stores `<layer>.weight` (packed codes), `<layer>.weight_scale` and `<layer>.comfy_quant`
 (a uint8 tensor holding JSON, the per-layer metadata convention of newer ComfyUI checkpoints; the format names
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 from ..atomic_files import write_atomic
 from ..tensor_files import TensorFileError, check_regular, check_safetensors, name_list, non_finite_names
 from .apply import quantize_module
+from .calibrated import gptq_layers, mark_calibrated, quantize_calibrated
 from .registry import get_backend
 from .layers import PackedWeightMixin
 from .policy import DEFAULT_POLICY, LayerPolicy
@@ -49,9 +51,14 @@ def _policy(policy):
     return LayerPolicy.parse(policy) if isinstance(policy, str) else (policy or DEFAULT_POLICY)
 
 
-def cache_identity(source_sha256, spec, policy, backend):
-    return {"qsched_format": FORMAT_VERSION, "source_sha256": source_sha256, "spec": QuantSpec.parse(spec).name,
-            "policy": repr(_policy(policy)), "backend": backend}
+def cache_identity(source_sha256, spec, policy, backend, calibration=None):
+    """What a cache file must have been made for. calibration: the settings a calibrated (GPTQ) rounding's moments
+    came from (JSON values), so that other settings never pick up its codes, nor a nearest-rounded load them."""
+    identity = {"qsched_format": FORMAT_VERSION, "source_sha256": source_sha256, "spec": QuantSpec.parse(spec).name,
+                "policy": repr(_policy(policy)), "backend": backend}
+    if calibration is not None:
+        identity["calibration"] = json.dumps({"rounding": "GPTQ", **calibration}, sort_keys=True, ensure_ascii=False)
+    return identity
 
 
 def cache_path(cache_dir, source_path, identity):
@@ -121,23 +128,34 @@ def read_cache(path, identity):
 
 
 def quantize_cached(module, spec, source_path, cache_dir, policy=None, backend="simulate", device=None,
-                    compute_device=None):
+                    compute_device=None, calibration=None):
     """quantize_module, reusing (or writing) a cache of the quantized weights in `cache_dir`.
+    calibration: (settings, round_layers) for calibrated rounding (quant/calibrated.py): the settings are part of
+    the cache key; round_layers(layers) runs the calibration, on a miss only.
     Returns (report, status) with status 'hit', 'written' or 'rebuilt (<why>)'."""
     quantizer = get_backend(backend)
+
+    def build():
+        if calibration is None:
+            return quantize_module(module, spec, _policy(policy), backend, device, compute_device=compute_device)
+        return quantize_calibrated(module, spec, _policy(policy), backend, device, calibration[1],
+                                   compute_device=compute_device)
+
     if not quantizer.cacheable:
-        return quantize_module(module, spec, policy, backend, device, compute_device=compute_device), \
-            f"not cached (backend {backend})"
-    identity = cache_identity(file_sha256(source_path), spec, policy, backend)
+        return build(), f"not cached (backend {backend})"
+    identity = cache_identity(file_sha256(source_path), spec, policy, backend,
+                              None if calibration is None else calibration[0])
     path = cache_path(cache_dir, source_path, identity)
     status = "written"
     if os.path.exists(path):
         try:
             stored = read_cache(path, identity)
-            return quantize_module(module, spec, _policy(policy), backend, device, stored=stored), "hit"
+            calibrated = {} if calibration is None else gptq_layers(module, spec, _policy(policy), backend, device)
+            report = quantize_module(module, spec, _policy(policy), backend, device, stored=stored)
+            return mark_calibrated(report, calibrated), "hit"
         except ValueError as error:
             logging.warning("Q-Sched: rebuilding quantized cache: %s", error)
             status = f"rebuilt ({error})"
-    report = quantize_module(module, spec, _policy(policy), backend, device, compute_device=compute_device)
+    report = build()
     save_cache(path, module, identity)
     return report, status

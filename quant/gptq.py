@@ -61,10 +61,44 @@ class InputMoments:
             self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
         return hook
 
+    def pop_hessian(self, name):
+        """E[x xᵀ] of one layer, float32, its accumulator freed (None if the run never went through it)."""
+        total, count = self.sums.pop(name, None), self.counts.pop(name, 0)
+        return None if total is None else (total / count).float()
+
     @property
     def hessians(self):
         """{layer name: E[x xᵀ], [in_columns, in_columns] float32} of the layers the run went through."""
         return {name: (total / self.counts[name]).float() for name, total in self.sums.items()}
+
+
+def moment_columns(layer):
+    """Side of a Linear / Conv2d layer's E[x xᵀ]: its weight's input columns (in, or in * kh * kw)."""
+    return int(layer.weight[0].numel())
+
+
+def accumulator_bytes(columns, device):
+    """Memory of one layer's InputMoments accumulator on `device` (float64 on the CPU, float32 elsewhere)."""
+    return columns * columns * (8 if torch.device(device).type == "cpu" else 4)
+
+
+def plan_passes(sizes, budget_bytes):
+    """Split layers into calibration passes whose accumulators fit `budget_bytes` together: sizes is
+    [(layer name, accumulator bytes)] in the order the layers run; each pass takes the next layers while they fit.
+    A layer that alone exceeds the budget is an error naming it (its moments cannot be taken within the budget)."""
+    if not budget_bytes > 0:
+        raise ValueError(f"the moments budget must be positive, got {budget_bytes!r} bytes")
+    passes, current, used = [], [], 0
+    for name, size in sizes:
+        if size > budget_bytes:
+            raise ValueError(f"layer {name!r} alone needs {size / 2**30:.3g} GiB for its input moments, over the "
+                             f"budget of {budget_bytes / 2**30:.3g} GiB: raise the budget")
+        if current and used + size > budget_bytes:
+            passes.append(current)
+            current, used = [], 0
+        current.append(name)
+        used += size
+    return passes + ([current] if current else [])
 
 
 def layer_input_rows(layer, x):

@@ -40,7 +40,7 @@ def test_without_the_pinned_version_the_pack_loads_on_the_latest_api():
     pinned, fallback = load_pack(hide=False), load_pack(hide=True)
     assert pinned["api"] == "comfy_api.v0_0_2"
     assert fallback["api"] == "comfy_api.latest"
-    assert len(pinned["schemas"]) == 12
+    assert len(pinned["schemas"]) == 13
     assert fallback["schemas"] == pinned["schemas"]
 
 

@@ -22,7 +22,7 @@ def test_every_node_is_in_one_scheme_of_categories(node_infos):
 
 
 def test_every_input_and_output_has_a_tooltip(node_infos):
-    assert len(node_infos) == 12
+    assert len(node_infos) == 13
     for node_id, info in node_infos.items():
         tooltips = info.get("output_tooltips") or []
         assert len(tooltips) == len(info["output"]) and all(t and t.strip() for t in tooltips), \

@@ -192,12 +192,25 @@ def test_the_quantizer_a_preset_was_fitted_on_round_trips_and_another_one_is_nam
     assert "quantizer" not in older and P.quantizer_mismatch(older, quantizer) is None
 
 
+def test_the_rounding_a_preset_was_fitted_on_is_compared_too(tmp_path):
+    nearest, calibrated = {"spec": "W4A8", "backend": "int8"}, {"spec": "W4A8", "backend": "int8", "rounding": "GPTQ"}
+    P.save_preset(tmp_path, "gptq", make(quantizer=calibrated))
+    loaded = P.load_preset(tmp_path, "gptq")
+    assert loaded["quantizer"] == calibrated and P.quantizer_mismatch(loaded, dict(calibrated)) is None
+    assert ("fitted on W4A8 (int8 backend, GPTQ rounding), this model has W4A8 (int8 backend): "
+            in P.quantizer_mismatch(loaded, nearest))
+    assert "this model has W4A8 (int8 backend, GPTQ rounding)" in P.quantizer_mismatch(make(quantizer=nearest),
+                                                                                         calibrated)
+
+
 @pytest.mark.parametrize("quantizer, message", [
     ({"spec": "W4A8-r0", "backend": "auto"}, "quantizer.spec: low-rank branch rank must be 1..1024"),
     ({"spec": "w4a8_g64", "backend": "auto"}, "'w4a8_g64' is not written as 'W4A8-g64'"),
     ({"spec": "W4A8", "backend": "../x"}, "quantizer must be"),
     ({"spec": "W4A8"}, "quantizer must be"),
     ({"spec": 4, "backend": "auto"}, "quantizer must be"),
+    ({"spec": "W4A8", "backend": "auto", "rounding": "nearest"}, "quantizer.rounding must be 'GPTQ' .absent"),
+    ({"spec": "W4A8", "backend": "auto", "rounding": "GPTQ", "extra": 1}, "quantizer must be"),
     ("W4A8", "field 'quantizer' has the wrong type")])
 def test_a_bad_quantizer_record_is_named(tmp_path, quantizer, message):
     preset = make()

@@ -13,7 +13,9 @@ const CURVE_NODES = new Set(["QSchedCoefficients", "QSchedKSampler", "QSchedSamp
 const PRESET_NODE = "QSchedLoadPreset";
 const CALIBRATE_NODE = "QSchedCalibrate";
 const CALIBRATION_EVENT = "qsched.calibration";
-const QUANTIZED_LOADERS = new Set(["QSchedQuantizedCheckpointLoader", "QSchedQuantizedDiffusionModelLoader"]);
+const QUANTIZED_LOADERS = new Set(["QSchedQuantizedCheckpointLoader", "QSchedQuantizedDiffusionModelLoader",
+  "QSchedCalibratedDiffusionModelLoader"]);
+const CALIBRATED_LOADERS = new Set(["QSchedCalibratedDiffusionModelLoader"]);  // GPTQ rounding (presets record it)
 
 const widget = (node, ...names) => node.widgets?.find((w) => names.includes(w.name));
 const value = (node, ...names) => widget(node, ...names)?.value;
@@ -166,7 +168,8 @@ function presetQuantizerWarning(node, summary) {
   try { loader = sourceOf(node, "model")?.node; } catch { return null; }
   if (!loader || !summary.quantizer) return null;
   const quantizer = QUANTIZED_LOADERS.has(loader.comfyClass)
-    ? { spec: value(loader, "quantization"), backend: value(loader, "backend") } : null;
+    ? { spec: value(loader, "quantization"), backend: value(loader, "backend"),
+        rounding: CALIBRATED_LOADERS.has(loader.comfyClass) ? "GPTQ" : undefined } : null;
   return quantizerWarning(summary.model, summary.quantizer, quantizer);
 }
 
@@ -176,7 +179,8 @@ function presetLines(s) {
   return [
     `model: ${s.model ?? "?"}${s.family ? ` (${s.family})` : ""}${s.example ? " · example" : ""}`,
     `${s.quant ?? "?"} · ${s.sampler ?? "?"} · ${s.steps ?? "?"} steps`
-      + (s.quantizer ? ` · fitted on ${s.quantizer.spec} (${s.quantizer.backend})` : ""),
+      + (s.quantizer ? ` · fitted on ${s.quantizer.spec} (${s.quantizer.backend}`
+        + `${s.quantizer.rounding ? `, ${s.quantizer.rounding} rounding` : ""})` : ""),
     Number.isFinite(s.best_score) ? `${s.scorer ?? "score"}: identity ${fmt(s.identity_score)} → best ${fmt(s.best_score)}${gain}`
       : "scores: not recorded",
   ];

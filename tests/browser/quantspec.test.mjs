@@ -46,3 +46,14 @@ test("quantizerWarning says what calibration/presets.py quantizer_mismatch says"
   assert.match(quantizerWarning("tiny", recorded, null), /this model has no Q-Sched quantizer/);
   assert.match(quantizerWarning("tiny", recorded, { spec: "W4A8-g64-r32", backend: "simulate" }), /simulate backend/);
 });
+
+test("quantizerWarning compares the rounding as quantizer_mismatch does (absent: nearest)", () => {
+  const nearest = { spec: "W4A8", backend: "int8" };
+  const calibrated = { spec: "W4A8", backend: "int8", rounding: "GPTQ" };
+  assert.equal(quantizerWarning("tiny", calibrated, { ...calibrated }), null);
+  assert.equal(quantizerWarning("tiny", nearest, { ...nearest, rounding: undefined }), null);
+  assert.equal(quantizerWarning("tiny", calibrated, nearest),
+               "preset 'tiny' was fitted on W4A8 (int8 backend, GPTQ rounding), this model has W4A8 (int8 backend): "
+               + "its coefficients correct another quantizer's error");
+  assert.match(quantizerWarning("tiny", nearest, calibrated), /this model has W4A8 \(int8 backend, GPTQ rounding\)/);
+});

@@ -82,15 +82,17 @@ export function sameSpec(a, b) {
   return canonical(a) === canonical(b);
 }
 
-const describe = (q) => (q ? `${q.spec} (${q.backend} backend)` : "no Q-Sched quantizer");
+const describe = (q) => (q ? `${q.spec} (${q.backend} backend${q.rounding ? `, ${q.rounding} rounding` : ""})`
+  : "no Q-Sched quantizer");
 
-// calibration/presets.py quantizer_mismatch: the warning when a preset fitted on `recorded` ({spec, backend}) goes
-// to a model built with `model`'s quantizer (null: a model the quantized loaders did not make); null when they
-// agree or the preset records none.
+// calibration/presets.py quantizer_mismatch: the warning when a preset fitted on `recorded` ({spec, backend[,
+// rounding]}) goes to a model built with `model`'s quantizer (null: a model the quantized loaders did not make); null
+// when they agree or the preset records none. No rounding: round-to-nearest.
 export function quantizerWarning(presetModel, recorded, model) {
   if (!recorded) return null;
-  if (model && sameSpec(model.spec, recorded.spec) && model.backend === recorded.backend) return null;
+  if (model && sameSpec(model.spec, recorded.spec) && model.backend === recorded.backend
+      && (model.rounding ?? null) === (recorded.rounding ?? null)) return null;
+  const modelQuantizer = model && { spec: canonical(model.spec), backend: model.backend, rounding: model.rounding };
   return `preset ${pyStrRepr(String(presetModel))} was fitted on ${describe(recorded)}, this model has `
-    + `${describe(model && { spec: canonical(model.spec), backend: model.backend })}: its coefficients correct `
-    + "another quantizer's error";
+    + `${describe(modelQuantizer)}: its coefficients correct another quantizer's error`;
 }
