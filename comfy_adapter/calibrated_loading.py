@@ -13,6 +13,7 @@ import comfy.utils
 
 from ..calibration.prompts import prompts_hash
 from ..calibration.run import CalibrationConfig
+from ..quant import gptq
 from ..quant.calibrated import round_in_passes
 from .calibration import make_generator
 from .conditioning import TextConditioning
@@ -58,6 +59,7 @@ class CalibrationSampling:
         self.clip, self.budget_bytes = clip, int(budget_gib * 2**30)
         self.encode = TextConditioning(clip)
         self.passes = 0   # calibration passes the last rounding ran (0: none, a cache hit)
+        self.undersampled = {}   # layers left to nearest rounding for too few calibration rows: name -> (rows, columns)
 
     def settings(self):
         config = self.config
@@ -89,8 +91,13 @@ class CalibrationSampling:
         with torch.no_grad():
             rounded = round_in_passes(backbone, layers, lambda: generate(items), self.budget_bytes,
                                       patcher.load_device, compute_device=comfy.model_management.get_torch_device(),
-                                      on_pass=on_pass,
+                                      on_pass=on_pass, undersampled=self.undersampled,
                                       should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
+        if self.undersampled:
+            log.warning("Q-Sched calibrated rounding: %d layers round to nearest, their calibration rows under %g per "
+                        "input column (e.g. %s: %d rows, %d columns); more prompts or steps give them GPTQ",
+                        len(self.undersampled), gptq.MIN_ROWS_PER_COLUMN, *next(iter(
+                            (name, *sizes) for name, sizes in self.undersampled.items())))
         if bar is not None:
             bar.update_absolute(bar.total, bar.total)
         # The backbone is quantized in place next: ComfyUI must not hold it loaded with its float weights' size.

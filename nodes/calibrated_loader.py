@@ -9,6 +9,7 @@ from ..comfy_adapter.calibrated_loading import (BATCH_SETTING, DEFAULT_BUDGET_GI
                                                 SAMPLING_SETTINGS, CalibrationSampling)
 from ..comfy_adapter.loading import load_diffusion_model
 from ..comfy_adapter.v3_api import io
+from ..quant import gptq
 from . import categories
 from .calibrate import setting_inputs
 from .loaders import MODEL_TOOLTIP, SUMMARY_TOOLTIP, check_layer_policy, log, quant_inputs
@@ -57,6 +58,9 @@ class QSchedCalibratedDiffusionModelLoader(io.ComfyNode):
                                                 cache=cache, attention=attention, cuda_graphs=cuda_graphs,
                                                 calibration=sampling)
         summary += f"; calibration: {sampling.describe()}, {sampling.passes} passes"
+        if sampling.undersampled:
+            summary += (f"; {len(sampling.undersampled)} layers rounded to nearest (under {gptq.MIN_ROWS_PER_COLUMN:g} "
+                        "calibration rows per input column)")
         log.info(summary)
         return io.NodeOutput(patcher, summary)
 

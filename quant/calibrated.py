@@ -45,14 +45,17 @@ def plan_module_passes(module, names, budget_bytes, device):
 
 
 def round_in_passes(module, layers, run, budget_bytes, accumulate_device, compute_device=None, keep_device="cpu",
-                    on_pass=None, should_stop=None):
+                    on_pass=None, should_stop=None, undersampled=None):
     """{layer name: (spec name, packed codes, scales[, down, up])} of `layers` (gptq_layers' result) rounded by GPTQ
     against their input moments, collected over as many runs of `run()` as gptq.plan_passes makes for
     `budget_bytes` (accumulators counted on `accumulate_device`, where the model's activations are). The results are
     kept on `keep_device`. on_pass(index, count, names) is called before each pass; should_stop() may raise to
-    interrupt (checked between passes and layers). A layer the calibration never reached is an error."""
+    interrupt (checked between passes and layers). A layer the calibration never reached is an error; a layer with
+    fewer calibration rows than gptq.enough_rows asks for is left out (it rounds to nearest) and recorded in
+    `undersampled` (a dict, if given: name -> (rows, columns))."""
     passes = plan_module_passes(module, list(layers), budget_bytes, accumulate_device)
     rounded = {}
+    undersampled = {} if undersampled is None else undersampled
     for index, names in enumerate(passes):
         if should_stop is not None:
             should_stop()
@@ -63,9 +66,13 @@ def round_in_passes(module, layers, run, budget_bytes, accumulate_device, comput
         for name in names:
             if should_stop is not None:
                 should_stop()
+            rows = moments.counts.get(name, 0)
             hessian = moments.pop_hessian(name)
             if hessian is None:
                 raise ValueError(f"layer {name!r}: the calibration run never went through it (no input moments)")
+            if not gptq.enough_rows(rows, hessian.shape[0]):
+                undersampled[name] = (rows, hessian.shape[0])   # rounds to nearest (gptq.MIN_ROWS_PER_COLUMN)
+                continue
             spec, layout = layers[name]
             tensors = gptq.calibrated_tensors(module.get_submodule(name), spec, hessian, layout, compute_device)
             rounded[name] = (spec.name, *(tensor.to(keep_device) for tensor in tensors))

@@ -181,3 +181,19 @@ def test_a_plan_without_integer_codes_is_refused_before_any_calibration():
         quantize_calibrated(linears, "W8A8", None, "fp8", None, calls.append)
     assert calls == [] and all(p.is_floating_point() for p in linears.parameters())
     assert set(gptq_layers(Toy(), "W8A8", backend="fp8")) == {"conv"}  # its convolutions keep integer codes
+
+
+def test_layers_short_of_calibration_rows_are_left_to_nearest_rounding():
+    """quant.gptq.enough_rows: a layer whose calibration gives fewer rows than MIN_ROWS_PER_COLUMN per input column
+    is not rounded by GPTQ in the passes; it is named with its rows and columns."""
+    from comfyui_qsched.quant import gptq
+    from comfyui_qsched.quant.calibrated import gptq_layers, round_in_passes
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.GELU(), torch.nn.Linear(64, 16),
+                                torch.nn.Linear(16, 4))
+    x = torch.randn(40, 8)   # 40 rows: 5 per column of the first layer, 0.6 per column of the second
+    layers = gptq_layers(model, "W4A8", "first_last=off")
+    undersampled = {}
+    rounded = round_in_passes(model, layers, lambda: model(x), 1 << 30, "cpu", undersampled=undersampled)
+    assert sorted(rounded) == ["0", "3"] and undersampled == {"2": (40, 64)}
+    assert gptq.enough_rows(128, 64) and not gptq.enough_rows(127, 64)
