@@ -137,7 +137,7 @@ def test_demo_runs_end_to_end_on_reduced_settings(tmp_path, capsys):
                       "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "W4A4 + Q-Sched" in printed and "FP32" in printed and "W4A4 + reference+offset" in printed
-    assert "W4A4-g16-r16 + map (11.3 b/w)" in printed
+    assert "W4A4-g16-r16 GPTQ + map (11.3 b/w)" in printed
     from PIL import Image
     assert Image.open(out / "digits_grid.png").size[0] > 600
     assert Image.open(out / "search_surface.png").size == (768, 384)
