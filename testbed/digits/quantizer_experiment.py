@@ -24,7 +24,7 @@ import torch
 from ...atomic_files import write_text_atomic
 from ...calibration.closed_form import StepReached, fit_schedule, record_fits, step_recorder
 from ...quant import QuantSpec, quantize_module
-from ...quant.gptq import InputMoments
+from ...quant.gptq import InputMoments, enough_rows
 from ...quant.policy import DEFAULT_POLICY
 from ...samplers import SAMPLERS, QSchedSchedule
 from ...samplers.model_sampling import EPSSampling
@@ -36,6 +36,7 @@ from .scoring import FeatureFID
 
 FIT_PAIRS = 40
 GPTQ = "gptq"
+GPTQ_ROW_RULE = "gptq, row rule"
 MAP_SIZE = 8
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (row name, quantization spec or None for FP32, correction: None, "channel" or "map"[, rounding: "gptq"]); rows
@@ -65,6 +66,8 @@ ROWS = {
     "w4a4-g16-r16-gptq-map": ("W4A4 g16 + rank 16, GPTQ + bias map", "W4A4-g16-r16", "map", GPTQ),
     "w4a8-g64-gptq-map": ("W4A8 g64, GPTQ + bias map", "W4A8-g64", "map", GPTQ),
     "w4a4-g64-r16-gptq-map": ("W4A4 g64 + rank 16, GPTQ + bias map", "W4A4-g64-r16", "map", GPTQ),
+    # as the calibrated loader rounds: layers under quant.gptq.MIN_ROWS_PER_COLUMN calibration rows to nearest
+    "w4a8-g16-gptqrule-map": ("W4A8 g16, GPTQ (loader's row rule) + map", "W4A8-g16", "map", GPTQ_ROW_RULE),
     "w4a8-r4-gptq-map": ("W4A8 per channel + rank 4, GPTQ + bias map", "W4A8-r4", "map", GPTQ),
     "w4a4-g16-gptq-map": ("W4A4 g16, GPTQ + bias map", "W4A4-g16", "map", GPTQ),
     "w4a4-g16-r4-gptq-map": ("W4A4 g16 + rank 4, GPTQ + bias map", "W4A4-g16-r4", "map", GPTQ),
@@ -117,9 +120,10 @@ def quantize(unet, spec_text, hessians=None):
 
 
 @torch.no_grad()
-def calibration_moments(unet, spec_text, steps, pairs=FIT_PAIRS, seed=CALIBRATION_SEED):
+def calibration_moments(unet, spec_text, steps, pairs=FIT_PAIRS, seed=CALIBRATION_SEED, row_rule=False):
     """{layer: E[x xᵀ] of its input} for the layers `spec_text` quantizes, while the FP model samples the closed
-    form's calibration class/noise pairs (its noise, never evaluated) with the LCM sampler at `steps`."""
+    form's calibration class/noise pairs (its noise, never evaluated) with the LCM sampler at `steps`.
+    row_rule: leave out the layers the calibrated loader rounds to nearest (quant.gptq.enough_rows)."""
     unet = copy.deepcopy(unet)
     planned = [d.name for d in DEFAULT_POLICY.plan(unet, QuantSpec.parse(spec_text)) if d.spec is not None]
     fp = LCMDenoiser(unet).eval()
@@ -129,7 +133,8 @@ def calibration_moments(unet, spec_text, steps, pairs=FIT_PAIRS, seed=CALIBRATIO
                                  disable=True, schedule=QSchedSchedule.identity(steps),
                                  noise_sampler=noise.sampler_for(torch.arange(pairs)),
                                  model_sampling=EPSSampling(vp_sigmas()))
-    return moments.hessians
+    return {name: hessian for name, hessian in moments.hessians.items()
+            if not row_rule or enough_rows(moments.counts[name], hessian.shape[0])}
 
 
 class Trajectory:
@@ -249,9 +254,10 @@ def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, ou
     for steps in steps_list:
         for key in row_keys:
             method, spec, form, *rounding = ROWS[key]
-            model_key = (spec, steps) if rounding else spec   # GPTQ's moments come from the sampler at `steps`
+            model_key = (spec, steps, *rounding) if rounding else spec   # GPTQ's moments: the sampler at `steps`
             if model_key not in models:
-                models[model_key] = quantize(unet, spec, calibration_moments(unet, spec, steps) if rounding else None)
+                models[model_key] = quantize(unet, spec, calibration_moments(
+                    unet, spec, steps, row_rule=rounding[0] == GPTQ_ROW_RULE) if rounding else None)
             denoiser, bits = models[model_key]
             schedule, fit = correction(fp, denoiser, steps, form)
             cell = evaluate_row(method, denoiser, steps, schedule, None, scorer, fids, seeds, samples)
