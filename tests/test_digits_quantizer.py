@@ -114,3 +114,13 @@ def test_gptq_rows_take_moments_of_the_planned_layers_and_lower_the_error(unet):
         reference = fp(x, sigma, labels=labels)
         error = lambda model: float(((model(x, sigma, labels=labels) - reference) ** 2).mean())   # noqa: E731
         assert error(calibrated) < 0.8 * error(nearest)
+
+
+def test_the_row_rule_leaves_out_the_layers_with_too_few_calibration_rows(unet):
+    """As the calibrated loader rounds: at 2 steps the 40 pairs give each embedding layer (128 columns) 80 rows, under
+    quant.gptq.MIN_ROWS_PER_COLUMN per column; the 16 x 16 convolutions get 40 x 2 x 256 rows."""
+    everything = qe.calibration_moments(unet, "W4A8-g16", 2)
+    ruled = qe.calibration_moments(unet, "W4A8-g16", 2, row_rule=True)
+    left_out = set(everything) - set(ruled)
+    assert {name for name in everything if name.endswith(".emb")} <= left_out
+    assert "down1.conv1" in ruled and all(torch.equal(ruled[name], everything[name]) for name in ruled)
