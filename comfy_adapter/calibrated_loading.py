@@ -94,10 +94,10 @@ class CalibrationSampling:
                                       on_pass=on_pass, undersampled=self.undersampled,
                                       should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         if self.undersampled:
+            name, (rows, columns) = next(iter(self.undersampled.items()))
             log.warning("Q-Sched calibrated rounding: %d layers round to nearest, their calibration rows under %g per "
                         "input column (e.g. %s: %d rows, %d columns); more prompts or steps give them GPTQ",
-                        len(self.undersampled), gptq.MIN_ROWS_PER_COLUMN, *next(iter(
-                            (name, *sizes) for name, sizes in self.undersampled.items())))
+                        len(self.undersampled), gptq.MIN_ROWS_PER_COLUMN, name, rows, columns)
         if bar is not None:
             bar.update_absolute(bar.total, bar.total)
         # The backbone is quantized in place next: ComfyUI must not hold it loaded with its float weights' size.

@@ -32,7 +32,7 @@ def gptq_layers(module, spec, policy=None, backend="simulate", device=None):
             continue
         spec_here = quantizer.effective_spec(layer, decision.spec)
         layout = quantizer.layout(layer, spec_here)
-        if layout[0] in (torch.int8, torch.uint8):
+        if layout[0] in gptq.INTEGER_CODES:
             layers[decision.name] = (spec_here, layout)
     return layers
 

@@ -28,6 +28,8 @@ MIN_ROWS_PER_COLUMN = 2.0
 # Columns rounded between two updates of the rest of the weight (the paper's lazy batch updates, section 3 step 2):
 # same result as one column at a time, fewer large matrix products.
 BLOCK = 128
+# Stored code dtypes GPTQ can choose: int8 codes, or int4 codes two per byte (not e4m3 bytes).
+INTEGER_CODES = (torch.int8, torch.uint8)
 
 
 class InputMoments:
@@ -61,8 +63,7 @@ class InputMoments:
     def _hook(self, name):
         def hook(layer, inputs, output):
             rows = layer_input_rows(layer, inputs[0])
-            accumulate = torch.float64 if rows.device.type == "cpu" else torch.float32
-            rows = rows.to(accumulate)
+            rows = rows.to(accumulator_dtype(rows.device))
             self.sums[name] = self.sums.get(name, 0) + rows.T @ rows
             self.counts[name] = self.counts.get(name, 0) + rows.shape[0]
         return hook
@@ -88,9 +89,15 @@ def moment_columns(layer):
     return int(layer.weight[0].numel())
 
 
+def accumulator_dtype(device):
+    """What InputMoments sums x xᵀ in on `device`: float64 on the CPU, float32 on accelerators (where float64 is slow
+    on most of them)."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+
+
 def accumulator_bytes(columns, device):
-    """Memory of one layer's InputMoments accumulator on `device` (float64 on the CPU, float32 elsewhere)."""
-    return columns * columns * (8 if torch.device(device).type == "cpu" else 4)
+    """Memory of one layer's InputMoments accumulator on `device`."""
+    return columns * columns * accumulator_dtype(device).itemsize
 
 
 def plan_passes(sizes, budget_bytes):
@@ -165,7 +172,7 @@ def calibrated_tensors(layer, spec, hessian, layout, compute_device=None):
     quantize_module installs in place of round-to-nearest codes (the same layout, checked by the layer).
     layout: the backend's (dtype, shape, scale shape) for the layer; GPTQ chooses integer codes, so a backend that
     stores other codes (fp8's e4m3 bytes) cannot take it."""
-    if layout[0] not in (torch.int8, torch.uint8):
+    if layout[0] not in INTEGER_CODES:
         raise ValueError(f"calibrated rounding (GPTQ) chooses integer codes; this backend stores {spec} as "
                          f"{layout[0]} (use backend 'simulate', 'int8' or 'auto' for calibrated rounding)")
 

@@ -6,17 +6,22 @@ def qmax(bits):
     return 2 ** (bits - 1) - 1
 
 
+def _grouped(weight, group_size):
+    """A 2-D [out, in] weight as float32 [out, groups, in / groups]: one group per row without a group size."""
+    w = weight.detach().float()
+    rows, cols = w.shape
+    if not group_size:
+        return w.reshape(rows, 1, cols)
+    if cols % group_size:
+        raise ValueError(f"input size {cols} is not a multiple of the group size {group_size}")
+    return w.reshape(rows, cols // group_size, group_size)
+
+
 def quantize_weight(weight, bits, group_size=None):
     """Symmetric codes s = amax / qmax per output row (or per group of `group_size` input columns).
     `weight` is 2-D [out, in]; returns (int8 codes [out, in], float32 scales [out, 1 or in/group])."""
-    w = weight.detach().float()
-    rows, cols = w.shape
-    if group_size:
-        if cols % group_size:
-            raise ValueError(f"input size {cols} is not a multiple of the group size {group_size}")
-        w = w.reshape(rows, cols // group_size, group_size)
-    else:
-        w = w.reshape(rows, 1, cols)
+    rows, cols = weight.shape
+    w = _grouped(weight, group_size)
     scale = (w.abs().amax(dim=-1, keepdim=True) / qmax(bits)).clamp(min=torch.finfo(torch.float32).tiny)
     codes = torch.round(w / scale).clamp(-qmax(bits), qmax(bits)).to(torch.int8)
     return codes.reshape(rows, cols), scale.squeeze(-1)
@@ -31,11 +36,7 @@ def mse_scales(weight, bits, group_size=None):
     """float32 scales [out, 1 or in/group] of a 2-D weight: per row (or group), the clip ratio of CLIP_RATIOS whose
     round-to-nearest codes reproduce the weight with the least squared error (ties: the larger ratio). Used where the
     codes are then chosen by something better than rounding each weight on its own (quant/gptq.py)."""
-    w = weight.detach().float()
-    rows, cols = w.shape
-    if group_size and cols % group_size:
-        raise ValueError(f"input size {cols} is not a multiple of the group size {group_size}")
-    w = w.reshape(rows, cols // group_size, group_size) if group_size else w.reshape(rows, 1, cols)
+    w = _grouped(weight, group_size)
     amax = w.abs().amax(dim=-1, keepdim=True).clamp(min=torch.finfo(torch.float32).tiny)
     best_error = best_scale = None
     for ratio in reversed(CLIP_RATIOS):

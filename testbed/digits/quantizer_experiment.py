@@ -30,7 +30,7 @@ from ...samplers import SAMPLERS, QSchedSchedule
 from ...samplers.model_sampling import EPSSampling
 from .diffusion import LCMDenoiser, vp_sigmas
 from .experiment import CALIBRATION_SEED, evaluate_row, load_testbed
-from .generate import FixedNoise, check_steps, sampling_sigmas
+from .generate import FixedNoise, check_steps, generate, sampling_sigmas
 from .pixel_fid import PixelFID
 from .scoring import FeatureFID
 
@@ -126,13 +126,8 @@ def calibration_moments(unet, spec_text, steps, pairs=FIT_PAIRS, seed=CALIBRATIO
     row_rule: leave out the layers the calibrated loader rounds to nearest (quant.gptq.enough_rows)."""
     unet = copy.deepcopy(unet)
     planned = [d.name for d in DEFAULT_POLICY.plan(unet, QuantSpec.parse(spec_text)) if d.spec is not None]
-    fp = LCMDenoiser(unet).eval()
-    labels, noise, sigmas = torch.arange(pairs) % 10, FixedNoise(pairs, steps, seed), sampling_sigmas(steps)
     with InputMoments(unet, planned) as moments:
-        SAMPLERS["lcm"].function(fp, noise.initial * (1 + sigmas[0] ** 2) ** 0.5, sigmas, extra_args={"labels": labels},
-                                 disable=True, schedule=QSchedSchedule.identity(steps),
-                                 noise_sampler=noise.sampler_for(torch.arange(pairs)),
-                                 model_sampling=EPSSampling(vp_sigmas()))
+        generate(LCMDenoiser(unet).eval(), torch.arange(pairs) % 10, steps, seed)
     return {name: hessian for name, hessian in moments.hessians.items()
             if not row_rule or enough_rows(moments.counts[name], hessian.shape[0])}
 
