@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 
 from ..atomic_files import write_atomic
 from ..tensor_files import TensorFileError, check_regular, check_safetensors, name_list, non_finite_names
-from .apply import quantize_module
-from .calibrated import gptq_layers, mark_calibrated, quantize_calibrated
+from .apply import GPTQ_MARK, quantize_module
+from .calibrated import GPTQ_ROUNDING, mark_calibrated, quantize_calibrated
 from .registry import get_backend
 from .layers import PackedWeightMixin
 from .policy import DEFAULT_POLICY, LayerPolicy
@@ -57,7 +57,7 @@ def cache_identity(source_sha256, spec, policy, backend, calibration=None):
     identity = {"qsched_format": FORMAT_VERSION, "source_sha256": source_sha256, "spec": QuantSpec.parse(spec).name,
                 "policy": repr(_policy(policy)), "backend": backend}
     if calibration is not None:
-        identity["calibration"] = json.dumps({"rounding": "GPTQ", **calibration}, sort_keys=True, ensure_ascii=False)
+        identity["calibration"] = json.dumps({"rounding": GPTQ_ROUNDING, **calibration}, sort_keys=True, ensure_ascii=False)
     return identity
 
 
@@ -73,13 +73,16 @@ def _layer_format(layer):
     return "qsched_int8" if layer.weight.dtype == torch.int8 else "qsched_fp8_e4m3"
 
 
-def save_cache(path, module, identity):
+def save_cache(path, module, identity, gptq_rounded=()):
+    """gptq_rounded: the layers whose codes GPTQ rounded (their metadata says so; the others rounded to nearest)."""
     tensors = {}
     for name, layer in module.named_modules():
         if isinstance(layer, PackedWeightMixin) and layer.quant_spec is not None:
             spec = layer.quant_spec
             info = {"format": _layer_format(layer), "spec": spec.name, "w_bits": spec.w_bits, "a_bits": spec.a_bits,
                     "group_size": spec.group_size, "activations": spec.act_granularity, "rank": spec.rank}
+            if name in gptq_rounded:
+                info["rounding"] = GPTQ_ROUNDING
             tensors[f"{name}.weight"] = layer.weight.detach().cpu().contiguous()
             tensors[f"{name}.weight_scale"] = layer.weight_scale.detach().cpu().contiguous()
             if spec.rank:
@@ -89,9 +92,10 @@ def save_cache(path, module, identity):
     write_atomic(path, lambda temporary: save_file(tensors, temporary, metadata=identity))
 
 
-def read_cache(path, identity):
+def read_cache(path, identity, gptq_rounded=None):
     """{layer: (spec name, packed, scales, down, up)} from a cache file (down, up None where the file holds no
-    branch), after checking its header against `identity`."""
+    branch), after checking its header against `identity`. gptq_rounded: a set, if given, that takes the names of
+    the layers whose codes GPTQ rounded."""
     try:
         check_safetensors(path, "cache file")
     except TensorFileError as error:
@@ -112,6 +116,8 @@ def read_cache(path, identity):
                                    for factor in ("lowrank_down", "lowrank_up"))
                     stored[name] = (info["spec"], handle.get_tensor(f"{name}.weight"),
                                     handle.get_tensor(f"{name}.weight_scale"), *branch)
+                    if gptq_rounded is not None and info.get("rounding") == GPTQ_ROUNDING:
+                        gptq_rounded.add(name)
     except CacheError:
         raise
     except Exception as error:  # a truncated or foreign file: safetensors/JSON errors of many kinds
@@ -149,13 +155,14 @@ def quantize_cached(module, spec, source_path, cache_dir, policy=None, backend="
     status = "written"
     if os.path.exists(path):
         try:
-            stored = read_cache(path, identity)
-            calibrated = {} if calibration is None else gptq_layers(module, spec, _policy(policy), backend, device)
+            rounded = set()
+            stored = read_cache(path, identity, rounded)
             report = quantize_module(module, spec, _policy(policy), backend, device, stored=stored)
-            return mark_calibrated(report, calibrated), "hit"
+            return mark_calibrated(report, rounded), "hit"
         except ValueError as error:
             logging.warning("Q-Sched: rebuilding quantized cache: %s", error)
             status = f"rebuilt ({error})"
     report = build()
-    save_cache(path, module, identity)
+    save_cache(path, module, identity, {layer.name for layer in report.layers
+                                        if layer.backend and layer.backend.endswith(GPTQ_MARK)})
     return report, status

@@ -197,3 +197,26 @@ def test_layers_short_of_calibration_rows_are_left_to_nearest_rounding():
     rounded = round_in_passes(model, layers, lambda: model(x), 1 << 30, "cpu", undersampled=undersampled)
     assert sorted(rounded) == ["0", "3"] and undersampled == {"2": (40, 64)}
     assert gptq.enough_rows(128, 64) and not gptq.enough_rows(127, 64)
+
+
+def test_a_cache_hit_marks_only_the_layers_gptq_rounded_when_written(tmp_path):
+    """With one calibration batch the conv layer (144 columns) gets 128 rows, under quant.gptq.MIN_ROWS_PER_COLUMN:
+    it rounds to nearest. The cache records per layer which rounding its codes had, so a hit reports the same."""
+    from comfyui_qsched.quant.cache import quantize_cached
+    source = tmp_path / "toy.safetensors"
+    source.write_bytes(b"the source file's bytes: only its hash matters here")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def load():
+        model = Toy()
+        _, run, _ = calibration(model, batches=1)
+        return quantize_cached(model, "W4A8", str(source), str(cache),
+                               calibration=({"batches": 1}, lambda layers: round_in_passes(model, layers, run, 10**9,
+                                                                                           "cpu")))
+
+    (written, status), (hit, status_hit) = load(), load()
+    marked = {name: [layer.name for layer in report.layers if GPTQ_MARK in (layer.backend or "")]
+              for name, report in (("written", written), ("hit", hit))}
+    assert (status, status_hit) == ("written", "hit")
+    assert marked["written"] == marked["hit"] == ["fc1", "fc2"]
