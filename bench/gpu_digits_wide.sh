@@ -11,17 +11,17 @@ mkdir -p "$OUT"
 MODE=${1:-all}
 WIDE=testbed/digits/weights_wide
 KEY_ROWS=fp32,w4a8,w4a8-map,w4a8-g64-map,w4a4-g64-r8-map,w4a4-g64-r16-map
-ALL_ROWS=$(python -c "import qsched; from comfyui_qsched.testbed.digits.quantizer_experiment import WIDE_ROWS; print(WIDE_ROWS)")
+ALL_ROWS=$(python3 -c "import qsched; from comfyui_qsched.testbed.digits.quantizer_experiment import WIDE_ROWS; print(WIDE_ROWS)")
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/gpu.txt"
 if [ "$MODE" = all ]; then
   start=$(date +%s)
-  python -m qsched train-digits --only models --width 4 --out "$WIDE" --device cuda 2>&1 | tee "$OUT/train_wide.log"
+  python3 -m qsched train-digits --only models --width 4 --out "$WIDE" --device cuda 2>&1 | tee "$OUT/train_wide.log"
   echo "training took $(( $(date +%s) - start )) s" | tee -a "$OUT/train_wide.log"
   cp -r "$WIDE" "$OUT/weights_wide"
   ROWS=$KEY_ROWS; STEPS=2; LIMIT=200; THREADS=3
 else
   ROWS=$ALL_ROWS; STEPS=${2:-2}; LIMIT=560; THREADS=1
 fi
-timeout "$LIMIT" python -m qsched digits-quantizer --weights weights_wide --rows "$ROWS" --steps "$STEPS" \
+timeout "$LIMIT" python3 -m qsched digits-quantizer --weights weights_wide --rows "$ROWS" --steps "$STEPS" \
   --jobs "$(nproc)" --threads "$THREADS" --out "$OUT/results_quantizer_wide_${STEPS}.json" \
   --markdown "$OUT/results_quantizer_wide_${STEPS}.md" | tail -n 25
