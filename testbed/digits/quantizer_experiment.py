@@ -66,6 +66,7 @@ ROWS = {
     "w4a4-g16-r16-gptq-map": ("W4A4 g16 + rank 16, GPTQ + bias map", "W4A4-g16-r16", "map", GPTQ),
     "w4a8-g64-gptq-map": ("W4A8 g64, GPTQ + bias map", "W4A8-g64", "map", GPTQ),
     "w4a4-g64-r16-gptq-map": ("W4A4 g64 + rank 16, GPTQ + bias map", "W4A4-g64-r16", "map", GPTQ),
+    "w4a4-g64-r8-gptq-map": ("W4A4 g64 + rank 8, GPTQ + bias map", "W4A4-g64-r8", "map", GPTQ),
     # as the calibrated loader rounds: layers under quant.gptq.MIN_ROWS_PER_COLUMN calibration rows to nearest
     "w4a8-g16-gptqrule-map": ("W4A8 g16, GPTQ (loader's row rule) + map", "W4A8-g16", "map", GPTQ_ROW_RULE),
     "w4a8-r4-gptq-map": ("W4A8 per channel + rank 4, GPTQ + bias map", "W4A8-r4", "map", GPTQ),
@@ -74,7 +75,8 @@ ROWS = {
 }
 GPTQ_ROWS = "fp32,w4a8-gptq-map,w4a8-g16-gptq-map,w4a8-g8-gptq-map,w4a4-g16-r16-gptq-map"
 DEFAULT_ROWS = ",".join(list(ROWS)[:11])
-WIDE_ROWS = "fp32,w4a8,w4a8-map,w4a8-g64-map,w4a8-g16-map,w4a8-g8-map,w4a4,w4a4-g64-map,w4a4-g64-r8-map,w4a4-g64-r16-map,w4a4-g64-r32-map"
+WIDE_ROWS = ("fp32,w4a8,w4a8-map,w4a8-g64-map,w4a8-g64-gptq-map,w4a8-g16-gptq-map,w4a4,w4a4-g64-map,w4a4-g64-r8-map,"
+             "w4a4-g64-r16-map,w4a4-g64-r32-map,w4a4-g64-r8-gptq-map,w4a4-g64-r16-gptq-map")
 # The smallest quantizer that met issue 22's targets in every measured cell, with GPTQ rounding (the demo's last row;
 # results_quantizer_gptq.json)
 BEST_QUANTIZER = {"W4A8": "W4A8-g16", "W4A4": "W4A4-g16-r16", "W4A6": "W4A6-g16-r16"}
