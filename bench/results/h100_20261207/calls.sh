@@ -54,3 +54,5 @@ grep -E "^E " $OUT/pytest_gpu.log | head -20
 bash bench/device_setup.sh; COMFYUI_DIR=/tmp/ComfyUI-0.33.0 python3 bench/gpu_attention.py --out $OUT; python3 bench/gpu_lowrank.py --out $OUT
 ##### call6-8 (inline)
 COMFYUI_DIR=/tmp/ComfyUI-0.33.0 python3 bench/peers.py --models flux --full-flux --configs "bf16,comfy fp8_fast,W8A8 auto,W4A8 auto" --attention int8 --host-profile --rounds 6 --warmup 2   # call6; call7: "bf16,W8A8 auto" --attention int8 --cuda-graphs; call8: "bf16,W8A8 auto" --attention int8
+##### call9 (session 2026-12-07 #3): the wide digits variant, no carry
+export PYTHONUNBUFFERED=1; nvidia-smi --query-gpu=name --format=csv,noheader; BUDGET_S=570 timeout 590 bash bench/gpu_digits_wide.sh 2>&1 | tail -40
