@@ -42,10 +42,13 @@ CHECK_REL = 4e-3  # bf16 output rounding (2**-9 relative per element) plus float
 INNER, REPEATS = 10, 5
 SMOKE_SHAPES = [(40, 256, 128, 1), (17, 128, 256, 2)]
 # (label, int8 activation codes, weight kind, group size): the Triton GEMM's timed variants
-VARIANTS = [("W8A8 int8 triton", True, "int8", None), ("W4A8 int8 triton", True, "int4", None),
-            ("W4A8 e4m3 triton", False, "int4", None), ("W4A8-g64 int8 triton", True, "int4", 64),
-            ("W4A8-g64 e4m3 triton", False, "int4", 64), ("W4A8-g16 int8 triton", True, "int4", 16),
-            ("W4A8-g16 e4m3 triton", False, "int4", 16)]
+VARIANTS = [("W8A8 int8 triton", True, "int8", None, False), ("W4A8 int8 triton", True, "int4", None, False),
+            ("W4A8 e4m3 triton", False, "int4", None, False), ("W4A8-g64 int8 triton", True, "int4", 64, False),
+            ("W4A8-g64 e4m3 triton", False, "int4", 64, False), ("W4A8-g16 int8 triton", True, "int4", 16, False),
+            ("W4A8-g16 e4m3 triton", False, "int4", 16, False),
+            # linear_ops.GROUP_GEMM = "fp16": weights dequantized to float16 in registers, float16 MMA
+            ("W4A8-g64 int8 fp16-dequant", True, "int4", 64, True), ("W4A8-g16 int8 fp16-dequant", True, "int4", 16, True),
+            ("W4A8-g64 e4m3 fp16-dequant", False, "int4", 64, True)]
 CUBLAS = ["W8A8 fp8 cublas", "W4A8 fp8 cublas (unpack)", "W8A8 int8 cublas (_int_mm)", "W4A8 int8 cublas (_int_mm)"]
 # alternative tiles (BLOCK_M, BLOCK_N, BLOCK_K or 0 for the group size, warps, stages) timed on the largest shapes
 SWEEP = [(128, 256, 128, 8, 3), (128, 128, 64, 8, 4), (64, 128, 128, 4, 4), (128, 256, 64, 8, 3)]
@@ -100,6 +103,11 @@ def check_variants(device, shapes, log):
                     exact = int8_codes and not branch
                     ok = same_bits(fast, ref) if exact else error < CHECK_REL
                     results[name] = {"ok": bool(ok), "rel": error, "bit_exact": same_bits(fast, ref)}
+                    if group and with_bias:  # the float16-dequantizing form against its definition
+                        fast = linear_ops.qgemm_fast(*args, group_gemm="fp16")
+                        ref16 = linear_ops.qgemm_reference(*args, group_gemm="fp16")
+                        results[name + "_fp16_dequant"] = {"ok": rel(fast, ref16) < CHECK_REL, "rel": rel(fast, ref16),
+                                                           "rel_vs_exact_form": rel(fast, ref)}
                 if int8_codes and not group:  # per channel: the torch._int_mm path's numbers, bit for bit
                     fast = linear_ops.qgemm_fast(x, packed, scale, bias, n, kind == "int4", True)
                     ref = linear_ops.int8_reference(x, packed, scale, bias, n, kind == "int4")
@@ -181,15 +189,16 @@ def paths_for(m, k, n, device, generator):
               CUBLAS[3]: lambda: linear_ops.int8_fast(x, i4, si4, bias, n, True)}
     for name, call in cublas.items():
         calls[name] = (call, unfused(call), None)
-    for name, int8_codes, kind, group in VARIANTS:
+    for name, int8_codes, kind, group, dequant in VARIANTS:
         packed, scale = (i8, si8) if kind == "int8" else weights(n, k, kind, group, device, generator)
+        form = "fp16" if dequant else "exact"
 
-        def base(packed=packed, scale=scale, int8_codes=int8_codes, kind=kind):
-            return linear_ops.qgemm_fast(x, packed, scale, bias, n, kind == "int4", int8_codes)
+        def base(packed=packed, scale=scale, int8_codes=int8_codes, kind=kind, form=form):
+            return linear_ops.qgemm_fast(x, packed, scale, bias, n, kind == "int4", int8_codes, group_gemm=form)
 
-        def epilogue(packed=packed, scale=scale, int8_codes=int8_codes, kind=kind):
+        def epilogue(packed=packed, scale=scale, int8_codes=int8_codes, kind=kind, form=form):
             return linear_ops.qgemm_fast(x, packed, scale, bias, n, kind == "int4", int8_codes,
-                                         torch.nn.functional.linear(x, down), up)
+                                         torch.nn.functional.linear(x, down), up, group_gemm=form)
         calls[name] = (base, unfused(base), epilogue)
     return calls, (x, bias, i8, si8, i4, si4, generator)
 
@@ -223,7 +232,7 @@ def sweep(device, shapes, log, deadline):
     totals = {}
     for m, k, n, count in shapes:
         x = torch.randn(m, k, device=device, generator=generator).to(torch.bfloat16)
-        for name, int8_codes, kind, group in VARIANTS:
+        for name, int8_codes, kind, group, _ in VARIANTS:
             if name not in SWEEP_VARIANTS:
                 continue
             packed, scale = weights(n, k, kind, group, device, generator)

@@ -22,6 +22,12 @@ COMPILE_THROUGH_OP = False
 GEMMS = ("cublas", "triton")
 FP8_W4_GEMM = "cublas"  # W4A8 on the fp8 backend (W8A8 e4m3 stays on _scaled_mm)
 INT8_GEMM = "cublas"  # W8A8 and W4A8 on the int8 backend
+# How the Triton GEMM does group scales on CUDA: "exact" (one dot per group, int32 partial sums for int8 codes, scaled
+# in group order: qgemm.reference bit for bit) or "fp16" (the weight tile dequantized to float16 in registers, one
+# float16 MMA per step: no per-group work on the CUDA cores, half the 8-bit MMA rate; weights rounded to float16,
+# 2**-11 relative: qgemm.dequant_reference). The CPU runs qgemm.reference either way.
+GROUP_GEMMS = ("exact", "fp16")
+GROUP_GEMM = "exact"
 
 
 def _columns(rows):
@@ -80,20 +86,25 @@ def int8_fast(x, packed, weight_scale, bias, out_features, int4):
     return out.view(*x.shape[:-1], out_features)
 
 
-def qgemm_reference(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None):
+def qgemm_reference(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None,
+                    group_gemm="exact"):
     """Torch definition of `qgemm_fast`: per-token int8 (or e4m3) codes of x, then quant/qgemm.py's product with
-    the weight codes and their per-channel or group scales, bias and the low-rank term xd @ up^T, rounded once."""
+    the weight codes and their per-channel or group scales, bias and the low-rank term xd @ up^T, rounded once
+    (group_gemm "fp16": the float16-dequantizing form's definition, for the GPU checks; the CPU layers run "exact")."""
     rows = x.reshape(-1, x.shape[-1])
     count = rows.shape[0]
     codes, scale = (int8 if int8_codes else fp8).quantize_rows(rows, count)
     weight = kernels_free_int4(packed, out_features, x.shape[-1], torch.int8) if int4 else packed
     lr = None if xd is None else xd.reshape(count, -1)
-    out = qgemm.reference(codes, scale, weight, weight_scale, bias, count, x.dtype, lr, up)
+    grouped = weight_scale.dim() == 2 and weight_scale.shape[1] > 1
+    define = qgemm.dequant_reference if group_gemm == "fp16" and grouped else qgemm.reference
+    out = define(codes, scale, weight, weight_scale, bias, count, x.dtype, lr, up)
     return out.view(*x.shape[:-1], out_features)
 
 
-def qgemm_fast(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None):
-    """One activation-quantization launch and one Triton GEMM (quant/kernels/gemm_kernels.py) on CUDA."""
+def qgemm_fast(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None, group_gemm=None):
+    """One activation-quantization launch and one Triton GEMM (quant/kernels/gemm_kernels.py) on CUDA; group_gemm:
+    one of GROUP_GEMMS, None for GROUP_GEMM."""
     rows = _columns(x.reshape(-1, x.shape[-1]))
     count = rows.shape[0]
     if int8_codes:
@@ -102,7 +113,7 @@ def qgemm_fast(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd
         codes, scale = kernels.triton_kernels.quantize_rows_fp8(rows, count)
     lr = None if xd is None else _columns(xd.reshape(count, -1))
     out = kernels.gemm_kernels.qgemm(codes, scale, packed, weight_scale, bias, count, out_features, int8_codes, int4,
-                                     x.dtype, lr, up)
+                                     x.dtype, lr, up, dequant=(group_gemm or GROUP_GEMM) == "fp16")
     return out.view(*x.shape[:-1], out_features)
 
 

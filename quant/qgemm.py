@@ -48,3 +48,19 @@ def reference(a_codes, a_scale, b_codes, b_scale, bias, count, out_dtype, lr=Non
     if lr is not None:
         out = out + lr.float() @ up.float().t()
     return out.to(out_dtype)
+
+
+def dequant_reference(a_codes, a_scale, b_codes, b_scale, bias, count, out_dtype, lr=None, up=None):
+    """The float16-dequantizing form of the group-wise GEMM (gemm_kernels.qgemm(dequant=True)): weights fp16(code *
+    scale) in float32 arithmetic, activation codes exact in float16, float32 accumulation (the GPU sums in another
+    order), times the row scale, + bias, + lr @ up^T, rounded once. Its weights are simulate's dequantized weights in
+    float16 (relative rounding 2**-11 each)."""
+    a_codes, a_scale = a_codes[:count], a_scale[:count].reshape(count, 1).float()
+    groups = b_scale.shape[1]
+    weight = (b_codes.float().reshape(b_codes.shape[0], groups, -1) * b_scale.float().unsqueeze(-1)).half()
+    out = (a_codes.float() @ weight.reshape(b_codes.shape[0], -1).float().t()) * a_scale
+    if bias is not None:
+        out = out + bias.float()
+    if lr is not None:
+        out = out + lr.float() @ up.float().t()
+    return out.to(out_dtype)

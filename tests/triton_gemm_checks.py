@@ -102,6 +102,27 @@ def gemm(gk, a_kind, b_kind, group, rows, with_bias, with_branch, dtype, half_sc
     assert bool((excess <= 0).all()), f"worst excess {float(excess.max())}"
 
 
+def dequantized(gk, a_kind, b_kind, group, rows, with_branch, dtype):
+    """The float16-dequantizing form: float64 of the codes times the float16-rounded weights fp16(code * scale),
+    within float32 summation (a few ulps of the size of the terms) and the output's rounding."""
+    a, sa, stored, codes, scale, bias, lr, up = operands(a_kind, b_kind, group, rows, True, with_branch, False,
+                                                        seed=rows + 5)
+    out = gk.qgemm(a, sa, stored, scale, bias, rows, codes.shape[0], a_kind == "int8", b_kind == "int4", dtype, lr,
+                   up, dequant=True)
+    weight = (codes.float().reshape(codes.shape[0], scale.shape[1], -1) * scale.float().unsqueeze(-1)).half()
+    weight = weight.reshape(codes.shape[0], -1).double()
+    ones = torch.ones(codes.shape[0], 1, dtype=torch.float64)
+    exact = float64_reference(a, sa, weight, ones, bias, lr, up)
+    terms = float64_reference(a.double().abs(), sa, weight.abs(), ones, bias.abs(), None if lr is None else lr.abs(),
+                              None if up is None else up.abs())
+    unit = 2.0 ** -8 if dtype == torch.bfloat16 else 0.0
+    excess = (out.double() - exact).abs() - (terms * 2.0 ** -20 + exact.abs() * unit)
+    assert bool((excess <= 0).all()), f"worst excess {float(excess.max())}"
+    differs = gk.qgemm(a, sa, stored, scale, bias, rows, codes.shape[0], a_kind == "int8", b_kind == "int4",
+                       torch.float32, lr, up)
+    assert not torch.equal(differs, out.float()), "the exact form gave the same numbers: the flag did nothing"
+
+
 def same_for_any_tiles(gk, group):
     """int8 codes: the result does not depend on the tile config (exact int32 sums, fixed group order)."""
     a, sa, stored, codes, scale, bias, lr, up = operands("int8", "int4", group, 45, True, False, False, seed=9)
@@ -152,6 +173,11 @@ def checks():
     cases["int8_x_int4_g32_float16_scales"] = (gemm, "int8", "int4", 32, 37, True, False, torch.bfloat16, True)
     cases["e4m3_x_int4_g64_float16_scales"] = (gemm, "e4m3", "int4", 64, 37, True, True, torch.float32, True)
     cases["int8_x_int8_g128"] = (gemm, "int8", "int8", 128, 37, True, False, torch.bfloat16)
+    for a_kind, b_kind, group, branch in (("int8", "int4", 64, False), ("int8", "int4", 16, True),
+                                          ("e4m3", "int4", 64, True), ("int8", "int8", 32, False)):
+        for dtype in (torch.bfloat16, torch.float32):
+            cases[f"dequant_{a_kind}_x_{b_kind}_g{group}_branch{branch}_{str(dtype)[6:]}"] = (
+                dequantized, a_kind, b_kind, group, 45, branch, dtype)
     for group in (None, 16, 64):
         cases[f"same_for_any_tiles_g{group or 'channel'}"] = (same_for_any_tiles, group)
     cases["strided_and_padded_rows"] = (strided_and_padded_rows,)

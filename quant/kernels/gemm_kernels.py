@@ -61,10 +61,13 @@ def _partial(a, b, INT8: tl.constexpr, EXACT_DOT: tl.constexpr, HALF_DOT: tl.con
 def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_ptr, M, N, K, rank, a_stride, b_stride,
                   sb_stride, lr_stride, up_stride, out_stride,
                   INT8: tl.constexpr, PACKED: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  BRANCH: tl.constexpr, EXACT_DOT: tl.constexpr, HALF_DOT: tl.constexpr, RANK_BLOCK: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWIZZLE: tl.constexpr):
+                  BRANCH: tl.constexpr, EXACT_DOT: tl.constexpr, HALF_DOT: tl.constexpr, DEQUANT: tl.constexpr,
+                  RANK_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                  SWIZZLE: tl.constexpr):
     """out[M, N] = the quantized product (see the module doc); GROUP 0: per-channel scales sb[n * sb_stride], else
-    sb[n * sb_stride + k // GROUP] with BLOCK_K == GROUP. Programs walk SWIZZLE row tiles per column tile (L2 reuse)."""
+    sb[n * sb_stride + k // GROUP] with BLOCK_K == GROUP, or with DEQUANT any BLOCK_K: the weight tile dequantized to
+    float16 in registers (fp16(code * scale)) times the codes in float16 (exact), one float16 MMA per step.
+    Programs walk SWIZZLE row tiles per column tile (L2 reuse)."""
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
@@ -88,6 +91,20 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
                 acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if INT8 else tl.float32)
         out = acc.to(tl.float32) * tl.load(sa_ptr + m, mask=m < M, other=0.0)[:, None]
         out = out * tl.load(sb_ptr + n * sb_stride, mask=n < N, other=0.0).to(tl.float32)[None, :]
+    elif DEQUANT:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
+            codes = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, False, BLOCK_N, BLOCK_K)
+            scale = tl.load(sb_ptr + n[:, None] * sb_stride + k[None, :] // GROUP,
+                            mask=(n[:, None] < N) & (k[None, :] < K), other=0.0).to(tl.float32)
+            w = (codes.to(tl.float32) * scale).to(tl.float16)
+            if EXACT_DOT:
+                acc += tl.dot(a.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")
+            else:
+                acc = tl.dot(a.to(tl.float16), tl.trans(w), acc)
+        out = acc * tl.load(sa_ptr + m, mask=m < M, other=0.0)[:, None]
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -117,14 +134,25 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
 _qgemm = Launcher(_qgemm_kernel)
 
 
-def config(rows, group):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper-class GPUs: 128 x 128 tiles, K = 128 bytes per
-    step per channel, K = G per group (one dot per group); 64-row tiles for short inputs. The result does not depend
-    on it for int8 codes (exact int32 partial sums, fixed group order)."""
-    block_m = 64 if rows <= 64 else 128
+# Tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper-class GPUs, one definition each, to be set from
+# bench/gpu_gemm.py's tile sweep: 128 x 128 tiles, K = 128 codes per step per channel, K = G per group (BLOCK_K 0:
+# the group size, one dot per group); 64-row tiles for short inputs. For int8 codes the result does not depend on them
+# (exact int32 partial sums, fixed group order).
+CHANNEL_TILES = (128, 128, 128, 8, 4)
+GROUP_TILES = (128, 128, 0, 8, 4)
+SHORT_ROWS, SHORT_TILES = 64, (64, 128, 128, 4, 4)
+DEQUANT_TILES = (128, 128, 64, 8, 4)
+
+
+def config(rows, group, dequant=False):
+    """The tiles for `rows` rows and group size `group` (0: per channel), or for the float16-dequantizing form."""
+    if dequant:
+        return DEQUANT_TILES if rows > SHORT_ROWS else (64, *DEQUANT_TILES[1:3], 4, DEQUANT_TILES[4])
+    block_m, block_n, block_k, warps, stages = SHORT_TILES if rows <= SHORT_ROWS else (
+        GROUP_TILES if group else CHANNEL_TILES)
     if group:
-        return block_m, 128, group, 8 if block_m == 128 else 4, 4 if group >= 64 else 5
-    return block_m, 128, 128, 8 if block_m == 128 else 4, 4
+        block_k, stages = group, stages + (group < 64)  # small groups: short steps, one more stage in flight
+    return block_m, block_n, block_k, warps, stages
 
 
 def group_size_of(scale, cols):
@@ -133,11 +161,13 @@ def group_size_of(scale, cols):
     return 0 if groups == 1 else cols // groups
 
 
-def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dtype, lr=None, up=None, tiles=None):
+def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dtype, lr=None, up=None, tiles=None,
+          dequant=False):
     """[count, out_features] in out_dtype = the quantized product of activation codes a [>= count, K] (int8 or e4m3,
     unit column stride) with float32 row scales a_scale [>= count(, 1)] and weight codes b [N, K] (int8 / e4m3) or
     packed int4 [N, K / 2] with scales b_scale [N(, 1)] or [N, K / G] (float32 or float16), plus bias [N], plus
-    lr [count, r] @ up [N, r]^T (16-bit) when given. tiles: a config() tuple to override the default."""
+    lr [count, r] @ up [N, r]^T (16-bit) when given. tiles: a config() tuple to override the default. dequant (group
+    scales only): the float16-dequantizing form instead of the exact per-group one (qgemm.dequant_reference)."""
     cols = a.shape[1]
     group = group_size_of(b_scale, cols)
     if group and group not in GROUP_SIZES:
@@ -147,18 +177,19 @@ def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dty
         raise ValueError(f"packed int4 weights need an even number of input columns, not {cols}")
     if any(t is not None and t.stride(-1) != 1 for t in (a, b, lr, up)):
         raise ValueError("the quantized GEMM needs codes and low-rank factors with unit column stride")
-    block_m, block_n, block_k, warps, stages = tiles or config(count, group)
+    dequant = bool(dequant and group)
+    block_m, block_n, block_k, warps, stages = tiles or config(count, group, dequant)
     out = torch.empty((count, out_features), device=a.device, dtype=out_dtype)
     branch = lr is not None
     rank = lr.shape[1] if branch else 0
-    half_dot = block_k < 32 and not _interpreted()
+    half_dot = block_k < 32 and not _interpreted() and not dequant
     grid = (triton.cdiv(count, block_m) * triton.cdiv(out_features, block_n), 1, 1)
     sb_stride = b_scale.stride(0) if b_scale.dim() == 2 else 1
     _qgemm(grid, (a, a_scale, b, b_scale, bias if bias is not None else out, lr if branch else out,
                   up if branch else out, out, count, out_features, cols, rank, a.stride(0), b.stride(0), sb_stride,
                   lr.stride(0) if branch else 0, up.stride(0) if branch else 0, out.stride(0)),
            {"INT8": int8, "PACKED": int4, "GROUP": group, "HAS_BIAS": bias is not None, "BRANCH": branch,
-            "EXACT_DOT": _interpreted(), "HALF_DOT": half_dot, "RANK_BLOCK": rank_block(rank) if branch else 16,
+            "EXACT_DOT": _interpreted(), "HALF_DOT": half_dot, "DEQUANT": dequant, "RANK_BLOCK": rank_block(rank) if branch else 16,
             "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "SWIZZLE": 8},
            (out,), num_warps=warps, num_stages=stages,
            enable_fp_fusion=False)  # separate roundings of the scaling, as the torch definition does them
