@@ -120,28 +120,49 @@ def check_variants(device, shapes, log):
 
 
 def layer_checks(device, shape):
-    """Through the backends as the loaders build layers: W4A8-g64 via auto (the int8 Triton GEMM on a CUDA GPU)
-    against simulate; W4A8-g64-r32 with the 'epilogue' branch form against the unfused one."""
+    """Through the backends as the loaders build layers: W4A8-g64-r32 via auto (the int8 Triton GEMM on a CUDA GPU)
+    against simulate; the 'epilogue' branch form against the unfused one on group-wise and per-channel fp8 / int8
+    layers; the per-channel switches (linear_ops.INT8_GEMM, FP8_W4_GEMM = "triton") against the cuBLAS paths."""
     m, k, n, _ = shape
     out = {}
     torch.manual_seed(0)
     base = torch.nn.Linear(k, n).to(device, torch.bfloat16).requires_grad_(False)
     x = torch.randn(2, m // 2, k, device=device, dtype=torch.bfloat16)
-    layers = {}
-    for backend in ("auto", "simulate"):
+
+    def build(spec, backend):
         model = torch.nn.Sequential(torch.nn.Linear(k, n)).to(device, torch.bfloat16).requires_grad_(False)
         model[0].load_state_dict(base.state_dict())
-        report = quantize_module(model, "W4A8-g64-r32", backend=backend, policy="first_last=off", device=device)
-        layers[backend] = (model[0], report.layers[0].backend)
-    fast, how = layers["auto"]
-    out["auto_picks"] = {"ok": device.type != "cuda" or how == "auto: int8", "how": how}
-    unfused = fast(x)
-    out["auto_g64_r32_vs_simulate"] = {"ok": rel(unfused, layers["simulate"][0](x)) < 2e-2,
-                                       "rel": rel(unfused, layers["simulate"][0](x))}
-    epilogue = branch_ops.fast_branch_forward(fast, x, fast.weight, fast.bias, True, form="epilogue")
-    if epilogue is not None:  # None off CUDA: the fast forms step aside
-        out["epilogue_vs_unfused_g64_r32"] = {"ok": rel(epilogue, unfused) < CHECK_REL * 2,
-                                              "rel": rel(epilogue, unfused)}
+        report = quantize_module(model, spec, backend=backend, policy="first_last=off", device=device)
+        return model[0], report.layers[0].backend
+
+    fast, how = build("W4A8-g64-r32", "auto")
+    out["auto_picks_int8_gemm"] = {"ok": device.type != "cuda" or how == "auto: int8", "how": how}
+    simulated = build("W4A8-g64-r32", "simulate")[0](x)
+    out["auto_g64_r32_vs_simulate"] = {"ok": rel(fast(x), simulated) < 2e-2, "rel": rel(fast(x), simulated)}
+    for spec, backend in (("W4A8-g64-r32", "auto"), ("W4A8-g64-r32", "fp8"), ("W4A8-r32", "fp8"),
+                          ("W8A8-r32", "fp8"), ("W8A8-r32", "int8"), ("W4A8-r32", "int8")):
+        layer = fast if backend == "auto" else build(spec, backend)[0]
+        unfused = layer(x)
+        epilogue = branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, backend != "fp8",
+                                                  form="epilogue")
+        if epilogue is not None:  # None off CUDA: the fast forms step aside
+            out[f"epilogue_vs_unfused_{spec}_{backend}"] = {"ok": rel(epilogue, unfused) < 2 * CHECK_REL,
+                                                            "rel": rel(epilogue, unfused)}
+    for switch, bits in (("INT8_GEMM", 8), ("INT8_GEMM", 4), ("FP8_W4_GEMM", 4)):
+        int8_codes = switch == "INT8_GEMM"
+        packed, scale = weights(n, k, "int4" if bits == 4 else "int8", None, device, torch.Generator(
+            device=device).manual_seed(bits))
+        reference = (linear_ops.int8_reference if int8_codes else linear_ops.fp8_reference)(
+            x, packed, scale, base.bias, n, bits == 4)
+        setattr(linear_ops, switch, "triton")
+        try:
+            got = (linear_ops.int8_fast if int8_codes else linear_ops.fp8_fast)(x, packed, scale, base.bias, n,
+                                                                              bits == 4)
+        finally:
+            setattr(linear_ops, switch, "cublas")
+        # int8: exact int32 sums either way, the same scaling: bit for bit; e4m3: float32 sums in another order
+        ok = same_bits(got, reference) if int8_codes else rel(got, reference) < CHECK_REL
+        out[f"switch_{switch}_triton_w{bits}"] = {"ok": bool(ok), "rel": rel(got, reference)}
     return out
 
 

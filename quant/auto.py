@@ -11,7 +11,8 @@
   backend's quantizer (what GPTQ and the quality rows measured), and on Hopper int8 and FP8 MMAs run at one rate.
 - Specs no fast kernel implements (W6A8, W4A6, W4A4, other group sizes, ...): simulate, so their numerics stay exact.
 - Weight-only specs (A16) and convolutions: weight-only layers (Triton dequantization on CUDA).
-A low-rank branch (-r<N>) never changes the choice: every path adds it unfused beside its own output.
+A low-rank branch (-r<N>) never changes the choice: every path adds it beside its own output (fp8 / int8 layers in
+quant/branch_ops.py's EAGER_FORM).
 Every layer's report line says which path it got and why."""
 import torch
 from torch import nn

@@ -180,6 +180,8 @@ def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dty
     dequant = bool(dequant and group)
     block_m, block_n, block_k, warps, stages = tiles or config(count, group, dequant)
     out = torch.empty((count, out_features), device=a.device, dtype=out_dtype)
+    if count == 0:
+        return out
     branch = lr is not None
     rank = lr.shape[1] if branch else 0
     half_dot = block_k < 32 and not _interpreted() and not dequant
