@@ -47,7 +47,8 @@ VARIANTS = [("W8A8 int8 triton", True, "int8", None, False), ("W4A8 int8 triton"
             ("W4A8-g64 e4m3 triton", False, "int4", 64, False), ("W4A8-g16 int8 triton", True, "int4", 16, False),
             ("W4A8-g16 e4m3 triton", False, "int4", 16, False),
             # linear_ops.GROUP_GEMM = "fp16": weights dequantized to float16 in registers, float16 MMA
-            ("W4A8-g64 int8 fp16-dequant", True, "int4", 64, True), ("W4A8-g16 int8 fp16-dequant", True, "int4", 16, True),
+            ("W4A8-g64 int8 fp16-dequant", True, "int4", 64, True),
+            ("W4A8-g16 int8 fp16-dequant", True, "int4", 16, True),
             ("W4A8-g64 e4m3 fp16-dequant", False, "int4", 64, True)]
 CUBLAS = ["W8A8 fp8 cublas", "W4A8 fp8 cublas (unpack)", "W8A8 int8 cublas (_int_mm)", "W4A8 int8 cublas (_int_mm)"]
 # alternative tiles (BLOCK_M, BLOCK_N, BLOCK_K or 0 for the group size, warps, stages) timed on the largest shapes

@@ -4,11 +4,11 @@ Ampere: compute capability 7.5-8.8) and on the CPU.
 Activations are quantized dynamically per token to int8 (scale = amax / 127, one per row); weights are the simulate
 backend's int8 codes (W8) or packed int4 codes (W4, exact in int8) with one scale per output channel, so caches,
 LoRA and the ComfyUI int8 export treat them like any packed layer. The GEMM accumulates exactly in int32; the result
-is scaled back per row and column in float32 and rounded once. Weights with groups (W8A8-g<G>, W4A8-g<G>, G in
-qgemm.GROUP_SIZES) keep the simulate layout (codes + [out, in / G] scales) and run the Triton GEMM
-(quant/kernels/gemm_kernels.py: exact int32 partial sums per group, scaled in group order). torch._int_mm on CUDA needs more than 16 rows and
+is scaled back per row and column in float32 and rounded once. torch._int_mm on CUDA needs more than 16 rows and
 K, N multiples of 8: rows are padded with zero rows (one launch, in the quantization kernel), layers of other
-shapes get 16-bit compute (`supports`). The eager path is quant/linear_ops.py."""
+shapes get 16-bit compute (`supports`). The eager path is quant/linear_ops.py. Weights with groups (W8A8-g<G>,
+W4A8-g<G>, G in qgemm.GROUP_SIZES) keep the simulate layout (codes + [out, in / G] scales) and run the Triton GEMM
+(quant/kernels/gemm_kernels.py: exact int32 partial sums per group, scaled in group order)."""
 import torch
 
 from . import branch_ops, linear_ops, qgemm

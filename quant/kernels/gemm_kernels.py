@@ -7,7 +7,8 @@ Math (quant/qgemm.py holds the torch definition):
   per channel   int8: acc = sum_k a b (int32, exact); out = (float(acc) * sa[m]) * sb[n]  (int8_codes.scale_int32's
                 order: bit for bit).  e4m3: the same with a float32 accumulator.
   per group     for each group g (BLOCK_K = G, one dot per group): p_g = the group's dot (int32, exact for int8);
-                acc = acc + float(p_g) * sb[n, g] in group order (no fused multiply-add: bit for bit); out = acc * sa[m].
+                acc = acc + float(p_g) * sb[n, g] in group order (no fused multiply-add: bit for bit);
+                out = acc * sa[m]. DEQUANT: the weight tile in float16 (fp16(code * scale)), one float16 MMA per step.
   then out + bias, then + lr @ up^T (float32), rounded once.
 Group scales may be float32 or float16 (loaded and widened to float32). Self-contained apart from the helpers of
 triton_kernels.py (torch + triton only) so that tests can run it under TRITON_INTERPRET=1."""
@@ -119,10 +120,10 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
         out = out + tl.load(bias_ptr + n, mask=n < N, other=0.0).to(tl.float32)[None, :]
     if BRANCH:
         r = tl.arange(0, RANK_BLOCK)
-        lr = tl.load(lr_ptr + m[:, None].to(tl.int64) * lr_stride + r[None, :], mask=(m[:, None] < M) & (r[None, :] < rank),
-                     other=0.0)
-        up = tl.load(up_ptr + n[:, None].to(tl.int64) * up_stride + r[None, :], mask=(n[:, None] < N) & (r[None, :] < rank),
-                     other=0.0)
+        lr = tl.load(lr_ptr + m[:, None].to(tl.int64) * lr_stride + r[None, :],
+                     mask=(m[:, None] < M) & (r[None, :] < rank), other=0.0)
+        up = tl.load(up_ptr + n[:, None].to(tl.int64) * up_stride + r[None, :],
+                     mask=(n[:, None] < N) & (r[None, :] < rank), other=0.0)
         if EXACT_DOT:
             out += tl.dot(lr.to(tl.float32), tl.trans(up.to(tl.float32)), input_precision="ieee")
         else:
@@ -136,11 +137,11 @@ _qgemm = Launcher(_qgemm_kernel)
 
 # Tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for Hopper-class GPUs, one definition each, to be set from
 # bench/gpu_gemm.py's tile sweep: 128 x 128 tiles, K = 128 codes per step per channel, K = G per group (BLOCK_K 0:
-# the group size, one dot per group); 64-row tiles for short inputs. For int8 codes the result does not depend on them
-# (exact int32 partial sums, fixed group order).
+# the group size, one dot per group); 64-row tiles up to SHORT_ROWS rows. For int8 codes the result does not depend
+# on them (exact int32 partial sums, fixed group order).
 CHANNEL_TILES = (128, 128, 128, 8, 4)
 GROUP_TILES = (128, 128, 0, 8, 4)
-SHORT_ROWS, SHORT_TILES = 64, (64, 128, 128, 4, 4)
+SHORT_ROWS, SHORT_TILES = 256, (64, 128, 128, 4, 4)  # 256: the text stream; more row tiles to fill the SMs
 DEQUANT_TILES = (128, 128, 64, 8, 4)
 
 
@@ -179,6 +180,8 @@ def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dty
         raise ValueError("the quantized GEMM needs codes and low-rank factors with unit column stride")
     dequant = bool(dequant and group)
     block_m, block_n, block_k, warps, stages = tiles or config(count, group, dequant)
+    if group and not dequant and block_k != group:
+        raise ValueError(f"the exact group-wise GEMM takes one group per step: BLOCK_K {block_k} != group {group}")
     out = torch.empty((count, out_features), device=a.device, dtype=out_dtype)
     if count == 0:
         return out
@@ -191,8 +194,9 @@ def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dty
                   up if branch else out, out, count, out_features, cols, rank, a.stride(0), b.stride(0), sb_stride,
                   lr.stride(0) if branch else 0, up.stride(0) if branch else 0, out.stride(0)),
            {"INT8": int8, "PACKED": int4, "GROUP": group, "HAS_BIAS": bias is not None, "BRANCH": branch,
-            "EXACT_DOT": _interpreted(), "HALF_DOT": half_dot, "DEQUANT": dequant, "RANK_BLOCK": rank_block(rank) if branch else 16,
-            "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "SWIZZLE": 8},
+            "EXACT_DOT": _interpreted(), "HALF_DOT": half_dot, "DEQUANT": dequant,
+            "RANK_BLOCK": rank_block(rank) if branch else 16, "BLOCK_M": block_m, "BLOCK_N": block_n,
+            "BLOCK_K": block_k, "SWIZZLE": 8},
            (out,), num_warps=warps, num_stages=stages,
            enable_fp_fusion=False)  # separate roundings of the scaling, as the torch definition does them
     return out
