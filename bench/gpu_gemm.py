@@ -6,12 +6,14 @@
    its torch definition linear_ops.qgemm_reference (int8 codes without branch: bit for bit; otherwise rel L2 below
    CHECK_REL: the output's bf16 rounding); the per-channel int8 kernel against the torch._int_mm path
    (linear_ops.int8_reference) bit for bit; a W4A8-g64 layer through `auto` (-> int8 Triton GEMM) against the
-   simulate backend; the 'epilogue' branch form against the unfused one.
+   simulate backend; the 'epilogue' branch form against the unfused one on fp8 / int8 layers; the per-channel
+   switches (linear_ops.INT8_GEMM, FP8_W4_GEMM) against the cuBLAS paths.
 2. GPU time per FLUX step (sum over the linears weighted by their calls per step; CUDA events, median of
    REPEATS x INNER calls): BF16 F.linear; the cuBLAS paths (W8A8 fp8 _scaled_mm, W4A8 fp8 unpack + _scaled_mm,
-   W8A8 / W4A8 int8 torch._int_mm); the Triton GEMM for int8 W8A8, int8 W4A8, e4m3 W4A8, W4A8-g64 (int8 and e4m3
-   activations), W4A8-g16; each quantized path + rank-32 branch unfused (x down^T, then addmm into y) and, for the
-   Triton paths, with the up-projection in the epilogue. Then a small tile sweep on the three largest shapes.
+   W8A8 / W4A8 int8 torch._int_mm); the Triton GEMM for int8 W8A8, int8 W4A8, e4m3 W8A8 and W4A8, W4A8-g64 and -g16
+   (int8 and e4m3 activations; exact and float16-dequantizing group forms); each quantized path + rank-32 branch
+   unfused (x down^T, then addmm into y) and, for the Triton paths, with the up-projection in the epilogue. Then a
+   small tile sweep on the three largest shapes (stopped at 120 s).
 
     python3 bench/gpu_gemm.py --log $OUT/gpu_gemm.jsonl          (one H100: < 150 s; no ComfyUI needed)
     TRITON_INTERPRET=1 python3 bench/gpu_gemm.py --smoke          (tiny shapes on the CPU: a test of this script)
@@ -43,6 +45,7 @@ INNER, REPEATS = 10, 5
 SMOKE_SHAPES = [(40, 256, 128, 1), (17, 128, 256, 2)]
 # (label, int8 activation codes, weight kind, group size): the Triton GEMM's timed variants
 VARIANTS = [("W8A8 int8 triton", True, "int8", None, False), ("W4A8 int8 triton", True, "int4", None, False),
+            ("W8A8 e4m3 triton", False, "e4m3", None, False),  # what the fp8 W8A8 layer runs in the epilogue form
             ("W4A8 e4m3 triton", False, "int4", None, False), ("W4A8-g64 int8 triton", True, "int4", 64, False),
             ("W4A8-g64 e4m3 triton", False, "int4", 64, False), ("W4A8-g16 int8 triton", True, "int4", 16, False),
             ("W4A8-g16 e4m3 triton", False, "int4", 16, False),
