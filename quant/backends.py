@@ -2,8 +2,10 @@
 
 auto          per device and layer, the fastest of the paths below that keeps the spec (quant/auto.py).
 simulate      any bit width, CPU/GPU: packed int8 / int4 storage, quantize-dequantize numerics.
-fp8           W8A8 / W4A8 linears through torch._scaled_mm (FP8 e4m3 activations); convs -> weight-only.
-int8          W8A8 / W4A8 linears through torch._int_mm (int8 tensor cores: Turing, Ampere and later; CPU too).
+fp8           W8A8 / W4A8 linears through torch._scaled_mm (FP8 e4m3 activations); W4A8-g<G> through the Triton
+              GEMM (quant/kernels/gemm_kernels.py); convs -> weight-only.
+int8          W8A8 / W4A8 linears through torch._int_mm (int8 tensor cores: Turing, Ampere and later; CPU too);
+              W8A8-g<G> / W4A8-g<G> through the Triton GEMM.
 comfy_kitchen W8A8 linears through comfy-kitchen's int8_linear (ComfyUI 0.33+); convs -> weight-only.
 bitsandbytes  W8A8 linears as LLM.int8 (Linear8bitLt, threshold 0), W4A16 as NF4 (Linear4bit); convs -> simulate.
 torchao       W8A8 (int8 dynamic activations), W8A16 / W4A16 weight-only linears; convs -> simulate.
@@ -114,9 +116,9 @@ class Int8Backend:
     cacheable = True
 
     def check(self, spec, device=None):
-        if spec.a_bits != 8 or spec.w_bits not in (4, 8) or spec.group_size or spec.act_granularity != "token":
-            raise BackendError(f"the int8 backend does W8A8 and W4A8 with per-channel weights and per-token "
-                               f"activations only, not {spec}; use backend 'auto' or 'simulate'")
+        problem = int8.spec_problem(spec)
+        if problem:
+            raise BackendError(f"{problem}; use backend 'auto' or 'simulate'")
         device = None if device is None else torch.device(device)
         if device is not None and device.type == "cuda" and torch.cuda.get_device_capability(device) < (7, 5):
             raise BackendError(f"the int8 backend needs int8 tensor cores (compute capability 7.5+), not {device}")

@@ -11,10 +11,12 @@ fold   widened K: [x, x down^T] [W, up]^T in ONE FP8 GEMM. The branch columns ar
        (two 3-bit mantissas), not 16 bits. On a CPU test layer (512 -> 384, decaying spectrum, outlier channels,
        rank 32) that holds for W4A8 (error vs the float product 0.090 folded, 0.085 fused: the 4-bit residual
        dominates) and not for W8A8 (0.055 folded, 0.021 fused, 0.033 without a branch): `fold_holds`.
+epilogue  x down^T as one cuBLAS GEMM (16-bit, as the unfused form), the up-projection in the Triton GEMM's epilogue
+       (quant/kernels/gemm_kernels.py): added to the float32 result before its one rounding, no extra pass over y.
 Every function has a torch definition that runs anywhere (the CPU tests) beside the Triton one."""
 import torch
 
-from . import fp8_codes as fp8, int8_codes as int8, kernels
+from . import fp8_codes as fp8, int8_codes as int8, kernels, linear_ops
 
 FOLD_B_MAX = 448.0
 # The eager form a quantized layer's branch takes on CUDA. Measured on an H100 (2026-12-07, bench/kernels8.py, full
@@ -22,8 +24,9 @@ FOLD_B_MAX = 448.0
 # fused +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit reference). The fused
 # down-projection makes the quantization kernel 3-4x slower at K = 12288-15360, so the two extra cuBLAS GEMMs win:
 # "unfused" (the layer's shared forward adds the branch). "fused" and "fold" stay selectable for measurements.
+# "epilogue" (the up-projection inside the Triton GEMM) is to be measured by bench/gpu_gemm.py.
 EAGER_FORM = "unfused"
-EAGER_FORMS = ("unfused", "fused", "fold")
+EAGER_FORMS = ("unfused", "fused", "fold", "epilogue")
 
 
 def fold_holds(spec):
@@ -102,7 +105,6 @@ def fused_fast(x, packed, weight_scale, bias, out_features, int4, down, up, int8
 def fused_reference(x, packed, weight_scale, bias, out_features, int4, down, up, int8_codes):
     """Torch definition of `fused_fast` (up to where it rounds): the 8-bit linear plus the branch, x down^T rounded
     to x's dtype, the rest in float32, rounded once."""
-    from . import linear_ops
     linear = linear_ops.int8_reference if int8_codes else linear_ops.fp8_reference
     out = linear(x, packed, weight_scale, None, out_features, int4).float()
     xd = torch.nn.functional.linear(x, down.to(x.dtype))
@@ -137,7 +139,8 @@ def traced_branch_forward(layer, x, packed, bias):
 def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
     """The layer's output with its branch through the fast forms (CUDA, Triton, eager, factors on x's device), or
     None where they do not apply or the form is "unfused" (the layer's shared forward then adds the branch as two
-    GEMMs). form: one of EAGER_FORMS, None for EAGER_FORM; "fold" falls back to "fused" where it does not hold."""
+    GEMMs). form: one of EAGER_FORMS, None for EAGER_FORM; "fold" falls back to "fused" where it does not hold;
+    group-wise layers take "epilogue" or "unfused"."""
     form = EAGER_FORM if form is None else form
     if form not in EAGER_FORMS:
         raise ValueError(f"low-rank branch form must be one of {', '.join(EAGER_FORMS)}, got {form!r}")
@@ -148,6 +151,12 @@ def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
         layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device
         return None
     spec = layer.quant_spec
+    if spec.group_size and form != "epilogue":
+        return None  # the fused and folded forms run cuBLAS GEMMs, which have no group scales
+    if form == "epilogue":
+        down, up = _prepared(layer, x, False)
+        return linear_ops.qgemm_linear(x, packed, layer.weight_scale, bias, layer.out_features, spec.packed_int4,
+                                       int8_codes, torch.nn.functional.linear(x, down), up)
     fold = form == "fold" and not int8_codes and fold_holds(spec) \
         and (layer.in_features + spec.rank) % 16 == 0  # FP8 GEMM's K rule
     down, up = _prepared(layer, x, fold)

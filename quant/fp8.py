@@ -3,10 +3,11 @@
 Activations are quantized dynamically per token to float8 e4m3 (one scale per row): "A8" here means FP8,
 not INT8. W8 weights are stored as e4m3 with one scale per output channel; W4 weights as packed int4 codes
 (two per byte) that are exact in e4m3 (|code| <= 7), so the GEMM is the same FP8 GEMM with half the weight
-memory. Per-group weights and bit widths other than W8/W4 with A8 are refused (row-wise scales only)."""
+memory. W4A8 with weight groups (W4A8-g<G>, G in qgemm.GROUP_SIZES) keeps the packed int4 codes and group scales
+and runs the Triton GEMM (quant/kernels/gemm_kernels.py). Other bit widths, and W8 with groups, are refused."""
 import torch
 
-from . import branch_ops, linear_ops
+from . import branch_ops, linear_ops, qgemm
 from .layers import PackedWeightMixin, integer_layout
 
 from .fp8_codes import E4M3, E4M3_MAX, FAST_ACCUMULATION, INV_E4M3_MAX, quantize_rows  # noqa: F401 (the fp8 API)
@@ -20,9 +21,11 @@ def fp8_supported(device):
 
 
 def check_spec(spec):
-    if spec.a_bits != 8 or spec.w_bits not in (4, 8) or spec.group_size or spec.act_granularity != "token":
-        raise ValueError(f"the fp8 backend does W8A8 and W4A8 with per-channel weights and per-token "
-                         f"activations only, not {spec}; use backend 'simulate' for it")
+    if spec.a_bits != 8 or spec.w_bits not in (4, 8) or spec.act_granularity != "token" \
+            or spec.group_size and (spec.w_bits != 4 or spec.group_size not in qgemm.GROUP_SIZES):
+        raise ValueError(f"the fp8 backend does W8A8 and W4A8 with per-channel weights, W4A8 with weight groups of "
+                         f"{', '.join(map(str, qgemm.GROUP_SIZES))}, and per-token activations only, not {spec}; "
+                         f"use backend 'simulate' for it")
 
 
 def fp8_layout(layer, spec):
@@ -76,6 +79,8 @@ class Fp8Linear(PackedWeightMixin):
         scale = self.weight_scale
         if scale.device != x.device:  # low-VRAM: buffers stay on the CPU, the weight comes per call
             scale = scale.to(x.device)
+        if self.quant_spec.group_size:
+            return linear_ops.qgemm_linear(x, packed, scale, bias, self.out_features, True, False)
         return linear_ops.fp8_linear(x, packed, scale, bias, self.out_features, self.quant_spec.packed_int4)
 
     def quantize_input(self, x, channel_dim):

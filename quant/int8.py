@@ -6,18 +6,28 @@ backend's int8 codes (W8) or packed int4 codes (W4, exact in int8) with one scal
 LoRA and the ComfyUI int8 export treat them like any packed layer. The GEMM accumulates exactly in int32; the result
 is scaled back per row and column in float32 and rounded once. torch._int_mm on CUDA needs more than 16 rows and
 K, N multiples of 8: rows are padded with zero rows (one launch, in the quantization kernel), layers of other
-shapes get 16-bit compute (`supports`). The eager path is quant/linear_ops.py."""
+shapes get 16-bit compute (`supports`). The eager path is quant/linear_ops.py. Weights with groups (W8A8-g<G>,
+W4A8-g<G>, G in qgemm.GROUP_SIZES) keep the simulate layout (codes + [out, in / G] scales) and run the Triton GEMM
+(quant/kernels/gemm_kernels.py: exact int32 partial sums per group, scaled in group order)."""
 import torch
 
-from . import branch_ops, linear_ops
+from . import branch_ops, linear_ops, qgemm
 from .layers import PackedWeightMixin
 
 from .int8_codes import INT8_MAX, INV_INT8_MAX, padded_rows, quantize_rows, scale_int32  # noqa: F401 (the int8 API)
 
 
+def spec_problem(spec):
+    """Why the int8 backend cannot run `spec` (None if it can)."""
+    if spec.a_bits != 8 or spec.w_bits not in (4, 8) or spec.act_granularity != "token" \
+            or spec.group_size and spec.group_size not in qgemm.GROUP_SIZES:
+        return (f"the int8 backend does W8A8 and W4A8 with per-channel weights or weight groups of "
+                f"{', '.join(map(str, qgemm.GROUP_SIZES))} and per-token activations only, not {spec}")
+    return None
+
+
 def supports(layer, spec):
-    return (isinstance(layer, torch.nn.Linear) and spec.a_bits == 8 and spec.w_bits in (4, 8)
-            and not spec.group_size and spec.act_granularity == "token" and layer.in_features % 8 == 0
+    return (isinstance(layer, torch.nn.Linear) and spec_problem(spec) is None and layer.in_features % 8 == 0
             and layer.out_features % 8 == 0)
 
 
@@ -35,4 +45,7 @@ class Int8Linear(PackedWeightMixin):
         scale = self.weight_scale
         if scale.device != x.device:  # low-VRAM: buffers stay on the CPU, the weight comes per call
             scale = scale.to(x.device)
+        if self.quant_spec.group_size:
+            return linear_ops.qgemm_linear(x, packed, scale, bias, self.out_features, self.quant_spec.packed_int4,
+                                           True)
         return linear_ops.int8_linear(x, packed, scale, bias, self.out_features, self.quant_spec.packed_int4)

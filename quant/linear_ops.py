@@ -11,10 +11,23 @@ from typing import Optional
 
 import torch
 
-from . import fp8_codes as fp8, int8_codes as int8, kernels
+from . import fp8_codes as fp8, int8_codes as int8, kernels, qgemm
 
 EAGER_THROUGH_OP = False
 COMPILE_THROUGH_OP = False
+# The GEMM the per-channel 8-bit linears run on CUDA: "cublas" (torch._scaled_mm / torch._int_mm, packed int4
+# unpacked by a separate kernel first) or "triton" (quant/kernels/gemm_kernels.py: int4 unpacked in registers, the
+# int8 rescale in the epilogue; the same numbers, bit for bit for int8 codes). Group-wise weights always run the
+# Triton GEMM (cuBLAS has no group scales). To be set from bench/gpu_gemm.py's measurement.
+GEMMS = ("cublas", "triton")
+FP8_W4_GEMM = "cublas"  # W4A8 on the fp8 backend (W8A8 e4m3 stays on _scaled_mm)
+INT8_GEMM = "cublas"  # W8A8 and W4A8 on the int8 backend
+# How the Triton GEMM does group scales on CUDA: "exact" (one dot per group, int32 partial sums for int8 codes, scaled
+# in group order: qgemm.reference bit for bit) or "fp16" (the weight tile dequantized to float16 in registers, one
+# float16 MMA per step: no per-group work on the CUDA cores, half the 8-bit MMA rate; weights rounded to float16,
+# 2**-11 relative: qgemm.dequant_reference). The CPU runs qgemm.reference either way.
+GROUP_GEMMS = ("exact", "fp16")
+GROUP_GEMM = "exact"
 
 
 def _columns(rows):
@@ -48,6 +61,8 @@ def kernels_free_int4(packed, rows, cols, dtype):
 
 
 def fp8_fast(x, packed, weight_scale, bias, out_features, int4):
+    if int4 and FP8_W4_GEMM == "triton" and kernels.gemm_kernels is not None:
+        return qgemm_fast(x, packed, weight_scale, bias, out_features, int4, False)
     tk = kernels.triton_kernels
     rows = _columns(x.reshape(-1, x.shape[-1]))
     count, cols = rows.shape
@@ -60,12 +75,45 @@ def fp8_fast(x, packed, weight_scale, bias, out_features, int4):
 
 
 def int8_fast(x, packed, weight_scale, bias, out_features, int4):
+    if INT8_GEMM == "triton" and kernels.gemm_kernels is not None:
+        return qgemm_fast(x, packed, weight_scale, bias, out_features, int4, True)
     tk = kernels.triton_kernels
     rows = _columns(x.reshape(-1, x.shape[-1]))
     count, cols = rows.shape
     codes, scale, _ = tk.quantize_act(rows, int8.padded_rows(count, "cuda"), True)
     weight = tk.int4_unpack(packed, out_features, cols, torch.int8) if int4 else packed
     out = tk.int8_epilogue(torch._int_mm(codes, weight.t()), scale, weight_scale, bias, count, x.dtype)
+    return out.view(*x.shape[:-1], out_features)
+
+
+def qgemm_reference(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None,
+                    group_gemm="exact"):
+    """Torch definition of `qgemm_fast`: per-token int8 (or e4m3) codes of x, then quant/qgemm.py's product with
+    the weight codes and their per-channel or group scales, bias and the low-rank term xd @ up^T, rounded once
+    (group_gemm "fp16": the float16-dequantizing form's definition, for the GPU checks; the CPU layers run "exact")."""
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    codes, scale = (int8 if int8_codes else fp8).quantize_rows(rows, count)
+    weight = kernels_free_int4(packed, out_features, x.shape[-1], torch.int8) if int4 else packed
+    lr = None if xd is None else xd.reshape(count, -1)
+    grouped = weight_scale.dim() == 2 and weight_scale.shape[1] > 1
+    define = qgemm.dequant_reference if group_gemm == "fp16" and grouped else qgemm.reference
+    out = define(codes, scale, weight, weight_scale, bias, count, x.dtype, lr, up)
+    return out.view(*x.shape[:-1], out_features)
+
+
+def qgemm_fast(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None, group_gemm=None):
+    """One activation-quantization launch and one Triton GEMM (quant/kernels/gemm_kernels.py) on CUDA; group_gemm:
+    one of GROUP_GEMMS, None for GROUP_GEMM."""
+    rows = _columns(x.reshape(-1, x.shape[-1]))
+    count = rows.shape[0]
+    if int8_codes:
+        codes, scale, _ = kernels.triton_kernels.quantize_act(rows, count, True)
+    else:
+        codes, scale = kernels.triton_kernels.quantize_rows_fp8(rows, count)
+    lr = None if xd is None else _columns(xd.reshape(count, -1))
+    out = kernels.gemm_kernels.qgemm(codes, scale, packed, weight_scale, bias, count, out_features, int8_codes, int4,
+                                     x.dtype, lr, up, dequant=(group_gemm or GROUP_GEMM) == "fp16")
     return out.view(*x.shape[:-1], out_features)
 
 
@@ -96,6 +144,27 @@ FP8_OP = _register("fp8_linear", fp8_fast, fp8_reference)
 INT8_OP = _register("int8_linear", int8_fast, int8_reference)
 
 
+def _register_qgemm():
+    if hasattr(torch.ops.qsched, "qgemm_linear"):
+        return torch.ops.qsched.qgemm_linear.default
+
+    @torch.library.custom_op("qsched::qgemm_linear", mutates_args=())
+    def op(x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+           out_features: int, int4: bool, int8_codes: bool, xd: Optional[torch.Tensor],
+           up: Optional[torch.Tensor]) -> torch.Tensor:
+        fast = qgemm_fast if kernels.gemm_kernels is not None and x.is_cuda else qgemm_reference
+        return fast(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up)
+
+    @op.register_fake
+    def _(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up):
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    return torch.ops.qsched.qgemm_linear.default
+
+
+QGEMM_OP = _register_qgemm()
+
+
 def _call(op, fast, reference, x, *args):
     if torch.compiler.is_compiling():
         return op(x, *args) if COMPILE_THROUGH_OP else reference(x, *args)
@@ -112,3 +181,14 @@ def fp8_linear(x, packed, weight_scale, bias, out_features, int4):
 def int8_linear(x, packed, weight_scale, bias, out_features, int4):
     """x [..., K] @ dequantized weight^T + bias through int8 GEMMs; weight int8 [N, K] or packed int4 [N, K / 2]."""
     return _call(INT8_OP, int8_fast, int8_reference, x, packed, weight_scale, bias, out_features, int4)
+
+
+def qgemm_linear(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None):
+    """x [..., K] @ dequantized weight^T + bias (+ xd @ up^T) through the Triton GEMM: int8 or e4m3 activation codes,
+    weight int8 / e4m3 [N, K] or packed int4 [N, K / 2], scales [N, 1] or per group [N, K / G]. Under torch.compile
+    always the opaque op: the per-group torch definition would trace into a few ops per group."""
+    args = (x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up)
+    if torch.compiler.is_compiling() or EAGER_THROUGH_OP:
+        return QGEMM_OP(*args)
+    fast = qgemm_fast if kernels.gemm_kernels is not None and x.is_cuda else qgemm_reference
+    return fast(*args)

@@ -9,6 +9,10 @@ try:
 except Exception:  # no Triton (CPU-only builds of torch, other platforms): the torch code paths run
     triton_kernels = None
 try:
+    from . import gemm_kernels
+except Exception:  # as above: quant/qgemm.py's torch definition runs
+    gemm_kernels = None
+try:
     from . import attention_kernels
 except Exception:  # as above: quant.attention.reference runs
     attention_kernels = None

@@ -1,0 +1,220 @@
+"""The Triton quantized GEMM (quant/kernels/gemm_kernels.py) under Triton's interpreter against independent
+references (tests/triton_gemm_checks.py, in a child process started with TRITON_INTERPRET=1), and on the CPU its
+torch definition (quant/qgemm.py) as the int8 / fp8 backends run it for group-wise weights: the simulate backend's
+numbers, LoRA merges on the same grid, the quant cache, torch.compile through the custom op. bench/gpu_gemm.py
+repeats the kernel checks on a GPU at FLUX's shapes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import triton_gemm_checks
+
+from comfyui_qsched.quant import BackendError, auto, branch_ops, fp8, int8, kernels, linear_ops, numerics, qgemm
+from comfyui_qsched.quant import quantize_module
+from comfyui_qsched.quant.cache import quantize_cached
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    pytest.importorskip("triton", reason="Triton comes with CUDA builds of torch; this torch has none")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, os.path.join(TESTS, "triton_gemm_checks.py")], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("check", sorted(triton_gemm_checks.checks()))
+def test_gemm_kernel_matches_its_reference(interpreted, check):
+    assert interpreted[check] == "ok", interpreted[check]
+
+
+def net(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(128, 256), nn.GELU(), nn.Linear(256, 64), nn.Linear(64, 32, bias=False)
+                         ).requires_grad_(False)
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def test_torch_definition_is_the_per_group_integer_product():
+    """quant/qgemm.py against int64 products per group, scaled in group order (float32), bit for bit; per channel
+    equal to the int8 backend's torch._int_mm path (int8_codes.scale_int32)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 128, generator=generator)
+    a, sa = int8.quantize_rows(x, 9)
+    codes, scale = numerics.quantize_weight(torch.randn(40, 128, generator=generator), 4, 32)
+    out = qgemm.reference(a, sa, codes, scale, None, 9, torch.float32)
+    expected = torch.zeros(9, 40)
+    for g in range(4):
+        part = a[:, 32 * g:32 * (g + 1)].long() @ codes[:, 32 * g:32 * (g + 1)].long().t()
+        expected = expected + part.float() * scale[:, g]
+    assert torch.equal(out, expected * sa)
+    codes, scale = numerics.quantize_weight(torch.randn(40, 128, generator=generator), 8)
+    bias = torch.randn(40, generator=generator).to(torch.bfloat16)
+    assert torch.equal(qgemm.reference(a, sa, codes, scale, bias, 9, torch.bfloat16),
+                       int8.scale_int32(torch._int_mm(a, codes.t()), sa, scale, bias, 9, torch.bfloat16))
+
+
+@pytest.mark.parametrize("spec", ["W4A8-g64", "W4A8-g16", "W8A8-g32"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_backend_group_wise_layers_give_simulate_numbers(spec, dtype):
+    """Same stored codes and group scales as simulate; the output is simulate's (int8 activations per token, the
+    group-wise weight) up to float32 rounding, one activation code apart at most where simulate divides by the
+    scale and the int8 codes multiply by its inverse (tests/test_quant_int8.py has the per-channel case)."""
+    model, simulated = net(), net()
+    report = quantize_module(model, spec, backend="int8", policy="first_last=off")
+    quantize_module(simulated, spec, backend="simulate", policy="first_last=off")
+    assert report.by_backend() == {"int8": 3}
+    assert isinstance(model[0], int8.Int8Linear)
+    for index in (0, 2, 3):
+        assert torch.equal(model[index].weight, simulated[index].weight)
+        assert torch.equal(model[index].weight_scale, simulated[index].weight_scale)
+    model, simulated = model.to(dtype), simulated.to(dtype)
+    x = torch.randn(3, 7, 128).to(dtype)
+    out, expected = model(x), simulated(x)
+    assert out.dtype == dtype and out.shape == (3, 7, 32)
+    # simulate rounds its dequantized weight to bf16 (2**-9 per weight) and each of the three layers' outputs
+    assert rel(out, expected) < (2e-2 if dtype == torch.bfloat16 else 1e-4)
+    layer = model[0]  # one layer against float64 of its own int8 activation codes and dequantized group-wise weight
+    codes, scale = int8.quantize_rows(x.reshape(-1, 128), 21)
+    exact = (codes.double() * scale.double()) @ numerics.dequantize_weight(
+        layer.codes(), layer.weight_scale, torch.float64).t() + layer.bias.double()
+    assert rel(layer(x).reshape(21, -1), exact) < (4e-3 if dtype == torch.bfloat16 else 1e-6)
+
+
+def test_fp8_backend_group_wise_w4a8_is_the_e4m3_product():
+    """e4m3 activation codes per token times the int4 codes and group scales: float64 of the same fake-quantized
+    activations and dequantized weight, up to float32 rounding."""
+    model = net()
+    report = quantize_module(model, "W4A8-g32", backend="fp8", policy="first_last=off")
+    assert report.by_backend() == {"fp8": 3}
+    layer = model[0]
+    assert layer.weight.dtype == torch.uint8 and layer.weight_scale.shape == (256, 4)
+    x = torch.randn(5, 128)
+    codes, scale = fp8.quantize_rows(x, 5)
+    exact = (codes.double() * scale.double()) @ numerics.dequantize_weight(layer.codes(), layer.weight_scale,
+                                                                          torch.float64).t() + layer.bias.double()
+    assert rel(layer(x), exact) < 1e-6
+    simulated = net()
+    quantize_module(simulated, "W4A8-g32", backend="simulate", policy="first_last=off")
+    # e4m3 keeps 3 mantissa bits of the activations where int8 keeps 7: ~3% per layer, three layers
+    assert rel(model(x), simulated(x)) < 0.1
+
+
+def test_backends_refuse_group_sizes_the_kernel_lacks():
+    with pytest.raises(BackendError, match="weight groups of 16, 32, 64, 128"):
+        quantize_module(net(), "W4A8-g8", backend="int8")
+    with pytest.raises(ValueError, match="the fp8 backend does W8A8 and W4A8"):
+        quantize_module(net(), "W8A8-g64", backend="fp8")  # e4m3 W8 codes are per channel
+    with pytest.raises(ValueError, match="the fp8 backend does W8A8 and W4A8"):
+        quantize_module(net(), "W4A8-g48", backend="fp8")
+
+
+def test_auto_takes_the_int8_gemm_for_group_wise_weights_on_gpus(monkeypatch):
+    """On an FP8 GPU too: int8 activations are the simulate quantizer the quality rows measured. Other group sizes,
+    or no Triton, keep simulate."""
+    monkeypatch.setattr(fp8, "fp8_supported", lambda device: True)
+    monkeypatch.setattr(auto, "int8_supported", lambda device: True)
+    wide = nn.Linear(2048, 2048)
+    backend = auto.AutoBackend()
+    backend.check(None, "cuda")
+    spec = numerics_spec("W4A8-g64")
+    assert backend.choose(wide, spec)[:2] == ("int8", spec)
+    assert backend.choose(wide, numerics_spec("W4A8-g64-r32"))[0] == "int8"
+    assert backend.choose(wide, numerics_spec("W4A8"))[0] == "fp8"
+    assert backend.choose(wide, numerics_spec("W4A8-g8"))[0] == "simulate"
+    assert backend.choose(nn.Linear(2048, 64), spec)[0] == "weight-only"
+    monkeypatch.setattr(kernels, "gemm_kernels", None)
+    assert backend.choose(wide, spec)[0] == "simulate"
+
+
+def test_auto_planned_for_a_gpu_runs_group_wise_on_the_cpu_as_the_int8_backend(monkeypatch):
+    monkeypatch.setattr(auto, "int8_supported", lambda device: True)
+    monkeypatch.setattr(auto, "A8_MIN_FEATURES", 32)
+    planned, direct = net(), net()
+    report = quantize_module(planned, "W4A8-g32", backend="auto", device="cuda", policy="first_last=off")
+    quantize_module(direct, "W4A8-g32", backend="int8", policy="first_last=off")
+    assert set(report.by_backend()) == {"auto: int8"}
+    x = torch.randn(4, 128)
+    assert torch.equal(planned(x), direct(x))
+
+
+def numerics_spec(text):
+    from comfyui_qsched.quant import QuantSpec
+    return QuantSpec.parse(text)
+
+
+@pytest.mark.parametrize("backend", ["int8", "fp8"])
+def test_lora_merge_requantizes_group_wise_layers_on_their_grid(backend):
+    """A LoRA delta merged into the float weight and requantized on the layer's group scales gives simulate's codes;
+    the float weight of the unchanged codes requantizes to themselves (restoring a layer is exact)."""
+    model, simulated = net(), net()
+    quantize_module(model, "W4A8-g32-r8", backend=backend, policy="first_last=off")
+    quantize_module(simulated, "W4A8-g32-r8", backend="simulate", policy="first_last=off")
+    layer, reference = model[2], simulated[2]
+    weight = layer.float_weight()
+    assert torch.equal(weight, reference.float_weight())
+    assert torch.equal(layer.requantize_float(weight), layer.weight)
+    delta = torch.randn(64, 256, generator=torch.Generator().manual_seed(1)) * 0.01
+    merged = layer.requantize_float(weight + delta)
+    assert torch.equal(merged, reference.requantize_float(weight + delta)) and not torch.equal(merged, layer.weight)
+
+
+@pytest.mark.parametrize("backend,spec", [("int8", "W4A8-g32"), ("fp8", "W4A8-g16"), ("int8", "W4A8-g32-r8")])
+def test_cache_round_trip_of_group_wise_layers(tmp_path, backend, spec):
+    source = tmp_path / "backbone.safetensors"
+    source.write_bytes(b"stand-in for the user's file")
+    first, second = net(), net()
+    _, status = quantize_cached(first, spec, str(source), str(tmp_path / "cache"), backend=backend)
+    assert status == "written"
+    _, status = quantize_cached(second, spec, str(source), str(tmp_path / "cache"), backend=backend)
+    assert status == "hit"
+    for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
+        assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8)), name
+    x = torch.randn(3, 128)
+    assert torch.equal(first(x), second(x))
+
+
+@pytest.mark.parametrize("int8_codes", [True, False])
+def test_epilogue_branch_definition_adds_the_up_projection_before_one_rounding(int8_codes):
+    """qgemm_linear with xd, up (the 'epilogue' form's torch definition): the layer without branch plus
+    lr @ up^T in float32, one rounding; against the layer's shared (unfused) forward within bf16 rounding."""
+    model = net()
+    quantize_module(model, "W4A8-g32-r16", backend="int8" if int8_codes else "fp8", policy="first_last=off")
+    layer = model[0].to(torch.bfloat16)
+    x = torch.randn(2, 5, 128).to(torch.bfloat16)
+    xd = nn.functional.linear(x, layer.lowrank_down)
+    fused = linear_ops.qgemm_linear(x, layer.weight, layer.weight_scale, layer.bias, 256, True, int8_codes, xd,
+                                    layer.lowrank_up)
+    plain = linear_ops.qgemm_reference(x, layer.weight, layer.weight_scale, layer.bias, 256, True, int8_codes)
+    without_bias = linear_ops.qgemm_reference(x, layer.weight, layer.weight_scale, None, 256, True, int8_codes,
+                                              xd, layer.lowrank_up)
+    exact = (linear_ops.qgemm_reference(x.float(), layer.weight, layer.weight_scale, None, 256, True, int8_codes)
+             .double() + layer.bias.double() + xd.double() @ layer.lowrank_up.double().t())
+    assert rel(fused, exact) < 4e-3 and rel(layer(x), exact) < 8e-3
+    assert not torch.equal(fused, plain) and not torch.equal(fused, without_bias)
+    assert "epilogue" in branch_ops.EAGER_FORMS
+    # on the CPU the layer's fast forms step aside (no Triton on CPU tensors): the unfused forward runs
+    assert branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, int8_codes, form="epilogue") is None
+
+
+def test_group_wise_layer_compiles_through_the_custom_op():
+    """torch.compile keeps the Triton GEMM's op opaque (its per-group torch definition would trace into a few ops
+    per group); the compiled layer gives the eager numbers bit for bit."""
+    model = net()
+    quantize_module(model, "W4A8-g32", backend="int8", policy="first_last=off")
+    x = torch.randn(6, 128)
+    eager = model(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(x), eager)
