@@ -62,7 +62,7 @@ def test_mse_and_gptq_scales_are_stored_in_float16_per_group():
     assert numerics.mse_scales(weight, 4, 16).dtype == torch.float16
     assert numerics.mse_scales(weight, 4).dtype == torch.float32
     x = torch.randn(300, 64, generator=torch.Generator().manual_seed(6))
-    codes, scale = gptq_quantize_weight(weight, x.T @ x / 300, 4, 16)
+    _, scale = gptq_quantize_weight(weight, x.T @ x / 300, 4, 16)
     assert scale.dtype == torch.float16 and torch.equal(scale, numerics.mse_scales(weight, 4, 16))
 
 
