@@ -6,7 +6,7 @@ import torch
 
 from . import gptq
 from .registry import get_backend
-from .layers import bits_per_weight_of, float_weight_shape, lowrank_shapes, rank_problem
+from .layers import bits_per_weight_of, float_weight_shape, kept_scales, lowrank_shapes, rank_problem
 from .lowrank import FACTOR_DTYPES
 from .policy import DEFAULT_POLICY, LayerDecision, LayerPolicy
 from .spec import QuantSpec
@@ -123,6 +123,10 @@ def _check_stored(module, decisions, quantizer, stored):
         if tuple(scale.shape) != scale_shape:
             raise ValueError(f"layer {decision.name!r}: stored scales of shape {tuple(scale.shape)} do not match "
                              f"the {spec.name} scales' shape {scale_shape}")
+        try:
+            kept_scales(scale)
+        except ValueError as error:
+            raise ValueError(f"layer {decision.name!r}: stored {error}") from None
         _check_branch(decision.name, layer, spec, [t for t in branch if t is not None])
 
 

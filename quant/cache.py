@@ -1,7 +1,8 @@
 """Cache of quantized weights in safetensors, keyed by the source file's content hash + spec + policy + backend
 (+ the calibration settings of a calibrated, GPTQ-rounded load).
 
-Per quantized layer it stores `<layer>.weight` (packed codes), `<layer>.weight_scale` and `<layer>.comfy_quant`
+Per quantized layer it stores `<layer>.weight` (packed codes), `<layer>.weight_scale` (float32 per channel, float16
+per group, as the layer keeps them) and `<layer>.comfy_quant`
 (a uint8 tensor holding JSON, the per-layer metadata convention of newer ComfyUI checkpoints; the format names
 are this pack's own, `qsched_int8` / `qsched_int4_packed` / `qsched_fp8_e4m3`, which ComfyUI itself does not
 decode), and for a spec with a low-rank branch `<layer>.lowrank_down` / `<layer>.lowrank_up` (16-bit factors). Files
@@ -25,7 +26,9 @@ from .layers import PackedWeightMixin
 from .policy import DEFAULT_POLICY, LayerPolicy
 from .spec import QuantSpec
 
-FORMAT_VERSION = "1"
+# 2: group-wise scales stored in float16 (1: float32). Part of the key, so a version-1 file is never read for a
+# version-2 load: the load quantizes again and writes its own file.
+FORMAT_VERSION = "2"
 _HASHES = {}
 
 

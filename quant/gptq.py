@@ -130,9 +130,10 @@ def layer_input_rows(layer, x):
 
 
 def gptq_quantize_weight(weight, hessian, bits, group_size=None, damping=DAMPING, block=BLOCK):
-    """(int8 codes [out, in], float32 scales [out, 1 or in / group]) of a 2-D weight, in numerics.quantize_weight's
-    format, rounded by GPTQ against the input second moment `hessian` [in, in]. Columns the calibration never saw
-    (zero on H's diagonal) keep round-to-nearest codes and take no error from the others."""
+    """(int8 codes [out, in], scales [out, 1 or in / group] as stored: float32 per channel, float16 per group) of a
+    2-D weight, in numerics.quantize_weight's format, rounded by GPTQ against the input second moment `hessian`
+    [in, in]. Columns the calibration never saw (zero on H's diagonal) keep round-to-nearest codes and take no error
+    from the others."""
     if weight.dim() != 2:
         raise ValueError(f"GPTQ takes a 2-D weight, got shape {tuple(weight.shape)}")
     rows, columns = weight.shape

@@ -1,4 +1,5 @@
-"""Layers whose weight is stored packed (int8 codes, or two int4 codes per byte) plus float32 scales.
+"""Layers whose weight is stored packed (int8 codes, or two int4 codes per byte) plus scales (float32 per output
+channel, float16 per group: numerics.scale_dtype).
 
 `PackedWeightMixin` is put in front of the layer's own Linear or Conv class (a torch class, or a comfy.ops class
 inside ComfyUI, where comfy_adapter/quant_ops.py adds ComfyUI's weight patching protocol on top). The quantized weight
@@ -68,6 +69,19 @@ def quantized_tensors(weight, spec, quantize_matrix, compute_device=None):
     return tuple(tensor.to(home) for tensor in (*quantize_matrix(matrix, spec), *branch))
 
 
+def kept_scales(scale):
+    """The scales a layer keeps: per-channel ones in float32 (a float16 one widens exactly); group-wise ones in
+    float16 as quantizing makes them, or in float32 as a cache written before float16 group scales holds them (the
+    codes were rounded against those: kept as they are, not rounded again)."""
+    if not scale.dtype.is_floating_point:
+        raise ValueError(f"scales of dtype {scale.dtype}: expected floating-point scales")
+    if scale.shape[1] == 1:
+        return scale.to(torch.float32)
+    if scale.dtype not in (numerics.GROUP_SCALE_DTYPE, torch.float32):
+        raise ValueError(f"group scales of dtype {scale.dtype}: expected float16 (or float32 from an older cache)")
+    return scale
+
+
 class PackedWeightMixin:
     quant_spec = None  # QuantSpec once quantized
 
@@ -116,7 +130,7 @@ class PackedWeightMixin:
         self.weight = nn.Parameter(packed, requires_grad=False)
         for name in ("weight_scale", "lowrank_down", "lowrank_up"):
             self._buffers.pop(name, None)
-        self.register_buffer("weight_scale", scale.to(torch.float32))
+        self.register_buffer("weight_scale", kept_scales(scale))
         if shapes is not None:
             self.register_buffer("lowrank_down", down)
             self.register_buffer("lowrank_up", up)

@@ -3,6 +3,8 @@ branch of rank 32 beside the quantized weight)."""
 import re
 from dataclasses import dataclass, replace
 
+from . import numerics
+
 WEIGHT_BITS = range(2, 9)
 ACTIVATION_BITS = (*range(2, 9), 16)
 RANKS = range(1, 1025)
@@ -114,7 +116,8 @@ def bits_per_weight(spec, out_features, in_columns, stored=False):
     stored=False: the nominal count papers use (w_bits-bit codes, 16-bit scales), e.g. W4-g64-r32 on 3072 x 3072:
     4 + 16/64 + 16 * 32 * 6144 / 3072**2 = 4.58.
     stored=True: what this pack keeps in memory and in its cache: codes in int8 bytes for W5-W8 and two per byte for
-    W2-W4 (an odd row padded), float32 scales, 16-bit factors (fp8 backend W8 codes are e4m3 bytes: also 8 bits).
+    W2-W4 (an odd row padded), float16 group scales (float32 with one group per row), 16-bit factors (fp8 backend W8
+    codes are e4m3 bytes: also 8 bits). E.g. W4-g64-r32 on 3072 x 3072 stores the nominal 4.58.
     A whole model: quant.layers.bits_per_weight_of(module)."""
     spec = QuantSpec.parse(spec)
     weights = out_features * in_columns
@@ -123,7 +126,7 @@ def bits_per_weight(spec, out_features, in_columns, stored=False):
     groups = in_columns // spec.group_size if spec.group_size else 1
     if stored:
         code_bits = out_features * ((in_columns + 1) // 2 * 8 if spec.packed_int4 else in_columns * 8)
-        scale_bits = 32
+        scale_bits = 8 * numerics.scale_dtype(groups).itemsize
     else:
         code_bits, scale_bits = weights * spec.w_bits, FACTOR_BITS
     rank = min(spec.rank or 0, out_features, in_columns)

@@ -98,12 +98,15 @@ def test_mse_scales_are_the_best_clip_of_the_grid():
         limit = numerics.qmax(bits)
         for row in range(6):
             for group in range(groups.shape[1]):
-                values = groups[row, group]
-                errors = [(float(((torch.round(values / (amax[row, group] * r / limit)).clamp(-limit, limit)
-                                   * (amax[row, group] * r / limit) - values) ** 2).sum()), r)
-                          for r in numerics.CLIP_RATIOS]
+                values = groups[row, group].double()
+                # each candidate as it is stored: float16 per group, float32 per channel
+                stored = {r: float((amax[row, group] * r / limit).to(torch.float16 if group_size else torch.float32))
+                          for r in numerics.CLIP_RATIOS}
+                errors = [(float(((torch.round(values / stored[r]).clamp(-limit, limit) * stored[r] - values) ** 2)
+                                 .sum()), r) for r in numerics.CLIP_RATIOS]
                 best = min(errors, key=lambda e: (e[0], -e[1]))[1]
-                assert scale[row, group].item() == pytest.approx(float(amax[row, group] * best / limit), rel=1e-6)
+                assert scale.dtype == (torch.float16 if group_size else torch.float32)
+                assert scale[row, group].item() == pytest.approx(stored[best], rel=1e-6)
     # clipping pays for the outlier's row: its error is below rounding at amax
     nearest = numerics.dequantize_weight(*numerics.quantize_weight(weight, 4))
     clipped = numerics.dequantize_weight(torch.round(weight / scale_at(weight, 4)).clamp(-7, 7), scale_at(weight, 4))

@@ -210,7 +210,8 @@ def test_bits_per_weight_counts_codes_scales_and_factors():
     assert bits_per_weight("W4A8-g64-r32", 3072, 3072) == pytest.approx(4 + 16 / 64 + 16 * 32 * 6144 / 3072 ** 2)
     assert bits_per_weight("W4A8-g8", 64, 64) == 6.0
     assert bits_per_weight("W6A8", 3072, 3072, stored=True) == 8 + 32 / 3072  # W5-W8 codes are stored in int8
-    assert bits_per_weight("W4A8-g64-r32", 3072, 3072, stored=True) == pytest.approx(4 + 32 / 64 + 32 * 16 * 6144
+    # float16 group scales: stored as the nominal count
+    assert bits_per_weight("W4A8-g64-r32", 3072, 3072, stored=True) == pytest.approx(4 + 16 / 64 + 32 * 16 * 6144
                                                                                      / 3072 ** 2)
     assert bits_per_weight("W4A8-r32", 8, 16) == 4 + 16 / 16 + 8 * 24 * 16 / 128  # rank capped at the smaller side
 

@@ -46,9 +46,12 @@ def int4_unpack(tk):
     assert torch.equal(tk.int4_to_fp8(packed, 24, 80).float(), numerics.unpack_int4(packed, 80).float())
 
 
-def dequantization(tk, bits, group, dtype):
+def dequantization(tk, bits, group, dtype, scale_dtype=None):
+    """scale_dtype: the scales widened to it (float32 group scales, as a cache from before float16 ones holds)."""
     from comfyui_qsched.quant import numerics
     codes, scale = numerics.quantize_weight(torch.randn(24, 80), bits, group)
+    assert scale.dtype == (torch.float16 if group else torch.float32)
+    scale = scale if scale_dtype is None else scale.to(scale_dtype)
     packed = numerics.pack_int4(codes) if bits == 4 else codes
     assert same_bits(tk.dequantize(packed, scale, 24, 80, dtype, bits == 4),
                      numerics.dequantize_weight(codes, scale, dtype))
@@ -142,8 +145,11 @@ def checks():
     cases["row_quantizer_strided_rows"] = (strided_rows,)
     cases["int4_unpack"] = (int4_unpack,)
     for bits, group in ((8, None), (4, None), (4, 16), (8, 20)):
-        for dtype in (torch.bfloat16, torch.float32):
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
             cases[f"dequantize_w{bits}_g{group}_{str(dtype).split('.')[-1]}"] = (dequantization, bits, group, dtype)
+    for dtype in (torch.bfloat16, torch.float16):
+        cases[f"dequantize_w4_g16_{str(dtype).split('.')[-1]}_float32_scales"] = (dequantization, 4, 16, dtype,
+                                                                                 torch.float32)
     for int8_codes in (True, False):
         kind = "int8" if int8_codes else "fp8"
         for dtype in (torch.bfloat16, torch.float16, torch.float32):

@@ -92,7 +92,8 @@ def _dequantize_kernel(packed_ptr, scale_ptr, out_ptr, cols, packed_cols, groups
         code = tl.where(columns % 2 == 0, byte & 15, byte >> 4) - 8
     else:
         code = tl.load(packed_ptr + row * cols + columns, mask=inside, other=0).to(tl.int32)
-    scale = tl.load(scale_ptr + row * groups + columns // group_size, mask=inside, other=0.0)
+    # float32 (per channel) or float16 (per group) scales, widened exactly to float32
+    scale = tl.load(scale_ptr + row * groups + columns // group_size, mask=inside, other=0.0).to(tl.float32)
     if out_ptr.dtype.element_ty == tl.bfloat16:
         scale = _round_bf16(scale)
     else:
@@ -136,7 +137,7 @@ def _weight_only_matmul_kernel(x_ptr, w_ptr, scale_ptr, bias_ptr, out_ptr, M, N,
             acc += tl.dot(a.to(tl.float32), tl.trans(codes), input_precision="ieee")
         else:
             acc += tl.dot(a, tl.trans(codes.to(a.dtype)))
-    acc = acc * tl.load(scale_ptr + n_offsets, mask=n_offsets < N, other=0.0)[None, :]
+    acc = acc * tl.load(scale_ptr + n_offsets, mask=n_offsets < N, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + n_offsets, mask=n_offsets < N, other=0.0).to(tl.float32)[None, :]
     mask = (m_offsets[:, None] < M) & (n_offsets[None, :] < N)
@@ -319,7 +320,8 @@ def int4_to_fp8(packed, rows, cols):
 
 
 def dequantize(packed, scale, rows, cols, dtype, is_int4):
-    """[rows, cols] weight in `dtype` from int8 codes or packed int4, per-channel or per-group fp32 scales."""
+    """[rows, cols] weight in `dtype` from int8 codes or packed int4, per-channel or per-group scales (float32 or
+    float16)."""
     out = torch.empty((rows, cols), device=packed.device, dtype=dtype)
     groups = scale.shape[1]
     block = min(1024, triton.next_power_of_2(cols))
