@@ -121,8 +121,50 @@ class WithCudaGraphs(torch.nn.Module):
         return self.model(*args, transformer_options={**(transformer_options or {}), **self.options}, **kwargs)
 
 
+# A config may end with " {NAME=value;...}": the kernel switches of quant/ set to those values while that config's
+# model runs (read per call), e.g. "W4A8 auto {FP8_W4_GEMM=triton}", "W4A8-r32 auto {BRANCH=epilogue}".
+SWITCHES = {"INT8_GEMM": ("linear_ops", "INT8_GEMM"), "FP8_W4_GEMM": ("linear_ops", "FP8_W4_GEMM"),
+            "GROUP_GEMM": ("linear_ops", "GROUP_GEMM"), "BRANCH": ("branch_ops", "EAGER_FORM")}
+
+
+def parse_switches(text):
+    """{(module, attribute): value} of a " {NAME=value;...}" suffix; unknown names are an error."""
+    import importlib
+    settings = {}
+    for item in filter(None, (part.strip() for part in text.strip("{} ").split(";"))):
+        name, _, value = item.partition("=")
+        if name not in SWITCHES:
+            raise ValueError(f"unknown switch {name!r} in {text!r}; known: {', '.join(SWITCHES)}")
+        module, attribute = SWITCHES[name]
+        settings[(importlib.import_module(f"comfyui_qsched.quant.{module}"), attribute)] = value
+    return settings
+
+
+class WithSwitches(torch.nn.Module):
+    """The backbone run with some of quant/'s kernel switches set, restored after each call."""
+
+    def __init__(self, model, settings):
+        super().__init__()
+        self.model, self.settings = model, settings
+
+    def forward(self, *args, **kwargs):
+        saved = {key: getattr(*key) for key in self.settings}
+        for (module, attribute), value in self.settings.items():
+            setattr(module, attribute, value)
+        try:
+            return self.model(*args, **kwargs)
+        finally:
+            for (module, attribute), value in saved.items():
+                setattr(module, attribute, value)
+
+
 def build_config(config, state, device):
     """(model on `device`, row with how it was made and its weight bytes)."""
+    if config.endswith("}") and " {" in config:
+        base, _, suffix = config.rpartition(" {")
+        settings = parse_switches(suffix)
+        model, row = build_config(base, state, device)
+        return WithSwitches(model, settings), {**row, "config": config}
     if config.endswith(CUDA_GRAPHS):
         model, row = build_config(config[:-len(CUDA_GRAPHS)], state, device)
         return WithCudaGraphs(model), {**row, "config": config}
