@@ -6,9 +6,9 @@
   keep their 8/4-bit storage and compute in 16 bit (quant/fast.py): the shape-aware policy.
 - CUDA without FP8 but with int8 tensor cores (compute capability 7.5-8.8: Turing, Ampere): W8A8 / W4A8 linears
   that pay run the int8 backend (torch._int_mm, int8 activations per token); older GPUs keep them weight-only.
-- Group-wise W8A8 / W4A8 (weight groups of qgemm.GROUP_SIZES) on CUDA with int8 tensor cores and Triton: the int8
-  backend's Triton GEMM (quant/kernels/gemm_kernels.py), on FP8 GPUs too: int8 activation codes are the simulate
-  backend's quantizer (what GPTQ and the quality rows measured), and on Hopper int8 and FP8 MMAs run at one rate.
+- Group-wise weights: simulate. The int8 and fp8 backends take W4A8-g / W8A8-g through the Triton GEMM
+  (quant/kernels/gemm_kernels.py), but on an H100 it measured slower than simulate (2026-12-07, FLUX 8 + 16 blocks,
+  eager: W4A8-g64 3.78x BF16 through it, 2.22x simulate; its linears alone 7.7x BF16's).
 - Specs no fast kernel implements (W6A8, W4A6, W4A4, other group sizes, ...): simulate, so their numerics stay exact.
 - Weight-only specs (A16) and convolutions: weight-only layers (Triton dequantization on CUDA).
 A low-rank branch (-r<N>) never changes the choice: every path adds it beside its own output (fp8 / int8 layers in
@@ -17,7 +17,7 @@ Every layer's report line says which path it got and why."""
 import torch
 from torch import nn
 
-from . import fp8, int8, kernels
+from . import fp8, int8
 from .backends import Fp8Backend, Int8Backend, SimulateBackend, weight_only
 
 FAST_A8_SPECS = ("W8A8", "W4A8")
@@ -39,12 +39,9 @@ def a8_pays(layer, spec_name="W8A8"):
 
 
 def has_fast_kernel(spec):
-    """A fast 8-bit GEMM exists for `spec` (its branch aside): W8A8 / W4A8 per channel, or with groups the Triton
-    GEMM takes."""
-    base = spec.base
-    if base.group_size:
-        return int8.spec_problem(base) is None
-    return base.name in FAST_A8_SPECS
+    """A fast 8-bit GEMM exists for `spec` (its branch aside): W8A8 / W4A8 per channel (see the module doc for
+    groups)."""
+    return spec.base.name in FAST_A8_SPECS
 
 
 def int8_supported(device):
@@ -73,16 +70,14 @@ class AutoBackend:
             return "simulate", spec, f"{device.type}: exact numerics"
         if spec.weight_only:
             return "weight-only", spec, "16-bit activations by the spec or the layer policy"
+        if spec.group_size and int8.spec_problem(spec.base) is None:
+            return "simulate", spec, "group-wise weights: the Triton group GEMM measured slower"
         if not has_fast_kernel(spec):
             return "simulate", spec, f"no fast kernel for {spec}"
         if not isinstance(layer, nn.Linear):
             return "weight-only", spec.with_activations(16), "convolution"
         if not a8_pays(layer, spec.base.name):
             return "weight-only", spec.with_activations(16), "GEMM too small for 8-bit compute to pay"
-        if spec.group_size:
-            if kernels.gemm_kernels is not None and int8_supported(device) and int8.supports(layer, spec):
-                return "int8", spec, "group-wise weights: Triton int8 GEMM"
-            return "simulate", spec, f"no fast kernel for {spec} on this GPU"
         if fp8.fp8_supported(device):
             return "fp8", spec, "FP8 tensor cores"
         if int8_supported(device) and int8.supports(layer, spec):

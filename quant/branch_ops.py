@@ -19,14 +19,14 @@ import torch
 from . import fp8_codes as fp8, int8_codes as int8, kernels, linear_ops
 
 FOLD_B_MAX = 448.0
-# The eager form a quantized layer's branch takes on CUDA. Measured on an H100 (2026-12-07, bench/kernels8.py, full
-# FLUX's linears per step, rank 32, bench/results/kernels8_h100.md): unfused +17.9 ms (W4A8 fp8) / +19.0 (W8A8 fp8),
-# fused +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit reference). The fused
-# down-projection makes the quantization kernel 3-4x slower at K = 12288-15360, so the two extra cuBLAS GEMMs win:
-# "unfused" (the layer's shared forward adds the branch). "fused" and "fold" stay selectable for measurements.
-# "epilogue" (the up-projection inside the Triton GEMM) is to be measured by bench/gpu_gemm.py.
-EAGER_FORM = "unfused"
-EAGER_FORMS = ("unfused", "fused", "fold", "epilogue")
+# The eager form a quantized layer's branch takes on CUDA. Measured on an H100 (2026-12-07, bench/kernels8.py and
+# bench/gpu_gemm.py, full FLUX's linears per step, rank 32): on the cuBLAS paths unfused +17.9 to +24.3 ms, fused
+# +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit reference); on the Triton int8
+# GEMM (W8 codes) unfused +25.4, the up-projection in its epilogue +11.9. "auto": the epilogue where the layer runs
+# the Triton int8 GEMM (linear_ops.int8_runs_triton), else "unfused" (the layer's shared forward adds the branch as
+# two cuBLAS GEMMs). The other forms stay selectable for measurements.
+EAGER_FORM = "auto"
+EAGER_FORMS = ("auto", "unfused", "fused", "fold", "epilogue")
 
 
 def fold_holds(spec):
@@ -136,6 +136,13 @@ def traced_branch_forward(layer, x, packed, bias):
     return torch.addmm(out.reshape(-1, up.shape[0]), xd.reshape(-1, up.shape[1]), up.t()).view(out.shape)
 
 
+def auto_form(spec, int8_codes, device):
+    """EAGER_FORM "auto" for a layer of `spec` on `device`: the epilogue where it runs the Triton int8 GEMM."""
+    triton_int8 = int8_codes and device.type == "cuda" and not spec.group_size \
+        and linear_ops.int8_runs_triton(device, spec.packed_int4)
+    return "epilogue" if triton_int8 else "unfused"
+
+
 def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
     """The layer's output with its branch through the fast forms (CUDA, Triton, eager, factors on x's device), or
     None where they do not apply or the form is "unfused" (the layer's shared forward then adds the branch as two
@@ -146,11 +153,13 @@ def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
         raise ValueError(f"low-rank branch form must be one of {', '.join(EAGER_FORMS)}, got {form!r}")
     if torch.compiler.is_compiling():
         return traced_branch_forward(layer, x, packed, bias)
+    spec = layer.quant_spec
+    if form == "auto":
+        form = auto_form(spec, int8_codes, x.device)
     if form == "unfused" or not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
                                  and x.dtype in (torch.bfloat16, torch.float16)):
         layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device
         return None
-    spec = layer.quant_spec
     if spec.group_size and form != "epilogue":
         return None  # the fused and folded forms run cuBLAS GEMMs, which have no group scales
     if form == "epilogue":

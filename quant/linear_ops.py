@@ -7,6 +7,7 @@ functions directly (the dispatcher would add host time per call; `EAGER_THROUGH_
 and under torch.compile they trace the torch definitions, which inductor fuses into the neighbouring kernels
 (`COMPILE_THROUGH_OP` switches to the opaque op). Off CUDA (or without Triton) the torch definitions run: the
 CPU numerics are the GPU's (same codes, same scaling) up to the GEMM's summation order."""
+import functools
 from typing import Optional
 
 import torch
@@ -18,10 +19,15 @@ COMPILE_THROUGH_OP = False
 # The GEMM the per-channel 8-bit linears run on CUDA: "cublas" (torch._scaled_mm / torch._int_mm, packed int4
 # unpacked by a separate kernel first) or "triton" (quant/kernels/gemm_kernels.py: int4 unpacked in registers, the
 # int8 rescale in the epilogue; the same numbers, bit for bit for int8 codes). Group-wise weights always run the
-# Triton GEMM (cuBLAS has no group scales). To be set from bench/gpu_gemm.py's measurement.
-GEMMS = ("cublas", "triton")
+# Triton GEMM (cuBLAS has no group scales). Measured on an H100 (2026-12-07, bench/gpu_gemm.py, FLUX's linears per
+# step, 4352 tokens; BF16 74.9 ms): int8 W8 codes Triton 80.6 vs torch._int_mm 110.8; W4 codes unpacked in registers
+# 307.8 (int8) and 357.3 (e4m3) vs unpack + cuBLAS 110.7 (int8) and 63.7 (FP8). So "auto" (the int8 backend's
+# default) takes the Triton GEMM for W8 codes on Hopper and later, and cuBLAS for W4 codes and on older GPUs (on
+# Turing and Ampere nothing was measured); FP8 W4 stays on cuBLAS.
+GEMMS = ("auto", "cublas", "triton")
 FP8_W4_GEMM = "cublas"  # W4A8 on the fp8 backend (W8A8 e4m3 stays on _scaled_mm)
-INT8_GEMM = "cublas"  # W8A8 and W4A8 on the int8 backend
+INT8_GEMM = "auto"  # W8A8 and W4A8 on the int8 backend
+TRITON_INT8_MIN_CAPABILITY = (9, 0)
 # How the Triton GEMM does group scales on CUDA: "exact" (one dot per group, int32 partial sums for int8 codes, scaled
 # in group order: qgemm.reference bit for bit) or "fp16" (the weight tile dequantized to float16 in registers, one
 # float16 MMA per step: no per-group work on the CUDA cores, half the 8-bit MMA rate; weights rounded to float16,
@@ -74,8 +80,23 @@ def fp8_fast(x, packed, weight_scale, bias, out_features, int4):
     return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(device_index):
+    return torch.cuda.get_device_capability(device_index)
+
+
+def int8_runs_triton(device, int4):
+    """Whether an int8-backend layer on CUDA `device` runs the Triton GEMM (INT8_GEMM, see above)."""
+    if kernels.gemm_kernels is None:
+        return False
+    if INT8_GEMM == "auto":
+        return not int4 and _capability(device.index if device.index is not None else torch.cuda.current_device()) \
+            >= TRITON_INT8_MIN_CAPABILITY
+    return INT8_GEMM == "triton"
+
+
 def int8_fast(x, packed, weight_scale, bias, out_features, int4):
-    if INT8_GEMM == "triton" and kernels.gemm_kernels is not None:
+    if int8_runs_triton(x.device, int4):
         return qgemm_fast(x, packed, weight_scale, bias, out_features, int4, True)
     tk = kernels.triton_kernels
     rows = _columns(x.reshape(-1, x.shape[-1]))

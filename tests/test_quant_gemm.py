@@ -120,31 +120,30 @@ def test_backends_refuse_group_sizes_the_kernel_lacks():
         quantize_module(net(), "W4A8-g48", backend="fp8")
 
 
-def test_auto_takes_the_int8_gemm_for_group_wise_weights_on_gpus(monkeypatch):
-    """On an FP8 GPU too: int8 activations are the simulate quantizer the quality rows measured. Other group sizes,
-    or no Triton, keep simulate."""
+def test_auto_keeps_group_wise_weights_on_simulate_on_gpus(monkeypatch):
+    """The Triton group GEMM measured slower than simulate on an H100 (quant/auto.py), so auto does not take it, on
+    FP8 or int8 GPUs; per-channel specs keep their 8-bit GEMMs."""
     monkeypatch.setattr(fp8, "fp8_supported", lambda device: True)
     monkeypatch.setattr(auto, "int8_supported", lambda device: True)
     wide = nn.Linear(2048, 2048)
     backend = auto.AutoBackend()
     backend.check(None, "cuda")
     spec = numerics_spec("W4A8-g64")
-    assert backend.choose(wide, spec)[:2] == ("int8", spec)
-    assert backend.choose(wide, numerics_spec("W4A8-g64-r32"))[0] == "int8"
+    assert backend.choose(wide, spec)[:2] == ("simulate", spec)
+    assert backend.choose(wide, numerics_spec("W4A8-g64-r32"))[0] == "simulate"
     assert backend.choose(wide, numerics_spec("W4A8"))[0] == "fp8"
-    assert backend.choose(wide, numerics_spec("W4A8-g8"))[0] == "simulate"
-    assert backend.choose(nn.Linear(2048, 64), spec)[0] == "weight-only"
-    monkeypatch.setattr(kernels, "gemm_kernels", None)
+    monkeypatch.setattr(fp8, "fp8_supported", lambda device: False)
     assert backend.choose(wide, spec)[0] == "simulate"
+    assert backend.choose(wide, numerics_spec("W4A8"))[0] == "int8"
 
 
-def test_auto_planned_for_a_gpu_runs_group_wise_on_the_cpu_as_the_int8_backend(monkeypatch):
+def test_auto_planned_for_a_gpu_runs_group_wise_as_simulate(monkeypatch):
     monkeypatch.setattr(auto, "int8_supported", lambda device: True)
     monkeypatch.setattr(auto, "A8_MIN_FEATURES", 32)
     planned, direct = net(), net()
     report = quantize_module(planned, "W4A8-g32", backend="auto", device="cuda", policy="first_last=off")
-    quantize_module(direct, "W4A8-g32", backend="int8", policy="first_last=off")
-    assert set(report.by_backend()) == {"auto: int8"}
+    quantize_module(direct, "W4A8-g32", backend="simulate", policy="first_last=off")
+    assert set(report.by_backend()) == {"auto: simulate (group-wise weights: the Triton group GEMM measured slower)"}
     x = torch.randn(4, 128)
     assert torch.equal(planned(x), direct(x))
 
@@ -218,3 +217,25 @@ def test_group_wise_layer_compiles_through_the_custom_op():
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     assert torch.equal(compiled(x), eager)
+
+
+def test_int8_gemm_auto_takes_triton_for_w8_codes_on_hopper_only(monkeypatch):
+    """linear_ops.INT8_GEMM "auto": the Triton GEMM for W8 codes at compute capability 9.0+ (where it measured faster
+    than torch._int_mm), cuBLAS for W4 codes and older GPUs; the branch's "auto" form follows it."""
+    device = torch.device("cuda", 0)
+    w8, w4 = numerics_spec("W8A8-r8"), numerics_spec("W4A8-r8")
+    for capability, hopper in (((9, 0), True), ((8, 6), False), ((7, 5), False), ((10, 0), True)):
+        monkeypatch.setattr(linear_ops, "_capability", lambda index, c=capability: c)
+        assert linear_ops.int8_runs_triton(device, False) is hopper
+        assert linear_ops.int8_runs_triton(device, True) is False
+        assert branch_ops.auto_form(w8, True, device) == ("epilogue" if hopper else "unfused")
+        assert branch_ops.auto_form(w4, True, device) == "unfused"
+        assert branch_ops.auto_form(w8, False, device) == "unfused"  # the fp8 layers' cuBLAS GEMM
+    assert branch_ops.auto_form(w8, True, torch.device("cpu")) == "unfused"
+    assert branch_ops.auto_form(numerics_spec("W8A8-g64-r8"), True, device) == "unfused"
+    monkeypatch.setattr(linear_ops, "INT8_GEMM", "cublas")
+    assert linear_ops.int8_runs_triton(device, False) is False
+    monkeypatch.setattr(linear_ops, "INT8_GEMM", "triton")
+    assert linear_ops.int8_runs_triton(device, True) is True
+    monkeypatch.setattr(kernels, "gemm_kernels", None)
+    assert linear_ops.int8_runs_triton(device, False) is False
