@@ -56,3 +56,28 @@ bash bench/device_setup.sh; COMFYUI_DIR=/tmp/ComfyUI-0.33.0 python3 bench/gpu_at
 COMFYUI_DIR=/tmp/ComfyUI-0.33.0 python3 bench/peers.py --models flux --full-flux --configs "bf16,comfy fp8_fast,W8A8 auto,W4A8 auto" --attention int8 --host-profile --rounds 6 --warmup 2   # call6; call7: "bf16,W8A8 auto" --attention int8 --cuda-graphs; call8: "bf16,W8A8 auto" --attention int8
 ##### call9 (session 2026-12-07 #3): the wide digits variant, no carry
 export PYTHONUNBUFFERED=1; nvidia-smi --query-gpu=name --format=csv,noheader; BUDGET_S=570 timeout 590 bash bench/gpu_digits_wide.sh 2>&1 | tail -40
+##### call10 (session #3): carry .device/common + .device/tests
+#!/usr/bin/env bash
+# GPU call A (session 2026-12-07 #3): the Triton GEMM checked and timed at FLUX shapes, then FLUX 8+16 end to end
+# with each kernel switch. Carry .device/common and .device/tests.
+set -u
+s=$SECONDS; bash bench/device_setup.sh > $OUT/setup.log 2>&1; echo "setup exit $? in $((SECONDS-s)) s"; tail -1 $OUT/setup.log
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+export COMFYUI_DIR=/tmp/ComfyUI-0.33.0 PYTHONUNBUFFERED=1
+s=$SECONDS; timeout 120 python3 bench/gpu_gemm.py --skip-sweep --log $OUT/gpu_gemm.jsonl > $OUT/gpu_gemm.log 2>&1; echo "gpu_gemm exit $? in $((SECONDS-s)) s"
+grep -v '^{' $OUT/gpu_gemm.log | grep -iv warn | tail -60
+C="bf16,W8A8 auto,W4A8 auto {FP8_W4_GEMM=triton},W8A8 int8 {INT8_GEMM=triton},W4A8-g64 auto,W4A8-g64 auto {GROUP_GEMM=fp16},W4A8-r32 auto {BRANCH=epilogue;FP8_W4_GEMM=triton},W4A8-g64-r32 auto {BRANCH=epilogue;GROUP_GEMM=fp16}"
+s=$SECONDS; timeout $(( 340 - SECONDS )) python3 bench/peers.py --models flux --configs "$C" --host-profile --rounds 8 --warmup 3 --log $OUT/peers_flux.jsonl > $OUT/peers_flux.log 2>&1; echo "peers exit $? in $((SECONDS-s)) s"
+grep -h "Error\|error" $OUT/peers_flux.log | sort | uniq -c | head -5
+python3 bench/gpu_table.py $OUT/peers_flux.jsonl 2>&1 | tail -30
+##### call11 (session #3, the same warm machine): LIMIT=120 bash .device/tests/callB.sh
+#!/usr/bin/env bash
+# GPU call B (warm machine after call A): tests/gpu on ComfyUI 0.33.0 (DynamicVRAM, CUDA graphs), the 16-bit group
+# scales' dequantize kernel at FLUX shapes. Carry .device/common and .device/tests.
+set -u
+[ -d /tmp/ComfyUI-0.33.0 ] || bash bench/device_setup.sh > $OUT/setup.log 2>&1
+export PYTHONUNBUFFERED=1 CUBLAS_WORKSPACE_CONFIG=:4096:8 QSCHED_TEST_DEVICE=cuda COMFYUI_DIR=/tmp/ComfyUI-0.33.0
+s=$SECONDS; timeout ${LIMIT:-130} python3 -m pytest -v -p no:cacheprovider -rs tests/gpu/ > $OUT/pytest_gpu_0.33.0.log 2>&1
+echo "pytest gpu 0.33.0 exit $? in $((SECONDS-s)) s"; grep -E "passed|failed|^FAILED|^ERROR|SKIP" $OUT/pytest_gpu_0.33.0.log | tail -14
+grep -E "^E " $OUT/pytest_gpu_0.33.0.log | head -10
+s=$SECONDS; timeout 60 python3 bench/gpu_scales16.py --out $OUT > $OUT/gpu_scales16.log 2>&1; echo "scales16 exit $? in $((SECONDS-s)) s"; tail -5 $OUT/gpu_scales16.log
