@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from . import fp8, int8, kitchen
-from .fast import FastWeightOnlyConv, FastWeightOnlyLinear
-from .layers import PackedWeightMixin, SimulatedConv, SimulatedLinear, integer_layout, quantized_class
+from .fast import FastSimulatedLinear, FastWeightOnlyConv, FastWeightOnlyLinear
+from .layers import PackedWeightMixin, SimulatedConv, integer_layout, quantized_class
 
 
 class BackendError(ValueError):
@@ -36,7 +36,7 @@ def _install(layer, spec, tensors, compute_device=None):
 
 
 def _simulated_mixin(layer):
-    return SimulatedLinear if isinstance(layer, nn.Linear) else SimulatedConv
+    return FastSimulatedLinear if isinstance(layer, nn.Linear) else SimulatedConv
 
 
 def _simulate(layer, spec, how="simulate", tensors=None, compute_device=None):

@@ -4,6 +4,7 @@ Same storage, scales, LoRA protocol and CPU numerics as the simulate backend's w
 the weight is widened in as few launches as the host can afford (at batch 1 an eager step is bound by the host's
 launch cost, not by the GPU): int8 per-channel weights in one torch multiply (int8 x 16-bit scale, the simulate
 rounding bit for bit), int4 or grouped weights in one Triton kernel, then the usual cuBLAS GEMM or convolution.
+The simulate backend's linears widen their weight the same way (FastSimulatedLinear).
 Linears that see at most `STREAMING_MAX_ROWS` rows (adaLN modulation, batch-sized inputs) skip the widened copy:
 a Triton GEMM reads the int8 codes directly."""
 import torch
@@ -53,6 +54,18 @@ class FastWeightOnlyLinear(FastWeight, SimulatedLinear):
                                                             self.out_features)
             return out.view(*x.shape[:-1], self.out_features)
         return torch.nn.functional.linear(x, self.fast_weight(packed, x), bias)
+
+
+class FastSimulatedLinear(FastWeight, SimulatedLinear):
+    """The simulate backend's linears (8/4-bit activations fake-quantized per token, any spec): on a CUDA input the
+    weight is widened in one launch (FastWeight: the same values as numerics.dequantize_weight, bit for bit; checked
+    on an H100 by bench/gpu_scales16.py) instead of simulate's torch unpacking, then the same fake quantization of
+    the input and the same GEMM: simulate's numbers with fewer passes over the weight."""
+
+    def quantized_forward(self, x, packed, bias):
+        if not (kernels.runs_triton(x) and x.dtype in (torch.bfloat16, torch.float16)):
+            return super().quantized_forward(x, packed, bias)
+        return torch.nn.functional.linear(self.quantize_input(x, -1), self.fast_weight(packed, x), bias)
 
 
 class FastWeightOnlyConv(FastWeight, SimulatedConv):

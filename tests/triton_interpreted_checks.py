@@ -139,6 +139,26 @@ def int8_epilogue(tk, dtype, with_bias):
     assert same_bits(out, int8.scale_int32(acc, sx, sw, bias, 37, dtype))
 
 
+def simulate_linear(tk, spec, dtype):
+    """The simulate backend's linear with its weight widened by the Triton kernel (quant/fast.py, taken on CUDA
+    inputs: here the interpreter stands in) against the same layer's torch path, bit for bit."""
+    from comfyui_qsched.quant import kernels, layers, quantize_module
+    generator = torch.Generator().manual_seed(9)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 48))
+    report = quantize_module(model, spec, backend="simulate", policy="first_last=off")
+    assert report.quantized == 1, report
+    layer = model[0].to(dtype)
+    x = torch.randn(3, 7, 96, generator=generator).to(dtype)
+    torch_path = layers.SimulatedLinear.quantized_forward(layer, x, layer.weight, layer.bias)
+    saved = kernels.runs_triton
+    kernels.runs_triton = lambda tensor: True
+    try:
+        fast = layer(x)
+    finally:
+        kernels.runs_triton = saved
+    assert same_bits(fast, torch_path), "fast simulate differs from the torch path"
+
+
 def checks():
     cases = {f"row_quantizer_{str(d).split('.')[-1]}": (row_quantizer, d)
              for d in (torch.bfloat16, torch.float16, torch.float32)}
@@ -167,6 +187,9 @@ def checks():
     for bits in (8, 4):
         for rows in (1, 5, 16):
             cases[f"streaming_gemm_w{bits}_rows{rows}"] = (streaming_gemm, bits, rows)
+    for spec in ("W4A8-g16", "W4A8", "W8A8", "W6A8", "W4A4-g32"):
+        for dtype in (torch.bfloat16, torch.float16):
+            cases[f"simulate_linear_{spec}_{str(dtype).split('.')[-1]}"] = (simulate_linear, spec, dtype)
     return cases
 
 
