@@ -22,7 +22,6 @@ Rows are JSON lines (to --log and stdout); the compact table is printed last. Ex
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -33,7 +32,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 import qsched  # noqa: E402,F401
 
-from kernels8 import FLUX_SHAPES  # noqa: E402
+from kernels8 import FLUX_SHAPES, gpu_us  # noqa: E402
 
 from comfyui_qsched.quant import QuantSpec, branch_ops, linear_ops, numerics, quantize_module  # noqa: E402
 from comfyui_qsched.quant.kernels import gemm_kernels as gk  # noqa: E402
@@ -173,22 +172,12 @@ def layer_checks(device, shape):
 
 def timer(device):
     def measure(fn, inner=INNER, repeats=REPEATS):
+        if device.type == "cuda":
+            return gpu_us(fn, inner, repeats)
         fn()
-        if device.type != "cuda":
-            start = time.perf_counter()
-            fn()
-            return (time.perf_counter() - start) * 1e6
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeats):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) * 1e3 / inner)
-        return statistics.median(times)
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1e6
     return measure
 
 

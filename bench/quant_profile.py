@@ -14,13 +14,13 @@ import argparse
 import collections
 import json
 import os
-import statistics
 import sys
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kernels8  # noqa: E402  (bench/kernels8.py: the CUDA-event timer)
 import quant as bench  # noqa: E402
 
 E4M3 = torch.float8_e4m3fn
@@ -43,19 +43,9 @@ def linear_shapes(model, batch):
     return shapes
 
 
-def gpu_us(fn, inner=20, repeats=9):
-    """Median microseconds of one call, from CUDA events around `inner` back-to-back calls (launch cost included)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / inner)
-    return statistics.median(times)
+def gpu_us(fn):
+    """Median microseconds of one call, from CUDA events around 20 back-to-back calls (launch cost included)."""
+    return kernels8.gpu_us(fn, inner=20, repeats=9)
 
 
 def quantize_rows(x):

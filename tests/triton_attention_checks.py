@@ -4,12 +4,12 @@ is first imported). Prints one JSON object: check name -> "ok" or the failure.
 
 The reference is quant/attention.py: block codes and scales bit for bit, the attention within the rounding of P
 to V's dtype (the interpreter truncates float32 -> bfloat16, so bfloat16 gets a wider bound than on a GPU)."""
-import json
 import os
 import sys
-import traceback
 
 import torch
+
+from triton_interpreted_checks import run_checks  # the shared runner (this folder is on the path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,14 +71,7 @@ def main():
     import qsched  # noqa: F401  registers the pack as comfyui_qsched
     from comfyui_qsched.quant import attention as reference
     from comfyui_qsched.quant.kernels import attention_kernels as ak
-    results = {}
-    for name, (function, *arguments) in checks().items():
-        try:
-            function(ak, reference, *arguments)
-            results[name] = "ok"
-        except Exception as error:  # reported per check by the parent test
-            results[name] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
-    print(json.dumps(results))
+    run_checks(checks(), ak, reference)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,12 @@ process started with TRITON_INTERPRET=1. Prints one JSON object: check name -> "
 
 References are written here, independently of quant/qgemm.py: int8 codes through int64 matmuls (exact), scaled in
 the order the kernel documents; e4m3 codes through float64 (exact products and sums)."""
-import json
 import os
 import sys
-import traceback
 
 import torch
+
+from triton_interpreted_checks import run_checks  # the shared runner (this folder is on the path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 E4M3 = torch.float8_e4m3fn
@@ -189,14 +189,7 @@ def main():
     sys.path.insert(0, ROOT)
     import qsched  # noqa: F401  registers the pack as comfyui_qsched
     from comfyui_qsched.quant.kernels import gemm_kernels as gk
-    results = {}
-    for name, (function, *arguments) in checks().items():
-        try:
-            function(gk, *arguments)
-            results[name] = "ok"
-        except Exception as error:  # reported per check by the parent test
-            results[name] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
-    print(json.dumps(results))
+    run_checks(checks(), gk)
 
 
 if __name__ == "__main__":

@@ -193,18 +193,23 @@ def checks():
     return cases
 
 
-def main():
-    sys.path.insert(0, ROOT)
-    import qsched  # noqa: F401  registers the pack as comfyui_qsched
-    from comfyui_qsched.quant.kernels import triton_kernels as tk
+def run_checks(cases, *leading):
+    """Each case called as function(*leading, *arguments); prints {name: "ok" or the failure} as one JSON line."""
     results = {}
-    for name, (function, *arguments) in checks().items():
+    for name, (function, *arguments) in cases.items():
         try:
-            function(tk, *arguments)
+            function(*leading, *arguments)
             results[name] = "ok"
         except Exception as error:  # reported per check by the parent test
             results[name] = f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}"
     print(json.dumps(results))
+
+
+def main():
+    sys.path.insert(0, ROOT)
+    import qsched  # noqa: F401  registers the pack as comfyui_qsched
+    from comfyui_qsched.quant.kernels import triton_kernels as tk
+    run_checks(checks(), tk)
 
 
 if __name__ == "__main__":
