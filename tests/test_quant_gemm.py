@@ -3,32 +3,22 @@ references (tests/triton_gemm_checks.py, in a child process started with TRITON_
 torch definition (quant/qgemm.py) as the int8 / fp8 backends run it for group-wise weights: the simulate backend's
 numbers, LoRA merges on the same grid, the quant cache, torch.compile through the custom op. bench/gpu_gemm.py
 repeats the kernel checks on a GPU at FLUX's shapes."""
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
 import triton_gemm_checks
+import triton_interpreted_checks
 
 from comfyui_qsched.quant import BackendError, auto, branch_ops, fp8, int8, kernels, linear_ops, numerics, qgemm
 from comfyui_qsched.quant import quantize_module
 from comfyui_qsched.quant.cache import quantize_cached
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton", reason="Triton comes with CUDA builds of torch; this torch has none")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, os.path.join(TESTS, "triton_gemm_checks.py")], env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return triton_interpreted_checks.run_interpreted("triton_gemm_checks.py")
 
 
 @pytest.mark.parametrize("check", sorted(triton_gemm_checks.checks()))

@@ -1,27 +1,16 @@
 """The Triton kernels of the fast eager path (quant/kernels/triton_kernels.py), run by Triton's interpreter on the
 CPU against the torch code they replace (tests/triton_interpreted_checks.py, in a child process started with
 TRITON_INTERPRET=1). Triton comes with CUDA builds of torch; bench/peers.py --kernels repeats the checks on a GPU."""
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import triton_interpreted_checks
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-
 
 @pytest.fixture(scope="module")
 def interpreted():
-    pytest.importorskip("triton", reason="Triton comes with CUDA builds of torch; this torch has none")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    result = subprocess.run([sys.executable, os.path.join(TESTS, "triton_interpreted_checks.py")], env=env,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return triton_interpreted_checks.run_interpreted("triton_interpreted_checks.py")
 
 
 @pytest.mark.parametrize("check", sorted(triton_interpreted_checks.checks()))

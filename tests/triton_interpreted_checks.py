@@ -193,6 +193,19 @@ def checks():
     return cases
 
 
+def run_interpreted(script):
+    """{check: "ok" or its failure} from tests/<script> run in a child process with TRITON_INTERPRET=1 (the test
+    files' module fixture)."""
+    import subprocess
+    import pytest
+    pytest.importorskip("triton", reason="Triton comes with CUDA builds of torch; this torch has none")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "tests", script)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def run_checks(cases, *leading):
     """Each case called as function(*leading, *arguments); prints {name: "ok" or the failure} as one JSON line."""
     results = {}
