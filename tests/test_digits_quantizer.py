@@ -124,3 +124,31 @@ def test_the_row_rule_leaves_out_the_layers_with_too_few_calibration_rows(unet):
     left_out = set(everything) - set(ruled)
     assert {name for name in everything if name.endswith(".emb")} <= left_out
     assert "down1.conv1" in ruled and all(torch.equal(ruled[name], everything[name]) for name in ruled)
+
+
+def test_smoothing_keeps_the_float_model_and_returns_the_smoothed_inputs_moments(unet):
+    """smooth() moves scale from each layer's inputs to its weight columns: the float model's prediction is unchanged
+    and the moments it returns are those measured on the smoothed model's own inputs (InputMoments), while the
+    channels' spread shrinks."""
+    import copy
+    from comfyui_qsched.quant.gptq import InputMoments
+    from comfyui_qsched.testbed.digits.diffusion import LCMDenoiser
+    from comfyui_qsched.testbed.digits.generate import generate
+    hessians = qe.calibration_moments(unet, "W4A4-g16", 2, pairs=20)
+    smoothed_unet = copy.deepcopy(unet)
+    returned = qe.smooth(smoothed_unet, hessians)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(20, 1, 16, 16, generator=generator) * 3
+    sigma, labels = torch.full((20,), 3.0), torch.arange(20) % 10
+    with torch.no_grad():
+        before = LCMDenoiser(unet)(x, sigma, labels=labels)
+        after = LCMDenoiser(smoothed_unet)(x, sigma, labels=labels)
+    assert float((after - before).abs().max()) < 1e-4 * float(before.abs().max())
+    with InputMoments(smoothed_unet, list(returned)) as moments, torch.no_grad():
+        generate(LCMDenoiser(smoothed_unet).eval(), torch.arange(20) % 10, 2, qe.CALIBRATION_SEED)
+    measured = moments.hessians
+    for name, hessian in returned.items():
+        scale = float(measured[name].abs().max())
+        assert float((hessian - measured[name]).abs().max()) < 1e-3 * scale, name
+    spread = lambda h: float(h.diagonal().max() / h.diagonal().clamp(min=1e-12).min())   # noqa: E731
+    assert sum(spread(returned[n]) < spread(hessians[n]) for n in hessians) > len(hessians) // 2

@@ -37,6 +37,8 @@ from .scoring import FeatureFID
 FIT_PAIRS = 40
 GPTQ = "gptq"
 GPTQ_ROW_RULE = "gptq, row rule"
+GPTQ_SMOOTHED = "gptq, smoothed"
+SMOOTH_ALPHA = 0.5
 MAP_SIZE = 8
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (row name, quantization spec or None for FP32, correction: None, "channel" or "map"[, rounding: "gptq"]); rows
@@ -72,6 +74,15 @@ ROWS = {
     "w4a8-r4-gptq-map": ("W4A8 per channel + rank 4, GPTQ + bias map", "W4A8-r4", "map", GPTQ),
     "w4a4-g16-gptq-map": ("W4A4 g16, GPTQ + bias map", "W4A4-g16", "map", GPTQ),
     "w4a4-g16-r4-gptq-map": ("W4A4 g16 + rank 4, GPTQ + bias map", "W4A4-g16-r4", "map", GPTQ),
+    # SmoothQuant's migration before the branch and GPTQ (smooth(), issue 22: "only if it measurably helps")
+    "w4a4-g16-smooth-gptq-map": ("W4A4 g16, smoothed, GPTQ + bias map", "W4A4-g16", "map", GPTQ_SMOOTHED),
+    "w4a4-g16-r4-smooth-gptq-map": ("W4A4 g16 + rank 4, smoothed, GPTQ + bias map", "W4A4-g16-r4", "map",
+                                    GPTQ_SMOOTHED),
+    "w4a4-g16-r8-gptq-map": ("W4A4 g16 + rank 8, GPTQ + bias map", "W4A4-g16-r8", "map", GPTQ),
+    "w4a4-g16-r8-smooth-gptq-map": ("W4A4 g16 + rank 8, smoothed, GPTQ + bias map", "W4A4-g16-r8", "map",
+                                    GPTQ_SMOOTHED),
+    "w4a4-g16-r16-smooth-gptq-map": ("W4A4 g16 + rank 16, smoothed, GPTQ + bias map", "W4A4-g16-r16", "map",
+                                     GPTQ_SMOOTHED),
 }
 GPTQ_ROWS = "fp32,w4a8-gptq-map,w4a8-g16-gptq-map,w4a8-g8-gptq-map,w4a4-g16-r16-gptq-map"
 DEFAULT_ROWS = ",".join(list(ROWS)[:11])
@@ -108,17 +119,44 @@ def bits_per_weight(spec, shapes, quantized):
     return total_bits / total
 
 
-def quantize(unet, spec_text, hessians=None):
+def quantize(unet, spec_text, hessians=None, smoothed=False):
     """(LCMDenoiser over a quantized copy, bits per weight) with the pack's quantizer, simulate backend; with
-    `hessians` (calibration_moments) the layers' codes are rounded by GPTQ."""
+    `hessians` (calibration_moments) the layers' codes are rounded by GPTQ, after smooth() when `smoothed`."""
     unet = copy.deepcopy(unet)
     if spec_text is None:
         return LCMDenoiser(unet).eval(), 32.0
     spec = QuantSpec.parse(spec_text)
     shapes = weight_shapes(unet)
+    if smoothed:
+        hessians = smooth(unet, hessians)
     report = quantize_module(unet, spec, backend="simulate", hessians=hessians)
     quantized = [layer.name for layer in report.layers if layer.spec is not None]
     return LCMDenoiser(unet).eval(), bits_per_weight(spec, shapes, quantized)
+
+
+def smooth(unet, hessians, alpha=SMOOTH_ALPHA):
+    """SmoothQuant's migration (Xiao et al. 2023, eq. 4: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)), with the RMS of
+    input channel j from the moments standing in for max|X_j|: each layer of `hessians` divides its input channel j
+    by s_j at run time (a forward pre-hook) and its weight's column j is multiplied by s_j, so the float product is
+    unchanged. Returns the moments of the smoothed inputs (D^-1 H D^-1, D the columns' factors) for GPTQ."""
+    smoothed = {}
+    for name, hessian in hessians.items():
+        layer = unet.get_submodule(name)
+        weight = layer.weight.data
+        channels = weight.shape[1]
+        per_column = hessian.diagonal().clamp(min=1e-12).sqrt().view(channels, -1)   # conv: [in, kh * kw]
+        rms = per_column.square().mean(1).sqrt()
+        weight_max = weight.abs().transpose(0, 1).reshape(channels, -1).amax(1).clamp(min=1e-8)
+        factors = (rms ** alpha / weight_max ** (1 - alpha)).clamp(min=1e-5)
+        layer.weight.data = weight * factors.view(1, channels, *([1] * (weight.dim() - 2)))
+        shape = (-1,) if isinstance(layer, torch.nn.Linear) else (channels, 1, 1)
+
+        def divide(module, inputs, shape=shape, factors=factors):
+            return (inputs[0] / factors.view(shape).to(inputs[0].dtype),) + tuple(inputs[1:])
+        layer.register_forward_pre_hook(divide)
+        columns = factors.repeat_interleave(per_column.shape[1])
+        smoothed[name] = hessian / columns[:, None] / columns[None, :]
+    return smoothed
 
 
 @torch.no_grad()
@@ -254,7 +292,8 @@ def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, ou
             model_key = (spec, steps, *rounding) if rounding else spec   # GPTQ's moments: the sampler at `steps`
             if model_key not in models:
                 models[model_key] = quantize(unet, spec, calibration_moments(
-                    unet, spec, steps, row_rule=rounding[0] == GPTQ_ROW_RULE) if rounding else None)
+                    unet, spec, steps, row_rule=rounding[0] == GPTQ_ROW_RULE) if rounding else None,
+                    smoothed=bool(rounding) and rounding[0] == GPTQ_SMOOTHED)
             denoiser, bits = models[model_key]
             schedule, fit = correction(fp, denoiser, steps, form)
             cell = evaluate_row(method, denoiser, steps, schedule, None, scorer, fids, seeds, samples)
