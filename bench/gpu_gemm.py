@@ -5,9 +5,9 @@
    packed int4 weights x per-channel / g64 / g16 x bias x rank-32 epilogue) through linear_ops.qgemm_fast against
    its torch definition linear_ops.qgemm_reference (int8 codes without branch: bit for bit; otherwise rel L2 below
    CHECK_REL: the output's bf16 rounding); the per-channel int8 kernel against the torch._int_mm path
-   (linear_ops.int8_reference) bit for bit; a W4A8-g64 layer through `auto` (-> int8 Triton GEMM) against the
-   simulate backend; the 'epilogue' branch form against the unfused one on fp8 / int8 layers; the per-channel
-   switches (linear_ops.INT8_GEMM, FP8_W4_GEMM) against the cuBLAS paths.
+   (linear_ops.int8_reference) bit for bit; a W4A8-g64 layer through the int8 backend (its Triton GEMM) against
+   the simulate backend, and `auto` keeping it on simulate; the 'epilogue' branch form against the unfused one on
+   fp8 / int8 layers; the per-channel switches (linear_ops.INT8_GEMM, FP8_W4_GEMM) against the cuBLAS paths.
 2. GPU time per FLUX step (sum over the linears weighted by their calls per step; CUDA events, median of
    REPEATS x INNER calls): BF16 F.linear; the cuBLAS paths (W8A8 fp8 _scaled_mm, W4A8 fp8 unpack + _scaled_mm,
    W8A8 / W4A8 int8 torch._int_mm); the Triton GEMM for int8 W8A8, int8 W4A8, e4m3 W8A8 and W4A8, W4A8-g64 and -g16
@@ -124,9 +124,10 @@ def check_variants(device, shapes, log):
 
 
 def layer_checks(device, shape):
-    """Through the backends as the loaders build layers: W4A8-g64-r32 via auto (the int8 Triton GEMM on a CUDA GPU)
-    against simulate; the 'epilogue' branch form against the unfused one on group-wise and per-channel fp8 / int8
-    layers; the per-channel switches (linear_ops.INT8_GEMM, FP8_W4_GEMM = "triton") against the cuBLAS paths."""
+    """Through the backends as the loaders build layers: W4A8-g64-r32 via the int8 backend (its Triton GEMM on a CUDA
+    GPU) against simulate, and auto keeping it on simulate (quant/auto.py); the 'epilogue' branch form against the
+    unfused one on group-wise and per-channel fp8 / int8 layers; the per-channel switches (linear_ops.INT8_GEMM,
+    FP8_W4_GEMM = "triton") against the cuBLAS paths."""
     m, k, n, _ = shape
     out = {}
     torch.manual_seed(0)
@@ -139,13 +140,14 @@ def layer_checks(device, shape):
         report = quantize_module(model, spec, backend=backend, policy="first_last=off", device=device)
         return model[0], report.layers[0].backend
 
-    fast, how = build("W4A8-g64-r32", "auto")
-    out["auto_picks_int8_gemm"] = {"ok": device.type != "cuda" or how == "auto: int8", "how": how}
+    how = build("W4A8-g64-r32", "auto")[1]
+    out["auto_keeps_group_wise_on_simulate"] = {"ok": how.startswith("auto: simulate"), "how": how}
+    fast = build("W4A8-g64-r32", "int8")[0]
     simulated = build("W4A8-g64-r32", "simulate")[0](x)
-    out["auto_g64_r32_vs_simulate"] = {"ok": rel(fast(x), simulated) < 2e-2, "rel": rel(fast(x), simulated)}
-    for spec, backend in (("W4A8-g64-r32", "auto"), ("W4A8-g64-r32", "fp8"), ("W4A8-r32", "fp8"),
+    out["int8_g64_r32_vs_simulate"] = {"ok": rel(fast(x), simulated) < 2e-2, "rel": rel(fast(x), simulated)}
+    for spec, backend in (("W4A8-g64-r32", "int8"), ("W4A8-g64-r32", "fp8"), ("W4A8-r32", "fp8"),
                           ("W8A8-r32", "fp8"), ("W8A8-r32", "int8"), ("W4A8-r32", "int8")):
-        layer = fast if backend == "auto" else build(spec, backend)[0]
+        layer = fast if spec == "W4A8-g64-r32" and backend == "int8" else build(spec, backend)[0]
         unfused = layer(x)
         epilogue = branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, backend != "fp8",
                                                   form="epilogue")
