@@ -38,12 +38,6 @@ def a8_pays(layer, spec_name="W8A8"):
     return min(shape) >= A8_MIN_FEATURES or shape in A8_MEASURED_SHAPES.get(spec_name, ())
 
 
-def has_fast_kernel(spec):
-    """A fast 8-bit GEMM exists for `spec` (its branch aside): W8A8 / W4A8 per channel (see the module doc for
-    groups)."""
-    return spec.base.name in FAST_A8_SPECS
-
-
 def int8_supported(device):
     """int8 tensor cores through torch._int_mm: compute capability 7.5 (Turing) and later."""
     return torch.cuda.get_device_capability(device) >= (7, 5)
@@ -72,7 +66,7 @@ class AutoBackend:
             return "weight-only", spec, "16-bit activations by the spec or the layer policy"
         if spec.group_size and int8.spec_problem(spec.base) is None:
             return "simulate", spec, "group-wise weights: the Triton group GEMM measured slower"
-        if not has_fast_kernel(spec):
+        if spec.base.name not in FAST_A8_SPECS:
             return "simulate", spec, f"no fast kernel for {spec}"
         if not isinstance(layer, nn.Linear):
             return "weight-only", spec.with_activations(16), "convolution"

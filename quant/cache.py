@@ -60,7 +60,8 @@ def cache_identity(source_sha256, spec, policy, backend, calibration=None):
     identity = {"qsched_format": FORMAT_VERSION, "source_sha256": source_sha256, "spec": QuantSpec.parse(spec).name,
                 "policy": repr(_policy(policy)), "backend": backend}
     if calibration is not None:
-        identity["calibration"] = json.dumps({"rounding": GPTQ_ROUNDING, **calibration}, sort_keys=True, ensure_ascii=False)
+        identity["calibration"] = json.dumps({"rounding": GPTQ_ROUNDING, **calibration}, sort_keys=True,
+                                             ensure_ascii=False)
     return identity
 
 

@@ -17,8 +17,13 @@ from .layers import SimulatedConv, SimulatedLinear
 STREAMING_MAX_ROWS = 16
 
 
+def _widens(x):
+    """The weight is widened by FastWeight for this input: CUDA with Triton, eager, 16-bit."""
+    return kernels.runs_triton(x) and x.dtype in (torch.bfloat16, torch.float16)
+
+
 def _fast(layer, x):
-    return layer.quant_spec.weight_only and kernels.runs_triton(x) and x.dtype in (torch.bfloat16, torch.float16)
+    return layer.quant_spec.weight_only and _widens(x)
 
 
 class FastWeight:
@@ -63,7 +68,7 @@ class FastSimulatedLinear(FastWeight, SimulatedLinear):
     the input and the same GEMM: simulate's numbers with fewer passes over the weight."""
 
     def quantized_forward(self, x, packed, bias):
-        if not (kernels.runs_triton(x) and x.dtype in (torch.bfloat16, torch.float16)):
+        if not _widens(x):
             return super().quantized_forward(x, packed, bias)
         return torch.nn.functional.linear(self.quantize_input(x, -1), self.fast_weight(packed, x), bias)
 

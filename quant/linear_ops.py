@@ -165,6 +165,11 @@ FP8_OP = _register("fp8_linear", fp8_fast, fp8_reference)
 INT8_OP = _register("int8_linear", int8_fast, int8_reference)
 
 
+def _qgemm_path(x):
+    """The Triton GEMM on CUDA, its torch definition elsewhere."""
+    return qgemm_fast if kernels.gemm_kernels is not None and x.is_cuda else qgemm_reference
+
+
 def _register_qgemm():
     if hasattr(torch.ops.qsched, "qgemm_linear"):
         return torch.ops.qsched.qgemm_linear.default
@@ -173,8 +178,7 @@ def _register_qgemm():
     def op(x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
            out_features: int, int4: bool, int8_codes: bool, xd: Optional[torch.Tensor],
            up: Optional[torch.Tensor]) -> torch.Tensor:
-        fast = qgemm_fast if kernels.gemm_kernels is not None and x.is_cuda else qgemm_reference
-        return fast(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up)
+        return _qgemm_path(x)(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up)
 
     @op.register_fake
     def _(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up):
@@ -211,5 +215,4 @@ def qgemm_linear(x, packed, weight_scale, bias, out_features, int4, int8_codes, 
     args = (x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up)
     if torch.compiler.is_compiling() or EAGER_THROUGH_OP:
         return QGEMM_OP(*args)
-    fast = qgemm_fast if kernels.gemm_kernels is not None and x.is_cuda else qgemm_reference
-    return fast(*args)
+    return _qgemm_path(x)(*args)
