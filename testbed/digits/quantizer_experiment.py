@@ -83,6 +83,13 @@ ROWS = {
                                     GPTQ_SMOOTHED),
     "w4a4-g16-r16-smooth-gptq-map": ("W4A4 g16 + rank 16, smoothed, GPTQ + bias map", "W4A4-g16-r16", "map",
                                      GPTQ_SMOOTHED),
+    # the wide variant's W4A4 at <= 5.5 b/w (issue 22): smoothing with the ranks that fit
+    "w4a4-g64-r8-smooth-gptq-map": ("W4A4 g64 + rank 8, smoothed, GPTQ + bias map", "W4A4-g64-r8", "map",
+                                    GPTQ_SMOOTHED),
+    "w4a4-g64-r12-smooth-gptq-map": ("W4A4 g64 + rank 12, smoothed, GPTQ + bias map", "W4A4-g64-r12", "map",
+                                     GPTQ_SMOOTHED),
+    "w4a4-g64-r16-smooth-gptq-map": ("W4A4 g64 + rank 16, smoothed, GPTQ + bias map", "W4A4-g64-r16", "map",
+                                     GPTQ_SMOOTHED),
 }
 GPTQ_ROWS = "fp32,w4a8-gptq-map,w4a8-g16-gptq-map,w4a8-g8-gptq-map,w4a4-g16-r16-gptq-map"
 DEFAULT_ROWS = ",".join(list(ROWS)[:11])
@@ -338,6 +345,8 @@ def main(argv=None):
     parser.add_argument("--markdown", default=None, help="also write the table here")
     parser.add_argument("--jobs", type=int, default=1, help="N > 1: run every (weights, steps, row) as its own "
                         "process (each with its FP32 row), N at a time, then merge them into --out")
+    parser.add_argument("--jobs-dir", default=None, help="with --jobs: keep each process's JSON and log here (default: a "
+                        "new temporary folder), so that a run cut short can still be merged")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="measure nothing: merge these results files into --out and print the table")
     args = parser.parse_args(argv)
@@ -374,7 +383,8 @@ def _run_parallel(args, steps_list, rows):
     import sys
     import tempfile
     root = os.path.dirname(os.path.dirname(HERE))
-    folder = tempfile.mkdtemp(prefix="digits-quantizer-")
+    folder = args.jobs_dir or tempfile.mkdtemp(prefix="digits-quantizer-")
+    os.makedirs(folder, exist_ok=True)
     units = [(weights, steps, row) for weights in args.weights.split(",") for steps in steps_list
              for row in rows if row != "fp32"]
     outputs, running, failed = [], [], []
