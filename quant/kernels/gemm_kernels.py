@@ -10,11 +10,6 @@ Math (quant/qgemm.py holds the torch definition):
                 acc = acc + float(p_g) * sb[n, g] in group order (no fused multiply-add: bit for bit);
                 out = acc * sa[m]. DEQUANT: the weight tile in float16 (fp16(code * scale)), one float16 MMA per step.
   then out + bias, then + lr @ up^T (float32), rounded once.
-Packed int4 (even column in the low nibble) is never interleaved back into column order: the low nibbles are dotted
-with the even activation columns and the high nibbles with the odd ones (two dots of K = BLOCK_K / 2 per step; a
-group's columns stay in the group, and integer sums do not depend on the order). Triton lowers the interleave
-(tl.join + tl.reshape) to a shuffle through shared memory that made the int4 GEMM 4x slower than the int8 one on an
-H100 (bench/results/h100_20261207.md, call10). Groups of 16 (dots of K = 8, below tl.dot's minimum) keep it.
 Group scales may be float32 or float16 (loaded and widened to float32). Self-contained apart from the helpers of
 triton_kernels.py (torch + triton only) so that tests can run it under TRITON_INTERPRET=1."""
 import torch
@@ -45,26 +40,6 @@ def _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED: tl.constexpr, E4M3: tl.co
 
 
 @triton.jit
-def _nibble_halves(b_ptr, a_rows, m, n, k0, M, N, K, b_stride, E4M3: tl.constexpr, BLOCK_N: tl.constexpr,
-                   HALF_K: tl.constexpr):
-    """(even activation columns [BM, HALF_K], low nibbles [BLOCK_N, HALF_K], odd columns, high nibbles) of the step
-    at column k0: byte j holds the codes of columns k0 + 2j (low) and k0 + 2j + 1 (high); zero past the edges."""
-    half = k0 // 2 + tl.arange(0, HALF_K)
-    byte = tl.load(b_ptr + n[:, None].to(tl.int64) * b_stride + half[None, :],
-                   mask=(n[:, None] < N) & (2 * half[None, :] < K), other=0x88)
-    low = (byte & 15).to(tl.int8) - 8
-    high = (byte >> 4).to(tl.int8) - 8
-    if E4M3:
-        low = low.to(tl.float16).to(tl.float8e4nv)
-        high = high.to(tl.float16).to(tl.float8e4nv)
-    even = 2 * half
-    row_ok = m[:, None] < M
-    a_even = tl.load(a_rows + even[None, :], mask=row_ok & (even[None, :] < K), other=0.0)
-    a_odd = tl.load(a_rows + even[None, :] + 1, mask=row_ok & (even[None, :] + 1 < K), other=0.0)
-    return a_even, low, a_odd, high
-
-
-@triton.jit
 def _partial(a, b, INT8: tl.constexpr, EXACT_DOT: tl.constexpr, HALF_DOT: tl.constexpr):
     """a [BM, BK] @ b [BN, BK]^T: int32 for int8 codes (exact), float32 for e4m3. EXACT_DOT (the interpreter, which
     has no 8-bit dot): float32 operands, exact for integer codes while |sums| < 2**24. HALF_DOT (K = 16, below the
@@ -89,13 +64,11 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
                   INT8: tl.constexpr, PACKED: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                   BRANCH: tl.constexpr, EXACT_DOT: tl.constexpr, HALF_DOT: tl.constexpr, DEQUANT: tl.constexpr,
                   RANK_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  SWIZZLE: tl.constexpr, SPLIT: tl.constexpr):
+                  SWIZZLE: tl.constexpr):
     """out[M, N] = the quantized product (see the module doc); GROUP 0: per-channel scales sb[n * sb_stride], else
     sb[n * sb_stride + k // GROUP] with BLOCK_K == GROUP, or with DEQUANT any BLOCK_K: the weight tile dequantized to
     float16 in registers (fp16(code * scale)) times the codes in float16 (exact), one float16 MMA per step.
-    SPLIT (packed int4): two dots per step, even columns x low nibbles and odd columns x high nibbles (_nibble_halves),
-    instead of the nibbles interleaved back into column order. Programs walk SWIZZLE row tiles per column tile (L2
-    reuse)."""
+    Programs walk SWIZZLE row tiles per column tile (L2 reuse)."""
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
@@ -110,23 +83,13 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
     if GROUP == 0:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if INT8 else tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            if SPLIT:
-                a_even, low, a_odd, high = _nibble_halves(b_ptr, a_rows, m, n, k0, M, N, K, b_stride, not INT8,
-                                                          BLOCK_N, BLOCK_K // 2)
-                if EXACT_DOT or HALF_DOT:
-                    acc += _partial(a_even, low, INT8, EXACT_DOT, HALF_DOT)
-                    acc += _partial(a_odd, high, INT8, EXACT_DOT, HALF_DOT)
-                else:
-                    acc = tl.dot(a_even, tl.trans(low), acc, out_dtype=tl.int32 if INT8 else tl.float32)
-                    acc = tl.dot(a_odd, tl.trans(high), acc, out_dtype=tl.int32 if INT8 else tl.float32)
+            k = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
+            b = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, not INT8, BLOCK_N, BLOCK_K)
+            if EXACT_DOT or HALF_DOT:
+                acc += _partial(a, b, INT8, EXACT_DOT, HALF_DOT)
             else:
-                k = k0 + tl.arange(0, BLOCK_K)
-                a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
-                b = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, not INT8, BLOCK_N, BLOCK_K)
-                if EXACT_DOT or HALF_DOT:
-                    acc += _partial(a, b, INT8, EXACT_DOT, HALF_DOT)
-                else:
-                    acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if INT8 else tl.float32)
+                acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if INT8 else tl.float32)
         out = acc.to(tl.float32) * tl.load(sa_ptr + m, mask=m < M, other=0.0)[:, None]
         out = out * tl.load(sb_ptr + n * sb_stride, mask=n < N, other=0.0).to(tl.float32)[None, :]
     elif DEQUANT:
@@ -146,15 +109,10 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            if SPLIT:
-                a_even, low, a_odd, high = _nibble_halves(b_ptr, a_rows, m, n, k0, M, N, K, b_stride, not INT8,
-                                                          BLOCK_N, BLOCK_K // 2)
-                p = _partial(a_even, low, INT8, EXACT_DOT, HALF_DOT) + _partial(a_odd, high, INT8, EXACT_DOT, HALF_DOT)
-            else:
-                k = k0 + tl.arange(0, BLOCK_K)
-                a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
-                b = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, not INT8, BLOCK_N, BLOCK_K)
-                p = _partial(a, b, INT8, EXACT_DOT, HALF_DOT)
+            k = k0 + tl.arange(0, BLOCK_K)
+            a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
+            b = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, not INT8, BLOCK_N, BLOCK_K)
+            p = _partial(a, b, INT8, EXACT_DOT, HALF_DOT)
             scale = tl.load(sb_ptr + n * sb_stride + k0 // GROUP, mask=n < N, other=0.0).to(tl.float32)
             acc = acc + p.to(tl.float32) * scale[None, :]
         out = acc * tl.load(sa_ptr + m, mask=m < M, other=0.0)[:, None]
@@ -181,7 +139,6 @@ _qgemm = Launcher(_qgemm_kernel)
 # bench/gpu_gemm.py's tile sweep: 128 x 128 tiles, K = 128 codes per step per channel, K = G per group (BLOCK_K 0:
 # the group size, one dot per group); 64-row tiles up to SHORT_ROWS rows. For int8 codes the result does not depend
 # on them (exact int32 partial sums, fixed group order).
-MIN_DOT_K = 16  # tl.dot's smallest K
 CHANNEL_TILES = (128, 128, 128, 8, 4)
 GROUP_TILES = (128, 128, 0, 8, 4)
 SHORT_ROWS, SHORT_TILES = 256, (64, 128, 128, 4, 4)  # 256: the text stream; more row tiles to fill the SMs
@@ -230,9 +187,7 @@ def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dty
         return out
     branch = lr is not None
     rank = lr.shape[1] if branch else 0
-    split = bool(int4 and not dequant and block_k >= 2 * MIN_DOT_K)
-    dot_k = block_k // 2 if split else block_k
-    half_dot = dot_k < 32 and not _interpreted() and not dequant  # 8-bit MMAs take K >= 32; float16 ones K >= 16
+    half_dot = block_k < 32 and not _interpreted() and not dequant
     grid = (triton.cdiv(count, block_m) * triton.cdiv(out_features, block_n), 1, 1)
     sb_stride = b_scale.stride(0) if b_scale.dim() == 2 else 1
     _qgemm(grid, (a, a_scale, b, b_scale, bias if bias is not None else out, lr if branch else out,
@@ -241,7 +196,7 @@ def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dty
            {"INT8": int8, "PACKED": int4, "GROUP": group, "HAS_BIAS": bias is not None, "BRANCH": branch,
             "EXACT_DOT": _interpreted(), "HALF_DOT": half_dot, "DEQUANT": dequant,
             "RANK_BLOCK": rank_block(rank) if branch else 16, "BLOCK_M": block_m, "BLOCK_N": block_n,
-            "BLOCK_K": block_k, "SWIZZLE": 8, "SPLIT": split},
+            "BLOCK_K": block_k, "SWIZZLE": 8},
            (out,), num_warps=warps, num_stages=stages,
            enable_fp_fusion=False)  # separate roundings of the scaling, as the torch definition does them
     return out
