@@ -50,12 +50,12 @@ def float64_reference(a, sa, codes, scale, bias, lr, up):
     return out
 
 
-def operands(a_kind, b_kind, group, rows, with_bias, with_branch, half_scales, seed):
+def operands(a_kind, b_kind, group, rows, with_bias, with_branch, half_scales, seed, cols=256):
     """Activation codes (per-token, from x with magnitudes over 4 decades and a zero row), weight codes as stored and
     unpacked, scales, bias, low-rank factors."""
     from comfyui_qsched.quant import fp8_codes, int8_codes, numerics
     generator = torch.Generator().manual_seed(seed)
-    cols, n = 256, 72
+    n = 72
     x = torch.randn(rows, cols, generator=generator) * torch.logspace(-3, 1, rows)[:, None]
     x[rows // 2] = 0
     a, sa = (int8_codes if a_kind == "int8" else fp8_codes).quantize_rows(x, rows)
@@ -78,9 +78,9 @@ def operands(a_kind, b_kind, group, rows, with_bias, with_branch, half_scales, s
     return a, sa, stored, codes, scale, bias, lr, up
 
 
-def gemm(gk, a_kind, b_kind, group, rows, with_bias, with_branch, dtype, half_scales=False, tiles=None):
+def gemm(gk, a_kind, b_kind, group, rows, with_bias, with_branch, dtype, half_scales=False, tiles=None, cols=256):
     a, sa, stored, codes, scale, bias, lr, up = operands(a_kind, b_kind, group, rows, with_bias, with_branch,
-                                                        half_scales, seed=rows * 7 + (group or 0))
+                                                        half_scales, seed=rows * 7 + (group or 0), cols=cols)
     out = gk.qgemm(a, sa, stored, scale, bias, rows, codes.shape[0], a_kind == "int8", b_kind == "int4", dtype, lr,
                    up, tiles=tiles)
     assert out.dtype == dtype and out.shape == (rows, codes.shape[0])
@@ -172,6 +172,10 @@ def checks():
     cases["e4m3_x_int4_g16_130_rows"] = (gemm, "e4m3", "int4", 16, 130, False, True, torch.bfloat16)
     cases["int8_x_int4_g32_float16_scales"] = (gemm, "int8", "int4", 32, 37, True, False, torch.bfloat16, True)
     cases["e4m3_x_int4_g64_float16_scales"] = (gemm, "e4m3", "int4", 64, 37, True, True, torch.float32, True)
+    # 200 columns: the last step of 128 is partly past the edge (the packed halves' masks)
+    for a_kind in ("int8", "e4m3"):
+        cases[f"{a_kind}_x_int4_channel_200_columns"] = (gemm, a_kind, "int4", None, 37, True, False, torch.bfloat16,
+                                                         False, None, 200)
     cases["int8_x_int8_g128"] = (gemm, "int8", "int8", 128, 37, True, False, torch.bfloat16)
     for a_kind, b_kind, group, branch in (("int8", "int4", 64, False), ("int8", "int4", 16, True),
                                           ("e4m3", "int4", 64, True), ("int8", "int8", 32, False)):
