@@ -78,11 +78,15 @@ def operands(a_kind, b_kind, group, rows, with_bias, with_branch, half_scales, s
     return a, sa, stored, codes, scale, bias, lr, up
 
 
-def gemm(gk, a_kind, b_kind, group, rows, with_bias, with_branch, dtype, half_scales=False, tiles=None, cols=256):
+def gemm(gk, a_kind, b_kind, group, rows, with_bias, with_branch, dtype, half_scales=False, tiles=None, cols=256,
+         halves=False):
     a, sa, stored, codes, scale, bias, lr, up = operands(a_kind, b_kind, group, rows, with_bias, with_branch,
                                                         half_scales, seed=rows * 7 + (group or 0), cols=cols)
+    half = gk.halves_step(rows, group or 0) if halves else 0
+    if halves:
+        stored = gk.halves_layout(stored, cols, half)
     out = gk.qgemm(a, sa, stored, scale, bias, rows, codes.shape[0], a_kind == "int8", b_kind == "int4", dtype, lr,
-                   up, tiles=tiles)
+                   up, tiles=tiles, halves=half)
     assert out.dtype == dtype and out.shape == (rows, codes.shape[0])
     if a_kind == "int8":
         # exact int32 partial sums, the documented order of float32 roundings: bit for bit (the branch's float32 dot
@@ -142,6 +146,23 @@ def strided_and_padded_rows(gk):
     assert same_bits(out, int8_reference(a, sa, codes, scale, None, None, None, torch.float32))
 
 
+def halves_layout_moves_columns(gk):
+    """halves_layout against its definition written out: in each step of 2h columns, byte j = column j | column h + j
+    << 4 (offset-8 nibbles); it refuses column counts that are not a multiple of 2h."""
+    from comfyui_qsched.quant import numerics
+    codes = torch.randint(-8, 8, (5, 128), generator=torch.Generator().manual_seed(3), dtype=torch.int8)
+    out = gk.halves_layout(numerics.pack_int4(codes), 128, 32)
+    stored = (codes.to(torch.int16) + 8).reshape(5, 2, 2, 32)
+    expected = (stored[:, :, 0] | (stored[:, :, 1] << 4)).reshape(5, 64).to(torch.uint8)
+    assert out.dtype == torch.uint8 and torch.equal(out, expected)
+    try:
+        gk.halves_layout(numerics.pack_int4(codes[:, :96]), 96, 32)
+    except ValueError as error:
+        assert "multiple of 64" in str(error)
+    else:
+        raise AssertionError("96 columns in steps of 64 were accepted")
+
+
 def refuses_unsupported(gk):
     from comfyui_qsched.quant import numerics
     codes, scale = numerics.quantize_weight(torch.randn(8, 96), 8, 48)
@@ -176,6 +197,12 @@ def checks():
     for a_kind in ("int8", "e4m3"):
         cases[f"{a_kind}_x_int4_channel_200_columns"] = (gemm, a_kind, "int4", None, 37, True, False, torch.bfloat16,
                                                          False, None, 200)
+    # the halves layout (two dots per step, no interleave): per channel and groups of 32 / 64, 1 and 2 row tiles
+    for a_kind in ("int8", "e4m3"):
+        for group in (None, 32, 64):
+            for rows, with_branch in ((37, True), (300, False)):
+                cases[f"halves_{a_kind}_x_int4_g{group or 'channel'}_{rows}_rows_branch{with_branch}"] = (
+                    gemm, a_kind, "int4", group, rows, True, with_branch, torch.bfloat16, False, None, 256, True)
     cases["int8_x_int8_g128"] = (gemm, "int8", "int8", 128, 37, True, False, torch.bfloat16)
     for a_kind, b_kind, group, branch in (("int8", "int4", 64, False), ("int8", "int4", 16, True),
                                           ("e4m3", "int4", 64, True), ("int8", "int8", 32, False)):
@@ -186,6 +213,7 @@ def checks():
         cases[f"same_for_any_tiles_g{group or 'channel'}"] = (same_for_any_tiles, group)
     cases["strided_and_padded_rows"] = (strided_and_padded_rows,)
     cases["refuses_unsupported_group"] = (refuses_unsupported,)
+    cases["halves_layout_moves_columns"] = (halves_layout_moves_columns,)
     return cases
 
 

@@ -10,6 +10,11 @@ Math (quant/qgemm.py holds the torch definition):
                 acc = acc + float(p_g) * sb[n, g] in group order (no fused multiply-add: bit for bit);
                 out = acc * sa[m]. DEQUANT: the weight tile in float16 (fp16(code * scale)), one float16 MMA per step.
   then out + bias, then + lr @ up^T (float32), rounded once.
+Packed int4 in the halves layout (halves_layout(): in each step of BLOCK_K columns, byte j holds column j in its low
+nibble and column BLOCK_K / 2 + j in its high nibble) is not interleaved back into column order: the low nibbles dot
+the step's first half of the activation columns and the high nibbles its second half, two contiguous loads and two
+dots per step (a group's columns stay in the group; integer sums do not depend on the order). The interleave
+(tl.join + tl.reshape) of the standard layout made the int4 GEMM 4x slower than the int8 one on an H100.
 Group scales may be float32 or float16 (loaded and widened to float32). Self-contained apart from the helpers of
 triton_kernels.py (torch + triton only) so that tests can run it under TRITON_INTERPRET=1."""
 import torch
@@ -40,6 +45,25 @@ def _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED: tl.constexpr, E4M3: tl.co
 
 
 @triton.jit
+def _halves(b_ptr, a_rows, m, n, k0, M, N, K, b_stride, E4M3: tl.constexpr, BLOCK_N: tl.constexpr,
+            HALF_K: tl.constexpr):
+    """(activation columns k0.. k0 + HALF_K, the low nibbles [BLOCK_N, HALF_K], columns k0 + HALF_K.., the high
+    nibbles) of the step at column k0 in the halves layout; zero past the edges."""
+    j = tl.arange(0, HALF_K)
+    byte = tl.load(b_ptr + n[:, None].to(tl.int64) * b_stride + (k0 // 2 + j)[None, :],
+                   mask=(n[:, None] < N) & (k0 + j[None, :] < K), other=0x88)
+    low = (byte & 15).to(tl.int8) - 8
+    high = (byte >> 4).to(tl.int8) - 8
+    if E4M3:
+        low = low.to(tl.float16).to(tl.float8e4nv)
+        high = high.to(tl.float16).to(tl.float8e4nv)
+    row_ok = m[:, None] < M
+    first = tl.load(a_rows + (k0 + j)[None, :], mask=row_ok & (k0 + j[None, :] < K), other=0.0)
+    second = tl.load(a_rows + (k0 + HALF_K + j)[None, :], mask=row_ok & (k0 + HALF_K + j[None, :] < K), other=0.0)
+    return first, low, second, high
+
+
+@triton.jit
 def _partial(a, b, INT8: tl.constexpr, EXACT_DOT: tl.constexpr, HALF_DOT: tl.constexpr):
     """a [BM, BK] @ b [BN, BK]^T: int32 for int8 codes (exact), float32 for e4m3. EXACT_DOT (the interpreter, which
     has no 8-bit dot): float32 operands, exact for integer codes while |sums| < 2**24. HALF_DOT (K = 16, below the
@@ -64,11 +88,12 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
                   INT8: tl.constexpr, PACKED: tl.constexpr, GROUP: tl.constexpr, HAS_BIAS: tl.constexpr,
                   BRANCH: tl.constexpr, EXACT_DOT: tl.constexpr, HALF_DOT: tl.constexpr, DEQUANT: tl.constexpr,
                   RANK_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                  SWIZZLE: tl.constexpr):
+                  SWIZZLE: tl.constexpr, HALVES: tl.constexpr):
     """out[M, N] = the quantized product (see the module doc); GROUP 0: per-channel scales sb[n * sb_stride], else
     sb[n * sb_stride + k // GROUP] with BLOCK_K == GROUP, or with DEQUANT any BLOCK_K: the weight tile dequantized to
     float16 in registers (fp16(code * scale)) times the codes in float16 (exact), one float16 MMA per step.
-    Programs walk SWIZZLE row tiles per column tile (L2 reuse)."""
+    HALVES: packed int4 in the halves layout, two dots per step (_halves). Programs walk SWIZZLE row tiles per
+    column tile (L2 reuse)."""
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
@@ -83,13 +108,23 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
     if GROUP == 0:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32 if INT8 else tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
-            b = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, not INT8, BLOCK_N, BLOCK_K)
-            if EXACT_DOT or HALF_DOT:
-                acc += _partial(a, b, INT8, EXACT_DOT, HALF_DOT)
+            if HALVES:
+                first, low, second, high = _halves(b_ptr, a_rows, m, n, k0, M, N, K, b_stride, not INT8, BLOCK_N,
+                                                   BLOCK_K // 2)
+                if EXACT_DOT or HALF_DOT:
+                    acc += _partial(first, low, INT8, EXACT_DOT, HALF_DOT)
+                    acc += _partial(second, high, INT8, EXACT_DOT, HALF_DOT)
+                else:
+                    acc = tl.dot(first, tl.trans(low), acc, out_dtype=tl.int32 if INT8 else tl.float32)
+                    acc = tl.dot(second, tl.trans(high), acc, out_dtype=tl.int32 if INT8 else tl.float32)
             else:
-                acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if INT8 else tl.float32)
+                k = k0 + tl.arange(0, BLOCK_K)
+                a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
+                b = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, not INT8, BLOCK_N, BLOCK_K)
+                if EXACT_DOT or HALF_DOT:
+                    acc += _partial(a, b, INT8, EXACT_DOT, HALF_DOT)
+                else:
+                    acc = tl.dot(a, tl.trans(b), acc, out_dtype=tl.int32 if INT8 else tl.float32)
         out = acc.to(tl.float32) * tl.load(sa_ptr + m, mask=m < M, other=0.0)[:, None]
         out = out * tl.load(sb_ptr + n * sb_stride, mask=n < N, other=0.0).to(tl.float32)[None, :]
     elif DEQUANT:
@@ -109,10 +144,15 @@ def _qgemm_kernel(a_ptr, sa_ptr, b_ptr, sb_ptr, bias_ptr, lr_ptr, up_ptr, out_pt
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
-            b = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, not INT8, BLOCK_N, BLOCK_K)
-            p = _partial(a, b, INT8, EXACT_DOT, HALF_DOT)
+            if HALVES:
+                first, low, second, high = _halves(b_ptr, a_rows, m, n, k0, M, N, K, b_stride, not INT8, BLOCK_N,
+                                                   BLOCK_K // 2)
+                p = _partial(first, low, INT8, EXACT_DOT, HALF_DOT) + _partial(second, high, INT8, EXACT_DOT, HALF_DOT)
+            else:
+                k = k0 + tl.arange(0, BLOCK_K)
+                a = tl.load(a_rows + k[None, :], mask=(m[:, None] < M) & (k[None, :] < K), other=0.0)
+                b = _weight_tile(b_ptr, n, k0, N, K, b_stride, PACKED, not INT8, BLOCK_N, BLOCK_K)
+                p = _partial(a, b, INT8, EXACT_DOT, HALF_DOT)
             scale = tl.load(sb_ptr + n * sb_stride + k0 // GROUP, mask=n < N, other=0.0).to(tl.float32)
             acc = acc + p.to(tl.float32) * scale[None, :]
         out = acc * tl.load(sa_ptr + m, mask=m < M, other=0.0)[:, None]
@@ -139,6 +179,7 @@ _qgemm = Launcher(_qgemm_kernel)
 # bench/gpu_gemm.py's tile sweep: 128 x 128 tiles, K = 128 codes per step per channel, K = G per group (BLOCK_K 0:
 # the group size, one dot per group); 64-row tiles up to SHORT_ROWS rows. For int8 codes the result does not depend
 # on them (exact int32 partial sums, fixed group order).
+MIN_DOT_K = 16  # tl.dot's smallest K: the halves layout's smallest half
 CHANNEL_TILES = (128, 128, 128, 8, 4)
 GROUP_TILES = (128, 128, 0, 8, 4)
 SHORT_ROWS, SHORT_TILES = 256, (64, 128, 128, 4, 4)  # 256: the text stream; more row tiles to fill the SMs
@@ -162,13 +203,30 @@ def group_size_of(scale, cols):
     return 0 if groups == 1 else cols // groups
 
 
+def halves_step(rows, group):
+    """BLOCK_K / 2 of the tiles config() gives: the halves layout's half for these rows and group size."""
+    return config(rows, group)[2] // 2
+
+
+def halves_layout(packed, cols, half):
+    """Packed int4 [N, cols / 2] (even column in the low nibble) -> the halves layout of `half` (in each step of
+    2 * half columns, byte j holds column j low and column half + j high); cols a multiple of 2 * half."""
+    if half < MIN_DOT_K or cols % (2 * half):
+        raise ValueError(f"the halves layout of {half} needs a multiple of {2 * half} columns and half >= {MIN_DOT_K}, "
+                         f"not {cols} columns")
+    low, high = packed & 15, packed >> 4
+    codes = torch.stack((low, high), dim=-1).reshape(packed.shape[0], cols // (2 * half), 2, half)
+    return (codes[:, :, 0] | (codes[:, :, 1] << 4)).reshape(packed.shape[0], cols // 2)
+
+
 def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dtype, lr=None, up=None, tiles=None,
-          dequant=False):
+          dequant=False, halves=0):
     """[count, out_features] in out_dtype = the quantized product of activation codes a [>= count, K] (int8 or e4m3,
     unit column stride) with float32 row scales a_scale [>= count(, 1)] and weight codes b [N, K] (int8 / e4m3) or
     packed int4 [N, K / 2] with scales b_scale [N(, 1)] or [N, K / G] (float32 or float16), plus bias [N], plus
     lr [count, r] @ up [N, r]^T (16-bit) when given. tiles: a config() tuple to override the default. dequant (group
-    scales only): the float16-dequantizing form instead of the exact per-group one (qgemm.dequant_reference)."""
+    scales only): the float16-dequantizing form instead of the exact per-group one (qgemm.dequant_reference).
+    halves: b is packed int4 in halves_layout(b, K, halves), with BLOCK_K = 2 * halves."""
     cols = a.shape[1]
     group = group_size_of(b_scale, cols)
     if group and group not in GROUP_SIZES:
@@ -187,7 +245,10 @@ def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dty
         return out
     branch = lr is not None
     rank = lr.shape[1] if branch else 0
-    half_dot = block_k < 32 and not _interpreted() and not dequant
+    if halves and (not int4 or dequant or block_k != 2 * halves):
+        raise ValueError(f"weights in the halves layout of {halves} need packed int4, the exact form and BLOCK_K "
+                         f"{2 * halves}, not {block_k}")
+    half_dot = (block_k // 2 if halves else block_k) < 32 and not _interpreted() and not dequant  # 8-bit MMA: K >= 32
     grid = (triton.cdiv(count, block_m) * triton.cdiv(out_features, block_n), 1, 1)
     sb_stride = b_scale.stride(0) if b_scale.dim() == 2 else 1
     _qgemm(grid, (a, a_scale, b, b_scale, bias if bias is not None else out, lr if branch else out,
@@ -196,7 +257,7 @@ def qgemm(a, a_scale, b, b_scale, bias, count, out_features, int8, int4, out_dty
            {"INT8": int8, "PACKED": int4, "GROUP": group, "HAS_BIAS": bias is not None, "BRANCH": branch,
             "EXACT_DOT": _interpreted(), "HALF_DOT": half_dot, "DEQUANT": dequant,
             "RANK_BLOCK": rank_block(rank) if branch else 16, "BLOCK_M": block_m, "BLOCK_N": block_n,
-            "BLOCK_K": block_k, "SWIZZLE": 8},
+            "BLOCK_K": block_k, "SWIZZLE": 8, "HALVES": bool(halves)},
            (out,), num_warps=warps, num_stages=stages,
            enable_fp_fusion=False)  # separate roundings of the scaling, as the torch definition does them
     return out
