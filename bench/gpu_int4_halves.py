@@ -114,10 +114,55 @@ def timings(device, shapes, log, sweep_deadline):
     return totals
 
 
+# --sweep-all: candidate (BLOCK_M, BLOCK_N, warps, stages) per variant kind, timed on every shape
+SWEEP_ALL = {"channel": [(256, 128, 8, 3), (256, 128, 8, 4), (128, 256, 8, 3), (128, 128, 4, 3), (64, 128, 4, 4),
+                         (64, 64, 4, 4)],
+             "group": [(128, 128, 4, 3), (64, 128, 4, 4), (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 3),
+                       (64, 64, 4, 3)]}
+
+
+def sweep_all(device, shapes, log, deadline):
+    """ms per FLUX step of each candidate tile on every shape, and of the best tile per shape (halves layout)."""
+    generator = torch.Generator(device=device).manual_seed(2)
+    totals, best = {}, {}
+    for m, k, n, count in shapes:
+        row = {"m": m, "k": k, "n": n, "count": count}
+        for name, int8_codes, group in VARIANTS:
+            _, a, sa, _, packed, scale = operands(m, k, n, int8_codes, group, device, generator)
+            half = gk.halves_step(m, group or 0)
+            split = gk.halves_layout(packed, k, half)
+            times = {}
+            for block_m, block_n, warps, stages in SWEEP_ALL["group" if group else "channel"]:
+                if time.monotonic() > deadline:
+                    break
+                tiles = (block_m, block_n, 2 * half, warps, stages)
+                try:
+                    times[tiles] = gpu_us(lambda: run(a, sa, split, scale, m, n, int8_codes, half, tiles),
+                                          INNER, REPEATS)
+                except Exception as error:
+                    row[f"{name} {tiles}"] = f"error: {type(error).__name__}: {error}"[:200]
+                    continue
+                row[f"{name} {tiles}"] = times[tiles]
+                key = f"{name} {tiles}"
+                totals[key] = totals.get(key, 0.0) + times[tiles] * count / 1e3
+            if times:
+                tiles = min(times, key=times.get)
+                best[name] = best.get(name, 0.0) + times[tiles] * count / 1e3
+                row[f"{name} best"] = list(tiles)
+        log({"sweep_us": row})
+    log({"sweep_totals_ms_per_flux_step": totals, "best_per_shape_ms_per_flux_step": best})
+    for key, value in sorted(totals.items()):
+        print(f"  sweep {key:<48}{value:9.2f}")
+    for key, value in best.items():
+        print(f"  best tile per shape: {key:<28}{value:9.2f}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--log", default="")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
+    parser.add_argument("--sweep-all", type=float, default=0, metavar="SECONDS",
+                        help="then time SWEEP_ALL's tiles on every shape for up to SECONDS (GPU only)")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.smoke else "cuda")
     shapes = SMOKE_SHAPES if args.smoke else FLUX_SHAPES
@@ -141,6 +186,8 @@ def main(argv=None):
     print(f"FLUX linears per step, GEMM only ({name}, {time.strftime('%Y-%m-%d')}; ms; ratio to BF16)")
     for key, value in totals.items():
         print(f"  {key:<28}{value:9.2f}{value / bf16:7.2f}")
+    if args.sweep_all and device.type == "cuda":
+        sweep_all(device, shapes, log, time.monotonic() + args.sweep_all)
     return 0 if all(r["ok"] for r in results.values()) else 1
 
 
