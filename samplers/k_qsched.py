@@ -142,7 +142,6 @@ class _Run:
             make_noise_sampler = default_noise_sampler if make_noise_sampler is None else make_noise_sampler
             self.noise_sampler = make_noise_sampler(x, seed=self.extra_args.get("seed", None))
         self.s_in = x.new_ones([x.shape[0]])
-        self._pending = None  # (step i's finiteness flag on the device, i, sigmas): checked()
 
     def coefficients(self, i):
         if self.per_sample is not None:
@@ -150,24 +149,9 @@ class _Run:
         return self.schedule.c_x[i], self.schedule.c_eps[i]
 
     def checked(self, x, i, sigmas):
-        """x, after raising NonFiniteLatentError if the PREVIOUS step's latent was NaN/inf. Step i's own check is
-        queued on the device and read one step later (or by finished()), after the next step's work is queued: a
-        check of the step just queued would make the host wait for the GPU every step (+1.3-1.6 ms per SDXL step on
-        an H100, 2026-12-07, bench/peers.py --sampler), where this wait finds the flag long computed."""
-        self._raise_if_pending_bad()
-        self._pending = (torch.isfinite(x).all(), i, sigmas)
-        return x
-
-    def finished(self, x):
-        """x, the sampler's result, after the last queued check."""
-        self._raise_if_pending_bad()
-        return x
-
-    def _raise_if_pending_bad(self):
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending[0]:
-            flag, i, sigmas = pending
+        if not torch.isfinite(x).all():
             raise NonFiniteLatentError(self.name, i, self.steps, float(sigmas[i]))
+        return x
 
 
 @torch.no_grad()
@@ -186,7 +170,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
                       "denoised": qsched_denoised(x, denoised, c_x, c_eps, sigmas[i], b)})
         dt = sigmas[i + 1] - sigmas[i]
         x = run.checked(scale(x, c_x) + d * dt, i, sigmas)
-    return run.finished(x)
+    return x
 
 
 @torch.no_grad()
@@ -206,7 +190,7 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised_q})
         x = run.checked(step(run, x, denoised, denoised_q, sigmas, i, eta, s_noise), i, sigmas)
-    return run.finished(x)
+    return x
 
 
 def _ancestral_eps_step(run, x, denoised, denoised_q, sigmas, i, eta, s_noise):
@@ -253,7 +237,7 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, s
         if sigmas[i + 1] > 0:
             x = run.model_sampling.noise_scaling(sigmas[i + 1], run.noise_sampler(sigmas[i], sigmas[i + 1]), x)
         x = run.checked(x, i, sigmas)
-    return run.finished(x)
+    return x
 
 
 TCD_DEFAULT_GAMMA = 0.3  # diffusers' and ComfyUI-TCD's default; the paper evaluated PCM with gamma = 0
@@ -320,4 +304,4 @@ def sample_tcd(model, x, sigmas, extra_args=None, callback=None, disable=None, s
             renoise = max(float(sigmas[i + 1]) ** 2 - sigma_s ** 2, 0.0) ** 0.5
             x = x + run.noise_sampler(sigmas[i], sigmas[i + 1]) * renoise
         x = run.checked(x, i, sigmas)
-    return run.finished(x)
+    return x

@@ -227,17 +227,7 @@ def test_nan_latent_stops_with_the_step_named(name):
     model = _NaNAfter(good_calls=1)
     with pytest.raises(NonFiniteLatentError, match="step 2 of 4") as caught:
         SAMPLERS[name].function(model, initial_noise() * sigmas[0], sigmas, extra_args={"seed": 0}, disable=True)
-    # read one step late (the host never waits for the step it just queued): the next model call ran, no more
-    assert caught.value.step == 1 and model.calls == 3
-
-
-@pytest.mark.parametrize("name", list(SAMPLERS))
-def test_nan_in_the_last_step_is_raised_too(name):
-    sigmas = few_step_sigmas("lcm", EPSSampling().sigmas, 3)
-    model = _NaNAfter(good_calls=2)
-    with pytest.raises(NonFiniteLatentError, match="step 3 of 3") as caught:
-        SAMPLERS[name].function(model, initial_noise() * sigmas[0], sigmas, extra_args={"seed": 0}, disable=True)
-    assert caught.value.step == 2 and model.calls == 3
+    assert caught.value.step == 1 and model.calls == 2
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
