@@ -52,7 +52,8 @@ VARIANTS = [("W8A8 int8 triton", True, "int8", None, False), ("W4A8 int8 triton"
             ("W4A8-g64 int8 fp16-dequant", True, "int4", 64, True),
             ("W4A8-g16 int8 fp16-dequant", True, "int4", 16, True),
             ("W4A8-g64 e4m3 fp16-dequant", False, "int4", 64, True)]
-CUBLAS = ["W8A8 fp8 cublas", "W4A8 fp8 cublas (unpack)", "W8A8 int8 cublas (_int_mm)", "W4A8 int8 cublas (_int_mm)"]
+CUBLAS = ["W8A8 fp8 cublas", "W4A8 fp8 cublas (unpack)", "W8A8 int8 cublas (_int_mm)", "W4A8 int8 cublas (_int_mm)",
+          "W4A8-g64 fp8 cublas (e4m3 form)"]  # linear_ops.GROUP_GEMM = "e4m3"
 # alternative tiles (BLOCK_M, BLOCK_N, BLOCK_K or 0 for the group size, warps, stages) timed on the largest shapes
 # (256-row tiles halve the in-register weight unpacking per multiply-add: each weight tile serves twice the rows)
 SWEEP = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 64, 8, 4), (64, 128, 128, 4, 4)]
@@ -154,6 +155,20 @@ def layer_checks(device, shape):
         if epilogue is not None:  # None off CUDA: the fast forms step aside
             out[f"epilogue_vs_unfused_{spec}_{backend}"] = {"ok": rel(epilogue, unfused) < 2 * CHECK_REL,
                                                             "rel": rel(epilogue, unfused)}
+    # GROUP_GEMM "e4m3": the unpacking kernel bit for bit, the cuBLAS product against its float64 definition, and
+    # how far the form is from the exact group-wise product
+    packed, scale = weights(n, k, "int4", 64, device, torch.Generator(device=device).manual_seed(64))
+    scale = scale.half()
+    ratio, _ = linear_ops.group_ratios(scale)
+    unpacked = linear_ops.kernels.triton_kernels.int4_groups_e4m3(packed, ratio, n, k)
+    defined, _ = linear_ops.group_e4m3_reference(packed, scale, n, k)
+    out["e4m3_form_unpack_bit_exact"] = {"ok": same_bits(unpacked, defined), "rel": rel(unpacked.float(),
+                                                                                     defined.float())}
+    got = linear_ops.fp8_group_fast(x, packed, scale, base.bias, n)
+    expected = linear_ops.fp8_group_reference(x, packed, scale, base.bias, n)
+    exact_form = linear_ops.qgemm_reference(x, packed, scale, base.bias, n, True, False)
+    out["e4m3_form_vs_definition"] = {"ok": rel(got, expected) < CHECK_REL, "rel": rel(got, expected),
+                                      "rel_vs_exact_form": rel(got, exact_form)}
     for switch, bits in (("INT8_GEMM", 8), ("INT8_GEMM", 4), ("FP8_W4_GEMM", 4)):
         int8_codes = switch == "INT8_GEMM"
         packed, scale = weights(n, k, "int4" if bits == 4 else "int8", None, device, torch.Generator(
@@ -193,6 +208,7 @@ def paths_for(m, k, n, device, generator):
     f8, s8 = weights(n, k, "e4m3", None, device, generator)
     i8, si8 = weights(n, k, "int8", None, device, generator)
     i4, si4 = weights(n, k, "int4", None, device, generator)
+    g4, sg4 = weights(n, k, "int4", 64, device, generator)
 
     def unfused(call):
         def run():
@@ -203,7 +219,8 @@ def paths_for(m, k, n, device, generator):
     cublas = {CUBLAS[0]: lambda: linear_ops.fp8_fast(x, f8, s8, bias, n, False),
               CUBLAS[1]: lambda: linear_ops.fp8_fast(x, i4, si4, bias, n, True),
               CUBLAS[2]: lambda: linear_ops.int8_fast(x, i8, si8, bias, n, False),
-              CUBLAS[3]: lambda: linear_ops.int8_fast(x, i4, si4, bias, n, True)}
+              CUBLAS[3]: lambda: linear_ops.int8_fast(x, i4, si4, bias, n, True),
+              CUBLAS[4]: lambda: linear_ops.fp8_group_fast(x, g4, sg4.half(), bias, n)}
     for name, call in cublas.items():
         calls[name] = (call, unfused(call), None)
     for name, int8_codes, kind, group, dequant in VARIANTS:

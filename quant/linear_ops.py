@@ -32,7 +32,11 @@ TRITON_INT8_MIN_CAPABILITY = (9, 0)
 # in group order: qgemm.reference bit for bit) or "fp16" (the weight tile dequantized to float16 in registers, one
 # float16 MMA per step: no per-group work on the CUDA cores, half the 8-bit MMA rate; weights rounded to float16,
 # 2**-11 relative: qgemm.dequant_reference). The CPU runs qgemm.reference either way.
-GROUP_GEMMS = ("exact", "fp16")
+# "e4m3" (e4m3 activation codes only, the fp8 backend): each group-wise int4 weight becomes an e4m3 weight
+# e4m3(code * s_g / s_c), s_c the row's largest group scale, for one cuBLAS FP8 GEMM with per-channel scales s_c: the
+# speed of per-channel W4A8, at the price of one e4m3 rounding of each weight (3 mantissa bits: up to 1/16 of it;
+# exact for the row's largest group). group_e4m3_reference is its definition.
+GROUP_GEMMS = ("exact", "fp16", "e4m3")
 GROUP_GEMM = "exact"
 
 
@@ -107,6 +111,50 @@ def int8_fast(x, packed, weight_scale, bias, out_features, int4):
     return out.view(*x.shape[:-1], out_features)
 
 
+def group_ratios(weight_scale):
+    """(float32 ratios s_g / s_c [N, G], float32 channel scales s_c [N, 1]) of group scales [N, G]; an all-zero row
+    gets ratios 0 and s_c 1."""
+    scale = weight_scale.float()
+    channel = scale.amax(dim=1, keepdim=True)
+    channel = torch.where(channel > 0, channel, torch.ones_like(channel))
+    return scale / channel, channel
+
+
+def group_e4m3_reference(packed, weight_scale, out_features, cols):
+    """(e4m3 weight [N, K], float32 channel scales [N, 1]) of group-wise packed int4: e4m3(code * s_g / s_c), the
+    float32 product rounded once (GROUP_GEMM "e4m3")."""
+    ratio, channel = group_ratios(weight_scale)
+    codes = kernels_free_int4(packed, out_features, cols, torch.int8).float()
+    groups = ratio.shape[1]
+    weight = (codes.view(out_features, groups, cols // groups) * ratio.unsqueeze(-1)).view(out_features, cols)
+    return weight.to(fp8.E4M3), channel
+
+
+def fp8_group_reference(x, packed, weight_scale, bias, out_features, int4=True):
+    """Torch definition of fp8_group_fast: per-token e4m3 codes of x times the e4m3 weight of group_e4m3_reference
+    (exact float64 sums), scaled by the row and channel scales, + bias, rounded once."""
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    codes, scale = fp8.quantize_rows(rows, count)
+    weight, channel = group_e4m3_reference(packed, weight_scale, out_features, x.shape[-1])
+    out = qgemm.reference(codes, scale, weight, channel, bias, count, x.dtype)
+    return out.view(*x.shape[:-1], out_features)
+
+
+def fp8_group_fast(x, packed, weight_scale, bias, out_features, int4=True):
+    """GROUP_GEMM "e4m3" on CUDA: one activation-quantization launch, one unpacking launch, one cuBLAS FP8 GEMM."""
+    tk = kernels.triton_kernels
+    rows = _columns(x.reshape(-1, x.shape[-1]))
+    count, cols = rows.shape
+    padded = -(-count // 16) * 16
+    codes, scale = tk.quantize_rows_fp8(rows, padded)
+    ratio, channel = group_ratios(weight_scale)
+    weight = tk.int4_groups_e4m3(packed, ratio, out_features, cols)
+    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=channel.view(1, -1), bias=bias,
+                           out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION)
+    return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)
+
+
 def qgemm_reference(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None,
                     group_gemm="exact"):
     """Torch definition of `qgemm_fast`: per-token int8 (or e4m3) codes of x, then quant/qgemm.py's product with
@@ -162,6 +210,7 @@ def _register(name, fast, reference):
 
 
 FP8_OP = _register("fp8_linear", fp8_fast, fp8_reference)
+FP8_GROUP_OP = _register("fp8_group_linear", fp8_group_fast, fp8_group_reference)
 INT8_OP = _register("int8_linear", int8_fast, int8_reference)
 
 
@@ -212,6 +261,10 @@ def qgemm_linear(x, packed, weight_scale, bias, out_features, int4, int8_codes, 
     """x [..., K] @ dequantized weight^T + bias (+ xd @ up^T) through the Triton GEMM: int8 or e4m3 activation codes,
     weight int8 / e4m3 [N, K] or packed int4 [N, K / 2], scales [N, 1] or per group [N, K / G]. Under torch.compile
     always the opaque op: the per-group torch definition would trace into a few ops per group."""
+    if GROUP_GEMM == "e4m3" and int4 and not int8_codes and xd is None and weight_scale.dim() == 2 \
+            and weight_scale.shape[1] > 1:
+        return _call(FP8_GROUP_OP, fp8_group_fast, fp8_group_reference, x, packed, weight_scale, bias, out_features,
+                     True)
     args = (x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up)
     if torch.compiler.is_compiling() or EAGER_THROUGH_OP:
         return QGEMM_OP(*args)

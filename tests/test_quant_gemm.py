@@ -101,6 +101,48 @@ def test_fp8_backend_group_wise_w4a8_is_the_e4m3_product():
     assert rel(model(x), simulated(x)) < 0.1
 
 
+def test_group_e4m3_weight_is_one_e4m3_rounding_of_the_dequantized_weight():
+    """GROUP_GEMM "e4m3": e4m3(code * s_g / s_c) * s_c is the dequantized weight code * s_g within one e4m3 rounding
+    (3 mantissa bits: 1/16 relative, 2**-10 absolute below e4m3's smallest normal 2**-6), exact in each row's
+    largest group (integer codes are e4m3 numbers); an all-zero row stays zero."""
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 256, generator=generator)
+    w[:, 3] *= 40  # one group with a large scale: the others get ratios far below 1
+    w[7] = 0
+    codes, scale = numerics.quantize_weight(w, 4, 64)
+    scale = scale.half()
+    weight, channel = linear_ops.group_e4m3_reference(numerics.pack_int4(codes), scale, 32, 256)
+    assert weight.dtype == torch.float8_e4m3fn and channel.shape == (32, 1)
+    dequantized = codes.double() * scale.double().repeat_interleave(64, dim=1)
+    ours = weight.double() * channel.double()
+    slack = dequantized.abs() / 16 + 2.0 ** -10 * channel.double()
+    assert bool(((ours - dequantized).abs() <= slack).all())
+    largest = scale.double().repeat_interleave(64, dim=1) == scale.double().amax(1, keepdim=True)
+    assert torch.equal(ours[largest], dequantized[largest])
+    assert not torch.equal(ours, dequantized)  # the other groups did round
+    assert bool((ours[7] == 0).all())
+
+
+def test_fp8_backend_e4m3_group_form_is_one_fp8_product(monkeypatch):
+    """A W4A8-g64 fp8 layer with GROUP_GEMM "e4m3": per-token e4m3 activations times the e4m3 weight, scaled by the
+    row and channel scales (float64 reference, built here), within bf16 rounding; near the exact group form."""
+    model = net()
+    quantize_module(model, "W4A8-g64", backend="fp8", policy="first_last=off")
+    layer = model[0].to(torch.bfloat16)
+    x = torch.randn(5, 128).to(torch.bfloat16)
+    exact_form = layer(x)
+    monkeypatch.setattr(linear_ops, "GROUP_GEMM", "e4m3")
+    out = layer(x)
+    codes, row_scale = fp8.quantize_rows(x, 5)
+    group_scale = layer.weight_scale.double()
+    dequantized = layer.codes().double() * group_scale.repeat_interleave(64, dim=1)
+    channel = group_scale.amax(1, keepdim=True)
+    weight = (dequantized / channel).float().to(torch.float8_e4m3fn).double() * channel
+    expected = (codes.double() * row_scale.double()) @ weight.t() + layer.bias.double()
+    assert out.dtype == torch.bfloat16 and rel(out, expected) < 2 ** -8
+    assert 0 < rel(out, exact_form) < 0.05
+
+
 def test_backends_refuse_group_sizes_the_kernel_lacks():
     with pytest.raises(BackendError, match="weight groups of 16, 32, 64, 128"):
         quantize_module(net(), "W4A8-g8", backend="int8")

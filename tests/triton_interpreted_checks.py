@@ -128,6 +128,22 @@ def int4_unpacking(tk, dtype, width):
     assert bool((out[:, 80:].float() == 3).all()), "columns past the weight were written"
 
 
+def int4_groups_to_e4m3(tk, group):
+    """Group-wise packed int4 -> e4m3(code * s_g / s_c) (linear_ops GROUP_GEMM "e4m3") equals its torch definition
+    bit for bit, float16 group scales with a zero row and groups far apart."""
+    from comfyui_qsched.quant import linear_ops, numerics
+    generator = torch.Generator().manual_seed(6)
+    w = torch.randn(24, 128, generator=generator)
+    w[:, 5] *= 30
+    w[3] = 0
+    codes, scale = numerics.quantize_weight(w, 4, group)
+    packed = numerics.pack_int4(codes)
+    ratio, _ = linear_ops.group_ratios(scale.half())
+    got = tk.int4_groups_e4m3(packed, ratio, 24, 128)
+    expected, _ = linear_ops.group_e4m3_reference(packed, scale.half(), 24, 128)
+    assert same_bits(got, expected)
+
+
 def int8_epilogue(tk, dtype, with_bias):
     from comfyui_qsched.quant import int8
     generator = torch.Generator().manual_seed(5)
@@ -181,6 +197,8 @@ def checks():
                                                                                    rank, fold)
     for dtype, width in ((torch.int8, 80), (torch.int8, 96), (torch.float8_e4m3fn, 112)):
         cases[f"int4_unpack_{str(dtype).split('.')[-1]}_width{width}"] = (int4_unpacking, dtype, width)
+    for group in (16, 64):
+        cases[f"int4_groups_to_e4m3_g{group}"] = (int4_groups_to_e4m3, group)
     for dtype in (torch.bfloat16, torch.float16):
         for with_bias in (True, False):
             cases[f"int8_epilogue_{str(dtype).split('.')[-1]}_bias{with_bias}"] = (int8_epilogue, dtype, with_bias)

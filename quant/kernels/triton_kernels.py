@@ -216,6 +216,29 @@ def _int4_unpack_kernel(packed_ptr, out_ptr, cols, out_stride, BLOCK: tl.constex
 
 
 @triton.jit
+def _round_to_e4m3(v):
+    """float32 v (|v| < 2**18) rounded to the nearest e4m3 number, ties to even, in float32 arithmetic: torch's
+    float32 -> e4m3 cast without depending on the backend's conversion (Triton's interpreter truncates)."""
+    exponent = tl.maximum(((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127, -6)  # -6: subnormals' fixed step
+    step = ((exponent - 3 + 127) << 23).to(tl.float32, bitcast=True)  # 3 mantissa bits
+    return ((v / step + 12582912.0) - 12582912.0) * step  # 1.5 * 2**23: rounds to an integer, ties to even
+
+
+@triton.jit
+def _int4_groups_e4m3_kernel(packed_ptr, ratio_ptr, out_ptr, cols, groups, GROUP: tl.constexpr, BLOCK: tl.constexpr):
+    """Row `program_id(0)` of group-wise packed int4 -> e4m3(code * ratio[row, column // GROUP]) (float32 product,
+    one rounding): linear_ops.group_e4m3_reference."""
+    row = tl.program_id(0).to(tl.int64)
+    half = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    byte = tl.load(packed_ptr + row * (cols // 2) + half, mask=half < cols // 2, other=0x88).to(tl.int32)
+    pair = tl.reshape(tl.join((byte & 15) - 8, (byte >> 4) - 8), [2 * BLOCK])
+    columns = 2 * tl.program_id(1) * BLOCK + tl.arange(0, 2 * BLOCK)
+    ratio = tl.load(ratio_ptr + row * groups + columns // GROUP, mask=columns < cols, other=0.0)
+    tl.store(out_ptr + row * cols + columns, _round_to_e4m3(pair.to(tl.float32) * ratio).to(out_ptr.dtype.element_ty),
+             mask=columns < cols)
+
+
+@triton.jit
 def _int8_epilogue_kernel(acc_ptr, sx_ptr, sw_ptr, bias_ptr, out_ptr, M, N, HAS_BIAS: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """out = (float(acc) * sx[m]) * sw[n] (+ bias[n]) in fp32, rounded once to out's dtype: the int32 GEMM result
@@ -345,6 +368,7 @@ def weight_only_linear(x2d, codes, scale, bias, is_int4, out_features):
 
 _quantize_act = Launcher(_quantize_act_kernel)
 _int4_unpack = Launcher(_int4_unpack_kernel)
+_int4_groups_e4m3 = Launcher(_int4_groups_e4m3_kernel)
 _int8_epilogue = Launcher(_int8_epilogue_kernel)
 
 
@@ -385,6 +409,18 @@ def int4_unpack(packed, rows, cols, dtype, out=None):
     block = min(1024, triton.next_power_of_2(cols // 2))
     _int4_unpack((rows, triton.cdiv(cols // 2, block), 1), (packed, out, cols, out.stride(0)), {"BLOCK": block},
                  (out,), num_warps=4)
+    return out
+
+
+def int4_groups_e4m3(packed, ratio, rows, cols):
+    """e4m3 [rows, cols] = e4m3(code * ratio[:, column // G]) from packed int4 [rows, cols / 2] and float32 ratios
+    [rows, cols / G]."""
+    out = torch.empty((rows, cols), device=packed.device, dtype=torch.float8_e4m3fn)
+    block = min(1024, triton.next_power_of_2(cols // 2))
+    groups = ratio.shape[1]
+    _int4_groups_e4m3((rows, triton.cdiv(cols // 2, block), 1), (packed, ratio, out, cols, groups),
+                      {"GROUP": cols // groups, "BLOCK": block}, (out,), num_warps=4,
+                      enable_fp_fusion=False)  # the rounding's add and subtract stay two roundings
     return out
 
 

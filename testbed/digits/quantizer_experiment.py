@@ -90,7 +90,12 @@ ROWS = {
                                      GPTQ_SMOOTHED),
     "w4a4-g64-r16-smooth-gptq-map": ("W4A4 g64 + rank 16, smoothed, GPTQ + bias map", "W4A4-g64-r16", "map",
                                      GPTQ_SMOOTHED),
+    # linear_ops.GROUP_GEMM "e4m3" (one cuBLAS FP8 GEMM for group-wise W4A8): the same codes, each weight rounded once
+    # more to e4m3 relative to its row's largest group scale (on_e4m3_grid); activations as in the rows above
+    "w4a8-g16-gptq-map-e4m3w": ("W4A8 g16, GPTQ + bias map, e4m3 form's weights", "W4A8-g16", "map", GPTQ),
+    "w4a8-g64-gptq-map-e4m3w": ("W4A8 g64, GPTQ + bias map, e4m3 form's weights", "W4A8-g64", "map", GPTQ),
 }
+E4M3_GRID_ROWS = ("w4a8-g16-gptq-map-e4m3w", "w4a8-g64-gptq-map-e4m3w")
 GPTQ_ROWS = "fp32,w4a8-gptq-map,w4a8-g16-gptq-map,w4a8-g8-gptq-map,w4a4-g16-r16-gptq-map"
 DEFAULT_ROWS = ",".join(list(ROWS)[:11])
 WIDE_ROWS = ("fp32,w4a8,w4a8-map,w4a8-g64-map,w4a8-g64-gptq-map,w4a8-g16-gptq-map,w4a4,w4a4-g64-map,w4a4-g64-r8-map,"
@@ -139,6 +144,26 @@ def quantize(unet, spec_text, hessians=None, smoothed=False):
     report = quantize_module(unet, spec, backend="simulate", hessians=hessians)
     quantized = [layer.name for layer in report.layers if layer.spec is not None]
     return LCMDenoiser(unet).eval(), bits_per_weight(spec, shapes, quantized)
+
+
+def on_e4m3_grid(denoiser):
+    """The denoiser with each group-wise 4-bit layer's weight as linear_ops.GROUP_GEMM "e4m3" computes it,
+    s_c * e4m3(code * s_g / s_c) (linear_ops.group_e4m3_reference), in place; the activations stay as the simulate
+    backend quantizes them, so the row differs from its plain twin by the weights' extra rounding only."""
+    from ...quant.layers import PackedWeightMixin
+    from ...quant.linear_ops import group_e4m3_reference
+    for layer in denoiser.modules():
+        if not isinstance(layer, PackedWeightMixin) or layer.quant_spec is None or not layer.quant_spec.group_size:
+            continue
+
+        def dequantize(packed=None, dtype=torch.float32, device=None, layer=layer):
+            packed = layer.weight if packed is None else packed
+            device = packed.device if device is None else device
+            scale = layer.weight_scale.to(device)
+            weight, channel = group_e4m3_reference(packed.to(device), scale, scale.shape[0], layer._matrix_columns())
+            return (weight.float() * channel).to(dtype).reshape(layer.float_weight_shape())
+        layer.dequantize = dequantize
+    return denoiser
 
 
 def smooth(unet, hessians, alpha=SMOOTH_ALPHA):
@@ -297,10 +322,13 @@ def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, ou
         for key in row_keys:
             method, spec, form, *rounding = ROWS[key]
             model_key = (spec, steps, *rounding) if rounding else spec   # GPTQ's moments: the sampler at `steps`
+            model_key = (model_key, key in E4M3_GRID_ROWS)
             if model_key not in models:
                 models[model_key] = quantize(unet, spec, calibration_moments(
                     unet, spec, steps, row_rule=rounding[0] == GPTQ_ROW_RULE) if rounding else None,
                     smoothed=bool(rounding) and rounding[0] == GPTQ_SMOOTHED)
+                if key in E4M3_GRID_ROWS:
+                    models[model_key] = (on_e4m3_grid(models[model_key][0]), models[model_key][1])
             denoiser, bits = models[model_key]
             schedule, fit = correction(fp, denoiser, steps, form)
             cell = evaluate_row(method, denoiser, steps, schedule, None, scorer, fids, seeds, samples)
