@@ -155,20 +155,7 @@ def layer_checks(device, shape):
         if epilogue is not None:  # None off CUDA: the fast forms step aside
             out[f"epilogue_vs_unfused_{spec}_{backend}"] = {"ok": rel(epilogue, unfused) < 2 * CHECK_REL,
                                                             "rel": rel(epilogue, unfused)}
-    # GROUP_GEMM "e4m3": the unpacking kernel bit for bit, the cuBLAS product against its float64 definition, and
-    # how far the form is from the exact group-wise product
-    packed, scale = weights(n, k, "int4", 64, device, torch.Generator(device=device).manual_seed(64))
-    scale = scale.half()
-    ratio, _ = linear_ops.group_ratios(scale)
-    unpacked = linear_ops.kernels.triton_kernels.int4_groups_e4m3(packed, ratio, n, k)
-    defined, _ = linear_ops.group_e4m3_reference(packed, scale, n, k)
-    out["e4m3_form_unpack_bit_exact"] = {"ok": same_bits(unpacked, defined), "rel": rel(unpacked.float(),
-                                                                                     defined.float())}
-    got = linear_ops.fp8_group_fast(x, packed, scale, base.bias, n)
-    expected = linear_ops.fp8_group_reference(x, packed, scale, base.bias, n)
-    exact_form = linear_ops.qgemm_reference(x, packed, scale, base.bias, n, True, False)
-    out["e4m3_form_vs_definition"] = {"ok": rel(got, expected) < CHECK_REL, "rel": rel(got, expected),
-                                      "rel_vs_exact_form": rel(got, exact_form)}
+    out.update(e4m3_form_checks(device, x, n, k, base.bias))
     for switch, bits in (("INT8_GEMM", 8), ("INT8_GEMM", 4), ("FP8_W4_GEMM", 4)):
         int8_codes = switch == "INT8_GEMM"
         packed, scale = weights(n, k, "int4" if bits == 4 else "int8", None, device, torch.Generator(
@@ -185,6 +172,50 @@ def layer_checks(device, shape):
         ok = same_bits(got, reference) if int8_codes else rel(got, reference) < CHECK_REL
         out[f"switch_{switch}_triton_w{bits}"] = {"ok": bool(ok), "rel": rel(got, reference)}
     return out
+
+
+def e4m3_form_checks(device, x, n, k, bias, group=64, suffix=""):
+    """GROUP_GEMM "e4m3": the unpacking kernel bit for bit, the cuBLAS product against its float64 definition, and
+    how far the form is from the exact group-wise product."""
+    out = {}
+    packed, scale = weights(n, k, "int4", group, device, torch.Generator(device=device).manual_seed(64))
+    scale = scale.half()
+    ratio, _ = linear_ops.group_ratios(scale)
+    unpacked = linear_ops.kernels.triton_kernels.int4_groups_e4m3(packed, ratio, n, k)
+    defined, _ = linear_ops.group_e4m3_reference(packed, scale, n, k)
+    out[f"e4m3_form_unpack_bit_exact{suffix}"] = {"ok": same_bits(unpacked, defined),
+                                                  "rel": rel(unpacked.float(), defined.float())}
+    got = linear_ops.fp8_group_fast(x, packed, scale, bias, n)
+    expected = linear_ops.fp8_group_reference(x, packed, scale, bias, n)
+    exact_form = linear_ops.qgemm_reference(x, packed, scale, bias, n, True, False)
+    out[f"e4m3_form_vs_definition{suffix}"] = {"ok": rel(got, expected) < CHECK_REL, "rel": rel(got, expected),
+                                               "rel_vs_exact_form": rel(got, exact_form)}
+    return out
+
+
+def e4m3_form_only(device, shapes, log):
+    """--e4m3-form: the e4m3 group form's checks on the first two shapes (g64 and g16), then GPU ms per FLUX step
+    of BF16, W4A8 per channel (unpack + cuBLAS FP8) and W4A8-g64 in the e4m3 form."""
+    results, totals = {}, {}
+    generator = torch.Generator(device=device).manual_seed(3)
+    for m, k, n, _ in shapes[:2]:
+        x = torch.randn(m, k, device=device, generator=generator).to(torch.bfloat16)
+        bias = torch.randn(n, device=device, generator=generator).to(torch.bfloat16)
+        for group in (64, 16):
+            results.update(e4m3_form_checks(device, x, n, k, bias, group, f"_g{group}_m{m}_k{k}_n{n}"))
+    measure = timer(device)
+    for m, k, n, count in shapes:
+        calls, _ = paths_for(m, k, n, device, generator)
+        row = {"m": m, "k": k, "n": n, "count": count}
+        for name in ("bf16", CUBLAS[0], CUBLAS[1], CUBLAS[4]):
+            row[name] = measure(calls[name][0])
+            totals[name] = totals.get(name, 0.0) + row[name] * count / 1e3
+        log({"gemm_us": row})
+        del calls
+    for name, result in results.items():
+        log({"check": name, **result})
+    log({"gemm_totals_ms_per_flux_step": totals})
+    return results, totals
 
 
 def timer(device):
@@ -325,6 +356,7 @@ def main(argv=None):
     parser.add_argument("--log", default="")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU under TRITON_INTERPRET=1")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--e4m3-form", action="store_true", help="only the e4m3 group form's checks and timings")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available() and not args.smoke:
         raise SystemExit("bench/gpu_gemm.py checks and times CUDA kernels: run it on a GPU (or --smoke on the CPU "
@@ -346,6 +378,14 @@ def main(argv=None):
     log({"device": device_name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
          "spec_check": QuantSpec.parse("W4A8-g64-r32").name})
     check_shapes = shapes if args.smoke else [(4352, 3072, 3072, 1), (4352, 15360, 3072, 1)]
+    if args.e4m3_form:
+        results, totals = e4m3_form_only(device, check_shapes if args.smoke else shapes, log)
+        print(table({}, results, {}, device_name).split("\nFLUX")[0])
+        print(f"FLUX linears per step, GEMM with its unpacking and activation quantization ({device_name}, "
+              f"{time.strftime('%Y-%m-%d')}; ms; ratio to BF16)")
+        for name, value in totals.items():
+            print(f"  {name:<36}{value:9.2f}{value / totals['bf16']:7.2f}")
+        return 0 if all(r["ok"] for r in results.values()) else 1
     results = check_variants(device, check_shapes, log)
     log({"checks_seconds": time.monotonic() - started})
     totals = timings(device, shapes, log)
