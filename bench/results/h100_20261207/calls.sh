@@ -81,3 +81,48 @@ s=$SECONDS; timeout ${LIMIT:-130} python3 -m pytest -v -p no:cacheprovider -rs t
 echo "pytest gpu 0.33.0 exit $? in $((SECONDS-s)) s"; grep -E "passed|failed|^FAILED|^ERROR|SKIP" $OUT/pytest_gpu_0.33.0.log | tail -14
 grep -E "^E " $OUT/pytest_gpu_0.33.0.log | head -10
 s=$SECONDS; timeout 60 python3 bench/gpu_scales16.py --out $OUT > $OUT/gpu_scales16.log 2>&1; echo "scales16 exit $? in $((SECONDS-s)) s"; tail -5 $OUT/gpu_scales16.log
+##### call12 (session 2026-12-07 #4): no carry
+BUDGET_S=570 bash bench/gpu_digits_wide.sh 2>&1 | tail -40
+##### call13 (warm, same machine)
+BUDGET_S=330 bash bench/gpu_digits_wide.sh measure 4 2>&1 | tail -14
+##### call14: carry .device/common + .device/tests; kernel then split into even/odd columns (reverted)
+#!/usr/bin/env bash
+# GPU call C (session 2026-12-07 #4): the Triton GEMM with packed int4 split into even/odd halves (no interleave),
+# checked and timed at FLUX shapes; FLUX 8+16 end to end with the int4 / group-wise paths; the Q-Sched sampler's own
+# cost on SDXL; tests/gpu (DynamicVRAM in its own process). Carry .device/common and .device/tests.
+set -u
+s=$SECONDS; bash bench/device_setup.sh > $OUT/setup.log 2>&1; echo "setup exit $? in $((SECONDS-s)) s"; tail -1 $OUT/setup.log
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+export COMFYUI_DIR=/tmp/ComfyUI-0.33.0 PYTHONUNBUFFERED=1
+s=$SECONDS; timeout 130 python3 bench/gpu_gemm.py --skip-sweep --log $OUT/gpu_gemm.jsonl > $OUT/gpu_gemm.log 2>&1; echo "gpu_gemm exit $? in $((SECONDS-s)) s"
+grep -v '^{' $OUT/gpu_gemm.log | grep -iv warn | grep -E "FAIL|checks|ms|\|" | tail -45
+C="bf16,W8A8 auto,W4A8 auto,W4A8 auto {FP8_W4_GEMM=triton},W4A8 int8,W4A8-g64 auto,W4A8-g64 int8,W4A8-g64-r32 int8 {BRANCH=epilogue}"
+s=$SECONDS; timeout 230 python3 bench/peers.py --models flux --configs "$C" --host-profile --rounds 8 --warmup 3 --log $OUT/peers_flux.jsonl > $OUT/peers_flux.log 2>&1; echo "peers exit $? in $((SECONDS-s)) s"
+grep -h "Error\|error" $OUT/peers_flux.log | sort | uniq -c | head -5
+python3 bench/gpu_table.py $OUT/peers_flux.jsonl 2>&1 | tail -14
+GPU_TEST_LIMIT=75 OUT=$OUT bash bench/gpu_tests.sh 0.33.0
+left=$(( ${BUDGET_S:-575} - SECONDS ))
+if [ $left -gt 60 ]; then
+  s=$SECONDS; timeout $(( left - 40 )) python3 bench/peers.py --models sdxl --configs bf16 --sampler --rounds 4 --warmup 1 --log $OUT/peers_sampler.jsonl > $OUT/peers_sampler.log 2>&1; echo "sampler exit $? in $((SECONDS-s)) s"
+  grep '"sampler"' $OUT/peers_sampler.jsonl | cut -c1-400
+fi
+##### call15: no carry
+timeout 300 python3 bench/gpu_int4_halves.py --log $OUT/gpu_int4_halves.jsonl
+##### call16 (warm)
+timeout 330 python3 bench/gpu_int4_halves.py --sweep-all 170 --log $OUT/gpu_int4_halves_sweep.jsonl
+##### call17: carry .device/common + .device/tests; the per-step sync change (reverted after this call)
+bash bench/device_setup.sh; COMFYUI_DIR=/tmp/ComfyUI-0.33.0 timeout 200 python3 bench/peers.py --models sdxl --configs bf16 --sampler --rounds 4 --warmup 1 --log $OUT/peers_sampler.jsonl
+##### not run (device time ran out): .device/tests/callD.sh
+#!/usr/bin/env bash
+# GPU call D (session 2026-12-07 #4): the e4m3 group form (linear_ops.GROUP_GEMM = "e4m3") checked against its
+# torch definition and timed at FLUX's shapes, then FLUX 8+16 end to end. Carry .device/common and .device/tests.
+set -u
+s=$SECONDS; bash bench/device_setup.sh > $OUT/setup.log 2>&1; echo "setup exit $? in $((SECONDS-s)) s"
+export COMFYUI_DIR=/tmp/ComfyUI-0.33.0 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+s=$SECONDS; timeout 70 python3 bench/gpu_gemm.py --e4m3-form --log $OUT/gpu_gemm_e4m3.jsonl > $OUT/gpu_gemm_e4m3.log 2>&1; echo "e4m3 form exit $? in $((SECONDS-s)) s"
+grep -v '^{' $OUT/gpu_gemm_e4m3.log | grep -iv warn | tail -12
+C="bf16,W4A8 auto,W4A8-g64 auto,W4A8-g64 fp8 {GROUP_GEMM=e4m3}"
+s=$SECONDS; timeout $(( ${BUDGET_S:-200} - SECONDS )) python3 bench/peers.py --models flux --configs "$C" --host-profile --rounds 6 --warmup 2 --log $OUT/peers_flux.jsonl > $OUT/peers_flux.log 2>&1; echo "peers exit $? in $((SECONDS-s)) s"
+grep -h "Error\|error" $OUT/peers_flux.log | sort | uniq -c | head -5
+python3 bench/gpu_table.py $OUT/peers_flux.jsonl 2>&1 | tail -7
