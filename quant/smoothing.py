@@ -17,7 +17,8 @@ NAME = f"SmoothQuant alpha {ALPHA:g}"  # what a smoothed load records (cache key
 MODE_HELP = ("SmoothQuant-style smoothing of the GPTQ-rounded layers (input channels divided by per-channel factors, "
              "weight columns multiplied by them; same float product). auto: on for 4-bit activations (A4 specs), "
              "where the digits testbed measured it to help W4A4, off otherwise (at A8 it was not measured to help).")
-# Floors of the factor's parts, as measured with: an unseen channel's RMS, a zero weight column, the factor itself.
+# Floors (those the testbed was measured with) of the moments' diagonal (an unseen channel), of a zero weight
+# column's maximum and of the factor.
 _MOMENT_FLOOR, _WEIGHT_FLOOR, _FACTOR_FLOOR = 1e-12, 1e-8, 1e-5
 
 
