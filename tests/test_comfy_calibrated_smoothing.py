@@ -46,18 +46,17 @@ def test_auto_smooths_every_gptq_layer_at_a4_and_none_at_a8(env, smoothed):  # n
         load(env, SPEC, smoothing="yes")
 
 
-def test_smoothing_changes_the_w4a4_error_to_the_fp_model_as_measured_here(env, smoothed):  # noqa: F811
-    """Against the FP model on the calibration's own samples. Random weights have no outlier channels, so this
-    records what smoothing does on them; that it helps real W4A4 models is the testbed's measurement
-    (docs/calibrated-rounding.md). The check here: the smoothed model is a working W4A4 model (its error well
-    under the difference of the FP model's own outputs across prompts) and within a bound of the unsmoothed one."""
+def test_smoothing_lowers_the_w4a4_error_to_the_fp_model(env, smoothed):  # noqa: F811
+    """Against the FP model on the calibration's own samples (measured 2026-12-07, CPU: 0.229 smoothed / 0.268 not on
+    ComfyUI 0.33.0, 0.220 / 0.248 on 0.3.64). Random weights have few outlier channels, so the gain is small here;
+    that it helps W4A4 on a trained model is the testbed's measurement (docs/calibrated-rounding.md)."""
     fp = load_float(env)
     reference = calibration_latents(env, fp)
     error_smoothed = rel(calibration_latents(env, smoothed[0]), reference)
     error_plain = rel(calibration_latents(env, load(env, SPEC, smoothing="off")[0]), reference)
     print(f"{SPEC} GPTQ, tiny random SD1.5, calibration samples vs FP: smoothed {error_smoothed:.4f}, "
           f"not smoothed {error_plain:.4f}")
-    assert error_smoothed < 1.25 * error_plain and error_smoothed < 0.5, (error_smoothed, error_plain)
+    assert error_smoothed < error_plain, (error_smoothed, error_plain)
 
 
 def test_a_smoothed_layer_inside_comfyui_computes_an_independent_float64_reference(smoothed):
@@ -106,8 +105,8 @@ def test_a_lora_applies_to_the_original_weights_of_a_smoothed_model(env, smoothe
     cosine_off, ratio_off, *_ = lora_tracking(env, load(env, spec, smoothing="off")[0], fp, lora)
     print(f"LoRA on {spec} GPTQ: its change vs the FP model's change: smoothed cosine {cosine:.3f} ratio {ratio:.3f}, "
           f"not smoothed cosine {cosine_off:.3f} ratio {ratio_off:.3f}")
-    # As well as on the unsmoothed load (measured on 0.33.0: W4A4 0.35 / 1.62 smoothed, 0.39 / 1.53 not; W4A8 0.78
-    # / 0.99, 0.82 / 0.93): at W4A4 a LoRA merged onto GPTQ codes tracks the FP model's change poorly either way
+    # As well as on the unsmoothed load (measured, cosine / ratio smoothed, then not: W4A4 0.34-0.37 / 1.62-1.68,
+    # 0.37-0.43 / 1.53-1.58; W4A8 0.78-0.82 / 0.98-0.99, 0.81-0.82 / 0.93-0.97; both releases): at W4A4 a LoRA merged onto GPTQ codes tracks the FP model's change poorly either way
     # (the merge re-rounds the layer to nearest on its fixed scales); at W4A8 it tracks it.
     assert cosine > cosine_off - 0.15 and abs(ratio - 1) < abs(ratio_off - 1) + 0.2, (cosine, ratio, cosine_off)
     if spec != SPEC:
