@@ -8,7 +8,6 @@ calibrated rounding collects anyway (a convolution: the mean over its kernel's c
 layer keeps s as its `input_divisor` (quant/layers.py); GPTQ rounds W diag(s) against D⁻¹ H D⁻¹ (D = diag(s)).
 Measured on the digits testbed only (RESULTS.md, "SmoothQuant's migration"): it helps W4A4; at A8 nothing was
 measured, so "auto" leaves it off there. testbed/digits/quantizer_experiment.py's smooth() uses these functions."""
-import torch
 
 ALPHA = 0.5  # the paper's default migration strength, the one measured on the testbed
 MODES = ("auto", "on", "off")

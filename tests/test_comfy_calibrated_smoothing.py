@@ -8,7 +8,6 @@ import re
 import pytest
 import torch
 
-from comfy_fixtures import SD15_CHECKPOINT
 from test_comfy_calibrated_loader import (calibration_latents, codes, env, every_layer_sampled_enough,  # noqa: F401
                                           load, load_float, rel)
 from test_comfy_quant_loaders import build_lora, denoise

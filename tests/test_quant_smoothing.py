@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from comfyui_qsched.quant import gptq, numerics, smoothing
+from comfyui_qsched.quant import gptq, smoothing
 from comfyui_qsched.quant.apply import quantize_module
 from comfyui_qsched.quant.calibrated import gptq_layers, round_in_passes
-from comfyui_qsched.quant.layers import PackedWeightMixin
 from comfyui_qsched.quant.spec import QuantSpec
 
 POLICY = "first_last=off"   # these small models' every layer is quantized
