@@ -104,8 +104,8 @@ def save_cache(path, module, identity, gptq_rounded=()):
 
 def read_cache(path, identity, gptq_rounded=None):
     """{layer: (spec name, packed, scales, down, up, divisor)} from a cache file (down, up None where the file holds
-    no branch, divisor None for a layer that is not smoothed), after checking its header against `identity`. gptq_rounded: a set, if given, that takes the names of
-    the layers whose codes GPTQ rounded."""
+    no branch, divisor None for a layer that is not smoothed), after checking its header against `identity`.
+    gptq_rounded: a set, if given, that takes the names of the layers whose codes GPTQ rounded."""
     try:
         check_safetensors(path, "cache file")
     except TensorFileError as error:
