@@ -106,8 +106,8 @@ def test_a_lora_applies_to_the_original_weights_of_a_smoothed_model(env, smoothe
           f"not smoothed cosine {cosine_off:.3f} ratio {ratio_off:.3f}")
     # As well as on the unsmoothed load (measured, cosine / ratio smoothed, then not: W4A4 0.34-0.37 / 1.62-1.68,
     # 0.37-0.43 / 1.53-1.58; W4A8 0.78-0.82 / 0.98-0.99, 0.81-0.82 / 0.93-0.97; both releases): at W4A4 a LoRA
-    # merged onto GPTQ codes tracks the FP model's change poorly either way (the merge re-rounds the layer to nearest
-    # on its fixed scales); at W4A8 it tracks it.
+    # merged onto GPTQ codes tracks the FP model's change poorly either way (the patched weight is rounded to nearest
+    # on the layer's fixed 4-bit grid); at W4A8 it tracks it.
     assert cosine > cosine_off - 0.15 and abs(ratio - 1) < abs(ratio_off - 1) + 0.2, (cosine, ratio, cosine_off)
     if spec != SPEC:
         assert cosine > 0.7 and 0.7 < ratio < 1.4, (cosine, ratio)
