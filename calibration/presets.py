@@ -116,7 +116,8 @@ def make_preset(schedule, *, model_name, model_hash=None, family=None, quant=Non
     """Build a preset dict (schema version 2) for `schedule`; `sampler` defaults to the schedule's; the
     schedule's per-step offset, if any, is stored as "offset" (absent when the schedule has none). checks: the
     held-out verdict (and FP control) from calibration.heldout.TrustReport.to_dict(), kept under `scores`.
-    quantizer: {"spec", "backend"[, "rounding"]} of the quantized loader the model came from (absent when unknown)."""
+    quantizer: {"spec", "backend"[, "rounding"[, "smoothing"]]} of the quantized loader the model came from (absent
+    when unknown)."""
     sampler = sampler or schedule.sampler
     preset = {
         "format": FORMAT, "version": SCHEMA_VERSION, "example": bool(example), "notes": notes,
@@ -207,16 +208,21 @@ ROUNDINGS = ("GPTQ",)  # a calibrated load's rounding (quant.calibrated.GPTQ_ROU
 
 def _validate_quantizer(quantizer, where):
     """The optional record of the quantizer the preset was fitted on: {"spec": canonical spec name, "backend"[,
-    "rounding": "GPTQ"]} (rounding absent: round-to-nearest)."""
+    "rounding": "GPTQ"[, "smoothing": "SmoothQuant alpha 0.5"]]} (rounding absent: round-to-nearest; smoothing
+    absent: none)."""
     if quantizer is None:
         return
+    from ..quant.smoothing import NAME as SMOOTHING
     from ..quant.spec import QuantSpec, QuantSpecError
-    if set(quantizer) - {"rounding"} != {"spec", "backend"} or not isinstance(quantizer["spec"], str) \
+    if set(quantizer) - {"rounding", "smoothing"} != {"spec", "backend"} or not isinstance(quantizer["spec"], str) \
             or not isinstance(quantizer["backend"], str) or not _BACKEND_NAME.fullmatch(quantizer["backend"]):
         raise PresetError(f"{where}: quantizer must be {{\"spec\": <spec>, \"backend\": <backend name>}}")
     if "rounding" in quantizer and quantizer["rounding"] not in ROUNDINGS:
         raise PresetError(f"{where}: quantizer.rounding must be {' or '.join(map(repr, ROUNDINGS))} (absent: "
                           f"round-to-nearest), got {quantizer['rounding']!r}")
+    if "smoothing" in quantizer and (quantizer["smoothing"] != SMOOTHING or "rounding" not in quantizer):
+        raise PresetError(f"{where}: quantizer.smoothing must be {SMOOTHING!r} beside "
+                          f"quantizer.rounding (absent: no smoothing), got {quantizer['smoothing']!r}")
     try:
         canonical = QuantSpec.parse(quantizer["spec"]).name
     except QuantSpecError as error:
@@ -229,7 +235,8 @@ def describe_quantizer(quantizer):
     if not quantizer:
         return "no Q-Sched quantizer"
     rounding = f", {quantizer['rounding']} rounding" if quantizer.get("rounding") else ""
-    return f"{quantizer['spec']} ({quantizer['backend']} backend{rounding})"
+    smoothing = f", {quantizer['smoothing']} smoothing" if quantizer.get("smoothing") else ""
+    return f"{quantizer['spec']} ({quantizer['backend']} backend{rounding}{smoothing})"
 
 
 def quantizer_mismatch(data, quantizer):

@@ -13,8 +13,9 @@ import comfy.utils
 
 from ..calibration.prompts import prompts_hash
 from ..calibration.run import CalibrationConfig
-from ..quant import gptq
+from ..quant import gptq, smoothing
 from ..quant.calibrated import round_in_passes
+from ..quant.spec import QuantSpec
 from .calibration import make_generator
 from .conditioning import TextConditioning
 
@@ -46,14 +47,18 @@ def conditioning_digest(conditionings):
 
 
 class CalibrationSampling:
-    """What the calibrated loader hands quantize_patcher: calibration(patcher) -> (settings for the cache key,
-    round_layers(layers) running the passes on that patcher's FP backbone)."""
+    """What the calibrated loader hands quantize_patcher: calibration(patcher, spec) -> (settings for the cache key,
+    round_layers(layers) running the passes on that patcher's FP backbone). smoothing: one of quant.smoothing.MODES,
+    resolved against the spec (a smoothed load's settings name the smoothing, so its cache key differs)."""
 
-    def __init__(self, clip, budget_gib=DEFAULT_BUDGET_GIB, **settings):
+    def __init__(self, clip, budget_gib=DEFAULT_BUDGET_GIB, smoothing_mode=smoothing.DEFAULT_MODE, **settings):
         if clip is None:
             raise ValueError("calibrated rounding needs a CLIP (text encoder) to encode the calibration prompts")
         if not budget_gib > 0:
             raise ValueError(f"moments_budget_gib must be positive, got {budget_gib!r}")
+        if smoothing_mode not in smoothing.MODES:
+            raise ValueError(f"smoothing must be one of {', '.join(smoothing.MODES)}, got {smoothing_mode!r}")
+        self.smoothing_mode, self.smooth = smoothing_mode, smoothing_mode == "on"
         self.config = CalibrationConfig(**settings)   # bounds and choices checked, one message per setting
         self.prompts = self.config.prompt_list()
         self.clip, self.budget_bytes = clip, int(budget_gib * 2**30)
@@ -66,9 +71,12 @@ class CalibrationSampling:
         return {"prompts_sha256": prompts_hash(self.prompts), "prompt_count": len(self.prompts), "seed": config.seed,
                 "sampler": config.sampler_name, "scheduler": config.scheduler, "steps": config.steps,
                 "cfg": config.cfg, "width": config.width, "height": config.height,
-                "text_encoding_sha256": conditioning_digest(self.encode(p) for p in self.prompts)}
+                "text_encoding_sha256": conditioning_digest(self.encode(p) for p in self.prompts),
+                **({"smoothing": smoothing.NAME} if self.smooth else {})}
 
-    def __call__(self, patcher):
+    def __call__(self, patcher, spec=None):
+        if spec is not None:
+            self.smooth = smoothing.resolve(self.smoothing_mode, QuantSpec.parse(spec))
         config = self.config
         generate = make_generator(patcher, self.clip, None, sampler_name=config.sampler_name,
                                   scheduler=config.scheduler, steps=config.steps, cfg=config.cfg, seed=config.seed,
@@ -91,7 +99,7 @@ class CalibrationSampling:
         with torch.no_grad():
             rounded = round_in_passes(backbone, layers, lambda: generate(items), self.budget_bytes,
                                       patcher.load_device, compute_device=comfy.model_management.get_torch_device(),
-                                      on_pass=on_pass, undersampled=self.undersampled,
+                                      on_pass=on_pass, undersampled=self.undersampled, smooth=self.smooth,
                                       should_stop=comfy.model_management.throw_exception_if_processing_interrupted)
         if self.undersampled:
             name, (rows, columns) = next(iter(self.undersampled.items()))

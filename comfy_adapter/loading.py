@@ -15,6 +15,8 @@ from ..quant.cache import quantize_cached
 from ..quant.apply import GPTQ_MARK
 from ..quant.calibrated import GPTQ_ROUNDING, quantize_calibrated
 from ..quant.fp8 import fp8_supported
+from ..quant.layers import PackedWeightMixin
+from ..quant.smoothing import NAME as SMOOTHING_NAME
 from ..quant.options import ATTENTION_CHOICES, CACHE_CHOICES, CACHE_FOLDER, CUDA_GRAPHS_CHOICES
 from ..quant.source import check_source
 from ..tensor_files import warn_non_finite_weights
@@ -32,8 +34,9 @@ QUANTIZER_ATTRIBUTE = "qsched_quantizer"
 
 
 def quantizer_of(model):
-    """{"spec", "backend"[, "rounding": "GPTQ"]} the quantized loaders built a ComfyUI MODEL's backbone with (rounding:
-    present for calibrated rounding, absent for round-to-nearest), None for any other model."""
+    """{"spec", "backend"[, "rounding": "GPTQ"[, "smoothing": quant.smoothing.NAME]]} the quantized loaders built a
+    ComfyUI MODEL's backbone with (rounding: present for calibrated rounding, absent for round-to-nearest;
+    smoothing: present for a smoothed calibrated load), None for any other model."""
     backbone = getattr(getattr(model, "model", None), "diffusion_model", None)
     return getattr(backbone, QUANTIZER_ATTRIBUTE, None)
 
@@ -41,7 +44,7 @@ def quantizer_of(model):
 def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND, layer_policy="", cache="off",
                      attention="sdpa", cuda_graphs="off", calibration=None):
     """Quantize the ModelPatcher's backbone in place and install the attention and CUDA-graph choices; returns the
-    summary line. calibration: for calibrated (GPTQ) rounding, calibration(patcher) -> (settings, round_layers)
+    summary line. calibration: for calibrated (GPTQ) rounding, calibration(patcher, spec) -> (settings, round_layers)
     (comfy_adapter/calibrated_loading.py); the settings key the cache, round_layers runs on a cache miss only."""
     name = os.path.basename(source_path)
     spec = QuantSpec.parse(quantization)
@@ -58,7 +61,7 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
         raise ValueError(f"cuda_graphs must be one of {', '.join(CUDA_GRAPHS_CHOICES)}, got {cuda_graphs!r}")
     backbone = patcher.model.diffusion_model
     warn_non_finite_weights(backbone, name, logging)
-    calibrated = calibration(patcher) if calibration is not None else None
+    calibrated = calibration(patcher, spec) if calibration is not None else None
     if cache == "on":
         register_cache_folder()
         report, status = quantize_cached(backbone, spec, source_path, folder_paths.get_folder_paths(CACHE_FOLDER)[0],
@@ -75,14 +78,20 @@ def quantize_patcher(patcher, source_path, quantization, backend=DEFAULT_BACKEND
     quantizer = {"spec": spec.name, "backend": backend}
     if calibrated is not None:
         quantizer["rounding"] = GPTQ_ROUNDING
+        if calibrated[0].get("smoothing"):
+            quantizer["smoothing"] = calibrated[0]["smoothing"]
     setattr(backbone, QUANTIZER_ATTRIBUTE, quantizer)  # presets record it
     set_attention(patcher, attention)
     set_cuda_graphs(patcher, cuda_graphs)
     patcher.size = 0
     patcher.model_size()  # ComfyUI's memory planning must see the packed size
     rounded = sum(bool(layer.backend) and layer.backend.endswith(GPTQ_MARK) for layer in report.layers)
+    smoothed = sum(isinstance(layer, PackedWeightMixin) and layer.smoothing_divisor is not None
+                   for layer in backbone.modules())
     summary = f"Q-Sched quantized {name}: {report.summary()}; cache {status}" + (
         f"; GPTQ rounding on {rounded} of {report.quantized} quantized layers" if calibrated is not None else "") + (
+        f"; {SMOOTHING_NAME} smoothing on {smoothed} layers" if smoothed else
+        "; smoothing off" if calibrated is not None else "") + (
         f"; attention {attention}" if attention != "sdpa" else "") + (
         "; CUDA graphs on" if cuda_graphs == "on" else "")
     logging.info(summary)

@@ -13,6 +13,8 @@ comfy ops: offloading and --lowvram move the packed weight, LoRA keys stay `<lay
 - A low-rank branch (lowrank_down / lowrank_up buffers) stays as it is: the patches see the whole float weight
   (codes plus branch, so weight-dependent patches such as DoRA see the real weight) and their result minus the
   branch goes back into the residual codes; the buffers move with the layer like its other tensors.
+- A smoothed layer (input_divisor) hands the patches W, not W diag(s): float_weight divides by s, requantize_float
+  multiplies the patched weight by s again, so a LoRA made for the original weight applies as made.
 """
 import torch
 from torch import nn
@@ -43,7 +45,7 @@ class ComfyPackedWeight:
         for functions in comfy_compat.weight_functions(self, "bias"):  # the bias is stored as a float either way
             for function in functions:
                 bias = function(bias)
-        return self.packed_forward(x, packed, bias)
+        return self.smoothed_forward(x, packed, bias)
 
     def convert_weight(self, weight, inplace=False, **kwargs):
         # Some paths hand over the codes in their stored dtype (dynamic VRAM force-loading a small layer).

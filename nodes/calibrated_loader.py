@@ -10,6 +10,7 @@ from ..comfy_adapter.calibrated_loading import (BATCH_SETTING, DEFAULT_BUDGET_GI
 from ..comfy_adapter.loading import load_diffusion_model
 from ..comfy_adapter.v3_api import io
 from ..quant import gptq
+from ..quant.smoothing import DEFAULT_MODE as SMOOTHING_DEFAULT, MODE_HELP as SMOOTHING_HELP, MODES as SMOOTHING_MODES
 from . import categories
 from .calibrate import setting_inputs
 from .loaders import MODEL_TOOLTIP, SUMMARY_TOOLTIP, check_layer_policy, log, quant_inputs
@@ -39,7 +40,9 @@ class QSchedCalibratedDiffusionModelLoader(io.ComfyNode):
                         "prompts": {"tooltip": "Calibration prompts, one per line; empty = the pack's calibration "
                                                "prompts (the first n_prompts are used)."}}),
                     io.Float.Input("moments_budget_gib", default=DEFAULT_BUDGET_GIB, min=0.001, max=1024.0, step=0.5,
-                                   tooltip=BUDGET_HELP)],
+                                   tooltip=BUDGET_HELP),
+                    io.Combo.Input("smoothing", options=list(SMOOTHING_MODES), default=SMOOTHING_DEFAULT,
+                                   tooltip=SMOOTHING_HELP, optional=True)],
             outputs=[io.Model.Output(display_name="model", tooltip=MODEL_TOOLTIP),
                      io.String.Output(display_name="summary", tooltip=SUMMARY_TOOLTIP + " Calibration settings and "
                                       "passes.")],
@@ -51,9 +54,9 @@ class QSchedCalibratedDiffusionModelLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, unet_name, clip, quantization, backend, layer_policy, cache, moments_budget_gib,
-                attention="sdpa", cuda_graphs="off", **settings):
+                attention="sdpa", cuda_graphs="off", smoothing=SMOOTHING_DEFAULT, **settings):
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
-        sampling = CalibrationSampling(clip, moments_budget_gib, **settings)
+        sampling = CalibrationSampling(clip, moments_budget_gib, smoothing, **settings)
         patcher, summary = load_diffusion_model(path, quantization, backend=backend, layer_policy=layer_policy,
                                                 cache=cache, attention=attention, cuda_graphs=cuda_graphs,
                                                 calibration=sampling)

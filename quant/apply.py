@@ -6,7 +6,8 @@ import torch
 
 from . import gptq
 from .registry import get_backend
-from .layers import bits_per_weight_of, float_weight_shape, kept_scales, lowrank_shapes, rank_problem
+from .layers import (bits_per_weight_of, divisor_problem, float_weight_shape, kept_scales, lowrank_shapes,
+                     rank_problem)
 from .lowrank import FACTOR_DTYPES
 from .policy import DEFAULT_POLICY, LayerDecision, LayerPolicy
 from .spec import QuantSpec
@@ -115,7 +116,7 @@ def _check_stored(module, decisions, quantizer, stored):
             continue
         layer = module.get_submodule(decision.name)
         spec = quantizer.effective_spec(layer, decision.spec)
-        stored_spec, packed, scale, *branch = stored[decision.name]
+        stored_spec, packed, scale, *rest = stored[decision.name]
         dtype, shape, scale_shape = quantizer.layout(layer, spec)
         if stored_spec != spec.name or packed.dtype != dtype or tuple(packed.shape) != shape:
             raise ValueError(f"layer {decision.name!r}: stored {stored_spec} {packed.dtype}{tuple(packed.shape)} "
@@ -127,7 +128,10 @@ def _check_stored(module, decisions, quantizer, stored):
             kept_scales(scale)
         except ValueError as error:
             raise ValueError(f"layer {decision.name!r}: stored {error}") from None
-        _check_branch(decision.name, layer, spec, [t for t in branch if t is not None])
+        _check_branch(decision.name, layer, spec, [t for t in rest[:2] if t is not None])
+        divisor = rest[2] if len(rest) > 2 else None
+        if divisor is not None and divisor_problem(layer, divisor):
+            raise ValueError(f"layer {decision.name!r}: stored {divisor_problem(layer, divisor)}")
 
 
 def _check_branch(name, layer, spec, branch):
@@ -171,7 +175,8 @@ def quantize_module(module, spec, policy=None, backend="simulate", device=None, 
     """Quantize `module`'s Linear/Conv layers in place; returns a QuantReport.
     policy: a LayerPolicy, a policy text ('pattern=keep, ...'), or None for the defaults.
     device: where the fp8 backend will run (checked up front); None skips that check.
-    stored: {layer name: (spec name, packed weight, scales[, low-rank down, up])} already quantized (a cache),
+    stored: {layer name: (spec name, packed weight, scales[, low-rank down, up[, smoothing divisor]])} already
+    quantized (a cache; None for a part the layer has not),
     used instead of quantizing; checked against the plan before any layer changes.
     compute_device: where the weights are quantized (e.g. the GPU for a model resident on the CPU).
     hessians: {layer name: E[x xᵀ] of its input on calibration samples} (quant.gptq.InputMoments): those layers'

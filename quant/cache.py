@@ -5,7 +5,9 @@ Per quantized layer it stores `<layer>.weight` (packed codes), `<layer>.weight_s
 per group, as the layer keeps them) and `<layer>.comfy_quant`
 (a uint8 tensor holding JSON, the per-layer metadata convention of newer ComfyUI checkpoints; the format names
 are this pack's own, `qsched_int8` / `qsched_int4_packed` / `qsched_fp8_e4m3`, which ComfyUI itself does not
-decode), and for a spec with a low-rank branch `<layer>.lowrank_down` / `<layer>.lowrank_up` (16-bit factors). Files
+decode), for a spec with a low-rank branch `<layer>.lowrank_down` / `<layer>.lowrank_up` (16-bit factors), and for a
+smoothed layer `<layer>.input_divisor` (float32, its metadata names the smoothing). A smoothed load's key holds the
+smoothing (the calibration settings), so files of loads without it, older ones included, are never read for it. Files
 are written atomically; a file whose header or tensors do not match (also one written before the branch existed)
 is reported and rebuilt."""
 import hashlib
@@ -23,6 +25,7 @@ from .apply import GPTQ_MARK, quantize_module
 from .calibrated import GPTQ_ROUNDING, mark_calibrated, quantize_calibrated
 from .registry import get_backend
 from .layers import PackedWeightMixin
+from .smoothing import NAME as SMOOTHING_NAME
 from .policy import DEFAULT_POLICY, LayerPolicy
 from .spec import QuantSpec
 
@@ -92,14 +95,17 @@ def save_cache(path, module, identity, gptq_rounded=()):
             if spec.rank:
                 tensors[f"{name}.lowrank_down"] = layer.lowrank_down.detach().cpu().contiguous()
                 tensors[f"{name}.lowrank_up"] = layer.lowrank_up.detach().cpu().contiguous()
+            if layer.smoothing_divisor is not None:
+                info["smoothing"] = SMOOTHING_NAME
+                tensors[f"{name}.input_divisor"] = layer.smoothing_divisor.detach().cpu().contiguous()
             tensors[f"{name}.comfy_quant"] = torch.tensor(list(json.dumps(info).encode()), dtype=torch.uint8)
     write_atomic(path, lambda temporary: save_file(tensors, temporary, metadata=identity))
 
 
 def read_cache(path, identity, gptq_rounded=None):
-    """{layer: (spec name, packed, scales, down, up)} from a cache file (down, up None where the file holds no
-    branch), after checking its header against `identity`. gptq_rounded: a set, if given, that takes the names of
-    the layers whose codes GPTQ rounded."""
+    """{layer: (spec name, packed, scales, down, up, divisor)} from a cache file (down, up None where the file holds
+    no branch, divisor None for a layer that is not smoothed), after checking its header against `identity`.
+    gptq_rounded: a set, if given, that takes the names of the layers whose codes GPTQ rounded."""
     try:
         check_safetensors(path, "cache file")
     except TensorFileError as error:
@@ -118,8 +124,14 @@ def read_cache(path, identity, gptq_rounded=None):
                     info = json.loads(bytes(handle.get_tensor(key).tolist()).decode())
                     branch = tuple(handle.get_tensor(f"{name}.{factor}") if f"{name}.{factor}" in keys else None
                                    for factor in ("lowrank_down", "lowrank_up"))
+                    smoothed = f"{name}.input_divisor" in keys
+                    if smoothed != (info.get("smoothing") == SMOOTHING_NAME):
+                        raise CacheError(f"cache file {path}: layer {name!r} has " + (
+                            "a smoothing divisor its metadata does not name" if smoothed else
+                            f"no smoothing divisor, but its metadata names {info.get('smoothing')!r}"))
+                    divisor = handle.get_tensor(f"{name}.input_divisor") if smoothed else None
                     stored[name] = (info["spec"], handle.get_tensor(f"{name}.weight"),
-                                    handle.get_tensor(f"{name}.weight_scale"), *branch)
+                                    handle.get_tensor(f"{name}.weight_scale"), *branch, divisor)
                     if gptq_rounded is not None and info.get("rounding") == GPTQ_ROUNDING:
                         gptq_rounded.add(name)
     except CacheError:
@@ -130,8 +142,10 @@ def read_cache(path, identity, gptq_rounded=None):
         raise CacheError(f"cache file {path} holds no quantized layers")
     bad = non_finite_names({name: scale for name, (_, _, scale, *_) in stored.items()})
     bad += non_finite_names({name: packed for name, (_, packed, *_) in stored.items()})
-    bad += non_finite_names({f"{name}.lowrank_{part}": factor for name, (*_, down, up) in stored.items()
+    bad += non_finite_names({f"{name}.lowrank_{part}": factor for name, (*_, down, up, _) in stored.items()
                              for part, factor in (("down", down), ("up", up)) if factor is not None})
+    bad += non_finite_names({f"{name}.input_divisor": divisor for name, (*_, divisor) in stored.items()
+                             if divisor is not None})
     if bad:
         raise CacheError(f"cache file {path} holds NaN or infinite values in layers {name_list(sorted(set(bad)))}")
     return stored

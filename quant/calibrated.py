@@ -4,12 +4,14 @@ layers are split into passes whose moments fit a budget (gptq.plan_passes). Each
 (`run()`: deterministic, the same prompts and noise) with hooks on its layers only, then rounds those layers by
 GPTQ and frees their moments. The model stays in full precision until every pass is done, so every pass sees the
 FP model's activations and the codes equal those of one pass over all layers; they are installed by
-quantize_module(calibrated=...)."""
+quantize_module(calibrated=...). Smoothing (quant/smoothing.py) takes each layer's factors from its own moments and
+only changes what is rounded (W diag(s) against D⁻¹ H D⁻¹), never the float model that later passes run, so
+several passes still give the codes of one."""
 from dataclasses import replace
 
 import torch
 
-from . import gptq
+from . import gptq, smoothing
 from .apply import GPTQ_MARK, layer_plan, quantize_module
 from .registry import get_backend
 
@@ -45,14 +47,15 @@ def plan_module_passes(module, names, budget_bytes, device):
 
 
 def round_in_passes(module, layers, run, budget_bytes, accumulate_device, compute_device=None, keep_device="cpu",
-                    on_pass=None, should_stop=None, undersampled=None):
+                    on_pass=None, should_stop=None, undersampled=None, smooth=False):
     """{layer name: (spec name, packed codes, scales[, down, up])} of `layers` (gptq_layers' result) rounded by GPTQ
     against their input moments, collected over as many runs of `run()` as gptq.plan_passes makes for
     `budget_bytes` (accumulators counted on `accumulate_device`, where the model's activations are). The results are
     kept on `keep_device`. on_pass(index, count, names) is called before each pass; should_stop() may raise to
     interrupt (checked between passes and layers). A layer the calibration never reached is an error; a layer with
     fewer calibration rows than gptq.enough_rows asks for is left out (it rounds to nearest) and recorded in
-    `undersampled` (a dict, if given: name -> (rows, columns))."""
+    `undersampled` (a dict, if given: name -> (rows, columns)). smooth: SmoothQuant's migration on every layer GPTQ
+    rounds (quant/smoothing.py; the entries are then (spec name, packed, scales, down or None, up or None, s))."""
     passes = plan_module_passes(module, list(layers), budget_bytes, accumulate_device)
     rounded = {}
     undersampled = {} if undersampled is None else undersampled
@@ -74,8 +77,10 @@ def round_in_passes(module, layers, run, budget_bytes, accumulate_device, comput
                 undersampled[name] = (rows, hessian.shape[0])   # rounds to nearest (gptq.MIN_ROWS_PER_COLUMN)
                 continue
             spec, layout = layers[name]
-            tensors = gptq.calibrated_tensors(module.get_submodule(name), spec, hessian, layout, compute_device)
-            rounded[name] = (spec.name, *(tensor.to(keep_device) for tensor in tensors))
+            layer = module.get_submodule(name)
+            divisor = smoothing.factors(layer.weight, hessian) if smooth else None
+            tensors = gptq.calibrated_tensors(layer, spec, hessian, layout, compute_device, divisor)
+            rounded[name] = (spec.name, *(None if tensor is None else tensor.to(keep_device) for tensor in tensors))
             del hessian
     return rounded
 

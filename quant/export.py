@@ -8,7 +8,9 @@ same numerics (ComfyUI 0.33's `full_precision_matrix_mult` flag does not stop it
 nominal dtype equals the input's, so an int8 A16 layer would come back with quantized activations).
 Layers stored in other formats (e4m3, int4, groups) are refused: export from backend simulate or comfy_kitchen.
 A low-rank branch (-r<N>) has no place in ComfyUI's format, so it is folded: a W8A8 linear's float weight (codes plus
-branch) is quantized again to int8 with fresh per-channel scales, dequantized layers include it."""
+branch) is quantized again to int8 with fresh per-channel scales, dequantized layers include it. A smoothed layer's
+input divisor (quant/smoothing.py) has no place there either, and folding it into int8 codes would lose what it is
+for, so a smoothed int8 linear is refused; a dequantized layer writes its weight with the divisor folded in (W)."""
 import json
 import os
 import re
@@ -17,7 +19,7 @@ from collections import Counter
 import torch
 from torch import nn
 
-from . import numerics
+from . import numerics, smoothing
 from .layers import PackedWeightMixin
 
 FORMAT = "int8_tensorwise"
@@ -52,7 +54,7 @@ def comfy_int8_state_dict(module, dtype=torch.bfloat16):
         if not isinstance(layer, PackedWeightMixin) or layer.quant_spec is None:
             continue
         spec, prefix = layer.quant_spec, f"{name}." if name else ""
-        for tensor in ("weight_scale", "lowrank_down", "lowrank_up"):
+        for tensor in ("weight_scale", "lowrank_down", "lowrank_up", "input_divisor"):
             state.pop(f"{prefix}{tensor}", None)
         if not isinstance(layer, nn.Linear) or spec.weight_only:
             state[f"{prefix}weight"] = layer.float_weight(dtype=dtype)
@@ -62,6 +64,9 @@ def comfy_int8_state_dict(module, dtype=torch.bfloat16):
             raise ExportError(f"layer {name!r} is {spec} stored as {layer.weight.dtype}: ComfyUI's int8 format takes "
                               "W8A8 / W8A16 linears with int8 codes and per-channel scales; quantize with backend "
                               "'simulate' or 'comfy_kitchen' to export")
+        if layer.smoothing_divisor is not None:
+            raise ExportError(f"layer {name!r} is smoothed ({smoothing.NAME}): ComfyUI's int8 format has no input "
+                              "divisor; load with smoothing 'off' to export")
         codes, scale = layer.weight.detach().to(torch.int8), layer.weight_scale.detach().float()
         if spec.rank:
             codes, scale = numerics.quantize_weight(layer.float_weight(dtype=torch.float32), 8)

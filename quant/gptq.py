@@ -13,7 +13,7 @@ way (its input is the layer's input too). Only the rounding changes; the format,
 import torch
 import torch.nn.functional as F
 
-from . import numerics
+from . import lowrank, numerics, smoothing
 from .layers import packed_codes, quantized_tensors
 
 # Added to H's diagonal, as a fraction of its mean: keeps the Cholesky factorisation defined for inputs that do
@@ -168,11 +168,13 @@ def gptq_quantize_weight(weight, hessian, bits, group_size=None, damping=DAMPING
     return codes.to(torch.int8), scale
 
 
-def calibrated_tensors(layer, spec, hessian, layout, compute_device=None):
+def calibrated_tensors(layer, spec, hessian, layout, compute_device=None, divisor=None):
     """(packed codes, scales[, down, up]) of a float Linear / Conv2d layer under `spec` with GPTQ's rounding: what
     quantize_module installs in place of round-to-nearest codes (the same layout, checked by the layer).
     layout: the backend's (dtype, shape, scale shape) for the layer; GPTQ chooses integer codes, so a backend that
-    stores other codes (fp8's e4m3 bytes) cannot take it."""
+    stores other codes (fp8's e4m3 bytes) cannot take it.
+    divisor: SmoothQuant's factors s (quant/smoothing.py): W diag(s) is rounded against D⁻¹ H D⁻¹, and the result
+    is (packed, scales, down or None, up or None, s), in set_quantized_'s order."""
     if layout[0] not in INTEGER_CODES:
         raise ValueError(f"calibrated rounding (GPTQ) chooses integer codes; this backend stores {spec} as "
                          f"{layout[0]} (use backend 'simulate', 'int8' or 'auto' for calibrated rounding)")
@@ -181,4 +183,9 @@ def calibrated_tensors(layer, spec, hessian, layout, compute_device=None):
         codes, scale = gptq_quantize_weight(matrix, hessian.to(matrix.device), spec.w_bits, spec.group_size)
         return packed_codes(codes, spec), scale
 
-    return quantized_tensors(layer.weight, spec, quantize_matrix, compute_device)
+    if divisor is None:
+        return quantized_tensors(layer.weight, spec, quantize_matrix, compute_device)
+    hessian = smoothing.smoothed_moments(hessian.float(), divisor.to(hessian.device))
+    tensors = quantized_tensors(smoothing.smoothed_weight(layer.weight, divisor), spec, quantize_matrix,
+                                compute_device, lowrank.factor_dtype(layer.weight.dtype))
+    return (*tensors, *((None, None) if len(tensors) == 2 else ()), divisor)

@@ -6,11 +6,16 @@ inside ComfyUI, where comfy_adapter/quant_ops.py adds ComfyUI's weight patching 
 keeps the name `.weight` (so state dicts, LoRA keys and offloading see the layer as usual); `weight_scale` holds
 the scales; the original float shape comes from the layer's own attributes (in/out features, kernel size).
 A spec with a rank adds the 16-bit low-rank branch (quant/lowrank.py) as buffers `lowrank_down` [r, in columns] and
-`lowrank_up` [out, r]; every backend's forward goes through `packed_forward`, which adds the branch to its output."""
+`lowrank_up` [out, r]; every backend's forward goes through `packed_forward`, which adds the branch to its output.
+A smoothed layer (quant/smoothing.py) holds `input_divisor` [in channels] float32: its codes and branch stand for
+W diag(s), and `smoothed_forward`, the one entry of every forward (this class's and ComfyUI's, quant_ops.py), divides
+the input by s before any backend's quantized path and the branch see it. float32, not 16 bit: x / s must use the
+same s that multiplied the weight, or the float product would move by s's rounding (2**-9 in bfloat16) per channel;
+it costs 32 bits per input channel (0.01 bits per weight at 3,072 outputs)."""
 import torch
 from torch import nn
 
-from . import lowrank, numerics
+from . import lowrank, numerics, smoothing
 from .spec import QuantSpec
 
 
@@ -52,19 +57,34 @@ def rank_problem(layer, spec):
     return None
 
 
+def input_channels(layer):
+    return layer.in_features if isinstance(layer, nn.Linear) else layer.in_channels
+
+
+def divisor_problem(layer, divisor):
+    """Why `divisor` cannot be `layer`'s smoothing divisor (None if it can): float32 [in channels], finite, > 0."""
+    channels = input_channels(layer)
+    if divisor.dtype != torch.float32 or tuple(divisor.shape) != (channels,):
+        return f"smoothing divisor {divisor.dtype}{tuple(divisor.shape)} does not match float32 ({channels},)"
+    if not (torch.isfinite(divisor).all() and (divisor > 0).all()):
+        return "smoothing divisor holds values that are not finite and positive"
+    return None
+
+
 def packed_codes(codes, spec):
     """int8 codes as stored for `spec`: two per byte for W2-W4, as they are for W5-W8."""
     return numerics.pack_int4(codes) if spec.packed_int4 else codes
 
 
-def quantized_tensors(weight, spec, quantize_matrix, compute_device=None):
+def quantized_tensors(weight, spec, quantize_matrix, compute_device=None, branch_dtype=None):
     """(packed codes, scales[, low-rank down, up]) of a float weight under `spec`, on the weight's device:
     the branch's truncated SVD first when the spec has one, then `quantize_matrix(matrix, spec)` -> (packed, scales)
-    of the [out, in columns] matrix (the weight, or its residual beside the branch), computed on `compute_device`."""
+    of the [out, in columns] matrix (the weight, or its residual beside the branch), computed on `compute_device`.
+    branch_dtype: the factors' dtype, None for lowrank.factor_dtype of the weight's."""
     home, weight = weight.device, weight.detach().to(compute_device or weight.device)
     matrix, branch = weight.reshape(weight.shape[0], -1), ()
     if spec.rank:
-        down, up, matrix = lowrank.split(matrix, spec.rank, lowrank.factor_dtype(weight.dtype))
+        down, up, matrix = lowrank.split(matrix, spec.rank, branch_dtype or lowrank.factor_dtype(weight.dtype))
         branch = (down, up)
     return tuple(tensor.to(home) for tensor in (*quantize_matrix(matrix, spec), *branch))
 
@@ -111,7 +131,8 @@ class PackedWeightMixin:
         codes, scale = numerics.quantize_weight(matrix, spec.w_bits, spec.group_size)
         return packed_codes(codes, spec), scale
 
-    def set_quantized_(self, spec, packed, scale, down=None, up=None):
+    def set_quantized_(self, spec, packed, scale, down=None, up=None, divisor=None):
+        """divisor: the smoothing divisor s the codes and branch were made for (they stand for W diag(s))."""
         dtype, shape, scale_shape = self.packed_layout(spec)
         if packed.dtype != dtype or tuple(packed.shape) != shape or tuple(scale.shape) != scale_shape:
             raise ValueError(f"quantized tensors {packed.dtype}{tuple(packed.shape)} / scales {tuple(scale.shape)} "
@@ -126,14 +147,23 @@ class PackedWeightMixin:
                     or down.dtype not in lowrank.FACTOR_DTYPES or up.dtype != down.dtype:
                 raise ValueError(f"low-rank factors {down.dtype}{tuple(down.shape)} / {up.dtype}{tuple(up.shape)} do "
                                  f"not match {spec}: 16-bit down {shapes[0]} and up {shapes[1]}")
+        if divisor is not None and divisor_problem(self, divisor):
+            raise ValueError(divisor_problem(self, divisor))
         self.quant_spec = spec
         self.weight = nn.Parameter(packed, requires_grad=False)
-        for name in ("weight_scale", "lowrank_down", "lowrank_up"):
+        for name in ("weight_scale", "lowrank_down", "lowrank_up", "input_divisor"):
             self._buffers.pop(name, None)
         self.register_buffer("weight_scale", kept_scales(scale))
         if shapes is not None:
             self.register_buffer("lowrank_down", down)
             self.register_buffer("lowrank_up", up)
+        if divisor is not None:
+            self.register_buffer("input_divisor", divisor)
+
+    @property
+    def smoothing_divisor(self):
+        """The smoothing divisor s (float32 [in channels]), None for a layer that is not smoothed."""
+        return self._buffers.get("input_divisor")
 
     def codes(self, packed=None):
         packed = self.weight if packed is None else packed
@@ -157,13 +187,20 @@ class PackedWeightMixin:
             self.float_weight_shape())
 
     def float_weight(self, packed=None, dtype=torch.float32, device=None):
-        """The float weight the layer stands for: the dequantized codes plus the low-rank branch (export, LoRA)."""
+        """The float weight the layer stands for: the dequantized codes plus the low-rank branch (export, LoRA), of
+        a smoothed layer divided by s again (the weight in the input's own units, which LoRA patches are made for)."""
         weight = self.dequantize(packed, dtype, device)
         branch = self.branch_weight(dtype, weight.device)
-        return weight if branch is None else weight + branch
+        weight = weight if branch is None else weight + branch
+        divisor = self.smoothing_divisor
+        return weight if divisor is None else smoothing.original_weight(weight.float(), divisor).to(dtype)
 
     def requantize_float(self, weight):
-        """Stored-layout codes for a float weight as float_weight gives it (the branch is taken off first)."""
+        """Stored-layout codes for a float weight as float_weight gives it (multiplied by s for a smoothed layer,
+        the branch taken off)."""
+        divisor = self.smoothing_divisor
+        if divisor is not None:
+            weight = smoothing.smoothed_weight(weight, divisor)
         branch = self.branch_weight(torch.float32, weight.device)
         return self.requantize(weight if branch is None else weight.float() - branch)
 
@@ -184,7 +221,15 @@ class PackedWeightMixin:
         if self.quant_spec is None:
             return super().forward(x, *args, **kwargs)
         bias = None if self.bias is None else self.bias.to(x.device, x.dtype, non_blocking=True)
-        return self.packed_forward(x, self.weight.to(x.device, non_blocking=True), bias)
+        return self.smoothed_forward(x, self.weight.to(x.device, non_blocking=True), bias)
+
+    def smoothed_forward(self, x, packed, bias):
+        """packed_forward on x / s for a smoothed layer (every backend's path and the branch see the divided input),
+        on x otherwise: the one place the divisor is applied."""
+        divisor = self.smoothing_divisor
+        if divisor is not None:
+            x = smoothing.divide_input(x, divisor, -1 if isinstance(self, nn.Linear) else 1)
+        return self.packed_forward(x, packed, bias)
 
     def packed_forward(self, x, packed, bias):
         """The backend's quantized path plus the low-rank branch on the unquantized input."""
@@ -202,7 +247,8 @@ class PackedWeightMixin:
 
 def bits_per_weight_of(module, stored=False):
     """Bits per weight over the quantized layers of `module` (codes + scales + low-rank factors over their weights,
-    each layer counted with the spec it got: spec.bits_per_weight per layer, weighted by its size); None if none."""
+    each layer counted with the spec it got: spec.bits_per_weight per layer, weighted by its size, plus a smoothed
+    layer's float32 divisor); None if none."""
     from .spec import bits_per_weight
     bits = weights = 0
     for layer in module.modules():
@@ -210,6 +256,8 @@ def bits_per_weight_of(module, stored=False):
             rows, *rest = float_weight_shape(layer)
             columns = int(torch.Size(rest).numel())
             bits += bits_per_weight(layer.quant_spec, rows, columns, stored) * rows * columns
+            if layer.smoothing_divisor is not None:
+                bits += 32 * layer.smoothing_divisor.numel()
             weights += rows * columns
     return bits / weights if weights else None
 

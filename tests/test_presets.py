@@ -203,8 +203,28 @@ def test_the_rounding_a_preset_was_fitted_on_is_compared_too(tmp_path):
                                                                                          calibrated)
 
 
+def test_the_smoothing_a_preset_was_fitted_on_is_compared_too(tmp_path):
+    import os
+    from comfyui_qsched.quant.smoothing import NAME
+    gptq = {"spec": "W4A4-g16-r8", "backend": "simulate", "rounding": "GPTQ"}
+    smoothed = {**gptq, "smoothing": NAME}
+    P.save_preset(tmp_path, "smoothed", make(quantizer=smoothed))
+    loaded = P.load_preset(tmp_path, "smoothed")
+    assert loaded["quantizer"] == smoothed and P.quantizer_mismatch(loaded, dict(smoothed)) is None
+    assert ("fitted on W4A4-g16-r8 (simulate backend, GPTQ rounding, SmoothQuant alpha 0.5 smoothing), this model "
+            "has W4A4-g16-r8 (simulate backend, GPTQ rounding): " in P.quantizer_mismatch(loaded, gptq))
+    # the web extension names the same smoothing (web/lib/quantspec.js, its own tests in tests/browser)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "web", "lib", "quantspec.js")
+    with open(script, encoding="utf-8") as handle:
+        assert f'export const SMOOTHING_NAME = "{NAME}";' in handle.read()
+
+
 @pytest.mark.parametrize("quantizer, message", [
     ({"spec": "W4A8-r0", "backend": "auto"}, "quantizer.spec: low-rank branch rank must be 1..1024"),
+    ({"spec": "W4A4", "backend": "auto", "rounding": "GPTQ", "smoothing": "on"},
+     "quantizer.smoothing must be 'SmoothQuant alpha 0.5' beside quantizer.rounding"),
+    ({"spec": "W4A4", "backend": "auto", "smoothing": "SmoothQuant alpha 0.5"},
+     "quantizer.smoothing must be 'SmoothQuant alpha 0.5' beside quantizer.rounding"),
     ({"spec": "w4a8_g64", "backend": "auto"}, "'w4a8_g64' is not written as 'W4A8-g64'"),
     ({"spec": "W4A8", "backend": "../x"}, "quantizer must be"),
     ({"spec": "W4A8"}, "quantizer must be"),

@@ -7,7 +7,7 @@ import { api } from "../../scripts/api.js";
 import { identity, linearSchedule, listSchedule } from "./lib/curves.js";
 import { sourceOf } from "./lib/links.js";
 import { drawCurves, drawSurface, surfacePoints } from "./lib/plot.js";
-import { quantizerWarning } from "./lib/quantspec.js";
+import { quantizerWarning, smoothingOf } from "./lib/quantspec.js";
 
 const CURVE_NODES = new Set(["QSchedCoefficients", "QSchedKSampler", "QSchedSampler", "QSchedLoadPreset"]);
 const PRESET_NODE = "QSchedLoadPreset";
@@ -167,9 +167,12 @@ function presetQuantizerWarning(node, summary) {
   let loader;
   try { loader = sourceOf(node, "model")?.node; } catch { return null; }
   if (!loader || !summary.quantizer) return null;
+  const calibrated = CALIBRATED_LOADERS.has(loader.comfyClass);
   const quantizer = QUANTIZED_LOADERS.has(loader.comfyClass)
     ? { spec: value(loader, "quantization"), backend: value(loader, "backend"),
-        rounding: CALIBRATED_LOADERS.has(loader.comfyClass) ? "GPTQ" : undefined } : null;
+        rounding: calibrated ? "GPTQ" : undefined,
+        smoothing: calibrated ? smoothingOf(value(loader, "smoothing"), value(loader, "quantization")) : undefined }
+    : null;
   return quantizerWarning(summary.model, summary.quantizer, quantizer);
 }
 
@@ -180,7 +183,8 @@ function presetLines(s) {
     `model: ${s.model ?? "?"}${s.family ? ` (${s.family})` : ""}${s.example ? " · example" : ""}`,
     `${s.quant ?? "?"} · ${s.sampler ?? "?"} · ${s.steps ?? "?"} steps`
       + (s.quantizer ? ` · fitted on ${s.quantizer.spec} (${s.quantizer.backend}`
-        + `${s.quantizer.rounding ? `, ${s.quantizer.rounding} rounding` : ""})` : ""),
+        + `${s.quantizer.rounding ? `, ${s.quantizer.rounding} rounding` : ""}`
+        + `${s.quantizer.smoothing ? `, ${s.quantizer.smoothing} smoothing` : ""})` : ""),
     Number.isFinite(s.best_score) ? `${s.scorer ?? "score"}: identity ${fmt(s.identity_score)} → best ${fmt(s.best_score)}${gain}`
       : "scores: not recorded",
   ];

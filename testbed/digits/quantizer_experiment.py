@@ -23,7 +23,7 @@ import torch
 
 from ...atomic_files import write_text_atomic
 from ...calibration.closed_form import StepReached, fit_schedule, record_fits, step_recorder
-from ...quant import QuantSpec, quantize_module
+from ...quant import QuantSpec, quantize_module, smoothing
 from ...quant.gptq import InputMoments, enough_rows
 from ...quant.policy import DEFAULT_POLICY
 from ...samplers import SAMPLERS, QSchedSchedule
@@ -38,7 +38,7 @@ FIT_PAIRS = 40
 GPTQ = "gptq"
 GPTQ_ROW_RULE = "gptq, row rule"
 GPTQ_SMOOTHED = "gptq, smoothed"
-SMOOTH_ALPHA = 0.5
+SMOOTH_ALPHA = smoothing.ALPHA
 MAP_SIZE = 8
 HERE = os.path.dirname(os.path.abspath(__file__))
 # (row name, quantization spec or None for FP32, correction: None, "channel" or "map"[, rounding: "gptq"]); rows
@@ -167,27 +167,21 @@ def on_e4m3_grid(denoiser):
 
 
 def smooth(unet, hessians, alpha=SMOOTH_ALPHA):
-    """SmoothQuant's migration (Xiao et al. 2023, eq. 4: s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)), with the RMS of
-    input channel j from the moments standing in for max|X_j|: each layer of `hessians` divides its input channel j
-    by s_j at run time (a forward pre-hook) and its weight's column j is multiplied by s_j, so the float product is
-    unchanged. Returns the moments of the smoothed inputs (D^-1 H D^-1, D the columns' factors) for GPTQ."""
+    """SmoothQuant's migration (quant/smoothing.py, the pack's one definition: s_j = rms_j^alpha / max|W_j|^(1 -
+    alpha), rms from the moments' diagonal): each layer of `hessians` divides its input channel j by s_j at run time
+    (a forward pre-hook) and its weight's column j is multiplied by s_j, so the float model is unchanged. Returns
+    the moments of the smoothed inputs (D^-1 H D^-1, D the columns' factors) for GPTQ."""
     smoothed = {}
     for name, hessian in hessians.items():
         layer = unet.get_submodule(name)
-        weight = layer.weight.data
-        channels = weight.shape[1]
-        per_column = hessian.diagonal().clamp(min=1e-12).sqrt().view(channels, -1)   # conv: [in, kh * kw]
-        rms = per_column.square().mean(1).sqrt()
-        weight_max = weight.abs().transpose(0, 1).reshape(channels, -1).amax(1).clamp(min=1e-8)
-        factors = (rms ** alpha / weight_max ** (1 - alpha)).clamp(min=1e-5)
-        layer.weight.data = weight * factors.view(1, channels, *([1] * (weight.dim() - 2)))
-        shape = (-1,) if isinstance(layer, torch.nn.Linear) else (channels, 1, 1)
+        factors = smoothing.factors(layer.weight.data, hessian, alpha)
+        layer.weight.data = smoothing.smoothed_weight(layer.weight.data, factors)
+        channel_dim = -1 if isinstance(layer, torch.nn.Linear) else 1
 
-        def divide(module, inputs, shape=shape, factors=factors):
-            return (inputs[0] / factors.view(shape).to(inputs[0].dtype),) + tuple(inputs[1:])
+        def divide(module, inputs, channel_dim=channel_dim, factors=factors):
+            return (smoothing.divide_input(inputs[0], factors, channel_dim),) + tuple(inputs[1:])
         layer.register_forward_pre_hook(divide)
-        columns = factors.repeat_interleave(per_column.shape[1])
-        smoothed[name] = hessian / columns[:, None] / columns[None, :]
+        smoothed[name] = smoothing.smoothed_moments(hessian, factors)
     return smoothed
 
 

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { readFileSync } from "node:fs";
-import { parseSpec, quantizerWarning, sameSpec, specName } from "../../web/lib/quantspec.js";
+import { parseSpec, quantizerWarning, sameSpec, smoothingOf, SMOOTHING_NAME, specName } from "../../web/lib/quantspec.js";
 
 // The cases quant/spec.py is checked against too (tests/test_quant_spec_vectors.py).
 const VECTORS = JSON.parse(readFileSync(new URL("../quant_spec_vectors.json", import.meta.url), "utf8")).cases;
@@ -56,4 +56,25 @@ test("quantizerWarning compares the rounding as quantizer_mismatch does (absent:
                "preset 'tiny' was fitted on W4A8 (int8 backend, GPTQ rounding), this model has W4A8 (int8 backend): "
                + "its coefficients correct another quantizer's error");
   assert.match(quantizerWarning("tiny", nearest, calibrated), /this model has W4A8 \(int8 backend, GPTQ rounding\)/);
+});
+
+test("smoothingOf resolves the calibrated loader's smoothing as quant/smoothing.py resolve does", () => {
+  assert.equal(smoothingOf("auto", "W4A4-g16-r8"), SMOOTHING_NAME);
+  assert.equal(smoothingOf(undefined, "w4a4_g64"), SMOOTHING_NAME);   // a workflow saved before the widget: auto
+  assert.equal(smoothingOf("auto", "W4A8-g64"), undefined);
+  assert.equal(smoothingOf("auto", "W4A16"), undefined);
+  assert.equal(smoothingOf("on", "W8A8"), SMOOTHING_NAME);
+  assert.equal(smoothingOf("off", "W4A4"), undefined);
+  assert.equal(smoothingOf("auto", "not a spec"), undefined);
+});
+
+test("quantizerWarning compares the smoothing as quantizer_mismatch does (absent: none)", () => {
+  const gptq = { spec: "W4A4-g16-r8", backend: "simulate", rounding: "GPTQ" };
+  const smoothed = { ...gptq, smoothing: SMOOTHING_NAME };
+  assert.equal(quantizerWarning("tiny", smoothed, { ...smoothed }), null);
+  assert.equal(quantizerWarning("tiny", gptq, { ...gptq, smoothing: undefined }), null);
+  assert.equal(quantizerWarning("tiny", gptq, smoothed),
+               "preset 'tiny' was fitted on W4A4-g16-r8 (simulate backend, GPTQ rounding), this model has W4A4-g16-r8 "
+               + "(simulate backend, GPTQ rounding, SmoothQuant alpha 0.5 smoothing): its coefficients correct another "
+               + "quantizer's error");
 });

@@ -82,17 +82,29 @@ export function sameSpec(a, b) {
   return canonical(a) === canonical(b);
 }
 
-const describe = (q) => (q ? `${q.spec} (${q.backend} backend${q.rounding ? `, ${q.rounding} rounding` : ""})`
-  : "no Q-Sched quantizer");
+const describe = (q) => (q ? `${q.spec} (${q.backend} backend${q.rounding ? `, ${q.rounding} rounding` : ""}`
+  + `${q.smoothing ? `, ${q.smoothing} smoothing` : ""})` : "no Q-Sched quantizer");
+
+// quant/smoothing.py: NAME, and resolve(mode, spec) for the calibrated loader's `smoothing` widget ("auto": on for
+// quantized activations of 4 bits or fewer). The smoothing a load of `specText` records, undefined for none.
+export const SMOOTHING_NAME = "SmoothQuant alpha 0.5";
+export function smoothingOf(mode, specText) {
+  let aBits = null;
+  try { aBits = parseSpec(specText).a_bits; } catch { /* an unparsable spec loads nothing */ }
+  const on = mode === "on" || ((mode ?? "auto") === "auto" && aBits !== null && aBits <= 4);
+  return on ? SMOOTHING_NAME : undefined;
+}
 
 // calibration/presets.py quantizer_mismatch: the warning when a preset fitted on `recorded` ({spec, backend[,
-// rounding]}) goes to a model built with `model`'s quantizer (null: a model the quantized loaders did not make); null
-// when they agree or the preset records none. No rounding: round-to-nearest.
+// rounding[, smoothing]]}) goes to a model built with `model`'s quantizer (null: a model the quantized loaders did
+// not make); null when they agree or the preset records none. No rounding: round-to-nearest; no smoothing: none.
 export function quantizerWarning(presetModel, recorded, model) {
   if (!recorded) return null;
   if (model && sameSpec(model.spec, recorded.spec) && model.backend === recorded.backend
-      && (model.rounding ?? null) === (recorded.rounding ?? null)) return null;
-  const modelQuantizer = model && { spec: canonical(model.spec), backend: model.backend, rounding: model.rounding };
+      && (model.rounding ?? null) === (recorded.rounding ?? null)
+      && (model.smoothing ?? null) === (recorded.smoothing ?? null)) return null;
+  const modelQuantizer = model && { spec: canonical(model.spec), backend: model.backend, rounding: model.rounding,
+                                    smoothing: model.smoothing };
   return `preset ${pyStrRepr(String(presetModel))} was fitted on ${describe(recorded)}, this model has `
     + `${describe(modelQuantizer)}: its coefficients correct another quantizer's error`;
 }
