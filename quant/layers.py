@@ -257,7 +257,7 @@ def bits_per_weight_of(module, stored=False):
             columns = int(torch.Size(rest).numel())
             bits += bits_per_weight(layer.quant_spec, rows, columns, stored) * rows * columns
             if layer.smoothing_divisor is not None:
-                bits += 32 * layer.smoothing_divisor.numel()
+                bits += DIVISOR_BITS * layer.smoothing_divisor.numel()
             weights += rows * columns
     return bits / weights if weights else None
 
@@ -278,6 +278,7 @@ class SimulatedConv(PackedWeightMixin):
         return self._conv_forward(self.quantize_input(x, 1), weight, bias)
 
 
+DIVISOR_BITS = 32  # a smoothing divisor's entries are float32 (divisor_problem)
 _CLASSES = {}
 
 

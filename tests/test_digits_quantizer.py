@@ -152,3 +152,16 @@ def test_smoothing_keeps_the_float_model_and_returns_the_smoothed_inputs_moments
         assert float((hessian - measured[name]).abs().max()) < 1e-3 * scale, name
     spread = lambda h: float(h.diagonal().max() / h.diagonal().clamp(min=1e-12).min())   # noqa: E731
     assert sum(spread(returned[n]) < spread(hessians[n]) for n in hessians) > len(hessians) // 2
+
+
+def test_smoothed_rows_count_their_divisors_in_bits_per_weight(unet):
+    """A smoothed row's b/w is its spec's plus one float32 divisor per input channel of each smoothed layer (as the
+    loader stores them: quant.layers.bits_per_weight_of), over the quantized weights."""
+    hessians = qe.calibration_moments(unet, "W4A4-g16", 2, pairs=10)
+    _, plain = qe.quantize(unet, "W4A4-g16", hessians)
+    _, smoothed = qe.quantize(unet, "W4A4-g16", hessians, smoothed=True)
+    shapes = qe.weight_shapes(unet)
+    channels = sum(unet.get_submodule(name).weight.shape[1] for name in hessians)
+    weights = sum(shapes[name][0] * shapes[name][1] for name in hessians)
+    assert plain == pytest.approx(5.0)
+    assert smoothed == pytest.approx(5.0 + 32 * channels / weights)

@@ -25,6 +25,7 @@ from ...atomic_files import write_text_atomic
 from ...calibration.closed_form import StepReached, fit_schedule, record_fits, step_recorder
 from ...quant import QuantSpec, quantize_module, smoothing
 from ...quant.gptq import InputMoments, enough_rows
+from ...quant.layers import DIVISOR_BITS
 from ...quant.policy import DEFAULT_POLICY
 from ...samplers import SAMPLERS, QSchedSchedule
 from ...samplers.model_sampling import EPSSampling
@@ -139,11 +140,17 @@ def quantize(unet, spec_text, hessians=None, smoothed=False):
         return LCMDenoiser(unet).eval(), 32.0
     spec = QuantSpec.parse(spec_text)
     shapes = weight_shapes(unet)
+    channels = {}  # input channels of the smoothed layers
     if smoothed:
+        channels = {name: unet.get_submodule(name).weight.shape[1] for name in hessians}
         hessians = smooth(unet, hessians)
     report = quantize_module(unet, spec, backend="simulate", hessians=hessians)
     quantized = [layer.name for layer in report.layers if layer.spec is not None]
-    return LCMDenoiser(unet).eval(), bits_per_weight(spec, shapes, quantized)
+    bits = bits_per_weight(spec, shapes, quantized)
+    # the smoothed layers' divisors, one per input channel, as quant.layers.bits_per_weight_of counts them
+    bits += DIVISOR_BITS * sum(channels.get(name, 0) for name in quantized) / sum(
+        shapes[name][0] * shapes[name][1] for name in quantized)
+    return LCMDenoiser(unet).eval(), bits
 
 
 def on_e4m3_grid(denoiser):
