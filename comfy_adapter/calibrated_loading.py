@@ -56,8 +56,7 @@ class CalibrationSampling:
             raise ValueError("calibrated rounding needs a CLIP (text encoder) to encode the calibration prompts")
         if not budget_gib > 0:
             raise ValueError(f"moments_budget_gib must be positive, got {budget_gib!r}")
-        if smoothing_mode not in smoothing.MODES:
-            raise ValueError(f"smoothing must be one of {', '.join(smoothing.MODES)}, got {smoothing_mode!r}")
+        smoothing.check_mode(smoothing_mode)
         self.smoothing_mode, self.smooth = smoothing_mode, smoothing_mode == "on"
         self.config = CalibrationConfig(**settings)   # bounds and choices checked, one message per setting
         self.prompts = self.config.prompt_list()

@@ -228,7 +228,7 @@ class PackedWeightMixin:
         on x otherwise: the one place the divisor is applied."""
         divisor = self.smoothing_divisor
         if divisor is not None:
-            x = smoothing.divide_input(x, divisor, -1 if isinstance(self, nn.Linear) else 1)
+            x = smoothing.divide_input(x, divisor, smoothing.channel_dim(self))
         return self.packed_forward(x, packed, bias)
 
     def packed_forward(self, x, packed, bias):

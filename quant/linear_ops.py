@@ -73,13 +73,23 @@ def kernels_free_int4(packed, rows, cols, dtype):
 def fp8_fast(x, packed, weight_scale, bias, out_features, int4):
     if int4 and FP8_W4_GEMM == "triton" and kernels.gemm_kernels is not None:
         return qgemm_fast(x, packed, weight_scale, bias, out_features, int4, False)
+    return _fp8_gemm(x, packed, weight_scale, bias, out_features, int4)
+
+
+def _fp8_gemm(x, packed, column_scale, bias, out_features, int4, ratio=None):
+    """One activation-quantization launch (per-token e4m3, rows padded to 16 as _scaled_mm needs), the weight in
+    e4m3 (as stored; packed int4 unpacked; with `ratio`, group-wise int4 as GROUP_GEMM "e4m3" makes it), one cuBLAS
+    FP8 GEMM with float32 column scales."""
     tk = kernels.triton_kernels
     rows = _columns(x.reshape(-1, x.shape[-1]))
     count, cols = rows.shape
     padded = -(-count // 16) * 16
     codes, scale = tk.quantize_rows_fp8(rows, padded)
-    weight = tk.int4_unpack(packed, out_features, cols, fp8.E4M3) if int4 else packed
-    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias,
+    if ratio is not None:
+        weight = tk.int4_groups_e4m3(packed, ratio, out_features, cols)
+    else:
+        weight = tk.int4_unpack(packed, out_features, cols, fp8.E4M3) if int4 else packed
+    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=column_scale.view(1, -1), bias=bias,
                            out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION)
     return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)
 
@@ -143,16 +153,13 @@ def fp8_group_reference(x, packed, weight_scale, bias, out_features, int4=True):
 
 def fp8_group_fast(x, packed, weight_scale, bias, out_features, int4=True):
     """GROUP_GEMM "e4m3" on CUDA: one activation-quantization launch, one unpacking launch, one cuBLAS FP8 GEMM."""
-    tk = kernels.triton_kernels
-    rows = _columns(x.reshape(-1, x.shape[-1]))
-    count, cols = rows.shape
-    padded = -(-count // 16) * 16
-    codes, scale = tk.quantize_rows_fp8(rows, padded)
     ratio, channel = group_ratios(weight_scale)
-    weight = tk.int4_groups_e4m3(packed, ratio, out_features, cols)
-    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=channel.view(1, -1), bias=bias,
-                           out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION)
-    return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)
+    return _fp8_gemm(x, packed, channel, bias, out_features, True, ratio)
+
+
+def _grouped(weight_scale):
+    """Whether weight scales [N, G] hold more than one group per row."""
+    return weight_scale.dim() == 2 and weight_scale.shape[1] > 1
 
 
 def qgemm_reference(x, packed, weight_scale, bias, out_features, int4, int8_codes, xd=None, up=None,
@@ -165,8 +172,7 @@ def qgemm_reference(x, packed, weight_scale, bias, out_features, int4, int8_code
     codes, scale = (int8 if int8_codes else fp8).quantize_rows(rows, count)
     weight = kernels_free_int4(packed, out_features, x.shape[-1], torch.int8) if int4 else packed
     lr = None if xd is None else xd.reshape(count, -1)
-    grouped = weight_scale.dim() == 2 and weight_scale.shape[1] > 1
-    define = qgemm.dequant_reference if group_gemm == "fp16" and grouped else qgemm.reference
+    define = qgemm.dequant_reference if group_gemm == "fp16" and _grouped(weight_scale) else qgemm.reference
     out = define(codes, scale, weight, weight_scale, bias, count, x.dtype, lr, up)
     return out.view(*x.shape[:-1], out_features)
 
@@ -261,8 +267,7 @@ def qgemm_linear(x, packed, weight_scale, bias, out_features, int4, int8_codes, 
     """x [..., K] @ dequantized weight^T + bias (+ xd @ up^T) through the Triton GEMM: int8 or e4m3 activation codes,
     weight int8 / e4m3 [N, K] or packed int4 [N, K / 2], scales [N, 1] or per group [N, K / G]. Under torch.compile
     always the opaque op: the per-group torch definition would trace into a few ops per group."""
-    if GROUP_GEMM == "e4m3" and int4 and not int8_codes and xd is None and weight_scale.dim() == 2 \
-            and weight_scale.shape[1] > 1:
+    if GROUP_GEMM == "e4m3" and int4 and not int8_codes and xd is None and _grouped(weight_scale):
         return _call(FP8_GROUP_OP, fp8_group_fast, fp8_group_reference, x, packed, weight_scale, bias, out_features,
                      True)
     args = (x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up)

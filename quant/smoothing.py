@@ -9,6 +9,8 @@ layer keeps s as its `input_divisor` (quant/layers.py); GPTQ rounds W diag(s) ag
 Measured on the digits testbed only (RESULTS.md, "SmoothQuant's migration"): it helps W4A4; at A8 nothing was
 measured, so "auto" leaves it off there. testbed/digits/quantizer_experiment.py's smooth() uses these functions."""
 
+from torch import nn
+
 ALPHA = 0.5  # the paper's default migration strength, the one measured on the testbed
 MODES = ("auto", "on", "off")
 DEFAULT_MODE = "auto"
@@ -21,10 +23,14 @@ MODE_HELP = ("SmoothQuant-style smoothing of the GPTQ-rounded layers (input chan
 _MOMENT_FLOOR, _WEIGHT_FLOOR, _FACTOR_FLOOR = 1e-12, 1e-8, 1e-5
 
 
-def resolve(mode, spec):
-    """Whether a calibrated load of `spec` (a QuantSpec) smooths its GPTQ-rounded layers under `mode`."""
+def check_mode(mode):
     if mode not in MODES:
         raise ValueError(f"smoothing must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def resolve(mode, spec):
+    """Whether a calibrated load of `spec` (a QuantSpec) smooths its GPTQ-rounded layers under `mode`."""
+    check_mode(mode)
     return mode == "on" or mode == "auto" and not spec.weight_only and spec.a_bits <= 4
 
 
@@ -54,6 +60,11 @@ def smoothed_moments(hessian, divisor):
     """D⁻¹ H D⁻¹: the moments of the smoothed inputs (each channel's factor over its kernel's columns)."""
     columns = divisor.to(hessian.device, hessian.dtype).repeat_interleave(hessian.shape[0] // divisor.numel())
     return hessian / columns[:, None] / columns[None, :]
+
+
+def channel_dim(layer):
+    """The dimension of a Linear's (last) or a convolution's (1) input that holds its channels."""
+    return -1 if isinstance(layer, nn.Linear) else 1
 
 
 def divide_input(x, divisor, channel_dim):

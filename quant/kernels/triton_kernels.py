@@ -204,14 +204,21 @@ def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_row
 
 
 @triton.jit
-def _int4_unpack_kernel(packed_ptr, out_ptr, cols, out_stride, BLOCK: tl.constexpr):
-    """Row `program_id(0)` of packed signed int4 pairs -> int8 or e4m3 codes (exact), into a row of stride
-    out_stride (a wider buffer whose extra columns hold the folded low-rank factor)."""
+def _int4_pairs(packed_ptr, cols, BLOCK: tl.constexpr):
+    """(row, its 2 * BLOCK signed int4 codes in column order as int32, their columns) of the block at program
+    (row, block) of packed int4 [rows, cols / 2]; codes past the edge read as 0."""
     row = tl.program_id(0).to(tl.int64)
     half = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     byte = tl.load(packed_ptr + row * (cols // 2) + half, mask=half < cols // 2, other=0x88).to(tl.int32)
     pair = tl.reshape(tl.join((byte & 15) - 8, (byte >> 4) - 8), [2 * BLOCK])
-    columns = 2 * tl.program_id(1) * BLOCK + tl.arange(0, 2 * BLOCK)
+    return row, pair, 2 * tl.program_id(1) * BLOCK + tl.arange(0, 2 * BLOCK)
+
+
+@triton.jit
+def _int4_unpack_kernel(packed_ptr, out_ptr, cols, out_stride, BLOCK: tl.constexpr):
+    """Row `program_id(0)` of packed signed int4 pairs -> int8 or e4m3 codes (exact), into a row of stride
+    out_stride (a wider buffer whose extra columns hold the folded low-rank factor)."""
+    row, pair, columns = _int4_pairs(packed_ptr, cols, BLOCK)
     tl.store(out_ptr + row * out_stride + columns, pair.to(tl.float32).to(out_ptr.dtype.element_ty), mask=columns < cols)
 
 
@@ -228,11 +235,7 @@ def _round_to_e4m3(v):
 def _int4_groups_e4m3_kernel(packed_ptr, ratio_ptr, out_ptr, cols, groups, GROUP: tl.constexpr, BLOCK: tl.constexpr):
     """Row `program_id(0)` of group-wise packed int4 -> e4m3(code * ratio[row, column // GROUP]) (float32 product,
     one rounding): linear_ops.group_e4m3_reference."""
-    row = tl.program_id(0).to(tl.int64)
-    half = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    byte = tl.load(packed_ptr + row * (cols // 2) + half, mask=half < cols // 2, other=0x88).to(tl.int32)
-    pair = tl.reshape(tl.join((byte & 15) - 8, (byte >> 4) - 8), [2 * BLOCK])
-    columns = 2 * tl.program_id(1) * BLOCK + tl.arange(0, 2 * BLOCK)
+    row, pair, columns = _int4_pairs(packed_ptr, cols, BLOCK)
     ratio = tl.load(ratio_ptr + row * groups + columns // GROUP, mask=columns < cols, other=0.0)
     tl.store(out_ptr + row * cols + columns, _round_to_e4m3(pair.to(tl.float32) * ratio).to(out_ptr.dtype.element_ty),
              mask=columns < cols)

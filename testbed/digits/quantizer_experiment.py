@@ -183,9 +183,7 @@ def smooth(unet, hessians, alpha=SMOOTH_ALPHA):
         layer = unet.get_submodule(name)
         factors = smoothing.factors(layer.weight.data, hessian, alpha)
         layer.weight.data = smoothing.smoothed_weight(layer.weight.data, factors)
-        channel_dim = -1 if isinstance(layer, torch.nn.Linear) else 1
-
-        def divide(module, inputs, channel_dim=channel_dim, factors=factors):
+        def divide(module, inputs, channel_dim=smoothing.channel_dim(layer), factors=factors):
             return (smoothing.divide_input(inputs[0], factors, channel_dim),) + tuple(inputs[1:])
         layer.register_forward_pre_hook(divide)
         smoothed[name] = smoothing.smoothed_moments(hessian, factors)
@@ -323,13 +321,16 @@ def run_weights(folder, label, row_keys, steps_list, seeds, samples, results, ou
         for key in row_keys:
             method, spec, form, *rounding = ROWS[key]
             model_key = (spec, steps, *rounding) if rounding else spec   # GPTQ's moments: the sampler at `steps`
-            model_key = (model_key, key in E4M3_GRID_ROWS)
             if model_key not in models:
                 models[model_key] = quantize(unet, spec, calibration_moments(
                     unet, spec, steps, row_rule=rounding[0] == GPTQ_ROW_RULE) if rounding else None,
                     smoothed=bool(rounding) and rounding[0] == GPTQ_SMOOTHED)
-                if key in E4M3_GRID_ROWS:
-                    models[model_key] = (on_e4m3_grid(models[model_key][0]), models[model_key][1])
+            if key in E4M3_GRID_ROWS:  # the same codes as the plain twin, on the e4m3 form's grid
+                grid_key = (model_key, "e4m3 grid")
+                if grid_key not in models:
+                    plain, bits = models[model_key]
+                    models[grid_key] = (on_e4m3_grid(copy.deepcopy(plain)), bits)
+                model_key = grid_key
             denoiser, bits = models[model_key]
             schedule, fit = correction(fp, denoiser, steps, form)
             cell = evaluate_row(method, denoiser, steps, schedule, None, scorer, fids, seeds, samples)
@@ -374,8 +375,8 @@ def main(argv=None):
     parser.add_argument("--markdown", default=None, help="also write the table here")
     parser.add_argument("--jobs", type=int, default=1, help="N > 1: run every (weights, steps, row) as its own "
                         "process (each with its FP32 row), N at a time, then merge them into --out")
-    parser.add_argument("--jobs-dir", default=None, help="with --jobs: keep each process's JSON and log here (default: a "
-                        "new temporary folder), so that a run cut short can still be merged")
+    parser.add_argument("--jobs-dir", default=None, help="with --jobs: keep each process's JSON and log here "
+                        "(default: a new temporary folder), so that a run cut short can still be merged")
     parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                         help="measure nothing: merge these results files into --out and print the table")
     args = parser.parse_args(argv)
