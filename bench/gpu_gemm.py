@@ -240,6 +240,7 @@ def paths_for(m, k, n, device, generator):
     i8, si8 = weights(n, k, "int8", None, device, generator)
     i4, si4 = weights(n, k, "int4", None, device, generator)
     g4, sg4 = weights(n, k, "int4", 64, device, generator)
+    sg4 = sg4.half()  # float16 group scales, as the layers keep them
 
     def unfused(call):
         def run():
@@ -251,7 +252,7 @@ def paths_for(m, k, n, device, generator):
               CUBLAS[1]: lambda: linear_ops.fp8_fast(x, i4, si4, bias, n, True),
               CUBLAS[2]: lambda: linear_ops.int8_fast(x, i8, si8, bias, n, False),
               CUBLAS[3]: lambda: linear_ops.int8_fast(x, i4, si4, bias, n, True),
-              CUBLAS[4]: lambda: linear_ops.fp8_group_fast(x, g4, sg4.half(), bias, n)}
+              CUBLAS[4]: lambda: linear_ops.fp8_group_fast(x, g4, sg4, bias, n)}
     for name, call in cublas.items():
         calls[name] = (call, unfused(call), None)
     for name, int8_codes, kind, group, dequant in VARIANTS:

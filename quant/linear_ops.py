@@ -153,8 +153,19 @@ def fp8_group_reference(x, packed, weight_scale, bias, out_features, int4=True):
 
 def fp8_group_fast(x, packed, weight_scale, bias, out_features, int4=True):
     """GROUP_GEMM "e4m3" on CUDA: one activation-quantization launch, one unpacking launch, one cuBLAS FP8 GEMM."""
-    ratio, channel = group_ratios(weight_scale)
+    ratio, channel = _memoized_group_ratios(weight_scale)
     return _fp8_gemm(x, packed, channel, bias, out_features, True, ratio)
+
+
+def _memoized_group_ratios(weight_scale):
+    """group_ratios, kept on the scale tensor itself: the scales of a resident layer do not change between calls
+    (LoRA requantizes on fixed scales), and computing the ratios takes three more launches per layer call. A tensor
+    moved or cast per call (offload) is a new tensor and gets its ratios afresh; an in-place change bumps _version."""
+    memo = getattr(weight_scale, "_qsched_group_ratios", None)
+    if memo is None or memo[0] != weight_scale._version:
+        memo = (weight_scale._version, *group_ratios(weight_scale))
+        weight_scale._qsched_group_ratios = memo
+    return memo[1], memo[2]
 
 
 def _grouped(weight_scale):

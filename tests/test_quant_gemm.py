@@ -143,6 +143,23 @@ def test_fp8_backend_e4m3_group_form_is_one_fp8_product(monkeypatch):
     assert 0 < rel(out, exact_form) < 0.05
 
 
+def test_group_ratios_are_computed_once_per_scale_tensor_and_again_after_a_change():
+    """fp8_group_fast's memo: the ratios of a resident layer's scales come back without recomputing (the same
+    tensors), equal to group_ratios; an in-place change of the scales, or another scale tensor, recomputes."""
+    scale = torch.rand(6, 4, generator=torch.Generator().manual_seed(1)).half() + 0.01
+    ratio, channel = linear_ops._memoized_group_ratios(scale)
+    expected_ratio, expected_channel = linear_ops.group_ratios(scale)
+    assert torch.equal(ratio, expected_ratio) and torch.equal(channel, expected_channel)
+    again = linear_ops._memoized_group_ratios(scale)
+    assert again[0] is ratio and again[1] is channel
+    scale[2, 1] = 5.0
+    changed_ratio, changed_channel = linear_ops._memoized_group_ratios(scale)
+    assert changed_ratio is not ratio and changed_channel[2, 0] == 5.0
+    assert torch.equal(changed_ratio, linear_ops.group_ratios(scale)[0])
+    moved = scale.float().half()  # what an offloaded layer's per-call cast gives: a new tensor
+    assert linear_ops._memoized_group_ratios(moved)[0] is not changed_ratio
+
+
 def test_backends_refuse_group_sizes_the_kernel_lacks():
     with pytest.raises(BackendError, match="weight groups of 16, 32, 64, 128"):
         quantize_module(net(), "W4A8-g8", backend="int8")
