@@ -34,7 +34,7 @@ fi
 LIMIT=$(( ${BUDGET_S:-580} - (SECONDS - script_start) ))  # what the device call has left
 if [ "$LIMIT" -lt 30 ]; then echo "no time left to measure"; exit 0; fi
 UNITS=$(( $(echo "$ROWS" | tr ',' '\n' | grep -vc '^fp32$') ))
-THREADS=$(( $(nproc) / UNITS )); [ "$THREADS" -ge 1 ] || THREADS=1
+THREADS=${THREADS:-$(( $(nproc) / UNITS ))}; [ "$THREADS" -ge 1 ] || THREADS=1  # THREADS: set when calls share the CPUs
 JOBS="$OUT/jobs_${STEPS}"
 status=0
 timeout "$LIMIT" python3 -m qsched digits-quantizer --weights weights_wide --rows "$ROWS" --steps "$STEPS" \

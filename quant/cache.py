@@ -87,7 +87,8 @@ def save_cache(path, module, identity, gptq_rounded=()):
         if isinstance(layer, PackedWeightMixin) and layer.quant_spec is not None:
             spec = layer.quant_spec
             info = {"format": _layer_format(layer), "spec": spec.name, "w_bits": spec.w_bits, "a_bits": spec.a_bits,
-                    "group_size": spec.group_size, "activations": spec.act_granularity, "rank": spec.rank}
+                    "group_size": spec.group_size, "activations": spec.act_granularity,
+                    "activation_group_size": spec.act_group_size, "rank": spec.rank}
             if name in gptq_rounded:
                 info["rounding"] = GPTQ_ROUNDING
             tensors[f"{name}.weight"] = layer.weight.detach().cpu().contiguous()

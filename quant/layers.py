@@ -215,7 +215,8 @@ class PackedWeightMixin:
         spec = self.quant_spec
         if spec is None or spec.weight_only:
             return x
-        return numerics.fake_quantize_activation(x, spec.a_bits, spec.act_granularity, channel_dim)
+        return numerics.fake_quantize_activation(x, spec.a_bits, spec.act_granularity, channel_dim,
+                                                  spec.act_group_size)
 
     def forward(self, x, *args, **kwargs):
         if self.quant_spec is None:

@@ -108,10 +108,20 @@ def unpack_int4(packed, columns):
     return torch.stack((low, high), dim=-1).reshape(*packed.shape[:-1], -1)[..., :columns]
 
 
-def fake_quantize_activation(x, bits, granularity="token", channel_dim=-1):
+def fake_quantize_activation(x, bits, granularity="token", channel_dim=-1, group_size=None):
     """Dynamic symmetric quantize-dequantize: one scale per token (per pixel for convs: the channel
-    dim is reduced) or one per tensor. Computed in float32, returned in x's dtype."""
+    dim is reduced), one per group of `group_size` consecutive channels of each token ("group"; a last, shorter
+    group when the channels do not divide), or one per tensor. Computed in float32, returned in x's dtype."""
     xf = x.float()
+    if granularity == "group":
+        channels = xf.shape[channel_dim]
+        grouped = xf.movedim(channel_dim, -1)
+        padded = torch.nn.functional.pad(grouped, (0, -channels % group_size))  # zeros leave each max unchanged
+        grouped = padded.reshape(*grouped.shape[:-1], -1, group_size)
+        scale = grouped.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / qmax(bits)
+        codes = torch.round(grouped / scale).clamp(-qmax(bits), qmax(bits))
+        out = (codes * scale).reshape(padded.shape)[..., :channels].movedim(-1, channel_dim)
+        return out.to(x.dtype)
     if granularity == "token":
         amax = xf.abs().amax(dim=channel_dim, keepdim=True)
     else:

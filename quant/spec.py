@@ -1,5 +1,6 @@
 """Quantization specs: "W4A8", "W8A8-g64", "W4A8-tensor", "W4A16" (weight only), "W4A4-g64-r32" (16-bit low-rank
-branch of rank 32 beside the quantized weight)."""
+branch of rank 32 beside the quantized weight), "W4A4-g64-ag64" (activations with one scale per group of 64 input
+channels of each token)."""
 import re
 from dataclasses import dataclass, replace
 
@@ -19,7 +20,8 @@ class QuantSpecError(ValueError):
 @dataclass(frozen=True)
 class QuantSpec:
     """Symmetric integer quantization of a layer: weights per output channel or per group of input
-    channels, activations quantized dynamically (per token / per pixel, or per tensor); a_bits 16 = weight-only.
+    channels, activations quantized dynamically (per token / per pixel, per group of input channels of each token,
+    or per tensor); a_bits 16 = weight-only.
     rank: a 16-bit low-rank branch W ~= up @ down + Q(W - up @ down) of this rank beside the quantized weight
     (quant/lowrank.py), None for none."""
     w_bits: int
@@ -28,6 +30,7 @@ class QuantSpec:
     group_size: int | None = None
     act_granularity: str = "token"
     rank: int | None = None
+    act_group_size: int | None = None
 
     def __post_init__(self):
         if self.w_bits not in WEIGHT_BITS:
@@ -40,15 +43,22 @@ class QuantSpec:
             raise QuantSpecError("a group size is given exactly when the weight granularity is 'group'")
         if self.group_size is not None and (self.group_size < 2 or self.group_size % 2):
             raise QuantSpecError(f"group size must be an even number >= 2, got {self.group_size}")
-        if self.act_granularity not in ("token", "tensor"):
-            raise QuantSpecError(f"activation granularity must be 'token' or 'tensor', got {self.act_granularity!r}")
+        if self.act_granularity not in ("token", "tensor", "group"):
+            raise QuantSpecError(f"activation granularity must be 'token', 'tensor' or 'group', "
+                                 f"got {self.act_granularity!r}")
+        if (self.act_granularity == "group") != (self.act_group_size is not None):
+            raise QuantSpecError("an activation group size is given exactly when the activation granularity is "
+                                 "'group'")
+        if self.act_group_size is not None and self.act_group_size < 2:
+            raise QuantSpecError(f"activation group size must be >= 2, got {self.act_group_size}")
         if self.rank is not None and self.rank not in RANKS:
             raise QuantSpecError(f"low-rank branch rank must be 1..1024, got {self.rank}")
 
     @classmethod
     def parse(cls, text):
-        """'W<w>A<a>' plus optional '-g<N>' (weight groups of N input channels), '-tensor'/'-token' and '-r<N>'
-        (a 16-bit low-rank branch of rank N)."""
+        """'W<w>A<a>' plus optional '-g<N>' (weight groups of N input channels), '-tensor'/'-token'/'-ag<N>'
+        (activation scales per tensor, per token, or per group of N input channels of each token) and '-r<N>' (a
+        16-bit low-rank branch of rank N)."""
         if isinstance(text, QuantSpec):
             return text
         match = _SPEC.fullmatch(str(text).strip().upper().replace("_", "-"))
@@ -64,6 +74,9 @@ class QuantSpec:
                 kind, update = "low-rank branch rank", {"rank": int(option[1:])}
             elif option in ("TENSOR", "TOKEN"):
                 kind, update = "activation granularity", {"act_granularity": option.lower()}
+            elif re.fullmatch(r"AG[0-9]{1,9}", option):
+                kind = "activation granularity"
+                update = dict(act_granularity="group", act_group_size=int(option[2:]))
             else:
                 raise QuantSpecError(f"unknown option {option!r} in quantization spec {text!r}")
             if kind in given:
@@ -91,6 +104,8 @@ class QuantSpec:
             text += f"-g{self.group_size}"
         if self.act_granularity == "tensor" and not self.weight_only:
             text += "-tensor"
+        if self.act_granularity == "group" and not self.weight_only:
+            text += f"-ag{self.act_group_size}"
         if self.rank:
             text += f"-r{self.rank}"
         return text

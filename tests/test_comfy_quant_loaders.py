@@ -148,7 +148,7 @@ def test_lowvram_matches_full_load(env, spec):
                                                                                            torch.float16)
 
 
-@pytest.mark.parametrize("spec", ["W4A8", "W4A4-g64-r32"])
+@pytest.mark.parametrize("spec", ["W4A8", "W4A4-g64-r32", "W4A4-g64-ag64-r32"])
 def test_cache_round_trip_through_the_node(env, tmp_path, spec):
     import folder_paths
     from comfyui_qsched.quant.options import CACHE_FOLDER
@@ -158,6 +158,9 @@ def test_cache_round_trip_through_the_node(env, tmp_path, spec):
     assert first[3].endswith("cache written") and second[3].endswith("cache hit")
     assert rel(denoise(env, second[0]), denoise(env, first[0])) == 0.0
     assert len(os.listdir(tmp_path)) == 1
+    specs = {str(layer.quant_spec) for layer in second[0].model.diffusion_model.modules()
+             if getattr(layer, "quant_spec", None) is not None}
+    assert spec in specs  # the cache gives back the spec it was written with (activation groups included)
 
 
 def test_the_model_knows_its_quantizer_and_the_preset_loader_names_another(env, tmp_path, caplog):

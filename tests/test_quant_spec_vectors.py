@@ -20,8 +20,9 @@ def test_python_parses_spec_text_as_the_vectors_say(case):
         assert str(raised.value) == case["error"]
         return
     spec = QuantSpec.parse(case["text"])
-    assert (spec.name, spec.w_bits, spec.a_bits, spec.group_size, spec.act_granularity, spec.rank) == \
-        (case["name"], case["w_bits"], case["a_bits"], case["group_size"], case["act_granularity"], case["rank"])
+    assert (spec.name, spec.w_bits, spec.a_bits, spec.group_size, spec.act_granularity, spec.act_group_size,
+            spec.rank) == (case["name"], case["w_bits"], case["a_bits"], case["group_size"], case["act_granularity"],
+                           case.get("act_group_size"), case["rank"])
 
 
 def test_the_vectors_cover_the_rank_option_both_ways():

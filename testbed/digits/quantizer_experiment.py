@@ -91,6 +91,20 @@ ROWS = {
                                      GPTQ_SMOOTHED),
     "w4a4-g64-r16-smooth-gptq-map": ("W4A4 g64 + rank 16, smoothed, GPTQ + bias map", "W4A4-g64-r16", "map",
                                      GPTQ_SMOOTHED),
+    # activations with one scale per group of 64 input channels of each token (spec -ag64; SVDQuant's W4A4 groups)
+    "w4a4-g64-ag64-gptq-map": ("W4A4 g64, act. g64, GPTQ + bias map", "W4A4-g64-ag64", "map", GPTQ),
+    "w4a4-g64-ag64-smooth-gptq-map": ("W4A4 g64, act. g64, smoothed, GPTQ + bias map", "W4A4-g64-ag64", "map",
+                                      GPTQ_SMOOTHED),
+    "w4a4-g64-ag64-r4-smooth-gptq-map": ("W4A4 g64, act. g64 + rank 4, smoothed, GPTQ + bias map",
+                                         "W4A4-g64-ag64-r4", "map", GPTQ_SMOOTHED),
+    "w4a4-g64-ag64-r8-smooth-gptq-map": ("W4A4 g64, act. g64 + rank 8, smoothed, GPTQ + bias map",
+                                         "W4A4-g64-ag64-r8", "map", GPTQ_SMOOTHED),
+    "w4a4-g64-ag64-r12-smooth-gptq-map": ("W4A4 g64, act. g64 + rank 12, smoothed, GPTQ + bias map",
+                                          "W4A4-g64-ag64-r12", "map", GPTQ_SMOOTHED),
+    "w4a4-g16-ag16-smooth-gptq-map": ("W4A4 g16, act. g16, smoothed, GPTQ + bias map", "W4A4-g16-ag16", "map",
+                                      GPTQ_SMOOTHED),
+    "w4a4-g16-ag16-r8-smooth-gptq-map": ("W4A4 g16, act. g16 + rank 8, smoothed, GPTQ + bias map",
+                                         "W4A4-g16-ag16-r8", "map", GPTQ_SMOOTHED),
     # linear_ops.GROUP_GEMM "e4m3" (one cuBLAS FP8 GEMM for group-wise W4A8): the same codes, each weight rounded once
     # more to e4m3 relative to its row's largest group scale (on_e4m3_grid); activations as in the rows above
     "w4a8-g16-gptq-map-e4m3w": ("W4A8 g16, GPTQ + bias map, e4m3 form's weights", "W4A8-g16", "map", GPTQ),

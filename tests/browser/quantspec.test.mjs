@@ -15,10 +15,10 @@ for (const c of VECTORS) {
         return true;
       });
     } else {
-      const { name, w_bits, a_bits, group_size, act_granularity, rank } = parseSpec(c.text);
-      assert.deepEqual({ name, w_bits, a_bits, group_size, act_granularity, rank },
+      const { name, w_bits, a_bits, group_size, act_granularity, act_group_size, rank } = parseSpec(c.text);
+      assert.deepEqual({ name, w_bits, a_bits, group_size, act_granularity, act_group_size, rank },
                        { name: c.name, w_bits: c.w_bits, a_bits: c.a_bits, group_size: c.group_size,
-                         act_granularity: c.act_granularity, rank: c.rank });
+                         act_granularity: c.act_granularity, act_group_size: c.act_group_size ?? null, rank: c.rank });
       assert.equal(parseSpec(name).name, name, "the name parses back to itself");
     }
   });

@@ -1,5 +1,5 @@
 // Quantization specs as quant/spec.py parses them (QuantSpec.parse / .name), with the same grammar and the same
-// error messages: "W4A8", "W8A8-g64", "W4A8-tensor", "W4A16", "W4A4-g64-r32".
+// error messages: "W4A8", "W8A8-g64", "W4A8-tensor", "W4A16", "W4A4-g64-r32", "W4A4-g64-ag64".
 // tests/quant_spec_vectors.json holds cases both sides are checked against.
 import { pyStrip, pyStrRepr } from "./pytext.js";
 
@@ -19,21 +19,27 @@ function check(spec) {
   if (spec.group_size !== null && (spec.group_size < 2 || spec.group_size % 2)) {
     throw new QuantSpecError(`group size must be an even number >= 2, got ${spec.group_size}`);
   }
+  if (spec.act_group_size !== null && spec.act_group_size < 2) {
+    throw new QuantSpecError(`activation group size must be >= 2, got ${spec.act_group_size}`);
+  }
   if (spec.rank !== null && (spec.rank < 1 || spec.rank > 1024)) {
     throw new QuantSpecError(`low-rank branch rank must be 1..1024, got ${spec.rank}`);
   }
 }
 
-// The canonical name: W<w>A<a>[-g<N>][-tensor][-r<N>] (-tensor only where activations are quantized).
+// The canonical name: W<w>A<a>[-g<N>][-tensor|-ag<N>][-r<N>] (-tensor and -ag<N> only where activations are
+// quantized).
 export function specName(spec) {
   let text = `W${spec.w_bits}A${spec.a_bits}`;
   if (spec.group_size) text += `-g${spec.group_size}`;
   if (spec.act_granularity === "tensor" && spec.a_bits < 16) text += "-tensor";
+  if (spec.act_granularity === "group" && spec.a_bits < 16) text += `-ag${spec.act_group_size}`;
   if (spec.rank) text += `-r${spec.rank}`;
   return text;
 }
 
-// QuantSpec.parse: {w_bits, a_bits, group_size, act_granularity, rank, name}, or an Error with the Python message.
+// QuantSpec.parse: {w_bits, a_bits, group_size, act_granularity, act_group_size, rank, name}, or an Error with the
+// Python message.
 export function parseSpec(text) {
   const source = String(text);
   const match = SPEC.exec(pyStrip(source).toUpperCase().replaceAll("_", "-"));
@@ -42,7 +48,7 @@ export function parseSpec(text) {
                              + "'W4A8-tensor', 'W4A4-g64-r32'");
   }
   const spec = { w_bits: Number(match[1]), a_bits: Number(match[2]), group_size: null, act_granularity: "token",
-                 rank: null };
+                 act_group_size: null, rank: null };
   const given = new Map(); // option kind -> its text: a second one of a kind is refused, not last-wins
   for (const option of match[3].split("-").filter(Boolean)) {
     let kind;
@@ -55,6 +61,10 @@ export function parseSpec(text) {
     } else if (option === "TENSOR" || option === "TOKEN") {
       kind = "activation granularity";
       spec.act_granularity = option.toLowerCase();
+    } else if (/^AG[0-9]{1,9}$/.test(option)) {
+      kind = "activation granularity";
+      spec.act_granularity = "group";
+      spec.act_group_size = Number(option.slice(2));
     } else {
       throw new QuantSpecError(`unknown option ${repr(option)} in quantization spec ${repr(source)}`);
     }
