@@ -82,9 +82,10 @@ def test_int8_backend_group_wise_layers_give_simulate_numbers(spec, dtype):
     assert rel(layer(x).reshape(21, -1), exact) < (4e-3 if dtype == torch.bfloat16 else 1e-6)
 
 
-def test_fp8_backend_group_wise_w4a8_is_the_e4m3_product():
-    """e4m3 activation codes per token times the int4 codes and group scales: float64 of the same fake-quantized
-    activations and dequantized weight, up to float32 rounding."""
+def test_fp8_backend_group_wise_w4a8_is_the_e4m3_product(monkeypatch):
+    """GROUP_GEMM "exact": e4m3 activation codes per token times the int4 codes and group scales: float64 of the same
+    fake-quantized activations and dequantized weight, up to float32 rounding."""
+    monkeypatch.setattr(linear_ops, "GROUP_GEMM", "exact")
     model = net()
     report = quantize_module(model, "W4A8-g32", backend="fp8", policy="first_last=off")
     assert report.by_backend() == {"fp8": 3}
@@ -124,15 +125,17 @@ def test_group_e4m3_weight_is_one_e4m3_rounding_of_the_dequantized_weight():
 
 
 def test_fp8_backend_e4m3_group_form_is_one_fp8_product(monkeypatch):
-    """A W4A8-g64 fp8 layer with GROUP_GEMM "e4m3": per-token e4m3 activations times the e4m3 weight, scaled by the
-    row and channel scales (float64 reference, built here), within bf16 rounding; near the exact group form."""
+    """A W4A8-g64 fp8 layer in the default form (GROUP_GEMM "e4m3"): per-token e4m3 activations times the e4m3
+    weight, scaled by the row and channel scales (float64 reference, built here), within bf16 rounding; near the exact
+    group form."""
+    assert linear_ops.GROUP_GEMM == "e4m3"
     model = net()
     quantize_module(model, "W4A8-g64", backend="fp8", policy="first_last=off")
     layer = model[0].to(torch.bfloat16)
     x = torch.randn(5, 128).to(torch.bfloat16)
-    exact_form = layer(x)
-    monkeypatch.setattr(linear_ops, "GROUP_GEMM", "e4m3")
     out = layer(x)
+    monkeypatch.setattr(linear_ops, "GROUP_GEMM", "exact")
+    exact_form = layer(x)
     codes, row_scale = fp8.quantize_rows(x, 5)
     group_scale = layer.weight_scale.double()
     dequantized = layer.codes().double() * group_scale.repeat_interleave(64, dim=1)
@@ -169,30 +172,50 @@ def test_backends_refuse_group_sizes_the_kernel_lacks():
         quantize_module(net(), "W4A8-g48", backend="fp8")
 
 
-def test_auto_keeps_group_wise_weights_on_simulate_on_gpus(monkeypatch):
-    """The Triton group GEMM measured slower than simulate on an H100 (quant/auto.py), so auto does not take it, on
-    FP8 or int8 GPUs; per-channel specs keep their 8-bit GEMMs."""
+def test_auto_runs_group_wise_w4a8_as_the_e4m3_form_on_fp8_gpus_only(monkeypatch):
+    """Group-wise W4A8 takes the fp8 backend's e4m3 form on FP8 GPUs (measured near per-channel W4A8's speed, quant/
+    auto.py), where 8-bit compute pays; W8A8-g, group sizes the form lacks, the exact form and GPUs without FP8 keep
+    simulate (the Triton group GEMM measured slower); per-channel specs keep their 8-bit GEMMs."""
     monkeypatch.setattr(fp8, "fp8_supported", lambda device: True)
     monkeypatch.setattr(auto, "int8_supported", lambda device: True)
-    wide = nn.Linear(2048, 2048)
+    wide, narrow = nn.Linear(2048, 2048), nn.Linear(256, 256)
     backend = auto.AutoBackend()
     backend.check(None, "cuda")
     spec = numerics_spec("W4A8-g64")
-    assert backend.choose(wide, spec)[:2] == ("simulate", spec)
-    assert backend.choose(wide, numerics_spec("W4A8-g64-r32"))[0] == "simulate"
+    path, runs, why = backend.choose(wide, spec)
+    assert (path, runs) == ("fp8", spec) and "e4m3 form" in why
+    assert backend.choose(wide, numerics_spec("W4A8-g64-r32"))[0] == "fp8"
+    assert backend.choose(narrow, spec)[:2] == ("weight-only", numerics_spec("W4A16-g64"))
+    assert backend.choose(wide, numerics_spec("W8A8-g64"))[0] == "simulate"
+    assert backend.choose(wide, numerics_spec("W4A8-g8"))[0] == "simulate"
     assert backend.choose(wide, numerics_spec("W4A8"))[0] == "fp8"
+    monkeypatch.setattr(linear_ops, "GROUP_GEMM", "exact")
+    assert backend.choose(wide, spec)[0] == "simulate"
+    monkeypatch.setattr(linear_ops, "GROUP_GEMM", "e4m3")
     monkeypatch.setattr(fp8, "fp8_supported", lambda device: False)
     assert backend.choose(wide, spec)[0] == "simulate"
     assert backend.choose(wide, numerics_spec("W4A8"))[0] == "int8"
 
 
-def test_auto_planned_for_a_gpu_runs_group_wise_as_simulate(monkeypatch):
+def test_auto_planned_for_an_int8_gpu_runs_group_wise_as_simulate(monkeypatch):
+    monkeypatch.setattr(fp8, "fp8_supported", lambda device: False)
     monkeypatch.setattr(auto, "int8_supported", lambda device: True)
     monkeypatch.setattr(auto, "A8_MIN_FEATURES", 32)
     planned, direct = net(), net()
     report = quantize_module(planned, "W4A8-g32", backend="auto", device="cuda", policy="first_last=off")
     quantize_module(direct, "W4A8-g32", backend="simulate", policy="first_last=off")
     assert set(report.by_backend()) == {"auto: simulate (group-wise weights: the Triton group GEMM measured slower)"}
+    x = torch.randn(4, 128)
+    assert torch.equal(planned(x), direct(x))
+
+
+def test_auto_planned_for_an_fp8_gpu_runs_group_wise_w4a8_as_the_fp8_backend(monkeypatch):
+    monkeypatch.setattr(fp8, "fp8_supported", lambda device: True)
+    monkeypatch.setattr(auto, "A8_MIN_FEATURES", 32)
+    planned, direct = net(), net()
+    report = quantize_module(planned, "W4A8-g32", backend="auto", device="cuda", policy="first_last=off")
+    quantize_module(direct, "W4A8-g32", backend="fp8", policy="first_last=off")
+    assert set(report.by_backend()) == {"auto: fp8"}
     x = torch.randn(4, 128)
     assert torch.equal(planned(x), direct(x))
 
@@ -234,9 +257,11 @@ def test_cache_round_trip_of_group_wise_layers(tmp_path, backend, spec):
 
 
 @pytest.mark.parametrize("int8_codes", [True, False])
-def test_epilogue_branch_definition_adds_the_up_projection_before_one_rounding(int8_codes):
+def test_epilogue_branch_definition_adds_the_up_projection_before_one_rounding(int8_codes, monkeypatch):
     """qgemm_linear with xd, up (the 'epilogue' form's torch definition): the layer without branch plus
-    lr @ up^T in float32, one rounding; against the layer's shared (unfused) forward within bf16 rounding."""
+    lr @ up^T in float32, one rounding; against the layer's shared (unfused) forward within bf16 rounding, both in
+    the exact group form (the epilogue has no e4m3 form)."""
+    monkeypatch.setattr(linear_ops, "GROUP_GEMM", "exact")
     model = net()
     quantize_module(model, "W4A8-g32-r16", backend="int8" if int8_codes else "fp8", policy="first_last=off")
     layer = model[0].to(torch.bfloat16)
