@@ -197,25 +197,19 @@ def test_auto_runs_group_wise_w4a8_as_the_e4m3_form_on_fp8_gpus_only(monkeypatch
     assert backend.choose(wide, numerics_spec("W4A8"))[0] == "int8"
 
 
-def test_auto_planned_for_an_int8_gpu_runs_group_wise_as_simulate(monkeypatch):
-    monkeypatch.setattr(fp8, "fp8_supported", lambda device: False)
+@pytest.mark.parametrize("fp8_gpu,direct_backend,planned_as", [
+    (False, "simulate", "auto: simulate (group-wise weights: the Triton group GEMM measured slower)"),
+    (True, "fp8", "auto: fp8")])
+def test_auto_planned_for_a_gpu_runs_group_wise_w4a8_as_the_backend_it_chose(monkeypatch, fp8_gpu, direct_backend,
+                                                                             planned_as):
+    """Planned for a GPU with int8 tensor cores only: simulate; with FP8: the fp8 backend (its e4m3 form)."""
+    monkeypatch.setattr(fp8, "fp8_supported", lambda device: fp8_gpu)
     monkeypatch.setattr(auto, "int8_supported", lambda device: True)
     monkeypatch.setattr(auto, "A8_MIN_FEATURES", 32)
     planned, direct = net(), net()
     report = quantize_module(planned, "W4A8-g32", backend="auto", device="cuda", policy="first_last=off")
-    quantize_module(direct, "W4A8-g32", backend="simulate", policy="first_last=off")
-    assert set(report.by_backend()) == {"auto: simulate (group-wise weights: the Triton group GEMM measured slower)"}
-    x = torch.randn(4, 128)
-    assert torch.equal(planned(x), direct(x))
-
-
-def test_auto_planned_for_an_fp8_gpu_runs_group_wise_w4a8_as_the_fp8_backend(monkeypatch):
-    monkeypatch.setattr(fp8, "fp8_supported", lambda device: True)
-    monkeypatch.setattr(auto, "A8_MIN_FEATURES", 32)
-    planned, direct = net(), net()
-    report = quantize_module(planned, "W4A8-g32", backend="auto", device="cuda", policy="first_last=off")
-    quantize_module(direct, "W4A8-g32", backend="fp8", policy="first_last=off")
-    assert set(report.by_backend()) == {"auto: fp8"}
+    quantize_module(direct, "W4A8-g32", backend=direct_backend, policy="first_last=off")
+    assert set(report.by_backend()) == {planned_as}
     x = torch.randn(4, 128)
     assert torch.equal(planned(x), direct(x))
 
