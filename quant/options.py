@@ -6,7 +6,7 @@ from ..folders import QUANT_CACHE
 from .registry import BACKENDS, DEFAULT_BACKEND
 
 SPECS = ("W8A8", "W4A8", "W4A8-g128", "W4A8-g64", "W4A8-g64-r32", "W6A8", "W4A6", "W4A5", "W4A4", "W4A4-g64-r32",
-         "W8A16", "W4A16", "W4A16-g128")
+         "W4A4-g64-ag64-r32", "W8A16", "W4A16", "W4A16-g128")
 CACHE_FOLDER = QUANT_CACHE
 CACHE_CHOICES = ("off", "on")
 ATTENTION_CHOICES = ("sdpa", "int8")
@@ -24,8 +24,9 @@ class QuantOption:
 
 QUANT_OPTIONS = (
     QuantOption("quantization", "W4A8", SPECS, "W<weight bits>A<activation bits>; -g64: weight scales per group of "
-                "64 inputs; -r32: a 16-bit rank-32 low-rank branch beside the quantized weight (SVD of the FP weight "
-                "at load; for 4-bit activations); A16: weight-only."),
+                "64 inputs; -ag64: activation scales per group of 64 inputs of each token (what 4-bit activations need; "
+                "simulate only); -r32: a 16-bit rank-32 low-rank branch beside the quantized weight (SVD of the FP "
+                "weight at load; for 4-bit activations); A16: weight-only."),
     QuantOption("backend", DEFAULT_BACKEND, tuple(BACKENDS), "auto: the fastest path this device has per layer "
                 "(FP8 GEMMs where 8-bit compute pays on Ada/Hopper, int8 GEMMs on Turing/Ampere, 8/4-bit storage with "
                 "16-bit compute elsewhere, simulate on the CPU). simulate: packed weights, exact quantize-dequantize "
