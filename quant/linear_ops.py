@@ -163,10 +163,12 @@ def fp8_group_fast(x, packed, weight_scale, bias, out_features, int4=True):
 def _memoized_group_ratios(weight_scale):
     """group_ratios, kept on the scale tensor itself: the scales of a resident layer do not change between calls
     (LoRA requantizes on fixed scales), and computing the ratios takes three more launches per layer call. A tensor
-    moved or cast per call (offload) is a new tensor and gets its ratios afresh; an in-place change bumps _version."""
+    moved or cast per call (offload) is a new tensor and gets its ratios afresh; an in-place change bumps _version,
+    and new storage under the same tensor (`.data =`, as Module.to does to parameters) changes data_ptr."""
+    key = (weight_scale._version, weight_scale.data_ptr(), weight_scale.device)
     memo = getattr(weight_scale, "_qsched_group_ratios", None)
-    if memo is None or memo[0] != weight_scale._version:
-        memo = (weight_scale._version, *group_ratios(weight_scale))
+    if memo is None or memo[0] != key:
+        memo = (key, *group_ratios(weight_scale))
         weight_scale._qsched_group_ratios = memo
     return memo[1], memo[2]
 

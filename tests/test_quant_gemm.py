@@ -161,6 +161,9 @@ def test_group_ratios_are_computed_once_per_scale_tensor_and_again_after_a_chang
     assert torch.equal(changed_ratio, linear_ops.group_ratios(scale)[0])
     moved = scale.float().half()  # what an offloaded layer's per-call cast gives: a new tensor
     assert linear_ops._memoized_group_ratios(moved)[0] is not changed_ratio
+    scale.data = torch.full_like(scale, 2.0)  # new storage under the same tensor object
+    swapped_ratio, swapped_channel = linear_ops._memoized_group_ratios(scale)
+    assert bool((swapped_channel == 2.0).all()) and bool((swapped_ratio == 1.0).all())
 
 
 def test_backends_refuse_group_sizes_the_kernel_lacks():
