@@ -113,15 +113,11 @@ def fake_quantize_activation(x, bits, granularity="token", channel_dim=-1, group
     dim is reduced), one per group of `group_size` consecutive channels of each token ("group"; a last, shorter
     group when the channels do not divide), or one per tensor. Computed in float32, returned in x's dtype."""
     xf = x.float()
-    if granularity == "group":
+    if granularity == "group":  # each group is a token of its own
         channels = xf.shape[channel_dim]
-        grouped = xf.movedim(channel_dim, -1)
-        padded = torch.nn.functional.pad(grouped, (0, -channels % group_size))  # zeros leave each max unchanged
-        grouped = padded.reshape(*grouped.shape[:-1], -1, group_size)
-        scale = grouped.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / qmax(bits)
-        codes = torch.round(grouped / scale).clamp(-qmax(bits), qmax(bits))
-        out = (codes * scale).reshape(padded.shape)[..., :channels].movedim(-1, channel_dim)
-        return out.to(x.dtype)
+        padded = torch.nn.functional.pad(xf.movedim(channel_dim, -1), (0, -channels % group_size))  # zeros: max kept
+        groups = fake_quantize_activation(padded.unflatten(-1, (-1, group_size)), bits, "token", -1)
+        return groups.flatten(-2)[..., :channels].movedim(-1, channel_dim).to(x.dtype)
     if granularity == "token":
         amax = xf.abs().amax(dim=channel_dim, keepdim=True)
     else:
