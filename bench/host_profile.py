@@ -11,6 +11,11 @@ Measured here, per config:
   class, from a second forward with hooks on every Linear (the hooks' own cost is outside the timed span).
 - pieces: host microseconds of the single calls a quantized linear is made of (a Triton launch, a cuBLAS GEMM,
   an allocation), each on an idle GPU, median of many calls.
+- calls: what one forward asks of the CUDA runtime and driver (torch.profiler): count and host time of each API
+  (kernel launches, allocations, copies, and any synchronization, which makes the host wait for the GPU and would
+  show up as host time), the operators with the most host time of their own; layer_calls: the same per call of one
+  layer of each Linear class, called alone on the input it saw in the step; launcher: whether the Triton kernels
+  launched through their compiled launcher (quant/kernels/triton_kernels.Launcher) or fell back to Triton's own.
 Host time over GPU time > 1 means the eager step runs at the host's speed, whatever the GPU."""
 import statistics
 import time
@@ -96,10 +101,100 @@ def layer_host(model, batch, device, repeats=3):
             for name, values in samples.items()}
 
 
+# The runtime and driver calls that make the host wait for the GPU or for the allocator: none belong in a step.
+WAITING_CALLS = ("Synchronize", "cudaMalloc", "cudaFree", "cuMemAlloc", "cuMemFree", "cudaMemcpy", "cuMemcpyDtoH",
+                 "cudaEventQuery", "cudaStreamQuery")
+
+
+def _is_api_call(name):
+    """A CUDA runtime (cudaX) or driver (cuX) API event of the profiler's CPU trace."""
+    return name.startswith("cuda") or (name.startswith("cu") and name[2:3].isupper())
+
+
+def launcher_state():
+    """{'fast': whether Triton launches still go through their compiled launcher, 'kernels': {kernel: [fast
+    specializations, ones that fell back]}}, or None where the Triton kernels are not loaded."""
+    from comfyui_qsched.quant import kernels
+    if kernels.triton_kernels is None:
+        return None
+    tk = kernels.triton_kernels
+    launchers = {}
+    for module in (tk, kernels.gemm_kernels):
+        for value in vars(module).values() if module is not None else ():
+            if isinstance(value, tk.Launcher):
+                compiled = list(value.compiled.values())
+                name = getattr(value.kernel, "__name__", None) or getattr(value.kernel.fn, "__name__", "?")
+                launchers[name] = [sum(c is not None for c in compiled), sum(c is None for c in compiled)]
+    return {"fast": tk.Launcher.fast, "kernels": launchers}
+
+
+def _summary(prof, calls=1, top=15):
+    api, ops = {}, []
+    for event in prof.key_averages():
+        if _is_api_call(event.key):
+            api[event.key] = [event.count / calls, round(event.self_cpu_time_total / calls, 1)]
+        elif "::" in event.key:
+            ops.append([event.key, event.count / calls, round(event.self_cpu_time_total / calls, 1)])
+    ops.sort(key=lambda op: -op[2])
+    waits = sorted(name for name in api if any(marker in name for marker in WAITING_CALLS))
+    return {"api": api, "waits": waits, "ops": ops[:top]}
+
+
+def layer_calls(model, batch, device, calls=20):
+    """_summary per call of one layer of each Linear class (the one with the largest input in a forward, on that
+    input), called again alone `calls` times: what a single quantized layer call asks of the runtime."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    seen = {}
+
+    def keep(module, args, kwargs):
+        name = type(module).__name__
+        if name not in seen or args[0].numel() > seen[name][1][0].numel():
+            seen[name] = (module, args, kwargs)
+
+    handles = [m.register_forward_pre_hook(keep, with_kwargs=True) for m in model.modules()
+               if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.inference_mode():
+            model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    result = {}
+    with torch.inference_mode():
+        for name, (module, args, kwargs) in seen.items():
+            module(*args, **kwargs)
+            _sync(device)
+            with profile(activities=activities) as prof:
+                for _ in range(calls):
+                    module(*args, **kwargs)
+            _sync(device)
+            result[name] = {"shape": [list(args[0].shape), module.out_features], **_summary(prof, calls, top=8)}
+    seen.clear()
+    return result
+
+
+def forward_calls(model, batch, device, top=15):
+    """{'api': {call: [count, host_us]}, 'waits': [calls of WAITING_CALLS], 'ops': [[op, count, self host_us]]} of
+    one forward (after one warm-up forward), from torch.profiler: the final synchronize is outside the profile."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode():
+        model(**batch)
+        _sync(device)
+        with profile(activities=activities) as prof:
+            model(**batch)
+    _sync(device)
+    return _summary(prof, top=top)
+
+
 def profile_config(model, batch, device, kernel_profile):
     """One config's host profile row (kernel_profile: bench/quant_profile.py's, for the GPU time)."""
     row = host_step(model, batch, device)
     row["layers"] = layer_host(model, batch, device)
+    row["calls"] = forward_calls(model, batch, device)
+    row["layer_calls"] = layer_calls(model, batch, device)
+    row["launcher"] = launcher_state()
     row["gpu_ms"] = kernel_profile(model, batch)["total_ms"] if device.type == "cuda" else None
     if row["gpu_ms"]:
         row["host_over_gpu"] = row["host_ms"] / row["gpu_ms"]
@@ -121,10 +216,9 @@ def host_us(fn, device, calls=200):
 
 def pieces(device, tokens=4352, k=3072, n=3072):
     """Host microseconds of each call a quantized linear makes, and of whole layers, on one FLUX shape."""
-    from torch import nn
-
     from comfyui_qsched.quant import linear_ops, quantize_module
     from comfyui_qsched.quant.kernels import triton_kernels as tk
+    from torch import nn
     x = torch.randn(tokens, k, device=device, dtype=torch.bfloat16)
     w = torch.randn(n, k, device=device, dtype=torch.bfloat16) / k ** 0.5
     w8 = w.to(torch.float8_e4m3fn)
@@ -154,7 +248,7 @@ def pieces(device, tokens=4352, k=3072, n=3072):
         for through_op in (False, True):
             linear_ops.EAGER_THROUGH_OP = through_op
             try:
-                result[f"layer_{spec}_{backend}{'_op' if through_op else ''}"] = host_us(lambda: layer(x), device)
+                result[f"layer_{spec}_{backend}{'_op' if through_op else ''}"] = host_us(lambda layer=layer: layer(x), device)
             finally:
                 linear_ops.EAGER_THROUGH_OP = False
     return result
