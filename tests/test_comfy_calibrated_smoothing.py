@@ -107,8 +107,8 @@ def test_a_lora_applies_to_the_original_weights_of_a_smoothed_model(env, smoothe
           f"not smoothed cosine {cosine_off:.3f} ratio {ratio_off:.3f}")
     # As well as on the unsmoothed load (measured, cosine / ratio smoothed, then not: W4A4 0.31-0.39 / 1.61-1.75,
     # 0.37-0.44 / 1.52-1.58; W4A8 0.78-0.83 / 0.98-0.99, 0.81-0.83 / 0.93-0.97; both releases): at W4A4 a LoRA
-    # merged onto GPTQ codes tracks the FP model's change poorly either way (the patched weight is rounded to nearest
-    # on the layer's fixed 4-bit grid); at W4A8 it tracks it. A LoRA applied in the smoothed coordinates (W diag(s)
+    # merged onto GPTQ codes tracks the FP model's change poorly either way (the quantized model's own error, not the
+    # merge: test_comfy_lora_tracking.py); at W4A8 it tracks it. A LoRA applied in the smoothed coordinates (W diag(s)
     # instead of W) would scale each input channel's change by its s.
     assert cosine > cosine_off - 0.15 and 0.75 < ratio / ratio_off < 1.33, (cosine, ratio, cosine_off, ratio_off)
     if spec != SPEC:
