@@ -51,7 +51,8 @@ from comfyui_qsched.quant.export import comfy_int8_state_dict  # noqa: E402
 CONFIGS = ("bf16", "comfy fp8", "comfy fp8_fast", "comfy int8", "W8A8 auto", "W4A8 auto", "W8A8 fp8", "W4A8 fp8",
            "W8A8 int8", "W4A8 int8", "W8A8 auto-int8", "W4A8 auto-int8", "W8A8 comfy_kitchen", "W8A8-r32 auto",
            "W4A8-r32 auto", "W4A8-g64-r32 auto")
-COMPILED = ("bf16", "comfy fp8_fast", "W8A8 auto", "W4A8 auto", "W8A8 auto-int8", "W8A8-r32 auto", "W4A8-r32 auto")
+COMPILED = ("bf16", "comfy fp8_fast", "W8A8 auto", "W4A8 auto", "W8A8 auto-int8", "W8A8-r32 auto", "W4A8-r32 auto",
+            "W4A8-g64 auto")
 # FLUX at full width with fewer blocks (the full model has 19 + 38): every block has the same shapes, so the ratios
 # are the full model's, and nine configs fit on the GPU together for interleaved timing.
 FLUX_BLOCKS = (8, 16)

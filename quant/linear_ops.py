@@ -154,6 +154,19 @@ def fp8_group_reference(x, packed, weight_scale, bias, out_features, int4=True):
     return out.view(*x.shape[:-1], out_features)
 
 
+def fp8_group_traced(x, packed, weight_scale, bias, out_features, int4=True):
+    """What torch.compile traces for GROUP_GEMM "e4m3": fp8_group_reference's codes and e4m3 weight, multiplied by
+    one torch._scaled_mm (rows padded to 16, as fp8_reference), which inductor keeps as the cuBLAS FP8 GEMM. The
+    reference's exact sums would trace into a float64 GEMM, tens of times slower on a GPU."""
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    codes, scale = fp8.quantize_rows(rows, -(-count // 16) * 16)
+    weight, channel = group_e4m3_reference(packed, weight_scale, out_features, x.shape[-1])
+    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=channel.view(1, -1), bias=bias,
+                           out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION and x.is_cuda)
+    return out[:count].view(*x.shape[:-1], out_features)
+
+
 def fp8_group_fast(x, packed, weight_scale, bias, out_features, int4=True):
     """GROUP_GEMM "e4m3" on CUDA: one activation-quantization launch, one unpacking launch, one cuBLAS FP8 GEMM."""
     ratio, channel = _memoized_group_ratios(weight_scale)
@@ -261,9 +274,10 @@ def _register_qgemm():
 QGEMM_OP = _register_qgemm()
 
 
-def _call(op, fast, reference, x, *args):
+def _call(op, fast, reference, x, *args, traced=None):
+    """traced: what torch.compile traces when it is not `reference` itself."""
     if torch.compiler.is_compiling():
-        return op(x, *args) if COMPILE_THROUGH_OP else reference(x, *args)
+        return op(x, *args) if COMPILE_THROUGH_OP else (traced or reference)(x, *args)
     if EAGER_THROUGH_OP:
         return op(x, *args)
     return _pick(fast, reference, x)(x, *args)
@@ -285,7 +299,7 @@ def qgemm_linear(x, packed, weight_scale, bias, out_features, int4, int8_codes, 
     always the opaque op: the per-group torch definition would trace into a few ops per group."""
     if GROUP_GEMM == "e4m3" and int4 and not int8_codes and xd is None and _grouped(weight_scale):
         return _call(FP8_GROUP_OP, fp8_group_fast, fp8_group_reference, x, packed, weight_scale, bias, out_features,
-                     True)
+                     True, traced=fp8_group_traced)
     args = (x, packed, weight_scale, bias, out_features, int4, int8_codes, xd, up)
     if torch.compiler.is_compiling() or EAGER_THROUGH_OP:
         return QGEMM_OP(*args)

@@ -146,6 +146,34 @@ def test_fp8_backend_e4m3_group_form_is_one_fp8_product(monkeypatch):
     assert 0 < rel(out, exact_form) < 0.05
 
 
+def test_compiled_e4m3_group_form_traces_one_fp8_gemm_and_no_float64():
+    """Under torch.compile a W4A8-g64 fp8 layer traces the e4m3 form as one torch._scaled_mm (the eager definition's
+    exact sums would become a float64 GEMM on the GPU): the traced graph holds _scaled_mm and nothing in float64,
+    and gives the float64 product of the same codes within float32 summation."""
+    model = net()
+    quantize_module(model, "W4A8-g64", backend="fp8", policy="first_last=off")
+    layer = model[0].to(torch.bfloat16)
+    x = torch.randn(5, 128).to(torch.bfloat16)
+    graphs = []
+
+    def recording_backend(graph_module, _inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=recording_backend, fullgraph=True)(x)
+    torch._dynamo.reset()
+    nodes = [node for graph in graphs for node in graph.graph.nodes]
+    assert any(node.target is torch._scaled_mm for node in nodes)
+    assert not any(node.target in ("double", torch.Tensor.double) or torch.float64 in node.args
+                   or node.kwargs.get("dtype") is torch.float64 for node in nodes)
+    codes, row_scale = fp8.quantize_rows(x, 5)
+    weight, channel = linear_ops.group_e4m3_reference(layer.weight, layer.weight_scale, 256, 128)
+    expected = (codes.double() * row_scale.double()) @ (weight.double() * channel.double()).t() + layer.bias.double()
+    assert compiled.dtype == torch.bfloat16 and rel(compiled, expected) < 2 ** -8
+    assert rel(compiled, layer(x)) < 2 ** -8
+
+
 def test_group_ratios_are_computed_once_per_scale_tensor_and_again_after_a_change():
     """fp8_group_fast's memo: the ratios of a resident layer's scales come back without recomputing (the same
     tensors), equal to group_ratios; an in-place change of the scales, or another scale tensor, recomputes."""
