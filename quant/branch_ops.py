@@ -13,6 +13,10 @@ fold   widened K: [x, x down^T] [W, up]^T in ONE FP8 GEMM. The branch columns ar
        dominates) and not for W8A8 (0.055 folded, 0.021 fused, 0.033 without a branch): `fold_holds`.
 epilogue  x down^T as one cuBLAS GEMM (16-bit, as the unfused form), the up-projection in the Triton GEMM's epilogue
        (quant/kernels/gemm_kernels.py): added to the float32 result before its one rounding, no extra pass over y.
+addmm  x down^T as one cuBLAS GEMM, then y += (x down^T) up^T in place, y being the GEMM's C: cuBLAS reads and
+       writes y once. The layers' shared unfused forward writes the product and adds it in another kernel (two
+       more passes over y and one more launch). This is what bench/kernels8.py and bench/gpu_gemm.py time as
+       "unfused"; it rounds the sum once where the shared forward rounds the product and then the sum.
 Every function has a torch definition that runs anywhere (the CPU tests) beside the Triton one."""
 import torch
 
@@ -20,13 +24,13 @@ from . import fp8_codes as fp8, int8_codes as int8, kernels, linear_ops
 
 FOLD_B_MAX = 448.0
 # The eager form a quantized layer's branch takes on CUDA. Measured on an H100 (2026-12-07, bench/kernels8.py and
-# bench/gpu_gemm.py, full FLUX's linears per step, rank 32): on the cuBLAS paths unfused +17.9 to +24.3 ms, fused
-# +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit reference); on the Triton int8
-# GEMM (W8 codes) unfused +25.4, the up-projection in its epilogue +11.9. "auto": the epilogue where the layer runs
-# the Triton int8 GEMM (linear_ops.int8_runs_triton), else "unfused" (the layer's shared forward adds the branch as
-# two cuBLAS GEMMs). The other forms stay selectable for measurements.
+# bench/gpu_gemm.py, full FLUX's linears per step, rank 32): on the cuBLAS paths addmm (the benchmarks' "unfused")
+# +17.9 to +24.3 ms, fused +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit
+# reference); on the Triton int8 GEMM (W8 codes) addmm +25.4, the up-projection in its epilogue +11.9. "auto": the
+# epilogue where the layer runs the Triton int8 GEMM (linear_ops.int8_runs_triton), else addmm on CUDA; "unfused"
+# off CUDA (the CPU's numbers stay the shared forward's). The other forms stay selectable for measurements.
 EAGER_FORM = "auto"
-EAGER_FORMS = ("auto", "unfused", "fused", "fold", "epilogue")
+EAGER_FORMS = ("auto", "unfused", "addmm", "fused", "fold", "epilogue")
 
 
 def fold_holds(spec):
@@ -127,6 +131,15 @@ def _prepared(layer, x, fold):
     return prepared
 
 
+def addmm_forward(layer, x, packed, bias, down, up):
+    """The layer's 8-bit output with the branch added into it by one in-place addmm (form "addmm"); down [r, in] and
+    up [out, r] in x's dtype on x's device. The GEMM's output is a fresh contiguous tensor, so `view` (never a copy)
+    writes into what is returned."""
+    out = layer.quantized_forward(x, packed, bias)
+    out.view(-1, up.shape[0]).addmm_(torch.nn.functional.linear(x, down).view(-1, up.shape[1]), up.t())
+    return out
+
+
 def traced_branch_forward(layer, x, packed, bias):
     """Under torch.compile: the layer's 8-bit path (traced torch) and the branch's up-projection as one addmm into
     its output (cuBLAS reads y once as the GEMM's C), instead of a GEMM and a separate add."""
@@ -137,17 +150,19 @@ def traced_branch_forward(layer, x, packed, bias):
 
 
 def auto_form(spec, int8_codes, device):
-    """EAGER_FORM "auto" for a layer of `spec` on `device`: the epilogue where it runs the Triton int8 GEMM."""
-    triton_int8 = int8_codes and device.type == "cuda" and not spec.group_size \
-        and linear_ops.int8_runs_triton(device, spec.packed_int4)
-    return "epilogue" if triton_int8 else "unfused"
+    """EAGER_FORM "auto" for a layer of `spec` on `device`: the epilogue where it runs the Triton int8 GEMM, addmm
+    elsewhere on CUDA, the shared unfused forward off CUDA."""
+    if device.type != "cuda":
+        return "unfused"
+    triton_int8 = int8_codes and not spec.group_size and linear_ops.int8_runs_triton(device, spec.packed_int4)
+    return "epilogue" if triton_int8 else "addmm"
 
 
 def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
-    """The layer's output with its branch through the fast forms (CUDA, Triton, eager, factors on x's device), or
-    None where they do not apply or the form is "unfused" (the layer's shared forward then adds the branch as two
-    GEMMs). form: one of EAGER_FORMS, None for EAGER_FORM; "fold" falls back to "fused" where it does not hold;
-    group-wise layers take "epilogue" or "unfused"."""
+    """The layer's output with its branch through the fast forms (eager, factors on x's device; CUDA and Triton but
+    for "addmm"), or None where they do not apply or the form is "unfused" (the layer's shared forward then adds the
+    branch as two GEMMs and an add). form: one of EAGER_FORMS, None for EAGER_FORM; "fold" falls back to "fused"
+    where it does not hold; group-wise layers take "epilogue", "addmm" or "unfused"."""
     form = EAGER_FORM if form is None else form
     if form not in EAGER_FORMS:
         raise ValueError(f"low-rank branch form must be one of {', '.join(EAGER_FORMS)}, got {form!r}")
@@ -156,7 +171,9 @@ def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
     spec = layer.quant_spec
     if form == "auto":
         form = auto_form(spec, int8_codes, x.device)
-    if form == "unfused" or not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
+    if form == "addmm" and layer.lowrank_down.device == x.device:  # plain torch: any device, any path
+        return addmm_forward(layer, x, packed, bias, *_prepared(layer, x, False))
+    if form in ("unfused", "addmm") or not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
                                  and x.dtype in (torch.bfloat16, torch.float16)):
         layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device
         return None

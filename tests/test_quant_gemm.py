@@ -318,6 +318,25 @@ def test_group_wise_layer_compiles_through_the_custom_op():
     assert torch.equal(compiled(x), eager)
 
 
+@pytest.mark.parametrize("backend,spec", [("fp8", "W4A8-r8"), ("fp8", "W4A8-g64-r8"), ("int8", "W8A8-r8")])
+def test_addmm_branch_form_adds_the_branch_into_the_8bit_output_once(backend, spec):
+    """Form "addmm" (auto's on CUDA for the cuBLAS paths): the layer's 8-bit output plus (x down^T) up^T, written
+    out here in float64 from the layer's own tensors, within float32 rounding; as close to it as the
+    shared unfused forward, and different from the output without the branch."""
+    model = net()
+    quantize_module(model, spec, backend=backend, policy="first_last=off")
+    layer = model[0]
+    x = torch.randn(2, 3, 128, generator=torch.Generator().manual_seed(4))
+    without = layer.quantized_forward(x, layer.weight, layer.bias)
+    got = branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, backend == "int8", form="addmm")
+    expected = without.double() + (x.double() @ layer.lowrank_down.double().t()) @ layer.lowrank_up.double().t()
+    unfused = branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, backend == "int8", form="unfused")
+    assert unfused is None  # the shared forward adds it
+    assert got.shape == without.shape == (2, 3, 256) and got.dtype == x.dtype
+    assert rel(got, expected) < 1e-6 and rel(layer(x), expected) < 1e-6
+    assert rel(got, without) > 1e-3
+
+
 def test_int8_gemm_auto_takes_triton_for_w8_codes_on_hopper_only(monkeypatch):
     """linear_ops.INT8_GEMM "auto": the Triton GEMM for W8 codes at compute capability 9.0+ (where it measured faster
     than torch._int_mm), cuBLAS for W4 codes and older GPUs; the branch's "auto" form follows it."""
@@ -327,11 +346,11 @@ def test_int8_gemm_auto_takes_triton_for_w8_codes_on_hopper_only(monkeypatch):
         monkeypatch.setattr(linear_ops, "_capability", lambda index, c=capability: c)
         assert linear_ops.int8_runs_triton(device, False) is hopper
         assert linear_ops.int8_runs_triton(device, True) is False
-        assert branch_ops.auto_form(w8, True, device) == ("epilogue" if hopper else "unfused")
-        assert branch_ops.auto_form(w4, True, device) == "unfused"
-        assert branch_ops.auto_form(w8, False, device) == "unfused"  # the fp8 layers' cuBLAS GEMM
+        assert branch_ops.auto_form(w8, True, device) == ("epilogue" if hopper else "addmm")
+        assert branch_ops.auto_form(w4, True, device) == "addmm"
+        assert branch_ops.auto_form(w8, False, device) == "addmm"  # the fp8 layers' cuBLAS GEMM
     assert branch_ops.auto_form(w8, True, torch.device("cpu")) == "unfused"
-    assert branch_ops.auto_form(numerics_spec("W8A8-g64-r8"), True, device) == "unfused"
+    assert branch_ops.auto_form(numerics_spec("W8A8-g64-r8"), True, device) == "addmm"
     monkeypatch.setattr(linear_ops, "INT8_GEMM", "cublas")
     assert linear_ops.int8_runs_triton(device, False) is False
     monkeypatch.setattr(linear_ops, "INT8_GEMM", "triton")
