@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import qsched  # noqa: E402,F401  (registers the pack as comfyui_qsched)
 
-from comfyui_qsched.quant import backends, lowrank, registry  # noqa: E402
+from comfyui_qsched.quant import backends, branch_ops, linear_ops, lowrank, registry  # noqa: E402
 from comfyui_qsched.quant.spec import QuantSpec, bits_per_weight  # noqa: E402
 
 # (out, in) of FLUX.1's linears: qkv/proj 3072 x 3072, mlp up 12288 x 3072, mlp down 3072 x 12288
@@ -28,6 +28,7 @@ TINY_SHAPES = ((96, 64), (128, 128))
 TOKENS, TINY_TOKENS = 4352, 40
 CASES = (("W4A8-r32", "fp8"), ("W8A8-r32", "fp8"), ("W4A8-g64-r32", "simulate"), ("W4A16-r32", "weight-only"),
          ("W8A8-r32", "comfy_kitchen"), ("W4A4-g64-r32", "simulate"))
+SPLIT_SPECS = ("W4A8-r32", "W4A8-g64-r32")
 
 
 def trained_like(out_features, in_features, device, generator):
@@ -101,6 +102,41 @@ def main(argv=None):
                            f"{error}"[:200])
             failures += row["ok"] is False
             rows.append(row)
+        for spec in SPLIT_SPECS:  # the split fold (branch_ops form "split") against the layer's default form
+            row = {"device": name, "shape": [out_features, in_features], "spec": spec, "backend": "fp8 split"}
+            try:
+                with torch.no_grad():
+                    layer = make((spec, "fp8"), copy.deepcopy(float_layer))
+                    bias = layer.bias.to(x.dtype)
+                    bound, branch_ops.SPLIT_BOUND_MAX = branch_ops.SPLIT_BOUND_MAX, float("inf")  # the kernels' numbers
+                    try:                                                                          # whatever the bound
+                        split = branch_ops.fast_branch_forward(layer, x, layer.weight, bias, False, form="split")
+                    finally:
+                        branch_ops.SPLIT_BOUND_MAX = bound
+                    default = layer(x)
+                    without = layer.quantized_forward(x, layer.weight, bias)
+                    exact = (x.double() @ layer.lowrank_down.double().T) @ layer.lowrank_up.double().T
+                    row.update(split_vs_default=rel(split, default),
+                               split_branch_vs_float64=rel(split.double() - without.double(), exact),
+                               default_branch_vs_float64=rel(default.double() - without.double(), exact),
+                               split_bound=branch_ops.split_bound(layer.lowrank_down, layer.lowrank_up,
+                                                                  linear_ops.group_ratios(layer.weight_scale)[1]))
+                    # the kernels against the split's torch definition on the same GPU (same cuBLAS GEMM)
+                    grouped = "-g" in spec
+                    ratio, channel = linear_ops.group_ratios(layer.weight_scale) if grouped \
+                        else (None, layer.weight_scale)
+                    down, tail, _ = branch_ops._split_prepared(layer, x, channel)
+                    weight = linear_ops.group_e4m3_reference(layer.weight, layer.weight_scale, out_features,
+                                                             in_features)[0] if grouped else \
+                        linear_ops.kernels_free_int4(layer.weight, out_features, in_features, torch.float8_e4m3fn)
+                    definition = branch_ops.split_fold_reference(x, weight, channel, bias, down, tail)
+                    row["split_vs_definition"] = rel(split, definition)
+                # judged on the kernels; the branch's precision is reported (it holds while split_bound is small)
+                row["ok"] = row["split_vs_definition"] < 1e-3
+            except Exception as error:
+                row.update(ok=False, error_text=f"{type(error).__name__}: {error}"[:200])
+            failures += row["ok"] is False
+            rows.append(row)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "gpu_lowrank.jsonl"), "w") as handle:
@@ -112,6 +148,11 @@ def main(argv=None):
         shape = "x".join(map(str, row["shape"]))
         if "split_ms" in row:
             print(f"{shape:>12} {'split r' + str(row['rank']):>13} {'':>13} {'':>5} {row['split_ms']:>7.1f}ms")
+        elif "split_vs_default" in row:
+            print(f"{shape:>12} {row['spec']:>13} {'fp8 split':>13} {'':>5} vs its definition "
+                  f"{row['split_vs_definition']:.1e}, vs addmm {row['split_vs_default']:.1e}, "
+                  f"branch vs f64 {row['split_branch_vs_float64']:.1e} (addmm {row['default_branch_vs_float64']:.1e})"
+                  f", split_bound {row['split_bound']:.0f} {row['ok']}")
         elif "error_text" in row:
             print(f"{shape:>12} {row['spec']:>13} {row['backend']:>13} {row['bits_per_weight']:5.2f} "
                   f"{row['error_text'][:60]}")

@@ -13,6 +13,14 @@ fold   widened K: [x, x down^T] [W, up]^T in ONE FP8 GEMM. The branch columns ar
        dominates) and not for W8A8 (0.055 folded, 0.021 fused, 0.033 without a branch): `fold_holds`.
 epilogue  x down^T as one cuBLAS GEMM (16-bit, as the unfused form), the up-projection in the Triton GEMM's epilogue
        (quant/kernels/gemm_kernels.py): added to the float32 result before its one rounding, no extra pass over y.
+split  the fold with each side of the branch kept as two e4m3 numbers (hi + lo, about 7 significant bits): K grows
+       by 3r columns (a_hi b_hi + a_hi b_lo + a_lo b_hi), x down'^T comes from one cuBLAS GEMM and the quantization
+       kernel writes its split columns; no pass over y beyond the GEMM's own. For W4A8 fp8 layers (per channel, and
+       the group-wise e4m3 form), where the int4 weight is unpacked per call anyway (into the wider buffer). On the
+       wide digits variant's trained 3x3 convs (as GEMMs, real activations, rank 16 / 32) the branch came within
+       0.11-0.19% of its float64 product (bf16's unfused branch: 0.23%) wherever the split's A side stayed below 896;
+       it did not where the residual beside the branch is tiny (up / s large), so a layer takes it only where the
+       data-free bound split_bound(...) <= SPLIT_BOUND_MAX (the layers that went wrong there had 224-23473).
 addmm  x down^T as one cuBLAS GEMM, then y += (x down^T) up^T in place, y being the GEMM's C: cuBLAS reads and
        writes y once. The layers' shared unfused forward writes the product and adds it in another kernel (two
        more passes over y and one more launch). This is what bench/kernels8.py and bench/gpu_gemm.py time as
@@ -23,6 +31,11 @@ import torch
 from . import fp8_codes as fp8, int8_codes as int8, kernels, linear_ops
 
 FOLD_B_MAX = 448.0
+SPLIT_TERMS = 3  # a_hi b_hi + a_hi b_lo + a_lo b_hi (a_lo b_lo is below both sides' precision)
+SPLIT_B_MAX = 448.0
+# split_bound above which a layer keeps the addmm form: on the digits convs the A side's largest value was 0.5-3x
+# the bound, and the split is exact to ~7 bits only below 896.
+SPLIT_BOUND_MAX = 128.0
 # The eager form a quantized layer's branch takes on CUDA. Measured on an H100 (2026-12-07, bench/kernels8.py and
 # bench/gpu_gemm.py, full FLUX's linears per step, rank 32): on the cuBLAS paths addmm (the benchmarks' "unfused")
 # +17.9 to +24.3 ms, fused +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit
@@ -30,7 +43,7 @@ FOLD_B_MAX = 448.0
 # epilogue where the layer runs the Triton int8 GEMM (linear_ops.int8_runs_triton), else addmm on CUDA; "unfused"
 # off CUDA (the CPU's numbers stay the shared forward's). The other forms stay selectable for measurements.
 EAGER_FORM = "auto"
-EAGER_FORMS = ("auto", "unfused", "addmm", "fused", "fold", "epilogue")
+EAGER_FORMS = ("auto", "unfused", "addmm", "split", "fused", "fold", "epilogue")
 
 
 def fold_holds(spec):
@@ -63,6 +76,63 @@ def fp8_fold_reference(x, weight_codes, weight_scale, bias, down_folded, up_code
     return out[:count].view(*x.shape[:-1], weight_codes.shape[0])
 
 
+def split_e4m3(values):
+    """(hi, lo) e4m3 of float32 values: hi = e4m3(v), lo = e4m3(v - hi), each clamped to +-448. hi + lo holds v to
+    about 7 significant bits where one e4m3 holds 4 (lo reaches e4m3's subnormals only for |v| below ~2**-2), and
+    up to |v| = 896, beyond which it saturates."""
+    hi = values.clamp(-fp8.E4M3_MAX, fp8.E4M3_MAX).to(fp8.E4M3)
+    return hi, (values - hi.float()).clamp(-fp8.E4M3_MAX, fp8.E4M3_MAX).to(fp8.E4M3)
+
+
+def split_columns(rank):
+    """Columns the split fold adds to K: 3 per branch component, padded to a multiple of 16 (the FP8 GEMM's K rule)."""
+    return -(-SPLIT_TERMS * rank // 16) * 16
+
+
+def split_fold_factors(down, up, weight_scale, b_max=SPLIT_B_MAX):
+    """(down' [r, K] in down's dtype, B tail [N, split_columns(r)] e4m3 = [up_hi, up_lo, up_hi, 0...]): the fold's
+    factors (fold_factors) with up / (c s) kept as two e4m3 numbers, B's largest at b_max."""
+    per_channel = up.float() / weight_scale.float().view(-1, 1)
+    c = (per_channel.abs().amax(dim=0) / b_max).clamp(min=torch.finfo(torch.float32).tiny)
+    down_folded = (down.float() * c[:, None]).to(down.dtype)
+    hi, lo = split_e4m3(per_channel / c)
+    tail = torch.zeros((up.shape[0], split_columns(up.shape[1])), dtype=fp8.E4M3, device=up.device)
+    tail[:, :SPLIT_TERMS * up.shape[1]] = torch.cat([hi, lo, hi], dim=1)
+    return down_folded, tail
+
+
+def split_bound(down, up, weight_scale):
+    """max_j max_n |up_nj / s_n| * ||down_j||: the size of the split fold's A side (a_j = c_j x down_j / s_x with
+    c_j = max_n |up_nj / s_n| / 448, s_x = max|x| / 448) for an x of unit spread per max, without data."""
+    per_channel = up.float() / weight_scale.float().view(-1, 1)
+    return float((per_channel.abs().amax(dim=0) * down.float().norm(dim=1)).max())
+
+
+def split_activation_tail(xd, scale, padded_rows):
+    """A side of the split fold: [a_hi, a_hi, a_lo, 0...] e4m3 [padded_rows, split_columns(r)] of a = xd * (1 /
+    scale) (float32; xd [rows, r] as the down-projection rounded it, scale the rows' FP8 scales); padding rows 0."""
+    rows, rank = xd.shape
+    hi, lo = split_e4m3(xd.float() * (1.0 / scale[:rows]))
+    tail = torch.zeros((padded_rows, split_columns(rank)), dtype=fp8.E4M3, device=xd.device)
+    tail[:rows, :SPLIT_TERMS * rank] = torch.cat([hi, hi, lo], dim=1)
+    return tail
+
+
+def split_fold_reference(x, weight_codes, weight_scale, bias, down_folded, b_tail):
+    """Torch definition of the split fold: one FP8 GEMM of A = [codes(x), split_activation_tail(x down'^T)] and
+    B = [W codes, b_tail]: the branch as a_hi b_hi + a_hi b_lo + a_lo b_hi, each side to ~7 bits."""
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    padded = -(-count // 16) * 16
+    codes, scale = fp8.quantize_rows(rows, padded)
+    xd = torch.nn.functional.linear(rows, down_folded.to(rows.dtype))
+    a = torch.cat([codes, split_activation_tail(xd, scale, padded)], dim=1)
+    b = torch.cat([weight_codes, b_tail], dim=1)
+    out = torch._scaled_mm(a, b.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias, out_dtype=x.dtype,
+                           use_fast_accum=fp8.FAST_ACCUMULATION and x.is_cuda)
+    return out[:count].view(*x.shape[:-1], weight_codes.shape[0])
+
+
 def wide_fp8_weight(packed, int4, up_codes, rows, cols):
     """[rows, cols + r] e4m3: the layer's weight codes (e4m3, or int4 unpacked) with the up codes after them."""
     tk = kernels.triton_kernels
@@ -85,6 +155,60 @@ def fold_fast(x, wide, weight_scale, bias, down_folded):
     out = torch._scaled_mm(codes, wide.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias,
                            out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION)
     return out[:count].view(*x.shape[:-1], wide.shape[0])
+
+
+def split_fast(x, packed, ratio, channel, bias, out_features, down_folded, tail):
+    """The split fold on CUDA: x down'^T (cuBLAS), one quantization launch writing x's codes and the split columns,
+    the int4 weight unpacked (group-wise: through `ratio`, the e4m3 form) into a buffer whose last columns are the
+    B tail, one FP8 GEMM with the channel scales."""
+    tk = kernels.triton_kernels
+    rows = x.reshape(-1, x.shape[-1])
+    rows = rows if rows.stride(-1) == 1 else rows.contiguous()
+    count, cols = rows.shape
+    padded = -(-count // 16) * 16
+    xd = torch.nn.functional.linear(rows, down_folded)
+    codes, scale, _ = tk.quantize_act(rows, padded, False, split=xd, tail=tail.shape[1])
+    wide = torch.empty((out_features, cols + tail.shape[1]), device=packed.device, dtype=fp8.E4M3)
+    wide[:, cols:].copy_(tail)
+    if ratio is not None:
+        tk.int4_groups_e4m3(packed, ratio, out_features, cols, out=wide)
+    else:
+        tk.int4_unpack(packed, out_features, cols, fp8.E4M3, out=wide)
+    out = torch._scaled_mm(codes, wide.t(), scale_a=scale, scale_b=channel.view(1, -1), bias=bias, out_dtype=x.dtype,
+                           use_fast_accum=fp8.FAST_ACCUMULATION)
+    return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)
+
+
+def _split_prepared(layer, x, channel):
+    """(down' in x's dtype, B tail, split_bound) of the layer's branch against its channel scales, once per set of
+    buffers (as _prepared)."""
+    def make():
+        down, up = layer.lowrank_down.to(x.dtype), layer.lowrank_up
+        return (*split_fold_factors(down, up, channel), split_bound(down, up, channel))
+    return _cached(layer, "_split_prepared", x.dtype, make)
+
+
+def split_branch_forward(layer, x, packed, bias):
+    """The split fold of a W4A8 fp8 layer (per channel, or group-wise in the e4m3 form): split_fast on CUDA, its torch
+    definition elsewhere; None where it does not apply (other specs, factors or scales on another device, K not a
+    multiple of 16, or split_bound too large)."""
+    spec, scale = layer.quant_spec, layer.weight_scale
+    grouped = linear_ops._grouped(scale)
+    if not spec.packed_int4 or spec.a_bits != 8 or layer.in_features % 16 or scale.device != x.device \
+            or layer.lowrank_down.device != x.device or grouped and linear_ops.GROUP_GEMM != "e4m3":
+        return None
+    fast = kernels.runs_triton(x) and x.dtype in (torch.bfloat16, torch.float16)
+    ratio, channel = (linear_ops._memoized_group_ratios if fast else linear_ops.group_ratios)(scale) if grouped \
+        else (None, scale)
+    down, tail, bound = _split_prepared(layer, x, channel)
+    if bound > SPLIT_BOUND_MAX:
+        return None
+    if fast:
+        return split_fast(x, packed, ratio, channel, bias, layer.out_features, down, tail)
+    cols = layer.in_features
+    weight = linear_ops.group_e4m3_reference(packed, scale, layer.out_features, cols)[0] if grouped \
+        else linear_ops.kernels_free_int4(packed, layer.out_features, cols, fp8.E4M3)
+    return split_fold_reference(x, weight, channel, bias, down, tail)
 
 
 def fused_fast(x, packed, weight_scale, bias, out_features, int4, down, up, int8_codes):
@@ -118,17 +242,29 @@ def fused_reference(x, packed, weight_scale, bias, out_features, int4, down, up,
     return out.to(x.dtype)
 
 
-def _prepared(layer, x, fold):
-    """(down, up or up codes) for the fast forms in x's dtype, converted / folded once per set of buffers (a LoRA
-    leaves them alone; moving the layer makes new buffers, which are prepared again)."""
-    sources = (layer.lowrank_down, layer.lowrank_up, layer.weight_scale)
-    cached = layer.__dict__.get("_branch_prepared")
-    if cached is not None and all(a is b for a, b in zip(cached[0], sources)) and cached[1] == (x.dtype, fold):
+def _sources(layer):
+    """What the prepared factors derive from: the branch and scale buffers, and their in-place versions."""
+    buffers = (layer.lowrank_down, layer.lowrank_up, layer.weight_scale)
+    return buffers, tuple(buffer._version for buffer in buffers)
+
+
+def _cached(layer, name, key, make):
+    """layer.__dict__[name]'s value if it was made from the same buffers (unchanged since) under `key`, else make()
+    kept there (a LoRA leaves the buffers alone; moving the layer makes new ones, which are prepared again)."""
+    (buffers, versions), cached = _sources(layer), layer.__dict__.get(name)
+    if cached is not None and all(a is b for a, b in zip(cached[0], buffers)) and cached[1] == (versions, key):
         return cached[2]
-    down, up = layer.lowrank_down.to(x.dtype), layer.lowrank_up.to(x.dtype)
-    prepared = fold_factors(down, up, layer.weight_scale) if fold else (down, up)
-    layer.__dict__["_branch_prepared"] = (sources, (x.dtype, fold), prepared)
-    return prepared
+    value = make()
+    layer.__dict__[name] = (buffers, (versions, key), value)
+    return value
+
+
+def _prepared(layer, x, fold):
+    """(down, up or up codes) for the fast forms in x's dtype, converted / folded once per set of buffers."""
+    def make():
+        down, up = layer.lowrank_down.to(x.dtype), layer.lowrank_up.to(x.dtype)
+        return fold_factors(down, up, layer.weight_scale) if fold else (down, up)
+    return _cached(layer, "_branch_prepared", (x.dtype, fold), make)
 
 
 def addmm_forward(layer, x, packed, bias, down, up):
@@ -171,11 +307,17 @@ def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
     spec = layer.quant_spec
     if form == "auto":
         form = auto_form(spec, int8_codes, x.device)
+    if form == "split":
+        out = None if int8_codes else split_branch_forward(layer, x, packed, bias)
+        if out is not None:
+            return out
+        form = "addmm"  # where the split does not apply
     if form == "addmm" and layer.lowrank_down.device == x.device:  # plain torch: any device, any path
         return addmm_forward(layer, x, packed, bias, *_prepared(layer, x, False))
     if form in ("unfused", "addmm") or not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
                                  and x.dtype in (torch.bfloat16, torch.float16)):
-        layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device
+        for name in ("_branch_prepared", "_split_prepared"):  # no stale copies on another device
+            layer.__dict__.pop(name, None)
         return None
     if spec.group_size and form != "epilogue":
         return None  # the fused and folded forms run cuBLAS GEMMs, which have no group scales

@@ -337,6 +337,28 @@ def test_addmm_branch_form_adds_the_branch_into_the_8bit_output_once(backend, sp
     assert rel(got, without) > 1e-3
 
 
+@pytest.mark.parametrize("spec", ["W4A8-r8", "W4A8-g64-r8"])
+def test_split_branch_form_through_the_layer(spec):
+    """Form "split" of a W4A8 fp8 layer (per channel, and group-wise in the e4m3 form): the 8-bit output plus the
+    branch within 1% of the branch's float64 product, as the addmm form; a layer whose split_bound is past
+    SPLIT_BOUND_MAX (a branch far larger than the residual's scales) takes the addmm form instead, exactly."""
+    model = net()
+    quantize_module(model, spec, backend="fp8", policy="first_last=off")
+    layer = model[0]
+    x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(5))
+    without = layer.quantized_forward(x, layer.weight, layer.bias)
+    branch = (x.double() @ layer.lowrank_down.double().t()) @ layer.lowrank_up.double().t()
+    split = branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, False, form="split")
+    addmm = branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, False, form="addmm")
+    assert split.shape == addmm.shape == (2, 5, 256) and not torch.equal(split, addmm)
+    assert rel(split.double() - without.double(), branch) < 0.01 and rel(split, addmm) < 0.01
+    layer.lowrank_up.mul_(1000.0)  # in place: the prepared factors follow the buffer's version
+    channel = linear_ops.group_ratios(layer.weight_scale)[1] if "g64" in spec else layer.weight_scale
+    assert branch_ops.split_bound(layer.lowrank_down, layer.lowrank_up, channel) > branch_ops.SPLIT_BOUND_MAX
+    assert torch.equal(branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, False, form="split"),
+                       branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, False, form="addmm"))
+
+
 def test_int8_gemm_auto_takes_triton_for_w8_codes_on_hopper_only(monkeypatch):
     """linear_ops.INT8_GEMM "auto": the Triton GEMM for W8 codes at compute capability 9.0+ (where it measured faster
     than torch._int_mm), cuBLAS for W4 codes and older GPUs; the branch's "auto" form follows it."""

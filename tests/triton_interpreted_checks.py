@@ -118,6 +118,60 @@ def fused_down_projection(tk, int8_codes, rank, fold):
     assert bool(((got - expected).abs() <= step + 1e-12).all())
 
 
+def split_fold_activations(tk, rank, dtype):
+    """The split fold's A side (`split=`): the codes and scales of the plain e4m3 quantizer, then a_hi, a_hi, a_lo of
+    xd * (1 / scale) and zeros to the tail's width, bit for bit against branch_ops.split_activation_tail; padding
+    rows zero; values past 448 (hi saturates, lo keeps the excess) included."""
+    from comfyui_qsched.quant import branch_ops, fp8
+    generator = torch.Generator().manual_seed(rank)
+    x = torch.randn(21, 200, generator=generator).to(dtype)
+    xd = (torch.randn(21, rank, generator=generator) * 30).to(dtype)
+    xd[3, 0] = 3000.0  # past 448 on the row's scale
+    tail = branch_ops.split_columns(rank)
+    codes, scales, none = tk.quantize_act(x, 32, False, split=xd, tail=tail)
+    ref_codes, ref_scales = fp8.quantize_rows(x, 32)
+    assert none is None and codes.shape == (32, 200 + tail)
+    assert same_bits(codes[:, :200].contiguous(), ref_codes) and torch.equal(scales, ref_scales)
+    expected = branch_ops.split_activation_tail(xd, ref_scales, 32)
+    assert same_bits(codes[:, 200:].contiguous(), expected), "split columns differ"
+    assert float(expected[3, 0].float()) == 448.0 and float(expected[3, 2 * rank].float()) > 0
+
+
+def split_fold_fast_path(tk, spec):
+    """branch_ops.split_fast (the kernels, the wide weight, one FP8 GEMM) equals the split fold's torch definition
+    bit for bit on a W4A8 fp8 layer with a rank-8 branch, per channel and group-wise (e4m3 form); the same GEMM
+    runs both here, so any difference is in the codes or the weight."""
+    from torch import nn
+    from comfyui_qsched.quant import branch_ops, linear_ops, quantize_module
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(128, 96)).requires_grad_(False)
+    quantize_module(model, spec, backend="fp8", policy="first_last=off")
+    layer = model[0].to(torch.bfloat16)
+    layer.weight_scale = layer.weight_scale.float() if "g" not in spec else layer.weight_scale.half()
+    x = torch.randn(2, 7, 128).to(torch.bfloat16)
+    grouped = "g" in spec
+    ratio, channel = linear_ops.group_ratios(layer.weight_scale) if grouped else (None, layer.weight_scale)
+    down, tail, bound = branch_ops._split_prepared(layer, x, channel)
+    assert bound <= branch_ops.SPLIT_BOUND_MAX
+    fast = branch_ops.split_fast(x, layer.weight, ratio, channel, layer.bias, 96, down, tail)
+    expected = branch_ops.split_branch_forward(layer, x, layer.weight, layer.bias)  # CPU tensors: the definition
+    assert same_bits(fast, expected)
+
+
+def int4_groups_into_wider_buffer(tk):
+    """The group-wise e4m3 unpacking into the split fold's wider buffer: the same bits in the first columns, the
+    columns after them untouched."""
+    from comfyui_qsched.quant import linear_ops, numerics
+    generator = torch.Generator().manual_seed(7)
+    codes, scale = numerics.quantize_weight(torch.randn(24, 128, generator=generator), 4, 64)
+    packed = numerics.pack_int4(codes)
+    ratio, _ = linear_ops.group_ratios(scale.half())
+    out = torch.full((24, 160), 2.0).to(torch.float8_e4m3fn)
+    tk.int4_groups_e4m3(packed, ratio, 24, 128, out=out)
+    assert same_bits(out[:, :128].contiguous(), tk.int4_groups_e4m3(packed, ratio, 24, 128))
+    assert bool((out[:, 128:].float() == 2.0).all()), "columns past the weight were written"
+
+
 def int4_unpacking(tk, dtype, width):
     """Packed int4 -> int8 / e4m3 codes, exact, into a buffer wider than the weight (the fold's layout)."""
     from comfyui_qsched.quant import numerics
@@ -195,6 +249,13 @@ def checks():
             for fold in (False, True):
                 cases[f"fused_down_{kind}_rank{rank}_{'fold' if fold else 'xd'}"] = (fused_down_projection, int8_codes,
                                                                                    rank, fold)
+    for rank in (8, 32):
+        for dtype in (torch.bfloat16, torch.float16):
+            cases[f"split_fold_activations_rank{rank}_{str(dtype).split('.')[-1]}"] = (split_fold_activations, rank,
+                                                                                      dtype)
+    cases["int4_groups_into_wider_buffer"] = (int4_groups_into_wider_buffer,)
+    for spec in ("W4A8-r8", "W4A8-g64-r8"):
+        cases[f"split_fold_fast_path_{spec}"] = (split_fold_fast_path, spec)
     for dtype, width in ((torch.int8, 80), (torch.int8, 96), (torch.float8_e4m3fn, 112)):
         cases[f"int4_unpack_{str(dtype).split('.')[-1]}_width{width}"] = (int4_unpacking, dtype, width)
     for group in (16, 64):

@@ -161,14 +161,18 @@ def _act_codes(v, INT8: tl.constexpr):
 
 
 @triton.jit
-def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_rows, cols, rank, x_stride, q_stride,
-                         down_stride_r, down_stride_k, INT8: tl.constexpr, BRANCH: tl.constexpr, FOLD: tl.constexpr, EXACT_DOT: tl.constexpr,
+def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_rows, cols, rank, tail, x_stride,
+                         q_stride, down_stride_r, down_stride_k, INT8: tl.constexpr, BRANCH: tl.constexpr,
+                         FOLD: tl.constexpr, SPLIT: tl.constexpr, EXACT_DOT: tl.constexpr,
                          RANK_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Per-token activation quantization of BLOCK_M rows, int8 (scale = max(amax * (1/127), 1e-12)) or e4m3
     (amax * (1/448)), codes = round(x * (1 / scale)); rows in [rows, padded_rows) get zero codes. With BRANCH the
     same pass over x also accumulates x @ down^T (the low-rank branch's down-projection, fp32 accumulation): stored
     in x's dtype to xd [rows, rank], or with FOLD quantized on the row's own scale into the extra `rank` columns of
-    q (the widened-K GEMM [x, x down^T] [W, up]^T). x is read from memory once; the second pass hits L2."""
+    q (the widened-K GEMM [x, x down^T] [W, up]^T). x is read from memory once; the second pass hits L2.
+    With SPLIT (e4m3 only) xd [rows, rank] is an input (x down'^T, computed before), and the `tail` columns after
+    x's hold the split fold's A side: a_hi, a_hi, a_lo of a = xd * (1 / scale), then zeros
+    (branch_ops.split_activation_tail)."""
     m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     live = m < rows
     stored = m < padded_rows
@@ -194,6 +198,19 @@ def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_row
         codes = _act_codes(x.to(tl.float32) * inverse[:, None], INT8)
         tl.store(q_ptr + m[:, None] * q_stride + k[None, :], codes, mask=stored[:, None] & (k[None, :] < cols))
     tl.store(s_ptr + m, scale, mask=stored)
+    if SPLIT:
+        live_rank = live[:, None] & (r[None, :] < rank)
+        v = tl.load(xd_ptr + m[:, None] * rank + r[None, :], mask=live_rank, other=0.0).to(tl.float32) \
+            * inverse[:, None]
+        hi = _round_e4m3(tl.minimum(tl.maximum(v, -448.0), 448.0))
+        lo = _round_e4m3(tl.minimum(tl.maximum(v - hi, -448.0), 448.0))
+        base = q_ptr + m[:, None] * q_stride + cols + r[None, :]
+        kept = stored[:, None] & (r[None, :] < rank)
+        tl.store(base, hi.to(tl.float8e4nv), mask=kept)
+        tl.store(base + rank, hi.to(tl.float8e4nv), mask=kept)
+        tl.store(base + 2 * rank, lo.to(tl.float8e4nv), mask=kept)
+        tl.store(base + 3 * rank, tl.zeros((BLOCK_M, RANK_BLOCK), tl.float32).to(tl.float8e4nv),
+                 mask=stored[:, None] & (r[None, :] < tail - 3 * rank))
     if BRANCH:
         if FOLD:
             tl.store(q_ptr + m[:, None] * q_stride + cols + r[None, :], _act_codes(acc * inverse[:, None], INT8),
@@ -232,13 +249,15 @@ def _round_to_e4m3(v):
 
 
 @triton.jit
-def _int4_groups_e4m3_kernel(packed_ptr, ratio_ptr, out_ptr, cols, groups, GROUP: tl.constexpr, BLOCK: tl.constexpr):
+def _int4_groups_e4m3_kernel(packed_ptr, ratio_ptr, out_ptr, cols, groups, out_stride, GROUP: tl.constexpr,
+                             BLOCK: tl.constexpr):
     """Row `program_id(0)` of group-wise packed int4 -> e4m3(code * ratio[row, column // GROUP]) (float32 product,
-    one rounding): linear_ops.group_e4m3_reference."""
+    one rounding): linear_ops.group_e4m3_reference; into a row of stride out_stride (a wider buffer: the split
+    fold's)."""
     row, pair, columns = _int4_pairs(packed_ptr, cols, BLOCK)
     ratio = tl.load(ratio_ptr + row * groups + columns // GROUP, mask=columns < cols, other=0.0)
-    tl.store(out_ptr + row * cols + columns, _round_to_e4m3(pair.to(tl.float32) * ratio).to(out_ptr.dtype.element_ty),
-             mask=columns < cols)
+    tl.store(out_ptr + row * out_stride + columns,
+             _round_to_e4m3(pair.to(tl.float32) * ratio).to(out_ptr.dtype.element_ty), mask=columns < cols)
 
 
 @triton.jit
@@ -380,28 +399,29 @@ def rank_block(rank):
     return max(16, triton.next_power_of_2(rank))
 
 
-def quantize_act(rows, padded_rows, int8, down=None, fold=False, block_m=None):
-    """(codes [padded_rows, K (+ rank with fold)], scales [padded_rows, 1] fp32, xd [rows, rank] or None) of a 2-D
-    16/32-bit activation with unit column stride; int8 or e4m3 codes per token; `down` [rank, K] (x's dtype; a
-    layout with unit stride along K reads fastest) adds the fused down-projection."""
+def quantize_act(rows, padded_rows, int8, down=None, fold=False, block_m=None, split=None, tail=0):
+    """(codes [padded_rows, K (+ rank with fold, + tail with split)], scales [padded_rows, 1] fp32, xd [rows, rank]
+    or None) of a 2-D 16/32-bit activation with unit column stride; int8 or e4m3 codes per token; `down` [rank, K]
+    (x's dtype; a layout with unit stride along K reads fastest) adds the fused down-projection; `split` (e4m3 only:
+    x down'^T [rows, rank], contiguous) writes the split fold's A side into `tail` more columns."""
     count, cols = rows.shape
-    rank = 0 if down is None else down.shape[0]
     branch = down is not None
-    width = cols + rank if fold else cols
+    rank = down.shape[0] if branch else split.shape[1] if split is not None else 0
+    width = cols + rank if fold else cols + tail if split is not None else cols
     codes = torch.empty((padded_rows, width), device=rows.device, dtype=torch.int8 if int8 else torch.float8_e4m3fn)
     scales = torch.empty((padded_rows, 1), device=rows.device, dtype=torch.float32)
-    xd = torch.empty((count, rank), device=rows.device, dtype=rows.dtype) if branch and not fold else None
+    xd = torch.empty((count, rank), device=rows.device, dtype=rows.dtype) if branch and not fold else split
     block_m = block_m or (16 if branch else 1)
     block_k = 128 if branch else min(2048, triton.next_power_of_2(cols))
     _quantize_act((triton.cdiv(padded_rows, block_m), 1, 1),
                   (rows, codes, scales, down if branch else rows, xd if xd is not None else codes, count, padded_rows,
-                   cols, rank, rows.stride(0), width, *(down.stride() if branch else (0, 0))),
-                  {"INT8": int8, "BRANCH": branch, "FOLD": fold, "EXACT_DOT": _interpreted(),
-                   "RANK_BLOCK": rank_block(rank), "BLOCK_M": block_m, "BLOCK_K": block_k},
-                  tuple(t for t in (codes, scales, xd) if t is not None),
+                   cols, rank, tail, rows.stride(0), width, *(down.stride() if branch else (0, 0))),
+                  {"INT8": int8, "BRANCH": branch, "FOLD": fold, "SPLIT": split is not None,
+                   "EXACT_DOT": _interpreted(), "RANK_BLOCK": rank_block(rank), "BLOCK_M": block_m, "BLOCK_K": block_k},
+                  tuple(t for t in (codes, scales, xd if branch else None) if t is not None),
                   num_warps=4 if branch or block_k <= 1024 else 8,
                   enable_fp_fusion=False)  # x * (1 / scale) rounded before the rounding to codes, as torch does
-    return codes, scales, xd
+    return codes, scales, xd if branch else None
 
 
 def int4_unpack(packed, rows, cols, dtype, out=None):
@@ -415,13 +435,14 @@ def int4_unpack(packed, rows, cols, dtype, out=None):
     return out
 
 
-def int4_groups_e4m3(packed, ratio, rows, cols):
+def int4_groups_e4m3(packed, ratio, rows, cols, out=None):
     """e4m3 [rows, cols] = e4m3(code * ratio[:, column // G]) from packed int4 [rows, cols / 2] and float32 ratios
-    [rows, cols / G]."""
-    out = torch.empty((rows, cols), device=packed.device, dtype=torch.float8_e4m3fn)
+    [rows, cols / G], into `out` (a [rows, >= cols] e4m3 buffer, unit column stride) if given."""
+    if out is None:
+        out = torch.empty((rows, cols), device=packed.device, dtype=torch.float8_e4m3fn)
     block = min(1024, triton.next_power_of_2(cols // 2))
     groups = ratio.shape[1]
-    _int4_groups_e4m3((rows, triton.cdiv(cols // 2, block), 1), (packed, ratio, out, cols, groups),
+    _int4_groups_e4m3((rows, triton.cdiv(cols // 2, block), 1), (packed, ratio, out, cols, groups, out.stride(0)),
                       {"GROUP": cols // groups, "BLOCK": block}, (out,), num_warps=4,
                       enable_fp_fusion=False)  # the rounding's add and subtract stay two roundings
     return out
