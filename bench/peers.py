@@ -125,7 +125,8 @@ class WithCudaGraphs(torch.nn.Module):
 # A config may end with " {NAME=value;...}": the kernel switches of quant/ set to those values while that config's
 # model runs (read per call), e.g. "W4A8 auto {FP8_W4_GEMM=triton}", "W4A8-r32 auto {BRANCH=epilogue}".
 SWITCHES = {"INT8_GEMM": ("linear_ops", "INT8_GEMM"), "FP8_W4_GEMM": ("linear_ops", "FP8_W4_GEMM"),
-            "GROUP_GEMM": ("linear_ops", "GROUP_GEMM"), "BRANCH": ("branch_ops", "EAGER_FORM")}
+            "GROUP_GEMM": ("linear_ops", "GROUP_GEMM"), "BRANCH": ("branch_ops", "EAGER_FORM"),
+            "STREAM_W4": ("fast", "STREAMING_INT4")}
 
 
 def parse_switches(text):
@@ -137,7 +138,8 @@ def parse_switches(text):
         if name not in SWITCHES:
             raise ValueError(f"unknown switch {name!r} in {text!r}; known: {', '.join(SWITCHES)}")
         module, attribute = SWITCHES[name]
-        settings[(importlib.import_module(f"comfyui_qsched.quant.{module}"), attribute)] = value
+        settings[(importlib.import_module(f"comfyui_qsched.quant.{module}"), attribute)] = \
+            {"true": True, "false": False}.get(value.lower(), value)
     return settings
 
 

@@ -15,6 +15,10 @@ from .layers import SimulatedConv, SimulatedLinear
 # Up to this many rows a weight-only int8 linear streams its codes through one Triton GEMM (1 byte per weight read
 # instead of 1 + 2 written + 2 read); above, cuBLAS on the widened weight wins (H200 kernel table, peers_h200.md).
 STREAMING_MAX_ROWS = 16
+# Whether per-channel int4 weights stream too (the same kernel unpacks them in registers; checked bit for bit under the
+# interpreter). Off until timed on a GPU: FLUX's W4A8 modulation linears (1 x 3072 -> 18432) now widen a 113 MB
+# weight per call (Triton dequantization + cuBLAS: 87-96 us on the H200 against the int8 stream's 49-59 us).
+STREAMING_INT4 = False
 
 
 def _widens(x):
@@ -53,9 +57,10 @@ class FastWeightOnlyLinear(FastWeight, SimulatedLinear):
             return super().quantized_forward(x, packed, bias)
         spec = self.quant_spec
         rows = x.reshape(-1, self.in_features)
-        if rows.shape[0] <= STREAMING_MAX_ROWS and not spec.packed_int4 and not spec.group_size:
+        streams = not spec.packed_int4 or STREAMING_INT4 and self.in_features % 2 == 0
+        if rows.shape[0] <= STREAMING_MAX_ROWS and not spec.group_size and streams:
             out = kernels.triton_kernels.weight_only_linear(rows if rows.stride(-1) == 1 else rows.contiguous(), packed,
-                                                            self.weight_scale.to(x.device), bias, False,
+                                                            self.weight_scale.to(x.device), bias, spec.packed_int4,
                                                             self.out_features)
             return out.view(*x.shape[:-1], self.out_features)
         return torch.nn.functional.linear(x, self.fast_weight(packed, x), bias)
