@@ -126,7 +126,7 @@ class WithCudaGraphs(torch.nn.Module):
 # model runs (read per call), e.g. "W4A8 auto {FP8_W4_GEMM=triton}", "W4A8-r32 auto {BRANCH=epilogue}".
 SWITCHES = {"INT8_GEMM": ("linear_ops", "INT8_GEMM"), "FP8_W4_GEMM": ("linear_ops", "FP8_W4_GEMM"),
             "GROUP_GEMM": ("linear_ops", "GROUP_GEMM"), "BRANCH": ("branch_ops", "EAGER_FORM"),
-            "STREAM_W4": ("fast", "STREAMING_INT4")}
+            "STREAM_W4": ("fast", "STREAMING_INT4"), "SPLIT_DOWN": ("branch_ops", "SPLIT_DOWN")}
 
 
 def parse_switches(text):

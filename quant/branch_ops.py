@@ -36,6 +36,11 @@ SPLIT_B_MAX = 448.0
 # split_bound above which a layer keeps the addmm form: on the digits convs the A side's largest value was 0.5-3x
 # the bound, and the split is exact to ~7 bits only below 896.
 SPLIT_BOUND_MAX = 128.0
+# Where the split fold's down-projection x down'^T runs: "cublas" (one 16-bit GEMM, then the quantization kernel reads
+# it) or "fused" (inside the quantization kernel's pass over x, as the fused form: x read once, but that kernel
+# measured 3-4x slower at K = 12288-15360 with its dot). Neither is timed for the split yet.
+SPLIT_DOWNS = ("cublas", "fused")
+SPLIT_DOWN = "cublas"
 # The eager form a quantized layer's branch takes on CUDA. Measured on an H100 (2026-12-07, bench/kernels8.py and
 # bench/gpu_gemm.py, full FLUX's linears per step, rank 32): on the cuBLAS paths addmm (the benchmarks' "unfused")
 # +17.9 to +24.3 ms, fused +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit
@@ -166,8 +171,11 @@ def split_fast(x, packed, ratio, channel, bias, out_features, down_folded, tail)
     rows = rows if rows.stride(-1) == 1 else rows.contiguous()
     count, cols = rows.shape
     padded = -(-count // 16) * 16
-    xd = torch.nn.functional.linear(rows, down_folded)
-    codes, scale, _ = tk.quantize_act(rows, padded, False, split=xd, tail=tail.shape[1])
+    if SPLIT_DOWN == "fused":
+        codes, scale, _ = tk.quantize_act(rows, padded, False, down=down_folded, split=True, tail=tail.shape[1])
+    else:
+        xd = torch.nn.functional.linear(rows, down_folded)
+        codes, scale, _ = tk.quantize_act(rows, padded, False, split=xd, tail=tail.shape[1])
     wide = torch.empty((out_features, cols + tail.shape[1]), device=packed.device, dtype=fp8.E4M3)
     wide[:, cols:].copy_(tail)
     if ratio is not None:

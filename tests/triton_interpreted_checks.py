@@ -137,10 +137,11 @@ def split_fold_activations(tk, rank, dtype):
     assert float(expected[3, 0].float()) == 448.0 and float(expected[3, 2 * rank].float()) > 0
 
 
-def split_fold_fast_path(tk, spec):
+def split_fold_fast_path(tk, spec, down_form="cublas"):
     """branch_ops.split_fast (the kernels, the wide weight, one FP8 GEMM) equals the split fold's torch definition
     bit for bit on a W4A8 fp8 layer with a rank-8 branch, per channel and group-wise (e4m3 form); the same GEMM
-    runs both here, so any difference is in the codes or the weight."""
+    runs both here, so any difference is in the codes or the weight. With the down-projection in the quantization
+    kernel (SPLIT_DOWN "fused") its float32 sums differ in order: within 2**-8 of the definition's output."""
     from torch import nn
     from comfyui_qsched.quant import branch_ops, linear_ops, quantize_module
     torch.manual_seed(3)
@@ -153,9 +154,43 @@ def split_fold_fast_path(tk, spec):
     ratio, channel = linear_ops.group_ratios(layer.weight_scale) if grouped else (None, layer.weight_scale)
     down, tail, bound = branch_ops._split_prepared(layer, x, channel)
     assert bound <= branch_ops.SPLIT_BOUND_MAX
-    fast = branch_ops.split_fast(x, layer.weight, ratio, channel, layer.bias, 96, down, tail)
+    saved, branch_ops.SPLIT_DOWN = branch_ops.SPLIT_DOWN, down_form
+    try:
+        fast = branch_ops.split_fast(x, layer.weight, ratio, channel, layer.bias, 96, down, tail)
+    finally:
+        branch_ops.SPLIT_DOWN = saved
     expected = branch_ops.split_branch_forward(layer, x, layer.weight, layer.bias)  # CPU tensors: the definition
-    assert same_bits(fast, expected)
+    if down_form == "cublas":
+        assert same_bits(fast, expected)
+    else:
+        assert float((fast.double() - expected.double()).norm() / expected.double().norm()) < 2 ** -8
+
+
+def split_fold_fused_down(tk, rank, dtype):
+    """The split fold's A side with the down-projection inside the quantization kernel (split=True with `down`):
+    x's codes and scales bit for bit, no xd output, and the split columns those of split_activation_tail on the
+    float64 product rounded to x's dtype, up to one e4m3 step of hi (the kernel's float32 sums in another order can
+    move xd by one unit of x's dtype) and lo."""
+    from comfyui_qsched.quant import branch_ops, fp8
+    generator = torch.Generator().manual_seed(rank + 1)
+    x = torch.randn(21, 200, generator=generator).to(dtype)
+    down = (torch.randn(rank, 200, generator=generator) / 200 ** 0.5).to(dtype)  # a within +-896
+    tail = branch_ops.split_columns(rank)
+    codes, scales, none = tk.quantize_act(x, 32, False, down=down, split=True, tail=tail)
+    ref_codes, ref_scales = fp8.quantize_rows(x, 32)
+    assert none is None and codes.shape == (32, 200 + tail)
+    assert same_bits(codes[:, :200].contiguous(), ref_codes) and torch.equal(scales, ref_scales)
+    xd = (x.double() @ down.double().t()).to(dtype)
+    expected = branch_ops.split_activation_tail(xd, ref_scales, 32).double()
+    got = codes[:, 200:].double()
+    hi_step = expected[:, :rank].abs() / 8 + 2 ** -9
+    assert bool(((got[:, :rank] - expected[:, :rank]).abs() <= hi_step).all())
+    a = xd.double() / ref_scales.double()[:21]
+    assert float(a.abs().max()) < 896
+    for columns in (got, expected):  # hi + lo: a to ~7 bits either way
+        total = columns[:21, :rank] + columns[:21, 2 * rank:3 * rank]
+        assert float((total - a).norm() / a.norm()) < 2 ** -7
+    assert torch.count_nonzero(codes[21:].float()) == 0
 
 
 def int4_groups_into_wider_buffer(tk):
@@ -254,8 +289,11 @@ def checks():
             cases[f"split_fold_activations_rank{rank}_{str(dtype).split('.')[-1]}"] = (split_fold_activations, rank,
                                                                                       dtype)
     cases["int4_groups_into_wider_buffer"] = (int4_groups_into_wider_buffer,)
+    for rank in (8, 32):
+        cases[f"split_fold_fused_down_rank{rank}"] = (split_fold_fused_down, rank, torch.bfloat16)
     for spec in ("W4A8-r8", "W4A8-g64-r8"):
         cases[f"split_fold_fast_path_{spec}"] = (split_fold_fast_path, spec)
+    cases["split_fold_fast_path_W4A8-r8_fused_down"] = (split_fold_fast_path, "W4A8-r8", "fused")
     for dtype, width in ((torch.int8, 80), (torch.int8, 96), (torch.float8_e4m3fn, 112)):
         cases[f"int4_unpack_{str(dtype).split('.')[-1]}_width{width}"] = (int4_unpacking, dtype, width)
     for group in (16, 64):

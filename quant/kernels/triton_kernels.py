@@ -46,6 +46,17 @@ def _to_output(x, out_ptr):
 
 
 @triton.jit
+def _as_dtype_of(x, ptr):
+    """fp32 x rounded to the element type of `ptr` (bf16: in integer arithmetic, see _round_bf16) and back to fp32."""
+    if ptr.dtype.element_ty == tl.bfloat16:
+        return _round_bf16(x)
+    elif ptr.dtype.element_ty == tl.float16:
+        return x.to(tl.float16).to(tl.float32)
+    else:
+        return x
+
+
+@triton.jit
 def _quantize_rows_fp8_kernel(x_ptr, q_ptr, s_ptr, rows, cols, x_stride, BLOCK: tl.constexpr):
     """One row per program, read in chunks twice (the second pass hits L2): scale = max(amax * (1/448), 1e-12),
     codes = e4m3(x * (1 / scale)). Rows >= `rows` (padding up to the GEMM's multiple of 16) get zero codes, as
@@ -170,9 +181,9 @@ def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_row
     same pass over x also accumulates x @ down^T (the low-rank branch's down-projection, fp32 accumulation): stored
     in x's dtype to xd [rows, rank], or with FOLD quantized on the row's own scale into the extra `rank` columns of
     q (the widened-K GEMM [x, x down^T] [W, up]^T). x is read from memory once; the second pass hits L2.
-    With SPLIT (e4m3 only) xd [rows, rank] is an input (x down'^T, computed before), and the `tail` columns after
-    x's hold the split fold's A side: a_hi, a_hi, a_lo of a = xd * (1 / scale), then zeros
-    (branch_ops.split_activation_tail)."""
+    With SPLIT (e4m3 only) the `tail` columns after x's hold the split fold's A side: a_hi, a_hi, a_lo of
+    a = xd * (1 / scale), then zeros (branch_ops.split_activation_tail); xd = x down'^T is an input [rows, rank]
+    (computed before), or with BRANCH this kernel's own down-projection, rounded to x's dtype."""
     m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     live = m < rows
     stored = m < padded_rows
@@ -199,9 +210,11 @@ def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_row
         tl.store(q_ptr + m[:, None] * q_stride + k[None, :], codes, mask=stored[:, None] & (k[None, :] < cols))
     tl.store(s_ptr + m, scale, mask=stored)
     if SPLIT:
-        live_rank = live[:, None] & (r[None, :] < rank)
-        v = tl.load(xd_ptr + m[:, None] * rank + r[None, :], mask=live_rank, other=0.0).to(tl.float32) \
-            * inverse[:, None]
+        if BRANCH:  # x down'^T from this kernel's own pass, rounded to x's dtype as the separate GEMM rounds it
+            v = _as_dtype_of(acc, x_ptr) * inverse[:, None]
+        else:
+            v = tl.load(xd_ptr + m[:, None] * rank + r[None, :], mask=live[:, None] & (r[None, :] < rank),
+                        other=0.0).to(tl.float32) * inverse[:, None]
         hi = _round_e4m3(tl.minimum(tl.maximum(v, -448.0), 448.0))
         lo = _round_e4m3(tl.minimum(tl.maximum(v - hi, -448.0), 448.0))
         base = q_ptr + m[:, None] * q_stride + cols + r[None, :]
@@ -216,8 +229,9 @@ def _quantize_act_kernel(x_ptr, q_ptr, s_ptr, down_ptr, xd_ptr, rows, padded_row
             tl.store(q_ptr + m[:, None] * q_stride + cols + r[None, :], _act_codes(acc * inverse[:, None], INT8),
                      mask=stored[:, None] & (r[None, :] < rank))
         else:
-            tl.store(xd_ptr + m[:, None] * rank + r[None, :], _to_output(acc, xd_ptr),
-                     mask=live[:, None] & (r[None, :] < rank))
+            if not SPLIT:
+                tl.store(xd_ptr + m[:, None] * rank + r[None, :], _to_output(acc, xd_ptr),
+                         mask=live[:, None] & (r[None, :] < rank))
 
 
 @triton.jit
@@ -402,26 +416,30 @@ def rank_block(rank):
 def quantize_act(rows, padded_rows, int8, down=None, fold=False, block_m=None, split=None, tail=0):
     """(codes [padded_rows, K (+ rank with fold, + tail with split)], scales [padded_rows, 1] fp32, xd [rows, rank]
     or None) of a 2-D 16/32-bit activation with unit column stride; int8 or e4m3 codes per token; `down` [rank, K]
-    (x's dtype; a layout with unit stride along K reads fastest) adds the fused down-projection; `split` (e4m3 only:
-    x down'^T [rows, rank], contiguous) writes the split fold's A side into `tail` more columns."""
+    (x's dtype; a layout with unit stride along K reads fastest) adds the fused down-projection; `split` (e4m3 only)
+    writes the split fold's A side into `tail` more columns, of x down'^T given as `split` [rows, rank] (contiguous)
+    or, with split=True and `down`, computed here."""
     count, cols = rows.shape
     branch = down is not None
-    rank = down.shape[0] if branch else split.shape[1] if split is not None else 0
-    width = cols + rank if fold else cols + tail if split is not None else cols
+    splits = split is not None and split is not False
+    fused_split = split is True
+    rank = down.shape[0] if branch else split.shape[1] if splits else 0
+    width = cols + rank if fold else cols + tail if splits else cols
     codes = torch.empty((padded_rows, width), device=rows.device, dtype=torch.int8 if int8 else torch.float8_e4m3fn)
     scales = torch.empty((padded_rows, 1), device=rows.device, dtype=torch.float32)
-    xd = torch.empty((count, rank), device=rows.device, dtype=rows.dtype) if branch and not fold else split
+    xd = torch.empty((count, rank), device=rows.device, dtype=rows.dtype) if branch and not fold and not splits \
+        else None if fused_split else split
     block_m = block_m or (16 if branch else 1)
     block_k = 128 if branch else min(2048, triton.next_power_of_2(cols))
     _quantize_act((triton.cdiv(padded_rows, block_m), 1, 1),
                   (rows, codes, scales, down if branch else rows, xd if xd is not None else codes, count, padded_rows,
                    cols, rank, tail, rows.stride(0), width, *(down.stride() if branch else (0, 0))),
-                  {"INT8": int8, "BRANCH": branch, "FOLD": fold, "SPLIT": split is not None,
+                  {"INT8": int8, "BRANCH": branch, "FOLD": fold, "SPLIT": splits,
                    "EXACT_DOT": _interpreted(), "RANK_BLOCK": rank_block(rank), "BLOCK_M": block_m, "BLOCK_K": block_k},
-                  tuple(t for t in (codes, scales, xd if branch else None) if t is not None),
+                  tuple(t for t in (codes, scales, xd if branch and not splits else None) if t is not None),
                   num_warps=4 if branch or block_k <= 1024 else 8,
                   enable_fp_fusion=False)  # x * (1 / scale) rounded before the rounding to codes, as torch does
-    return codes, scales, xd if branch else None
+    return codes, scales, xd if branch and not splits else None
 
 
 def int4_unpack(packed, rows, cols, dtype, out=None):
