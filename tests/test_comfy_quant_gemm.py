@@ -1,6 +1,7 @@
 """Group-wise W4A8 on the int8 and fp8 backends (the Triton GEMM on a GPU, its torch definition here) through the
 quantized loader in real ComfyUI (COMFYUI_DIR): a LoRA through ComfyUI's LoraLoader merges on the group grid exactly
-as the simulate backend's layers do, acts per call in low-VRAM loading, and unpatching restores the codes."""
+as the simulate backend's layers do, acts per call in low-VRAM loading, and unpatching restores the codes; the low-rank
+branch's split fold (branch_ops) through the same loader and patching."""
 import pytest
 import torch
 
@@ -51,3 +52,43 @@ def test_group_wise_w4a8_takes_a_lora_as_simulate_does(env, backend, lowvram):  
         for patcher in (q_lora, s_lora):
             patcher.unpatch_model()
         assert all(torch.equal(m.weight, codes_before[name]) for name, m in layers.items())
+
+
+@pytest.mark.parametrize("spec", ["W4A8-r4", "W4A8-g32-r4"])
+def test_the_split_branch_form_inside_comfyui(env, monkeypatch, spec):  # noqa: F811
+    """The low-rank branch as the split fold (branch_ops form "split", the torch definition on the CPU) inside
+    ComfyUI's loader and patching: the UNet as close to the FP model as with the default form (the two differ by a
+    few % where e4m3 activation codes flip, the branch itself by ~0.1%: test_quant_branch_ops.py), a LoRA changes
+    it as it changes the default form's output, the layers that took the split are those whose bound holds, and
+    unpatching restores the codes."""
+    from comfyui_qsched.quant import branch_ops, linear_ops
+    lora_loader = env["nodes"].LoraLoaderModelOnly()
+    fp = load(env, None)
+    model = load(env, spec, backend="fp8")[0]
+    lora = build_lora(env, model)
+    with_lora = lora_loader.load_lora_model_only(model, lora, 1.0)[0]
+    fp_lora = lora_loader.load_lora_model_only(fp, lora, 1.0)[0]
+    default, default_lora = denoise(env, model), denoise(env, with_lora)
+    monkeypatch.setattr(branch_ops, "EAGER_FORM", "split")
+    split, split_lora = denoise(env, model), denoise(env, with_lora)
+    reference, reference_lora = denoise(env, fp), denoise(env, fp_lora)
+    errors = [rel(out, ref) for out, ref in ((split, reference), (default, reference), (split_lora, reference_lora),
+                                            (default_lora, reference_lora))]
+    print(f"{spec}: error to the FP model, split / default {errors[0]:.4f} / {errors[1]:.4f}, with the LoRA "
+          f"{errors[2]:.4f} / {errors[3]:.4f}; split vs default {rel(split, default):.4f}")
+    assert not torch.equal(split, default) and rel(split, default) < 0.1
+    assert abs(errors[0] - errors[1]) < 0.05 * errors[1] and abs(errors[2] - errors[3]) < 0.05 * errors[3]
+    cosine = torch.nn.functional.cosine_similarity((split_lora - split).flatten(), (default_lora - default).flatten(),
+                                                   dim=0)
+    assert cosine > 0.9, cosine
+    layers = [m for m in model.model.diffusion_model.modules() if "_split_prepared" in m.__dict__]
+    assert layers, "no layer took the split"
+    for layer in layers:
+        grouped = linear_ops._grouped(layer.weight_scale)
+        channel = linear_ops.group_ratios(layer.weight_scale)[1] if grouped else layer.weight_scale
+        assert layer.__dict__["_split_prepared"][2][2] == branch_ops.split_bound(layer.lowrank_down,
+                                                                                 layer.lowrank_up, channel)
+    taken = sum(layer.__dict__["_split_prepared"][2][2] <= branch_ops.SPLIT_BOUND_MAX for layer in layers)
+    print(f"{spec}: {taken} of {len(layers)} branch layers took the split fold")
+    assert taken > 0
+    assert torch.equal(denoise(env, model), split)  # the LoRA'd codes were restored
