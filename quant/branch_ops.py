@@ -171,6 +171,8 @@ def split_fast(x, packed, ratio, channel, bias, out_features, down_folded, tail)
     rows = rows if rows.stride(-1) == 1 else rows.contiguous()
     count, cols = rows.shape
     padded = -(-count // 16) * 16
+    if SPLIT_DOWN not in SPLIT_DOWNS:
+        raise ValueError(f"SPLIT_DOWN must be one of {', '.join(SPLIT_DOWNS)}, got {SPLIT_DOWN!r}")
     if SPLIT_DOWN == "fused":
         codes, scale, _ = tk.quantize_act(rows, padded, False, down=down_folded, split=True, tail=tail.shape[1])
     else:
