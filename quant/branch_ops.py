@@ -164,8 +164,8 @@ def fold_fast(x, wide, weight_scale, bias, down_folded):
 
 def split_fast(x, packed, ratio, channel, bias, out_features, down_folded, tail):
     """The split fold on CUDA: x down'^T (cuBLAS), one quantization launch writing x's codes and the split columns,
-    the int4 weight unpacked (group-wise: through `ratio`, the e4m3 form) into a buffer whose last columns are the
-    B tail, one FP8 GEMM with the channel scales."""
+    one launch unpacking the int4 weight (group-wise: through `ratio`, the e4m3 form) and copying the B tail after it,
+    one FP8 GEMM with the channel scales."""
     tk = kernels.triton_kernels
     rows = x.reshape(-1, x.shape[-1])
     rows = rows if rows.stride(-1) == 1 else rows.contiguous()
@@ -179,11 +179,10 @@ def split_fast(x, packed, ratio, channel, bias, out_features, down_folded, tail)
         xd = torch.nn.functional.linear(rows, down_folded)
         codes, scale, _ = tk.quantize_act(rows, padded, False, split=xd, tail=tail.shape[1])
     wide = torch.empty((out_features, cols + tail.shape[1]), device=packed.device, dtype=fp8.E4M3)
-    wide[:, cols:].copy_(tail)
     if ratio is not None:
-        tk.int4_groups_e4m3(packed, ratio, out_features, cols, out=wide)
+        tk.int4_groups_e4m3(packed, ratio, out_features, cols, out=wide, tail=tail)
     else:
-        tk.int4_unpack(packed, out_features, cols, fp8.E4M3, out=wide)
+        tk.int4_unpack(packed, out_features, cols, fp8.E4M3, out=wide, tail=tail)
     out = torch._scaled_mm(codes, wide.t(), scale_a=scale, scale_b=channel.view(1, -1), bias=bias, out_dtype=x.dtype,
                            use_fast_accum=fp8.FAST_ACCUMULATION)
     return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)

@@ -205,6 +205,13 @@ def int4_groups_into_wider_buffer(tk):
     tk.int4_groups_e4m3(packed, ratio, 24, 128, out=out)
     assert same_bits(out[:, :128].contiguous(), tk.int4_groups_e4m3(packed, ratio, 24, 128))
     assert bool((out[:, 128:].float() == 2.0).all()), "columns past the weight were written"
+    tail = torch.randn(24, 20, generator=generator).to(torch.float8_e4m3fn)  # copied after the weight, in one launch
+    tk.int4_groups_e4m3(packed, ratio, 24, 128, out=out, tail=tail)
+    assert same_bits(out[:, 128:148].contiguous(), tail) and bool((out[:, 148:].float() == 2.0).all())
+    per_channel = torch.full((24, 160), 2.0).to(torch.float8_e4m3fn)
+    tk.int4_unpack(packed, 24, 128, torch.float8_e4m3fn, out=per_channel, tail=tail)
+    assert torch.equal(per_channel[:, :128].float(), numerics.unpack_int4(packed, 128).float())
+    assert same_bits(per_channel[:, 128:148].contiguous(), tail) and bool((per_channel[:, 148:].float() == 2.0).all())
 
 
 def int4_unpacking(tk, dtype, width):

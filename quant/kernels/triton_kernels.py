@@ -246,11 +246,25 @@ def _int4_pairs(packed_ptr, cols, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _int4_unpack_kernel(packed_ptr, out_ptr, cols, out_stride, BLOCK: tl.constexpr):
+def _copy_tail(tail_ptr, out_ptr, row, cols, out_stride, tail_cols, TAIL_BLOCK: tl.constexpr):
+    """The first program of each row copies row `row` of tail [rows, tail_cols] after the row's `cols` columns of
+    out (the split fold's B side beside the unpacked weight: no separate copy launch)."""
+    if TAIL_BLOCK > 0:
+        if tl.program_id(1) == 0:
+            t = tl.arange(0, TAIL_BLOCK)
+            values = tl.load(tail_ptr + row * tail_cols + t, mask=t < tail_cols)
+            tl.store(out_ptr + row * out_stride + cols + t, values, mask=t < tail_cols)
+
+
+@triton.jit
+def _int4_unpack_kernel(packed_ptr, out_ptr, cols, out_stride, tail_ptr, tail_cols, BLOCK: tl.constexpr,
+                        TAIL_BLOCK: tl.constexpr):
     """Row `program_id(0)` of packed signed int4 pairs -> int8 or e4m3 codes (exact), into a row of stride
-    out_stride (a wider buffer whose extra columns hold the folded low-rank factor)."""
+    out_stride (a wider buffer whose extra columns hold the folded low-rank factor, copied from tail_ptr when
+    TAIL_BLOCK > 0)."""
     row, pair, columns = _int4_pairs(packed_ptr, cols, BLOCK)
     tl.store(out_ptr + row * out_stride + columns, pair.to(tl.float32).to(out_ptr.dtype.element_ty), mask=columns < cols)
+    _copy_tail(tail_ptr, out_ptr, row, cols, out_stride, tail_cols, TAIL_BLOCK)
 
 
 @triton.jit
@@ -263,15 +277,16 @@ def _round_to_e4m3(v):
 
 
 @triton.jit
-def _int4_groups_e4m3_kernel(packed_ptr, ratio_ptr, out_ptr, cols, groups, out_stride, GROUP: tl.constexpr,
-                             BLOCK: tl.constexpr):
+def _int4_groups_e4m3_kernel(packed_ptr, ratio_ptr, out_ptr, cols, groups, out_stride, tail_ptr, tail_cols,
+                             GROUP: tl.constexpr, BLOCK: tl.constexpr, TAIL_BLOCK: tl.constexpr):
     """Row `program_id(0)` of group-wise packed int4 -> e4m3(code * ratio[row, column // GROUP]) (float32 product,
     one rounding): linear_ops.group_e4m3_reference; into a row of stride out_stride (a wider buffer: the split
-    fold's)."""
+    fold's, its extra columns copied from tail_ptr when TAIL_BLOCK > 0)."""
     row, pair, columns = _int4_pairs(packed_ptr, cols, BLOCK)
     ratio = tl.load(ratio_ptr + row * groups + columns // GROUP, mask=columns < cols, other=0.0)
     tl.store(out_ptr + row * out_stride + columns,
              _round_to_e4m3(pair.to(tl.float32) * ratio).to(out_ptr.dtype.element_ty), mask=columns < cols)
+    _copy_tail(tail_ptr, out_ptr, row, cols, out_stride, tail_cols, TAIL_BLOCK)
 
 
 @triton.jit
@@ -442,26 +457,37 @@ def quantize_act(rows, padded_rows, int8, down=None, fold=False, block_m=None, s
     return codes, scales, xd if branch and not splits else None
 
 
-def int4_unpack(packed, rows, cols, dtype, out=None):
+def _tail_arguments(tail, out):
+    """(pointer, columns) and the TAIL_BLOCK constexpr of an optional tail [rows, columns] copied after the weight."""
+    if tail is None:
+        return (out, 0), 0
+    return (tail, tail.shape[1]), triton.next_power_of_2(tail.shape[1])
+
+
+def int4_unpack(packed, rows, cols, dtype, out=None, tail=None):
     """int8 or e4m3 codes [rows, cols] (even cols) from packed int4 [rows, cols / 2], into `out` (a [rows, >= cols]
-    buffer, unit column stride) if given."""
+    buffer, unit column stride) if given, with `tail` [rows, t] (out's dtype, contiguous) copied after them."""
     if out is None:
         out = torch.empty((rows, cols), device=packed.device, dtype=dtype)
     block = min(1024, triton.next_power_of_2(cols // 2))
-    _int4_unpack((rows, triton.cdiv(cols // 2, block), 1), (packed, out, cols, out.stride(0)), {"BLOCK": block},
-                 (out,), num_warps=4)
+    tail_args, tail_block = _tail_arguments(tail, out)
+    _int4_unpack((rows, triton.cdiv(cols // 2, block), 1), (packed, out, cols, out.stride(0), *tail_args),
+                 {"BLOCK": block, "TAIL_BLOCK": tail_block}, (out,), num_warps=4)
     return out
 
 
-def int4_groups_e4m3(packed, ratio, rows, cols, out=None):
+def int4_groups_e4m3(packed, ratio, rows, cols, out=None, tail=None):
     """e4m3 [rows, cols] = e4m3(code * ratio[:, column // G]) from packed int4 [rows, cols / 2] and float32 ratios
-    [rows, cols / G], into `out` (a [rows, >= cols] e4m3 buffer, unit column stride) if given."""
+    [rows, cols / G], into `out` (a [rows, >= cols] e4m3 buffer, unit column stride) if given, with `tail`
+    [rows, t] (e4m3, contiguous) copied after them."""
     if out is None:
         out = torch.empty((rows, cols), device=packed.device, dtype=torch.float8_e4m3fn)
     block = min(1024, triton.next_power_of_2(cols // 2))
     groups = ratio.shape[1]
-    _int4_groups_e4m3((rows, triton.cdiv(cols // 2, block), 1), (packed, ratio, out, cols, groups, out.stride(0)),
-                      {"GROUP": cols // groups, "BLOCK": block}, (out,), num_warps=4,
+    tail_args, tail_block = _tail_arguments(tail, out)
+    _int4_groups_e4m3((rows, triton.cdiv(cols // 2, block), 1),
+                      (packed, ratio, out, cols, groups, out.stride(0), *tail_args),
+                      {"GROUP": cols // groups, "BLOCK": block, "TAIL_BLOCK": tail_block}, (out,), num_warps=4,
                       enable_fp_fusion=False)  # the rounding's add and subtract stay two roundings
     return out
 
