@@ -126,3 +126,9 @@ C="bf16,W4A8 auto,W4A8-g64 auto,W4A8-g64 fp8 {GROUP_GEMM=e4m3}"
 s=$SECONDS; timeout $(( ${BUDGET_S:-200} - SECONDS )) python3 bench/peers.py --models flux --configs "$C" --host-profile --rounds 6 --warmup 2 --log $OUT/peers_flux.jsonl > $OUT/peers_flux.log 2>&1; echo "peers exit $? in $((SECONDS-s)) s"
 grep -h "Error\|error" $OUT/peers_flux.log | sort | uniq -c | head -5
 python3 bench/gpu_table.py $OUT/peers_flux.jsonl 2>&1 | tail -7
+
+# call H (session #6): bench/gpu_lowrank.py, then FLUX 8+16 eager with the host diagnostics
+s=$SECONDS; timeout 150 python3 bench/gpu_lowrank.py --out $OUT > $OUT/gpu_lowrank.log 2>&1; echo "gpu_lowrank exit $? in $((SECONDS-s)) s"; grep "split" $OUT/gpu_lowrank.log
+C="bf16,W8A8 auto,W4A8 auto,W4A8 auto {STREAM_W4=true},W4A8-r32 auto,W4A8-r32 auto {BRANCH=unfused},W4A8-r32 auto {BRANCH=split},W4A8-r32 auto {BRANCH=split;SPLIT_DOWN=fused},W4A8-g64 auto,W4A8-g64-r32 auto,W4A8-g64-r32 auto {BRANCH=split},W4A8-g64 auto + cuda graphs"
+s=$SECONDS; timeout $(( ${BUDGET_S:-560} - SECONDS )) python3 bench/peers.py --models flux --configs "$C" --host-profile --rounds 6 --warmup 2 --log $OUT/peers_flux_H.jsonl > $OUT/peers_flux_H.log 2>&1; echo "peers exit $? in $((SECONDS-s)) s"
+grep -h "Error\|error" $OUT/peers_flux_H.log | sort | uniq -c | head -5
