@@ -44,9 +44,12 @@ SPLIT_DOWN = "cublas"
 # The eager form a quantized layer's branch takes on CUDA. Measured on an H100 (2026-12-07, bench/kernels8.py and
 # bench/gpu_gemm.py, full FLUX's linears per step, rank 32): on the cuBLAS paths addmm (the benchmarks' "unfused")
 # +17.9 to +24.3 ms, fused +31.2 / +32.7, fold +25.7 (and its FP8 branch is 2.6% of the branch off the 16-bit
-# reference); on the Triton int8 GEMM (W8 codes) addmm +25.4, the up-projection in its epilogue +11.9. "auto": the
-# epilogue where the layer runs the Triton int8 GEMM (linear_ops.int8_runs_triton), else addmm on CUDA; "unfused"
-# off CUDA (the CPU's numbers stay the shared forward's). The other forms stay selectable for measurements.
+# reference); on the Triton int8 GEMM (W8 codes) addmm +25.4, the up-projection in its epilogue +11.9. End to end
+# (H100, FLUX 8 + 16 blocks, eager, W4A8-r32 over W4A8, three runs: bench/results/h100_20261207.md, session #6):
+# split +13.4 / +8.5 / +6.9%, addmm +14.2 / +11.3 / +9.8%, the old unfused +14.8%; GPU time split +8.0%, addmm +11%.
+# "auto": the split for W4A8 on FP8 codes, the epilogue where the layer runs the Triton int8 GEMM
+# (linear_ops.int8_runs_triton), else addmm on CUDA; "unfused" off CUDA (the CPU's numbers stay the shared
+# forward's). The other forms stay selectable for measurements.
 EAGER_FORM = "auto"
 EAGER_FORMS = ("auto", "unfused", "addmm", "split", "fused", "fold", "epilogue")
 
@@ -295,10 +298,13 @@ def traced_branch_forward(layer, x, packed, bias):
 
 
 def auto_form(spec, int8_codes, device):
-    """EAGER_FORM "auto" for a layer of `spec` on `device`: the epilogue where it runs the Triton int8 GEMM, addmm
-    elsewhere on CUDA, the shared unfused forward off CUDA."""
+    """EAGER_FORM "auto" for a layer of `spec` on `device`: the epilogue where it runs the Triton int8 GEMM, the
+    split fold for W4A8 on FP8 codes (it steps aside to addmm where its bound does not hold), addmm elsewhere on CUDA,
+    the shared unfused forward off CUDA."""
     if device.type != "cuda":
         return "unfused"
+    if not int8_codes and spec.packed_int4 and spec.a_bits == 8:
+        return "split"
     triton_int8 = int8_codes and not spec.group_size and linear_ops.int8_runs_triton(device, spec.packed_int4)
     return "epilogue" if triton_int8 else "addmm"
 

@@ -373,6 +373,9 @@ def test_int8_gemm_auto_takes_triton_for_w8_codes_on_hopper_only(monkeypatch):
         assert branch_ops.auto_form(w8, False, device) == "addmm"  # the fp8 layers' cuBLAS GEMM
     assert branch_ops.auto_form(w8, True, torch.device("cpu")) == "unfused"
     assert branch_ops.auto_form(numerics_spec("W8A8-g64-r8"), True, device) == "addmm"
+    assert branch_ops.auto_form(w4, False, device) == "split"  # W4A8 on FP8 codes (the fp8 backend)
+    assert branch_ops.auto_form(numerics_spec("W4A8-g64-r8"), False, device) == "split"
+    assert branch_ops.auto_form(w4, False, torch.device("cpu")) == "unfused"
     monkeypatch.setattr(linear_ops, "INT8_GEMM", "cublas")
     assert linear_ops.int8_runs_triton(device, False) is False
     monkeypatch.setattr(linear_ops, "INT8_GEMM", "triton")
