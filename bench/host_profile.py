@@ -128,6 +128,11 @@ def launcher_state():
     return {"fast": tk.Launcher.fast, "kernels": launchers}
 
 
+def _activities(device):
+    from torch.profiler import ProfilerActivity
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+
 def _summary(prof, calls=1, top=15):
     api, ops = {}, []
     for event in prof.key_averages():
@@ -143,8 +148,8 @@ def _summary(prof, calls=1, top=15):
 def layer_calls(model, batch, device, calls=20):
     """_summary per call of one layer of each Linear class (the one with the largest input in a forward, on that
     input), called again alone `calls` times: what a single quantized layer call asks of the runtime."""
-    from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    from torch.profiler import profile
+    activities = _activities(device)
     seen = {}
 
     def keep(module, args, kwargs):
@@ -177,8 +182,8 @@ def layer_calls(model, batch, device, calls=20):
 def forward_calls(model, batch, device, top=15):
     """{'api': {call: [count, host_us]}, 'waits': [calls of WAITING_CALLS], 'ops': [[op, count, self host_us]]} of
     one forward (after one warm-up forward), from torch.profiler: the final synchronize is outside the profile."""
-    from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    from torch.profiler import profile
+    activities = _activities(device)
     with torch.inference_mode():
         model(**batch)
         _sync(device)
@@ -248,7 +253,8 @@ def pieces(device, tokens=4352, k=3072, n=3072):
         for through_op in (False, True):
             linear_ops.EAGER_THROUGH_OP = through_op
             try:
-                result[f"layer_{spec}_{backend}{'_op' if through_op else ''}"] = host_us(lambda layer=layer: layer(x), device)
+                name = f"layer_{spec}_{backend}{'_op' if through_op else ''}"
+                result[name] = host_us(lambda layer=layer: layer(x), device)
             finally:
                 linear_ops.EAGER_THROUGH_OP = False
     return result

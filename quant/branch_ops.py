@@ -71,17 +71,10 @@ def fold_factors(down, up, weight_scale, b_max=FOLD_B_MAX):
 
 def fp8_fold_reference(x, weight_codes, weight_scale, bias, down_folded, up_codes):
     """Torch definition of the fold: A = [codes(x), e4m3(x down'^T * (1 / s_x))], B = [W codes, up codes]."""
-    rows = x.reshape(-1, x.shape[-1])
-    count = rows.shape[0]
-    padded = -(-count // 16) * 16
-    codes, scale = fp8.quantize_rows(rows, padded)
-    xd = torch.nn.functional.pad(rows.float() @ down_folded.float().t(), (0, 0, 0, padded - count))
-    branch = (xd * (1.0 / scale)).clamp(-fp8.E4M3_MAX, fp8.E4M3_MAX).to(fp8.E4M3)
-    a = torch.cat([codes, branch], dim=1)
-    b = torch.cat([weight_codes, up_codes], dim=1)
-    out = torch._scaled_mm(a, b.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias, out_dtype=x.dtype,
-                           use_fast_accum=fp8.FAST_ACCUMULATION and x.is_cuda)
-    return out[:count].view(*x.shape[:-1], weight_codes.shape[0])
+    def a_tail(rows, scale, padded):
+        xd = torch.nn.functional.pad(rows.float() @ down_folded.float().t(), (0, 0, 0, padded - rows.shape[0]))
+        return (xd * (1.0 / scale)).clamp(-fp8.E4M3_MAX, fp8.E4M3_MAX).to(fp8.E4M3)
+    return linear_ops.fp8_gemm_reference(x, weight_codes, weight_scale, bias, a_tail, up_codes)
 
 
 def split_e4m3(values):
@@ -129,27 +122,23 @@ def split_activation_tail(xd, scale, padded_rows):
 def split_fold_reference(x, weight_codes, weight_scale, bias, down_folded, b_tail):
     """Torch definition of the split fold: one FP8 GEMM of A = [codes(x), split_activation_tail(x down'^T)] and
     B = [W codes, b_tail]: the branch as a_hi b_hi + a_hi b_lo + a_lo b_hi, each side to ~7 bits."""
-    rows = x.reshape(-1, x.shape[-1])
-    count = rows.shape[0]
-    padded = -(-count // 16) * 16
-    codes, scale = fp8.quantize_rows(rows, padded)
-    xd = torch.nn.functional.linear(rows, down_folded.to(rows.dtype))
-    a = torch.cat([codes, split_activation_tail(xd, scale, padded)], dim=1)
-    b = torch.cat([weight_codes, b_tail], dim=1)
-    out = torch._scaled_mm(a, b.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias, out_dtype=x.dtype,
-                           use_fast_accum=fp8.FAST_ACCUMULATION and x.is_cuda)
-    return out[:count].view(*x.shape[:-1], weight_codes.shape[0])
+    def a_tail(rows, scale, padded):
+        return split_activation_tail(torch.nn.functional.linear(rows, down_folded.to(rows.dtype)), scale, padded)
+    return linear_ops.fp8_gemm_reference(x, weight_codes, weight_scale, bias, a_tail, b_tail)
 
 
-def wide_fp8_weight(packed, int4, up_codes, rows, cols):
-    """[rows, cols + r] e4m3: the layer's weight codes (e4m3, or int4 unpacked) with the up codes after them."""
+def wide_fp8_weight(packed, int4, up_codes, rows, cols, ratio=None):
+    """[rows, cols + t] e4m3: the layer's weight codes (e4m3; int4 unpacked, or with group `ratio` the e4m3 form)
+    with the folded up codes [rows, t] after them, the int4 cases in one launch."""
     tk = kernels.triton_kernels
     wide = torch.empty((rows, cols + up_codes.shape[1]), device=packed.device, dtype=fp8.E4M3)
-    wide[:, cols:].copy_(up_codes)
-    if int4:
-        tk.int4_unpack(packed, rows, cols, fp8.E4M3, out=wide)
+    if ratio is not None:
+        tk.int4_groups_e4m3(packed, ratio, rows, cols, out=wide, tail=up_codes)
+    elif int4:
+        tk.int4_unpack(packed, rows, cols, fp8.E4M3, out=wide, tail=up_codes)
     else:
         wide[:, :cols].copy_(packed)
+        wide[:, cols:].copy_(up_codes)
     return wide
 
 
@@ -181,11 +170,7 @@ def split_fast(x, packed, ratio, channel, bias, out_features, down_folded, tail)
     else:
         xd = torch.nn.functional.linear(rows, down_folded)
         codes, scale, _ = tk.quantize_act(rows, padded, False, split=xd, tail=tail.shape[1])
-    wide = torch.empty((out_features, cols + tail.shape[1]), device=packed.device, dtype=fp8.E4M3)
-    if ratio is not None:
-        tk.int4_groups_e4m3(packed, ratio, out_features, cols, out=wide, tail=tail)
-    else:
-        tk.int4_unpack(packed, out_features, cols, fp8.E4M3, out=wide, tail=tail)
+    wide = wide_fp8_weight(packed, True, tail, out_features, cols, ratio)
     out = torch._scaled_mm(codes, wide.t(), scale_a=scale, scale_b=channel.view(1, -1), bias=bias, out_dtype=x.dtype,
                            use_fast_accum=fp8.FAST_ACCUMULATION)
     return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)

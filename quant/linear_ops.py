@@ -47,14 +47,25 @@ def _columns(rows):
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
-def fp8_reference(x, packed, weight_scale, bias, out_features, int4):
+def fp8_gemm_reference(x, weight, column_scale, bias, a_tail=None, b_tail=None):
+    """The torch form of the FP8 linears' cuBLAS GEMM: per-token e4m3 codes of x (rows padded to 16, as _scaled_mm
+    needs) times the e4m3 weight [N, K] with float32 column scales [N(, 1)], + bias, rounded once to x's dtype.
+    a_tail(rows, row scales, padded rows) -> e4m3 columns and b_tail [N, t] widen K (the low-rank branch's folds)."""
     rows = x.reshape(-1, x.shape[-1])
     count = rows.shape[0]
-    codes, scale = fp8.quantize_rows(rows, -(-count // 16) * 16)
-    weight = kernels_free_int4(packed, out_features, x.shape[-1], fp8.E4M3) if int4 else packed
-    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=weight_scale.view(1, -1), bias=bias,
+    padded = -(-count // 16) * 16
+    codes, scale = fp8.quantize_rows(rows, padded)
+    if a_tail is not None:
+        codes = torch.cat([codes, a_tail(rows, scale, padded)], dim=1)
+        weight = torch.cat([weight, b_tail], dim=1)
+    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=column_scale.view(1, -1), bias=bias,
                            out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION and x.is_cuda)
-    return out[:count].view(*x.shape[:-1], out_features)
+    return out[:count].view(*x.shape[:-1], weight.shape[0])
+
+
+def fp8_reference(x, packed, weight_scale, bias, out_features, int4):
+    weight = kernels_free_int4(packed, out_features, x.shape[-1], fp8.E4M3) if int4 else packed
+    return fp8_gemm_reference(x, weight, weight_scale, bias)
 
 
 def int8_reference(x, packed, weight_scale, bias, out_features, int4):
@@ -158,13 +169,7 @@ def fp8_group_traced(x, packed, weight_scale, bias, out_features, int4=True):
     """What torch.compile traces for GROUP_GEMM "e4m3": fp8_group_reference's codes and e4m3 weight, multiplied by
     one torch._scaled_mm (rows padded to 16, as fp8_reference), which inductor keeps as the cuBLAS FP8 GEMM. The
     reference's exact sums would trace into a float64 GEMM, tens of times slower on a GPU."""
-    rows = x.reshape(-1, x.shape[-1])
-    count = rows.shape[0]
-    codes, scale = fp8.quantize_rows(rows, -(-count // 16) * 16)
-    weight, channel = group_e4m3_reference(packed, weight_scale, out_features, x.shape[-1])
-    out = torch._scaled_mm(codes, weight.t(), scale_a=scale, scale_b=channel.view(1, -1), bias=bias,
-                           out_dtype=x.dtype, use_fast_accum=fp8.FAST_ACCUMULATION and x.is_cuda)
-    return out[:count].view(*x.shape[:-1], out_features)
+    return fp8_gemm_reference(x, *group_e4m3_reference(packed, weight_scale, out_features, x.shape[-1]), bias)
 
 
 def fp8_group_fast(x, packed, weight_scale, bias, out_features, int4=True):
