@@ -138,8 +138,19 @@ def main(argv=None):
                     finally:
                         branch_ops.SPLIT_DOWN, branch_ops.SPLIT_BOUND_MAX = down_form, bound
                     row["split_fused_down_vs_definition"] = rel(fused, definition)
+                    # what torch.compile makes of the split (branch_ops.traced_split_forward, inductor's kernels)
+                    bound, branch_ops.SPLIT_BOUND_MAX = branch_ops.SPLIT_BOUND_MAX, float("inf")
+                    torch._dynamo.reset()
+                    try:
+                        compiled = torch.compile(lambda rows: branch_ops.fast_branch_forward(
+                            layer, rows, layer.weight, bias, False, form="split"), fullgraph=True)(x)
+                    finally:
+                        branch_ops.SPLIT_BOUND_MAX = bound
+                        torch._dynamo.reset()
+                    row["split_compiled_vs_definition"] = rel(compiled, definition)
                 # judged on the kernels; the branch's precision is reported (it holds while split_bound is small)
-                row["ok"] = row["split_vs_definition"] < 1e-3 and row["split_fused_down_vs_definition"] < 4e-3
+                row["ok"] = row["split_vs_definition"] < 1e-3 and row["split_fused_down_vs_definition"] < 4e-3 \
+                    and row["split_compiled_vs_definition"] < 1e-3
             except Exception as error:
                 row.update(ok=False, error_text=f"{type(error).__name__}: {error}"[:200])
             failures += row["ok"] is False
@@ -157,7 +168,8 @@ def main(argv=None):
             print(f"{shape:>12} {'split r' + str(row['rank']):>13} {'':>13} {'':>5} {row['split_ms']:>7.1f}ms")
         elif "split_vs_default" in row:
             print(f"{shape:>12} {row['spec']:>13} {'fp8 split':>13} {'':>5} vs its definition "
-                  f"{row['split_vs_definition']:.1e} (fused down {row['split_fused_down_vs_definition']:.1e}), "
+                  f"{row['split_vs_definition']:.1e} (fused down {row['split_fused_down_vs_definition']:.1e}, "
+                  f"compiled {row['split_compiled_vs_definition']:.1e}), "
                   f"vs addmm {row['split_vs_default']:.1e}, "
                   f"branch vs f64 {row['split_branch_vs_float64']:.1e} (addmm {row['default_branch_vs_float64']:.1e})"
                   f", split_bound {row['split_bound']:.0f} {row['ok']}")

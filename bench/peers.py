@@ -546,10 +546,13 @@ def check_kernels(device, log):
 
 
 def main(argv=None):
+    global COMPILED
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="flux,sdxl")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--compile", default="", help="models to also time compiled, e.g. 'flux'")
+    parser.add_argument("--compile-configs", default="", help="configs to compile, for the default: "
+                        + ", ".join(COMPILED))
     parser.add_argument("--full-flux", action="store_true", help=f"all 19 + 38 FLUX blocks, not {FLUX_BLOCKS}")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -566,10 +569,11 @@ def main(argv=None):
     parser.add_argument("--cuda-graphs", action="store_true",
                         help=f"also {', '.join(GRAPHED)} with the loaders' cuda_graphs: on (eager, replayed)")
     args = parser.parse_args(argv)
+    if args.compile_configs:
+        COMPILED = tuple(config.strip() for config in args.compile_configs.split(","))
     if args.cuda_graphs:
         args.configs += "," + ",".join(config + CUDA_GRAPHS for config in GRAPHED)
     if args.attention == "int8":
-        global COMPILED
         extra = [config + INT8_ATTENTION for config in ("bf16", "W8A8 auto")]
         args.configs += "," + ",".join(extra)
         COMPILED = (*COMPILED, *extra)

@@ -97,9 +97,15 @@ def split_fold_factors(down, up, weight_scale, b_max=SPLIT_B_MAX):
     c = (per_channel.abs().amax(dim=0) / b_max).clamp(min=torch.finfo(torch.float32).tiny)
     down_folded = (down.float() * c[:, None]).to(down.dtype)
     hi, lo = split_e4m3(per_channel / c)
-    tail = torch.zeros((up.shape[0], split_columns(up.shape[1])), dtype=fp8.E4M3, device=up.device)
-    tail[:, :SPLIT_TERMS * up.shape[1]] = torch.cat([hi, lo, hi], dim=1)
-    return down_folded, tail
+    return down_folded, _padded_columns([hi, lo, hi], split_columns(up.shape[1]))
+
+
+def _padded_columns(parts, columns):
+    """The e4m3 parts side by side, zero columns after them up to `columns`: one cat (inductor cannot lower a
+    slice assignment into an e4m3 buffer)."""
+    rows, used = parts[0].shape[0], sum(part.shape[1] for part in parts)
+    zeros = torch.zeros((rows, columns - used), dtype=fp8.E4M3, device=parts[0].device)
+    return torch.cat([*parts, zeros], dim=1)
 
 
 def split_bound(down, up, weight_scale):
@@ -113,10 +119,9 @@ def split_activation_tail(xd, scale, padded_rows):
     """A side of the split fold: [a_hi, a_hi, a_lo, 0...] e4m3 [padded_rows, split_columns(r)] of a = xd * (1 /
     scale) (float32; xd [rows, r] as the down-projection rounded it, scale the rows' FP8 scales); padding rows 0."""
     rows, rank = xd.shape
-    hi, lo = split_e4m3(xd.float() * (1.0 / scale[:rows]))
-    tail = torch.zeros((padded_rows, split_columns(rank)), dtype=fp8.E4M3, device=xd.device)
-    tail[:rows, :SPLIT_TERMS * rank] = torch.cat([hi, hi, lo], dim=1)
-    return tail
+    values = torch.nn.functional.pad(xd.float() * (1.0 / scale[:rows]), (0, 0, 0, padded_rows - rows))
+    hi, lo = split_e4m3(values)
+    return _padded_columns([hi, hi, lo], split_columns(rank))
 
 
 def split_fold_reference(x, weight_codes, weight_scale, bias, down_folded, b_tail):
@@ -176,24 +181,60 @@ def split_fast(x, packed, ratio, channel, bias, out_features, down_folded, tail)
     return (out if padded == count else out[:count]).view(*x.shape[:-1], out_features)
 
 
+def split_takes(spec, int8_codes=False):
+    """Whether a layer of `spec` can run the split fold at all: int4 weights (unpacked per call anyway) beside FP8
+    activation codes."""
+    return not int8_codes and spec.packed_int4 and spec.a_bits == 8
+
+
+def channel_scales(weight_scale):
+    """The per-channel scales the split fold's B side is made against: the layer's own, or group-wise ones' row
+    maxima (the e4m3 form's channel scales)."""
+    return linear_ops.group_ratios(weight_scale)[1] if linear_ops._grouped(weight_scale) else weight_scale
+
+
+def layer_split_bound(layer):
+    """split_bound of a quantized layer's branch (None where split_takes does not hold): what decides, once its
+    factors and scales are set (quant/layers.py keeps it as `layer.split_bound`), whether it may take the split."""
+    if not layer.quant_spec.rank or not split_takes(layer.quant_spec):
+        return None
+    return split_bound(layer.lowrank_down, layer.lowrank_up, channel_scales(layer.weight_scale))
+
+
 def _split_prepared(layer, x, channel):
     """(down' in x's dtype, B tail, split_bound) of the layer's branch against its channel scales, once per set of
-    buffers (as _prepared)."""
+    buffers (as _prepared): the bound follows in-place changes of the buffers here, where `layer.split_bound` is the
+    one at quantization time."""
     def make():
         down, up = layer.lowrank_down.to(x.dtype), layer.lowrank_up
-        return (*split_fold_factors(down, up, channel), split_bound(down, up, channel))
+        return (*split_fold_factors(down, up, channel), split_bound(layer.lowrank_down, up, channel))
     return _cached(layer, "_split_prepared", x.dtype, make)
+
+
+def _split_applies(layer, x):
+    """The split fold's conditions that do not depend on the branch's values: a W4A8 fp8 layer (per channel, or
+    group-wise in the e4m3 form) with K a multiple of 16 and its scales and factors on x's device."""
+    spec, scale = layer.quant_spec, layer.weight_scale
+    return spec.packed_int4 and spec.a_bits == 8 and not layer.in_features % 16 and scale.device == x.device \
+        and layer.lowrank_down.device == x.device \
+        and (not linear_ops._grouped(scale) or linear_ops.GROUP_GEMM == "e4m3")
+
+
+def _split_reference(layer, x, packed, bias, down, tail, channel):
+    cols, scale = layer.in_features, layer.weight_scale
+    weight = linear_ops.group_e4m3_reference(packed, scale, layer.out_features, cols)[0] \
+        if linear_ops._grouped(scale) else linear_ops.kernels_free_int4(packed, layer.out_features, cols, fp8.E4M3)
+    return split_fold_reference(x, weight, channel, bias, down, tail)
 
 
 def split_branch_forward(layer, x, packed, bias):
     """The split fold of a W4A8 fp8 layer (per channel, or group-wise in the e4m3 form): split_fast on CUDA, its torch
     definition elsewhere; None where it does not apply (other specs, factors or scales on another device, K not a
     multiple of 16, or split_bound too large)."""
-    spec, scale = layer.quant_spec, layer.weight_scale
-    grouped = linear_ops._grouped(scale)
-    if not spec.packed_int4 or spec.a_bits != 8 or layer.in_features % 16 or scale.device != x.device \
-            or layer.lowrank_down.device != x.device or grouped and linear_ops.GROUP_GEMM != "e4m3":
+    if not _split_applies(layer, x):
         return None
+    scale = layer.weight_scale
+    grouped = linear_ops._grouped(scale)
     fast = kernels.runs_triton(x) and x.dtype in (torch.bfloat16, torch.float16)
     ratio, channel = (linear_ops._memoized_group_ratios if fast else linear_ops.group_ratios)(scale) if grouped \
         else (None, scale)
@@ -202,10 +243,21 @@ def split_branch_forward(layer, x, packed, bias):
         return None
     if fast:
         return split_fast(x, packed, ratio, channel, bias, layer.out_features, down, tail)
-    cols = layer.in_features
-    weight = linear_ops.group_e4m3_reference(packed, scale, layer.out_features, cols)[0] if grouped \
-        else linear_ops.kernels_free_int4(packed, layer.out_features, cols, fp8.E4M3)
-    return split_fold_reference(x, weight, channel, bias, down, tail)
+    return _split_reference(layer, x, packed, bias, down, tail, channel)
+
+
+def traced_split_forward(layer, x, packed, bias):
+    """What torch.compile traces for the split fold: its torch definition, the factors made in the graph (a few
+    small elementwise kernels per call that inductor fuses; the int4 unpacking and the B tail become one kernel, the
+    activation codes and split columns another, around cuBLAS's x down'^T and FP8 GEMM). None where the split does
+    not apply; the bound is the layer's at quantization time (`layer.split_bound`: a traced graph cannot read the
+    buffers' values)."""
+    bound = getattr(layer, "split_bound", None)
+    if bound is None or bound > SPLIT_BOUND_MAX or not _split_applies(layer, x):
+        return None
+    channel = channel_scales(layer.weight_scale)
+    down, tail = split_fold_factors(layer.lowrank_down.to(x.dtype), layer.lowrank_up, channel)
+    return _split_reference(layer, x, packed, bias, down, tail, channel)
 
 
 def fused_fast(x, packed, weight_scale, bias, out_features, int4, down, up, int8_codes):
@@ -273,9 +325,14 @@ def addmm_forward(layer, x, packed, bias, down, up):
     return out
 
 
-def traced_branch_forward(layer, x, packed, bias):
-    """Under torch.compile: the layer's 8-bit path (traced torch) and the branch's up-projection as one addmm into
-    its output (cuBLAS reads y once as the GEMM's C), instead of a GEMM and a separate add."""
+def traced_branch_forward(layer, x, packed, bias, form):
+    """Under torch.compile: the split fold's torch definition where `form` is "split" and it applies, else the layer's
+    8-bit path (traced torch) and the branch's up-projection as one addmm into its output (cuBLAS reads y once as
+    the GEMM's C), instead of a GEMM and a separate add."""
+    if form == "split":
+        out = traced_split_forward(layer, x, packed, bias)
+        if out is not None:
+            return out
     out = layer.quantized_forward(x, packed, bias)
     xd = torch.nn.functional.linear(x, layer.lowrank_down.to(x.dtype))
     up = layer.lowrank_up.to(x.dtype)
@@ -288,7 +345,7 @@ def auto_form(spec, int8_codes, device):
     the shared unfused forward off CUDA."""
     if device.type != "cuda":
         return "unfused"
-    if not int8_codes and spec.packed_int4 and spec.a_bits == 8:
+    if split_takes(spec, int8_codes):
         return "split"
     triton_int8 = int8_codes and not spec.group_size and linear_ops.int8_runs_triton(device, spec.packed_int4)
     return "epilogue" if triton_int8 else "addmm"
@@ -302,11 +359,11 @@ def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
     form = EAGER_FORM if form is None else form
     if form not in EAGER_FORMS:
         raise ValueError(f"low-rank branch form must be one of {', '.join(EAGER_FORMS)}, got {form!r}")
-    if torch.compiler.is_compiling():
-        return traced_branch_forward(layer, x, packed, bias)
     spec = layer.quant_spec
     if form == "auto":
         form = auto_form(spec, int8_codes, x.device)
+    if torch.compiler.is_compiling():
+        return traced_branch_forward(layer, x, packed, bias, form if split_takes(spec, int8_codes) else None)
     if form == "split":
         out = None if int8_codes else split_branch_forward(layer, x, packed, bias)
         if out is not None:
