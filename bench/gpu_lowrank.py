@@ -125,7 +125,8 @@ def main(argv=None):
                     grouped = "-g" in spec
                     ratio, channel = linear_ops.group_ratios(layer.weight_scale) if grouped \
                         else (None, layer.weight_scale)
-                    down, tail, _ = branch_ops._split_prepared(layer, x, channel)
+                    down, tail = branch_ops.split_factors(layer.lowrank_down, layer.lowrank_up, layer.weight_scale,
+                                                          x.dtype)[2:4]
                     weight = linear_ops.group_e4m3_reference(layer.weight, layer.weight_scale, out_features,
                                                              in_features)[0] if grouped else \
                         linear_ops.kernels_free_int4(layer.weight, out_features, in_features, torch.float8_e4m3fn)

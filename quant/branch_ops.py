@@ -26,6 +26,8 @@ addmm  x down^T as one cuBLAS GEMM, then y += (x down^T) up^T in place, y being 
        more passes over y and one more launch). This is what bench/kernels8.py and bench/gpu_gemm.py time as
        "unfused"; it rounds the sum once where the shared forward rounds the product and then the sum.
 Every function has a torch definition that runs anywhere (the CPU tests) beside the Triton one."""
+from typing import Optional
+
 import torch
 
 from . import fp8_codes as fp8, int8_codes as int8, kernels, linear_ops
@@ -187,30 +189,6 @@ def split_takes(spec, int8_codes=False):
     return not int8_codes and spec.packed_int4 and spec.a_bits == 8
 
 
-def channel_scales(weight_scale):
-    """The per-channel scales the split fold's B side is made against: the layer's own, or group-wise ones' row
-    maxima (the e4m3 form's channel scales)."""
-    return linear_ops.group_ratios(weight_scale)[1] if linear_ops._grouped(weight_scale) else weight_scale
-
-
-def layer_split_bound(layer):
-    """split_bound of a quantized layer's branch (None where split_takes does not hold): what decides, once its
-    factors and scales are set (quant/layers.py keeps it as `layer.split_bound`), whether it may take the split."""
-    if not layer.quant_spec.rank or not split_takes(layer.quant_spec):
-        return None
-    return split_bound(layer.lowrank_down, layer.lowrank_up, channel_scales(layer.weight_scale))
-
-
-def _split_prepared(layer, x, channel):
-    """(down' in x's dtype, B tail, split_bound) of the layer's branch against its channel scales, once per set of
-    buffers (as _prepared): the bound follows in-place changes of the buffers here, where `layer.split_bound` is the
-    one at quantization time."""
-    def make():
-        down, up = layer.lowrank_down.to(x.dtype), layer.lowrank_up
-        return (*split_fold_factors(down, up, channel), split_bound(layer.lowrank_down, up, channel))
-    return _cached(layer, "_split_prepared", x.dtype, make)
-
-
 def _split_applies(layer, x):
     """The split fold's conditions that do not depend on the branch's values: a W4A8 fp8 layer (per channel, or
     group-wise in the e4m3 form) with K a multiple of 16 and its scales and factors on x's device."""
@@ -220,44 +198,76 @@ def _split_applies(layer, x):
         and (not linear_ops._grouped(scale) or linear_ops.GROUP_GEMM == "e4m3")
 
 
-def _split_reference(layer, x, packed, bias, down, tail, channel):
-    cols, scale = layer.in_features, layer.weight_scale
-    weight = linear_ops.group_e4m3_reference(packed, scale, layer.out_features, cols)[0] \
-        if linear_ops._grouped(scale) else linear_ops.kernels_free_int4(packed, layer.out_features, cols, fp8.E4M3)
-    return split_fold_reference(x, weight, channel, bias, down, tail)
+def split_factors(down, up, weight_scale, dtype):
+    """(group ratios or None, channel scales, down' in `dtype`, B tail, split_bound) of a branch against the layer's
+    scales, made once and kept on `up` itself while the three tensors are the same (storage and in-place version):
+    a moved or cast buffer (offload) is a new tensor and gets them afresh."""
+    tensors = (down, up, weight_scale)
+    key = (dtype, *(t._version for t in tensors), *(t.data_ptr() for t in tensors), up.device)
+    memo = getattr(up, "_qsched_split", None)
+    if memo is None or memo[0] != key:
+        ratio, channel = linear_ops.group_ratios(weight_scale) if linear_ops._grouped(weight_scale) \
+            else (None, weight_scale)
+        folded, tail = split_fold_factors(down.to(dtype), up, channel)
+        memo = (key, (ratio, channel, folded, tail, split_bound(down, up, channel)))
+        up._qsched_split = memo
+    return memo[1]
+
+
+def split_linear(x, packed, weight_scale, bias, out_features, down, up):
+    """A W4A8 fp8 layer's output with its branch by the split fold (split_fast on CUDA, its torch definition
+    elsewhere), or None where split_bound > SPLIT_BOUND_MAX."""
+    ratio, channel, folded, tail, bound = split_factors(down, up, weight_scale, x.dtype)
+    if bound > SPLIT_BOUND_MAX:
+        return None
+    if kernels.triton_kernels is not None and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        return split_fast(x, packed, ratio, channel, bias, out_features, folded, tail)
+    cols = x.shape[-1]
+    weight = linear_ops.group_e4m3_reference(packed, weight_scale, out_features, cols)[0] if ratio is not None \
+        else linear_ops.kernels_free_int4(packed, out_features, cols, fp8.E4M3)
+    return split_fold_reference(x, weight, channel, bias, folded, tail)
+
+
+def split_or_addmm_linear(x, packed, weight_scale, bias, out_features, down, up):
+    """split_linear, or where its bound does not hold the 8-bit path plus one addmm of the branch: what the custom
+    op `qsched::split_linear` runs (a compiled graph holds the whole layer as one node, the choice made per call)."""
+    out = split_linear(x, packed, weight_scale, bias, out_features, down, up)
+    if out is not None:
+        return out
+    if linear_ops._grouped(weight_scale):
+        out = linear_ops.qgemm_linear(x, packed, weight_scale, bias, out_features, True, False)
+    else:
+        out = linear_ops.fp8_linear(x, packed, weight_scale, bias, out_features, True)
+    xd = torch.nn.functional.linear(x, down.to(x.dtype))
+    return out.view(-1, out_features).addmm_(xd.view(-1, up.shape[1]), up.to(x.dtype).t()).view(out.shape)
+
+
+def _register_split():
+    if hasattr(torch.ops.qsched, "split_linear"):
+        return torch.ops.qsched.split_linear.default
+
+    @torch.library.custom_op("qsched::split_linear", mutates_args=())
+    def op(x: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, bias: Optional[torch.Tensor],
+           out_features: int, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return split_or_addmm_linear(x, packed, weight_scale, bias, out_features, down, up)
+
+    @op.register_fake
+    def _(x, packed, weight_scale, bias, out_features, down, up):
+        return x.new_empty((*x.shape[:-1], out_features))
+
+    return torch.ops.qsched.split_linear.default
+
+
+SPLIT_OP = _register_split()
 
 
 def split_branch_forward(layer, x, packed, bias):
-    """The split fold of a W4A8 fp8 layer (per channel, or group-wise in the e4m3 form): split_fast on CUDA, its torch
-    definition elsewhere; None where it does not apply (other specs, factors or scales on another device, K not a
-    multiple of 16, or split_bound too large)."""
+    """The split fold of a W4A8 fp8 layer (per channel, or group-wise in the e4m3 form); None where it does not
+    apply (other specs, factors or scales on another device, K not a multiple of 16, or split_bound too large)."""
     if not _split_applies(layer, x):
         return None
-    scale = layer.weight_scale
-    grouped = linear_ops._grouped(scale)
-    fast = kernels.runs_triton(x) and x.dtype in (torch.bfloat16, torch.float16)
-    ratio, channel = (linear_ops._memoized_group_ratios if fast else linear_ops.group_ratios)(scale) if grouped \
-        else (None, scale)
-    down, tail, bound = _split_prepared(layer, x, channel)
-    if bound > SPLIT_BOUND_MAX:
-        return None
-    if fast:
-        return split_fast(x, packed, ratio, channel, bias, layer.out_features, down, tail)
-    return _split_reference(layer, x, packed, bias, down, tail, channel)
-
-
-def traced_split_forward(layer, x, packed, bias):
-    """What torch.compile traces for the split fold: its torch definition, the factors made in the graph (a few
-    small elementwise kernels per call that inductor fuses; the int4 unpacking and the B tail become one kernel, the
-    activation codes and split columns another, around cuBLAS's x down'^T and FP8 GEMM). None where the split does
-    not apply; the bound is the layer's at quantization time (`layer.split_bound`: a traced graph cannot read the
-    buffers' values)."""
-    bound = getattr(layer, "split_bound", None)
-    if bound is None or bound > SPLIT_BOUND_MAX or not _split_applies(layer, x):
-        return None
-    channel = channel_scales(layer.weight_scale)
-    down, tail = split_fold_factors(layer.lowrank_down.to(x.dtype), layer.lowrank_up, channel)
-    return _split_reference(layer, x, packed, bias, down, tail, channel)
+    return split_linear(x, packed, layer.weight_scale, bias, layer.out_features, layer.lowrank_down,
+                        layer.lowrank_up)
 
 
 def fused_fast(x, packed, weight_scale, bias, out_features, int4, down, up, int8_codes):
@@ -326,13 +336,13 @@ def addmm_forward(layer, x, packed, bias, down, up):
 
 
 def traced_branch_forward(layer, x, packed, bias, form):
-    """Under torch.compile: the split fold's torch definition where `form` is "split" and it applies, else the layer's
-    8-bit path (traced torch) and the branch's up-projection as one addmm into its output (cuBLAS reads y once as
-    the GEMM's C), instead of a GEMM and a separate add."""
-    if form == "split":
-        out = traced_split_forward(layer, x, packed, bias)
-        if out is not None:
-            return out
+    """Under torch.compile: where `form` is "split" and it applies, the layer as one opaque node (the custom op
+    `qsched::split_linear`: the eager kernels, the factors kept between calls; traced torch made the factors per
+    call and copied the codes into the wide operands, +19% of a full FLUX step on an H100 against the eager split's
+    +7%); else the layer's 8-bit path (traced torch) and the branch's up-projection as one addmm into its output
+    (cuBLAS reads y once as the GEMM's C), instead of a GEMM and a separate add."""
+    if form == "split" and _split_applies(layer, x):  # whether the bound holds is decided per call, inside the op
+        return SPLIT_OP(x, packed, layer.weight_scale, bias, layer.out_features, layer.lowrank_down, layer.lowrank_up)
     out = layer.quantized_forward(x, packed, bias)
     xd = torch.nn.functional.linear(x, layer.lowrank_down.to(x.dtype))
     up = layer.lowrank_up.to(x.dtype)
@@ -373,8 +383,7 @@ def fast_branch_forward(layer, x, packed, bias, int8_codes, form=None):
         return addmm_forward(layer, x, packed, bias, *_prepared(layer, x, False))
     if form in ("unfused", "addmm") or not (kernels.runs_triton(x) and layer.lowrank_down.device == x.device
                                  and x.dtype in (torch.bfloat16, torch.float16)):
-        for name in ("_branch_prepared", "_split_prepared"):  # no stale copies on another device
-            layer.__dict__.pop(name, None)
+        layer.__dict__.pop("_branch_prepared", None)  # no stale copies on another device
         return None
     if spec.group_size and form != "epilogue":
         return None  # the fused and folded forms run cuBLAS GEMMs, which have no group scales

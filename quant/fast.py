@@ -9,7 +9,7 @@ Linears that see at most `STREAMING_MAX_ROWS` rows (adaLN modulation, batch-size
 a Triton GEMM reads the int8 codes directly."""
 import torch
 
-from . import kernels
+from . import branch_ops, kernels
 from .layers import SimulatedConv, SimulatedLinear
 
 # Up to this many rows a weight-only int8 linear streams its codes through one Triton GEMM (1 byte per weight read
@@ -42,6 +42,18 @@ class FastWeight:
             self.__dict__["_scale_as"] = cached
         return cached[1]
 
+    def folded_forward(self, x, packed, bias, run):
+        """A weight-only layer with a low-rank branch, on the fast path: the branch goes into the widened 16-bit
+        weight (one in-place addmm of up down per call, r columns) before `run(x, weight, bias)`, instead of two
+        more GEMMs over x and an add over y: on SDXL's many small layers (host-bound) those tripled the launches.
+        The sum is rounded once to 16 bits, as a 16-bit model's own weight is. None where it does not apply."""
+        if not (self.quant_spec.rank and _fast(self, x) and self.lowrank_down.device == x.device):
+            return None
+        down, up = branch_ops._prepared(self, x, False)
+        weight = self.fast_weight(packed, x)  # a fresh tensor: added to in place
+        weight.view(up.shape[0], -1).addmm_(up, down)
+        return run(x, weight, bias)
+
     def fast_weight(self, packed, x):
         """[out, columns] weight in x's dtype: exactly numerics.dequantize_weight's values."""
         spec = self.quant_spec
@@ -52,13 +64,23 @@ class FastWeight:
 
 
 class FastWeightOnlyLinear(FastWeight, SimulatedLinear):
+    def streams(self, x):
+        """Whether this input's rows stream the codes through the Triton GEMM (no widened weight)."""
+        spec = self.quant_spec
+        rows = x.numel() // self.in_features
+        return rows <= STREAMING_MAX_ROWS and not spec.group_size \
+            and (not spec.packed_int4 or STREAMING_INT4 and self.in_features % 2 == 0)
+
+    def packed_forward(self, x, packed, bias):
+        out = None if self.streams(x) else self.folded_forward(x, packed, bias, torch.nn.functional.linear)
+        return super().packed_forward(x, packed, bias) if out is None else out
+
     def quantized_forward(self, x, packed, bias):
         if not _fast(self, x):
             return super().quantized_forward(x, packed, bias)
         spec = self.quant_spec
         rows = x.reshape(-1, self.in_features)
-        streams = not spec.packed_int4 or STREAMING_INT4 and self.in_features % 2 == 0
-        if rows.shape[0] <= STREAMING_MAX_ROWS and not spec.group_size and streams:
+        if self.streams(x):
             out = kernels.triton_kernels.weight_only_linear(rows if rows.stride(-1) == 1 else rows.contiguous(), packed,
                                                             self.weight_scale.to(x.device), bias, spec.packed_int4,
                                                             self.out_features)
@@ -79,6 +101,11 @@ class FastSimulatedLinear(FastWeight, SimulatedLinear):
 
 
 class FastWeightOnlyConv(FastWeight, SimulatedConv):
+    def packed_forward(self, x, packed, bias):
+        out = self.folded_forward(x, packed, bias, lambda rows, weight, bias: self._conv_forward(
+            rows, weight.view(self.float_weight_shape()), bias))
+        return super().packed_forward(x, packed, bias) if out is None else out
+
     def quantized_forward(self, x, packed, bias):
         if not _fast(self, x):
             return super().quantized_forward(x, packed, bias)

@@ -15,7 +15,7 @@ it costs 32 bits per input channel (0.01 bits per weight at 3,072 outputs)."""
 import torch
 from torch import nn
 
-from . import branch_ops, lowrank, numerics, smoothing
+from . import lowrank, numerics, smoothing
 from .spec import QuantSpec
 
 
@@ -159,7 +159,6 @@ class PackedWeightMixin:
             self.register_buffer("lowrank_up", up)
         if divisor is not None:
             self.register_buffer("input_divisor", divisor)
-        self.split_bound = branch_ops.layer_split_bound(self)
 
     @property
     def smoothing_divisor(self):

@@ -81,14 +81,16 @@ def test_the_split_branch_form_inside_comfyui(env, monkeypatch, spec):  # noqa: 
     cosine = torch.nn.functional.cosine_similarity((split_lora - split).flatten(), (default_lora - default).flatten(),
                                                    dim=0)
     assert cosine > 0.9, cosine
-    layers = [m for m in model.model.diffusion_model.modules() if "_split_prepared" in m.__dict__]
+    layers = [m for m in model.model.diffusion_model.modules() if hasattr(getattr(m, "lowrank_up", None),
+                                                                         "_qsched_split")]
     assert layers, "no layer took the split"
+    bounds = []
     for layer in layers:
         grouped = linear_ops._grouped(layer.weight_scale)
         channel = linear_ops.group_ratios(layer.weight_scale)[1] if grouped else layer.weight_scale
-        assert layer.__dict__["_split_prepared"][2][2] == branch_ops.split_bound(layer.lowrank_down,
-                                                                                 layer.lowrank_up, channel)
-    taken = sum(layer.__dict__["_split_prepared"][2][2] <= branch_ops.SPLIT_BOUND_MAX for layer in layers)
+        bounds.append(branch_ops.split_bound(layer.lowrank_down, layer.lowrank_up, channel))
+        assert layer.lowrank_up._qsched_split[1][4] == bounds[-1]
+    taken = sum(bound <= branch_ops.SPLIT_BOUND_MAX for bound in bounds)
     print(f"{spec}: {taken} of {len(layers)} branch layers took the split fold")
     assert taken > 0
     assert torch.equal(denoise(env, model), split)  # the LoRA'd codes were restored

@@ -360,39 +360,36 @@ def test_split_branch_form_through_the_layer(spec):
 
 
 @pytest.mark.parametrize("spec", ["W4A8-r8", "W4A8-g64-r8"])
-def test_compiled_split_form_traces_one_wide_fp8_gemm(spec, monkeypatch):
-    """Under torch.compile the split form traces its torch definition: one torch._scaled_mm whose K is the layer's
-    plus split_columns(rank), no addmm, the eager torch definition's numbers bit for bit; a layer whose bound at
-    quantization time (`split_bound`) is past SPLIT_BOUND_MAX traces the addmm form instead."""
+def test_compiled_split_form_is_one_opaque_node(spec, monkeypatch):
+    """Under torch.compile a layer taking the split form is one node, the custom op qsched::split_linear (no traced
+    GEMM or addmm beside it), with the eager split's numbers bit for bit; the bound is judged per call inside it, so
+    the compiled graph follows a change of the buffers' values (past SPLIT_BOUND_MAX: the addmm form's numbers)."""
     monkeypatch.setattr(branch_ops, "EAGER_FORM", "split")
     model = net().to(torch.bfloat16)
     quantize_module(model, spec, backend="fp8", policy="first_last=off")
     layer = model[0]
-    channel = linear_ops.group_ratios(layer.weight_scale)[1] if "g64" in spec else layer.weight_scale
-    assert layer.split_bound == branch_ops.split_bound(layer.lowrank_down, layer.lowrank_up, channel) < 128
     x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    graphs = []
 
-    def traced(module):
-        graphs = []
+    def recording_backend(graph_module, _inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
 
-        def recording_backend(graph_module, _inputs):
-            graphs.append(graph_module)
-            return graph_module.forward
-        torch._dynamo.reset()
-        out = torch.compile(module, backend=recording_backend, fullgraph=True)(x)
-        torch._dynamo.reset()
-        return out, [node for graph in graphs for node in graph.graph.nodes]
-
-    compiled, nodes = traced(layer)
-    gemms = [node for node in nodes if node.target is torch._scaled_mm]
-    assert len(gemms) == 1 and not any(node.target in (torch.addmm, torch.Tensor.addmm_) for node in nodes)
-    assert gemms[0].args[0].meta["example_value"].shape[1] == 128 + branch_ops.split_columns(8)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend=recording_backend, fullgraph=True)
+    out = compiled(x)
+    nodes = [node for graph in graphs for node in graph.graph.nodes if node.op == "call_function"]
+    assert [node.target for node in nodes] == [branch_ops.SPLIT_OP]
     eager = branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, False, form="split")
-    assert torch.equal(compiled, eager)
-    layer.split_bound = 2 * branch_ops.SPLIT_BOUND_MAX
-    compiled, nodes = traced(layer)
-    assert any(node.target in (torch.addmm, torch.Tensor.addmm_) for node in nodes)
-    assert rel(compiled, eager) < 0.01
+    without = layer.quantized_forward(x, layer.weight, layer.bias)
+    assert torch.equal(out, eager) and not torch.equal(out, without)
+    layer.lowrank_up.mul_(1000.0)
+    channel = linear_ops.group_ratios(layer.weight_scale)[1] if "g64" in spec else layer.weight_scale
+    assert branch_ops.split_bound(layer.lowrank_down, layer.lowrank_up, channel) > branch_ops.SPLIT_BOUND_MAX
+    out = compiled(x)
+    torch._dynamo.reset()
+    assert len(graphs) == 1  # no recompilation
+    assert torch.equal(out, branch_ops.fast_branch_forward(layer, x, layer.weight, layer.bias, False, form="addmm"))
 
 
 def test_int8_gemm_auto_takes_triton_for_w8_codes_on_hopper_only(monkeypatch):

@@ -132,6 +132,45 @@ def test_comfy_kitchen_and_weight_only_layers_add_the_branch(monkeypatch):
         assert errors[1] < 0.8 * errors[0], errors
 
 
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_weight_only_fast_path_folds_the_branch_into_the_widened_weight(monkeypatch, kind):
+    """On the weight-only fast path (made to run here: W8A16's widening is one torch multiply) the branch goes into
+    the 16-bit weight: two matmuls per call (the fold's addmm, the layer's own) and no add over the output, where
+    the branch beside it takes two more GEMMs (or convolutions) and an add; the result within bfloat16 rounding of
+    the float64 layer with the branch."""
+    from comfyui_qsched.quant import backends, fast
+
+    torch.manual_seed(3)
+    layer = (nn.Linear(96, 80) if kind == "linear" else nn.Conv2d(16, 24, 3, padding=1)).requires_grad_(False)
+    backends.weight_only(layer, QuantSpec.parse("W8A16-r8"), "weight-only")
+    layer = layer.to(torch.bfloat16)
+    x = (torch.randn(40, 96) if kind == "linear" else torch.randn(2, 16, 6, 6)).to(torch.bfloat16)
+    weight = layer.dequantize().double() + (layer.lowrank_up.double() @ layer.lowrank_down.double()).reshape(
+        layer.dequantize().shape)
+    run = nn.functional.linear if kind == "linear" else \
+        (lambda rows, w, b: nn.functional.conv2d(rows, w, b, padding=1))
+    expected = run(x.double(), weight, layer.bias.double())
+
+    class Ops(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    def traced():
+        ops = Ops()
+        ops.seen = []
+        with ops:
+            out = layer(x)
+        return out, [name for name in ops.seen if name in ("mm", "addmm", "addmm_", "convolution", "add", "add_")]
+
+    unfused, unfused_ops = traced()
+    monkeypatch.setattr(fast, "_widens", lambda rows: True)
+    folded, folded_ops = traced()
+    assert len(folded_ops) == 2 and "add_" not in folded_ops and "add" not in folded_ops, folded_ops
+    assert len(unfused_ops) >= 3 and "add_" in unfused_ops, unfused_ops
+    assert relative(folded.double(), expected) < 2 ** -7 and relative(unfused.double(), expected) < 2 ** -7
+
+
 def test_conv_branch_matches_a_dense_convolution():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.Conv2d(32, 4, 1))

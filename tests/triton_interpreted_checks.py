@@ -143,17 +143,16 @@ def split_fold_fast_path(tk, spec, down_form="cublas"):
     runs both here, so any difference is in the codes or the weight. With the down-projection in the quantization
     kernel (SPLIT_DOWN "fused") its float32 sums differ in order: within 2**-8 of the definition's output."""
     from torch import nn
-    from comfyui_qsched.quant import branch_ops, linear_ops, quantize_module
+    from comfyui_qsched.quant import branch_ops, quantize_module
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(128, 96)).requires_grad_(False)
     quantize_module(model, spec, backend="fp8", policy="first_last=off")
     layer = model[0].to(torch.bfloat16)
     layer.weight_scale = layer.weight_scale.float() if "g" not in spec else layer.weight_scale.half()
     x = torch.randn(2, 7, 128).to(torch.bfloat16)
-    grouped = "g" in spec
-    ratio, channel = linear_ops.group_ratios(layer.weight_scale) if grouped else (None, layer.weight_scale)
-    down, tail, bound = branch_ops._split_prepared(layer, x, channel)
-    assert bound <= branch_ops.SPLIT_BOUND_MAX
+    ratio, channel, down, tail, bound = branch_ops.split_factors(layer.lowrank_down, layer.lowrank_up,
+                                                                 layer.weight_scale, x.dtype)
+    assert bound <= branch_ops.SPLIT_BOUND_MAX and (ratio is None) == ("g" not in spec)
     saved, branch_ops.SPLIT_DOWN = branch_ops.SPLIT_DOWN, down_form
     try:
         fast = branch_ops.split_fast(x, layer.weight, ratio, channel, layer.bias, 96, down, tail)
