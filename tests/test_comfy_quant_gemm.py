@@ -94,3 +94,45 @@ def test_the_split_branch_form_inside_comfyui(env, monkeypatch, spec):  # noqa: 
     print(f"{spec}: {taken} of {len(layers)} branch layers took the split fold")
     assert taken > 0
     assert torch.equal(denoise(env, model), split)  # the LoRA'd codes were restored
+
+
+def test_the_split_branch_compiles_through_comfyuis_wrapper_as_one_op_per_layer(env, monkeypatch):  # noqa: F811
+    """ComfyUI's own torch.compile wrapper (comfy_api.torch_helpers.set_torch_compile_wrapper, what its
+    TorchCompileModel node sets) over a W4A8-r4 fp8 UNet taking the split form: the traced graphs hold the
+    qsched::split_linear op and nothing of the branch beside it (no addmm), every branch linear runs through it once
+    per call, and the compiled model denoises to the eager split's output bit for bit."""
+    from comfy_api.torch_helpers import set_torch_compile_wrapper
+    from comfyui_qsched.quant import branch_ops, fp8
+    monkeypatch.setattr(branch_ops, "EAGER_FORM", "split")
+    model = load(env, "W4A8-r4", backend="fp8")[0]
+    eager = denoise(env, model)
+    linears = [m for m in model.model.diffusion_model.modules() if isinstance(m, torch.nn.Linear)
+               and getattr(m, "quant_spec", None) is not None and m.quant_spec.rank and not m.in_features % 16
+               and not m.out_features % 16 and isinstance(m, fp8.Fp8Linear)]
+    nodes = []
+
+    def recording_backend(graph_module, _inputs):
+        nodes.extend(node.target for node in graph_module.graph.nodes if node.op == "call_function")
+        return graph_module.forward
+
+    calls = []
+    run = branch_ops.split_or_addmm_linear
+    monkeypatch.setattr(branch_ops, "split_or_addmm_linear", lambda *args: calls.append(args[-1].shape) or run(*args))
+    compiled = model.clone()
+    torch._dynamo.reset()
+    set_torch_compile_wrapper(compiled, backend=recording_backend)
+    torch.manual_seed(0)
+    device = env["mm"].get_torch_device()
+    x, context = torch.randn(1, 4, 16, 16).to(device), torch.randn(1, 77, 768).to(device)
+    env["mm"].unload_all_models()
+    env["mm"].load_models_gpu([compiled])
+    with torch.no_grad():
+        out = compiled.model.apply_model(x, torch.tensor([1.0], device=device), c_crossattn=context,
+                                         transformer_options={"wrappers": compiled.wrappers})  # as sampling does
+    compiled.unpatch_model()
+    torch._dynamo.reset()
+    print(f"{len(nodes)} traced calls, {nodes.count(branch_ops.SPLIT_OP)} split ops in the graphs, {len(calls)} "
+          f"op calls, {len(linears)} branch linears")
+    assert linears and branch_ops.SPLIT_OP in nodes and len(calls) == len(linears)  # every one, once, through the op
+    assert torch.addmm not in nodes and torch.Tensor.addmm_ not in nodes
+    assert torch.equal(out.cpu(), eager)
