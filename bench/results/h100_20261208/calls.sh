@@ -29,3 +29,20 @@ grep "^built\|^compiled" $OUT/peers_full_flux_N.log | head -12
 python3 bench/gpu_table.py $OUT/peers_full_flux_N.jsonl 2>&1 | tail -8
 s=$SECONDS; timeout $(( 575 - SECONDS )) python3 bench/peers.py --models sdxl --configs "bf16,W4A8 auto,W4A8-r32 auto" --rounds 8 --warmup 2 --log $OUT/peers_sdxl_N.jsonl > $OUT/peers_sdxl_N.log 2>&1; echo "peers sdxl exit $? in $((SECONDS-s)) s"
 python3 bench/gpu_table.py $OUT/peers_sdxl_N.jsonl 2>&1 | tail -5
+
+### call O (not run: no machine in four starts, then no device time left)
+#!/usr/bin/env bash
+# GPU call O (session 2026-12-08 #7): the split as one custom op under torch.compile, the weight-only branch folded
+# into the widened weight: SDXL eager, FLUX 8+16 eager + compiled, then full FLUX (short of device time: in that order).
+set -u
+[ -d /tmp/ComfyUI-0.33.0 ] || { s=$SECONDS; bash bench/device_setup.sh > $OUT/setup.log 2>&1; echo "setup exit $? in $((SECONDS-s)) s"; }
+export COMFYUI_DIR=/tmp/ComfyUI-0.33.0 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee $OUT/gpu.txt
+s=$SECONDS; timeout 60 python3 bench/peers.py --models sdxl --configs "bf16,W4A8 auto,W4A8-r32 auto" --rounds 8 --warmup 2 --log $OUT/peers_sdxl_O.jsonl > $OUT/peers_sdxl_O.log 2>&1; echo "peers sdxl exit $? in $((SECONDS-s)) s"
+python3 bench/gpu_table.py $OUT/peers_sdxl_O.jsonl 2>&1 | tail -3
+C="bf16,W4A8 auto,W4A8-r32 auto"
+s=$SECONDS; timeout 100 python3 bench/peers.py --models flux --configs "$C" --compile flux --compile-configs "$C" --rounds 8 --warmup 2 --log $OUT/peers_flux_O.jsonl > $OUT/peers_flux_O.log 2>&1; echo "peers flux exit $? in $((SECONDS-s)) s"
+grep "^compiled" $OUT/peers_flux_O.log | head -6
+python3 bench/gpu_table.py $OUT/peers_flux_O.jsonl 2>&1 | tail -3
+s=$SECONDS; timeout 170 python3 bench/peers.py --models flux --full-flux --configs "$C" --compile flux --compile-configs "$C" --rounds 6 --warmup 2 --log $OUT/peers_full_flux_O.jsonl > $OUT/peers_full_flux_O.log 2>&1; echo "peers full flux exit $? in $((SECONDS-s)) s"
+python3 bench/gpu_table.py $OUT/peers_full_flux_O.jsonl 2>&1 | tail -3
