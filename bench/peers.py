@@ -115,7 +115,9 @@ class WithCudaGraphs(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
-        backbone = model.model if isinstance(model, WithInt8Attention) else model
+        backbone = model
+        while isinstance(backbone, (WithInt8Attention, WithSwitches)):  # the graphs belong to the ComfyUI model inside
+            backbone = backbone.model
         self.options, self.graphs = backbone_options(backbone)
 
     def forward(self, *args, transformer_options=None, **kwargs):
