@@ -30,8 +30,20 @@ def _fast(layer, x):
     return layer.quant_spec.weight_only and _widens(x)
 
 
+def fold_pays(rows, out_features, columns):
+    """Whether folding the branch into the widened weight moves fewer bytes than running it beside: the fold reads
+    and writes the 16-bit weight once more (4 N K bytes); beside, the branch reads x again and writes, reads and adds
+    its output (about 2 T K + 8 T N bytes) in three more launches. So SDXL's layers fold (thousands of rows) and
+    FLUX's modulation linears (one row against a 113 MB weight) do not."""
+    return rows * (columns + 4 * out_features) >= 2 * out_features * columns
+
+
 class FastWeight:
     """The 16-bit weight of a weight-only layer, widened on the input's device in one launch."""
+
+    def weight_in_channels(self):
+        """Input channels per row of x (a linear's features, a convolution's channels per output position)."""
+        return self.in_features if isinstance(self, torch.nn.Linear) else self.in_channels
 
     def scale_as(self, x):
         """weight_scale in x's dtype and device, converted once (a new buffer, e.g. after .to(), converts again)."""
@@ -46,8 +58,12 @@ class FastWeight:
         """A weight-only layer with a low-rank branch, on the fast path: the branch goes into the widened 16-bit
         weight (one in-place addmm of up down per call, r columns) before `run(x, weight, bias)`, instead of two
         more GEMMs over x and an add over y: on SDXL's many small layers (host-bound) those tripled the launches.
-        The sum is rounded once to 16 bits, as a 16-bit model's own weight is. None where it does not apply."""
+        The sum is rounded once to 16 bits, as a 16-bit model's own weight is. None where it does not apply or does
+        not pay (fold_pays)."""
         if not (self.quant_spec.rank and _fast(self, x) and self.lowrank_down.device == x.device):
+            return None
+        columns = self._matrix_columns()
+        if not fold_pays(x.numel() // self.weight_in_channels(), self.float_weight_shape()[0], columns):
             return None
         down, up = branch_ops._prepared(self, x, False)
         weight = self.fast_weight(packed, x)  # a fresh tensor: added to in place
