@@ -116,19 +116,15 @@ def main(argv=None):
                     default = layer(x)
                     without = layer.quantized_forward(x, layer.weight, bias)
                     exact = (x.double() @ layer.lowrank_down.double().T) @ layer.lowrank_up.double().T
+                    ratio, channel, down, tail, split_bound = branch_ops.split_factors(
+                        layer.lowrank_down, layer.lowrank_up, layer.weight_scale, x.dtype)
                     row.update(split_vs_default=rel(split, default),
                                split_branch_vs_float64=rel(split.double() - without.double(), exact),
                                default_branch_vs_float64=rel(default.double() - without.double(), exact),
-                               split_bound=branch_ops.split_bound(layer.lowrank_down, layer.lowrank_up,
-                                                                  linear_ops.group_ratios(layer.weight_scale)[1]))
+                               split_bound=split_bound)
                     # the kernels against the split's torch definition on the same GPU (same cuBLAS GEMM)
-                    grouped = "-g" in spec
-                    ratio, channel = linear_ops.group_ratios(layer.weight_scale) if grouped \
-                        else (None, layer.weight_scale)
-                    down, tail = branch_ops.split_factors(layer.lowrank_down, layer.lowrank_up, layer.weight_scale,
-                                                          x.dtype)[2:4]
                     weight = linear_ops.group_e4m3_reference(layer.weight, layer.weight_scale, out_features,
-                                                             in_features)[0] if grouped else \
+                                                             in_features)[0] if ratio is not None else \
                         linear_ops.kernels_free_int4(layer.weight, out_features, in_features, torch.float8_e4m3fn)
                     definition = branch_ops.split_fold_reference(x, weight, channel, bias, down, tail)
                     row["split_vs_definition"] = rel(split, definition)
@@ -139,7 +135,7 @@ def main(argv=None):
                     finally:
                         branch_ops.SPLIT_DOWN, branch_ops.SPLIT_BOUND_MAX = down_form, bound
                     row["split_fused_down_vs_definition"] = rel(fused, definition)
-                    # what torch.compile makes of the split (branch_ops.traced_split_forward, inductor's kernels)
+                    # what torch.compile runs for the split (the custom op qsched::split_linear)
                     bound, branch_ops.SPLIT_BOUND_MAX = branch_ops.SPLIT_BOUND_MAX, float("inf")
                     torch._dynamo.reset()
                     try:

@@ -192,8 +192,8 @@ def split_takes(spec, int8_codes=False):
 def _split_applies(layer, x):
     """The split fold's conditions that do not depend on the branch's values: a W4A8 fp8 layer (per channel, or
     group-wise in the e4m3 form) with K a multiple of 16 and its scales and factors on x's device."""
-    spec, scale = layer.quant_spec, layer.weight_scale
-    return spec.packed_int4 and spec.a_bits == 8 and not layer.in_features % 16 and scale.device == x.device \
+    scale = layer.weight_scale
+    return split_takes(layer.quant_spec) and not layer.in_features % 16 and scale.device == x.device \
         and layer.lowrank_down.device == x.device \
         and (not linear_ops._grouped(scale) or linear_ops.GROUP_GEMM == "e4m3")
 
@@ -238,8 +238,7 @@ def split_or_addmm_linear(x, packed, weight_scale, bias, out_features, down, up)
         out = linear_ops.qgemm_linear(x, packed, weight_scale, bias, out_features, True, False)
     else:
         out = linear_ops.fp8_linear(x, packed, weight_scale, bias, out_features, True)
-    xd = torch.nn.functional.linear(x, down.to(x.dtype))
-    return out.view(-1, out_features).addmm_(xd.view(-1, up.shape[1]), up.to(x.dtype).t()).view(out.shape)
+    return add_branch_(out, x, down.to(x.dtype), up.to(x.dtype))
 
 
 def _register_split():
@@ -326,13 +325,16 @@ def _prepared(layer, x, fold):
     return _cached(layer, "_branch_prepared", (x.dtype, fold), make)
 
 
-def addmm_forward(layer, x, packed, bias, down, up):
-    """The layer's 8-bit output with the branch added into it by one in-place addmm (form "addmm"); down [r, in] and
-    up [out, r] in x's dtype on x's device. The GEMM's output is a fresh contiguous tensor, so `view` (never a copy)
-    writes into what is returned."""
-    out = layer.quantized_forward(x, packed, bias)
+def add_branch_(out, x, down, up):
+    """out += (x down^T) up^T by one in-place addmm, down [r, in] and up [out, r] in x's dtype on x's device; out is
+    a GEMM's fresh contiguous output, so `view` (never a copy) writes into what is returned."""
     out.view(-1, up.shape[0]).addmm_(torch.nn.functional.linear(x, down).view(-1, up.shape[1]), up.t())
     return out
+
+
+def addmm_forward(layer, x, packed, bias, down, up):
+    """The layer's 8-bit output with the branch added into it by one in-place addmm (form "addmm")."""
+    return add_branch_(layer.quantized_forward(x, packed, bias), x, down, up)
 
 
 def traced_branch_forward(layer, x, packed, bias, form):

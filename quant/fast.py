@@ -10,7 +10,7 @@ a Triton GEMM reads the int8 codes directly."""
 import torch
 
 from . import branch_ops, kernels
-from .layers import SimulatedConv, SimulatedLinear
+from .layers import SimulatedConv, SimulatedLinear, input_channels
 
 # Up to this many rows a weight-only int8 linear streams its codes through one Triton GEMM (1 byte per weight read
 # instead of 1 + 2 written + 2 read); above, cuBLAS on the widened weight wins (H200 kernel table, peers_h200.md).
@@ -41,10 +41,6 @@ def fold_pays(rows, out_features, columns):
 class FastWeight:
     """The 16-bit weight of a weight-only layer, widened on the input's device in one launch."""
 
-    def weight_in_channels(self):
-        """Input channels per row of x (a linear's features, a convolution's channels per output position)."""
-        return self.in_features if isinstance(self, torch.nn.Linear) else self.in_channels
-
     def scale_as(self, x):
         """weight_scale in x's dtype and device, converted once (a new buffer, e.g. after .to(), converts again)."""
         cached = self.__dict__.get("_scale_as")
@@ -63,7 +59,7 @@ class FastWeight:
         if not (self.quant_spec.rank and _fast(self, x) and self.lowrank_down.device == x.device):
             return None
         columns = self._matrix_columns()
-        if not fold_pays(x.numel() // self.weight_in_channels(), self.float_weight_shape()[0], columns):
+        if not fold_pays(x.numel() // input_channels(self), self.float_weight_shape()[0], columns):
             return None
         down, up = branch_ops._prepared(self, x, False)
         weight = self.fast_weight(packed, x)  # a fresh tensor: added to in place
